@@ -1,0 +1,1 @@
+"""o2chain dashboards: Grafana dashboards as code."""

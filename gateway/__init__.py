@@ -1,0 +1,1 @@
+"""o2chain gateway: Modbus + MQTT -> validate -> enrich -> alarms -> outbox -> InfluxDB."""

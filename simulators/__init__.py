@@ -1,0 +1,1 @@
+"""o2chain simulators: oxygen equipment, sensor wires, fleets and faults."""

@@ -1,0 +1,237 @@
+"""Gateway configuration (contract keys, ARCHITECTURE.md / issue 4): typed, validated once.
+
+Errors name the key and what was expected, e.g. ``device[2].url: expected tcp://host:port``.
+Secrets come only from files or the environment and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ID_PATTERN = r"^[a-z0-9-]{1,32}$"  # contract: {site} and {device} in MQTT topics
+_ID = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every bad key with what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path | None, env: str | None, what: str) -> SecretStr | None:
+    if env and os.environ.get(env):
+        return SecretStr(os.environ[env])
+    if path is None:
+        return None
+    try:
+        return SecretStr(path.read_text().strip())
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+class GatewaySection(_Strict):
+    id: _ID = "gw-1"
+    state_dir: Path = Path("/var/lib/o2chain")
+    http_listen: str = "127.0.0.1:8470"  # live page, /healthz, /metrics
+
+
+class MqttSection(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "o2"
+    shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    client_id: str | None = None  # default: o2chain-{gateway.id}
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlsplit(self.url)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> SecretStr | None:
+        return _read_secret(self.password_file, "O2CHAIN_MQTT_PASSWORD", "mqtt.password_file")
+
+
+class InfluxSection(_Strict):
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2", "v3"] = "v1"
+    database: str = "o2chain"  # v1 / v3
+    bucket: str | None = None  # v2
+    org: str | None = None  # v2
+    token_file: Path | None = None  # v2 / v3
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("expected http://host:port or https://host:port")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_keys(self) -> InfluxSection:
+        if self.api == "v2" and not (self.bucket and self.org):
+            raise ValueError("api = 'v2' needs bucket and org")
+        return self
+
+    def token(self) -> SecretStr | None:
+        return _read_secret(self.token_file, "O2CHAIN_INFLUX_TOKEN", "influx.token_file")
+
+
+class Site(_Strict):
+    id: _ID
+    altitude_m: Annotated[float, Field(ge=-500, le=9000)]
+    name: str = ""
+
+
+class DeviceKind(StrEnum):
+    CONCENTRATOR = "concentrator"
+    PLANT = "plant"
+    ROOM = "room"
+    SUPPLY = "supply"
+
+
+class Transport(StrEnum):
+    MQTT = "mqtt"
+    MODBUS = "modbus"
+
+
+class Device(_Strict):
+    id: _ID
+    site: _ID
+    kind: DeviceKind
+    transport: Transport
+    room: str | None = None  # `room` tag for room boards (default: the device id)
+    url: str | None = None  # Modbus: tcp://host:port or rtu:///dev/ttyX?baudrate=..
+    unit: Annotated[int, Field(ge=0, le=247)] = 1
+    profile: str | None = None
+    interval_s: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+    @model_validator(mode="after")
+    def _transport_keys(self) -> Device:
+        if self.transport is Transport.MODBUS:
+            if not self.url:
+                raise ValueError("transport 'modbus' needs url (tcp://host:port or rtu:///dev/..)")
+            u = urlsplit(self.url)
+            if u.scheme == "tcp":
+                if not u.hostname or not u.port:
+                    raise ValueError(f"url {self.url!r}: expected tcp://host:port")
+            elif u.scheme == "rtu":
+                if not u.path:
+                    raise ValueError(f"url {self.url!r}: expected rtu:///dev/ttyX?baudrate=9600")
+            else:
+                raise ValueError(f"url {self.url!r}: expected tcp://host:port or rtu:///dev/ttyX")
+            if not self.profile:
+                raise ValueError("transport 'modbus' needs profile (see `o2chain sim profiles`)")
+        return self
+
+
+class GatewayConfig(_Strict):
+    gateway: GatewaySection = GatewaySection()
+    mqtt: MqttSection = MqttSection()
+    influx: InfluxSection = InfluxSection()
+    site: list[Site] = []
+    device: list[Device] = []
+    alarm: list[dict[str, Any]] = []  # rules arrive with the alarm engine (issue 4)
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        sites = {s.id for s in self.site}
+        if len(sites) != len(self.site):
+            raise ValueError("site ids must be unique")
+        seen: set[tuple[str, str]] = set()
+        for i, dev in enumerate(self.device):
+            if dev.site not in sites:
+                raise ValueError(
+                    f"device[{i}] ({dev.id}).site: {dev.site!r} is not a configured [[site]] "
+                    f"(known: {', '.join(sorted(sites)) or 'none'})"
+                )
+            if (dev.site, dev.id) in seen:
+                raise ValueError(f"device[{i}]: duplicate device {dev.site}/{dev.id}")
+            seen.add((dev.site, dev.id))
+        return self
+
+    def site_by_id(self, site_id: str) -> Site:
+        for s in self.site:
+            if s.id == site_id:
+                return s
+        raise KeyError(site_id)
+
+    def find_device(self, site_id: str, device_id: str) -> Device | None:
+        for d in self.device:
+            if d.site == site_id and d.id == device_id:
+                return d
+        return None
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"])
+        loc = re.sub(r"\.\[", "[", loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
+    return f"{source}: invalid configuration:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a TOML config file; raises :class:`ConfigError`."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,164 @@
+"""The gateway through real parts: Mosquitto, InfluxDB and a Modbus simulator, as processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import tomli_w
+
+from o2chain.procs import ChildProcess, o2chain_argv
+from o2chain.services import InfluxDB, Mosquitto
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_points(
+    influxdb: InfluxDB, db: str, query: str, count: int, timeout_s: float = 20.0
+) -> list[dict[str, object]]:
+    """Poll InfluxDB until ``query`` returns at least ``count`` points (the gateway writes
+    asynchronously; there is no event to await across processes but the data itself)."""
+    deadline = time.monotonic() + timeout_s
+    points: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            points = influxdb.query_points(query, db=db)
+        except Exception:  # database not created yet
+            points = []
+        if len(points) >= count:
+            return points
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
+
+
+@pytest.fixture
+def concentrator(tmp_path: Path) -> Iterator[str]:
+    with ChildProcess(
+        o2chain_argv(
+            "sim",
+            "concentrator",
+            "--profile",
+            "medical-concentrator",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--seed",
+            "3",
+        ),
+        tmp_path / "sim.log",
+    ) as sim:
+        match = sim.wait_for_log(r'"listening": "(tcp://127\.0\.0\.1:\d+)"')
+        yield match.group(1)
+
+
+def write_config(
+    path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, modbus_url: str, state_dir: Path
+) -> Path:
+    config = {
+        "gateway": {"id": "gw-test", "state_dir": str(state_dir)},
+        "mqtt": {"url": mosquitto.url},
+        "influx": {"url": influxdb.url, "database": "o2test", "flush_interval_s": 0.2},
+        "site": [{"id": "lhasa-hotel", "altitude_m": 3650}],
+        "device": [
+            {"id": "room-101", "site": "lhasa-hotel", "kind": "room", "transport": "mqtt"},
+            {
+                "id": "conc-1",
+                "site": "lhasa-hotel",
+                "kind": "concentrator",
+                "transport": "modbus",
+                "url": modbus_url,
+                "profile": "medical-concentrator",
+                "interval_s": 0.5,
+            },
+        ],
+    }
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
+
+
+def publish(mosquitto: Mosquitto, topic: str, payloads: list[bytes]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-board")
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for payload in payloads:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_modbus_and_mqtt_readings_reach_influxdb(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, concentrator: str
+) -> None:
+    cfg = write_config(tmp_path / "gw.toml", mosquitto, influxdb, concentrator, tmp_path / "st")
+    with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
+        gw.wait_for_log("MQTT subscribed")
+        ts = int(time.time() * 1000) - 5000
+        good = {
+            "v": 1,
+            "boot": 3,
+            "seq": 17,
+            "ts": ts,
+            "o2_pct": 24.6,
+            "baro_kpa": 65.1,
+            "ppo2_kpa": 16.01,
+            "temp_c": 19.5,
+            "rh_pct": 31.0,
+        }
+        bad = {"v": 1, "boot": 3, "seq": 18, "ts": ts + 1, "o2_pct": "high"}
+        publish(
+            mosquitto,
+            "o2/lhasa-hotel/room-101/telemetry",
+            [json.dumps(good).encode(), json.dumps(bad).encode(), b"\xff not json"],
+        )
+
+        rooms = wait_for_points(
+            influxdb, "o2test", "SELECT * FROM room WHERE device = 'room-101'", 1
+        )
+        assert len(rooms) == 1, rooms  # the bad ones never became data
+        room = rooms[0]
+        assert room["site"] == "lhasa-hotel" and room["room"] == "room-101"
+        assert room["o2_pct"] == pytest.approx(24.6)
+        assert room["ppo2_kpa"] == pytest.approx(16.01)
+        assert room["seq"] == 17 and room["boot"] == 3
+        assert room["time"] == ts  # the board's timestamp, ms precision kept
+
+        conc = wait_for_points(
+            influxdb, "o2test", "SELECT * FROM concentrator WHERE device = 'conc-1'", 2
+        )
+        for point in conc:
+            assert point["source"] == "modbus"
+            assert 85.0 < float(point["purity_pct"]) < 96.0  # type: ignore[arg-type]
+            assert 3.0 < float(point["flow_lpm"]) < 5.0  # type: ignore[arg-type]
+            assert point["state"] is True
+
+        gw.stop()
+        assert gw.returncode == 0, gw.log_tail()
+
+    listing = subprocess.run(
+        o2chain_argv("gateway", "deadletters", "-c", str(cfg)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    letters = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert sorted(dl["reason"] for dl in letters) == ["bad_type", "not_json"]
+    bad_type = next(dl for dl in letters if dl["reason"] == "bad_type")
+    assert "o2_pct" in bad_type["detail"] and "room-101" in bad_type["detail"]
+    assert bad_type["topic"] == "o2/lhasa-hotel/room-101/telemetry"
+
+
+def test_gateway_check_names_the_bad_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[influx]\nurl = "ftp://x"\nbatch_size = 0\n')
+    result = subprocess.run(
+        o2chain_argv("gateway", "check", "-c", str(cfg)), capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "influx.url" in result.stderr and "http://host:port" in result.stderr
+    assert "influx.batch_size" in result.stderr

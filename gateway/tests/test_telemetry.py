@@ -1,0 +1,107 @@
+"""Telemetry decoding and the reject reasons (unit: no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.telemetry import Reject, RejectReason, decode_telemetry
+
+NOW_MS = 1_795_000_000_000
+TOPIC = "o2/lhasa/room-1/telemetry"
+
+
+@pytest.fixture
+def config() -> GatewayConfig:
+    return parse_config(
+        {
+            "site": [{"id": "lhasa", "altitude_m": 3650}],
+            "device": [
+                {
+                    "id": "room-1",
+                    "site": "lhasa",
+                    "kind": "room",
+                    "transport": "mqtt",
+                    "room": "104",
+                },
+                {"id": "conc-1", "site": "lhasa", "kind": "concentrator", "transport": "mqtt"},
+                {
+                    "id": "plc-1",
+                    "site": "lhasa",
+                    "kind": "plant",
+                    "transport": "modbus",
+                    "url": "tcp://127.0.0.1:5020",
+                    "profile": "psa-plant",
+                },
+            ],
+        }
+    )
+
+
+def reading(**fields: object) -> bytes:
+    doc = {"v": 1, "boot": 2, "seq": 5, "ts": NOW_MS - 1000, **fields}
+    return json.dumps(doc).encode()
+
+
+def test_room_reading_becomes_a_room_point(config: GatewayConfig) -> None:
+    (r,) = decode_telemetry(config, TOPIC, reading(o2_pct=25, ppo2_kpa=16.1), NOW_MS)
+    assert r.measurement == "room"
+    assert r.tags == {"site": "lhasa", "device": "room-1", "room": "104"}
+    assert r.fields == {"boot": 2, "seq": 5, "o2_pct": 25.0, "ppo2_kpa": 16.1}
+    assert isinstance(r.fields["o2_pct"], float)  # one field, one type in InfluxDB
+    assert r.ts_ms == NOW_MS - 1000
+    assert r.to_line() == (
+        "room,device=room-1,room=104,site=lhasa boot=2i,o2_pct=25,ppo2_kpa=16.1,seq=5i "
+        f"{NOW_MS - 1000}"
+    )
+
+
+def test_batch_from_store_and_forward_replay(config: GatewayConfig) -> None:
+    items = [
+        {"v": 1, "boot": 2, "seq": s, "ts": NOW_MS - 10_000 + s, "purity_pct": 93.0}
+        for s in range(3)
+    ]
+    out = decode_telemetry(config, "o2/lhasa/conc-1/telemetry", json.dumps(items).encode(), NOW_MS)
+    assert [r.fields["seq"] for r in out] == [0, 1, 2]
+    assert all(r.measurement == "concentrator" and r.tags["source"] == "sensor" for r in out)
+
+
+def test_unset_clock_gets_receive_time_and_a_mark(config: GatewayConfig) -> None:
+    (r,) = decode_telemetry(config, TOPIC, reading(ts=0, o2_pct=24.0), NOW_MS)
+    assert r.ts_ms == NOW_MS and r.fields["clock_unset"] is True
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason", "mentions"),
+    [
+        ("o2/lhasa/room-1", reading(), RejectReason.BAD_TOPIC, "SITE/DEVICE"),
+        ("o2/lhasa/room-9/telemetry", reading(), RejectReason.UNKNOWN_DEVICE, "lhasa/room-9"),
+        ("o2/lhasa/plc-1/telemetry", reading(), RejectReason.UNKNOWN_DEVICE, "MQTT device"),
+        (TOPIC, b"{not json", RejectReason.NOT_JSON, "room-1"),
+        (TOPIC, b"\xff\xfe", RejectReason.NOT_JSON, "room-1"),
+        (TOPIC, b"[]", RejectReason.BAD_SHAPE, "1..500"),
+        (TOPIC, b'"text"', RejectReason.BAD_SHAPE, "object"),
+        (TOPIC, b" " * 70000, RejectReason.OVERSIZE, "65536"),
+        (TOPIC, reading(v=2), RejectReason.BAD_VERSION, "v = 2"),
+        (TOPIC, json.dumps({"v": 1, "seq": 1}).encode(), RejectReason.MISSING_FIELD, "boot"),
+        (TOPIC, reading(seq=1.5), RejectReason.BAD_TYPE, "seq"),
+        (TOPIC, reading(boot=True), RejectReason.BAD_TYPE, "boot"),
+        (TOPIC, reading(o2_pct="24"), RejectReason.BAD_TYPE, "o2_pct"),
+        (TOPIC, reading(o2_pct=None), RejectReason.BAD_TYPE, "o2_pct"),
+        (TOPIC, b'{"v":1,"boot":1,"seq":1,"o2_pct":NaN}', RejectReason.NOT_FINITE, "o2_pct"),
+        (TOPIC, reading(o2_pct=120.0), RejectReason.OUT_OF_RANGE, "0.0..100.0"),
+        (TOPIC, reading(seq=-1), RejectReason.OUT_OF_RANGE, "seq"),
+        (TOPIC, reading(oxygen=24.0), RejectReason.UNKNOWN_FIELD, "oxygen"),
+        (TOPIC, reading(ts=NOW_MS + 3 * 86400_000), RejectReason.BAD_TIMESTAMP, "+72.0 h"),
+        (TOPIC, reading(ts=1000), RejectReason.BAD_TIMESTAMP, "ts = 1000"),
+    ],
+)
+def test_rejects_name_reason_device_and_field(
+    config: GatewayConfig, topic: str, payload: bytes, reason: RejectReason, mentions: str
+) -> None:
+    with pytest.raises(Reject) as err:
+        decode_telemetry(config, topic, payload, NOW_MS)
+    assert err.value.reason is reason
+    assert mentions in str(err.value)

@@ -1,0 +1,128 @@
+"""Drains the outbox into InfluxDB, in order, in batches; nothing leaves before it is accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.influx import InfluxRejected, InfluxUnavailable
+from gateway.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class LineWriter(Protocol):
+    def write(self, lines: list[str]) -> None: ...
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    batches: int = 0
+    rejected: int = 0
+    failures: int = 0
+    last_latency_s: float = 0.0
+    last_error: str = ""
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class OutboxDrainer:
+    """Async task body: ``await drainer.run(stop)``. Call :meth:`wake` (from any thread) after
+    adding to the outbox so a batch goes out without waiting for the flush interval."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        writer: LineWriter,
+        batch_size: int,
+        flush_interval_s: float,
+        max_backoff_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.outbox = outbox
+        self.writer = writer
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self.stats = WriterStats()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # A closed loop (shutdown) is fine: the outbox keeps the points for the next run.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _wait(self, stop: asyncio.Event, timeout_s: float) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        self._wake.clear()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = 0.25
+        while not stop.is_set():
+            batch = await asyncio.to_thread(self.outbox.peek, self.batch_size)
+            if not batch:
+                await self._wait(stop, self.flush_interval_s)
+                continue
+            try:
+                await self._deliver(batch)
+                backoff = 0.25
+            except InfluxUnavailable as exc:
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)
+                delay = exc.retry_after_s or backoff
+                log.warning(
+                    "InfluxDB unavailable (%s); %d points wait, retry in %.2f s",
+                    exc,
+                    len(batch),
+                    delay,
+                )
+                backoff = min(backoff * 2, self.max_backoff_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _deliver(self, batch: list[tuple[int, str]]) -> None:
+        """Write a batch; on a content reject, bisect to dead-letter only the bad points."""
+        lines = [line for _, line in batch]
+        started = self.clock()
+        try:
+            await asyncio.to_thread(self.writer.write, lines)
+        except InfluxRejected as exc:
+            self.stats.by_status[exc.status] = self.stats.by_status.get(exc.status, 0) + 1
+            if len(batch) == 1:
+                ((point_id, line),) = batch
+                log.error("InfluxDB rejected a point (%s): %s", exc, line[:200])
+                await asyncio.to_thread(
+                    self.outbox.add_dead_letter,
+                    "influx",
+                    "",
+                    f"http_{exc.status}",
+                    str(exc),
+                    line.encode(),
+                )
+                await asyncio.to_thread(self.outbox.remove, [point_id])
+                self.stats.rejected += 1
+                return
+            half = len(batch) // 2
+            await self._deliver(batch[:half])
+            await self._deliver(batch[half:])
+            return
+        self.stats.last_latency_s = self.clock() - started
+        await asyncio.to_thread(self.outbox.remove, [i for i, _ in batch])
+        self.stats.written += len(batch)
+        self.stats.batches += 1

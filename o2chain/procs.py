@@ -1,0 +1,134 @@
+"""Child processes of o2chain's own (gateway, simulators) for the demo and the tests.
+
+Each runs in its own session with its output in a log file; waiting for readiness means
+watching that log for a line the process prints once it is ready (an event, not a sleep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class ProcessError(RuntimeError):
+    """A child process exited early or did not get ready; the message carries its log tail."""
+
+
+class ChildProcess:
+    """``ChildProcess(["o2chain", "gateway", "run", ...], log_path)`` as a context manager."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def start(self) -> ChildProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {' '.join(self.argv)}\n".encode())
+            log.flush()
+            env = dict(os.environ if self.env is None else self.env)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 15.0) -> re.Match[str]:
+        """Return the first match of ``pattern`` in the log since start; raises ProcessError."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.log_text()
+            last_start = text.rfind("--- start ")
+            match = regex.search(text, max(0, last_start))
+            if match:
+                return match
+            if not self.running:
+                raise ProcessError(
+                    f"{self.argv[:4]} exited with {self.returncode} before printing "
+                    f"{pattern!r}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ProcessError(
+                    f"{self.argv[:4]} did not print {pattern!r} within {timeout_s} s:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.02)  # polling a file: there is no event to wait on
+
+    def signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # Children of the group that outlived the leader (none expected) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crash, or power loss of the host)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+
+    def __enter__(self) -> ChildProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def o2chain_argv(*args: str) -> list[str]:
+    """argv running this installation's ``o2chain`` command with the current interpreter."""
+    return [sys.executable, "-m", "o2chain.cli", *args]

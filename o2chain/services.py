@@ -1,0 +1,684 @@
+"""Private Mosquitto and InfluxDB 1.x instances for the demo and the integration tests.
+
+Each service lives in its own instance directory ``<base_dir>/<name>/`` holding the rendered
+config file, the log file (the daemon's stdout and stderr, appended across restarts) and
+``data/`` (everything the daemon persists). It listens on 127.0.0.1 only, on a port picked free
+when the object is created and kept across restarts, so clients can reconnect to the same URL.
+
+    with Services(base_dir) as services:
+        print(services.mosquitto.url, services.influxdb.url)
+
+Readiness is checked by protocol, never by sleeping: an MQTT CONNECT/CONNACK round trip for
+Mosquitto, ``GET /ping`` answering 204 for InfluxDB. Every failure raises :class:`ServiceError`,
+with the tail of the service's log when the daemon itself is the cause.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import requests
+
+__all__ = [
+    "HOST",
+    "InfluxDB",
+    "ManagedService",
+    "Mosquitto",
+    "ServiceError",
+    "Services",
+    "free_ports",
+    "mqtt_connect_packet",
+    "mqtt_handshake",
+    "quote_identifier",
+]
+
+HOST = "127.0.0.1"
+INSTALL_HINT = "apt-get install -y mosquitto influxdb (or ./run-tests, which installs them)"
+LOG_TAIL_LINES = 40
+
+# Poll intervals while waiting for a state change: start short (a daemon is often ready within
+# tens of milliseconds), grow so a slow start does not spin.
+_POLL_FIRST_S = 0.01
+_POLL_MAX_S = 0.2
+# One readiness probe's limit while starting: long enough for a loaded machine, short enough
+# that a port squatted by a silent listener does not hide the daemon's exit for long.
+_PROBE_TIMEOUT_S = 0.5
+
+
+class ServiceError(RuntimeError):
+    """A private service is missing, failed to start or stop, or answered with an error."""
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Return ``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+
+    All sockets are held open until every port is chosen, so the ports differ from each other;
+    another process may still take one before the caller binds it (no way around that race
+    short of passing a listening socket to the daemon, which neither daemon accepts).
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((HOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def mqtt_connect_packet(client_id: str, keepalive_s: int = 10) -> bytes:
+    """Encode an MQTT 3.1.1 CONNECT packet with a clean session and no credentials.
+
+    Raises ValueError if ``client_id`` is longer than 65,535 bytes in UTF-8 or ``keepalive_s``
+    is outside 0..65,535 (MQTT 3.1.1 §3.1.2.10, §3.1.3.1).
+    """
+    client_id_bytes = client_id.encode()
+    if len(client_id_bytes) > 0xFFFF or not 0 <= keepalive_s <= 0xFFFF:
+        raise ValueError("client id or keep-alive out of range for MQTT 3.1.1")
+    # Variable header (§3.1.2): protocol name "MQTT", level 4 (3.1.1), flags 0x02 = clean
+    # session, keep-alive; payload: the length-prefixed client id.
+    body = (
+        b"\x00\x04MQTT\x04\x02"
+        + keepalive_s.to_bytes(2, "big")
+        + len(client_id_bytes).to_bytes(2, "big")
+        + client_id_bytes
+    )
+    return b"\x10" + _mqtt_remaining_length(len(body)) + body
+
+
+def _mqtt_remaining_length(length: int) -> bytes:
+    """MQTT variable-length integer (§2.2.3): 7 bits per byte, high bit = more bytes follow."""
+    encoded = bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        encoded.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes(encoded)
+
+
+def mqtt_handshake(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Return True if an MQTT broker at ``host:port`` accepts a CONNECT within ``timeout_s``.
+
+    A TCP connect alone is not enough: the kernel completes it for a listening socket even when
+    the broker is stopped (SIGSTOP) or still loading its persistence file. Never raises.
+    """
+    deadline = time.monotonic() + timeout_s
+    client_id = f"o2chain-probe-{secrets.token_hex(6)}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(mqtt_connect_packet(client_id))
+            connack = b""
+            while len(connack) < 4:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(4 - len(connack))
+                if not chunk:
+                    return False
+                connack += chunk
+            # CONNACK (§3.2): type 0x20, remaining length 2, session-present flags, return code.
+            accepted = connack[0] == 0x20 and connack[1] == 0x02 and connack[3] == 0x00
+            if accepted:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs a clean goodbye
+            return accepted
+    except OSError:
+        return False
+
+
+def _find_binary(name: str, fallback: Path, package: str) -> Path:
+    """Locate ``name`` on PATH, else at ``fallback``; raise ServiceError naming the package."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    if fallback.is_file() and os.access(fallback, os.X_OK):
+        return fallback
+    raise ServiceError(
+        f"{name} not found on PATH nor at {fallback}: install the Debian package {package!r}: "
+        f"{INSTALL_HINT}"
+    )
+
+
+def _render_template(name: str, **values: object) -> str:
+    """Substitute ``values`` into the package template ``o2chain/templates/<name>``."""
+    text = (resources.files("o2chain") / "templates" / name).read_text(encoding="utf-8")
+    return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def _toml_string(value: str | Path) -> str:
+    """Quote ``value`` as a TOML basic string (JSON string escapes are valid TOML ones)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state from /proc/<pid>/stat ('T' = stopped), or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) is parenthesised and may itself contain spaces or ')'.
+    return stat.rpartition(")")[2].split()[0]
+
+
+class _Registry:
+    """Services with a live process, so an interpreter exit does not leave daemons behind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, ManagedService] = {}
+
+    def add(self, service: ManagedService) -> None:
+        with self._lock:
+            self._live[id(service)] = service
+
+    def discard(self, service: ManagedService) -> None:
+        with self._lock:
+            self._live.pop(id(service), None)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            services = list(self._live.values())
+        for service in services:
+            with contextlib.suppress(Exception):
+                service.stop(timeout_s=3.0)
+
+
+_REGISTRY = _Registry()
+# atexit covers normal exits and uncaught exceptions (a pytest-timeout included); a SIGKILL of
+# the test runner cannot be covered from inside it. PR_SET_PDEATHSIG is not used: it fires when
+# the *thread* that forked exits, and Services starts daemons from short-lived worker threads.
+atexit.register(_REGISTRY.stop_all)
+
+
+class ManagedService(ABC):
+    """One daemon process in its own instance directory, on a fixed loopback port.
+
+    Subclasses give the binary, the config file and the readiness probe. Methods are meant to
+    be called from one thread at a time per instance.
+    """
+
+    name: ClassVar[str]
+    binary_name: ClassVar[str]
+    binary_fallback: ClassVar[Path]
+    debian_package: ClassVar[str]
+    url_scheme: ClassVar[str]
+
+    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+        """Prepare (not start) an instance in ``base_dir/<name>/``.
+
+        ``port`` None picks a free port now; it is kept for the life of the object.
+        """
+        self._instance_dir = Path(base_dir).resolve() / self.name
+        self._port = port if port is not None else free_ports(1)[0]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, pid={self.pid}, dir={self.instance_dir})"
+
+    # -- where and what ------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """Always ``127.0.0.1``: private instances never listen beyond loopback."""
+        return HOST
+
+    @property
+    def port(self) -> int:
+        """The TCP port clients connect to; the same across restarts."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``<scheme>://127.0.0.1:<port>``."""
+        return f"{self.url_scheme}://{HOST}:{self._port}"
+
+    @property
+    def instance_dir(self) -> Path:
+        """Directory holding the config file, the log file and ``data/``."""
+        return self._instance_dir
+
+    @property
+    def config_path(self) -> Path:
+        """The config file, rewritten from the template at every start."""
+        return self._instance_dir / f"{self.name}.conf"
+
+    @property
+    def log_path(self) -> Path:
+        """The daemon's stdout and stderr, appended across restarts with a marker line each."""
+        return self._instance_dir / f"{self.name}.log"
+
+    @property
+    def data_dir(self) -> Path:
+        """Everything the daemon persists; kept by restart(), kill() and stop()."""
+        return self._instance_dir / "data"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running daemon, or None when it is not running."""
+        return self._process.pid if self.running and self._process else None
+
+    @property
+    def running(self) -> bool:
+        """True while the daemon process exists (ready, starting or frozen)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def frozen(self) -> bool:
+        """True while the daemon is stopped by SIGSTOP (see freeze())."""
+        pid = self.pid
+        return pid is not None and _process_state(pid) == "T"
+
+    @classmethod
+    def find_binary(cls) -> Path:
+        """The daemon's executable: on PATH, else at ``binary_fallback``.
+
+        Raises ServiceError naming the Debian package and the install command if neither.
+        """
+        return _find_binary(cls.binary_name, cls.binary_fallback, cls.debian_package)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the daemon and return once it answers its protocol; no-op if already running.
+
+        Raises ServiceError if the binary is missing, or if the daemon exits or is not ready
+        within ``timeout_s`` seconds (then it is killed); the message carries the log's last
+        lines.
+        """
+        if self.running:
+            return
+        binary = self.find_binary()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self._render_config(), encoding="utf-8")
+        env = self._environment()
+        with self.log_path.open("ab") as log:
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+            log.write(f"--- o2chain: starting {self.name} on {self.url} at {stamp} ---\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                [str(binary), *self._arguments()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._instance_dir,
+                env=env,
+                # Own session: a Ctrl-C in the terminal does not reach the daemon directly;
+                # the parent decides when it stops.
+                start_new_session=True,
+            )
+        _REGISTRY.add(self)
+        self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        process = self._process
+        if process is None:
+            raise ServiceError(f"{self.name} was not started")
+        deadline = time.monotonic() + timeout_s
+        interval_s = _POLL_FIRST_S
+        while True:
+            if process.poll() is not None:
+                _REGISTRY.discard(self)
+                raise ServiceError(
+                    f"{self.name} exited with code {process.returncode} before it was ready"
+                    f"{self._log_excerpt()}"
+                )
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                self.kill()
+                raise ServiceError(
+                    f"{self.name} was not ready on {self.url} within {timeout_s:g} s "
+                    f"(killed){self._log_excerpt()}"
+                )
+            if self.is_ready(timeout_s=min(remaining_s, _PROBE_TIMEOUT_S)):
+                return
+            # Waiting on the process, not sleeping: returns at once if the daemon dies.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=min(interval_s, max(deadline - time.monotonic(), 0.0)))
+            interval_s = min(interval_s * 2, _POLL_MAX_S)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the daemon cleanly (SIGTERM), escalating to SIGKILL after ``timeout_s`` seconds.
+
+        No-op if not running. A frozen daemon is thawed so it can handle the SIGTERM.
+        """
+        process = self._process
+        if process is None or process.poll() is not None:
+            _REGISTRY.discard(self)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        _REGISTRY.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and reap it (simulates a crash or power loss); no-op if stopped."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+        _REGISTRY.discard(self)
+
+    def restart(self, timeout_s: float = 15.0) -> None:
+        """stop() then start(timeout_s): same port, same data. Raises ServiceError like start()."""
+        self.stop()
+        self.start(timeout_s=timeout_s)
+
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP the daemon and wait until the kernel reports it stopped.
+
+        Its sockets stay open: clients connect at TCP level but get no answer, like a hung
+        server. Raises ServiceError if not running or not stopped within ``timeout_s`` seconds.
+        """
+        self._signal_and_wait(signal.SIGSTOP, want_frozen=True, timeout_s=timeout_s)
+
+    def thaw(self, timeout_s: float = 5.0) -> None:
+        """SIGCONT a frozen daemon and wait until it runs again.
+
+        Raises ServiceError like freeze().
+        """
+        self._signal_and_wait(signal.SIGCONT, want_frozen=False, timeout_s=timeout_s)
+
+    def _signal_and_wait(self, sig: signal.Signals, *, want_frozen: bool, timeout_s: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise ServiceError(f"{self.name} is not running")
+        process.send_signal(sig)
+        deadline = time.monotonic() + timeout_s
+        interval_s = _POLL_FIRST_S
+        while self.frozen != want_frozen:
+            if time.monotonic() >= deadline:
+                raise ServiceError(f"{self.name} did not react to {sig.name} in {timeout_s:g} s")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=interval_s)
+            interval_s = min(interval_s * 2, _POLL_MAX_S)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- logs ----------------------------------------------------------------------------------
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the log file ("" if it does not exist yet)."""
+        # Read only the end: a soak run can leave a large log.
+        max_bytes = 256 * lines + 4096
+        try:
+            with self.log_path.open("rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(size - max_bytes, 0))
+                data = log.read()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+    def _log_excerpt(self) -> str:
+        return f"\n--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{self.log_tail()}"
+
+    # -- per service ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if the daemon answers its protocol within ``timeout_s`` seconds; never raises."""
+
+    @abstractmethod
+    def _render_config(self) -> str:
+        """The config file's text for this instance."""
+
+    @abstractmethod
+    def _arguments(self) -> list[str]:
+        """Command-line arguments after the binary."""
+
+    def _environment(self) -> dict[str, str]:
+        """Environment of the daemon: the parent's by default."""
+        return dict(os.environ)
+
+
+class Mosquitto(ManagedService):
+    """A private Mosquitto 2.x broker: persistence on, no queue limit, anonymous, loopback."""
+
+    name = "mosquitto"
+    binary_name = "mosquitto"
+    binary_fallback = Path("/usr/sbin/mosquitto")
+    debian_package = "mosquitto"
+    url_scheme = "mqtt"
+
+    def __init__(
+        self, base_dir: Path, port: int | None = None, *, autosave_interval_s: int = 1
+    ) -> None:
+        """Prepare a broker in ``base_dir/mosquitto/``.
+
+        ``autosave_interval_s`` (>= 1) bounds what a SIGKILL loses of retained messages and
+        queued sessions; a clean stop() always saves everything.
+        """
+        super().__init__(base_dir, port)
+        if autosave_interval_s < 1:
+            raise ValueError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
+        self._autosave_interval_s = autosave_interval_s
+
+    def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if the broker answers an MQTT CONNECT with CONNACK within ``timeout_s``."""
+        return mqtt_handshake(HOST, self._port, timeout_s)
+
+    def _render_config(self) -> str:
+        # Only root is switched to the `mosquitto` user; see the template for why we stay.
+        run_as = "user root" if os.geteuid() == 0 else "## not root: Mosquitto keeps our user"
+        return _render_template(
+            "mosquitto.conf.tmpl",
+            port=self._port,
+            run_as=run_as,
+            data_dir=self.data_dir,
+            autosave_interval_s=self._autosave_interval_s,
+        )
+
+    def _arguments(self) -> list[str]:
+        return ["-c", str(self.config_path)]
+
+
+class InfluxDB(ManagedService):
+    """A private InfluxDB 1.x server (HTTP API, InfluxQL) with a small client for tests."""
+
+    name = "influxdb"
+    binary_name = "influxd"
+    binary_fallback = Path("/usr/bin/influxd")
+    debian_package = "influxdb"
+    url_scheme = "http"
+
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        *,
+        rpc_port: int | None = None,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        """Prepare a server in ``base_dir/influxdb/``.
+
+        ``rpc_port`` is influxd's backup/restore port (free one picked when None), also on
+        127.0.0.1 and kept across restarts; ``request_timeout_s`` bounds each HTTP call of
+        create_database(), query() and write_lines().
+        """
+        super().__init__(base_dir, port)
+        if rpc_port is None:
+            rpc_port = next(p for p in free_ports(2) if p != self._port)
+        self._rpc_port = rpc_port
+        self._request_timeout_s = request_timeout_s
+
+    @property
+    def rpc_port(self) -> int:
+        """influxd's backup/restore (RPC) port on 127.0.0.1."""
+        return self._rpc_port
+
+    def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if ``GET /ping`` answers 204 within ``timeout_s`` seconds."""
+        try:
+            response = requests.get(f"{self.url}/ping", timeout=timeout_s)
+        except requests.RequestException:
+            return False
+        return response.status_code == 204
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE "<name>"`` (idempotent). Raises ServiceError on any failure."""
+        self.query(f"CREATE DATABASE {quote_identifier(name)}")
+
+    def query(self, q: str, db: str | None = None, *, epoch: str | None = None) -> dict[str, Any]:
+        """Run InfluxQL ``q`` (POST /query) and return the decoded JSON response.
+
+        ``epoch`` ("ns", "u", "ms", "s", ...) returns times as integers in that unit instead
+        of RFC 3339 strings. Raises ServiceError on a transport error, a non-2xx status, or an
+        ``error`` in the response or in any statement's result.
+        """
+        params = {"q": q}
+        if db is not None:
+            params["db"] = db
+        if epoch is not None:
+            params["epoch"] = epoch
+        response = self._request("query", params=params)
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise ServiceError(f"InfluxDB query {q!r}: response is not JSON: {exc}") from exc
+        errors = [body["error"]] if "error" in body else []
+        errors += [r["error"] for r in body.get("results", []) if "error" in r]
+        if errors:
+            raise ServiceError(f"InfluxDB query {q!r} failed: {'; '.join(map(str, errors))}")
+        return body
+
+    def write_lines(self, db: str, lines: str, *, precision: str = "ms") -> None:
+        """Write line-protocol ``lines`` (POST /write) with timestamps in ``precision`` units.
+
+        Raises ServiceError unless InfluxDB answers 204.
+        """
+        response = self._request(
+            "write", params={"db": db, "precision": precision}, data=lines.encode()
+        )
+        if response.status_code != 204:
+            raise ServiceError(
+                f"InfluxDB write to {db!r} answered {response.status_code}: {response.text}"
+            )
+
+    def query_points(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
+        """Run ``q`` and flatten every series into dicts (columns -> values, tags merged in).
+
+        Times are integers in milliseconds. Raises ServiceError like query().
+        """
+        points = []
+        for result in self.query(q, db, epoch="ms").get("results", []):
+            for series in result.get("series", []):
+                tags = series.get("tags", {})
+                for row in series.get("values", []):
+                    points.append({**tags, **dict(zip(series["columns"], row, strict=True))})
+        return points
+
+    def _request(
+        self, endpoint: str, *, params: dict[str, str], data: bytes | None = None
+    ) -> requests.Response:
+        # A fresh connection per call: a pooled keep-alive connection would be stale after
+        # restart() and fail the first request.
+        try:
+            response = requests.post(
+                f"{self.url}/{endpoint}", params=params, data=data, timeout=self._request_timeout_s
+            )
+        except requests.RequestException as exc:
+            raise ServiceError(f"InfluxDB /{endpoint} on {self.url}: {exc}") from exc
+        if not response.ok:
+            raise ServiceError(
+                f"InfluxDB /{endpoint} answered {response.status_code}: {response.text.strip()}"
+            )
+        return response
+
+    def _render_config(self) -> str:
+        return _render_template(
+            "influxdb.conf.tmpl",
+            http_port=self._port,
+            rpc_port=self._rpc_port,
+            meta_dir=_toml_string(self.data_dir / "meta"),
+            tsm_dir=_toml_string(self.data_dir / "data"),
+            wal_dir=_toml_string(self.data_dir / "wal"),
+        )
+
+    def _arguments(self) -> list[str]:
+        return ["run", "-config", str(self.config_path)]
+
+    def _environment(self) -> dict[str, str]:
+        # influxd lets INFLUXDB_<SECTION>_<KEY> variables override the config file: one
+        # inherited from the shell could move the port or the data dir of a private instance.
+        return {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an InfluxQL identifier (database, measurement): ``"`` and ``\\`` are escaped."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Services:
+    """Mosquitto and InfluxDB together in one base directory, started concurrently.
+
+    ``with Services(base_dir) as services:`` starts both and stops both on exit.
+    """
+
+    def __init__(
+        self, base_dir: Path, *, mqtt_port: int | None = None, influx_port: int | None = None
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.mosquitto = Mosquitto(self.base_dir, mqtt_port)
+        self.influxdb = InfluxDB(self.base_dir, influx_port)
+
+    def __iter__(self) -> Iterator[ManagedService]:
+        return iter((self.mosquitto, self.influxdb))
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start both at once; on any failure stop both and raise that ServiceError."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="o2chain-start") as pool:
+            futures = [pool.submit(service.start, timeout_s) for service in self]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                self.stop()
+                raise error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop both (each SIGTERM, then SIGKILL after ``timeout_s`` seconds)."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="o2chain-stop") as pool:
+            futures = [pool.submit(service.stop, timeout_s) for service in self]
+        for future in futures:
+            future.result()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,87 @@
+"""pytest plugin: private Mosquitto and InfluxDB instances as fixtures.
+
+Enabled for the whole repo by ``pytest_plugins = ["o2chain.testing"]`` in the root conftest.py.
+
+Fixtures:
+
+- ``service_dir``: a fresh directory for one test's service instances.
+- ``mosquitto``, ``influxdb``: started before the test, stopped after it (function scope); the
+  test may restart(), kill(), freeze() them at will.
+- ``mosquitto_session``, ``influxdb_session``: one instance for the whole run, for tests that
+  only need a service to exist. Do not stop or freeze them; use your own database / topic names.
+
+When a test fails, the last lines of the log of every service it used are added to its report
+(a section per service, with the log's path), so a broker or database error shows up next to the
+assertion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from o2chain.services import LOG_TAIL_LINES, InfluxDB, ManagedService, Mosquitto, Services
+
+
+@pytest.fixture
+def service_dir(tmp_path: Path) -> Path:
+    """A fresh directory for service instances (``<tmp_path>/services``).
+
+    No permission games are needed: o2chain's Mosquitto config keeps a root-started broker
+    from switching to the ``mosquitto`` user, so a 0700 pytest temp dir is fine.
+    """
+    path = tmp_path / "services"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def mosquitto(service_dir: Path) -> Iterator[Mosquitto]:
+    """A started private broker (``.url`` = ``mqtt://127.0.0.1:<port>``), stopped afterwards."""
+    with Mosquitto(service_dir) as broker:
+        yield broker
+
+
+@pytest.fixture
+def influxdb(service_dir: Path) -> Iterator[InfluxDB]:
+    """A started private InfluxDB 1.x (``.url`` = ``http://127.0.0.1:<port>``), stopped after."""
+    with InfluxDB(service_dir) as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+def mosquitto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One private broker shared by the whole test session."""
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto-session")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def influxdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    """One private InfluxDB shared by the whole test session."""
+    with InfluxDB(tmp_path_factory.mktemp("influxdb-session")) as database:
+        yield database
+
+
+def _services_used_by(item: pytest.Item) -> list[ManagedService]:
+    """Every ManagedService among the item's fixture values (also inside a Services)."""
+    found: list[ManagedService] = []
+    for value in getattr(item, "funcargs", {}).values():
+        candidates = list(value) if isinstance(value, Services) else [value]
+        found += [c for c in candidates if isinstance(c, ManagedService) and c not in found]
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the tail of each used service's log to a failed test's report."""
+    report = yield
+    if report.failed:
+        for service in _services_used_by(item):
+            title = f"{service.name} log, last {LOG_TAIL_LINES} lines of {service.log_path}"
+            report.sections.append((title, service.log_tail()))
+    return report

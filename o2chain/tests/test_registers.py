@@ -1,0 +1,108 @@
+"""Register codec and profile files."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from o2chain.registers import (
+    ProfileError,
+    Register,
+    RegType,
+    Table,
+    WordOrder,
+    load_profile,
+    parse_profile,
+    profile_names,
+)
+
+
+def test_float32_word_orders_decode_a_known_value() -> None:
+    # 93.1 as IEEE-754 single is 0x42BA3333: ABCD sends 0x42BA first, CDAB sends 0x3333 first.
+    (bits,) = struct.unpack(">I", struct.pack(">f", 93.1))
+    assert bits == 0x42BA3333
+    abcd = Register("p", Table.INPUT, 0, RegType.FLOAT32, WordOrder.ABCD)
+    cdab = Register("p", Table.INPUT, 0, RegType.FLOAT32, WordOrder.CDAB)
+    assert abcd.decode([0x42BA, 0x3333]) == pytest.approx(93.1, abs=1e-5)
+    assert cdab.decode([0x3333, 0x42BA]) == pytest.approx(93.1, abs=1e-5)
+    assert cdab.encode(93.1) == [0x3333, 0x42BA]
+
+
+@pytest.mark.parametrize(
+    ("reg_type", "raw", "scale", "expected"),
+    [
+        (RegType.UINT16, [948], 0.1, 94.8),
+        (RegType.INT16, [0xFFF6], 0.1, -1.0),  # -10 two's complement, x0.1
+        (RegType.UINT32, [0x0001, 0x0002], 1.0, 65538),
+        (RegType.INT32, [0xFFFF, 0xFFFE], 1.0, -2),
+    ],
+)
+def test_integer_types_and_scale(
+    reg_type: RegType, raw: list[int], scale: float, expected: float
+) -> None:
+    reg = Register("x", Table.HOLDING, 0, reg_type, scale=scale)
+    assert reg.decode(raw) == pytest.approx(expected)
+    assert reg.encode(expected) == raw
+
+
+def test_bits_and_inverted_polarity() -> None:
+    word = 0b0000_0000_0000_0100
+    assert Register("a", Table.HOLDING, 0, RegType.BITS, bit=2).decode([word]) is True
+    assert Register("a", Table.HOLDING, 0, RegType.BITS, bit=1).decode([word]) is False
+    active_low = Register("a", Table.DISCRETE, 0, RegType.BOOL, invert=True)
+    assert active_low.decode([False]) is True
+
+
+def test_encode_refuses_values_that_do_not_fit() -> None:
+    reg = Register("flow_lpm", Table.HOLDING, 0, RegType.UINT16, scale=0.1)
+    with pytest.raises(ValueError, match="flow_lpm"):
+        reg.encode(7000.0)  # 70000 raw > 65535
+
+
+def test_bundled_profiles_load_and_plan_coalesced_reads() -> None:
+    assert {"medical-concentrator", "psa-plant"} <= set(profile_names())
+    plant = load_profile("psa-plant")
+    blocks = plant.plan_reads()
+    # Eight neighbouring input registers rows -> one request; three discrete inputs -> one.
+    assert [(b.table, b.start, b.count) for b in blocks] == [
+        (Table.INPUT, 0, 16),
+        (Table.DISCRETE, 0, 3),
+    ]
+    medical = load_profile("medical-concentrator")
+    assert medical.register("purity_pct").address == 0  # "register 1" in the manual = PDU 0
+
+
+def test_plan_splits_on_gap_and_size_limit() -> None:
+    regs = [
+        {"name": f"r{i}", "table": "holding", "address": a, "type": "uint16"}
+        for i, a in enumerate([0, 1, 30, 31])
+    ]
+    profile = parse_profile({"profile": {"name": "t", "kind": "supply"}, "register": regs}, "t")
+    assert [(b.start, b.count) for b in profile.plan_reads(gap_fill=8)] == [(0, 2), (30, 2)]
+    assert [(b.start, b.count) for b in profile.plan_reads(gap_fill=40)] == [(0, 32)]
+    assert [(b.start, b.count) for b in profile.plan_reads(max_words=20, gap_fill=40)] == [
+        (0, 2),
+        (30, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"name": "x", "table": "holding", "address": 0}, "missing key 'type'"),
+        ({"name": "x", "table": "holdings", "address": 0, "type": "uint16"}, "holdings"),
+        ({"name": "x", "table": "coil", "address": 0, "type": "uint16"}, "does not fit"),
+        ({"name": "x", "table": "holding", "address": 0, "type": "uint16", "scal": 1}, "scal"),
+        ({"name": "x", "table": "holding", "address": 0, "type": "uint16", "scale": 0}, "scale"),
+    ],
+)
+def test_bad_profile_rows_name_the_row_and_key(row: dict[str, object], message: str) -> None:
+    with pytest.raises(ProfileError, match=message) as err:
+        parse_profile({"profile": {"name": "t", "kind": "plant"}, "register": [row]}, "t.toml")
+    assert "t.toml" in str(err.value) and "#1" in str(err.value)
+
+
+def test_unknown_profile_lists_the_available_ones() -> None:
+    with pytest.raises(ProfileError, match="psa-plant"):
+        load_profile("no-such-model")

@@ -17,12 +17,63 @@ assertion.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from o2chain.services import LOG_TAIL_LINES, InfluxDB, ManagedService, Mosquitto, Services
+from o2chain.procs import ChildProcess, o2chain_argv
+from o2chain.services import (
+    LOG_TAIL_LINES,
+    InfluxDB,
+    ManagedService,
+    Mosquitto,
+    ServiceError,
+    Services,
+)
+
+
+def wait_for_points(
+    influxdb: InfluxDB, db: str, query: str, count: int, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """Poll InfluxDB until ``query`` returns at least ``count`` points, then return them.
+
+    Writers in other processes give no event to await except the data itself; the poll is
+    bounded by ``timeout_s`` and fails with what it last saw.
+    """
+    deadline = time.monotonic() + timeout_s
+    points: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            points = influxdb.query_points(query, db=db)
+        except ServiceError:  # database not created yet
+            points = []
+        if len(points) >= count:
+            return points
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
+
+
+@pytest.fixture
+def concentrator_sim(tmp_path: Path) -> Iterator[str]:
+    """A medical-concentrator Modbus TCP simulator process; yields its ``tcp://`` URL."""
+    with ChildProcess(
+        o2chain_argv(
+            "sim",
+            "concentrator",
+            "--profile",
+            "medical-concentrator",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--seed",
+            "3",
+        ),
+        tmp_path / "sim-concentrator.log",
+    ) as sim:
+        match = sim.wait_for_log(r'"listening": "(tcp://127\.0\.0\.1:\d+)"')
+        yield match.group(1)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -14,45 +13,9 @@ import tomli_w
 
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import InfluxDB, Mosquitto
+from o2chain.testing import wait_for_points
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for_points(
-    influxdb: InfluxDB, db: str, query: str, count: int, timeout_s: float = 20.0
-) -> list[dict[str, object]]:
-    """Poll InfluxDB until ``query`` returns at least ``count`` points (the gateway writes
-    asynchronously; there is no event to await across processes but the data itself)."""
-    deadline = time.monotonic() + timeout_s
-    points: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        try:
-            points = influxdb.query_points(query, db=db)
-        except Exception:  # database not created yet
-            points = []
-        if len(points) >= count:
-            return points
-        time.sleep(0.1)
-    raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
-
-
-@pytest.fixture
-def concentrator(tmp_path: Path) -> Iterator[str]:
-    with ChildProcess(
-        o2chain_argv(
-            "sim",
-            "concentrator",
-            "--profile",
-            "medical-concentrator",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--seed",
-            "3",
-        ),
-        tmp_path / "sim.log",
-    ) as sim:
-        match = sim.wait_for_log(r'"listening": "(tcp://127\.0\.0\.1:\d+)"')
-        yield match.group(1)
 
 
 def write_config(
@@ -93,9 +56,9 @@ def publish(mosquitto: Mosquitto, topic: str, payloads: list[bytes]) -> None:
 
 
 def test_modbus_and_mqtt_readings_reach_influxdb(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, concentrator: str
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, concentrator_sim: str
 ) -> None:
-    cfg = write_config(tmp_path / "gw.toml", mosquitto, influxdb, concentrator, tmp_path / "st")
+    cfg = write_config(tmp_path / "gw.toml", mosquitto, influxdb, concentrator_sim, tmp_path / "st")
     with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
         gw.wait_for_log("MQTT subscribed")
         ts = int(time.time() * 1000) - 5000
@@ -133,8 +96,8 @@ def test_modbus_and_mqtt_readings_reach_influxdb(
         )
         for point in conc:
             assert point["source"] == "modbus"
-            assert 85.0 < float(point["purity_pct"]) < 96.0  # type: ignore[arg-type]
-            assert 3.0 < float(point["flow_lpm"]) < 5.0  # type: ignore[arg-type]
+            assert 85.0 < float(point["purity_pct"]) < 96.0
+            assert 3.0 < float(point["flow_lpm"]) < 5.0
             assert point["state"] is True
 
         gw.stop()

@@ -11,6 +11,7 @@ from gateway.influx import InfluxV1Writer
 from gateway.modbus import ClientFactory, DevicePoller, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.outbox import Outbox
+from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 from gateway.writer import OutboxDrainer
 from o2chain.registers import load_profile
@@ -39,10 +40,14 @@ class Gateway:
             for d in config.device
             if d.transport is Transport.MODBUS
         ]
-        self.mqtt = MqttIngest(config, self.outbox, on_committed=self.drainer.wake)
+        # Enrichment and alarm stages plug in here (issue 4).
+        self.pipeline = Pipeline([])
+        self.mqtt = MqttIngest(
+            config, self.outbox, on_committed=self.drainer.wake, process=self.pipeline.process
+        )
 
     def _emit(self, reading: Reading) -> None:
-        self.outbox.add([reading.to_line()])
+        self.outbox.add(r.to_line() for r in self.pipeline.process([reading]))
         self.drainer.wake()
 
     async def run(self, stop: asyncio.Event) -> None:

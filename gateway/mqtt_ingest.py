@@ -22,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import GatewayConfig
 from gateway.outbox import Outbox
+from gateway.readings import Reading
 from gateway.telemetry import Reject, decode_telemetry, parse_topic
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,13 @@ class MqttIngest:
         config: GatewayConfig,
         outbox: Outbox,
         on_committed: Callable[[], None] = lambda: None,
+        process: Callable[[list[Reading]], list[Reading]] = lambda readings: readings,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ):
         self.config = config
         self.outbox = outbox
         self.on_committed = on_committed
+        self.process = process
         self.wall_clock_ms = wall_clock_ms
         self.stats = IngestStats()
         self.connected_event = threading.Event()
@@ -184,6 +187,7 @@ class MqttIngest:
                 "mqtt", msg.topic, rej.reason, rej.detail, bytes(msg.payload)
             )
             return
+        readings = self.process(readings)
         self.outbox.add(r.to_line() for r in readings)
         self.stats.readings += len(readings)
         self.on_committed()

@@ -48,12 +48,15 @@ fi
 stamp=.venv/.o2chain-installed
 want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "==> pip install -e .[dev]"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
-  # The firmware type-checks against the ESP32 stubs used as a custom typeshed (firmware/mypy.ini).
-  rm -rf .venv/mpy-typings
-  .venv/bin/python -m pip install -q "micropython-esp32-stubs==1.29.*" --target .venv/mpy-typings
+  echo "==> pip install -e .[dev] (log: .venv/pip-install.log)"
+  log=.venv/pip-install.log
+  {
+    .venv/bin/python -m pip install -q --upgrade pip &&
+    .venv/bin/python -m pip install -q -e ".[dev]" &&
+    # The firmware type-checks against the ESP32 stubs as a custom typeshed (firmware/mypy.ini).
+    rm -rf .venv/mpy-typings &&
+    .venv/bin/python -m pip install -q "micropython-esp32-stubs==1.29.*" --target .venv/mpy-typings
+  } >"$log" 2>&1 || { tail -40 "$log" >&2; echo "pip install failed; full log: $log" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi
 [ -x .venv/bin/o2chain ] || { echo "set-up failed: .venv/bin/o2chain is missing" >&2; exit 1; }

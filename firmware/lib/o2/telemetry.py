@@ -1,0 +1,28 @@
+"""Telemetry payload v1 (ARCHITECTURE.md contract; o2chain/schema/telemetry_v1.json).
+
+``{"v":1,"boot":B,"seq":S,"ts":ms,<field>:<number>,...}`` -- only fields that have a value
+(a failed sensor leaves its fields out and sets a ``quality`` bit: never a silent zero).
+"""
+
+# (name, decimals) in payload order. Decimals match sensor resolution, not float noise.
+ROOM_FIELDS = (
+    ("o2_pct", 2),
+    ("baro_kpa", 3),
+    ("temp_c", 2),
+    ("rh_pct", 2),
+    ("ppo2_kpa", 3),
+    ("eq_alt_m", 1),
+)
+
+
+def encode(boot: int, seq: int, ts_ms: int, values, quality: int = 0, fields=ROOM_FIELDS) -> bytes:
+    """JSON bytes of one reading; ``values`` parallels ``fields`` (None = field absent)."""
+    parts = ['{"v":1,"boot":%d,"seq":%d,"ts":%d' % (boot, seq, ts_ms)]
+    for i in range(len(fields)):
+        v = values[i]
+        if v is not None:
+            parts.append(',"%s":%.*f' % (fields[i][0], fields[i][1], v))
+    if quality:
+        parts.append(',"quality":%d' % quality)
+    parts.append("}")
+    return "".join(parts).encode()

@@ -1,0 +1,165 @@
+"""Winsen ZE03-O2 electrochemical oxygen module: frames (pure) and an async Q&A driver.
+
+Wire: UART 9600 8N1, 9-byte frames starting 0xFF, range 0-25 % O2 (DOMAIN.md section 4;
+Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1..7:
+``CS = (~(b1 + ... + b7) + 1) & 0xFF``.
+"""
+
+import asyncio
+
+FRAME_LEN = 9
+START = 0xFF
+CMD_READ = 0x86
+CMD_MODE = 0x78
+MODE_QA = 0x41  # question & answer: the module only speaks when asked
+MODE_ACTIVE = 0x40  # power-on default of the module: uploads a frame every second
+O2_SCALE_PCT = 0.1  # one count = 0.1 % O2
+O2_MAX_PCT = 25.0  # measuring range of the module
+
+# Quality flags shared by all drivers (bit values of the telemetry "quality" field).
+Q_TIMEOUT = 0x01  # no (complete) reply within the timeout
+Q_CHECKSUM = 0x02  # a reply arrived but failed its checksum / header check
+Q_RANGE = 0x04  # value outside the sensor's measuring range
+
+
+class FrameError(ValueError):
+    """A 9-byte buffer that is not a valid ZE03 reply (header, command or checksum)."""
+
+
+def checksum(frame) -> int:
+    """Checksum of bytes 1..7 of a 9-byte frame (byte 0 is the 0xFF start byte)."""
+    total = 0
+    for i in range(1, 8):
+        total += frame[i]
+    return (~total + 1) & 0xFF
+
+
+def build_command(cmd: int, arg: int = 0) -> bytes:
+    """A host frame ``FF 01 cmd arg 00 00 00 00 CS``."""
+    frame = bytearray(FRAME_LEN)
+    frame[0] = START
+    frame[1] = 0x01
+    frame[2] = cmd
+    frame[3] = arg
+    frame[8] = checksum(frame)
+    return bytes(frame)
+
+
+QUERY = build_command(CMD_READ)  # FF 01 86 00 00 00 00 00 79
+SET_QA_MODE = build_command(CMD_MODE, MODE_QA)  # FF 01 78 41 00 00 00 00 46
+SET_ACTIVE_MODE = build_command(CMD_MODE, MODE_ACTIVE)  # FF 01 78 40 00 00 00 00 47
+
+
+def build_reply(o2_pct: float) -> bytes:
+    """The module's reply ``FF 86 HH LL 00 00 00 00 CS`` for ``o2_pct`` (used by simulators)."""
+    counts = int(o2_pct / O2_SCALE_PCT + 0.5)
+    if counts < 0:
+        counts = 0
+    frame = bytearray(FRAME_LEN)
+    frame[0] = START
+    frame[1] = CMD_READ
+    frame[2] = (counts >> 8) & 0xFF
+    frame[3] = counts & 0xFF
+    frame[8] = checksum(frame)
+    return bytes(frame)
+
+
+def parse_reply(frame) -> float:
+    """O2 in % from a 9-byte reply ``FF 86 HH LL xx xx xx xx CS``.
+
+    Raises FrameError on a wrong length, start byte, command byte or checksum.
+    """
+    if len(frame) != FRAME_LEN:
+        raise FrameError("length %d, expected 9" % len(frame))
+    if frame[0] != START or frame[1] != CMD_READ:
+        raise FrameError("header %02x %02x, expected ff 86" % (frame[0], frame[1]))
+    expected = checksum(frame)
+    if frame[8] != expected:
+        raise FrameError("checksum %02x, expected %02x" % (frame[8], expected))
+    return ((frame[2] << 8) | frame[3]) * O2_SCALE_PCT
+
+
+def find_reply(buf, n: int) -> int:
+    """Index of the first plausible reply start (``FF 86``) in ``buf[:n]``, or -1.
+
+    Lets the driver resync after garbage or a half frame on the wire.
+    """
+    for i in range(n - 1):
+        if buf[i] == START and buf[i + 1] == CMD_READ:
+            return i
+    if n and buf[n - 1] == START:
+        return n - 1
+    return -1
+
+
+class ZE03:
+    """Async Q&A driver. ``uart`` is any stream that asyncio can poll (machine.UART(timeout=0)).
+
+    ``read()`` returns ``(o2_pct, quality)``; on a fault o2_pct is None and quality says why:
+    a missing reading is never reported as 0 %.
+    """
+
+    def __init__(self, uart, timeout_ms: int = 500) -> None:
+        self._uart = uart
+        self._reader = asyncio.StreamReader(uart)
+        self._writer = asyncio.StreamWriter(uart, {})
+        self._timeout_ms = timeout_ms
+        self._buf = bytearray(2 * FRAME_LEN)  # preallocated: one frame plus resync slack
+        self._n = 0
+        self.errors = 0  # faults since boot, for the health message
+
+    async def init(self) -> None:
+        """Switch the module from its power-on active-upload mode to Q&A mode."""
+        self._writer.write(SET_QA_MODE)
+        await self._writer.drain()
+
+    async def read(self):
+        """Query once; ``(o2_pct, quality_flags)`` with o2_pct None on timeout or bad frame."""
+        self._drain_input()
+        self._n = 0
+        self._writer.write(QUERY)
+        await self._writer.drain()
+        try:
+            quality: int = await asyncio.wait_for(self._collect(), self._timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            self.errors += 1
+            return None, Q_TIMEOUT
+        if quality:
+            self.errors += 1
+            return None, quality
+        o2_pct = parse_reply(memoryview(self._buf)[:FRAME_LEN])
+        if o2_pct > O2_MAX_PCT:
+            return o2_pct, Q_RANGE
+        return o2_pct, 0
+
+    async def _collect(self) -> int:
+        # Accumulate bytes until a whole frame starting FF 86 sits at buf[0]; 0 or Q_CHECKSUM.
+        buf = self._buf
+        while True:
+            chunk = await self._reader.read(FRAME_LEN - self._n if self._n < FRAME_LEN else 1)
+            if not chunk:
+                return Q_TIMEOUT  # end of stream: the UART is gone, not just quiet
+            for b in chunk:
+                if self._n < len(buf):
+                    buf[self._n] = b
+                    self._n += 1
+            start = find_reply(buf, self._n)
+            if start < 0:
+                self._n = 0
+                continue
+            if start > 0:
+                buf[: self._n - start] = buf[start : self._n]
+                self._n -= start
+            if self._n >= FRAME_LEN:
+                frame = memoryview(buf)[:FRAME_LEN]
+                if frame[8] != checksum(frame):
+                    return Q_CHECKSUM
+                return 0
+
+    def _drain_input(self) -> None:
+        # Drop stale bytes (a late reply, active-mode uploads) so the next reply is ours.
+        try:
+            while self._uart.read(64):
+                pass
+        except OSError:
+            pass

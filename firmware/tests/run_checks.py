@@ -1,0 +1,12 @@
+# Runs every check_* in checks.py and prints one line per check: "PASS name" or
+# "FAIL name: error". Used under `micropython` by test_pure.py.
+import checks
+
+for name in sorted(dir(checks)):
+    if not name.startswith("check_"):
+        continue
+    try:
+        getattr(checks, name)()
+        print("PASS", name)
+    except Exception as e:
+        print("FAIL %s: %s %s" % (name, type(e).__name__, e))

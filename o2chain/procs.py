@@ -6,6 +6,7 @@ watching that log for a line the process prints once it is ready (an event, not 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -43,6 +44,12 @@ class ChildProcess:
         return None if self._proc is None else self._proc.poll()
 
     def start(self) -> ChildProcess:
+        """Start the process (again, after it ended); raises ProcessError while it runs.
+
+        Refusing a second start keeps a running child from being forgotten (and leaked).
+        """
+        if self.running:
+            raise ProcessError(f"{self.argv[:4]} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(self.argv)}\n".encode())
@@ -57,6 +64,7 @@ class ChildProcess:
                 start_new_session=True,
                 env=env,
             )
+        _LIVE.add(self)
         return self
 
     def log_text(self) -> str:
@@ -107,6 +115,7 @@ class ChildProcess:
         # Children of the group that outlived the leader (none expected) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
+        _LIVE.discard(self)
         return self._proc.returncode
 
     def kill(self) -> None:
@@ -116,6 +125,7 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+        _LIVE.discard(self)
 
     def __enter__(self) -> ChildProcess:
         return self.start()
@@ -127,6 +137,17 @@ class ChildProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# Children still running when the interpreter exits (a test that failed before its cleanup, an
+# uncaught exception) are stopped then; they run in sessions of their own and would outlive us.
+_LIVE: set[ChildProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for child in list(_LIVE):
+        child.stop(timeout_s=3.0)
 
 
 def o2chain_argv(*args: str) -> list[str]:

@@ -159,6 +159,7 @@ class Profile:
     description: str
     registers: tuple[Register, ...]
     nominal: dict[str, Any] = field(default_factory=dict)
+    address_base: int = 0  # what the file's addresses meant (0: PDU, 1: register numbers)
 
     def register(self, name: str) -> Register:
         for reg in self.registers:
@@ -266,6 +267,7 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
         description=str(head.get("description", "")),
         registers=tuple(registers),
         nominal=dict(data.get("nominal", {})),
+        address_base=int(base),
     )
 
 

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,13 +30,99 @@ def register(sub: Any) -> None:
     conc.add_argument(
         "--listen",
         default="tcp://127.0.0.1:5020",
-        help="tcp://HOST:PORT (port 0 picks a free one; the chosen URL is printed)",
+        help="tcp://HOST:PORT (port 0 picks a free one; the chosen URL is printed) or "
+        "rtu:///dev/ttyX?baudrate=9600",
     )
-    conc.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
+    conc.add_argument(
+        "--unit",
+        type=int,
+        action="append",
+        help="Modbus unit id (default 1); repeat to serve several devices on one port or bus",
+    )
+    conc.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="UNIT:KIND[=VALUE]",
+        help="silent | silent-after=S | slow=S | exception=CODE | corrupt=N (every n-th answer "
+        "damaged: RTU CRC error); repeatable",
+    )
     conc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     conc.add_argument("--flow-lpm", type=float, default=None, help="flow setpoint, L/min")
     conc.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     conc.set_defaults(handler=_concentrator)
+
+    fleet = sim_sub.add_parser(
+        "fleet",
+        help="many virtual room boards publishing telemetry over MQTT, then a JSON summary",
+    )
+    fleet.add_argument("--mqtt", required=True, help="broker URL mqtt://HOST:PORT")
+    fleet.add_argument("--site", required=True, help="site id ([a-z0-9-]{1,32})")
+    fleet.add_argument("--boards", type=int, required=True, help="number of boards")
+    fleet.add_argument(
+        "--interval-s",
+        type=float,
+        required=True,
+        help="seconds between readings of one board; 0 = as fast as PUBACKs return",
+    )
+    fleet.add_argument("--readings", type=int, required=True, help="readings per board")
+    fleet.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fleet.add_argument("--prefix", default="o2", help="topic prefix (default o2)")
+    fleet.add_argument(
+        "--boot",
+        type=int,
+        default=None,
+        help="boot counter of every board (default: the start time in s, new for each run)",
+    )
+    fleet.add_argument("--first-board", type=int, default=1, help="number of the first device")
+    fleet.add_argument("--altitude-m", type=float, default=3650.0, help="site altitude")
+    fleet.add_argument("--batch-max", type=int, default=50, help="readings per replayed array")
+    fleet.add_argument("--window", type=int, default=10, help="QoS 1 messages in flight/board")
+    fleet.add_argument(
+        "--buffer-max", type=int, default=10_000, help="readings a board keeps while offline"
+    )
+    fleet.add_argument(
+        "--timeout-s", type=float, default=None, help="give up after this long (exit 1)"
+    )
+    fleet.set_defaults(handler=_fleet)
+
+    run = sim_sub.add_parser(
+        "run", help="run a scenario: Modbus equipment, room boards on MQTT, a timeline of faults"
+    )
+    run.add_argument("scenario", help="bundled scenario name (see `sim scenarios`) or a .toml path")
+    run.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    run.add_argument(
+        "--duration", type=float, default=None, help="stop after this many simulated seconds"
+    )
+    run.add_argument("--mqtt", default=None, help="broker for the room boards, mqtt://HOST:PORT")
+    run.add_argument(
+        "--own-broker",
+        action="store_true",
+        help="start a private Mosquitto (needed for broker_restart events without --mqtt)",
+    )
+    run.set_defaults(handler=_run)
+
+    sensor = sim_sub.add_parser(
+        "sensor", help="a serial O2 sensor on a new pseudo-terminal (prints its path)"
+    )
+    sensor.add_argument("model", choices=["gasboard", "luminox"])
+    sensor.add_argument("--o2-pct", type=float, default=None, help="O2 %% to report")
+    sensor.add_argument("--flow-lpm", type=float, default=5.0, help="gasboard: flow")
+    sensor.add_argument("--temp-c", type=float, default=21.0)
+    sensor.add_argument("--baro-kpa", type=float, default=65.2, help="luminox: pressure")
+    sensor.add_argument("--seed", type=int, default=0)
+    sensor.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND[=VALUE]",
+        help="bad_checksum_every=N, garbage_every=N, drop_every=N, drift_per_h=X, stuck, "
+        "disconnected (repeatable)",
+    )
+    sensor.set_defaults(handler=_sensor)
+
+    scenarios = sim_sub.add_parser("scenarios", help="list the bundled scenario names")
+    scenarios.set_defaults(handler=_scenarios)
 
 
 def _profiles(args: argparse.Namespace) -> int:
@@ -43,66 +131,277 @@ def _profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+_SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from simulators.fleet import Fleet, FleetConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    _err = sys.stderr
+    url = urlsplit(args.mqtt)
+    if url.scheme != "mqtt" or not url.hostname:
+        print(f"o2chain sim fleet: --mqtt {args.mqtt!r}: expected mqtt://HOST:PORT", file=_err)
+        return 2
+    if not _SITE_RE.fullmatch(args.site):
+        print(f"o2chain sim fleet: --site {args.site!r}: expected [a-z0-9-]{{1,32}}", file=_err)
+        return 2
+    timeout_s = args.timeout_s
+    if timeout_s is None:
+        # Real-time runs last readings x interval; leave room for connections and a slow broker.
+        timeout_s = 120.0 + args.readings * args.interval_s * 1.5 + args.boards * 0.01
+    config = FleetConfig(
+        host=url.hostname,
+        port=url.port or 1883,
+        site=args.site,
+        boards=args.boards,
+        interval_s=args.interval_s,
+        readings=args.readings,
+        seed=args.seed,
+        prefix=args.prefix,
+        boot=args.boot,
+        first_board=args.first_board,
+        altitude_m=args.altitude_m,
+        batch_max=args.batch_max,
+        window=args.window,
+        buffer_max=args.buffer_max,
+        timeout_s=timeout_s,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"o2chain sim fleet: {exc}", file=sys.stderr)
+        return 2
+    summary = asyncio.run(Fleet(config).run())
+    print(summary.to_json(), flush=True)
+    return 0 if summary.complete else 1
+
+
+def _sensor(args: argparse.Namespace) -> int:
+    from simulators.wire.faults import PtySensor, Wire, WireFaults
+    from simulators.wire.gasboard import GasboardWire
+    from simulators.wire.luminox import LuminOxWire
+
+    wire: Wire
+    faults: WireFaults
+    if args.model == "gasboard":
+        gas = GasboardWire(
+            93.0 if args.o2_pct is None else args.o2_pct, args.flow_lpm, args.temp_c, seed=args.seed
+        )
+        wire, faults = gas, gas.faults
+    else:
+        lum = LuminOxWire(
+            24.1 if args.o2_pct is None else args.o2_pct, args.temp_c, args.baro_kpa, seed=args.seed
+        )
+        wire, faults = lum, lum.faults
+    for text in args.fault:
+        name, _, value = text.partition("=")
+        if name in ("stuck", "disconnected") and not value:
+            setattr(faults, name, True)
+        elif name in ("bad_checksum_every", "garbage_every", "drop_every") and value.isdigit():
+            setattr(faults, name, int(value))
+        elif name == "drift_per_h" and value:
+            faults.drift_per_h = float(value)
+        else:
+            print(f"o2chain sim sensor: --fault {text!r}: see --help", file=sys.stderr)
+            return 2
+    with PtySensor(wire, args.model) as sim:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(json.dumps({"port": sim.port_path, "model": args.model}), flush=True)
+        stop.wait()
+    return 0
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from simulators.scenario import scenario_names
+
+    for name in scenario_names():
+        print(name)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulators.scenario import ScenarioError, load_scenario
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        print(f"o2chain sim run: {exc}", file=sys.stderr)
+        return 2
+    if args.mqtt is not None:
+        url = urlsplit(args.mqtt)
+        if url.scheme != "mqtt" or not url.hostname:
+            print(
+                f"o2chain sim run: --mqtt {args.mqtt!r}: expected mqtt://HOST:PORT", file=sys.stderr
+            )
+            return 2
+    if args.speed <= 0:
+        print(f"o2chain sim run: --speed {args.speed}: expected > 0", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_scenario(scenario, args))
+
+
+async def _run_scenario(scenario: Any, args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from simulators.scenario import ScenarioRunner
+
+    with tempfile.TemporaryDirectory(prefix="o2chain-scenario-") as tmp:
+        runner = ScenarioRunner(
+            scenario,
+            mqtt_url=args.mqtt,
+            speed=args.speed,
+            own_broker_dir=Path(tmp) if args.own_broker and args.mqtt is None else None,
+        )
+        endpoints = await runner.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(endpoints.to_json(), flush=True)
+        run = asyncio.create_task(runner.run(args.duration))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        run.cancel()
+        await runner.stop()
+        fired = [
+            {"t_s": round(t, 1), "target": e.target, "action": e.action.value}
+            for t, e in runner.fired
+        ]
+        print(
+            json.dumps({"done": True, "sim_time_s": round(runner.sim_time_s, 1), "events": fired})
+        )
+    return 0
+
+
+_FAULT_RE = re.compile(
+    r"(?P<unit>\d+):(?P<kind>silent|silent-after|slow|exception|corrupt)(=(?P<value>[0-9.]+))?"
+)
+
+
+def parse_fault(text: str) -> tuple[int, str, float | None]:
+    """``UNIT:KIND[=VALUE]`` -> (unit, kind, value); raises ValueError naming the expectation."""
+    m = _FAULT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(
+            f"--fault {text!r}: expected UNIT:silent, UNIT:silent-after=S, UNIT:slow=S, "
+            "UNIT:exception=CODE or UNIT:corrupt=N"
+        )
+    kind, value = m["kind"], m["value"]
+    if kind != "silent" and value is None:
+        raise ValueError(f"--fault {text!r}: {kind} needs =VALUE")
+    return int(m["unit"]), kind, None if value is None else float(value)
+
+
 def _concentrator(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    err = "o2chain sim concentrator:"
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
-        print(f"o2chain sim concentrator: {exc}", file=sys.stderr)
+        print(f"{err} {exc}", file=sys.stderr)
         return 2
     url = urlsplit(args.listen)
-    if url.scheme != "tcp" or not url.hostname:
+    if not ((url.scheme == "tcp" and url.hostname) or (url.scheme == "rtu" and url.path)):
         print(
-            f"o2chain sim concentrator: --listen {args.listen!r}: expected tcp://HOST:PORT "
-            "(RTU serving arrives with the serial-line simulators)",
+            f"{err} --listen {args.listen!r}: expected tcp://HOST:PORT or "
+            "rtu:///dev/ttyX?baudrate=9600[&parity=N&stopbits=1]",
             file=sys.stderr,
         )
         return 2
-    if not 1 <= args.unit <= 247:
-        print(f"o2chain sim concentrator: --unit {args.unit}: expected 1..247", file=sys.stderr)
+    units = args.unit or [1]
+    if any(not 1 <= u <= 247 for u in units) or len(set(units)) != len(units):
+        print(f"{err} --unit {units}: expected distinct ids in 1..247", file=sys.stderr)
+        return 2
+    try:
+        faults = [parse_fault(f) for f in args.fault]
+    except ValueError as exc:
+        print(f"{err} {exc}", file=sys.stderr)
+        return 2
+    if any(unit not in units for unit, _, _ in faults):
+        print(f"{err} --fault names a unit that is not served ({units})", file=sys.stderr)
         return 2
     return asyncio.run(
         serve_concentrator(
             profile_name=profile.name,
-            host=url.hostname,
-            port=url.port or 0,
-            unit=args.unit,
+            listen=args.listen,
+            units=units,
             seed=args.seed,
             flow_lpm=args.flow_lpm,
             speed=args.speed,
+            faults=faults,
         )
     )
 
 
 async def serve_concentrator(
     profile_name: str,
-    host: str,
-    port: int,
-    unit: int = 1,
+    listen: str,
+    units: list[int],
     seed: int = 0,
     flow_lpm: float | None = None,
     speed: float = 1.0,
+    faults: list[tuple[int, str, float | None]] | None = None,
 ) -> int:
-    """Serve one simulated device until SIGINT/SIGTERM; prints a JSON line once listening."""
-    from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
-    from simulators.physics.concentrator import ConcentratorModel, ConcentratorParams
+    """Serve simulated devices until SIGINT/SIGTERM; prints a JSON line once listening.
+
+    One device per unit id (seeds ``seed``, ``seed + 1``, ...), all on one TCP port or one
+    RTU line. ``faults``: (unit, kind, value) from ``--fault``.
+    """
+    from urllib.parse import parse_qs
+
+    from simulators.modbus_server import (
+        ModbusRtuSimulator,
+        ModbusTcpSimulator,
+        SimulatedDevice,
+    )
+    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 
     profile = load_profile(profile_name)
-    params = ConcentratorParams(
-        rated_flow_lpm=float(profile.nominal.get("rated_flow_lpm", 5.0)),
-        outlet_kpa_at_rated=float(profile.nominal.get("outlet_kpa_at_rated", 55.0)),
-    )
-    model = ConcentratorModel(params, seed=seed, flow_lpm=flow_lpm)
-    device = SimulatedDevice(profile, model, unit=unit, speed=speed)
-    server = ModbusTcpSimulator([device], host=host, port=port)
+    devices = []
+    for n, unit in enumerate(units):
+        params = params_from_profile(profile.nominal)
+        model = ConcentratorModel(params, seed=seed + n, flow_lpm=flow_lpm)
+        devices.append(SimulatedDevice(profile, model, unit=unit, speed=speed))
+    url = urlsplit(listen)
+    server: ModbusTcpSimulator | ModbusRtuSimulator
+    if url.scheme == "tcp":
+        server = ModbusTcpSimulator(devices, host=url.hostname or "127.0.0.1", port=url.port or 0)
+    else:
+        query = parse_qs(url.query)
+        server = ModbusRtuSimulator(
+            devices,
+            port=url.path,
+            baudrate=int(query.get("baudrate", ["9600"])[0]),
+            parity=query.get("parity", ["N"])[0],
+            stopbits=int(query.get("stopbits", ["1"])[0]),
+        )
     await server.start()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    for unit, kind, value in faults or []:
+        f = server.device(unit).faults
+        if kind == "silent":
+            f.silent = True
+        elif kind == "silent-after":
+            loop.call_later(value or 0.0, setattr, f, "silent", True)
+        elif kind == "slow":
+            f.delay_s = value or 0.0
+        elif kind == "exception":
+            f.exception_code = int(value or 4)
+        elif kind == "corrupt":
+            f.corrupt_every = int(value or 1)
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # "listening" first: the demo and the test fixtures match this line with a regex.
     print(
         json.dumps(
-            {"listening": f"tcp://{host}:{server.port}", "profile": profile.name, "unit": unit}
+            {"listening": server.url, "profile": profile.name, "unit": units[0], "units": units}
         ),
         flush=True,
     )

@@ -4,6 +4,11 @@ One process serves many devices: each :class:`SimulatedDevice` pairs a profile w
 model under a unit id, and one server (TCP port or RTU line) can hold many of them. Register
 values are computed from the model at the moment a request reads them (pymodbus ``SimDevice``
 action hook), so what a client reads is always the model's present state.
+
+Faults (:class:`DeviceFaults`, per device, switchable at run time): stop answering (also while
+the model has no power), answer late, answer every read with a Modbus exception code, corrupt
+the CRC of answers (RTU) or garble them (TCP). The gateway's tests use them for "one of five
+devices stops answering" and "exception codes / CRC errors".
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from o2chain.registers import Profile, Register, Table
+from o2chain.registers import Profile, Register, RegType, Table
 from simulators.physics.concentrator import ConcentratorModel
 
 log = logging.getLogger(__name__)
@@ -29,18 +37,43 @@ _FC_TABLE = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
 
 
 @dataclass
+class DeviceFaults:
+    """Misbehaviour of one served device; change the fields at any time."""
+
+    silent: bool = False  # no answer at all (a dead device, a cut A/B pair)
+    delay_s: float = 0.0  # answer this much later (real seconds): a slow device
+    exception_code: int | None = None  # answer every request with this exception (1..11)
+    corrupt_every: int = 0  # corrupt every n-th answer (RTU: CRC; TCP: a garbled byte)
+    _answers: int = field(default=0, repr=False)
+
+    def should_corrupt(self) -> bool:
+        if self.corrupt_every <= 0:
+            return False
+        self._answers += 1
+        return self._answers % self.corrupt_every == 0
+
+
+@dataclass
 class SimulatedDevice:
-    """A profile served under ``unit`` with values from ``model``, stepped by ``clock``."""
+    """A profile served under ``unit`` with values from ``model``, stepped by ``clock``.
+
+    ``drive_model`` False: someone else steps the model (a scenario's world clock); the device
+    only reads it.
+    """
 
     profile: Profile
     model: ConcentratorModel
     unit: int = 1
     clock: Callable[[], float] = time.monotonic
     speed: float = 1.0  # simulated seconds per clock second
+    drive_model: bool = True
+    faults: DeviceFaults = field(default_factory=DeviceFaults)
     reads: int = 0
     _last_clock: float | None = field(default=None, repr=False)
 
     def _advance(self) -> None:
+        if not self.drive_model:
+            return
         now = self.clock()
         if self._last_clock is not None:
             self.model.advance(max(0.0, now - self._last_clock) * self.speed)
@@ -79,7 +112,15 @@ class SimulatedDevice:
         count: int,
         current: list[int],
         set_values: list[int] | list[bool] | None,
-    ) -> None:
+    ) -> ExcCodes | None:
+        faults = self.faults
+        if faults.silent or not self.model.powered:
+            # With ignore_missing_devices the server then sends nothing: the client times out.
+            raise NoSuchIdException(f"unit {self.unit} is not answering (fault)")
+        if faults.delay_s > 0:
+            await asyncio.sleep(faults.delay_s)
+        if faults.exception_code is not None:
+            return ExcCodes(faults.exception_code)
         table = _FC_TABLE.get(function_code)
         if table is None or set_values is not None:
             return None
@@ -97,43 +138,122 @@ class SimulatedDevice:
                 # Bits arrive packed: bit n of the table is bit n%16 of word n//16.
                 index, bit = divmod(reg.address - start_address, 16)
                 current[index] = (current[index] & ~(1 << bit)) | (words[0] << bit)
+            elif reg.type is RegType.BITS:
+                # Several rows share one word: set only this row's bit.
+                i = reg.address - start_address
+                current[i] = (current[i] & ~(1 << reg.bit) & 0xFFFF) | (words[0] << reg.bit)
             else:
                 i = reg.address - start_address
                 current[i : i + len(words)] = words
         return None
 
 
-class ModbusTcpSimulator:
-    """Serve devices on one TCP port of 127.0.0.1 (port 0 = pick a free one)."""
+def _corrupting_tracer(devices: list[SimulatedDevice], rtu: bool) -> Callable[[bool, bytes], bytes]:
+    """pymodbus ``trace_packet`` hook that damages answers of devices with ``corrupt_every``."""
+    by_unit = {d.unit: d for d in devices}
 
-    def __init__(self, devices: list[SimulatedDevice], host: str = "127.0.0.1", port: int = 0):
-        self.devices = devices
-        self._server = ModbusTcpServer([d.sim_device() for d in devices], address=(host, port))
-        self._task: asyncio.Task[None] | None = None
-        self.host = host
-        self.port = port
+    def trace(sending: bool, data: bytes) -> bytes:
+        if not sending or len(data) < 4:
+            return data
+        unit = data[0] if rtu else (data[6] if len(data) > 6 else -1)
+        device = by_unit.get(unit)
+        if device is None or not device.faults.should_corrupt():
+            return data
+        damaged = bytearray(data)
+        damaged[-1] ^= 0xFF  # RTU: the CRC's high byte; TCP: the last data byte
+        return bytes(damaged)
 
-    async def start(self) -> None:
-        """Start serving; returns once the port is bound (``self.port`` then holds it)."""
-        self._task = asyncio.create_task(self._server.serve_forever())
+    return trace
+
+
+class _Simulator:
+    """Common start/stop of a pymodbus server in the running event loop."""
+
+    _server: ModbusTcpServer | ModbusSerialServer
+    devices: list[SimulatedDevice]
+    url: str
+
+    async def _start(self, what: str) -> None:
+        self._task: asyncio.Task[None] | None = asyncio.create_task(self._server.serve_forever())
         deadline = time.monotonic() + 5.0
         while self._server.transport is None:
             if self._task.done():
-                self._task.result()  # raises the bind error
+                self._task.result()  # raises the bind / open error
+                raise OSError(f"Modbus simulator on {what} stopped at once")
             if time.monotonic() > deadline:
-                raise TimeoutError("Modbus simulator did not bind within 5 s")
+                raise TimeoutError(f"Modbus simulator did not open {what} within 5 s")
             await asyncio.sleep(0.005)
-        sockets = getattr(self._server.transport, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-        log.info(
-            "modbus simulator on tcp://%s:%d units %s",
-            self.host,
-            self.port,
-            [d.unit for d in self.devices],
-        )
+
+    def device(self, unit: int) -> SimulatedDevice:
+        for d in self.devices:
+            if d.unit == unit:
+                return d
+        raise KeyError(f"no unit {unit} on {self.url}")
 
     async def stop(self) -> None:
         await self._server.shutdown()
         if self._task is not None:
             self._task.cancel()
+
+
+class ModbusTcpSimulator(_Simulator):
+    """Serve devices on one TCP port of 127.0.0.1 (port 0 = pick a free one)."""
+
+    def __init__(self, devices: list[SimulatedDevice], host: str = "127.0.0.1", port: int = 0):
+        self.devices = devices
+        self._server = ModbusTcpServer(
+            [d.sim_device() for d in devices],
+            address=(host, port),
+            ignore_missing_devices=True,  # lets a silent device stay silent (DeviceFaults)
+            trace_packet=_corrupting_tracer(devices, rtu=False),
+        )
+        self._task = None
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return f"tcp://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start serving; returns once the port is bound (``self.port`` then holds it)."""
+        await self._start(f"tcp://{self.host}:{self.port}")
+        sockets = getattr(self._server.transport, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("modbus simulator on %s units %s", self.url, [d.unit for d in self.devices])
+
+
+class ModbusRtuSimulator(_Simulator):
+    """Serve devices (one unit id each) on one RTU serial line: a tty, a pty, ``socket://``."""
+
+    def __init__(
+        self,
+        devices: list[SimulatedDevice],
+        port: str,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+    ):
+        self.devices = devices
+        self.port = port
+        self.baudrate = baudrate
+        self._server = ModbusSerialServer(
+            [d.sim_device() for d in devices],
+            framer=FramerType.RTU,
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            ignore_missing_devices=True,  # RS-485: an absent unit simply does not answer
+            trace_packet=_corrupting_tracer(devices, rtu=True),
+        )
+        self._task = None
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return f"rtu://{self.port}?baudrate={self.baudrate}"
+
+    async def start(self) -> None:
+        await self._start(self.port)
+        log.info("modbus simulator on %s units %s", self.url, [d.unit for d in self.devices])

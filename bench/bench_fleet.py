@@ -1,0 +1,104 @@
+"""Fleet generator benchmark: boards and readings per second per core, against a real Mosquitto.
+
+    .venv/bin/python bench/bench_fleet.py                    # 10,000 boards at 1 reading / 10 s
+    .venv/bin/python bench/bench_fleet.py --boards 2000 --readings 2
+
+Runs the fleet in this process (CPU time from time.process_time, i.e. getrusage of this
+process) against a private broker (o2chain.services.Mosquitto, CPU from /proc/PID/stat), and
+prints a table:
+
+1. *connect only*: N boards connect, publish their birth, say goodbye (readings = 0);
+2. *real time*: the same N boards at one reading per ``interval`` for ``readings`` rounds;
+   steady-state cost = (2) - (1), spread over the rounds' wall time = fraction of one core;
+3. *as fast as possible*: 20 boards x 1000 readings (interval 0) = the per-core ceiling.
+
+Every run is bounded by its own timeout (FleetConfig.timeout_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from o2chain.services import Mosquitto
+from simulators.fleet import Fleet, FleetConfig, FleetSummary
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def run(broker: Mosquitto, boards: int, interval_s: float, readings: int, site: str):
+    config = FleetConfig(
+        host=broker.host,
+        port=broker.port,
+        site=site,
+        boards=boards,
+        interval_s=interval_s,
+        readings=readings,
+        timeout_s=120 + readings * interval_s * 2 + boards * 0.01,
+    )
+    broker_cpu0 = proc_cpu_s(broker.pid)
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    summary: FleetSummary = asyncio.run(Fleet(config).run())
+    wall = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    if not summary.complete or summary.readings_sent != boards * readings:
+        sys.exit(f"incomplete run: {summary.to_json()}")
+    return summary, wall, cpu, proc_cpu_s(broker.pid) - broker_cpu0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boards", type=int, default=10_000)
+    parser.add_argument("--interval-s", type=float, default=10.0)
+    parser.add_argument("--readings", type=int, default=3)
+    parser.add_argument("--fast-boards", type=int, default=20)
+    parser.add_argument("--fast-readings", type=int, default=1000)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if args.boards + 100 > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.boards + 1000), hard))
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, Mosquitto(Path(tmp)) as mq:
+        s0, w0, c0, b0 = run(mq, args.boards, args.interval_s, 0, "bench-a")
+        rows.append(("connect only", args.boards, 0, w0, c0, b0, s0))
+        s1, w1, c1, b1 = run(mq, args.boards, args.interval_s, args.readings, "bench-b")
+        rows.append(("real time", args.boards, s1.readings_sent, w1, c1, b1, s1))
+        s2, w2, c2, b2 = run(mq, args.fast_boards, 0.0, args.fast_readings, "bench-c")
+        rows.append(("as fast as possible", args.fast_boards, s2.readings_sent, w2, c2, b2, s2))
+
+    print(f"{'run':<22}{'boards':>8}{'readings':>10}{'wall s':>9}{'fleet cpu s':>13}"
+          f"{'broker cpu s':>14}{'readings/s':>12}{'readings/cpu-s':>16}")  # fmt: skip
+    for name, boards, sent, wall, cpu, broker_cpu, _ in rows:
+        rate = sent / wall if wall else 0.0
+        per_cpu = sent / cpu if cpu and sent else 0.0
+        print(f"{name:<22}{boards:>8}{sent:>10}{wall:>9.2f}{cpu:>13.2f}{broker_cpu:>14.2f}"
+              f"{rate:>12.0f}{per_cpu:>16.0f}")  # fmt: skip
+    steady_cpu = max(c1 - c0, 0.0)
+    steady_wall = args.readings * args.interval_s
+    print()
+    print(
+        f"steady state, {args.boards} boards at 1 reading / {args.interval_s:g} s: "
+        f"{steady_cpu:.2f} CPU s over ~{steady_wall:.0f} s = {steady_cpu / steady_wall:.2f} core "
+        f"({args.boards / args.interval_s:.0f} readings/s); "
+        f"connect+birth+goodbye {c0 / args.boards * 1e3:.2f} ms CPU per board; "
+        f"ceiling {s2.readings_sent / c2:.0f} readings per CPU second"
+    )
+
+
+if __name__ == "__main__":
+    main()

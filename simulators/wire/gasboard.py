@@ -1,0 +1,154 @@
+"""Cubic Gasboard-7500-family ultrasonic O2 + flow sensor (concentrator outlet), byte for byte.
+
+DOMAIN.md section 4: UART 9600 8N1. Host frame ``11 LEN CMD [DATA] CS``, sensor frame
+``16 LEN CMD [DATA] CS``, LEN = bytes after LEN excluding CS, CS = (256 - sum of all preceding
+bytes mod 256) mod 256. Read ``11 01 01 ED`` -> ``16 09 01 | O2 hi lo | flow hi lo | temp hi lo |
+ST1 ST2 | CS`` (O2 x0.1 %, flow x0.1 L/min (x0.01 on some variants), temperature x0.1 degC).
+Many units also stream that frame every 500 ms unasked. Version ``0x1E``, serial ``0x1F``.
+Written independently of ``firmware/lib/o2/gasboard.py`` on purpose.
+
+    with PtySensor(GasboardWire(o2_pct=93.0, flow_lpm=5.0), "gasboard") as sim:
+        open(sim.port_path) ...          # the firmware's UART
+        sim.wire.faults.bad_checksum_every = 3
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from simulators.wire.faults import WireFaults
+
+HOST_START = 0x11
+SENSOR_START = 0x16
+CMD_READ = 0x01
+CMD_VERSION = 0x1E
+CMD_SERIAL = 0x1F
+READ_QUERY = bytes.fromhex("110101ED")
+
+
+def checksum(data: bytes | bytearray) -> int:
+    """(256 - sum of the bytes mod 256) mod 256."""
+    return (256 - sum(data) % 256) % 256
+
+
+def sensor_frame(cmd: int, payload: bytes) -> bytes:
+    body = bytes((SENSOR_START, len(payload) + 1, cmd)) + payload
+    return body + bytes((checksum(body),))
+
+
+def read_reply(
+    o2_pct: float, flow_lpm: float, temp_c: float, status: int = 0, flow_scale: float = 0.1
+) -> bytes:
+    """The 12-byte answer to ``11 01 01 ED`` (values clamped to what 16 bits can carry)."""
+
+    def u16(value: float, scale: float) -> bytes:
+        return max(0, min(0xFFFF, round(value / scale))).to_bytes(2, "big")
+
+    payload = u16(o2_pct, 0.1) + u16(flow_lpm, flow_scale) + u16(temp_c, 0.1)
+    return sensor_frame(CMD_READ, payload + status.to_bytes(2, "big"))
+
+
+class GasboardWire:
+    """The sensor's behaviour; values are attributes or come from ``source()``."""
+
+    def __init__(
+        self,
+        o2_pct: float = 93.0,
+        flow_lpm: float = 5.0,
+        temp_c: float = 21.0,
+        *,
+        seed: int = 0,
+        stream_interval_s: float | None = 0.5,
+        flow_scale: float = 0.1,
+        noise_pct: float = 0.05,
+        source: Callable[[], tuple[float, float, float]] | None = None,
+        serial: bytes = b"SIM0000001",
+        version: bytes = b"GB7500-SIM1",
+    ) -> None:
+        self.o2_pct, self.flow_lpm, self.temp_c = o2_pct, flow_lpm, temp_c
+        self.source = source
+        self.stream_interval_s = stream_interval_s
+        self.flow_scale = flow_scale
+        self.noise_pct = noise_pct
+        self.serial, self.version = serial, version
+        self.faults = WireFaults()
+        self.queries = 0
+        self.bad_frames = 0
+        self.frames_sent = 0
+        self._rng = random.Random(seed)
+        self._buf = bytearray()
+        self._next_stream: float | None = None
+
+    def values(self, now_s: float) -> tuple[float, float, float]:
+        o2, flow, temp = self.source() if self.source else (self.o2_pct, self.flow_lpm, self.temp_c)
+        o2 += self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
+        held = self.faults.hold((o2, flow, temp))
+        return held[0], held[1], held[2]
+
+    def frame(self, now_s: float) -> bytes:
+        """The next data frame as the line carries it (faults applied)."""
+        good = read_reply(*self.values(now_s), flow_scale=self.flow_scale)
+        bad = good[:-1] + bytes(((good[-1] + 1) & 0xFF,))
+        out = self.faults.frame_out(good, self._rng, bad)
+        if out:
+            self.frames_sent += 1
+        return out
+
+    def receive(self, data: bytes, now_s: float) -> bytes:
+        if self.faults.disconnected:
+            return b""
+        self._buf += data
+        out = b""
+        # Resync on the host start byte; check LEN and CS like the sensor does.
+        while True:
+            start = self._buf.find(bytes((HOST_START,)))
+            if start < 0:
+                self._buf.clear()
+                break
+            del self._buf[:start]
+            if len(self._buf) < 2:
+                break
+            total = self._buf[1] + 3  # start, LEN, LEN bytes, CS
+            if self._buf[1] == 0 or self._buf[1] > 16:
+                self.bad_frames += 1
+                del self._buf[:1]
+                continue
+            if len(self._buf) < total:
+                break
+            frame = bytes(self._buf[:total])
+            if checksum(frame[:-1]) != frame[-1]:
+                self.bad_frames += 1
+                del self._buf[:1]
+                continue
+            del self._buf[:total]
+            out += self._answer(frame[2], now_s)
+        return out
+
+    def _answer(self, cmd: int, now_s: float) -> bytes:
+        if cmd == CMD_READ:
+            self.queries += 1
+            return self.frame(now_s)
+        if cmd == CMD_VERSION:
+            return sensor_frame(CMD_VERSION, self.version)
+        if cmd == CMD_SERIAL:
+            return sensor_frame(CMD_SERIAL, self.serial)
+        return b""  # unknown commands: silence, like the module
+
+    def next_due(self, now_s: float) -> float | None:
+        if self.stream_interval_s is None:
+            return None
+        if self._next_stream is None:
+            self._next_stream = now_s + self.stream_interval_s
+        return self._next_stream
+
+    def tick(self, now_s: float) -> bytes:
+        due = self.next_due(now_s)
+        if due is None or now_s < due or self.stream_interval_s is None:
+            return b""
+        # Skip missed slots rather than bursting (a real sensor does not catch up).
+        while self._next_stream is not None and self._next_stream <= now_s:
+            self._next_stream += self.stream_interval_s
+        if self.faults.disconnected:
+            return b""
+        return self.frame(now_s)

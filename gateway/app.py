@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
+from gateway.alarm_mqtt import AlarmMqttPublisher
+from gateway.alarm_store import AlarmStore
+from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig, Transport
-from gateway.influx import InfluxV1Writer
-from gateway.modbus import ClientFactory, DevicePoller, tcp_client_factory
+from gateway.enrich import Enricher
+from gateway.http import StatusServer
+from gateway.influx import make_writer
+from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
-from gateway.outbox import Outbox
+from gateway.observe import Observer, Sources, link_state_from
+from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 from gateway.writer import OutboxDrainer
@@ -26,29 +33,75 @@ class Gateway:
         self.config = config
         state_dir = config.gateway.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(state_dir / "outbox.sqlite")
-        if config.influx.api != "v1":
-            raise NotImplementedError(
-                f"influx.api = {config.influx.api!r}: only 'v1' is available in this release"
-            )
-        self.writer = InfluxV1Writer(config.influx)
-        self.drainer = OutboxDrainer(
-            self.outbox, self.writer, config.influx.batch_size, config.influx.flush_interval_s
+        self.outbox = Outbox(
+            state_dir / "outbox.sqlite",
+            synchronous=config.gateway.outbox_sync.upper(),
+            max_bytes=int(config.gateway.outbox_max_mb * 1024 * 1024),
+            policy=FullPolicy(config.gateway.outbox_full_policy),
         )
+        self.writer = make_writer(config.influx)
+        self.drainer = OutboxDrainer(
+            self.outbox,
+            self.writer,
+            config.influx.batch_size,
+            config.influx.flush_interval_s,
+            max_backoff_s=config.influx.max_backoff_s,
+        )
+        self.modbus_dropped = 0  # Modbus readings lost at a full outbox (policy block)
         self.pollers = [
             DevicePoller(d, load_profile(d.profile or ""), client_factory, self._emit)
             for d in config.device
             if d.transport is Transport.MODBUS
         ]
-        # Enrichment and alarm stages plug in here (issue 4).
-        self.pipeline = Pipeline([])
+        # Enrichment, alarms and self-observation (issue 4, items 5, 6, 8).
+        self.alarm_store = AlarmStore(state_dir / "alarms.sqlite", config.alarm_engine.log_keep)
+        self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
+        link_state = link_state_from(self.sources)
+        self.enricher = Enricher(config, self.alarm_store)
+        self.alarms = AlarmEngine(config, self.alarm_store, link_state=link_state)
+        self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
+        self.alarms.listeners.append(self.alarm_mqtt)
+        self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
+        self.pipeline = Pipeline([self.enricher, self.alarms, self.observer])
+        self.http = StatusServer(
+            config.gateway.http_listen, self.observer, self.alarms, after_action=self.tick
+        )
         self.mqtt = MqttIngest(
             config, self.outbox, on_committed=self.drainer.wake, process=self.pipeline.process
         )
+        self.sources.mqtt = self.mqtt
+        self.sources.extra["modbus_dropped_total"] = lambda: self.modbus_dropped
 
     def _emit(self, reading: Reading) -> None:
-        self.outbox.add(r.to_line() for r in self.pipeline.process([reading]))
+        try:
+            self.outbox.add(r.to_line() for r in self.pipeline.process([reading]))
+        except OutboxFullError:
+            # No broker holds a poll for us: at the bound a Modbus reading is lost, counted.
+            self.modbus_dropped += 1
+            return
         self.drainer.wake()
+
+    def tick(self) -> None:
+        """Time-driven pipeline work: alarm delays, silence and shelving, chain balance and
+        self-metric points, and events of operator actions, committed to the outbox."""
+        readings = self.pipeline.process([])
+        if not readings:
+            return
+        try:
+            self.outbox.add(r.to_line() for r in readings)
+        except OutboxFullError:
+            log.warning("outbox full: %d alarm/chain/gateway points not stored", len(readings))
+            return
+        self.drainer.wake()
+
+    async def _ticker(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("pipeline tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info(
@@ -60,10 +113,13 @@ class Gateway:
             self.config.influx.database,
             self.config.gateway.state_dir,
         )
+        await self.http.start()
+        self.alarm_mqtt.start()
         self.mqtt.start()
         tasks = [asyncio.create_task(self.drainer.run(stop), name="writer")]
-        tasks += [
-            asyncio.create_task(p.run(stop), name=f"modbus:{p.device.id}") for p in self.pollers
+        tasks.append(asyncio.create_task(self._ticker(stop), name="tick"))
+        tasks += [  # TCP devices one task each, an RTU bus one task for all its devices
+            asyncio.create_task(run(stop), name=name) for name, run in modbus_runners(self.pollers)
         ]
         try:
             await stop.wait()
@@ -71,6 +127,12 @@ class Gateway:
             # Stop the sources first; what they committed stays in the outbox for next time.
             self.mqtt.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.http.stop()
+            self.tick()  # the last alarm events into the outbox
+            self.alarm_mqtt.stop()
+            self.alarms.close()
+            self.enricher.close()
+            self.alarm_store.close()
             self.writer.close()
             self.outbox.close()
             log.info("gateway stopped")

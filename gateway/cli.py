@@ -27,10 +27,18 @@ def register(sub: Any) -> None:
     check.add_argument("-c", "--config", type=Path, required=True)
     check.set_defaults(handler=_check)
 
-    dl = gw_sub.add_parser("deadletters", help="inspect rejected messages")
+    dl = gw_sub.add_parser(
+        "deadletters",
+        help="list rejected messages (JSON lines), or replay them after a config fix",
+        description="list: one JSON object per dead letter. replay: validate them again with "
+        "the current config; those that pass go to the outbox (the running gateway, or the "
+        "next start, writes them) and leave the dead letters; prints a JSON summary.",
+    )
     dl.add_argument("-c", "--config", type=Path, required=True)
-    dl.add_argument("action", nargs="?", default="list", choices=["list"])
-    dl.add_argument("--limit", type=int, default=100)
+    dl.add_argument("action", nargs="?", default="list", choices=["list", "replay"])
+    dl.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    dl.add_argument("--reason", action="append", help="only this reason (repeatable)")
+    dl.add_argument("--id", type=int, action="append", dest="ids", help="only this id")
     dl.set_defaults(handler=_deadletters)
 
 
@@ -75,24 +83,54 @@ def _deadletters(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    from gateway.outbox import Outbox
+    from gateway.deadletters import replay
+    from gateway.outbox import DeadLetter, Outbox
+
+    def selected(dl: DeadLetter) -> bool:
+        return (not args.reason or dl.reason in args.reason) and (not args.ids or dl.id in args.ids)
 
     outbox = Outbox(config.gateway.state_dir / "outbox.sqlite")
     try:
-        for dl in outbox.dead_letters(args.limit):
+        if args.action == "replay":
+            result = replay(config, outbox, selected, limit=args.limit)
             print(
                 json.dumps(
                     {
-                        "id": dl.id,
-                        "received_ms": dl.received_ms,
-                        "source": dl.source,
-                        "topic": dl.topic,
-                        "reason": dl.reason,
-                        "detail": dl.detail,
-                        "payload": dl.payload.decode("utf-8", "backslashreplace"),
+                        "replayed": len(result.replayed),
+                        "points": result.points,
+                        "still_rejected": len(result.still_rejected),
+                        "replayed_ids": result.replayed,
+                        "still_rejected_reasons": {
+                            str(k): v for k, v in result.still_rejected.items()
+                        },
                     }
                 )
             )
+            return 0
+        shown = 0
+        after = 0
+        while shown < args.limit:
+            letters = outbox.dead_letters(min(500, args.limit - shown), after_id=after)
+            if not letters:
+                break
+            for dl in letters:
+                after = dl.id
+                if not selected(dl):
+                    continue
+                shown += 1
+                print(
+                    json.dumps(
+                        {
+                            "id": dl.id,
+                            "received_ms": dl.received_ms,
+                            "source": dl.source,
+                            "topic": dl.topic,
+                            "reason": dl.reason,
+                            "detail": dl.detail,
+                            "payload": dl.payload.decode("utf-8", "backslashreplace"),
+                        }
+                    )
+                )
     finally:
         outbox.close()
     return 0

@@ -51,6 +51,14 @@ class GatewaySection(_Strict):
     id: _ID = "gw-1"
     state_dir: Path = Path("/var/lib/o2chain")
     http_listen: str = "127.0.0.1:8470"  # live page, /healthz, /metrics
+    # Self-metrics (measurement `gateway`) and /healthz (gateway/http.py, gateway/observe.py).
+    metrics_interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    health_outbox_age_s: Annotated[float, Field(gt=0)] = 300.0  # oldest queued point, then 503
+    # Outbox bound (bytes of queued line protocol) and what happens at it (gateway/README.md).
+    outbox_max_mb: Annotated[float, Field(gt=0, le=1_000_000)] = 1024.0
+    outbox_full_policy: Literal["block", "drop_oldest"] = "block"
+    # SQLite synchronous: "full" also survives power loss (one fsync per group commit).
+    outbox_sync: Literal["normal", "full"] = "full"
 
 
 class MqttSection(_Strict):
@@ -63,6 +71,8 @@ class MqttSection(_Strict):
     client_id: str | None = None  # default: o2chain-{gateway.id}
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    # MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to us.
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 5000
 
     @field_validator("url")
     @classmethod
@@ -99,6 +109,7 @@ class InfluxSection(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000
     flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_backoff_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # retry delay ceiling
 
     @field_validator("url")
     @classmethod
@@ -142,6 +153,8 @@ class Device(_Strict):
     kind: DeviceKind
     transport: Transport
     room: str | None = None  # `room` tag for room boards (default: the device id)
+    # Room boards: outdoor-air ventilation, for the chain balance's O2 demand estimate.
+    ventilation_m3h: Annotated[float, Field(ge=0, le=100_000)] | None = None
     url: str | None = None  # Modbus: tcp://host:port or rtu:///dev/ttyX?baudrate=..
     unit: Annotated[int, Field(ge=0, le=247)] = 1
     profile: str | None = None
@@ -168,13 +181,94 @@ class Device(_Strict):
         return self
 
 
+class EnrichSection(_Strict):
+    """Enrichment stage (gateway/enrich.py)."""
+
+    eq_alt_definition: Literal["west", "ambient"] = "west"  # DOMAIN.md section 2
+    chain_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0  # `chain` points per site
+    max_gap_s: Annotated[float, Field(gt=0)] = 300.0  # O2 totals: no integration across gaps
+
+
+class AlarmKind(StrEnum):
+    THRESHOLD = "threshold"  # field op value, with hysteresis and delays
+    OFFLINE = "offline"  # last will / Modbus poller / silence > silence_intervals x interval_s
+    STALE = "stale"  # field not received for `value` s while the device reports
+    RATE = "rate"  # change of field per minute over window_s, op value
+    RESIDUAL = "residual"  # purity minus the unit's purity-flow baseline, op value
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ALARM = "alarm"
+    CRITICAL = "critical"
+
+
+class AlarmRule(_Strict):
+    """One `[[alarm]]` rule; a rule with a built-in's id replaces that built-in."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")]
+    kind: AlarmKind = AlarmKind.THRESHOLD
+    enabled: bool = True
+    site: _ID | None = None  # selector: one site (default all)
+    device: str | None = None  # selector: glob over device ids, e.g. "room-*"
+    device_kind: list[DeviceKind] = []  # selector: device kinds (default all)
+    field: str | None = None
+    op: Literal["<", "<=", ">", ">="] = ">"
+    value: float | None = None
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    on_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    off_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    severity: Severity = Severity.WARNING
+    message: str = ""
+    silence_intervals: Annotated[float, Field(gt=0)] = 3.0  # offline
+    window_s: Annotated[float, Field(gt=0)] = 300.0  # rate
+    learn_s: Annotated[float, Field(gt=0)] = 86400.0  # residual: baseline learning period
+    baseline: list[tuple[float, float]] = []  # residual: (flow_lpm, purity_pct) points
+    flow_field: str = "flow_lpm"  # residual
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> AlarmRule:
+        if not self.enabled:
+            return self
+        needs_field = self.kind in (AlarmKind.THRESHOLD, AlarmKind.RATE, AlarmKind.RESIDUAL)
+        if needs_field and not self.field:
+            raise ValueError(f"kind {self.kind.value!r} needs field")
+        if self.kind is not AlarmKind.OFFLINE and self.value is None:
+            raise ValueError(f"kind {self.kind.value!r} needs value")
+        return self
+
+
+class AlarmEngineSection(_Strict):
+    """Alarm engine settings (gateway/alarms.py)."""
+
+    builtin: bool = True  # DOMAIN.md section 3 defaults (gateway/README.md, "Alarm defaults")
+    offline_intervals: Annotated[float, Field(gt=0)] = 3.0  # built-in offline: silence
+    max_shelve_s: Annotated[float, Field(gt=0)] = 86400.0  # ISA-18.2: shelving is time-limited
+    log_keep: Annotated[int, Field(ge=10)] = 10_000  # alarm events kept in alarms.sqlite
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = GatewaySection()
     mqtt: MqttSection = MqttSection()
     influx: InfluxSection = InfluxSection()
     site: list[Site] = []
     device: list[Device] = []
-    alarm: list[dict[str, Any]] = []  # rules arrive with the alarm engine (issue 4)
+    alarm: list[AlarmRule] = []
+    alarm_engine: AlarmEngineSection = AlarmEngineSection()
+    enrich: EnrichSection = EnrichSection()
+
+    @model_validator(mode="after")
+    def _alarm_references(self) -> GatewayConfig:
+        ids: set[str] = set()
+        sites = {s.id for s in self.site}
+        for i, rule in enumerate(self.alarm):
+            if rule.id in ids:
+                raise ValueError(f"alarm[{i}].id: duplicate rule id {rule.id!r}")
+            ids.add(rule.id)
+            if rule.site is not None and rule.site not in sites:
+                raise ValueError(f"alarm[{i}] ({rule.id}).site: {rule.site!r} is not a [[site]]")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

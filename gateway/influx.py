@@ -1,8 +1,21 @@
 """InfluxDB writers. Errors are sorted by what the caller should do (STYLE.md): retry later
-(connection errors, 429, 5xx), or dead-letter the points (other 4xx: their content is bad).
+(connection errors, timeouts, 429, 5xx - honouring ``Retry-After``), send smaller parts (413),
+or dead-letter the points (other 4xx: their content is bad).
+
+- ``v1``: ``POST /write?db=..&precision=ms`` (InfluxDB 1.x; 2.x and 3.x answer it too).
+- ``v2``: ``/api/v2/write`` through ``influxdb-client`` (bucket, org, token).
+- ``v3``: InfluxDB 3 takes the v2 write API with the database as bucket (org is ignored), so it
+  is the v2 writer with ``bucket = database``; the v1 ``/write`` of InfluxDB 3 also works.
+
+Only v1 can be tested against a real server here (Debian ships InfluxDB 1.6); v2/v3 are tested
+against in-process HTTP twins that answer like the documented APIs.
 """
 
 from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any, Protocol
 
 import requests
 
@@ -14,11 +27,20 @@ class InfluxWriteError(Exception):
 
 
 class InfluxUnavailable(InfluxWriteError):
-    """Try again later: InfluxDB is down, overloaded (429) or failing (5xx)."""
+    """Try again later: InfluxDB is down, overloaded (429), failing (5xx) or timed out."""
 
     def __init__(self, detail: str, retry_after_s: float | None = None):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class InfluxTooLarge(InfluxWriteError):
+    """HTTP 413: the request body is over the server's limit; send the points in smaller parts."""
+
+    status = 413
+
+    def __init__(self, detail: str):
+        super().__init__(f"HTTP 413: {detail}")
 
 
 class InfluxRejected(InfluxWriteError):
@@ -27,6 +49,39 @@ class InfluxRejected(InfluxWriteError):
     def __init__(self, status: int, detail: str):
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+
+
+class LineWriter(Protocol):
+    def write(self, lines: list[str]) -> None: ...
+    def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """``Retry-After`` (RFC 9110 10.2.3): delay-seconds or an HTTP-date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+
+
+def raise_for_status(status: int, body: str, retry_after: str | None) -> None:
+    """Map an HTTP answer to the error the drainer acts on; returns for 2xx."""
+    if status < 300:
+        return
+    body = body.strip()[:500]
+    if status == 429 or status >= 500:
+        raise InfluxUnavailable(f"HTTP {status}: {body}", parse_retry_after(retry_after))
+    if status == 413:
+        raise InfluxTooLarge(body)
+    raise InfluxRejected(status, body)
 
 
 class InfluxV1Writer:
@@ -40,46 +95,91 @@ class InfluxV1Writer:
             self._session.headers["Authorization"] = f"Token {token.get_secret_value()}"
         self._database_ready = False
 
-    def ensure_database(self) -> None:
-        """Create the database when missing (idempotent in InfluxDB 1.x)."""
+    def _post(self, endpoint: str, **kwargs: Any) -> requests.Response:
         try:
-            r = self._session.post(
-                f"{self.cfg.url}/query",
-                data={"q": f'CREATE DATABASE "{self.cfg.database}"'},
-                timeout=self.cfg.timeout_s,
+            return self._session.post(
+                f"{self.cfg.url}/{endpoint}", timeout=self.cfg.timeout_s, **kwargs
             )
         except requests.RequestException as exc:
+            # A pooled connection may be stale after a server restart: drop the pool.
+            self._session.close()
             raise InfluxUnavailable(f"{self.cfg.url}: {exc.__class__.__name__}: {exc}") from exc
-        self._raise_for(r)
+
+    def ensure_database(self) -> None:
+        """Create the database when missing (idempotent in InfluxDB 1.x)."""
+        name = self.cfg.database.replace("\\", "\\\\").replace('"', '\\"')
+        r = self._post("query", data={"q": f'CREATE DATABASE "{name}"'})
+        raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
         self._database_ready = True
 
     def write(self, lines: list[str]) -> None:
         """Write a batch of line-protocol points with ms precision; raises on failure."""
         if not self._database_ready:
             self.ensure_database()
-        try:
-            r = self._session.post(
-                f"{self.cfg.url}/write",
-                params={"db": self.cfg.database, "precision": "ms"},
-                data="\n".join(lines).encode(),
-                timeout=self.cfg.timeout_s,
-            )
-        except requests.RequestException as exc:
-            raise InfluxUnavailable(f"{self.cfg.url}: {exc.__class__.__name__}: {exc}") from exc
-        self._raise_for(r)
-
-    @staticmethod
-    def _raise_for(r: requests.Response) -> None:
-        if r.status_code < 300:
-            return
-        body = r.text.strip()[:500]
-        if r.status_code == 429 or r.status_code >= 500:
-            retry = r.headers.get("Retry-After")
-            raise InfluxUnavailable(
-                f"HTTP {r.status_code}: {body}",
-                float(retry) if retry and retry.isdigit() else None,
-            )
-        raise InfluxRejected(r.status_code, body)
+        r = self._post(
+            "write",
+            params={"db": self.cfg.database, "precision": "ms"},
+            data="\n".join(lines).encode(),
+        )
+        raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
 
     def close(self) -> None:
         self._session.close()
+
+
+class InfluxV2Writer:
+    """InfluxDB 2.x ``/api/v2/write`` through ``influxdb-client`` (synchronous, no own retries:
+    the drainer retries, so the outbox - not a client buffer in RAM - holds what waits)."""
+
+    def __init__(self, cfg: InfluxSection, bucket: str | None = None, org: str | None = None):
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.cfg = cfg
+        self.bucket = bucket or cfg.bucket or cfg.database
+        self.org = org if org is not None else (cfg.org or "")
+        token = cfg.token()
+        self._client = InfluxDBClient(
+            url=cfg.url,
+            token=token.get_secret_value() if token else "",
+            org=self.org,
+            timeout=int(cfg.timeout_s * 1000),
+            retries=False,
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: list[str]) -> None:
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self._write_api.write(
+                bucket=self.bucket,
+                org=self.org,
+                record="\n".join(lines),
+                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
+            )
+        except ApiException as exc:
+            headers: Any = exc.headers or {}
+            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+            raise_for_status(
+                int(exc.status or 0), str(body or exc.reason), headers.get("Retry-After")
+            )
+            raise InfluxUnavailable(f"HTTP {exc.status}: {exc.reason}") from exc
+        except (HTTPError, OSError) as exc:
+            raise InfluxUnavailable(f"{self.cfg.url}: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._write_api.close()
+        self._client.close()
+
+
+def make_writer(cfg: InfluxSection) -> LineWriter:
+    """The writer for ``[influx] api``."""
+    if cfg.api == "v2":
+        return InfluxV2Writer(cfg)
+    if cfg.api == "v3":
+        # InfluxDB 3: v2-compatible write, database as bucket, org ignored by the server.
+        return InfluxV2Writer(cfg, bucket=cfg.database, org=cfg.org or "")
+    return InfluxV1Writer(cfg)

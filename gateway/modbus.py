@@ -1,7 +1,23 @@
-"""Modbus poller: one task per TCP device, reads planned from the device profile.
+"""Modbus poller: TCP devices each on their own task; an RTU bus as one serial master.
 
-Each device keeps its own schedule, so one dead or slow device never delays its neighbours.
-The client comes from a factory (real pymodbus client in service, any stand-in in unit tests).
+Reads are planned from the device profile (neighbouring registers coalesced, see
+``Profile.plan_reads``). Clients come from a factory (real pymodbus clients in service, any
+stand-in in unit tests).
+
+**Health.** Every poller keeps :class:`DeviceHealth` (``poller.health``), which the alarm engine
+and the status API read, and which is written to InfluxDB as the ``device_health`` measurement
+(:meth:`DeviceHealth.fields`) when the device goes online/offline and every
+:data:`HEALTH_EVERY_S` otherwise.
+
+**Degradation.** A device that failed :data:`OFFLINE_AFTER` polls in a row is *offline*: it is
+polled without retries and at a growing interval (x2 per failure, at most
+:data:`MAX_BACKOFF_FACTOR` x its interval), and comes back to its own interval at its first answer.
+
+**Schedules.** TCP devices poll concurrently, so a dead one only costs its own task. An RTU bus
+(:class:`RtuBus`) is one master polling its devices in sequence, each on its own schedule,
+with an inter-frame gap; an offline device is only polled when its worst-case time on the line
+(timeout, no retries) fits before the next live device is due - so one dead or slow device never
+delays its neighbours' schedule (Modbus over Serial Line V1.02, 2.5.1.1: t3.5 between frames).
 """
 
 from __future__ import annotations
@@ -10,12 +26,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from gateway.config import Device, DeviceKind
@@ -24,6 +40,11 @@ from o2chain.registers import Profile, ReadBlock, Table, Value
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the poller reports per device
+
+OFFLINE_AFTER = 2  # consecutive failed polls before a device counts as offline
+MAX_BACKOFF_FACTOR = 8  # an offline device is tried at most every 8 intervals
+MAX_BACKOFF_S = 60.0  # ... and at least once a minute
+HEALTH_EVERY_S = 10.0  # device_health points at least this often
 
 
 class ModbusClient(Protocol):
@@ -63,8 +84,67 @@ def tcp_client_factory(device: Device) -> ModbusClient:
     return client
 
 
+@dataclass(frozen=True)
+class SerialLine:
+    """``rtu:///dev/ttyX?baudrate=9600&parity=N&stopbits=1&bytesize=8`` (defaults 19200 8N1)."""
+
+    port: str
+    baudrate: int = 19200
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @classmethod
+    def from_url(cls, url: str) -> SerialLine:
+        u = urlsplit(url)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        parity = q.get("parity", "N").upper()[:1]
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"{url}: parity must be N, E or O")
+        return cls(
+            port=u.path,
+            baudrate=int(q.get("baudrate", 19200)),
+            parity=parity,
+            stopbits=int(q.get("stopbits", 1)),
+            bytesize=int(q.get("bytesize", 8)),
+        )
+
+    @property
+    def char_s(self) -> float:
+        """Seconds per character on the wire (start + data + parity + stop bits)."""
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_gap_s(self) -> float:
+        """t3.5 between frames; fixed at 1.75 ms above 19,200 baud (serial line spec 2.5.1.1)."""
+        return 3.5 * self.char_s if self.baudrate <= 19200 else 0.00175
+
+
+TracePacket = Callable[[bool, bytes], bytes]
+SerialFactory = Callable[[SerialLine, float, TracePacket], ModbusClient]
+
+
+def serial_client_factory(line: SerialLine, timeout_s: float, trace: TracePacket) -> ModbusClient:
+    """A pymodbus RTU client on ``line`` (a device path or any pyserial URL); ``trace`` sees
+    every frame sent and every chunk received."""
+    client: ModbusClient = AsyncModbusSerialClient(
+        line.port,
+        baudrate=line.baudrate,
+        parity=line.parity,
+        stopbits=line.stopbits,
+        bytesize=line.bytesize,
+        timeout=timeout_s,
+        retries=0,
+        reconnect_delay=0.5,
+        reconnect_delay_max=5.0,
+        trace_packet=trace,
+    )
+    return client
+
+
 class ModbusReadError(Exception):
-    """A read failed; ``kind`` is timeout, exception (Modbus exception code) or io."""
+    """A read failed; ``kind`` is timeout, exception (Modbus exception code), crc or io."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
@@ -73,23 +153,72 @@ class ModbusReadError(Exception):
 
 @dataclass
 class DeviceHealth:
+    """Per-device poll health (read by the alarm engine and the status API; cumulative).
+
+    - ``polls``/``ok``: polls attempted / answered completely; ``requests``: Modbus requests
+      sent (a poll is one request per read block, plus retries);
+    - ``timeouts``, ``exceptions`` (Modbus exception answers, by code in ``errors_by_code``),
+      ``crc_errors`` (RTU: bytes came back but no valid frame), ``io_errors`` (cannot connect);
+    - ``online``: answered its last poll (or failed fewer than OFFLINE_AFTER in a row);
+      ``consecutive_failures``; ``last_ok_monotonic`` (``time.monotonic()`` of the last answer);
+      ``last_error``; ``last_response_s`` (duration of the last good poll);
+    - ``deferred``: polls of an offline device postponed so live neighbours kept their slot.
+    """
+
     polls: int = 0
     ok: int = 0
+    requests: int = 0
     timeouts: int = 0
     exceptions: int = 0
+    crc_errors: int = 0
     io_errors: int = 0
+    consecutive_failures: int = 0
+    deferred: int = 0
     last_error: str = ""
     last_ok_monotonic: float | None = None
+    last_response_s: float = 0.0
     online: bool = False
     errors_by_code: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def poll_ok(self) -> int:
+        return self.ok
+
+    def fields(self) -> dict[str, FieldValue]:
+        """The ``device_health`` fields of a Modbus device."""
+        return {
+            "online": self.online,
+            "polls": self.polls,
+            "poll_ok": self.ok,
+            "timeouts": self.timeouts,
+            "exceptions": self.exceptions,
+            "crc_errors": self.crc_errors,
+            "io_errors": self.io_errors,
+            "response_ms": round(self.last_response_s * 1000, 1),
+        }
 
 
 def measurement_for(kind: DeviceKind) -> str:
     return "supply" if kind is DeviceKind.SUPPLY else "concentrator"
 
 
+class _RxCapture:
+    """pymodbus ``trace_packet`` hook keeping the bytes received since the last request, so a
+    timed-out RTU request can be told apart: silence (timeout) or garbage (CRC error)."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def __call__(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self.received = b""
+        else:
+            self.received += data
+        return data
+
+
 class DevicePoller:
-    """Polls one device every ``device.interval_s`` and hands each reading to ``emit``."""
+    """Polls one device and hands each reading (and health point) to ``emit``."""
 
     def __init__(
         self,
@@ -99,6 +228,7 @@ class DevicePoller:
         emit: Callable[[Reading], None],
         gap_fill: int = 8,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.device = device
         self.profile = profile
@@ -106,24 +236,91 @@ class DevicePoller:
         self.client_factory = client_factory
         self.emit = emit
         self.wall_clock_ms = wall_clock_ms
+        self.clock = clock
         self.health = DeviceHealth()
+        self.shared_client = False  # an RTU bus' client: a device's failure must not close it
+        self.rx: _RxCapture | None = None
         self._client: ModbusClient | None = None
+        self._health_sent_at: float | None = None
+        self._health_sent_online: bool | None = None
 
-    async def _read_block(self, client: ModbusClient, block: ReadBlock) -> dict[str, Value]:
+    @property
+    def name(self) -> str:
+        return f"{self.device.site}/{self.device.id}"
+
+    def use_shared_client(self, client: ModbusClient, rx: _RxCapture | None = None) -> None:
+        self._client = client
+        self.shared_client = True
+        self.rx = rx
+
+    @property
+    def degraded(self) -> bool:
+        """Its last poll failed: no retries, and on a bus it only gets the line's slack."""
+        return self.health.consecutive_failures > 0
+
+    @property
+    def retries(self) -> int:
+        """Retries per request: ``device.retries``, none while degraded."""
+        return 0 if self.degraded else self.device.retries
+
+    def worst_case_s(self) -> float:
+        """Longest time a poll can take on the line. Degraded: its first request times out
+        (no retries) and ends the poll; otherwise every block with every retry."""
+        if self.degraded:
+            return self.device.timeout_s
+        return len(self.blocks) * self.device.timeout_s * (1 + self.retries)
+
+    def next_interval_s(self) -> float:
+        """The interval, stretched while the device is offline."""
+        failures = self.health.consecutive_failures
+        if failures < OFFLINE_AFTER:
+            return self.device.interval_s
+        factor = min(2 ** (failures - OFFLINE_AFTER + 1), MAX_BACKOFF_FACTOR)
+        return min(self.device.interval_s * factor, max(MAX_BACKOFF_S, self.device.interval_s))
+
+    async def _request(self, client: ModbusClient, block: ReadBlock) -> Any:
         read = {
             Table.HOLDING: client.read_holding_registers,
             Table.INPUT: client.read_input_registers,
             Table.COIL: client.read_coils,
             Table.DISCRETE: client.read_discrete_inputs,
         }[block.table]
+        self.health.requests += 1
+        if self.rx is not None:
+            self.rx.received = b""
         try:
-            rr = await read(block.start, count=block.count, device_id=self.device.unit)
-        except TimeoutError as exc:
-            raise ModbusReadError("timeout", f"no answer within {self.device.timeout_s} s") from exc
-        except ModbusException as exc:
+            # The client has its own timeout; this one also bounds a client that hangs.
+            return await asyncio.wait_for(
+                read(block.start, count=block.count, device_id=self.device.unit),
+                timeout=self.device.timeout_s * 1.5 + 0.1,
+            )
+        except (TimeoutError, ModbusException) as exc:
             text = str(exc)
-            kind = "timeout" if "timeout" in text.lower() or "no response" in text.lower() else "io"
-            raise ModbusReadError(kind, text) from exc
+            if self.rx is not None and self.rx.received:
+                raise ModbusReadError(
+                    "crc", f"no valid frame in {len(self.rx.received)} bytes received"
+                ) from exc
+            if (
+                isinstance(exc, TimeoutError)
+                or "timeout" in text.lower()
+                or "no response" in (text.lower())
+            ):
+                raise ModbusReadError(
+                    "timeout", f"no answer within {self.device.timeout_s} s"
+                ) from exc
+            raise ModbusReadError("io", text or exc.__class__.__name__) from exc
+
+    async def _read_block(self, client: ModbusClient, block: ReadBlock) -> dict[str, Value]:
+        attempt = 0
+        while True:
+            try:
+                rr = await self._request(client, block)
+                break
+            except ModbusReadError as exc:
+                if exc.kind not in ("timeout", "crc") or attempt >= self.retries:
+                    raise
+                self._count(exc)  # each failed try is counted; the poll may still succeed
+                attempt += 1
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 0)
             self.health.errors_by_code[code] = self.health.errors_by_code.get(code, 0) + 1
@@ -134,10 +331,21 @@ class DevicePoller:
         raw = rr.bits if block.table.is_bits else rr.registers
         return block.decode(raw)
 
+    def _count(self, exc: ModbusReadError) -> None:
+        if exc.kind == "timeout":
+            self.health.timeouts += 1
+        elif exc.kind == "exception":
+            self.health.exceptions += 1
+        elif exc.kind == "crc":
+            self.health.crc_errors += 1
+        else:
+            self.health.io_errors += 1
+
     async def poll_once(self) -> Reading | None:
         """One poll of every block; returns the reading or ``None`` (failure counted)."""
-        self.health.polls += 1
-        dev = f"{self.device.site}/{self.device.id}"
+        health = self.health
+        health.polls += 1
+        started = self.clock()
         try:
             if self._client is None:
                 self._client = self.client_factory(self.device)
@@ -148,25 +356,25 @@ class DevicePoller:
             for block in self.blocks:
                 values.update(await self._read_block(client, block))
         except ModbusReadError as exc:
-            if exc.kind == "timeout":
-                self.health.timeouts += 1
-            elif exc.kind == "exception":
-                self.health.exceptions += 1
-            else:
-                self.health.io_errors += 1
-            self.health.last_error = f"{exc.kind}: {exc}"
-            if self.health.online:
-                log.warning("modbus %s (%s): %s: %s", dev, self.device.url, exc.kind, exc)
-            self.health.online = False
-            if exc.kind != "exception" and self._client is not None:
+            self._count(exc)
+            health.consecutive_failures += 1
+            health.last_error = f"{exc.kind}: {exc}"
+            if health.online and health.consecutive_failures >= OFFLINE_AFTER:
+                log.warning(
+                    "modbus %s (%s) offline: %s: %s", self.name, self.device.url, exc.kind, exc
+                )
+                health.online = False
+            if exc.kind == "io" and self._client is not None and not self.shared_client:
                 self._client.close()  # a fresh connection next time: the old one may be stuck
                 self._client = None
             return None
-        if not self.health.online:
-            log.info("modbus %s (%s) online", dev, self.device.url)
-        self.health.online = True
-        self.health.ok += 1
-        self.health.last_ok_monotonic = time.monotonic()
+        if not health.online:
+            log.info("modbus %s (%s) online", self.name, self.device.url)
+        health.online = True
+        health.consecutive_failures = 0
+        health.ok += 1
+        health.last_ok_monotonic = self.clock()
+        health.last_response_s = health.last_ok_monotonic - started
         fields: dict[str, FieldValue] = dict(values)
         return Reading(
             measurement_for(self.device.kind),
@@ -175,20 +383,131 @@ class DevicePoller:
             self.wall_clock_ms(),
         )
 
+    def health_reading(self, force: bool = False) -> Reading | None:
+        """A ``device_health`` point when online/offline changed or every HEALTH_EVERY_S."""
+        now = self.clock()
+        if (
+            not force
+            and self._health_sent_online == self.health.online
+            and self._health_sent_at is not None
+            and now - self._health_sent_at < HEALTH_EVERY_S
+        ):
+            return None
+        self._health_sent_at, self._health_sent_online = now, self.health.online
+        return Reading(
+            "device_health",
+            {"site": self.device.site, "device": self.device.id},
+            self.health.fields(),
+            self.wall_clock_ms(),
+        )
+
+    async def poll_and_emit(self) -> None:
+        reading = await self.poll_once()
+        for point in (reading, self.health_reading()):
+            if point is None:
+                continue
+            try:
+                self.emit(point)
+            except Exception:  # the sink's problem must not stop polling
+                log.exception("modbus %s: reading not stored", self.name)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll on a fixed schedule until ``stop``; a late poll skips missed slots."""
         loop = asyncio.get_running_loop()
-        interval = self.device.interval_s
         next_at = loop.time()
         while not stop.is_set():
-            reading = await self.poll_once()
-            if reading is not None:
-                self.emit(reading)
+            await self.poll_and_emit()
+            interval = self.next_interval_s()
             next_at += interval
             now = loop.time()
             if next_at < now:
                 next_at = now + interval - ((now - next_at) % interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=next_at - now)
-        if self._client is not None:
+        if self._client is not None and not self.shared_client:
             self._client.close()
+
+
+class RtuBus:
+    """One serial line, one master: the devices on it are polled in sequence, each on its own
+    schedule; live devices first, an offline one only in the slack before the next live poll."""
+
+    def __init__(
+        self,
+        line: SerialLine,
+        pollers: Sequence[DevicePoller],
+        serial_factory: SerialFactory = serial_client_factory,
+    ):
+        self.line = line
+        self.pollers = list(pollers)
+        timeout = max((p.device.timeout_s for p in self.pollers), default=1.0)
+        self.rx = _RxCapture()  # CRC errors told from silence
+        self.client = serial_factory(line, timeout, self.rx)
+        for p in self.pollers:
+            p.use_shared_client(self.client, self.rx)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # Spread the first polls so devices with one interval do not all queue at once.
+        due = {id(p): start + n * self.line.frame_gap_s for n, p in enumerate(self.pollers)}
+        try:
+            while not stop.is_set() and self.pollers:
+                poller = self._pick(due, loop.time())
+                wait_s = due[id(poller)] - loop.time()
+                if wait_s > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=wait_s)
+                    continue  # re-pick: nothing else may have become due meanwhile
+                slot = due[id(poller)]
+                await poller.poll_and_emit()
+                interval = poller.next_interval_s()
+                now = loop.time()
+                nxt = slot + interval
+                if nxt < now:  # fell behind (bus saturated): skip missed slots
+                    nxt = now + interval - ((now - nxt) % interval)
+                due[id(poller)] = nxt
+                await asyncio.sleep(self.line.frame_gap_s)  # t3.5: the line is quiet
+        finally:
+            self.client.close()
+
+    def _pick(self, due: dict[int, float], now: float) -> DevicePoller:
+        """The poller to run next: the earliest due, unless it is degraded (its last poll
+        failed) and its worst case would run into the slot of a healthy device (one already
+        due included); then it waits for slack (counted in ``health.deferred``)."""
+        ordered = sorted(self.pollers, key=lambda p: due[id(p)])
+        next_healthy = min((due[id(p)] for p in ordered if not p.degraded), default=float("inf"))
+        for p in ordered:
+            if due[id(p)] > now or not p.degraded:
+                return p
+            if now + p.worst_case_s() + self.line.frame_gap_s <= next_healthy:
+                return p
+            p.health.deferred += 1
+            # Behind that healthy poll (and its answer), then look for slack again.
+            due[id(p)] = max(now, next_healthy) + p.worst_case_s() / 2
+        return min(self.pollers, key=lambda p: due[id(p)])
+
+
+def modbus_runners(
+    pollers: Sequence[DevicePoller], serial_factory: SerialFactory = serial_client_factory
+) -> list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]]:
+    """``(task name, run)`` for each TCP device and each RTU bus (devices grouped by port)."""
+    runners: list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]] = []
+    buses: dict[str, list[DevicePoller]] = {}
+    lines: dict[str, SerialLine] = {}
+    for p in pollers:
+        if (p.device.url or "").startswith("rtu:"):
+            line = SerialLine.from_url(p.device.url or "")
+            if line.port in lines and lines[line.port] != line:
+                raise ValueError(
+                    f"{p.name}: {line.port} is configured with two line settings "
+                    f"({lines[line.port]} and {line})"
+                )
+            lines[line.port] = line
+            buses.setdefault(line.port, []).append(p)
+        else:
+            runners.append((f"modbus:{p.device.id}", p.run))
+    for port, members in buses.items():
+        bus = RtuBus(lines[port], members, serial_factory)
+        runners.append((f"modbus-rtu:{port}", bus.run))
+    return runners

@@ -73,6 +73,102 @@ def _check_int(item: dict[str, Any], name: str, spec: dict[str, Any], where: str
     return value
 
 
+class TelemetryDecoder:
+    """Decoder bound to one config: devices indexed once, so a message costs a dict lookup."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.schema = telemetry_schema()
+        self.prefix = config.mqtt.topic_prefix
+        self._id_fields: list[tuple[str, dict[str, Any]]] = list(self.schema["id_fields"].items())
+        self._fields: dict[str, dict[str, Any]] = self.schema["fields"]
+        self._max_bytes: int = self.schema["max_payload_bytes"]
+        self._max_batch: int = self.schema["max_batch"]
+        self._devices: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+        for device in config.device:
+            if device.transport is not Transport.MQTT:
+                continue
+            if device.kind is DeviceKind.ROOM:
+                measurement = "room"
+                tags = {"site": device.site, "device": device.id, "room": device.room or device.id}
+            else:
+                measurement = "concentrator" if device.kind is not DeviceKind.SUPPLY else "supply"
+                tags = {"site": device.site, "device": device.id, "source": "sensor"}
+            self._devices[(device.site, device.id)] = (measurement, tags)
+
+    def decode(self, topic: str, payload: bytes, received_ms: int) -> list[Reading]:
+        """See :func:`decode_telemetry`."""
+        t = parse_topic(self.prefix, topic)
+        known = self._devices.get((t.site, t.device))
+        if known is None:
+            raise Reject(
+                RejectReason.UNKNOWN_DEVICE,
+                f"device {t.site}/{t.device} is not configured as an MQTT device",
+            )
+        measurement, tags = known
+        where = f"{t.site}/{t.device}"
+        if len(payload) > self._max_bytes:
+            raise Reject(
+                RejectReason.OVERSIZE,
+                f"{where}: {len(payload)} bytes, expected at most {self._max_bytes}",
+            )
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Reject(RejectReason.NOT_JSON, f"{where}: payload is not JSON ({exc})") from None
+        items = doc if isinstance(doc, list) else [doc]
+        if not items or len(items) > self._max_batch:
+            raise Reject(
+                RejectReason.BAD_SHAPE,
+                f"{where}: expected an object or 1..{self._max_batch} objects, got {len(items)}",
+            )
+        readings = []
+        for n, item in enumerate(items):
+            at = where if len(items) == 1 else f"{where} item {n}"
+            if not isinstance(item, dict):
+                raise Reject(RejectReason.BAD_SHAPE, f"{at}: expected a JSON object")
+            ids = {name: _check_int(item, name, spec, at) for name, spec in self._id_fields}
+            fields: dict[str, FieldValue] = {"boot": ids["boot"] or 0, "seq": ids["seq"] or 0}
+            for name, value in item.items():
+                spec = self._fields.get(name)
+                if spec is None:
+                    if name in ids:
+                        continue
+                    raise Reject(RejectReason.UNKNOWN_FIELD, f"{at}: unknown field {name!r}")
+                if value.__class__ is not float and (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                ):
+                    raise Reject(
+                        RejectReason.BAD_TYPE, f"{at}: {name} = {value!r}, expected a number"
+                    )
+                if not math.isfinite(value):
+                    raise Reject(RejectReason.NOT_FINITE, f"{at}: {name} = {value!r} is not finite")
+                if not spec["min"] <= value <= spec["max"]:
+                    raise Reject(
+                        RejectReason.OUT_OF_RANGE,
+                        f"{at}: {name} = {value} {spec.get('unit', '')}, "
+                        f"expected {spec['min']}..{spec['max']}",
+                    )
+                # One InfluxDB field has one type: numbers are floats, whatever JSON made of them.
+                fields[name] = int(value) if spec["type"] == "int" else float(value)
+            ts = ids["ts"] or 0
+            if ts == 0:
+                ts = received_ms
+                fields["clock_unset"] = True
+            elif ts > received_ms + MAX_FUTURE_MS or ts < received_ms - MAX_PAST_MS:
+                raise Reject(
+                    RejectReason.BAD_TIMESTAMP,
+                    f"{at}: ts = {ts} is {(ts - received_ms) / 3.6e6:+.1f} h "
+                    "from the gateway's clock",
+                )
+            meta: dict[str, int | str] = {"boot": ids["boot"] or 0, "seq": ids["seq"] or 0}
+            readings.append(Reading(measurement, dict(tags), fields, ts, meta))
+        return readings
+
+
+_decoders: dict[int, tuple[GatewayConfig, TelemetryDecoder]] = {}
+
+
 def decode_telemetry(
     config: GatewayConfig, topic: str, payload: bytes, received_ms: int
 ) -> list[Reading]:
@@ -82,70 +178,9 @@ def decode_telemetry(
     The whole message is rejected if one element is bad: a board sends what it measured, so a
     bad element means a bad encoder, and the raw message is kept for inspection and replay.
     """
-    schema = telemetry_schema()
-    t = parse_topic(config.mqtt.topic_prefix, topic)
-    device = config.find_device(t.site, t.device)
-    if device is None or device.transport is not Transport.MQTT:
-        raise Reject(
-            RejectReason.UNKNOWN_DEVICE,
-            f"device {t.site}/{t.device} is not configured as an MQTT device",
-        )
-    where = f"{t.site}/{t.device}"
-    if len(payload) > schema["max_payload_bytes"]:
-        raise Reject(
-            RejectReason.OVERSIZE,
-            f"{where}: {len(payload)} bytes, expected at most {schema['max_payload_bytes']}",
-        )
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Reject(RejectReason.NOT_JSON, f"{where}: payload is not JSON ({exc})") from None
-    items = doc if isinstance(doc, list) else [doc]
-    if not items or len(items) > schema["max_batch"]:
-        raise Reject(
-            RejectReason.BAD_SHAPE,
-            f"{where}: expected an object or 1..{schema['max_batch']} objects, got {len(items)}",
-        )
-    if device.kind is DeviceKind.ROOM:
-        measurement = "room"
-        tags = {"site": t.site, "device": t.device, "room": device.room or t.device}
-    else:
-        measurement = "concentrator" if device.kind is not DeviceKind.SUPPLY else "supply"
-        tags = {"site": t.site, "device": t.device, "source": "sensor"}
-    readings = []
-    for n, item in enumerate(items):
-        at = where if len(items) == 1 else f"{where} item {n}"
-        if not isinstance(item, dict):
-            raise Reject(RejectReason.BAD_SHAPE, f"{at}: expected a JSON object")
-        ids = {name: _check_int(item, name, spec, at) for name, spec in schema["id_fields"].items()}
-        fields: dict[str, FieldValue] = {"boot": ids["boot"] or 0, "seq": ids["seq"] or 0}
-        for name, value in item.items():
-            if name in schema["id_fields"]:
-                continue
-            spec = schema["fields"].get(name)
-            if spec is None:
-                raise Reject(RejectReason.UNKNOWN_FIELD, f"{at}: unknown field {name!r}")
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise Reject(RejectReason.BAD_TYPE, f"{at}: {name} = {value!r}, expected a number")
-            if not math.isfinite(value):
-                raise Reject(RejectReason.NOT_FINITE, f"{at}: {name} = {value!r} is not finite")
-            if not spec["min"] <= value <= spec["max"]:
-                raise Reject(
-                    RejectReason.OUT_OF_RANGE,
-                    f"{at}: {name} = {value} {spec.get('unit', '')}, "
-                    f"expected {spec['min']}..{spec['max']}",
-                )
-            # One InfluxDB field has one type: numbers are floats, whatever JSON made of them.
-            fields[name] = int(value) if spec["type"] == "int" else float(value)
-        ts = ids["ts"] or 0
-        if ts == 0:
-            ts = received_ms
-            fields["clock_unset"] = True
-        elif ts > received_ms + MAX_FUTURE_MS or ts < received_ms - MAX_PAST_MS:
-            raise Reject(
-                RejectReason.BAD_TIMESTAMP,
-                f"{at}: ts = {ts} is {(ts - received_ms) / 3.6e6:+.1f} h from the gateway's clock",
-            )
-        meta: dict[str, int | str] = {"boot": fields["boot"], "seq": fields["seq"]}  # type: ignore[dict-item]
-        readings.append(Reading(measurement, dict(tags), fields, ts, meta))
-    return readings
+    cached = _decoders.get(id(config))
+    if cached is None or cached[0] is not config:
+        if len(_decoders) > 8:
+            _decoders.clear()
+        cached = _decoders[id(config)] = (config, TelemetryDecoder(config))
+    return cached[1].decode(topic, payload, received_ms)

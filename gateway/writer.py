@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.influx import InfluxRejected, InfluxUnavailable
+from gateway.influx import InfluxRejected, InfluxTooLarge, InfluxUnavailable
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 300.0
 
 
 class LineWriter(Protocol):
@@ -75,17 +77,21 @@ class OutboxDrainer:
         self._loop = asyncio.get_running_loop()
         backoff = 0.25
         while not stop.is_set():
-            batch = await asyncio.to_thread(self.outbox.peek, self.batch_size)
+            batch = await asyncio.to_thread(self.outbox.peek_batch, self.batch_size)
             if not batch:
                 await self._wait(stop, self.flush_interval_s)
                 continue
             try:
-                await self._deliver(batch)
+                for start in range(0, len(batch.lines), self.batch_size):
+                    await self._deliver(batch.lines[start : start + self.batch_size])
+                # Every point of these rows is now in InfluxDB or in the dead letters.
+                await asyncio.to_thread(self.outbox.remove_through, batch.ids[-1])
                 backoff = 0.25
             except InfluxUnavailable as exc:
                 self.stats.failures += 1
                 self.stats.last_error = str(exc)
-                delay = exc.retry_after_s or backoff
+                delay = exc.retry_after_s if exc.retry_after_s is not None else backoff
+                delay = min(delay, MAX_RETRY_AFTER_S)  # a silly Retry-After is capped
                 log.warning(
                     "InfluxDB unavailable (%s); %d points wait, retry in %.2f s",
                     exc,
@@ -96,33 +102,32 @@ class OutboxDrainer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _deliver(self, batch: list[tuple[int, str]]) -> None:
-        """Write a batch; on a content reject, bisect to dead-letter only the bad points."""
-        lines = [line for _, line in batch]
+    async def _deliver(self, lines: list[str]) -> None:
+        """Write points; on a content reject bisect so only the bad points are dead-lettered,
+        on 413 (too large) split in halves. Raises :class:`InfluxUnavailable` to retry later
+        (points already written are written again then: idempotent)."""
         started = self.clock()
         try:
             await asyncio.to_thread(self.writer.write, lines)
-        except InfluxRejected as exc:
-            self.stats.by_status[exc.status] = self.stats.by_status.get(exc.status, 0) + 1
-            if len(batch) == 1:
-                ((point_id, line),) = batch
-                log.error("InfluxDB rejected a point (%s): %s", exc, line[:200])
+        except (InfluxRejected, InfluxTooLarge) as exc:
+            status = exc.status
+            self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+            if len(lines) == 1:
+                log.error("InfluxDB rejected a point (%s): %s", exc, lines[0][:200])
                 await asyncio.to_thread(
                     self.outbox.add_dead_letter,
                     "influx",
                     "",
-                    f"http_{exc.status}",
+                    f"http_{status}",
                     str(exc),
-                    line.encode(),
+                    lines[0].encode(),
                 )
-                await asyncio.to_thread(self.outbox.remove, [point_id])
                 self.stats.rejected += 1
                 return
-            half = len(batch) // 2
-            await self._deliver(batch[:half])
-            await self._deliver(batch[half:])
+            half = len(lines) // 2
+            await self._deliver(lines[:half])
+            await self._deliver(lines[half:])
             return
         self.stats.last_latency_s = self.clock() - started
-        await asyncio.to_thread(self.outbox.remove, [i for i, _ in batch])
-        self.stats.written += len(batch)
+        self.stats.written += len(lines)
         self.stats.batches += 1

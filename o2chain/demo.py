@@ -1,7 +1,10 @@
 """`o2chain demo`: the whole simulated facility — services, equipment, boards and the gateway.
 
-Everything runs on 127.0.0.1 in one data directory that is kept afterwards (its InfluxDB holds
-what the demo measured). Ctrl-C (or ``--duration``) stops every process the demo started.
+The bundled ``lhasa-hotel`` scenario (a PSA plant, four concentrators and 24 enriched rooms at
+3650 m, with timed faults) runs against a private Mosquitto and InfluxDB; the gateway polls its
+Modbus equipment and takes its boards' MQTT, and one more room carries the real firmware on the
+MicroPython interpreter. Everything runs on 127.0.0.1 in one data directory that is kept
+afterwards. Ctrl-C (or ``--duration``) stops every process the demo started.
 """
 
 from __future__ import annotations
@@ -22,77 +25,64 @@ import tomli_w
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import Services
 
-SITE = "lhasa-hotel"
-ALTITUDE_M = 3650.0
 DATABASE = "o2chain"
-
-# (device id, profile, flow setpoint L/min, seed): the plant room and the concentrators.
-MODBUS_EQUIPMENT = [
-    ("psa-1", "psa-plant", 200.0, 11),
-    ("conc-1", "medical-concentrator", 3.0, 12),
-    ("conc-2", "medical-concentrator", 5.5, 13),  # run above its rating: lower purity
-]
-# (device id, simulated O2 % in the room): enriched rooms with firmware boards. The ZE03 module
-# they carry reads 0-25 % (DOMAIN.md section 4), so the demo keeps them inside its range.
-ROOM_BOARDS = [("room-101", 24.8), ("room-102", 24.3)]
+# One more room, with the real firmware on the MicroPython interpreter beside the scenario's
+# simulated boards. Its ZE03 module reads 0-25 % (DOMAIN.md section 4): the value stays inside.
+FIRMWARE_ROOM = ("room-401", "401", 24.6)
 
 
 def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the whole simulated facility until Ctrl-C")
     demo.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        metavar="SECONDS",
+        "--duration", type=float, default=None, metavar="SECONDS",
         help="stop by itself after this many seconds (for scripts)",
-    )
+    )  # fmt: skip
     demo.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
+        "--data-dir", type=Path, default=None,
         help="where services keep their data and logs (default: a new dir under /tmp)",
-    )
-    demo.add_argument("--interval-s", type=float, default=5.0, help="board reading interval")
+    )  # fmt: skip
     demo.add_argument(
-        "--summary-json",
-        type=Path,
-        default=None,
-        help="write what ran and what reached InfluxDB to this file at the end",
+        "--scenario", default="lhasa-hotel", help="scenario name or .toml (default lhasa-hotel)"
     )
+    demo.add_argument(
+        "--speed", type=float, default=10.0,
+        help="simulated seconds per second (default 10: the scenario's first fault, a lost "
+        "Modbus link at 120 s, shows after 12 s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--interval-s", type=float, default=5.0, help="the firmware board's reading interval"
+    )
+    demo.add_argument(
+        "--summary-json", type=Path, default=None,
+        help="write what ran and what reached InfluxDB to this file at the end",
+    )  # fmt: skip
     demo.set_defaults(handler=_run)
 
 
 @dataclass
 class DemoState:
-    data_dir: Path
     children: list[ChildProcess] = field(default_factory=list)
     boards: list[Any] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
 
 
-def _gateway_config(services: Services, data_dir: Path, modbus: dict[str, str]) -> Path:
-    devices: list[dict[str, Any]] = [
-        {"id": dev, "site": SITE, "kind": "room", "transport": "mqtt", "room": dev[5:]}
-        for dev, _ in ROOM_BOARDS
-    ]
-    for dev, profile, _, _ in MODBUS_EQUIPMENT:
-        kind = "plant" if profile == "psa-plant" else "concentrator"
-        devices.append(
-            {
-                "id": dev,
-                "site": SITE,
-                "kind": kind,
-                "transport": "modbus",
-                "url": modbus[dev],
-                "profile": profile,
-                "interval_s": 2.0,
-            }
-        )
+def _gateway_config(
+    services: Services, data_dir: Path, sites: list[dict[str, Any]], devices: list[dict[str, Any]]
+) -> Path:
+    for dev in devices:
+        if dev["transport"] == "modbus":
+            dev["interval_s"] = 2.0
     config = {
-        "gateway": {"id": "gw-demo", "state_dir": str(data_dir / "gateway")},
+        "gateway": {
+            "id": "gw-demo",
+            "state_dir": str(data_dir / "gateway"),
+            "http_listen": "127.0.0.1:0",
+            "metrics_interval_s": 5.0,  # livelier than a plant's default, for watching
+        },
+        "enrich": {"chain_interval_s": 5.0},
         "mqtt": {"url": services.mosquitto.url},
         "influx": {"url": services.influxdb.url, "database": DATABASE, "flush_interval_s": 0.5},
-        "site": [{"id": SITE, "altitude_m": ALTITUDE_M, "name": "Hotel in Lhasa"}],
+        "site": sites,
         "device": devices,
     }
     path = data_dir / "gateway.toml"
@@ -100,12 +90,14 @@ def _gateway_config(services: Services, data_dir: Path, modbus: dict[str, str]) 
     return path
 
 
-def _board_config(device: str, services: Services, interval_s: float) -> dict[str, Any]:
+def _board_config(
+    site: str, altitude_m: float, services: Services, interval_s: float
+) -> dict[str, Any]:
     return {
-        "site": SITE,
-        "device": device,
+        "site": site,
+        "device": FIRMWARE_ROOM[0],
         "kind": "room",
-        "site_altitude_m": ALTITUDE_M,
+        "site_altitude_m": altitude_m,
         "interval_s": interval_s,
         "mqtt": {"host": services.mosquitto.host, "port": services.mosquitto.port},
         "sensors": {
@@ -116,101 +108,121 @@ def _board_config(device: str, services: Services, interval_s: float) -> dict[st
 
 
 def _latest(services: Services) -> list[str]:
-    """One line per device with its last values, straight from InfluxDB."""
+    """A few lines on the state of the facility, straight from InfluxDB."""
     lines = []
-    q_room = "SELECT last(o2_pct) AS o2, last(ppo2_kpa) AS ppo2 FROM room GROUP BY device"
-    q_conc = (
-        "SELECT last(purity_pct) AS purity, last(flow_lpm) AS flow FROM concentrator "
-        "GROUP BY device"
-    )
     with contextlib.suppress(Exception):
-        for p in services.influxdb.query_points(q_room, db=DATABASE):
-            lines.append(f"  {p['device']:<10} O2 {p['o2']:5.2f} %   ppO2 {p['ppo2']:5.2f} kPa")
-        for p in services.influxdb.query_points(q_conc, db=DATABASE):
+        rooms = services.influxdb.query_points(
+            "SELECT last(o2_pct) AS o2 FROM room WHERE time > now() - 1m GROUP BY device",
+            db=DATABASE,
+        )
+        if rooms:
+            o2s = [float(p["o2"]) for p in rooms]
             lines.append(
-                f"  {p['device']:<10} purity {p['purity']:5.1f} %   flow {p['flow']:6.1f} L/min"
+                f"  rooms        {len(rooms)} reporting, O2 {min(o2s):.1f}-{max(o2s):.1f} % "
+                f"(target band 24-26 %)"
             )
+        for p in services.influxdb.query_points(
+            "SELECT last(purity_pct) AS purity, last(flow_lpm) AS flow FROM concentrator "
+            "WHERE time > now() - 1m GROUP BY device",
+            db=DATABASE,
+        ):
+            lines.append(
+                f"  {p['device']:<12} purity {p['purity']:5.1f} %   flow {p['flow']:6.1f} L/min"
+            )
+        alarms = services.influxdb.query_points(
+            "SELECT last(state) AS state FROM alarm GROUP BY device, rule", db=DATABASE
+        )
+        active = [f"{a['device']}:{a['rule']}" for a in alarms if a["state"] != "clear"]
+        if active:
+            lines.append(f"  alarms       {', '.join(sorted(active))}")
     return lines
 
 
 def _counts(services: Services) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for measurement, fld in (("room", "o2_pct"), ("concentrator", "purity_pct")):
+    for measurement, fld in (
+        ("room", "o2_pct"),
+        ("concentrator", "purity_pct"),
+        ("alarm", "state"),
+        ("device_health", "online"),
+        ("chain", "produced_o2_lpm"),
+        ("gateway", "outbox_depth"),
+    ):
         with contextlib.suppress(Exception):
             pts = services.influxdb.query_points(
-                f"SELECT count({fld}) FROM {measurement}", db=DATABASE
+                f'SELECT count("{fld}") FROM "{measurement}"', db=DATABASE
             )
             counts[measurement] = int(pts[0]["count"]) if pts else 0
     return counts
 
 
 def _run(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="o2chain-demo-"))
-    data_dir = data_dir.resolve()
+    from simulators.scenario import gateway_devices, load_scenario
+
+    data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="o2chain-demo-"))).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    scenario = load_scenario(args.scenario)
+    sites: list[dict[str, Any]] = [{"id": s.id, "altitude_m": s.altitude_m} for s in scenario.site]
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    state = DemoState(data_dir)
+    state = DemoState()
     services = Services(data_dir / "services")
     summary: dict[str, Any] = {"data_dir": str(data_dir)}
     started = time.monotonic()
     try:
         services.start()
         state.pids += [p for p in (services.mosquitto.pid, services.influxdb.pid) if p]
-        modbus: dict[str, str] = {}
-        for dev, profile, flow, seed in MODBUS_EQUIPMENT:
-            sim = ChildProcess(
-                o2chain_argv(
-                    "sim",
-                    "concentrator",
-                    "--profile",
-                    profile,
-                    "--listen",
-                    "tcp://127.0.0.1:0",
-                    "--seed",
-                    str(seed),
-                    "--flow-lpm",
-                    str(flow),
-                ),
-                data_dir / "logs" / f"sim-{dev}.log",
-            ).start()
-            state.children.append(sim)
-            modbus[dev] = sim.wait_for_log(r'"listening": "(tcp://[0-9.]+:\d+)"').group(1)
-        gw_config = _gateway_config(services, data_dir, modbus)
+        sim = ChildProcess(
+            o2chain_argv(
+                "sim", "run", args.scenario, "--mqtt", services.mosquitto.url,
+                "--speed", str(args.speed),
+            ),
+            data_dir / "logs" / "scenario.log",
+        ).start()  # fmt: skip
+        state.children.append(sim)
+        ready = json.loads(sim.wait_for_log(r'(\{"ready": ?true.*\})\n', timeout_s=60).group(1))
+        devices = gateway_devices(ready["modbus"], ready["boards"])
+        site_id, altitude_m = scenario.site[0].id, float(scenario.site[0].altitude_m)
+        devices.append(
+            {"id": FIRMWARE_ROOM[0], "site": site_id, "kind": "room", "transport": "mqtt",
+             "room": FIRMWARE_ROOM[1]}
+        )  # fmt: skip
+        gw_config = _gateway_config(services, data_dir, sites, devices)
         gateway = ChildProcess(
             o2chain_argv("gateway", "run", "-c", str(gw_config)), data_dir / "logs" / "gateway.log"
         ).start()
         state.children.append(gateway)
+        page = gateway.wait_for_log(r"HTTP listening on (http://127\.0\.0\.1:\d+)").group(1)
         gateway.wait_for_log("MQTT subscribed")
 
         from o2chain.firmware_runner import BoardRunner
 
-        for dev, o2_pct in ROOM_BOARDS:
-            board = BoardRunner(
-                _board_config(dev, services, args.interval_s),
-                data_dir / "boards" / dev,
-                o2_pct=o2_pct,
-            )
-            board.start()
-            state.boards.append(board)
+        board = BoardRunner(
+            _board_config(site_id, altitude_m, services, args.interval_s),
+            data_dir / "boards" / FIRMWARE_ROOM[0],
+            o2_pct=FIRMWARE_ROOM[2],
+        )
+        board.start()
+        state.boards.append(board)
         state.pids += [c.pid for c in state.children if c.pid] + [
             b.pid for b in state.boards if b.pid
         ]
 
-        print(f"o2chain demo: site {SITE} ({ALTITUDE_M:.0f} m)", flush=True)
+        print(f"o2chain demo: scenario {scenario.scenario.name!r} at {args.speed:g}x", flush=True)
+        print(f"  live page       {page}/")
         print(f"  data dir        {data_dir}")
         print(f"  MQTT broker     {services.mosquitto.url}")
         print(f"  InfluxDB        {services.influxdb.url}  (database {DATABASE!r})")
         print(f"  gateway         config {gw_config}, log {gateway.log_path}")
-        for dev, profile, _, _ in MODBUS_EQUIPMENT:
-            print(f"  {dev:<15} Modbus {modbus[dev]} unit 1 ({profile})")
-        for (dev, _), board in zip(ROOM_BOARDS, state.boards, strict=True):
-            print(f"  {dev:<15} MicroPython firmware, board dir {board.board_dir}")
-        print(
-            f"  try: curl -sG {services.influxdb.url}/query --data-urlencode db={DATABASE} "
-            "--data-urlencode 'q=SELECT * FROM room ORDER BY time DESC LIMIT 5'"
-        )
+        for dev, ep in sorted(ready["modbus"].items()):
+            print(f"  {dev:<15} Modbus {ep['url']} unit {ep['unit']} ({ep['profile']})")
+        print(f"  room boards     {len(ready['boards'])} simulated boards over MQTT")
+        print(f"  {FIRMWARE_ROOM[0]:<15} MicroPython firmware, board dir {board.board_dir}")
+        print("  timeline        " + "; ".join(
+            f"t={e.at_s:g}s {e.target or ''} {e.action}".replace("  ", " ")
+            for e in sorted(scenario.event, key=lambda e: e.at_s)
+        ) + " (simulated seconds)")  # fmt: skip
         print(
             "Ctrl-C stops everything."
             if args.duration is None
@@ -226,16 +238,16 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"o2chain demo: a process stopped unexpectedly: {dead}; see {data_dir}/logs")
                 return 1
             if time.monotonic() >= next_report:
-                print(f"[{time.strftime('%H:%M:%S')}] latest readings:")
-                print("\n".join(_latest(services)) or "  (none yet)", flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] from InfluxDB:")
+                print("\n".join(_latest(services)) or "  (no readings yet)", flush=True)
                 next_report += 10.0
             stop.wait(0.2)
         summary["counts"] = _counts(services)
         print(f"o2chain demo: stopping; InfluxDB holds {summary['counts']}", flush=True)
         return 0
     finally:
-        for board in state.boards:
-            board.stop()
+        for b in state.boards:
+            b.stop()
         for child in reversed(state.children):
             child.stop()
         services.stop()

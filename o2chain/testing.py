@@ -73,7 +73,10 @@ DEMO_DURATION_S = 20
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """Run ``o2chain demo --duration 20`` once per session (boards every 2 s) and keep its data.
+    """Run ``o2chain demo --duration 20`` once per session and keep its data.
+
+    At 20x the scenario's first fault (conc-4's Modbus link lost at 120 simulated seconds)
+    comes 6 s in, so the run also holds an offline alarm and health data.
 
     The acceptance run is 30 s; 20 s keeps CI shorter and still spans several poll and board
     intervals. Tests open a new InfluxDB on ``data_dir / "services"`` to read what it stored.
@@ -83,7 +86,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     result = subprocess.run(
         o2chain_argv(
             "demo", "--duration", str(DEMO_DURATION_S), "--data-dir", str(base / "data"),
-            "--interval-s", "2", "--summary-json", str(summary_path),
+            "--interval-s", "2", "--speed", "20", "--summary-json", str(summary_path),
         ),
         capture_output=True, text=True, timeout=DEMO_DURATION_S + 90,
     )  # fmt: skip

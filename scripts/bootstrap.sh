@@ -20,6 +20,10 @@ need_debs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_debs+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || need_debs+=(influxdb)
 command -v socat >/dev/null 2>&1 || need_debs+=(socat)
+# mosquitto_sub is the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
+command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
+# Headless browser for the live page's test (gateway/tests/test_livepage.py drives it).
+[ -x /usr/bin/chromium ] || need_debs+=(chromium)
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

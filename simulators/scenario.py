@@ -378,6 +378,33 @@ class SensorBoardSource:
 # -- the runner ---------------------------------------------------------------------------------
 
 
+def gateway_devices(
+    modbus: dict[str, dict[str, Any]], boards: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``[[device]]`` tables for a gateway config, from a runner's endpoints (or the ``modbus``
+    and ``boards`` of the JSON line ``o2chain sim run`` prints once ready)."""
+    out: list[dict[str, Any]] = []
+    for dev_id, ep in modbus.items():
+        out.append(
+            {
+                "id": dev_id,
+                "site": ep["site"],
+                "kind": ep["kind"],
+                "transport": "modbus",
+                "url": ep["url"],
+                "unit": ep["unit"],
+                "profile": ep["profile"],
+            }
+        )
+    for dev_id, ep in boards.items():
+        row = {"id": dev_id, "site": ep["site"], "kind": ep["kind"], "transport": "mqtt"}
+        for key in ("room", "ventilation_m3h"):
+            if key in ep:
+                row[key] = ep[key]
+        out.append(row)
+    return out
+
+
 @dataclass
 class Endpoints:
     """What listens where once a scenario runs (printed as one JSON line by the CLI)."""
@@ -506,7 +533,14 @@ class ScenarioRunner:
             device = room.board or room.id
             ids.append(device)
             sources.append(RoomBoardSource(self.world.rooms[room.id]))
-            endpoints.boards[device] = {"site": room.site, "kind": "room", "room": room.id}
+            endpoints.boards[device] = {
+                "site": room.site,
+                "kind": "room",
+                "room": room.id,
+                # Outdoor air exchanged per hour: the gateway's chain balance estimates the
+                # oxygen a room consumes from it.
+                "ventilation_m3h": room.volume_m3 * room.ach_per_h,
+            }
         for conc in sc.concentrator:
             if conc.transport == "mqtt":
                 ids.append(conc.id)
@@ -617,22 +651,4 @@ class ScenarioRunner:
 
     def gateway_devices(self, endpoints: Endpoints) -> list[dict[str, Any]]:
         """``[[device]]`` tables for a gateway config watching this scenario."""
-        out: list[dict[str, Any]] = []
-        for dev_id, ep in endpoints.modbus.items():
-            out.append(
-                {
-                    "id": dev_id,
-                    "site": ep["site"],
-                    "kind": ep["kind"],
-                    "transport": "modbus",
-                    "url": ep["url"],
-                    "unit": ep["unit"],
-                    "profile": ep["profile"],
-                }
-            )
-        for dev_id, ep in endpoints.boards.items():
-            row = {"id": dev_id, "site": ep["site"], "kind": ep["kind"], "transport": "mqtt"}
-            if "room" in ep:
-                row["room"] = ep["room"]
-            out.append(row)
-        return out
+        return gateway_devices(endpoints.modbus, endpoints.boards)

@@ -78,10 +78,27 @@ def all_values(influx: InfluxDB, variable: dict[str, Any], known: dict[str, str]
     return "(" + "|".join(re.escape(v) for v in sorted(set(values))) + ")"
 
 
+# Panels whose data the demo run does not produce yet, by dashboard: (panel title, refId).
+# The test insists they are empty: once the demo produces their data, it fails until the entry
+# is removed here, so this list can only shrink. What the demo must do for each is in
+# dashboards/README.md, "What the demo must produce".
+AWAITING_DEMO: dict[str, set[tuple[str, str]]] = {
+    # Board health: the firmware's retained status message carries rssi_dbm, heap_free_b,
+    # uptime_s and buffered, but the gateway does not store it as device_health yet.
+    "device-health": {
+        ("Wi-Fi RSSI", "A"),
+        ("Free heap", "A"),
+        ("Buffered readings", "A"),
+        ("Board uptime", "A"),
+    },
+}
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> None:
     dashboard = render(DASHBOARDS[name]())
+    empty: set[tuple[str, str]] = set()
     with InfluxDB(demo_run.data_dir / "services") as influx:
         known: dict[str, str] = {}
         for variable in dashboard["templating"]["list"]:
@@ -92,8 +109,12 @@ def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> No
                 result = influx.query(query, db="o2chain")["results"][0]
                 assert "error" not in result, f"{panel['title']}: {result.get('error')}\n{query}"
                 series = result.get("series", [])
-                assert series and any(s["values"] for s in series), (
-                    f"{name}: panel {panel['title']!r} query {target['refId']} returned no data:"
-                    f"\n{query}"
-                )
+                if not (series and any(s["values"] for s in series)):
+                    empty.add((panel["title"], target["refId"]))
+                    continue
                 assert series[0]["columns"][0] == "time"
+    awaiting = AWAITING_DEMO.get(name, set())
+    assert not empty - awaiting, f"{name}: panels without data from the demo: {empty - awaiting}"
+    assert not awaiting - empty, (
+        f"{name}: the demo now produces data for {awaiting - empty}: remove them from AWAITING_DEMO"
+    )

@@ -35,6 +35,7 @@ def test_bundled_lhasa_hotel() -> None:
     assert (600, "room-104", Action.VENTILATION_FAILED) in timeline
     assert (900, "psa-1", Action.DRYER_FAILED) in timeline
     assert (1200, "", Action.BROKER_RESTART) in timeline
+    assert (120, "conc-4", Action.MODBUS_SILENT) in timeline  # the demo's first alarm
 
 
 def test_scenario_errors_name_the_key(tmp_path: Path) -> None:
@@ -126,7 +127,8 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
     assert doc["ready"] and doc["mqtt"] == mosquitto.url
     assert set(doc["modbus"]) == {"psa-1", "conc-1", "conc-2", "conc-3", "conc-4"}
     assert len(doc["boards"]) == 24
-    assert [e.action for _, e in runner.fired][:3] == [
+    assert [e.action for _, e in runner.fired][:4] == [
+        Action.MODBUS_SILENT,  # conc-4's link, at 120 s
         Action.VENTILATION_FAILED,
         Action.DRYER_FAILED,
         Action.BROKER_RESTART,

@@ -1,0 +1,144 @@
+"""Alarm events on MQTT (ARCHITECTURE.md topic ``o2/{site}/gateway/{gw}/alarm``).
+
+One retained message per alarm needs one topic per alarm, so:
+
+- ``{prefix}/{site}/gateway/{gw}/alarm`` -- every event (raise, ack, clear, shelve, unshelve),
+  QoS 1, not retained: the live stream;
+- ``{prefix}/{site}/gateway/{gw}/alarm/{device}/{rule}`` -- QoS 1, **retained while the alarm
+  is active** (its latest event: raised, acknowledged, shelved); cleared with an empty
+  retained message when the alarm clears.
+
+Subscribe to ``{prefix}/+/gateway/+/alarm/#`` for both. The publisher uses its own client
+(``o2chain-{gw}-alarms``, clean session) so alarm traffic never waits on the ingest session.
+After every (re)connect it republishes the active alarms and, from the retained messages the
+broker sends back on its subscription, clears those of alarms that ended while it was away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.alarms import AlarmEvent
+from gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+
+class AlarmMqttPublisher:
+    """A listener for :class:`gateway.alarms.AlarmEngine`: ``engine.listeners.append(pub)``."""
+
+    def __init__(self, config: GatewayConfig, active: list[dict[str, Any]]):
+        """``active``: the engine's active alarms at start (``engine.active()``)."""
+        self.config = config
+        self.prefix = config.mqtt.topic_prefix
+        self.gw = config.gateway.id
+        self.published = 0
+        self.connected = False
+        self._lock = threading.Lock()
+        self._active: dict[str, bytes] = {
+            self.alarm_topic(a["site"], a["device"], a["rule"]): self._payload("raise", a)
+            for a in active
+        }
+        cfg = config.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"o2chain-{self.gw}-alarms",
+            protocol=mqtt.MQTTv5,
+        )
+        if cfg.username:
+            password = cfg.password()
+            client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None, cert_reqs=ssl.CERT_REQUIRED
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    def base_topic(self, site: str) -> str:
+        return f"{self.prefix}/{site}/gateway/{self.gw}/alarm"
+
+    def alarm_topic(self, site: str, device: str, rule: str) -> str:
+        return f"{self.base_topic(site)}/{device}/{rule}"
+
+    @staticmethod
+    def _payload(state: str, alarm: dict[str, Any], ts_ms: int | None = None) -> bytes:
+        doc = {"v": 1, "event": state, "ts": ts_ms, **alarm}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def start(self) -> None:
+        cfg = self.config.mqtt
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __call__(self, event: AlarmEvent) -> None:
+        a = event.alarm
+        payload = json.dumps(event.to_json(), separators=(",", ":")).encode()
+        topic = self.alarm_topic(a["site"], a["device"], a["rule"])
+        was_active = False
+        with self._lock:
+            if a["active"]:
+                self._active[topic] = payload
+            else:
+                was_active = self._active.pop(topic, None) is not None
+        # paho queues QoS 1 messages while disconnected and sends them after reconnecting.
+        self.client.publish(self.base_topic(a["site"]), payload, qos=1, retain=False)
+        if a["active"]:
+            self.client.publish(topic, payload, qos=1, retain=True)
+        elif was_active or event.state == "clear":
+            self.client.publish(topic, b"", qos=1, retain=True)  # deletes the retained alarm
+        self.published += 1
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("alarm publisher: MQTT refused the connection: %s", reason)
+            return
+        self.connected = True
+        with self._lock:
+            active = dict(self._active)
+        for topic, payload in active.items():
+            client.publish(topic, payload, qos=1, retain=True)
+        client.subscribe(f"{self.prefix}/+/gateway/{self.gw}/alarm/+/+", qos=1)
+        log.info("alarm publisher connected; %d active alarms republished", len(active))
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Only messages the broker had retained: alarms that cleared while we were away.
+        if not msg.retain or not msg.payload:
+            return
+        with self._lock:
+            stale = msg.topic not in self._active
+        if stale:
+            log.info("alarm publisher: clearing stale retained alarm %s", msg.topic)
+            client.publish(msg.topic, b"", qos=1, retain=True)

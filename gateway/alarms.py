@@ -1,0 +1,906 @@
+"""Alarm engine: rules from config plus DOMAIN.md defaults, ISA-18.2 style lifecycle.
+
+A pipeline stage (``engine(readings) -> readings + alarm events``). Each (rule, site, device)
+has one alarm with the lifecycle
+
+    normal --(condition held for on_delay_s)--> raised --(operator)--> acknowledged
+    raised/acknowledged --(clear condition held for off_delay_s)--> normal (cleared)
+
+Shelving (operator, time-limited by ``alarm_engine.max_shelve_s``) hides an alarm from
+annunciation until it expires or is unshelved; the alarm keeps being evaluated and logged.
+The clear condition includes the hysteresis: an alarm raised at ``value > T`` clears only once
+the value is below ``T - hysteresis`` (for ``<`` rules: above ``T + hysteresis``).
+
+Time: condition timing (on/off delays, rates) runs on the readings' own timestamps, so a board
+replaying its buffer is judged in the order it measured; silence, staleness and shelving run on
+the injected gateway clock. Readings older than the newest one already judged for an alarm are
+logged but not judged again. Delays also complete on the periodic tick (``engine([])``).
+
+Lifecycle state survives restarts (``AlarmStore``, SQLite in ``state_dir``); every transition
+becomes a point of measurement ``alarm`` (returned from the stage, so it travels through the
+durable outbox) and is passed to the listeners (MQTT publisher, gateway/alarm_mqtt.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway import oxygen
+from gateway.alarm_store import AlarmStore
+from gateway.config import (
+    AlarmKind,
+    AlarmRule,
+    Device,
+    DeviceKind,
+    GatewayConfig,
+    Severity,
+    Site,
+)
+from gateway.readings import Reading
+
+log = logging.getLogger(__name__)
+
+DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
+PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ALARM: 2, Severity.CRITICAL: 3}
+# A concentrator reaches product purity in about 5 min (3 time constants of the sieve's
+# warm-up); purity rules wait this long after a start they saw (ISO 80601-2-69 units
+# likewise hold their low-O2 alarm during warm-up).
+WARMUP_S = 600.0
+TICK_MS = 1000  # time-based checks (silence, delays, shelving) at most once a second
+SAVE_INTERVAL_MS = 60_000  # learned baselines to SQLite
+
+
+class AlarmError(Exception):
+    """An operator action that cannot be done; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+ThresholdFn = Callable[[Device, Site], float]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule ready to evaluate. ``value_fn`` computes per-device thresholds (built-ins)."""
+
+    id: str
+    kind: AlarmKind
+    severity: Severity
+    field: str | None = None
+    op: str = ">"
+    value: float | None = None
+    value_fn: ThresholdFn | None = None
+    hysteresis: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    message: str = ""
+    site: str | None = None
+    device: str | None = None
+    device_kind: frozenset[DeviceKind] = frozenset()
+    silence_intervals: float = 3.0
+    window_s: float = 300.0
+    learn_s: float = 86400.0
+    baseline: tuple[tuple[float, float], ...] = ()
+    flow_field: str = "flow_lpm"
+    only_warm: bool = False  # producers: judge only while running and past warm-up
+    source: str = "config"  # "builtin" or "config"
+    doc: str = ""  # where the default comes from (README table, /api/rules)
+
+    @classmethod
+    def from_config(cls, r: AlarmRule) -> Rule:
+        return cls(
+            id=r.id,
+            kind=r.kind,
+            severity=r.severity,
+            field=r.field,
+            op=r.op,
+            value=r.value,
+            hysteresis=r.hysteresis,
+            on_delay_s=r.on_delay_s,
+            off_delay_s=r.off_delay_s,
+            message=r.message,
+            site=r.site,
+            device=r.device,
+            device_kind=frozenset(r.device_kind),
+            silence_intervals=r.silence_intervals,
+            window_s=r.window_s,
+            learn_s=r.learn_s,
+            baseline=tuple(sorted(r.baseline)),
+            flow_field=r.flow_field,
+        )
+
+    def applies(self, dev: Device) -> bool:
+        if self.site is not None and dev.site != self.site:
+            return False
+        if self.device is not None and not fnmatch.fnmatchcase(dev.id, self.device):
+            return False
+        return not self.device_kind or dev.kind in self.device_kind
+
+    def threshold(self, dev: Device, site: Site) -> float:
+        if self.value_fn is not None:
+            return self.value_fn(dev, site)
+        return float(self.value if self.value is not None else math.nan)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description (``/api/rules``)."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "severity": self.severity.value,
+            "field": self.field,
+            "op": self.op,
+            "value": self.value,
+            "dynamic_value": self.value_fn is not None,
+            "hysteresis": self.hysteresis,
+            "on_delay_s": self.on_delay_s,
+            "off_delay_s": self.off_delay_s,
+            "site": self.site,
+            "device": self.device,
+            "device_kind": sorted(k.value for k in self.device_kind),
+            "source": self.source,
+            "doc": self.doc,
+        }
+
+
+def _exceeds(op: str, value: float, threshold: float) -> bool:
+    if op == ">":
+        return value > threshold
+    if op == ">=":
+        return value >= threshold
+    if op == "<":
+        return value < threshold
+    return value <= threshold
+
+
+def _back_inside(op: str, value: float, threshold: float, hysteresis: float) -> bool:
+    """The clear condition: on the good side of the threshold by at least ``hysteresis``."""
+    if hysteresis <= 0:
+        return not _exceeds(op, value, threshold)
+    if op in (">", ">="):
+        return value < threshold - hysteresis
+    return value > threshold + hysteresis
+
+
+def _nominal(dev: Device, key: str) -> float | None:
+    """A value from the device profile's ``[nominal]`` table (o2chain/profiles/*.toml)."""
+    if not dev.profile:
+        return None
+    from o2chain.registers import ProfileError, load_profile
+
+    try:
+        value = load_profile(dev.profile).nominal.get(key)
+    except (ProfileError, OSError):
+        return None
+    return None if value is None else float(value)
+
+
+def _site_pb(site: Site) -> float:
+    # "from the site's pressure" (DOMAIN.md 3): ISA at the site's altitude, a steady threshold
+    # that does not chatter with the weather (real station pressure differs by about 1 %).
+    return oxygen.isa_pressure_kpa(site.altitude_m)
+
+
+def builtin_rules(config: GatewayConfig) -> list[Rule]:
+    """DOMAIN.md section 3 defaults; gateway/README.md "Alarm defaults" lists them with sources."""
+    room = frozenset({DeviceKind.ROOM})
+    conc = frozenset({DeviceKind.CONCENTRATOR})
+    plant = frozenset({DeviceKind.PLANT})
+    offline_n = config.alarm_engine.offline_intervals
+
+    def purity_low(dev: Device, site: Site) -> float:
+        default = 82.0 if dev.kind is DeviceKind.CONCENTRATOR else 90.0
+        return _nominal(dev, "purity_alarm_pct") or default
+
+    def purity_warn(dev: Device, site: Site) -> float:
+        return _nominal(dev, "purity_warn_pct") or 91.0
+
+    def stale_after(dev: Device, site: Site) -> float:
+        return 5.0 * dev.interval_s
+
+    B = Rule
+    sev = Severity
+    th = AlarmKind.THRESHOLD
+    return [
+        B("purity-low", th, sev.ALARM, "purity_pct", "<", value_fn=purity_low, hysteresis=1.0,
+          on_delay_s=60, off_delay_s=60, device_kind=conc | plant, only_warm=True,
+          doc="medical concentrators < 82 % (ISO 80601-2-69 / YY 9706.269); PSA plants < 90 % "
+              "(Ph. Eur. Oxygen 93: 90-96 %); profile [nominal] purity_alarm_pct overrides"),
+        B("purity-warn", th, sev.WARNING, "purity_pct", "<", value_fn=purity_warn,
+          hysteresis=0.5, on_delay_s=120, off_delay_s=60, device_kind=plant, only_warm=True,
+          doc="PSA plants < 91 % (DOMAIN.md proposal); profile purity_warn_pct overrides"),
+        B("purity-sensor-fault", th, sev.WARNING, "purity_pct", ">", 96.5, hysteresis=0.5,
+          on_delay_s=60, off_delay_s=60, device_kind=conc | plant,
+          doc="PSA product cannot exceed about 95.7 % (argon): > 96.5 % is a sensor fault"),
+        B("purity-residual", AlarmKind.RESIDUAL, sev.WARNING, "purity_pct", "<", -3.0,
+          hysteresis=1.0, on_delay_s=1800, off_delay_s=600, device_kind=conc | plant,
+          only_warm=True, learn_s=86400.0,
+          doc="purity 3 % below the unit's own purity-flow baseline (learned over its first "
+              "day): sieve wetting/ageing shows at the same flow (DOMAIN.md 6)"),
+        B("room-o2-high", th, sev.CRITICAL, "o2_pct", ">",
+          value_fn=lambda d, s: oxygen.room_high_alarm_pct(_site_pb(s)), hysteresis=0.3,
+          on_delay_s=30, off_delay_s=60, device_kind=room,
+          doc="NFPA increased-burning-rate limit 23.45/sqrt(PB/101.325) - 1.5 "
+              "(Lhasa 27.9 %); DOMAIN.md proposal"),
+        B("room-o2-high-warn", th, sev.WARNING, "o2_pct", ">",
+          value_fn=lambda d, s: oxygen.room_high_warn_pct(_site_pb(s)), hysteresis=0.3,
+          on_delay_s=60, off_delay_s=60, device_kind=room,
+          doc="min(27 %, NFPA limit - 3) (Lhasa 26.4 %); DOMAIN.md proposal"),
+        B("room-o2-deficient", th, sev.CRITICAL, "o2_pct", "<", 19.5, hysteresis=0.3,
+          on_delay_s=30, off_delay_s=60, device_kind=room,
+          doc="oxygen-deficient atmosphere < 19.5 % (OSHA 29 CFR 1910.146)"),
+        B("room-o2-low-effect", th, sev.WARNING, "o2_pct", "<", 22.0, hysteresis=0.3,
+          on_delay_s=600, off_delay_s=60, device_kind=room,
+          doc="enrichment without effect < 22 % (target band 24-26 %); DOMAIN.md proposal"),
+        B("co2-warn", th, sev.WARNING, "co2_ppm", ">", 1000.0, hysteresis=50.0,
+          on_delay_s=300, off_delay_s=300, device_kind=room,
+          doc="GB/T 18883 daily mean 0.10 %"),
+        B("co2-high", th, sev.ALARM, "co2_ppm", ">", 1500.0, hysteresis=50.0,
+          on_delay_s=300, off_delay_s=300, device_kind=room, doc="DOMAIN.md proposal"),
+        B("dew-point-warn", th, sev.WARNING, "dew_point_c", ">", -40.0, hysteresis=2.0,
+          on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -40 degC"),
+        B("dew-point-high", th, sev.ALARM, "dew_point_c", ">", -30.0, hysteresis=2.0,
+          on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -30 degC"),
+        B("device-offline", AlarmKind.OFFLINE, sev.ALARM, silence_intervals=offline_n,
+          doc=f"MQTT last will, Modbus poller offline, or silent > {offline_n:g} intervals"),
+        B("room-o2-stale", AlarmKind.STALE, sev.WARNING, "o2_pct", value_fn=stale_after,
+          device_kind=room, doc="the board reports but no O2 value for 5 intervals"),
+        B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
+          device_kind=conc | plant, doc="the unit reports but no purity for 5 intervals"),
+    ]  # fmt: skip
+
+
+def effective_rules(config: GatewayConfig) -> list[Rule]:
+    """Built-ins (unless ``alarm_engine.builtin = false``) with config rules layered on top:
+    a config rule with a built-in's id replaces it; ``enabled = false`` removes it."""
+    rules: dict[str, Rule] = {}
+    if config.alarm_engine.builtin:
+        for b in builtin_rules(config):
+            rules[b.id] = Rule(**{**_fields(b), "source": "builtin"})
+    for cfg in config.alarm:
+        if not cfg.enabled:
+            rules.pop(cfg.id, None)
+            continue
+        rules[cfg.id] = Rule.from_config(cfg)
+    return list(rules.values())
+
+
+def _fields(rule: Rule) -> dict[str, Any]:
+    return {f: getattr(rule, f) for f in rule.__dataclass_fields__}
+
+
+@dataclass
+class Baseline:
+    """Purity-flow baseline of one unit: ``purity = a + b * flow**2`` fitted by least squares
+    over its first ``learn_s`` of warm running (the shape of DOMAIN.md's curve: 94 % at 2 L/min,
+    92 % at 4, 87 % at 6), or given as points and interpolated."""
+
+    points: tuple[tuple[float, float], ...] = ()
+    started_ms: int | None = None
+    n: int = 0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+    flow_min: float = math.inf
+    flow_max: float = -math.inf
+    frozen: bool = False
+
+    def learn(self, flow: float, purity: float, ts_ms: int, learn_s: float) -> None:
+        if self.points or self.frozen:
+            return
+        if self.started_ms is None:
+            self.started_ms = ts_ms
+        if ts_ms - self.started_ms >= learn_s * 1000 and self.n >= 10:
+            self.frozen = True
+            return
+        x = flow * flow
+        self.n += 1
+        self.sx += x
+        self.sy += purity
+        self.sxx += x * x
+        self.sxy += x * purity
+        self.flow_min = min(self.flow_min, flow)
+        self.flow_max = max(self.flow_max, flow)
+
+    def predict(self, flow: float) -> float | None:
+        """Expected purity at ``flow``; ``None`` while learning or far outside the learned
+        flows (a baseline cannot judge a flow it never saw)."""
+        if self.points:
+            pts = self.points
+            if flow <= pts[0][0]:
+                return pts[0][1]
+            for (f0, p0), (f1, p1) in itertools.pairwise(pts):
+                if flow <= f1:
+                    return p0 + (p1 - p0) * (flow - f0) / (f1 - f0) if f1 > f0 else p1
+            return pts[-1][1]
+        if not self.frozen:
+            return None
+        span = max(self.flow_max - self.flow_min, 0.1 * max(self.flow_max, 1e-9))
+        if not self.flow_min - 0.2 * span <= flow <= self.flow_max + 0.2 * span:
+            return None
+        mean_x = self.sx / self.n
+        var = self.sxx / self.n - mean_x * mean_x
+        slope = (
+            0.0
+            if var <= 1e-9 * max(1.0, mean_x * mean_x)
+            else ((self.sxy / self.n - mean_x * self.sy / self.n) / var)
+        )
+        return self.sy / self.n + slope * (flow * flow - mean_x)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("points")
+        d["flow_min"] = None if math.isinf(self.flow_min) else self.flow_min
+        d["flow_max"] = None if math.isinf(self.flow_max) else self.flow_max
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], points: tuple[tuple[float, float], ...]) -> Baseline:
+        b = cls(points=points, **{k: v for k, v in d.items() if k not in ("flow_min", "flow_max")})
+        b.flow_min = math.inf if d.get("flow_min") is None else float(d["flow_min"])
+        b.flow_max = -math.inf if d.get("flow_max") is None else float(d["flow_max"])
+        return b
+
+
+@dataclass
+class AlarmState:
+    """One alarm (rule x device). Lifecycle fields persist; the rest is evaluation scratch."""
+
+    site: str
+    device: str
+    rule: str
+    kind: str
+    severity: str
+    field: str | None = None
+    active: bool = False
+    acked: bool = False
+    raised_ms: int | None = None
+    acked_ms: int | None = None
+    acked_by: str | None = None
+    cleared_ms: int | None = None
+    shelved_until_ms: int | None = None
+    shelved_by: str | None = None
+    shelve_reason: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+    # scratch (not persisted)
+    pending_since_ms: int | None = None
+    clearing_since_ms: int | None = None
+    last_ts_ms: int | None = None
+    last_raise_cond: bool = False
+    last_clear_cond: bool = False
+
+    PERSISTED = (
+        *("site", "device", "rule", "kind", "severity", "field", "active", "acked"),
+        *("raised_ms", "acked_ms", "acked_by", "cleared_ms", "shelved_until_ms", "shelved_by"),
+        *("shelve_reason", "value", "threshold", "message"),
+    )
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}/{self.rule}"
+
+    def persisted(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.PERSISTED}
+
+    def shelved(self, now_ms: int) -> bool:
+        return self.shelved_until_ms is not None and now_ms < self.shelved_until_ms
+
+    def public(self, now_ms: int) -> dict[str, Any]:
+        """The JSON the HTTP API and the MQTT retained message show for this alarm."""
+        state = "normal"
+        if self.active:
+            state = "acknowledged" if self.acked else "raised"
+        return {
+            "key": self.key,
+            "site": self.site,
+            "device": self.device,
+            "rule": self.rule,
+            "kind": self.kind,
+            "severity": self.severity,
+            "field": self.field,
+            "state": state,
+            "active": self.active,
+            "acked": self.acked,
+            "acked_ms": self.acked_ms,
+            "acked_by": self.acked_by,
+            "raised_ms": self.raised_ms,
+            "cleared_ms": self.cleared_ms,
+            "shelved": self.shelved(now_ms),
+            "shelved_until_ms": self.shelved_until_ms if self.shelved(now_ms) else None,
+            "shelved_by": self.shelved_by if self.shelved(now_ms) else None,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """One lifecycle transition: ``state`` is raise, ack, clear, shelve or unshelve."""
+
+    ts_ms: int
+    state: str
+    alarm: dict[str, Any]  # AlarmState.public() after the transition
+    by: str | None = None
+
+    def to_reading(self) -> Reading:
+        a = self.alarm
+        fields: dict[str, float | int | bool | str] = {
+            "state": self.state,
+            "message": a["message"],
+            "active": bool(a["active"]),
+            "shelved": bool(a["shelved"]),
+        }
+        if a["value"] is not None and math.isfinite(a["value"]):
+            fields["value"] = float(a["value"])
+        if a["threshold"] is not None and math.isfinite(a["threshold"]):
+            fields["threshold"] = float(a["threshold"])
+        if self.by:
+            fields["by"] = self.by
+        tags = {
+            "site": a["site"],
+            "device": a["device"],
+            "rule": a["rule"],
+            "severity": a["severity"],
+        }
+        return Reading("alarm", tags, fields, self.ts_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": 1, "event": self.state, "ts": self.ts_ms, "by": self.by, **self.alarm}
+
+
+Listener = Callable[[AlarmEvent], None]
+LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _DeviceTrack:
+    last_seen_ms: int  # gateway clock, last reading received
+    field_seen_ms: dict[str, int] = field(default_factory=dict)
+    running_since_ms: float | None = None  # -inf: found running (warm)
+
+
+class AlarmEngine:
+    """``AlarmEngine(config, store, clock_ms=...)``; a pipeline stage. Thread-safe."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: AlarmStore,
+        clock_ms: Callable[[], int] = _wall_ms,
+        link_state: LinkState = lambda site, device: None,
+        rules: Sequence[Rule] | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.clock_ms = clock_ms
+        self.link_state = link_state
+        self.rules = list(effective_rules(config) if rules is None else rules)
+        self.listeners: list[Listener] = []
+        self.event_counts: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._sites = {s.id: s for s in config.site}
+        self._devices = {(d.site, d.id): d for d in config.device}
+        self._rules_for = {
+            k: [r for r in self.rules if r.applies(d)] for k, d in self._devices.items()
+        }
+        self._rule_by_id = {r.id: r for r in self.rules}
+        # Per-device thresholds are fixed by config (site altitude, profile): compute once.
+        self._thresholds: dict[tuple[str, str, str], float] = {}
+        self._state_cache: dict[tuple[str, str, str], AlarmState] = {}
+        # Rules judged on readings, per device: (rule, field) pairs.
+        self._reading_rules = {
+            k: [(r, r.field) for r in rules if r.kind not in (AlarmKind.OFFLINE, AlarmKind.STALE)]
+            for k, rules in self._rules_for.items()
+        }
+        self._states: dict[str, AlarmState] = {}
+        self._pending: list[AlarmEvent] = []
+        self._rate_windows: dict[str, deque[tuple[int, float]]] = {}
+        self._baselines: dict[str, Baseline] = {}
+        self._seen_producers: set[tuple[str, str]] = set()
+        start = clock_ms()
+        self._tracks = {k: _DeviceTrack(last_seen_ms=start) for k in self._devices}
+        self._next_tick_ms = 0
+        self._next_save_ms = start + SAVE_INTERVAL_MS
+        self._restore()
+        builtin = sum(1 for r in self.rules if r.source == "builtin")
+        log.info(
+            "alarms: %d rules (%d built-in, %d from config) over %d devices",
+            len(self.rules),
+            builtin,
+            len(self.rules) - builtin,
+            len(self._devices),
+        )
+
+    # ----------------------------------------------------------------- persistence
+    def _restore(self) -> None:
+        for key, saved in self.store.load_states().items():
+            if saved.get("rule") not in self._rule_by_id:
+                self.store.save_state(key, None)  # rule removed from config
+                continue
+            if (saved.get("site"), saved.get("device")) not in self._devices:
+                self.store.save_state(key, None)
+                continue
+            st = AlarmState(**{k: saved[k] for k in AlarmState.PERSISTED if k in saved})
+            self._states[key] = st
+        active = sum(1 for s in self._states.values() if s.active)
+        if active:
+            log.info("alarms: %d active alarms restored from %s", active, "alarms.sqlite")
+        for r in self.rules:
+            if r.kind is not AlarmKind.RESIDUAL:
+                continue
+            for (site, dev), rules in self._rules_for.items():
+                if r in rules:
+                    k = f"{site}/{dev}/{r.id}"
+                    saved_b = self.store.get_kv(f"baseline:{k}")
+                    if saved_b is not None:
+                        self._baselines[k] = Baseline.from_json(saved_b, r.baseline)
+
+    def save(self) -> None:
+        """Learned state to the store (periodic, and at shutdown)."""
+        with self._lock:
+            for k, b in self._baselines.items():
+                if not b.points:
+                    self.store.put_kv(f"baseline:{k}", b.to_json())
+
+    # ----------------------------------------------------------------- the stage
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        with self._lock:
+            now = self.clock_ms()
+            for r in readings:
+                if r.measurement not in DEVICE_MEASUREMENTS:
+                    continue
+                key = (r.tags.get("site", ""), r.tags.get("device", ""))
+                dev = self._devices.get(key)
+                if dev is not None:
+                    self._on_reading(dev, r, now)
+            if now >= self._next_tick_ms:
+                self._next_tick_ms = now + TICK_MS
+                self._tick(now)
+            if now >= self._next_save_ms:
+                self._next_save_ms = now + SAVE_INTERVAL_MS
+                self.save()
+            if not self._pending:
+                return readings
+            events, self._pending = self._pending, []
+        return readings + [e.to_reading() for e in events]
+
+    def _state(self, rule: Rule, dev: Device) -> AlarmState:
+        ckey = (dev.site, dev.id, rule.id)
+        st = self._state_cache.get(ckey)
+        if st is not None:
+            return st
+        key = f"{dev.site}/{dev.id}/{rule.id}"
+        st = self._states.get(key)
+        if st is None:
+            st = AlarmState(dev.site, dev.id, rule.id, rule.kind.value, rule.severity.value)
+            st.field = rule.field
+            self._states[key] = st
+        self._state_cache[ckey] = st
+        return st
+
+    def _threshold(self, rule: Rule, dev: Device) -> float:
+        key = (dev.site, dev.id, rule.id)
+        value = self._thresholds.get(key)
+        if value is None:
+            value = self._thresholds[key] = rule.threshold(dev, self._sites[dev.site])
+        return value
+
+    def _on_reading(self, dev: Device, r: Reading, now: int) -> None:
+        track = self._tracks[(dev.site, dev.id)]
+        track.last_seen_ms = now
+        track.field_seen_ms.update(dict.fromkeys(r.fields, now))
+        if dev.kind in PRODUCERS:
+            flow = r.fields.get("flow_lpm")
+            running = r.fields.get("state") is not False and (
+                not isinstance(flow, int | float) or flow > 0.0
+            )
+            if not running:
+                track.running_since_ms = None
+            elif track.running_since_ms is None:
+                # First sight of a running unit: it has long finished its warm-up.
+                seen_before = (dev.site, dev.id) in self._seen_producers
+                track.running_since_ms = r.ts_ms if seen_before else -math.inf
+            self._seen_producers.add((dev.site, dev.id))
+        warm = track.running_since_ms is not None and (
+            r.ts_ms - track.running_since_ms >= WARMUP_S * 1000
+        )
+        fields = r.fields
+        for rule, name in self._reading_rules[(dev.site, dev.id)]:
+            value = fields.get(name) if name is not None else None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            st = self._state(rule, dev)
+            if st.last_ts_ms is not None and r.ts_ms < st.last_ts_ms:
+                continue  # an older replayed reading: already past it
+            st.last_ts_ms = r.ts_ms
+            if rule.only_warm and not warm:
+                if not st.active:
+                    st.pending_since_ms = None
+                    continue
+                self._judge(rule, st, False, True, st.value, st.threshold, r.ts_ms)
+                continue
+            if rule.kind is AlarmKind.THRESHOLD:
+                threshold = self._threshold(rule, dev)
+                self._judge_value(rule, st, float(value), threshold, r.ts_ms)
+            elif rule.kind is AlarmKind.RATE:
+                rate = self._rate(st.key, rule, r.ts_ms, float(value))
+                if rate is not None:
+                    self._judge_value(rule, st, rate, self._threshold(rule, dev), r.ts_ms)
+            elif rule.kind is AlarmKind.RESIDUAL:
+                flow = r.fields.get(rule.flow_field)
+                if isinstance(flow, bool) or not isinstance(flow, int | float):
+                    continue
+                b = self._baselines.setdefault(st.key, Baseline(points=rule.baseline))
+                expected = b.predict(float(flow))
+                b.learn(float(flow), float(value), r.ts_ms, rule.learn_s)
+                if expected is not None:
+                    residual = float(value) - expected
+                    self._judge_value(rule, st, residual, self._threshold(rule, dev), r.ts_ms)
+
+    def _rate(self, key: str, rule: Rule, ts_ms: int, value: float) -> float | None:
+        """Change per minute over the rule's window (None until half a window is seen)."""
+        window = self._rate_windows.setdefault(key, deque())
+        window.append((ts_ms, value))
+        while len(window) > 2 and ts_ms - window[1][0] >= rule.window_s * 1000:
+            window.popleft()
+        t0, v0 = window[0]
+        span_ms = ts_ms - t0
+        if span_ms < rule.window_s * 500:
+            return None
+        return (value - v0) / (span_ms / 60_000.0)
+
+    def _judge_value(
+        self, rule: Rule, st: AlarmState, value: float, threshold: float, t_ms: int
+    ) -> None:
+        raise_cond = _exceeds(rule.op, value, threshold)
+        clear_cond = _back_inside(rule.op, value, threshold, rule.hysteresis)
+        self._judge(rule, st, raise_cond, clear_cond, value, threshold, t_ms)
+
+    def _judge(
+        self,
+        rule: Rule,
+        st: AlarmState,
+        raise_cond: bool,
+        clear_cond: bool,
+        value: float | None,
+        threshold: float | None,
+        t_ms: int,
+    ) -> None:
+        st.last_raise_cond, st.last_clear_cond = raise_cond, clear_cond
+        if not st.active:
+            st.clearing_since_ms = None
+            if not raise_cond:
+                st.pending_since_ms = None
+                return
+            if st.pending_since_ms is None:
+                st.pending_since_ms = t_ms
+            st.value, st.threshold = value, threshold
+            if t_ms - st.pending_since_ms >= rule.on_delay_s * 1000:
+                self._raise(rule, st, t_ms)
+            return
+        st.pending_since_ms = None
+        if value is not None:
+            st.value = value
+        if not clear_cond:
+            st.clearing_since_ms = None
+            return
+        if st.clearing_since_ms is None:
+            st.clearing_since_ms = t_ms
+        if t_ms - st.clearing_since_ms >= rule.off_delay_s * 1000:
+            self._clear(rule, st, t_ms)
+
+    # ----------------------------------------------------------------- time-based checks
+    def _tick(self, now: int) -> None:
+        for (site_id, dev_id), rules in self._rules_for.items():
+            dev = self._devices[(site_id, dev_id)]
+            track = self._tracks[(site_id, dev_id)]
+            for rule in rules:
+                if rule.kind is AlarmKind.OFFLINE:
+                    silence_s = (now - track.last_seen_ms) / 1000.0
+                    limit_s = rule.silence_intervals * dev.interval_s
+                    link = self.link_state(site_id, dev_id)
+                    offline = link is False or silence_s > limit_s
+                    st = self._state(rule, dev)
+                    st.field = None
+                    self._judge(rule, st, offline, not offline, silence_s, limit_s, now)
+                elif rule.kind is AlarmKind.STALE and rule.field is not None:
+                    seen = track.field_seen_ms.get(rule.field)
+                    if seen is None:
+                        continue  # this device never had the field: nothing to go stale
+                    limit_s = self._threshold(rule, dev)
+                    age_s = (now - seen) / 1000.0
+                    reporting = (now - track.last_seen_ms) / 1000.0 <= limit_s
+                    stale = age_s > limit_s and reporting
+                    st = self._state(rule, dev)
+                    self._judge(rule, st, stale, not stale, age_s, limit_s, now)
+        for st in list(self._states.values()):
+            st_rule = self._rule_by_id.get(st.rule)
+            if st_rule is None:
+                continue
+            if st_rule.kind in (AlarmKind.THRESHOLD, AlarmKind.RATE, AlarmKind.RESIDUAL):
+                # Complete delays that run out between readings.
+                on_ms, off_ms = st_rule.on_delay_s * 1000, st_rule.off_delay_s * 1000
+                pending, clearing = st.pending_since_ms, st.clearing_since_ms
+                if not st.active and pending is not None and st.last_raise_cond:
+                    if now - pending >= on_ms:
+                        self._raise(st_rule, st, now)
+                elif (
+                    st.active
+                    and clearing is not None
+                    and st.last_clear_cond
+                    and now - clearing >= off_ms
+                ):
+                    self._clear(st_rule, st, now)
+            if st.shelved_until_ms is not None and now >= st.shelved_until_ms:
+                by = st.shelved_by
+                st.shelved_until_ms = st.shelved_by = st.shelve_reason = None
+                self._emit(st, "unshelve", now, by=by)
+
+    # ----------------------------------------------------------------- transitions
+    def _message(self, rule: Rule, st: AlarmState) -> str:
+        values = {
+            "site": st.site,
+            "device": st.device,
+            "rule": st.rule,
+            "field": st.field or "",
+            "op": rule.op,
+            "value": st.value if st.value is not None else math.nan,
+            "threshold": st.threshold if st.threshold is not None else math.nan,
+        }
+        if rule.message:
+            try:
+                return rule.message.format(**values)
+            except (KeyError, ValueError, IndexError):
+                return rule.message
+        if rule.kind is AlarmKind.OFFLINE:
+            return f"{st.device}: offline (silent {values['value']:.0f} s)"
+        if rule.kind is AlarmKind.STALE:
+            return f"{st.device}: no {st.field} for {values['value']:.0f} s"
+        what = {AlarmKind.RATE: f"{st.field} change/min", AlarmKind.RESIDUAL: "purity residual"}
+        name = what.get(rule.kind, st.field or "")
+        return (
+            f"{st.device}: {name} {values['value']:.2f} {rule.op} {values['threshold']:.2f} "
+            f"({rule.id})"
+        )
+
+    def _raise(self, rule: Rule, st: AlarmState, t_ms: int) -> None:
+        st.active, st.acked = True, False
+        st.acked_ms = st.acked_by = None
+        st.raised_ms, st.cleared_ms = t_ms, None
+        st.pending_since_ms = None
+        st.message = self._message(rule, st)
+        log.warning("alarm raised: %s [%s] %s", st.key, st.severity, st.message)
+        self._emit(st, "raise", t_ms)
+
+    def _clear(self, rule: Rule, st: AlarmState, t_ms: int) -> None:
+        st.active = st.acked = False
+        st.cleared_ms = t_ms
+        st.clearing_since_ms = None
+        log.info("alarm cleared: %s", st.key)
+        self._emit(st, "clear", t_ms)
+
+    def _emit(self, st: AlarmState, state: str, t_ms: int, by: str | None = None) -> None:
+        keep = st.active or st.shelved_until_ms is not None
+        self.store.save_state(st.key, st.persisted() if keep else None)
+        event = AlarmEvent(t_ms, state, st.public(self.clock_ms()), by)
+        self.store.append_log(t_ms, event.to_json())
+        self.event_counts[state] = self.event_counts.get(state, 0) + 1
+        self._pending.append(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("alarm listener failed for %s", st.key)
+
+    # ----------------------------------------------------------------- operator actions
+    def _lookup(self, site: str, device: str, rule_id: str) -> tuple[Rule, AlarmState]:
+        dev = self._devices.get((site, device))
+        rule = self._rule_by_id.get(rule_id)
+        if dev is None or rule is None or not rule.applies(dev):
+            raise AlarmError(404, f"no alarm {site}/{device}/{rule_id}")
+        return rule, self._state(rule, dev)
+
+    def acknowledge(self, site: str, device: str, rule_id: str, by: str = "") -> dict[str, Any]:
+        """Acknowledge an active alarm; raises :class:`AlarmError` (404 unknown, 409 not
+        active or already acknowledged). Returns the alarm's public JSON."""
+        with self._lock:
+            _, st = self._lookup(site, device, rule_id)
+            if not st.active:
+                raise AlarmError(409, f"alarm {st.key} is not active")
+            if st.acked:
+                raise AlarmError(409, f"alarm {st.key} is already acknowledged")
+            now = self.clock_ms()
+            st.acked, st.acked_ms, st.acked_by = True, now, by or None
+            self._emit(st, "ack", now, by=by or None)
+            return st.public(now)
+
+    def shelve(
+        self,
+        site: str,
+        device: str,
+        rule_id: str,
+        duration_s: float,
+        by: str = "",
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Shelve an alarm for ``duration_s`` (at most ``alarm_engine.max_shelve_s``)."""
+        max_s = self.config.alarm_engine.max_shelve_s
+        if not (isinstance(duration_s, int | float) and 0 < duration_s <= max_s):
+            raise AlarmError(400, f"duration_s: expected 0 < duration_s <= {max_s:g}")
+        with self._lock:
+            _, st = self._lookup(site, device, rule_id)
+            now = self.clock_ms()
+            st.shelved_until_ms = now + int(duration_s * 1000)
+            st.shelved_by, st.shelve_reason = by or None, reason or None
+            self._emit(st, "shelve", now, by=by or None)
+            return st.public(now)
+
+    def unshelve(self, site: str, device: str, rule_id: str, by: str = "") -> dict[str, Any]:
+        with self._lock:
+            _, st = self._lookup(site, device, rule_id)
+            now = self.clock_ms()
+            if not st.shelved(now):
+                raise AlarmError(409, f"alarm {st.key} is not shelved")
+            st.shelved_until_ms = st.shelved_by = st.shelve_reason = None
+            self._emit(st, "unshelve", now, by=by or None)
+            return st.public(now)
+
+    # ----------------------------------------------------------------- views
+    def active(self) -> list[dict[str, Any]]:
+        """Active alarms, most severe first, then oldest first."""
+        with self._lock:
+            now = self.clock_ms()
+            rows = [st for st in self._states.values() if st.active]
+            rows.sort(key=lambda s: (-SEVERITY_RANK[Severity(s.severity)], s.raised_ms or 0))
+            return [s.public(now) for s in rows]
+
+    def shelved(self) -> list[dict[str, Any]]:
+        with self._lock:
+            now = self.clock_ms()
+            return [s.public(now) for s in self._states.values() if s.shelved(now)]
+
+    def counts(self) -> dict[str, Any]:
+        with self._lock:
+            now = self.clock_ms()
+            by_sev = {s.value: 0 for s in Severity}
+            unacked = shelved = 0
+            for st in self._states.values():
+                if st.active:
+                    by_sev[st.severity] += 1
+                    unacked += not st.acked
+                shelved += st.shelved(now)
+            return {
+                "active": sum(by_sev.values()),
+                "unacked": unacked,
+                "shelved": shelved,
+                "by_severity": by_sev,
+                "events": dict(self.event_counts),
+            }
+
+    def log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.store.recent_log(limit)
+
+    def rules_json(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in self.rules]
+
+    def close(self) -> None:
+        self.save()

@@ -1,0 +1,304 @@
+"""Enrichment stage: derived oxygen values, produced-oxygen totals and the chain balance.
+
+- ``room`` readings with ``o2_pct`` get ``ppo2_kpa`` (when the board did not send it) and
+  ``eq_alt_m`` (West definition by default, ``[enrich] eq_alt_definition``), from the board's
+  ``baro_kpa``, or, without one, from the site's ISA pressure at ``altitude_m``; field
+  ``baro_source`` says which (``"sensor"`` / ``"isa"``). Values a board computed are kept.
+- ``concentrator`` readings of producing devices (kind concentrator or plant) with flow and
+  purity get ``o2_lpm`` (oxygen in the product, flow x purity) and ``o2_produced_l`` (the
+  device's cumulative oxygen, trapezoidal integration over the readings' timestamps, not
+  across gaps longer than ``[enrich] max_gap_s``).
+- Every ``[enrich] chain_interval_s`` one ``chain`` point per site (tag ``site``): produced vs
+  delivered oxygen; see gateway/README.md "Enrichment" for the fields.
+
+Totals survive restarts (saved to ``alarms.sqlite`` every minute and at shutdown; a crash
+loses at most that minute of integration, never counts a reading twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import oxygen
+from gateway.alarm_store import AlarmStore
+from gateway.config import Device, DeviceKind, GatewayConfig
+from gateway.readings import FieldValue, Reading
+
+log = logging.getLogger(__name__)
+
+PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
+SAVE_INTERVAL_MS = 60_000
+DEFAULT_PRODUCT_PURITY_PCT = 93.0  # "Oxygen 93" (DOMAIN.md 3) when no producer reports
+M3H_TO_LPM = 1000.0 / 60.0
+
+
+def _num(fields: dict[str, FieldValue], name: str) -> float | None:
+    value = fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass
+class _Producer:
+    last_ts_ms: int | None = None
+    o2_lpm: float = 0.0
+    purity_pct: float | None = None
+    total_l: float = 0.0
+    seen_ms: int | None = None  # gateway clock
+
+
+@dataclass
+class _Room:
+    o2_pct: float
+    eq_alt_m: float | None
+    seen_ms: int
+
+
+def room_o2_demand_lpm(
+    ventilation_m3h: float, room_o2_pct: float, product_purity_pct: float
+) -> float:
+    """Oxygen (L/min, in product gas) a ventilated room needs to stay at ``room_o2_pct``.
+
+    Steady-state balance of a well-mixed room with outdoor air ``Qv`` at 20.95 % and product
+    ``Qp`` at purity ``xp``: ``Qp = Qv (xr - xa) / (xp - xr)``; the oxygen in it is ``Qp xp``.
+    Occupants' consumption is left out, so this is a lower bound. 0 for an unenriched room.
+    """
+    xa, xr, xp = oxygen.AIR_O2_PCT, room_o2_pct, product_purity_pct
+    if xr <= xa or xp <= xr:
+        return 0.0
+    qv_lpm = ventilation_m3h * M3H_TO_LPM
+    return qv_lpm * (xr - xa) / (xp - xr) * xp / 100.0
+
+
+class Enricher:
+    """``Enricher(config, store, clock_ms)``: a pipeline stage. Thread-safe."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: AlarmStore | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ):
+        self.config = config
+        self.store = store
+        self.clock_ms = clock_ms
+        self.definition = oxygen.EqAltDefinition(config.enrich.eq_alt_definition)
+        self.max_gap_ms = int(config.enrich.max_gap_s * 1000)
+        self.chain_interval_ms = int(config.enrich.chain_interval_s * 1000)
+        self._isa_kpa = {s.id: oxygen.isa_pressure_kpa(s.altitude_m) for s in config.site}
+        self._devices = {(d.site, d.id): d for d in config.device}
+        self._producers: dict[tuple[str, str], _Producer] = {}
+        self._rooms: dict[tuple[str, str], _Room] = {}
+        self._supply_lpm: dict[tuple[str, str], tuple[float, int]] = {}
+        self._delivered_l: dict[str, float] = {}
+        self._last_chain_ms: dict[str, int] = {}
+        self.last_chain: dict[str, dict[str, FieldValue]] = {}
+        self._lock = threading.Lock()
+        now = clock_ms()
+        self._next_chain_ms = now + self.chain_interval_ms
+        self._next_save_ms = now + SAVE_INTERVAL_MS
+        self._restore()
+
+    # ----------------------------------------------------------------- persistence
+    def _restore(self) -> None:
+        if self.store is None:
+            return
+        saved = self.store.get_kv("enrich:producers") or {}
+        for key, p in saved.items():
+            site, _, dev = key.partition("/")
+            if (site, dev) in self._devices:
+                self._producers[(site, dev)] = _Producer(
+                    last_ts_ms=p.get("last_ts_ms"),
+                    o2_lpm=float(p.get("o2_lpm", 0.0)),
+                    total_l=float(p.get("total_l", 0.0)),
+                )
+        self._delivered_l = {
+            str(k): float(v) for k, v in (self.store.get_kv("enrich:delivered") or {}).items()
+        }
+
+    def save(self) -> None:
+        if self.store is None:
+            return
+        with self._lock:
+            producers = {
+                f"{s}/{d}": {"last_ts_ms": p.last_ts_ms, "o2_lpm": p.o2_lpm, "total_l": p.total_l}
+                for (s, d), p in self._producers.items()
+            }
+            delivered = dict(self._delivered_l)
+        self.store.put_kv("enrich:producers", producers)
+        self.store.put_kv("enrich:delivered", delivered)
+
+    def close(self) -> None:
+        self.save()
+
+    # ----------------------------------------------------------------- the stage
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        now = self.clock_ms()
+        with self._lock:
+            out = [self._enrich(r, now) for r in readings]
+            if now >= self._next_chain_ms:
+                self._next_chain_ms = now + self.chain_interval_ms
+                out += self._chain_points(now)
+        if now >= self._next_save_ms:
+            self._next_save_ms = now + SAVE_INTERVAL_MS
+            self.save()
+        return out
+
+    def _enrich(self, r: Reading, now: int) -> Reading:
+        key = (r.tags.get("site", ""), r.tags.get("device", ""))
+        dev = self._devices.get(key)
+        if dev is None:
+            return r
+        if r.measurement == "room":
+            return self._enrich_room(dev, r, now)
+        if r.measurement == "concentrator" and dev.kind in PRODUCERS:
+            return self._enrich_producer(dev, r, now)
+        if r.measurement == "supply":
+            flow = _num(r.fields, "flow_lpm")
+            if flow is None and (m3h := _num(r.fields, "flow_m3h")) is not None:
+                flow = m3h * M3H_TO_LPM
+            if flow is not None:
+                self._supply_lpm[key] = (flow, now)
+        return r
+
+    def _enrich_room(self, dev: Device, r: Reading, now: int) -> Reading:
+        o2 = _num(r.fields, "o2_pct")
+        if o2 is None:
+            return r
+        fields = dict(r.fields)
+        baro = _num(r.fields, "baro_kpa")
+        if baro is not None and baro > 0.0:
+            fields["baro_source"] = "sensor"
+        else:
+            baro = self._isa_kpa[dev.site]
+            fields["baro_source"] = "isa"
+        if "ppo2_kpa" not in fields:
+            fields["ppo2_kpa"] = round(oxygen.ppo2_kpa(o2, baro), 4)
+        eq_alt = _num(fields, "eq_alt_m")
+        if eq_alt is None:
+            try:
+                eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
+            except ValueError:
+                eq_alt = None  # no oxygen at all: no equivalent altitude
+            if eq_alt is not None:
+                fields["eq_alt_m"] = eq_alt
+        self._rooms[(dev.site, dev.id)] = _Room(o2, eq_alt, now)
+        return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
+
+    def _enrich_producer(self, dev: Device, r: Reading, now: int) -> Reading:
+        flow = _num(r.fields, "flow_lpm")
+        if flow is None and (m3h := _num(r.fields, "flow_nm3h")) is not None:
+            flow = m3h * M3H_TO_LPM
+        purity = _num(r.fields, "purity_pct")
+        if flow is None or purity is None:
+            return r
+        if r.fields.get("state") is False:
+            flow = 0.0  # a stopped unit produces nothing, whatever its flow sensor idles at
+        o2_lpm = oxygen.o2_flow_lpm(max(0.0, flow), purity)
+        fields = dict(r.fields)
+        fields["o2_lpm"] = round(o2_lpm, 4)
+        p = self._producers.setdefault((dev.site, dev.id), _Producer())
+        p.seen_ms = now
+        if p.last_ts_ms is not None and r.ts_ms <= p.last_ts_ms:
+            return Reading(
+                r.measurement, r.tags, fields, r.ts_ms, r.meta
+            )  # replayed or duplicate: counted once
+        if p.last_ts_ms is not None and r.ts_ms - p.last_ts_ms <= self.max_gap_ms:
+            minutes = (r.ts_ms - p.last_ts_ms) / 60_000.0
+            p.total_l += (p.o2_lpm + o2_lpm) / 2.0 * minutes
+        p.last_ts_ms, p.o2_lpm, p.purity_pct = r.ts_ms, o2_lpm, purity
+        fields["o2_produced_l"] = round(p.total_l, 3)
+        return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
+
+    # ----------------------------------------------------------------- chain balance
+    def _fresh(self, dev: Device, seen_ms: int | None, now: int) -> bool:
+        limit_ms = max(3 * dev.interval_s * 1000, self.chain_interval_ms)
+        return seen_ms is not None and now - seen_ms <= limit_ms
+
+    def _chain_points(self, now: int) -> list[Reading]:
+        points = []
+        for site in self.config.site:
+            fields = self._chain_fields(site.id, now)
+            self.last_chain[site.id] = fields
+            points.append(Reading("chain", {"site": site.id}, fields, now))
+        return points
+
+    def _chain_fields(self, site: str, now: int) -> dict[str, FieldValue]:
+        devices = [d for d in self.config.device if d.site == site]
+        producers = [d for d in devices if d.kind in PRODUCERS]
+        produced_lpm = produced_l = 0.0
+        purities: list[float] = []
+        reporting = 0
+        for d in producers:
+            p = self._producers.get((site, d.id))
+            if p is None:
+                continue
+            produced_l += p.total_l
+            if self._fresh(d, p.seen_ms, now):
+                reporting += 1
+                produced_lpm += p.o2_lpm
+                if p.purity_pct is not None and p.o2_lpm > 0:
+                    purities.append(p.purity_pct)
+        product_purity = sum(purities) / len(purities) if purities else DEFAULT_PRODUCT_PURITY_PCT
+        rooms = [
+            (d, self._rooms[(site, d.id)])
+            for d in devices
+            if d.kind is DeviceKind.ROOM
+            and (site, d.id) in self._rooms
+            and self._fresh(d, self._rooms[(site, d.id)].seen_ms, now)
+        ]
+        delivered_lpm = 0.0
+        estimated = 0
+        for d, room in rooms:
+            if d.ventilation_m3h is not None:
+                estimated += 1
+                delivered_lpm += room_o2_demand_lpm(d.ventilation_m3h, room.o2_pct, product_purity)
+        last = self._last_chain_ms.get(site)
+        if last is not None and now - last <= max(self.max_gap_ms, 2 * self.chain_interval_ms):
+            prev = self.last_chain.get(site, {}).get("delivered_o2_lpm", 0.0)
+            prev_lpm = float(prev) if isinstance(prev, int | float) else 0.0
+            minutes = (now - last) / 60_000.0
+            self._delivered_l[site] = (
+                self._delivered_l.get(site, 0.0) + (prev_lpm + delivered_lpm) / 2 * minutes
+            )
+        self._last_chain_ms[site] = now
+        fields: dict[str, FieldValue] = {
+            "producers": len(producers),
+            "producers_reporting": reporting,
+            "produced_o2_lpm": round(produced_lpm, 4),
+            "produced_o2_l": round(produced_l, 3),
+            "rooms": sum(1 for d in devices if d.kind is DeviceKind.ROOM),
+            "rooms_reporting": len(rooms),
+            "rooms_estimated": estimated,
+            "delivered_o2_lpm": round(delivered_lpm, 4),
+            "delivered_o2_l": round(self._delivered_l.get(site, 0.0), 3),
+            "balance_o2_lpm": round(produced_lpm - delivered_lpm, 4),
+        }
+        if produced_lpm > 0 and estimated:
+            fields["delivered_share"] = round(delivered_lpm / produced_lpm, 4)
+        if rooms:
+            o2s = [room.o2_pct for _, room in rooms]
+            fields["rooms_o2_mean_pct"] = round(sum(o2s) / len(o2s), 3)
+            fields["rooms_o2_max_pct"] = max(o2s)
+            alts = [room.eq_alt_m for _, room in rooms if room.eq_alt_m is not None]
+            if alts:
+                fields["rooms_eq_alt_mean_m"] = round(sum(alts) / len(alts), 1)
+        supplies = [
+            flow
+            for (s, dev_id), (flow, seen) in self._supply_lpm.items()
+            if s == site and self._fresh(self._devices[(s, dev_id)], seen, now)
+        ]
+        if supplies:
+            fields["supplied_lpm"] = round(sum(supplies), 4)
+        return fields
+
+    def status(self) -> dict[str, Any]:
+        """Latest chain fields per site (``/api/status``)."""
+        with self._lock:
+            return {site: dict(f) for site, f in self.last_chain.items()}

@@ -1,0 +1,139 @@
+"""Shared fixtures of the gateway's delivery tests: a gateway config writer, a fleet publisher
+process and exact point counts in InfluxDB."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from o2chain.procs import ChildProcess, o2chain_argv
+from o2chain.services import InfluxDB, Mosquitto, ServiceError
+
+SITE = "fleet-site"
+DB = "o2delivery"
+
+
+def board_id(n: int) -> str:
+    """Device ids of boards published by a test's own client."""
+    return f"room-{n:03d}"
+
+
+def sim_board_id(n: int) -> str:
+    """Device ids of ``o2chain sim fleet`` (``room-0001`` ...)."""
+    return f"room-{n + 1:04d}"
+
+
+def gateway_config(
+    path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    state_dir: Path,
+    boards: int,
+    gateway_id: str = "gw-delivery",
+    extra_boards: tuple[str, ...] = (),
+    board_name: Callable[[int], str] = board_id,
+    **sections: dict[str, Any],
+) -> Path:
+    """Write a gateway TOML for ``boards`` room boards of :data:`SITE`; extra keys per section."""
+    config: dict[str, Any] = {
+        "gateway": {
+            "id": gateway_id,
+            "state_dir": str(state_dir),
+            "http_listen": "127.0.0.1:0",  # a free port: tests run side by side
+        },
+        "mqtt": {"url": mosquitto.url},
+        "influx": {
+            "url": influxdb.url,
+            "database": DB,
+            "flush_interval_s": 0.2,
+            "max_backoff_s": 1.0,
+        },
+        "site": [{"id": SITE, "altitude_m": 3650}],
+        "device": [
+            {"id": board_name(n), "site": SITE, "kind": "room", "transport": "mqtt"}
+            for n in range(boards)
+        ]
+        + [{"id": b, "site": SITE, "kind": "room", "transport": "mqtt"} for b in extra_boards],
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
+
+
+def count_points(influxdb: InfluxDB, field: str = "o2_pct", where: str = "") -> int:
+    """Distinct points of ``room`` in :data:`DB` (series + time identify a point)."""
+    try:
+        rows = influxdb.query_points(f"SELECT count({field}) FROM room {where}", db=DB)
+    except ServiceError:
+        return 0
+    return int(rows[0]["count"]) if rows else 0
+
+
+def wait_for_count(
+    influxdb: InfluxDB, expected: int, timeout_s: float, settle_s: float = 1.0
+) -> int:
+    """Poll until the count reaches ``expected`` (or the deadline) and stays for ``settle_s``;
+    returns the last count (the caller asserts). Writers are other processes: no event exists."""
+    deadline = time.monotonic() + timeout_s
+    count = count_points(influxdb)
+    while time.monotonic() < deadline and count < expected:
+        time.sleep(0.25)
+        count = count_points(influxdb)
+    if count >= expected:
+        time.sleep(settle_s)  # anything still in flight would now show up as extra points
+        count = count_points(influxdb)
+    return count
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float) -> list[str]:
+    """``o2chain sim fleet``: real board clients (store and forward, replay arrays, will)."""
+    return o2chain_argv(
+        "sim",
+        "fleet",
+        "--mqtt",
+        mqtt_url,
+        "--site",
+        SITE,
+        "--boards",
+        str(boards),
+        "--readings",
+        str(readings),
+        "--interval-s",
+        str(interval_s),
+        "--seed",
+        "7",
+        "--timeout-s",
+        "240",
+    )
+
+
+@pytest.fixture
+def sim_fleet(tmp_path: Path) -> Iterator[Callable[..., ChildProcess]]:
+    """``sim_fleet(mqtt_url, boards, readings, interval_s)`` starts ``o2chain sim fleet``."""
+    started: list[ChildProcess] = []
+
+    def start(mqtt_url: str, boards: int, readings: int, interval_s: float) -> ChildProcess:
+        proc = ChildProcess(
+            sim_fleet_argv(mqtt_url, boards, readings, interval_s),
+            tmp_path / f"sim-fleet-{len(started)}.log",
+        ).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,203 @@
+"""Delivery acceptance (issue 4): a 20,000-reading fleet run (``o2chain sim fleet``: 20 real board
+clients with store and forward) through real Mosquitto and InfluxDB while the gateway is
+SIGKILLed, InfluxDB is down, or the broker restarts - and InfluxDB ends up holding exactly 20,000
+distinct readings, 1,000 per board, seq 0..999."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.tests.conftest import (
+    DB,
+    count_points,
+    gateway_config,
+    sim_board_id,
+    wait_for_count,
+    wait_until,
+)
+from o2chain.procs import ChildProcess, o2chain_argv
+from o2chain.services import InfluxDB, Mosquitto
+
+pytestmark = pytest.mark.integration
+
+BOARDS = 20
+PER_BOARD = 1000
+TOTAL = BOARDS * PER_BOARD
+
+
+def start_gateway(cfg: Path, log: Path) -> ChildProcess:
+    gw = ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), log).start()
+    gw.wait_for_log("MQTT subscribed", timeout_s=30)
+    return gw
+
+
+def fleet_summary(proc: ChildProcess, timeout_s: float) -> dict[str, Any]:
+    summary = fleet_summary_of(proc, TOTAL, timeout_s)
+    assert summary["complete"] and summary["readings_dropped"] == 0, summary
+    return summary
+
+
+def config(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> Path:
+    return gateway_config(
+        tmp_path / "gw.toml",
+        mosquitto,
+        influxdb,
+        tmp_path / "state",
+        BOARDS,
+        board_name=sim_board_id,
+    )
+
+
+def assert_every_reading_once(influxdb: InfluxDB, timeout_s: float = 60) -> None:
+    count = wait_for_count(influxdb, TOTAL, timeout_s)
+    assert count == TOTAL
+    per_board = influxdb.query_points("SELECT count(seq) FROM room GROUP BY device", db=DB)
+    assert len(per_board) == BOARDS
+    assert {int(p["count"]) for p in per_board} == {PER_BOARD}
+    spread = influxdb.query_points("SELECT min(seq), max(seq) FROM room GROUP BY device", db=DB)
+    assert {(p["min"], p["max"]) for p in spread} == {(0, PER_BOARD - 1)}
+
+
+def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+) -> None:
+    cfg = config(tmp_path, mosquitto, influxdb)
+    gw = start_gateway(cfg, tmp_path / "gw.log")
+    try:
+        pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=0.005)  # 4,000/s
+        wait_until(lambda: count_points(influxdb) >= TOTAL // 4, 30, "a quarter of the run")
+        gw.kill()  # SIGKILL: no goodbye, whatever was in flight is in flight
+        killed_at = count_points(influxdb)
+        # While it is down the fleet publishes into the gateway's session at the broker...
+        time.sleep(1.5)  # a fault's duration, not a synchronisation
+        gw = start_gateway(cfg, tmp_path / "gw.log")
+        # ... so it restarts into a backlog arriving as fast as it can take it: the second
+        # kill lands in that burst, with thousands of messages received and not yet stored.
+        wait_until(lambda: count_points(influxdb) > killed_at + 500, 30, "the catch-up")
+        gw.kill()
+        assert count_points(influxdb) < TOTAL, "the kills came too late to test anything"
+        gw = start_gateway(cfg, tmp_path / "gw.log")
+        fleet_summary(pub, 60)
+        assert_every_reading_once(influxdb)
+    finally:
+        gw.stop()
+    assert gw.returncode == 0, gw.log_tail()
+
+
+def _influx_outage(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+    outage_s: float,
+) -> None:
+    cfg = config(tmp_path, mosquitto, influxdb)
+    interval_s = (outage_s + 6) / PER_BOARD  # the run spans the outage, seconds either side
+    rate = BOARDS / interval_s
+    gw = start_gateway(cfg, tmp_path / "gw.log")
+    try:
+        pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=interval_s)
+        wait_until(lambda: count_points(influxdb) >= rate * 2, 30, "two seconds of data")
+        influxdb.stop()
+        stopped_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - stopped_at >= outage_s, outage_s + 5, "outage")
+        influxdb.start()
+        fleet_summary(pub, outage_s + 60)
+        assert_every_reading_once(influxdb)
+        assert "InfluxDB unavailable" in gw.log_text()
+    finally:
+        gw.stop()
+    assert gw.returncode == 0, gw.log_tail()
+
+
+def test_influxdb_down_mid_run_short(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+) -> None:
+    _influx_outage(tmp_path, mosquitto, influxdb, sim_fleet, outage_s=6)
+
+
+@pytest.mark.soak
+def test_influxdb_down_60s_mid_run(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+) -> None:
+    _influx_outage(tmp_path, mosquitto, influxdb, sim_fleet, outage_s=60)
+
+
+def test_broker_restart_mid_run(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+) -> None:
+    cfg = config(tmp_path, mosquitto, influxdb)
+    gw = start_gateway(cfg, tmp_path / "gw.log")
+    try:
+        pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=0.006)  # ~3,300/s
+        wait_until(lambda: count_points(influxdb) >= TOTAL // 4, 30, "a quarter of the run")
+        mosquitto.restart()  # SIGTERM: Mosquitto saves sessions and queued QoS 1 messages
+        restarted_at = count_points(influxdb)
+        summary = fleet_summary(pub, 90)
+        assert restarted_at < TOTAL, "the restart came too late to test anything"
+        assert summary["reconnects"] >= BOARDS, summary  # the boards saw the restart too
+        assert_every_reading_once(influxdb)
+        log = gw.log_text()
+        assert log.count("MQTT subscribed") >= 2, "the gateway did not resubscribe"
+        assert "session present: True" in log
+    finally:
+        gw.stop()
+    assert gw.returncode == 0, gw.log_tail()
+
+
+def test_full_outbox_holds_acks_back_so_a_sigkill_then_loses_nothing(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    sim_fleet: Callable[..., ChildProcess],
+) -> None:
+    """InfluxDB down and the outbox at its bound (policy block): the gateway must stop
+    acknowledging, so what it holds in memory is still the broker's when it is killed."""
+    boards, per_board = 4, 500
+    cfg = gateway_config(
+        tmp_path / "gw.toml",
+        mosquitto,
+        influxdb,
+        tmp_path / "state",
+        boards,
+        board_name=sim_board_id,
+        gateway={"outbox_max_mb": 0.05, "outbox_full_policy": "block"},  # ~400 readings
+    )
+    influxdb.stop()
+    gw = start_gateway(cfg, tmp_path / "gw.log")
+    try:
+        pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.002)
+        gw.wait_for_log("not acknowledging; the broker holds messages", timeout_s=30)
+        fleet_summary_of(pub, boards * per_board, 60)  # the broker took every reading
+        gw.kill()
+        influxdb.start()
+        gw = start_gateway(cfg, tmp_path / "gw.log")
+        assert wait_for_count(influxdb, boards * per_board, 60) == boards * per_board
+    finally:
+        gw.stop()
+    assert gw.returncode == 0, gw.log_tail()
+
+
+def fleet_summary_of(proc: ChildProcess, total: int, timeout_s: float) -> dict[str, Any]:
+    wait_until(lambda: not proc.running, timeout_s, "the fleet to finish")
+    summary: dict[str, Any] = json.loads(proc.log_text().strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["readings_sent"] == total, summary
+    return summary

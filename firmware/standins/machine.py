@@ -1,13 +1,11 @@
 # Stand-in for the ESP32 `machine` module (test only, never shipped). See README.md.
-import io
 import json
-import select
 import sys
 import termios
+import time
 
+# Only what the firmware uses: every name here is a qstr in the emulated board's heap.
 SIM_FILE = "/standins/sim.json"
-_MP_STREAM_POLL = 3
-_MP_STREAM_GET_FILENO = 10  # lets select.poll use the pty's fd: no busy polling
 
 
 def _sim():
@@ -16,67 +14,54 @@ def _sim():
 
 
 class Pin:
-    IN = 1
+    """A GPIO. Output changes are printed with the host's wall clock, so a test can measure
+    when the buzzer went on: ``pin 25=1 t=1732400000.123``."""
+
     OUT = 3
-    PULL_UP = 1
 
     def __init__(self, pin_id, mode=-1, pull=-1, value=None):
         self.id = pin_id
-        self._value = value or 0
+        self._value = -1
+        self.value(value or 0)
 
     def value(self, v=None):
         if v is None:
             return self._value
-        self._value = v
+        v = 1 if v else 0
+        if v != self._value:
+            self._value = v
+            print("pin %s=%d t=%.3f" % (self.id, v, time.time()))
 
     def on(self):
-        self._value = 1
+        self.value(1)
 
     def off(self):
-        self._value = 0
+        self.value(0)
 
 
-class UART(io.IOBase):
-    """UART on a pseudo-terminal from sim.json ``uart[id]``; non-blocking like timeout=0."""
+class WDT:
+    """Records feeds (the unix port cannot reset itself from a timer)."""
 
-    def __init__(self, uart_id, baudrate=9600, tx=None, rx=None, timeout=0, **kw):
-        path = _sim()["uart"][str(uart_id)]
-        self._f = open(path, "r+b")
-        fd = self._f.fileno()
-        attr = termios.tcgetattr(fd)
-        attr[6][6] = 0  # VMIN: read() returns what is there, never blocks
-        attr[6][5] = 0  # VTIME
-        termios.tcsetattr(fd, termios.TCSANOW, attr)
-        self._poll = select.poll()
-        self._poll.register(self._f, select.POLLIN)
+    def __init__(self, id=0, timeout=5000):
+        self.timeout = timeout
+        self.fed = 0
+        print("wdt: armed %d ms" % timeout)
 
-    def any(self):
-        return 1 if self._poll.poll(0) else 0
+    def feed(self):
+        self.fed += 1
 
-    def read(self, n=-1):
-        data = self._f.read(n if n > 0 else 256)
-        return data if data else None
 
-    def readinto(self, buf, n=-1):
-        if not self._poll.poll(0):
-            return None
-        return self._f.readinto(buf)
-
-    def write(self, buf):
-        return self._f.write(buf)
-
-    def ioctl(self, req, arg):
-        if req == _MP_STREAM_GET_FILENO:
-            return self._f.fileno()
-        if req == _MP_STREAM_POLL:
-            ready = select.POLLOUT & arg
-            if arg & select.POLLIN and self._poll.poll(0):
-                ready |= select.POLLIN
-            return ready
-        return 0
-
-    def deinit(self):
-        self._f.close()
+def UART(uart_id, baudrate=9600, tx=None, rx=None, timeout=0, **kw):  # noqa: N802
+    """A UART on the pseudo-terminal named in sim.json ``uart[id]``: the pty file itself,
+    made non-blocking like ``timeout=0`` (VMIN = VTIME = 0: read() returns what is there,
+    b"" if nothing). asyncio polls the file directly. A function, not a class: the emulated
+    board's heap should hold what a real board's does, and a real UART costs it nothing."""
+    f = open(_sim()["uart"][str(uart_id)], "r+b")
+    attr = termios.tcgetattr(f.fileno())
+    attr[6][6] = 0  # VMIN
+    attr[6][5] = 0  # VTIME
+    termios.tcsetattr(f.fileno(), termios.TCSANOW, attr)
+    return f
 
 
 class I2C:
@@ -113,27 +98,8 @@ def reset():
     sys.exit(75)
 
 
-def soft_reset():
-    reset()
-
-
-def unique_id():
-    return b"\x02\x00\x00\xb0\x07\x01"
-
-
-def freq(hz=None):
-    return 240000000
-
-
 def reset_cause():
-    return 1  # PWRON_RESET
-
-
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-SOFT_RESET = 5
-
-
-def idle():
-    pass
+    try:
+        return _sim().get("reset_cause", 1)  # PWRON_RESET unless the runner says otherwise
+    except OSError:
+        return 1

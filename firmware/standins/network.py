@@ -1,13 +1,23 @@
-# Stand-in for the ESP32 `network` module (test only): a station that is always connected.
+# Stand-in for the ESP32 `network` module (test only): a station whose link follows
+# sim.json {"wifi": true|false} (the runner's set_wifi), so tests can simulate WiFi loss.
+import json
+
 STA_IF = 0
-AP_IF = 1
-STAT_GOT_IP = 1010
+SIM_FILE = "/standins/sim.json"
+
+
+def _link():
+    try:
+        with open(SIM_FILE) as f:
+            return json.load(f).get("wifi", True)
+    except (OSError, ValueError):
+        return True
 
 
 class WLAN:
     def __init__(self, interface_id=STA_IF):
         self._active = False
-        self._connected = True
+        self._wanted = False
 
     def active(self, is_active=None):
         if is_active is None:
@@ -15,23 +25,17 @@ class WLAN:
         self._active = bool(is_active)
 
     def connect(self, ssid=None, key=None, **kw):
-        self._connected = True
-
-    def disconnect(self):
-        self._connected = False
+        self._wanted = True
 
     def isconnected(self):
-        return self._connected
+        return self._active and self._wanted and _link()
 
     def status(self, param=None):
         if param == "rssi":
+            if not self.isconnected():
+                raise OSError(-1)
             return -55
-        return STAT_GOT_IP
+        return 1010  # STAT_GOT_IP
 
     def ifconfig(self, config=None):
         return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
-
-    def config(self, *args, **kw):
-        if args and args[0] == "mac":
-            return b"\x02\x00\x00\xb0\x07\x01"
-        return None

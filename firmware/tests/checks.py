@@ -2,9 +2,23 @@
 # test_pure.py runs every check_* function under CPython (against the sources) and under the
 # `micropython` interpreter (against the mpy-cross build): the same vectors on both.
 import json
+import os
 
-from o2 import bme280, config, mqtt_codec, oxygen, telemetry, ze03
-from o2.outbox import Outbox
+import mqtt_peer
+from o2 import (
+    ads1115,
+    alarm,
+    bme280,
+    config,
+    gasboard,
+    luminox,
+    mqtt_codec,
+    oxygen,
+    spool,
+    state,
+    telemetry,
+    ze03,
+)
 
 
 def close(got, want, tol, what):
@@ -207,12 +221,12 @@ def _hex(b):
 
 def check_mqtt_varint():
     for n, h in VARINTS:
-        enc = mqtt_codec.encode_varint(n)
+        enc = mqtt_peer.encode_varint(n)
         equal(_hex(enc), h, "varint %d" % n)
-        equal(mqtt_codec.decode_varint(enc), (n, len(enc)), "decode %d" % n)
-    raises(mqtt_codec.MQTTError, mqtt_codec.encode_varint, 268435456)
-    raises(mqtt_codec.Incomplete, mqtt_codec.decode_varint, b"\x80")
-    raises(mqtt_codec.MQTTError, mqtt_codec.decode_varint, b"\x80\x80\x80\x80\x01")
+        equal(mqtt_peer.decode_varint(enc), (n, len(enc)), "decode %d" % n)
+    raises(mqtt_codec.MQTTError, mqtt_peer.encode_varint, 268435456)
+    raises(mqtt_codec.Incomplete, mqtt_peer.decode_varint, b"\x80")
+    raises(mqtt_codec.MQTTError, mqtt_peer.decode_varint, b"\x80\x80\x80\x80\x01")
 
 
 def check_mqtt_connect_bytes():
@@ -232,9 +246,9 @@ def check_mqtt_connect_roundtrip():
         "tech",
         "secret",
     )
-    first, body, end = mqtt_codec.split_packet(pkt)
+    first, body, end = mqtt_peer.split_packet(pkt)
     equal((first, end), (mqtt_codec.CONNECT, len(pkt)), "header")
-    got = mqtt_codec.parse_connect(body)
+    got = mqtt_peer.parse_connect(body)
     equal(got["client_id"], b"o2-lhasa-hotel-room-101", "client id")
     equal(got["keepalive_s"], 30, "keepalive")
     equal(got["will_topic"], b"o2/s/d/status", "will topic")
@@ -246,22 +260,32 @@ def check_mqtt_connect_roundtrip():
 
 
 def check_mqtt_connack():
-    pkt = mqtt_codec.connack(False, 5)
-    first, body, _ = mqtt_codec.split_packet(pkt)
+    pkt = mqtt_peer.connack(False, 5)
+    first, body, _ = mqtt_peer.split_packet(pkt)
     equal((first, mqtt_codec.parse_connack(body)), (0x20, (False, 5)), "CONNACK")
 
 
 def check_mqtt_publish():
     pkt = mqtt_codec.publish("a/b", b"hi", 1, True, 10)
     equal(_hex(pkt), "3309" + "0003612f62" + "000a" + "6869", "PUBLISH")
-    first, body, _ = mqtt_codec.split_packet(pkt)
+    first, body, _ = mqtt_peer.split_packet(pkt)
     got = mqtt_codec.parse_publish(first, body)
     equal(got, (b"a/b", b"hi", 1, True, 10, False), "parsed PUBLISH")
     q0 = mqtt_codec.publish("t", b"x" * 200)
-    first, body, end = mqtt_codec.split_packet(q0)
+    first, body, end = mqtt_peer.split_packet(q0)
     equal((first, end, len(body)), (0x30, 1 + 2 + 203, 203), "QoS 0, two-byte length")
     equal(mqtt_codec.parse_publish(first, body)[:3], (b"t", b"x" * 200, 0), "QoS 0 body")
     raises(mqtt_codec.MQTTError, mqtt_codec.publish, "t", b"", 1, False, 0)
+
+
+def check_mqtt_publish_header_in_place():
+    buf = bytearray(64)
+    room = mqtt_codec.publish_header_size("o2/s/d/telemetry", 1)
+    payload = b'[{"seq":1},{"seq":2}]'
+    buf[room : room + len(payload)] = payload
+    start = mqtt_codec.publish_header_into(buf, room, "o2/s/d/telemetry", len(payload), 1, False, 7)
+    want = mqtt_codec.publish("o2/s/d/telemetry", payload, 1, False, 7)
+    equal(bytes(buf[start : room + len(payload)]), bytes(want), "same bytes as publish()")
 
 
 def check_mqtt_small_packets():
@@ -274,25 +298,25 @@ def check_mqtt_small_packets():
 
 def check_mqtt_subscribe_roundtrip():
     pkt = mqtt_codec.subscribe(7, [("o2/s/d/cmd", 1), ("x/#", 0)])
-    first, body, _ = mqtt_codec.split_packet(pkt)
+    first, body, _ = mqtt_peer.split_packet(pkt)
     equal(first, 0x82, "SUBSCRIBE flags")
-    equal(mqtt_codec.parse_subscribe(body), (7, [(b"o2/s/d/cmd", 1), (b"x/#", 0)]), "topics")
-    first, body, _ = mqtt_codec.split_packet(mqtt_codec.suback(7, (1, 0x80)))
-    equal((first, mqtt_codec.parse_suback(body)), (0x90, (7, [1, 0x80])), "SUBACK")
+    equal(mqtt_peer.parse_subscribe(body), (7, [(b"o2/s/d/cmd", 1), (b"x/#", 0)]), "topics")
+    first, body, _ = mqtt_peer.split_packet(mqtt_peer.suback(7, (1, 0x80)))
+    equal((first, mqtt_peer.parse_suback(body)), (0x90, (7, [1, 0x80])), "SUBACK")
 
 
 def check_mqtt_split_stream():
-    stream = mqtt_codec.connack() + mqtt_codec.puback(1) + mqtt_codec.PINGRESP_PACKET
+    stream = mqtt_peer.connack() + mqtt_codec.puback(1) + mqtt_codec.PINGRESP_PACKET
     pos = 0
     kinds = []
     while pos < len(stream):
-        first, _, pos = mqtt_codec.split_packet(stream, pos)
+        first, _, pos = mqtt_peer.split_packet(stream, pos)
         kinds.append(first)
     equal(kinds, [0x20, 0x40, 0xD0], "packet kinds")
-    raises(mqtt_codec.Incomplete, mqtt_codec.split_packet, mqtt_codec.puback(1)[:3])
+    raises(mqtt_codec.Incomplete, mqtt_peer.split_packet, mqtt_codec.puback(1)[:3])
 
 
-# -- telemetry, outbox, config --------------------------------------------------------------------
+# -- telemetry, config --------------------------------------------------------------------
 
 
 def check_telemetry_encode():
@@ -305,28 +329,176 @@ def check_telemetry_encode():
     equal(("o2_pct" in doc, doc["quality"], doc["ts"]), (False, 1, 0), "missing O2 is absent")
 
 
-def check_outbox_order_ack_requeue():
-    box = Outbox(3)
-    for p in (b"1", b"2", b"3"):
-        box.put(p)
-    s1 = box.next_unsent()
-    box.mark_sent(s1, 11)
-    s2 = box.next_unsent()
-    box.mark_sent(s2, 12)
-    equal((box.payload(s1), box.payload(s2)), (b"1", b"2"), "oldest first")
-    equal(box.ack(12), True, "ack out of order")
-    equal(len(box), 3, "head not released before its own ack")
-    box.requeue()
-    equal(box.payload(box.next_unsent()), b"1", "requeued head")
-    box.mark_sent(box.next_unsent(), 13)
-    equal(box.ack(13), True, "ack head")
-    equal(len(box), 1, "acked slots released")
-    box.put(b"4")
-    box.put(b"5")
-    box.put(b"6")
-    equal((len(box), box.dropped), (3, 1), "full ring drops the oldest")
-    equal(box.payload(box.next_unsent()), b"4", "oldest kept")
-    equal(box.ack(999), False, "unknown id")
+# -- spool record format, spool, boot counter -----------------------------------------------------
+
+
+def fresh_dir():
+    # A new empty directory under /tmp (both interpreters; MicroPython has no tempfile).
+    r = os.urandom(4)
+    path = "/tmp/o2chain-check-%02x%02x%02x%02x" % (r[0], r[1], r[2], r[3])
+    os.mkdir(path)
+    return path
+
+
+def reading(seq, boot=1):
+    return telemetry.encode(boot, seq, 0, (24.5, 64.5, 20.0, 30.0, 15.8, 2400.0), 0)
+
+
+def drain(sp, size=1200, max_records=5):
+    # Every pending reading through peek_batch/release, as parsed JSON objects.
+    buf = bytearray(size)
+    out = []
+    while True:
+        end = sp.peek_batch(buf, 0, max_records)
+        if end == 0:
+            return out
+        doc = json.loads(bytes(buf[sp.batch_begin : end]))
+        if sp.peeked == 1:
+            equal(isinstance(doc, dict), True, "one reading is sent as an object")
+            doc = [doc]
+        equal(len(doc), sp.peeked, "batch length")
+        out.extend(doc)
+        equal(sp.release(), len(doc), "released")
+
+
+def check_spool_record_format():
+    buf = bytearray(spool.HEADER_LEN + 64)
+    n = spool.encode_record(buf, b'{"seq":1}')
+    equal(n, spool.HEADER_LEN + 9, "record size")
+    equal(bytes(buf[:4]), b"\xa5\x5a\x09\x00", "magic and little-endian length")
+    data = bytes(buf[:n]) + bytes(buf[:n])
+    payloads, end, status = spool.parse_records(data)
+    equal((payloads, end, status), ([b'{"seq":1}', b'{"seq":1}'], 2 * n, "ok"), "two records")
+    for cut in range(1, n):  # power loss after any byte of the second record
+        payloads, end, status = spool.parse_records(data[: n + cut])
+        equal((len(payloads), end, status), (1, n, "torn"), "torn at %d" % cut)
+    flipped = bytearray(data)
+    flipped[spool.HEADER_LEN + 2] ^= 0x01  # one bit in the first payload
+    equal(spool.parse_records(flipped)[1:], (0, "corrupt"), "bit flip mid-segment")
+    raises(spool.SpoolError, spool.encode_record, buf, b"")
+    raises(spool.SpoolError, spool.encode_record, bytearray(2000), bytes(spool.MAX_RECORD + 1))
+    equal(spool.parse_cursor(spool.cursor_text(7, 1234)), (7, 1234), "cursor roundtrip")
+    equal(spool.parse_cursor("7 1235 " + spool.cursor_text(7, 1234).split()[2]), None, "bad")
+    equal(spool.boot_of(reading(3, boot=42)), 42, "boot of a payload")
+
+
+def check_spool_batches_and_restart():
+    d = fresh_dir()
+    sp = spool.Spool(d, 2048, 4)
+    sp.open()
+    for seq in range(1, 31):
+        sp.append(reading(seq))
+    equal(sp.pending, 30, "pending")
+    buf = bytearray(1500)
+    end = sp.peek_batch(buf, 0, 5)
+    docs = json.loads(bytes(buf[sp.batch_begin : end]))
+    equal([doc["seq"] for doc in docs], [1, 2, 3, 4, 5], "oldest first, max_records")
+    equal(sp.pending, 30, "nothing released before the PUBACK")
+    sp.release()
+    equal(sp.pending, 25, "released after the PUBACK")
+    # Reboot: a new Spool on the same directory resumes at the cursor, from flash.
+    sp2 = spool.Spool(d, 2048, 4)
+    sp2.open()
+    equal((sp2.pending, sp2.torn, sp2.corrupt), (25, 0, 0), "after reboot")
+    equal([doc["seq"] for doc in drain(sp2, 1500)], list(range(6, 31)), "rest in order")
+    equal(sp2.pending, 0, "empty")
+    sp2.append(reading(31))
+    equal([doc["seq"] for doc in drain(sp2)], [31], "new reading after drain")
+    equal(sp2.segments <= 2, True, "delivered segments deleted")
+
+
+def check_spool_torn_tail_after_power_loss():
+    d = fresh_dir()
+    sp = spool.Spool(d, 4096, 4)
+    sp.open()
+    for seq in range(1, 4):
+        sp.append(reading(seq))
+    seg = d + "/" + spool.seg_name(sp._segs[-1])
+    rec = bytearray(spool.HEADER_LEN + 300)
+    n = spool.encode_record(rec, reading(4))
+    with open(seg, "ab") as f:  # power loss in the middle of the 4th write
+        f.write(rec[: n - 7])
+    sp = spool.Spool(d, 4096, 4)
+    sp.open()
+    equal((sp.pending, sp.torn), (3, 1), "torn tail ignored and counted")
+    sp.append(reading(5))
+    equal(sp.segments, 2, "no append after a torn tail: new segment")
+    equal([doc["seq"] for doc in drain(sp)], [1, 2, 3, 5], "torn reading skipped, rest kept")
+
+
+def check_spool_drop_oldest_is_bounded_and_counted():
+    d = fresh_dir()
+    seg_bytes = spool.HEADER_LEN + spool.MAX_RECORD
+    sp = spool.Spool(d, seg_bytes, 3)
+    sp.open()
+    for seq in range(1, 101):
+        sp.append(reading(seq))
+    equal(sp.segments, 3, "bounded segments")
+    per_seg = seg_bytes // (spool.HEADER_LEN + len(reading(1)))
+    equal(sp.pending + sp.dropped, 100, "every reading pending or counted as dropped")
+    equal(sp.pending <= 3 * per_seg, True, "bounded size")
+    seqs = [doc["seq"] for doc in drain(sp)]
+    equal(seqs, list(range(101 - len(seqs), 101)), "the newest are kept, in order")
+
+
+def check_spool_drop_during_inflight_batch():
+    d = fresh_dir()
+    seg_bytes = spool.HEADER_LEN + spool.MAX_RECORD
+    sp = spool.Spool(d, seg_bytes, 2)
+    sp.open()
+    for seq in range(1, 4):
+        sp.append(reading(seq))
+    buf = bytearray(2048)
+    sp.peek_batch(buf, 0, 2)  # seqs 1, 2 in flight
+    for seq in range(4, 40):  # the outage fills the spool: the in-flight segment is dropped
+        sp.append(reading(seq))
+    sp.release()  # the late PUBACK must not move the cursor backwards
+    seqs = [doc["seq"] for doc in drain(sp)]
+    equal(seqs, list(range(40 - len(seqs), 40)), "consistent after a drop under a batch")
+    equal(sp.dropped + len(seqs), 39, "accounting: the in-flight ones count as dropped")
+
+
+def check_spool_damaged_cursor_replays_from_oldest():
+    d = fresh_dir()
+    sp = spool.Spool(d, 4096, 4)
+    sp.open()
+    for seq in range(1, 6):
+        sp.append(reading(seq))
+    buf = bytearray(2048)
+    sp.peek_batch(buf, 0, 2)
+    sp.release()
+    with open(d + "/cursor", "w") as f:
+        f.write("garbage")
+    sp = spool.Spool(d, 4096, 4)
+    sp.open()
+    equal([doc["seq"] for doc in drain(sp)], [1, 2, 3, 4, 5], "replay (duplicates, no loss)")
+
+
+def check_boot_counter_copies_and_recovery():
+    d = fresh_dir()
+    path = d + "/boot_count"
+    equal(state.next_boot(path).number, 1, "fresh board")
+    equal(state.next_boot(path).number, 2, "second boot")
+    with open(path, "w") as f:
+        f.write("7 123")  # bad CRC in the main copy: the backup wins
+    b = state.next_boot(path)
+    equal((b.number, b.recovered), (3, ""), "backup copy")
+    for name in (path, path + ".bak"):
+        with open(name, "w") as f:
+            f.write("\x00\x00")
+    b = state.next_boot(path, lambda: 41)
+    equal((b.number, b.recovered), (42, "spool"), "both damaged: from the spool")
+    for name in (path, path + ".bak"):
+        with open(name, "w") as f:
+            f.write("1")
+    b = state.next_boot(path, lambda: 0, lambda: 5)
+    equal((b.number, b.recovered), (state.RANDOM_BOOT_BASE + 6, "random"), "never back to 1")
+    equal(state.next_boot(path).number, state.RANDOM_BOOT_BASE + 7, "continues")
+    equal(state.decode_counter(state.encode_counter(12)), 12, "counter roundtrip")
+    equal(state.rapid_resets(d + "/resets"), 1, "first unstable boot")
+    equal(state.rapid_resets(d + "/resets"), 2, "second")
+    state.mark_stable(d + "/resets")
+    equal(state.rapid_resets(d + "/resets"), 1, "after a stable run")
 
 
 def check_config_defaults_and_errors():
@@ -353,3 +525,107 @@ def check_config_defaults_and_errors():
         e = raises(config.ConfigError, config.validate, raw)
         if not str(e).startswith(prefix):
             raise AssertionError("error %r does not start with %r" % (str(e), prefix))
+
+
+# -- Gasboard-7500 ultrasonic O2 / flow (DOMAIN.md section 4 vectors) ---------------------------
+
+GB_948 = bytes((0x16, 0x09, 0x01, 0x03, 0xB4, 0x00, 0x32, 0x00, 0xD2, 0x00, 0x00, 0x25))
+GB_500 = bytes((0x16, 0x09, 0x01, 0x01, 0xF4, 0x00, 0x64, 0x00, 0xD2, 0x00, 0x00, 0xB5))
+
+
+def check_gasboard_vectors():
+    equal(gasboard.READ, bytes((0x11, 0x01, 0x01, 0xED)), "read command")
+    p, f, t, st = gasboard.parse_reply(GB_948)
+    close(p, 94.8, 1e-6, "purity")
+    close(f, 5.0, 1e-6, "flow")
+    close(t, 21.0, 1e-6, "temp")
+    equal(st, 0, "status")
+    p, f, t, st = gasboard.parse_reply(GB_500)
+    close(p, 50.0, 1e-6, "purity 2")
+    close(f, 10.0, 1e-6, "flow 2")
+    close(gasboard.parse_reply(GB_500, 0.01)[1], 1.0, 1e-6, "flow x0.01 variant")
+    equal(gasboard.build_reply(94.8, 5.0, 21.0), GB_948, "build")
+    raises(gasboard.FrameError, gasboard.parse_reply, GB_948[:11] + b"\x26")
+    raises(gasboard.FrameError, gasboard.parse_reply, GB_948[:11])
+
+
+def check_gasboard_stream_resync():
+    parser = gasboard.Parser()
+    # Garbage, a false start 0x16 with a wrong LEN, a frame with a bad checksum, two good ones.
+    bad_cs = GB_948[:11] + b"\x00"
+    stream = b"\x00\x16\x05\x16" + bad_cs + b"\x01\x02" + GB_948 + b"\x16" + GB_500
+    got = []
+    for b in stream:
+        if parser.feed(b):
+            got.append(bytes(parser.frame))
+    equal(got, [GB_948, GB_500], "frames recovered in order")
+    equal(parser.bad >= 2, True, "rejected candidates counted")
+
+
+# -- local alarm (DOMAIN.md section 3) -------------------------------------------------------------
+
+
+def check_alarm_thresholds_lhasa():
+    close(alarm.nfpa_limit_pct(64.5), 29.4, 0.05, "NFPA limit in Lhasa")
+    high, warn = alarm.room_thresholds(64.5)
+    close(high, 27.9, 0.05, "high alarm at limit - 1.5")
+    close(warn, 26.4, 0.05, "warn at min(27, limit - 3)")
+    equal(alarm.room_thresholds(101.325)[1], 20.45, "sea level: limit - 3 below 27")
+    equal(alarm.room_thresholds(64.5, 27.0, 26.0), (27.0, 26.0), "explicit thresholds win")
+
+
+def check_alarm_hysteresis_and_delays():
+    cfg = config.validate({"site": "s", "device": "d", "mqtt": {"host": "h"}})
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 1000, 5000, 3000)
+    equal(a.update(24.5, 0), 0, "normal")
+    equal(a.update(28.0, 100), 0, "on-delay running")
+    equal(a.update(28.0, 1100), 2, "high alarm and warning after 1 s")
+    equal(a.sounding(), True, "buzzer")
+    equal([e[0] for e in a.events], ["o2_high", "o2_high_warn"], "events")
+    a.events.clear()
+    a.update(27.8, 2000)  # below 27.9 but inside the hysteresis band: stays raised
+    a.update(27.8, 9000)
+    equal(a.sounding(), True, "hysteresis holds")
+    a.update(27.5, 9100)
+    equal(a.sounding(), True, "off-delay running")
+    a.update(27.5, 14200)
+    equal(a.sounding(), False, "cleared after the off-delay")
+    equal(a.events[-1][:3], ("o2_high", "alarm", "clear"), "clear event")
+    a.update(None, 20000)
+    a.update(None, 23100)
+    equal("sensor_fault" in a.active_names(), True, "missing readings: fault warning")
+    equal("o2_high_warn" in a.active_names(), True, "missing readings never clear")
+    b = alarm.Alarms(alarm.room_rules(64.5, cfg))
+    b.update(19.0, 0)
+    equal(b.active_names(), ["o2_low_warn", "o2_deficient"], "deficient")
+    c = alarm.Alarms(alarm.room_rules(64.5, cfg))
+    c.update(25.0, 0, True)
+    equal(c.active_names(), ["o2_over_range"], "ZE03 full scale: at least a warning")
+    d = alarm.Alarms(alarm.concentrator_rules(cfg))
+    d.update(81.9, 0)
+    equal(d.sounding(), True, "purity below 82 %")
+
+
+# -- SST LuminOx (DOMAIN.md section 4 vector) and ADS1115 galvanic cell ---------------------------
+
+
+def check_luminox_line():
+    o2, ppo2, t, p, st = luminox.parse_line(b"O 0157.1 T +21.3 P 0652 % 024.10 e 0000\r\n")
+    close(o2, 24.10, 1e-9, "O2 %")
+    close(ppo2, 15.71, 1e-9, "ppO2 kPa")
+    close(t, 21.3, 1e-9, "temp")
+    close(p, 65.2, 1e-9, "pressure kPa")
+    equal(st, 0, "status")
+    # No checksum in the protocol: a garbled digit is caught by ppO2 != O2 x P.
+    raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +21.3 P 0652 % 028.10 e 0000")
+    raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +21.3 P 0652 % 024.10")
+    raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +2x.3 P 0652 % 024.10 e 0000")
+    raises(luminox.FrameError, luminox.parse_line, b"M 01")
+
+
+def check_ads1115_conversion():
+    close(ads1115.counts_to_mv(0x06, 0x80), 13.0, 1e-9, "1664 counts = 13.0 mV")
+    close(ads1115.counts_to_mv(0xFF, 0x80), -1.0, 1e-9, "negative (cell reversed)")
+    close(ads1115.LSB_MV, 0.0078125, 1e-12, "7.8125 uV / LSB at +-0.256 V")
+    close(ads1115.mv_to_o2_pct(13.0, 13.0 / 20.95), 20.95, 1e-9, "fresh-air calibration")
+    equal(ads1115.CONFIG_SINGLE_SHOT, 0x8B83, "config register")

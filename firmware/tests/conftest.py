@@ -46,6 +46,7 @@ def load_firmware_module(name: str) -> ModuleType:
 def load_checks() -> ModuleType:
     """The common-subset checks module (imports ``o2``)."""
     load_firmware_module("o2")
+    _load("mqtt_peer", TESTS_DIR / "mqtt_peer.py")  # `import mqtt_peer` in checks.py
     return _load("firmware_checks", TESTS_DIR / "checks.py")
 
 

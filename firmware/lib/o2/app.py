@@ -1,194 +1,54 @@
-"""Room board application: sense -> outbox -> MQTT, as three independent asyncio tasks.
+"""Board application: sample + alarm -> spool -> MQTT, as independent asyncio tasks.
 
-The sensing task never awaits the network: it reads the sensors every ``interval_s``, encodes
-the reading and puts it into the outbox. The sending task drains the outbox whenever the
-MQTT client is up, and readings leave the outbox only on PUBACK. Only the network layer
-(net.Wifi, mqtt.MQTTClient) deals with outages; the local alarm (issue 5) will run on the
-sensing side for the same reason.
+- ``sample_loop`` (the healthy main loop): reads the O2 / purity sensor every
+  ``alarm.sample_s``, runs the local alarm on every sample and drives the buzzer / LED pins at
+  once, takes a telemetry reading every ``interval_s`` and appends it to the flash spool, feeds
+  the watchdog. It never awaits the network: alarm events and readings are queued.
+- ``send_loop`` (network side): publishes queued alarm events, command acks, the retained
+  status / health message and spooled readings (oldest first, JSON-array batches, one batch in
+  flight, released from the spool only on its PUBACK).
+- ``net.Wifi`` and ``mqtt.MQTTClient`` own connectivity and say up / down through events.
 """
 
 import asyncio
 import gc
 import json
+import sys
 import time
 
 import machine
-import network
-import ntptime
+from micropython import const
 
-from o2 import FW_VERSION, config, oxygen, state, telemetry
+from o2 import FW_VERSION, alarm, oxygen, telemetry
 from o2 import mqtt_codec as codec
-from o2.bme280 import BME280
 from o2.clock import Clock
 from o2.mqtt import MQTTClient
 from o2.net import Wifi, keep_time
-from o2.outbox import Outbox
-from o2.ze03 import ZE03
+from o2.spool import Spool
 
-SEND_WINDOW = 4  # QoS 1 messages in flight at once: bounds RAM and broker-side queueing
-UART_BAUD = 9600  # ZE03: 9600 8N1 (DOMAIN.md section 4)
-I2C_FREQ_HZ = 100000
-Q_O2_MISSING = 0x01  # bits of the telemetry "quality" field; ze03.Q_* use the same values
-Q_BARO_FALLBACK = 0x20  # ppO2 computed from ISA pressure at site altitude: no barometer
+_I2C_FREQ_HZ = const(100000)
+_Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
+_Q_RANGE = const(0x04)
+_Q_BARO_FALLBACK = const(0x20)  # ppO2 computed from ISA pressure at site altitude: no barometer
+ZE03_FULL_SCALE_PCT = 25.0  # the ZE03 reads 0-25 %: a reading there is only a lower bound
 OFFLINE = b'{"state":"offline"}'
+_MAX_ALARM_QUEUE = const(32)
+_MAX_COMMANDS = const(4)
 
-# Index of each value in telemetry.ROOM_FIELDS
-I_O2, I_BARO, I_TEMP, I_RH, I_PPO2, I_EQ_ALT = 0, 1, 2, 3, 4, 5
 
+def load_calibration():
+    """The stored galvanic-cell calibration, or None without importing its code."""
+    try:
+        import os
 
-class RoomApp:
-    """One room board. Sensors, MQTT client, WiFi and clock are passed in (tests, stand-ins)."""
+        os.stat("/calibration.json")
+    except OSError:
+        return None
+    from o2.calibration import Calibration
 
-    def __init__(
-        self,
-        cfg: dict,
-        boot: int,
-        o2_sensor,
-        env_sensor,
-        mqtt: MQTTClient,
-        wifi: Wifi,
-        clock: Clock,
-    ) -> None:
-        self.cfg = cfg
-        self.boot = boot
-        self.seq = 0
-        self.o2_sensor = o2_sensor
-        self.env_sensor = env_sensor
-        self.mqtt = mqtt
-        self.wifi = wifi
-        self.clock = clock
-        self.outbox = Outbox(cfg["outbox_len"])
-        prefix = topic_prefix(cfg)
-        self.topic_telemetry = prefix + "telemetry"
-        self.topic_status = prefix + "status"
-        self.interval_ms = int(cfg["interval_s"] * 1000)
-        self.fallback_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
-        self._values: list = [None] * len(telemetry.ROOM_FIELDS)  # reused every cycle
-        self._wake = asyncio.Event()
-        mqtt.on_connect = self._on_connect
-        mqtt.on_down = self._on_down
-
-    async def run(self) -> None:
-        """Run forever: WiFi, NTP, MQTT, sensing and sending tasks."""
-        if self.o2_sensor is not None:
-            await self.o2_sensor.init()
-        asyncio.create_task(self.wifi.run())
-        asyncio.create_task(keep_time(self.wifi, self.clock, ntptime.settime))
-        asyncio.create_task(self.mqtt.run(self.wifi.up))
-        asyncio.create_task(self.send_loop())
-        await self.sense_loop()
-
-    async def sense_loop(self) -> None:
-        """Take a reading every interval, on a fixed schedule (no drift, no catch-up burst)."""
-        next_ms = time.ticks_ms()
-        while True:
-            quality = await self.sense_once()
-            gc.collect()  # a steady heap: collect at a known quiet point, not mid-publish
-            print(
-                "reading seq=%d quality=%d queued=%d dropped=%d free=%d"
-                % (self.seq, quality, len(self.outbox), self.outbox.dropped, gc.mem_free())
-            )
-            next_ms = time.ticks_add(next_ms, self.interval_ms)
-            delay = time.ticks_diff(next_ms, time.ticks_ms())
-            if delay < 0:
-                next_ms = time.ticks_ms()
-                delay = 0
-            await asyncio.sleep_ms(delay)
-
-    async def sense_once(self) -> int:
-        """Read all sensors, derive ppO2 / equivalent altitude, queue one reading.
-
-        Returns the reading's quality flags (0 = all good).
-        """
-        values = self._values
-        quality = 0
-        o2 = None
-        if self.o2_sensor is not None:
-            o2, q = await self.o2_sensor.read()
-            quality |= q
-            if q & Q_O2_MISSING:
-                o2 = None
-        baro_kpa = None
-        temp_c = None
-        rh = None
-        if self.env_sensor is not None:
-            p_pa, temp_c, rh, q = await self.env_sensor.read()
-            quality |= q
-            if p_pa is not None:
-                baro_kpa = p_pa / 1000
-        values[I_O2] = o2
-        values[I_BARO] = baro_kpa
-        values[I_TEMP] = temp_c
-        values[I_RH] = rh
-        values[I_PPO2] = None
-        values[I_EQ_ALT] = None
-        if o2 is not None:
-            pb = baro_kpa
-            if pb is None:
-                pb = self.fallback_kpa
-                quality |= Q_BARO_FALLBACK
-            values[I_PPO2] = oxygen.ppo2_kpa(o2, pb)
-            values[I_EQ_ALT] = oxygen.equivalent_altitude_m(o2, pb, self.cfg["eq_alt_definition"])
-        self.seq += 1
-        payload = telemetry.encode(self.boot, self.seq, self.clock.epoch_ms(), values, quality)
-        self.outbox.put(payload)
-        self._wake.set()
-        return quality
-
-    async def send_loop(self) -> None:
-        """Publish unsent readings oldest first, at most SEND_WINDOW awaiting their PUBACK."""
-        box = self.outbox
-        mqtt = self.mqtt
-        while True:
-            await mqtt.up.wait()
-            slot = box.next_unsent() if mqtt.inflight < SEND_WINDOW else -1
-            if slot < 0:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # Take the id and mark the slot before the write: the PUBACK may arrive while
-            # publish() is still awaiting drain().
-            mid = mqtt.next_mid()
-            box.mark_sent(slot, mid)
-            try:
-                await mqtt.publish(
-                    self.topic_telemetry, box.payload(slot), 1, False, mid, self._on_ack
-                )
-            except Exception as e:  # noqa: BLE001 -- the client reconnects; we wait for up
-                print("send: %r" % (e,))
-                await asyncio.sleep_ms(100)
-
-    def status_payload(self) -> bytes:
-        """Retained birth message for the status topic."""
-        return json.dumps(
-            {
-                "state": "online",
-                "fw": FW_VERSION,
-                "boot": self.boot,
-                "kind": self.cfg["kind"],
-            }
-        ).encode()
-
-    def shutdown(self) -> None:
-        """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.
-
-        A clean DISCONNECT makes the broker discard the will, so the retained offline status
-        must be published explicitly.
-        """
-        self.mqtt.close((codec.publish(self.topic_status, OFFLINE, 0, True),))
-
-    async def _on_connect(self) -> None:
-        self.outbox.requeue()
-        await self.mqtt.publish(self.topic_status, self.status_payload(), 1, True)
-        self._wake.set()
-        print("mqtt: connected (boot %d)" % self.boot)
-
-    def _on_down(self) -> None:
-        self.outbox.requeue()
-
-    def _on_ack(self, mid: int) -> None:
-        self.outbox.ack(mid)
-        self._wake.set()
+    cal = Calibration()
+    cal.load()
+    return cal
 
 
 def topic_prefix(cfg: dict) -> str:
@@ -196,56 +56,442 @@ def topic_prefix(cfg: dict) -> str:
     return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 
-def build(cfg: dict, boot: int) -> RoomApp:
-    """Create hardware objects and the network layer from a validated config."""
-    o2_sensor = None
-    if cfg["sensors.o2.type"] == "ze03":
-        uart = machine.UART(
-            cfg["sensors.o2.uart"],
-            baudrate=UART_BAUD,
-            tx=cfg["sensors.o2.tx"],
-            rx=cfg["sensors.o2.rx"],
-            timeout=0,
+class Board:
+    """One board (room or concentrator). Hardware, network and clock are passed in."""
+
+    def __init__(
+        self,
+        cfg: dict,
+        boot,
+        sensor,
+        env_sensor,
+        mqtt: MQTTClient,
+        wifi: Wifi,
+        clock: Clock,
+        spool: Spool,
+        pins=(None, None),
+        wdt_factory=None,
+        reset_cause: str = "",
+        batch_buffer=None,
+    ) -> None:
+        self.cfg = cfg
+        self.boot = boot.number
+        self.boot_recovered = boot.recovered
+        self.seq = 0
+        self.sensor = sensor
+        self.env_sensor = env_sensor
+        self.mqtt = mqtt
+        self.wifi = wifi
+        self.clock = clock
+        self.spool = spool
+        self.buzzer, self.led = pins
+        self._wdt_factory = wdt_factory
+        self.reset_cause = reset_cause
+        self.room = cfg["kind"] == "room"
+        self.fields = telemetry.ROOM_FIELDS if self.room else telemetry.CONCENTRATOR_FIELDS
+        self.calibration = load_calibration()  # None: uncalibrated (module not loaded)
+        prefix = topic_prefix(cfg)
+        self.topic_telemetry = prefix + "telemetry"
+        self.topic_status = prefix + "status"
+        self.topic_alarm = prefix + "alarm"
+        self.topic_cmd = prefix + "cmd"
+        self.topic_ack = prefix + "cmd/ack"
+        self.interval_ms = int(cfg["interval_s"] * 1000)
+        self.sample_ms = min(int(cfg["alarm.sample_s"] * 1000), self.interval_ms)
+        self.baro_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
+        self.baro_measured = False
+        if self.room:
+            rules = alarm.room_rules(self.baro_kpa, cfg)
+        else:
+            rules = alarm.concentrator_rules(cfg)
+        self.alarms = alarm.Alarms(
+            rules,
+            cfg["alarm.hysteresis_pct"],
+            int(cfg["alarm.on_delay_s"] * 1000),
+            int(cfg["alarm.off_delay_s"] * 1000),
+            int(cfg["alarm.fault_delay_s"] * 1000),
+            time.ticks_diff,
         )
-        o2_sensor = ZE03(uart, cfg["sensors.o2.timeout_ms"])
-    env_sensor = None
-    if cfg["sensors.env.type"] == "bme280":
-        i2c = machine.I2C(
-            cfg["sensors.env.i2c"],
-            scl=machine.Pin(cfg["sensors.env.scl"]),
-            sda=machine.Pin(cfg["sensors.env.sda"]),
-            freq=I2C_FREQ_HZ,
+        self._values: list = [None] * len(self.fields)  # reused every reading
+        self._value = None  # newest O2 / purity sample and its quality
+        self._quality = 0
+        self._alarm_out: list = []  # encoded alarm events waiting for the network
+        self.alarm_events_dropped = 0
+        self._cmds: list = []
+        self.cmds_dropped = 0
+        self._wake = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._ack_mid = 0
+        self._ack_ok = False
+        self._started_ms = time.ticks_ms()
+        self._stable = False
+        self._reboot_at = time.ticks_ms()
+        self._reboot_due = False
+        self.samples = 0
+        room = codec.publish_header_size(self.topic_telemetry, 1)
+        self._room = room
+        size = room + cfg["spool.batch_kb"] * 1024
+        if batch_buffer is None or len(batch_buffer) < size:
+            batch_buffer = bytearray(size)
+        self._batch = batch_buffer  # preallocated once: every batch is built in place
+        mqtt.on_connect = self._on_connect
+        mqtt.on_down = self._on_down
+        mqtt.on_message = self._on_message
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run forever: WiFi, SNTP, MQTT, the sending task and the sampling loop."""
+        if self.sensor is not None:
+            await self.sensor.init()
+        self._drive_pins()
+        asyncio.create_task(self.wifi.run())
+        if self.cfg["ntp.host"]:
+            asyncio.create_task(
+                keep_time(self.wifi, self.clock, self.cfg["ntp.host"], self.cfg["ntp.port"])
+            )
+        asyncio.create_task(self.mqtt.run(self.wifi.up))
+        asyncio.create_task(self.send_loop())
+        await self.sample_loop()
+
+    async def sample_loop(self) -> None:
+        """Sample + alarm every sample_ms; a reading every interval_ms; feed the watchdog."""
+        wdt = self._wdt_factory() if self._wdt_factory is not None else None
+        now = time.ticks_ms()
+        next_sample = now
+        # The first reading one interval after boot: the alarm samples at once, telemetry
+        # gives WiFi and SNTP that long to put a real time on it (ts 0 otherwise).
+        next_reading = time.ticks_add(now, self.interval_ms)
+        while True:
+            t0 = time.ticks_us()
+            await self.sample_once()
+            now = time.ticks_ms()
+            if time.ticks_diff(now, next_reading) >= 0:
+                await self.reading_once()
+                busy_us = time.ticks_diff(time.ticks_us(), t0)
+                next_reading = time.ticks_add(next_reading, self.interval_ms)
+                if time.ticks_diff(next_reading, now) < 0:
+                    next_reading = now  # no catch-up burst after a stall
+                gc.collect()  # a steady heap: collect at a known quiet point
+                print(
+                    "reading seq=%d quality=%d queued=%d dropped=%d free=%d busy_us=%d"
+                    % (
+                        self.seq,
+                        self._quality,
+                        self.spool.pending,
+                        self.spool.dropped,
+                        gc.mem_free(),
+                        busy_us,
+                    )
+                )
+            if wdt is not None:
+                wdt.feed()  # only from here: a stuck sampling loop resets the board
+            self._housekeeping(now)
+            next_sample = time.ticks_add(next_sample, self.sample_ms)
+            delay = time.ticks_diff(next_sample, time.ticks_ms())
+            if delay < 0:
+                next_sample = time.ticks_ms()
+                delay = 0
+            await asyncio.sleep_ms(delay)
+
+    async def sample_once(self) -> None:
+        """Read the O2 / purity sensor and run the alarm on it (no network, no flash)."""
+        self.samples += 1
+        value = None
+        quality = 0
+        if self.sensor is not None:
+            value, quality = await self.sensor.read()
+            if quality & _Q_O2_MISSING:
+                value = None
+        if value is not None and self.calibration is not None:
+            value = self.calibration.apply(value, self.baro_kpa if self.baro_measured else 0)
+        self._value = value
+        self._quality = quality
+        over = False
+        if value is not None and self.room and self.cfg["sensors.o2.type"] == "ze03":
+            # Full scale of the ZE03: the true value is >= 25 %, possibly in the fire-hazard
+            # region it cannot see. Flag it (quality) and warn (alarm.o2_over_range).
+            over = value >= ZE03_FULL_SCALE_PCT - 0.05
+            if over:
+                self._quality |= _Q_RANGE
+        if self.alarms.update(value, time.ticks_ms(), over):
+            self._alarm_changed()
+
+    def _alarm_changed(self) -> None:
+        self._drive_pins()
+        events = self.alarms.events
+        while events:
+            name, severity, what, value, threshold = events.pop(0)
+            print(
+                "alarm: %s %s %s value=%.2f threshold=%.2f"
+                % (what, name, severity, value, threshold)
+            )
+            doc = (
+                '{"rule":"%s","severity":"%s","state":"%s","value":%.2f,"threshold":%.2f,'
+                '"boot":%d,"seq":%d,"ts":%d,"active":%s}'
+                % (
+                    name,
+                    severity,
+                    what,
+                    value,
+                    threshold,
+                    self.boot,
+                    self.seq,
+                    self.clock.epoch_ms(),
+                    json.dumps(self.alarms.active_names()),
+                )
+            )
+            if len(self._alarm_out) >= _MAX_ALARM_QUEUE:
+                self._alarm_out.pop(0)
+                self.alarm_events_dropped += 1
+            self._alarm_out.append(doc.encode())
+        self._wake.set()
+
+    def _drive_pins(self) -> None:
+        on = 1 if self.cfg["alarm.active_high"] else 0
+        if self.buzzer is not None:
+            self.buzzer.value(on if self.alarms.sounding() else 1 - on)
+        if self.led is not None:
+            self.led.value(on if self.alarms.warning() else 1 - on)
+
+    async def reading_once(self) -> None:
+        """Environment sensor, derived values, one telemetry reading into the spool."""
+        values = self._values
+        for i in range(len(values)):
+            values[i] = None
+        quality = self._quality
+        value = self._value
+        if self.room:
+            if self.env_sensor is not None:
+                p_pa, temp_c, rh, q = await self.env_sensor.read()
+                quality |= q
+                if p_pa is not None:
+                    self.baro_kpa = p_pa / 1000
+                    if not self.baro_measured or self.samples % 16 == 0:
+                        alarm.update_room_thresholds(self.alarms, self.baro_kpa, self.cfg)
+                    self.baro_measured = True
+                    values[telemetry.I_BARO] = self.baro_kpa
+                values[telemetry.I_TEMP] = temp_c
+                values[telemetry.I_RH] = rh
+            elif value is not None and self.cfg["sensors.o2.type"] == "luminox":
+                # The LuminOx carries its own barometer and thermometer (DOMAIN.md section 1).
+                self.baro_kpa = self.sensor.baro_kpa
+                self.baro_measured = True
+                values[telemetry.I_BARO] = self.baro_kpa
+                values[telemetry.I_TEMP] = self.sensor.temp_c
+            values[telemetry.I_O2] = value
+            if value is not None:
+                if not self.baro_measured:
+                    quality |= _Q_BARO_FALLBACK
+                pb = self.baro_kpa
+                values[telemetry.I_PPO2] = oxygen.ppo2_kpa(value, pb)
+                values[telemetry.I_EQ_ALT] = oxygen.equivalent_altitude_m(
+                    value, pb, self.cfg["eq_alt_definition"]
+                )
+        else:
+            values[telemetry.I_PURITY] = value
+            if value is not None:
+                values[telemetry.I_FLOW] = self.sensor.flow_lpm
+                values[telemetry.I_CTEMP] = self.sensor.temp_c
+        self.seq += 1
+        payload = telemetry.encode(
+            self.boot, self.seq, self.clock.epoch_ms(), values, quality, self.fields
         )
-        env_sensor = BME280(i2c, cfg["sensors.env.addr"])
-    wifi = Wifi(network.WLAN(network.STA_IF), cfg["wifi.ssid"], cfg["wifi.password"])
-    client = MQTTClient(
-        "o2-%s-%s" % (cfg["site"], cfg["device"]),
-        cfg["mqtt.host"],
-        cfg["mqtt.port"],
-        cfg["mqtt.keepalive_s"],
-        cfg["mqtt.username"],
-        cfg["mqtt.password"],
-        (topic_prefix(cfg) + "status", OFFLINE, 1, True),
-        cfg["mqtt.connect_timeout_s"],
-    )
-    return RoomApp(cfg, boot, o2_sensor, env_sensor, client, wifi, Clock())
+        try:
+            self.spool.append(payload)  # flash errors are counted inside; never stop sampling
+        except ValueError as e:  # SpoolError: a reading that cannot be a record (a bug)
+            print("spool: %r" % (e,))
+        self._wake.set()
+
+    def _housekeeping(self, now) -> None:
+        if not self._stable and time.ticks_diff(now, self._started_ms) > int(
+            self.cfg["stable_after_s"] * 1000
+        ):
+            self._stable = True
+            mark_stable()  # not part of a crash loop any more
+        if self._reboot_due and time.ticks_diff(now, self._reboot_at) >= 0:
+            print("reboot (command)")
+            mark_stable()
+            self.mqtt.close((codec.publish(self.topic_status, OFFLINE, 0, True),))
+            machine.reset()
+
+    async def send_loop(self) -> None:
+        """Alarm events, command acks, status and spooled readings, one at a time, in order."""
+        mqtt = self.mqtt
+        spool = self.spool
+        buf = self._batch
+        room = self._room
+        health_ms = int(self.cfg["health_interval_s"] * 1000)
+        next_health = time.ticks_ms()
+        while True:
+            await mqtt.up.wait()
+            if self._alarm_out:
+                if await self._publish_acked(self.topic_alarm, self._alarm_out[0]):
+                    self._alarm_out.pop(0)
+                continue
+            if self._cmds:
+                await self._handle_command(self._cmds.pop(0))
+                continue
+            now = time.ticks_ms()
+            if time.ticks_diff(now, next_health) >= 0:
+                next_health = time.ticks_add(now, health_ms)
+                await self._guarded(mqtt.publish(self.topic_status, self.status_payload(), 1, True))
+                continue
+            end = spool.peek_batch(buf, room, self.cfg["spool.batch_max"])
+            if end == room:
+                self._wake.clear()
+                try:
+                    wait_ms = max(1, time.ticks_diff(next_health, time.ticks_ms()))
+                    await asyncio.wait_for_ms(self._wake.wait(), wait_ms)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            begin = spool.batch_begin
+            mid = mqtt.next_mid()
+            start = codec.publish_header_into(
+                buf, begin, self.topic_telemetry, end - begin, 1, False, mid
+            )
+            if await self._send_acked(memoryview(buf)[start:end], mid):
+                spool.release()
+
+    async def _guarded(self, coro) -> bool:
+        # A write that cannot complete (frozen broker, full socket buffer) must not hang the
+        # sender: bounded by the keep-alive, after which the connection is dropped.
+        try:
+            await asyncio.wait_for(coro, self.cfg["mqtt.keepalive_s"])
+            return True
+        except Exception as e:  # noqa: BLE001 -- OSError, timeout: reconnect
+            print("send: %r" % (e,))
+            self.mqtt.abort()
+            return False
+
+    async def _publish_acked(self, topic: str, payload) -> bool:
+        mid = self.mqtt.next_mid()
+        return await self._send_acked(codec.publish(topic, payload, 1, False, mid), mid)
+
+    async def _send_acked(self, packet, mid: int) -> bool:
+        """Send a QoS 1 packet and wait for its PUBACK (True) or the connection's end."""
+        self._acked.clear()
+        self._ack_mid = mid
+        self._ack_ok = False
+        if not await self._guarded(self.mqtt.send_packet(packet, mid, self._on_ack)):
+            return False
+        try:
+            await asyncio.wait_for(self._acked.wait(), self.cfg["mqtt.keepalive_s"])
+        except asyncio.TimeoutError:
+            print("send: no PUBACK for %d" % mid)
+            self.mqtt.abort()
+            return False
+        return self._ack_ok
+
+    def _on_ack(self, mid: int) -> None:
+        if mid == self._ack_mid:
+            self._ack_ok = True
+            self._acked.set()
+
+    def status_payload(self) -> bytes:
+        """Retained status with the health fields the gateway stores in ``device_health``."""
+        doc = {
+            "state": "online",
+            "fw": FW_VERSION,
+            "boot": self.boot,
+            "kind": self.cfg["kind"],
+            "uptime_s": time.ticks_diff(time.ticks_ms(), self._started_ms) // 1000,
+            "heap_free_b": gc.mem_free(),
+            "rssi_dbm": self.wifi.rssi_dbm(),
+            "buffered": self.spool.pending,
+            "dropped": self.spool.dropped,
+            "spool_torn": self.spool.torn,
+            "reset_cause": self.reset_cause,
+            "alarms": self.alarms.active_names(),
+            "ts": self.clock.epoch_ms(),
+        }
+        if self.boot_recovered:
+            doc["boot_recovered"] = self.boot_recovered
+        return json.dumps(doc).encode()
+
+    def shutdown(self) -> None:
+        """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.
+
+        A clean DISCONNECT makes the broker discard the will, so the retained offline status
+        must be published explicitly.
+        """
+        mark_stable()
+        self.mqtt.close((codec.publish(self.topic_status, OFFLINE, 0, True),))
+
+    async def _on_connect(self) -> None:
+        await self.mqtt.subscribe(self.topic_cmd, 1)
+        await self.mqtt.publish(self.topic_status, self.status_payload(), 1, True)
+        self._wake.set()
+        print("mqtt: connected (boot %d, %d buffered)" % (self.boot, self.spool.pending))
+
+    def _on_down(self) -> None:
+        self._ack_ok = False
+        self._acked.set()  # the sender stops waiting for a PUBACK that cannot come
+
+    def _on_message(self, topic, payload) -> None:
+        if topic != self.topic_cmd.encode():
+            return
+        if len(self._cmds) >= _MAX_COMMANDS:
+            self.cmds_dropped += 1
+            return
+        self._cmds.append(payload)
+        self._wake.set()
+
+    async def _handle_command(self, payload) -> None:
+        # Loaded on demand and dropped afterwards: commands need the config schema, which
+        # start-up dropped from the heap. A command that cannot be handled (even for lack of
+        # memory) gets an error ack; the sender task never dies of it.
+        gc.collect()
+        try:
+            from o2 import commands
+
+            ack = commands.handle(self, payload)
+        except MemoryError:
+            ack = '{"ok":false,"error":"out of memory"}'
+        for name in ("commands", "config"):
+            forget_module(name)
+        await self._publish_acked(self.topic_ack, ack)
 
 
-def main(config_path: str = "/config.json") -> None:
-    """Board entry point (called from /main.py)."""
+def mark_stable() -> None:
+    """The run was not part of a crash loop (o2.state, loaded only for this)."""
+    from o2 import state
+
+    state.mark_stable()
+    forget_module("state")
+
+
+def forget_module(name: str) -> None:
+    """Drop ``o2.<name>`` from the heap (it is imported again when next needed)."""
+    sys.modules.pop("o2." + name, None)
+    package = sys.modules["o2"]
+    if hasattr(package, name):
+        delattr(package, name)
+    gc.collect()
+
+
+def run(ready) -> None:
+    """Build the board from ``o2.start.prepare``'s ``(cfg, boot, spool)`` and run it until
+    Ctrl-C (main.py). The start-up and wiring code is dropped from the heap before it runs."""
+    forget_module("start")
+    forget_module("state")
+    from o2 import wiring
+
+    cfg, boot, spool, batch = ready
+    if len(batch) < 128 + cfg["spool.batch_kb"] * 1024:
+        batch = bytearray(128 + cfg["spool.batch_kb"] * 1024)
+    wiring.load_modules(cfg)
+    board = wiring.build(cfg, boot, spool, batch)
+    del wiring, ready
+    forget_module("wiring")
+    print("reset cause: %s; heap free %d" % (board.reset_cause, gc.mem_free()))
     try:
-        cfg = config.load(config_path)
-        if cfg["kind"] != "room":
-            raise config.ConfigError("kind: %r is not supported by this firmware yet" % cfg["kind"])
-    except config.ConfigError as e:
-        # No crash loop on a bad config: say why on the console and stay idle.
-        print("config error:", e)
-        return
-    boot = state.next_boot()
-    print("o2chain firmware %s boot %d\n%s" % (FW_VERSION, boot, config.describe(cfg)))
-    app = build(cfg, boot)
-    try:
-        asyncio.run(app.run())
+        asyncio.run(board.run())
     except KeyboardInterrupt:
         print("stopping")
-        app.shutdown()
+        board.shutdown()
+    except Exception as e:  # noqa: BLE001 -- a bug: reset (counted by the crash-loop guard)
+        print("crash: %r" % (e,))
+        sys.print_exception(e)
+        machine.reset()

@@ -8,31 +8,39 @@ precision floats and on CPython's doubles (MicroPython ints are arbitrary precis
 
 import asyncio
 
-ADDR_PRIMARY = 0x76  # SDO to GND
-ADDR_SECONDARY = 0x77  # SDO to VDDIO
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_ADDR_PRIMARY = const(0x76)  # SDO to GND
+_ADDR_SECONDARY = const(0x77)  # SDO to VDDIO
 CHIP_ID = 0x60  # BMP280 answers 0x58 and has no humidity
 REG_CALIB_A = 0x88  # dig_T1 .. dig_P9, 0xA0 unused, 0xA1 dig_H1 (26 bytes)
 REG_ID = 0xD0
 REG_CALIB_B = 0xE1  # dig_H2 .. dig_H6 (7 bytes)
-REG_CTRL_HUM = 0xF2
+_REG_CTRL_HUM = const(0xF2)
 REG_STATUS = 0xF3
 REG_CTRL_MEAS = 0xF4
-REG_CONFIG = 0xF5
-REG_DATA = 0xF7  # press msb/lsb/xlsb, temp msb/lsb/xlsb, hum msb/lsb (8 bytes)
-CALIB_A_LEN = 26
-CALIB_B_LEN = 7
-DATA_LEN = 8
-STATUS_MEASURING = 0x08
+_REG_CONFIG = const(0xF5)
+_REG_DATA = const(0xF7)  # press msb/lsb/xlsb, temp msb/lsb/xlsb, hum msb/lsb (8 bytes)
+_CALIB_A_LEN = const(26)
+_CALIB_B_LEN = const(7)
+_DATA_LEN = const(8)
+_STATUS_MEASURING = const(0x08)
 # Forced mode, oversampling x1 for T, P and H, filter off: Bosch's "weather monitoring"
 # recommendation (datasheet 3.5.1) -- one measurement per read, sensor sleeps in between.
-OSRS_X1 = 0x01
-MODE_FORCED = 0x01
-CTRL_MEAS_FORCED = (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED
+_OSRS_X1 = const(0x01)
+_MODE_FORCED = const(0x01)
+_CTRL_MEAS_FORCED = const((_OSRS_X1 << 5) | (_OSRS_X1 << 2) | _MODE_FORCED)
 # Datasheet 9.1: t_max = 1.25 + 2.3*1 + (2.3*1 + 0.575) + (2.3*1 + 0.575) ms = 9.3 ms at x1.
-MEASURE_TIME_MS = 10
+_MEASURE_TIME_MS = const(10)
 
-Q_BUS = 0x08  # I2C error / sensor not answering (telemetry "quality" bit)
-Q_ID = 0x10  # wrong chip id at start-up
+_Q_BUS = const(0x08)  # I2C error / sensor not answering (telemetry "quality" bit)
+_Q_ID = const(0x10)  # wrong chip id at start-up
 
 
 def _s16(v: int) -> int:
@@ -134,14 +142,14 @@ class BME280:
     """Forced-mode driver. ``i2c`` is a machine.I2C (passed in, shared with other devices).
 
     ``read()`` returns ``(pressure_pa, temp_c, rh_pct, quality)``; on a bus fault the three
-    values are None and quality has Q_BUS set.
+    values are None and quality has _Q_BUS set.
     """
 
-    def __init__(self, i2c, addr: int = ADDR_PRIMARY) -> None:
+    def __init__(self, i2c, addr: int = _ADDR_PRIMARY) -> None:
         self._i2c = i2c
         self._addr = addr
         self._cal: tuple = ()
-        self._data = bytearray(DATA_LEN)  # preallocated: read into it every cycle
+        self._data = bytearray(_DATA_LEN)  # preallocated: read into it every cycle
         self._one = bytearray(1)
         self.errors = 0
 
@@ -150,35 +158,35 @@ class BME280:
         try:
             chip = self._i2c.readfrom_mem(self._addr, REG_ID, 1)[0]
             if chip != CHIP_ID:
-                return Q_ID
-            a = self._i2c.readfrom_mem(self._addr, REG_CALIB_A, CALIB_A_LEN)
-            b = self._i2c.readfrom_mem(self._addr, REG_CALIB_B, CALIB_B_LEN)
+                return _Q_ID
+            a = self._i2c.readfrom_mem(self._addr, REG_CALIB_A, _CALIB_A_LEN)
+            b = self._i2c.readfrom_mem(self._addr, REG_CALIB_B, _CALIB_B_LEN)
             self._cal = parse_calibration(a, b)
             # ctrl_hum only takes effect after a write to ctrl_meas (datasheet 5.4.3).
-            self._write(REG_CTRL_HUM, OSRS_X1)
-            self._write(REG_CONFIG, 0)
+            self._write(_REG_CTRL_HUM, _OSRS_X1)
+            self._write(_REG_CONFIG, 0)
         except OSError:
-            return Q_BUS
+            return _Q_BUS
         return 0
 
     async def read(self):
         """One forced measurement: ``(pressure_pa, temp_c, rh_pct, quality)``."""
         if not self._cal and self.init():
             self.errors += 1
-            return None, None, None, Q_BUS
+            return None, None, None, _Q_BUS
         try:
-            self._write(REG_CTRL_MEAS, CTRL_MEAS_FORCED)
-            await asyncio.sleep_ms(MEASURE_TIME_MS)
+            self._write(REG_CTRL_MEAS, _CTRL_MEAS_FORCED)
+            await asyncio.sleep_ms(_MEASURE_TIME_MS)
             for _ in range(5):
                 self._i2c.readfrom_mem_into(self._addr, REG_STATUS, self._one)
-                if not self._one[0] & STATUS_MEASURING:
+                if not self._one[0] & _STATUS_MEASURING:
                     break
                 await asyncio.sleep_ms(2)
-            self._i2c.readfrom_mem_into(self._addr, REG_DATA, self._data)
+            self._i2c.readfrom_mem_into(self._addr, _REG_DATA, self._data)
         except OSError:
             self.errors += 1
             self._cal = ()  # re-initialise next time: the sensor may have been power-cycled
-            return None, None, None, Q_BUS
+            return None, None, None, _Q_BUS
         adc_p, adc_t, adc_h = parse_raw(self._data)
         p, t, h = compensate(self._cal, adc_p, adc_t, adc_h)
         return p, t, h, 0

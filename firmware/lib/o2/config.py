@@ -44,23 +44,54 @@ SCHEMA = (
     ("device", str, REQUIRED, _name),
     ("kind", str, "room", _one_of("room", "concentrator")),
     ("site_altitude_m", float, 0.0, _range(-500, 9000)),
-    ("interval_s", float, 10.0, _range(0.2, 3600)),
+    # Telemetry period. Below 0.2 s only for the heap soak test (fast cycles), never on site.
+    ("interval_s", float, 10.0, _range(0.01, 3600)),
     ("eq_alt_definition", str, "west", _one_of("west", "ambient")),
-    ("outbox_len", int, 32, _range(1, 1000)),
+    ("health_interval_s", float, 60.0, _range(1, 86400)),
+    ("wdt_timeout_s", float, 30.0, _range(0, 600)),
+    ("safe_mode_resets", int, 5, _range(2, 100)),
+    ("stable_after_s", float, 120.0, _range(1, 86400)),
+    ("spool.segment_kb", int, 16, _range(2, 64)),
+    ("spool.segments", int, 32, _range(2, 1024)),
+    ("spool.batch_max", int, 100, _range(1, 500)),  # gateway: max 500 readings per message
+    ("spool.batch_kb", int, 2, _range(1, 64)),  # gateway: max 64 KiB per message
+    ("alarm.sample_s", float, 0.5, _range(0.01, 10)),
+    ("alarm.pin", int, -1, _range(-1, 48)),
+    ("alarm.warn_pin", int, -1, _range(-1, 48)),
+    ("alarm.active_high", bool, True, None),
+    ("alarm.o2_high_alarm_pct", float, None, _range(19, 100)),
+    ("alarm.o2_high_warn_pct", float, None, _range(19, 100)),
+    ("alarm.o2_low_warn_pct", float, 22.0, _range(0, 25)),
+    ("alarm.o2_deficient_pct", float, 19.5, _range(0, 25)),
+    ("alarm.purity_low_pct", float, 82.0, _range(0, 100)),
+    ("alarm.purity_warn_pct", float, None, _range(0, 100)),
+    ("alarm.hysteresis_pct", float, 0.3, _range(0, 5)),
+    ("alarm.on_delay_s", float, 0.0, _range(0, 60)),
+    ("alarm.off_delay_s", float, 5.0, _range(0, 600)),
+    ("alarm.fault_delay_s", float, 3.0, _range(0.5, 600)),
     ("mqtt.host", str, REQUIRED, None),
     ("mqtt.port", int, 1883, _range(1, 65535)),
     ("mqtt.topic_prefix", str, "o2", None),
     ("mqtt.keepalive_s", int, 30, _range(2, 65535)),
     ("mqtt.connect_timeout_s", float, 10.0, _range(0.5, 120)),
+    ("mqtt.backoff_max_s", float, 30.0, _range(0.5, 600)),
     ("mqtt.username", str, None, None),
     ("mqtt.password", str, None, None),
+    ("mqtt.tls.ca_file", str, None, None),  # PEM on the board's fs: enables TLS, pins the CA
+    ("mqtt.tls.server_hostname", str, None, None),
     ("wifi.ssid", str, "", None),
     ("wifi.password", str, "", None),
-    ("sensors.o2.type", str, "ze03", _one_of("ze03", "none")),
+    ("ntp.host", str, "pool.ntp.org", None),
+    ("ntp.port", int, 123, _range(1, 65535)),
+    ("sensors.o2.type", str, "ze03", _one_of("ze03", "gasboard", "luminox", "ads1115", "none")),
     ("sensors.o2.uart", int, 2, _range(0, 2)),
     ("sensors.o2.tx", int, 17, _range(0, 48)),
     ("sensors.o2.rx", int, 16, _range(0, 48)),
     ("sensors.o2.timeout_ms", int, 500, _range(50, 5000)),
+    ("sensors.o2.flow_scale", float, 0.1, _one_of(0.1, 0.01)),  # Gasboard: per model
+    ("sensors.o2.mode", str, "poll", _one_of("poll", "stream")),  # Gasboard
+    ("sensors.o2.i2c", int, 0, _range(0, 1)),  # ADS1115
+    ("sensors.o2.addr", int, 0x48, _range(0x48, 0x4B)),  # ADS1115
     ("sensors.env.type", str, "bme280", _one_of("bme280", "none")),
     ("sensors.env.i2c", int, 0, _range(0, 1)),
     ("sensors.env.sda", int, 21, _range(0, 48)),
@@ -68,9 +99,12 @@ SCHEMA = (
     ("sensors.env.addr", int, 0x76, _one_of(0x76, 0x77)),
 )
 SECRETS = ("mqtt.password", "wifi.password")
+KEYS = [row[0] for row in SCHEMA]
 
 
 def _type_ok(v, kind) -> bool:
+    if kind is bool:
+        return v is True or v is False
     if kind is float:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     if kind is int:
@@ -87,40 +121,127 @@ def _lookup(raw: dict, key: str):
     return node
 
 
+def _check_one(raw: dict, key: str, kind, default, check):
+    v = _lookup(raw, key)
+    if v is REQUIRED or (v is None and default is None):
+        if default is REQUIRED:
+            raise ConfigError("%s: missing (required)" % key)
+        return default
+    if not _type_ok(v, kind):
+        raise ConfigError("%s: expected %s, got %r" % (key, kind.__name__, v))
+    if kind is float:
+        v = float(v)
+    if check is not None:
+        expected = check(v)
+        if expected:
+            raise ConfigError("%s: expected %s, got %r" % (key, expected, v))
+    return v
+
+
 def validate(raw) -> dict:
     """Checked flat config ``{dotted key: value}`` with defaults; raises ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a JSON object")
     out = {}
     for key, kind, default, check in SCHEMA:
-        v = _lookup(raw, key)
-        if v is REQUIRED or (v is None and default is None):
-            if default is REQUIRED:
-                raise ConfigError("%s: missing (required)" % key)
-            out[key] = default
-            continue
-        if not _type_ok(v, kind):
-            raise ConfigError("%s: expected %s, got %r" % (key, kind.__name__, v))
-        if kind is float:
-            v = float(v)
-        if check is not None:
-            expected = check(v)
-            if expected:
-                raise ConfigError("%s: expected %s, got %r" % (key, expected, v))
-        out[key] = v
+        out[key] = _check_one(raw, key, kind, default, check)
+    _cross_check(out)
     return out
 
 
-def load(path: str = "/config.json") -> dict:
-    """Read and validate the config file; raises ConfigError (also for unreadable JSON)."""
+def _cross_check(cfg: dict) -> None:
+    # Rules that span keys: the O2 sensor must suit the board kind.
+    o2 = cfg["sensors.o2.type"]
+    if cfg["kind"] == "concentrator" and o2 not in ("gasboard", "none"):
+        raise ConfigError("sensors.o2.type: expected 'gasboard' for a concentrator, got %r" % o2)
+    if cfg["kind"] == "room" and o2 == "gasboard":
+        raise ConfigError("sensors.o2.type: 'gasboard' measures concentrator gas, not a room")
+
+
+def read(path: str = "/config.json"):
+    """The raw JSON of the config file; raises ConfigError (unreadable / not JSON)."""
     try:
         with open(path) as f:
-            raw = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ConfigError("%s: cannot read (%s)" % (path, e))
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (path, e))
-    return validate(raw)
+
+
+def load(path: str = "/config.json") -> dict:
+    """Read and validate the config file; raises ConfigError (also for unreadable JSON)."""
+    return validate(read(path))
+
+
+def overlay(raw, flat: dict):
+    """``raw`` (nested JSON) with dotted ``flat`` keys laid over it (runtime settings)."""
+    if not isinstance(raw, dict):
+        return raw
+    for key in flat:
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = flat[key]
+    return raw
+
+
+def load_settings(path: str) -> dict:
+    """Runtime settings saved by commands (``{dotted key: value}``); {} if none or damaged."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_settings(path: str, flat: dict) -> None:
+    """Merge ``flat`` into the settings file (write-then-rename)."""
+    import os
+
+    doc = load_settings(path)
+    for key in flat:
+        doc[key] = flat[key]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.rename(tmp, path)
+
+
+def revalidate(cfg: dict, flat: dict) -> dict:
+    """The flat ``cfg`` with ``flat`` changes applied, checked like the file; ConfigError."""
+    raw: dict = {}
+    for key in cfg:
+        if cfg[key] is not None:
+            overlay(raw, {key: cfg[key]})
+    return validate(overlay(raw, flat))
+
+
+def network_only(raw):
+    """Just the keys needed to reach the broker (for the config-error status), or None."""
+    if not isinstance(raw, dict):
+        return None
+    out = {}
+    try:
+        for key, kind, default, check in SCHEMA:
+            if key in ("site", "device") or key.startswith("mqtt.") or key.startswith("wifi."):
+                out[key] = _check_one(raw, key, kind, default, check)
+    except ConfigError:
+        return None
+    return out
+
+
+def public(cfg: dict) -> dict:
+    """The effective config with secrets masked (``report_config`` command)."""
+    out = {}
+    for key in cfg:
+        v = cfg[key]
+        out[key] = "***" if key in SECRETS and v else v
+    return out
 
 
 def describe(cfg: dict) -> str:

@@ -14,10 +14,12 @@ tells the owner to send them again (clean session: the broker forgot them too).
 import asyncio
 import time
 
+from micropython import const
+
 from o2 import mqtt_codec as codec
 
-BACKOFF_MIN_MS = 500
-BACKOFF_MAX_MS = 30000
+_BACKOFF_MIN_MS = const(500)
+_BACKOFF_MAX_MS = const(30000)
 
 
 async def _connected() -> None:
@@ -45,6 +47,9 @@ class MQTTClient:
         password=None,
         will=None,
         connect_timeout_s: float = 10,
+        ssl=None,
+        server_hostname=None,
+        backoff_max_s: float = _BACKOFF_MAX_MS / 1000,
     ) -> None:
         self.client_id = client_id
         self.host = host
@@ -54,6 +59,9 @@ class MQTTClient:
         self.password = password
         self.will = will
         self.connect_timeout_s = connect_timeout_s
+        self.ssl = ssl  # an ssl.SSLContext with the pinned CA loaded, or None (plain TCP)
+        self.server_hostname = server_hostname or host
+        self.backoff_max_ms = int(backoff_max_s * 1000)
         self.up = asyncio.Event()
         self.on_connect = _connected  # async callable(): birth messages, subscriptions
         self.on_down = _down  # callable(): connection lost, in-flight messages dropped
@@ -66,6 +74,7 @@ class MQTTClient:
         self._inflight: dict = {}  # mid -> on_ack callable or None
         self._last_rx = time.ticks_ms()
         self._last_tx = time.ticks_ms()
+        self._link = None  # the WiFi "up" Event given to run()
 
     @property
     def inflight(self) -> int:
@@ -79,7 +88,8 @@ class MQTTClient:
 
     async def run(self, link_up=None) -> None:
         """Stay connected forever. ``link_up``: an Event that is set while WiFi is up."""
-        backoff_ms = BACKOFF_MIN_MS
+        backoff_ms = _BACKOFF_MIN_MS
+        self._link = link_up
         while True:
             if link_up is not None:
                 await link_up.wait()
@@ -89,9 +99,9 @@ class MQTTClient:
                 self._close()
                 print("mqtt: connect to %s:%d failed: %r" % (self.host, self.port, e))
                 await asyncio.sleep_ms(backoff_ms)
-                backoff_ms = min(backoff_ms * 2, BACKOFF_MAX_MS)
+                backoff_ms = min(backoff_ms * 2, self.backoff_max_ms)
                 continue
-            backoff_ms = BACKOFF_MIN_MS
+            backoff_ms = _BACKOFF_MIN_MS
             self.connects += 1
             self._dead.clear()
             reader = asyncio.create_task(self._read_loop())
@@ -110,7 +120,7 @@ class MQTTClient:
             self._inflight = {}
             print("mqtt: connection lost")
             self.on_down()
-            await asyncio.sleep_ms(BACKOFF_MIN_MS)
+            await asyncio.sleep_ms(_BACKOFF_MIN_MS)
 
     async def publish(
         self, topic, payload, qos: int = 0, retain: bool = False, mid: int = 0, on_ack=None
@@ -127,6 +137,17 @@ class MQTTClient:
             self._inflight[mid] = on_ack
         await self._send(packet)
         return mid
+
+    async def send_packet(self, packet, mid: int = 0, on_ack=None) -> None:
+        """Send a complete prebuilt packet (e.g. from ``codec.publish_header_into``) in one
+        write; a QoS 1 ``mid`` is tracked like ``publish``. Raises OSError if not connected."""
+        if mid:
+            self._inflight[mid] = on_ack
+        await self._send(packet)
+
+    def abort(self) -> None:
+        """Give up on this connection (e.g. a PUBACK never came): run() reconnects."""
+        self._dead.set()
 
     async def subscribe(self, topic, qos: int = 1) -> None:
         """Send a SUBSCRIBE; the SUBACK is not awaited (messages arrive via on_message)."""
@@ -148,9 +169,13 @@ class MQTTClient:
         self.up.clear()
 
     async def _connect(self) -> None:
-        streams: tuple = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.connect_timeout_s
-        )
+        if self.ssl is not None:
+            opening = asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
+            )
+        else:
+            opening = asyncio.open_connection(self.host, self.port)
+        streams: tuple = await asyncio.wait_for(opening, self.connect_timeout_s)
         self._reader, self._writer = streams
         will = self.will
         packet = codec.connect(
@@ -232,6 +257,9 @@ class MQTTClient:
             while True:
                 await asyncio.sleep_ms(min(1000, keepalive_ms // 4))
                 now = time.ticks_ms()
+                if self._link is not None and not self._link.is_set():
+                    print("mqtt: link down")  # WiFi lost: the socket is dead, don't wait
+                    break
                 if time.ticks_diff(now, self._last_rx) > keepalive_ms:
                     print("mqtt: no reply for %d s" % self.keepalive_s)
                     break

@@ -10,18 +10,26 @@ CONNECT = 0x10
 CONNACK = 0x20
 PUBLISH = 0x30
 PUBACK = 0x40
-SUBSCRIBE = 0x82  # bits 3..0 of SUBSCRIBE are reserved as 0010 (spec 3.8.1)
-SUBACK = 0x90
-PINGREQ = 0xC0
-PINGRESP = 0xD0
-DISCONNECT = 0xE0
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_SUBSCRIBE = const(0x82)  # bits 3..0 of _SUBSCRIBE are reserved as 0010 (spec 3.8.1)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
 
 PINGREQ_PACKET = b"\xc0\x00"
 PINGRESP_PACKET = b"\xd0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
-MAX_REMAINING = 268435455  # four varint bytes (spec 2.2.3)
-PROTOCOL_LEVEL = 4  # 3.1.1
+_MAX_REMAINING = const(268435455)  # four varint bytes (spec 2.2.3)
+_PROTOCOL_LEVEL = const(4)  # 3.1.1
 
 # CONNACK return codes (spec table 3.1)
 CONNACK_MESSAGES = (
@@ -55,7 +63,7 @@ def varint_size(n: int) -> int:
 
 def write_varint(buf, pos: int, n: int) -> int:
     """Encode remaining length ``n`` into ``buf`` at ``pos``; returns the next position."""
-    if n < 0 or n > MAX_REMAINING:
+    if n < 0 or n > _MAX_REMAINING:
         raise MQTTError("remaining length %d out of range" % n)
     while True:
         b = n & 0x7F
@@ -66,31 +74,6 @@ def write_varint(buf, pos: int, n: int) -> int:
         else:
             buf[pos] = b
             return pos + 1
-
-
-def encode_varint(n: int) -> bytes:
-    """Remaining length ``n`` as 1..4 bytes."""
-    buf = bytearray(varint_size(n))
-    write_varint(buf, 0, n)
-    return bytes(buf)
-
-
-def decode_varint(buf, pos: int = 0):
-    """``(value, next_pos)`` of the remaining length at ``buf[pos:]``.
-
-    Raises Incomplete if the buffer ends first, MQTTError if longer than 4 bytes.
-    """
-    value = 0
-    shift = 0
-    for i in range(4):
-        if pos + i >= len(buf):
-            raise Incomplete("remaining length")
-        b = buf[pos + i]
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos + i + 1
-        shift += 7
-    raise MQTTError("remaining length longer than 4 bytes")
 
 
 def _put_str(buf, pos: int, s) -> int:
@@ -158,7 +141,7 @@ def connect(
         raise MQTTError("password without user name")
     buf, pos = _packet(CONNECT, n)
     pos = _put_str(buf, pos, b"MQTT")
-    buf[pos] = PROTOCOL_LEVEL
+    buf[pos] = _PROTOCOL_LEVEL
     buf[pos + 1] = flags
     buf[pos + 2] = keepalive_s >> 8
     buf[pos + 3] = keepalive_s & 0xFF
@@ -171,40 +154,6 @@ def connect(
         if password is not None:
             pos = _put_str(buf, pos, password)
     return buf
-
-
-def parse_connect(body) -> dict:
-    """Decode a CONNECT body into a dict (the keyword arguments of ``connect``)."""
-    proto, pos = _get_str(body, 0)
-    if proto != b"MQTT" or body[pos] != PROTOCOL_LEVEL:
-        raise MQTTError("not MQTT 3.1.1")
-    flags = body[pos + 1]
-    out = {
-        "keepalive_s": (body[pos + 2] << 8) | body[pos + 3],
-        "clean_session": bool(flags & 0x02),
-        "will_topic": None,
-        "will_payload": b"",
-        "will_qos": 0,
-        "will_retain": False,
-        "username": None,
-        "password": None,
-    }
-    out["client_id"], pos = _get_str(body, pos + 4)
-    if flags & 0x04:
-        out["will_topic"], pos = _get_str(body, pos)
-        out["will_payload"], pos = _get_str(body, pos)
-        out["will_qos"] = (flags >> 3) & 0x03
-        out["will_retain"] = bool(flags & 0x20)
-    if flags & 0x80:
-        out["username"], pos = _get_str(body, pos)
-    if flags & 0x40:
-        out["password"], pos = _get_str(body, pos)
-    return out
-
-
-def connack(session_present: bool = False, return_code: int = 0) -> bytes:
-    """CONNACK packet (spec 3.2)."""
-    return bytes((CONNACK, 2, 1 if session_present else 0, return_code))
 
 
 def parse_connack(body):
@@ -232,6 +181,41 @@ def publish(topic, payload, qos: int = 0, retain: bool = False, mid: int = 0, du
         pos += 2
     buf[pos:] = payload
     return buf
+
+
+def publish_header_size(topic, qos: int = 1) -> int:
+    """Largest header ``publish_header_into`` can write for ``topic`` (4-byte length)."""
+    return 1 + 4 + 2 + len(_b(topic)) + (2 if qos else 0)
+
+
+def publish_header_into(buf, end: int, topic, payload_len: int, qos: int, retain: bool, mid: int):
+    """Write a PUBLISH header so that it ends at ``buf[end]``, where the payload already sits.
+
+    Returns the packet's start offset: ``buf[start:end + payload_len]`` is the whole packet,
+    sent with one write and no copy of a large batch (the firmware's send buffer is
+    preallocated). ``end`` must leave ``publish_header_size(topic, qos)`` bytes in front.
+    """
+    topic = _b(topic)
+    n = 2 + len(topic) + payload_len + (2 if qos else 0)
+    if qos and not 0 < mid < 65536:
+        raise MQTTError("message id %d out of range" % mid)
+    pos = end
+    if qos:
+        pos -= 2
+        buf[pos] = mid >> 8
+        buf[pos + 1] = mid & 0xFF
+    pos -= len(topic)
+    buf[pos : pos + len(topic)] = topic
+    pos -= 2
+    buf[pos] = len(topic) >> 8
+    buf[pos + 1] = len(topic) & 0xFF
+    pos -= varint_size(n)
+    write_varint(buf, pos, n)
+    pos -= 1
+    if pos < 0:
+        raise MQTTError("no room for the PUBLISH header")
+    buf[pos] = PUBLISH | (qos << 1) | (1 if retain else 0)
+    return pos
 
 
 def parse_publish(first: int, body):
@@ -262,12 +246,12 @@ def parse_mid(body) -> int:
 
 
 def subscribe(mid: int, topics) -> bytearray:
-    """SUBSCRIBE packet (spec 3.8) for a list of ``(topic_filter, qos)``."""
+    """_SUBSCRIBE packet (spec 3.8) for a list of ``(topic_filter, qos)``."""
     enc = [(_b(t), q) for t, q in topics]
     n = 2
     for t, _ in enc:
         n += 2 + len(t) + 1
-    buf, pos = _packet(SUBSCRIBE, n)
+    buf, pos = _packet(_SUBSCRIBE, n)
     buf[pos] = mid >> 8
     buf[pos + 1] = mid & 0xFF
     pos += 2
@@ -276,42 +260,3 @@ def subscribe(mid: int, topics) -> bytearray:
         buf[pos] = q
         pos += 1
     return buf
-
-
-def parse_subscribe(body):
-    """``(mid, [(topic_filter, qos), ...])`` from a SUBSCRIBE body."""
-    mid = parse_mid(body)
-    pos = 2
-    topics = []
-    while pos < len(body):
-        t, pos = _get_str(body, pos)
-        if pos >= len(body):
-            raise MQTTError("truncated SUBSCRIBE")
-        topics.append((t, body[pos]))
-        pos += 1
-    return mid, topics
-
-
-def suback(mid: int, codes) -> bytes:
-    """SUBACK packet (spec 3.9); ``codes`` are granted QoS values or 0x80 (failure)."""
-    buf, pos = _packet(SUBACK, 2 + len(codes))
-    buf[pos] = mid >> 8
-    buf[pos + 1] = mid & 0xFF
-    buf[pos + 2 :] = bytes(codes)
-    return bytes(buf)
-
-
-def parse_suback(body):
-    """``(mid, [granted_qos_or_0x80, ...])`` from a SUBACK body."""
-    return parse_mid(body), list(body[2:])
-
-
-def split_packet(buf, pos: int = 0):
-    """``(first_byte, body, next_pos)`` of the packet at ``buf[pos:]``; raises Incomplete."""
-    if pos >= len(buf):
-        raise Incomplete("fixed header")
-    n, body_pos = decode_varint(buf, pos + 1)
-    end = body_pos + n
-    if end > len(buf):
-        raise Incomplete("body")
-    return buf[pos], bytes(buf[body_pos:end]), end

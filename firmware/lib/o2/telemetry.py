@@ -14,6 +14,15 @@ ROOM_FIELDS = (
     ("eq_alt_m", 1),
 )
 
+I_O2, I_BARO, I_TEMP, I_RH, I_PPO2, I_EQ_ALT = 0, 1, 2, 3, 4, 5
+
+CONCENTRATOR_FIELDS = (
+    ("purity_pct", 1),
+    ("flow_lpm", 2),
+    ("temp_c", 1),
+)
+I_PURITY, I_FLOW, I_CTEMP = 0, 1, 2
+
 
 def encode(boot: int, seq: int, ts_ms: int, values, quality: int = 0, fields=ROOM_FIELDS) -> bytes:
     """JSON bytes of one reading; ``values`` parallels ``fields`` (None = field absent)."""

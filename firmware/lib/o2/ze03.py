@@ -7,19 +7,27 @@ Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1..7:
 
 import asyncio
 
-FRAME_LEN = 9
-START = 0xFF
-CMD_READ = 0x86
-CMD_MODE = 0x78
-MODE_QA = 0x41  # question & answer: the module only speaks when asked
-MODE_ACTIVE = 0x40  # power-on default of the module: uploads a frame every second
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_FRAME_LEN = const(9)
+_START = const(0xFF)
+_CMD_READ = const(0x86)
+_CMD_MODE = const(0x78)
+_MODE_QA = const(0x41)  # question & answer: the module only speaks when asked
+_MODE_ACTIVE = const(0x40)  # power-on default of the module: uploads a frame every second
 O2_SCALE_PCT = 0.1  # one count = 0.1 % O2
 O2_MAX_PCT = 25.0  # measuring range of the module
 
 # Quality flags shared by all drivers (bit values of the telemetry "quality" field).
-Q_TIMEOUT = 0x01  # no (complete) reply within the timeout
-Q_CHECKSUM = 0x02  # a reply arrived but failed its checksum / header check
-Q_RANGE = 0x04  # value outside the sensor's measuring range
+_Q_TIMEOUT = const(0x01)  # no (complete) reply within the timeout
+_Q_CHECKSUM = const(0x02)  # a reply arrived but failed its checksum / header check
+_Q_RANGE = const(0x04)  # value outside the sensor's measuring range
 
 
 class FrameError(ValueError):
@@ -36,8 +44,8 @@ def checksum(frame) -> int:
 
 def build_command(cmd: int, arg: int = 0) -> bytes:
     """A host frame ``FF 01 cmd arg 00 00 00 00 CS``."""
-    frame = bytearray(FRAME_LEN)
-    frame[0] = START
+    frame = bytearray(_FRAME_LEN)
+    frame[0] = _START
     frame[1] = 0x01
     frame[2] = cmd
     frame[3] = arg
@@ -45,9 +53,9 @@ def build_command(cmd: int, arg: int = 0) -> bytes:
     return bytes(frame)
 
 
-QUERY = build_command(CMD_READ)  # FF 01 86 00 00 00 00 00 79
-SET_QA_MODE = build_command(CMD_MODE, MODE_QA)  # FF 01 78 41 00 00 00 00 46
-SET_ACTIVE_MODE = build_command(CMD_MODE, MODE_ACTIVE)  # FF 01 78 40 00 00 00 00 47
+QUERY = build_command(_CMD_READ)  # FF 01 86 00 00 00 00 00 79
+SET_QA_MODE = build_command(_CMD_MODE, _MODE_QA)  # FF 01 78 41 00 00 00 00 46
+SET_ACTIVE_MODE = build_command(_CMD_MODE, _MODE_ACTIVE)  # FF 01 78 40 00 00 00 00 47
 
 
 def build_reply(o2_pct: float) -> bytes:
@@ -55,9 +63,9 @@ def build_reply(o2_pct: float) -> bytes:
     counts = int(o2_pct / O2_SCALE_PCT + 0.5)
     if counts < 0:
         counts = 0
-    frame = bytearray(FRAME_LEN)
-    frame[0] = START
-    frame[1] = CMD_READ
+    frame = bytearray(_FRAME_LEN)
+    frame[0] = _START
+    frame[1] = _CMD_READ
     frame[2] = (counts >> 8) & 0xFF
     frame[3] = counts & 0xFF
     frame[8] = checksum(frame)
@@ -69,9 +77,9 @@ def parse_reply(frame) -> float:
 
     Raises FrameError on a wrong length, start byte, command byte or checksum.
     """
-    if len(frame) != FRAME_LEN:
+    if len(frame) != _FRAME_LEN:
         raise FrameError("length %d, expected 9" % len(frame))
-    if frame[0] != START or frame[1] != CMD_READ:
+    if frame[0] != _START or frame[1] != _CMD_READ:
         raise FrameError("header %02x %02x, expected ff 86" % (frame[0], frame[1]))
     expected = checksum(frame)
     if frame[8] != expected:
@@ -85,9 +93,9 @@ def find_reply(buf, n: int) -> int:
     Lets the driver resync after garbage or a half frame on the wire.
     """
     for i in range(n - 1):
-        if buf[i] == START and buf[i + 1] == CMD_READ:
+        if buf[i] == _START and buf[i + 1] == _CMD_READ:
             return i
-    if n and buf[n - 1] == START:
+    if n and buf[n - 1] == _START:
         return n - 1
     return -1
 
@@ -104,7 +112,7 @@ class ZE03:
         self._reader = asyncio.StreamReader(uart)
         self._writer = asyncio.StreamWriter(uart, {})
         self._timeout_ms = timeout_ms
-        self._buf = bytearray(2 * FRAME_LEN)  # preallocated: one frame plus resync slack
+        self._buf = bytearray(2 * _FRAME_LEN)  # preallocated: one frame plus resync slack
         self._n = 0
         self.errors = 0  # faults since boot, for the health message
 
@@ -123,22 +131,22 @@ class ZE03:
             quality: int = await asyncio.wait_for(self._collect(), self._timeout_ms / 1000)
         except asyncio.TimeoutError:
             self.errors += 1
-            return None, Q_TIMEOUT
+            return None, _Q_TIMEOUT
         if quality:
             self.errors += 1
             return None, quality
-        o2_pct = parse_reply(memoryview(self._buf)[:FRAME_LEN])
+        o2_pct = parse_reply(memoryview(self._buf)[:_FRAME_LEN])
         if o2_pct > O2_MAX_PCT:
-            return o2_pct, Q_RANGE
+            return o2_pct, _Q_RANGE
         return o2_pct, 0
 
     async def _collect(self) -> int:
-        # Accumulate bytes until a whole frame starting FF 86 sits at buf[0]; 0 or Q_CHECKSUM.
+        # Accumulate bytes until a whole frame starting FF 86 sits at buf[0]; 0 or _Q_CHECKSUM.
         buf = self._buf
         while True:
-            chunk = await self._reader.read(FRAME_LEN - self._n if self._n < FRAME_LEN else 1)
+            chunk = await self._reader.read(_FRAME_LEN - self._n if self._n < _FRAME_LEN else 1)
             if not chunk:
-                return Q_TIMEOUT  # end of stream: the UART is gone, not just quiet
+                return _Q_TIMEOUT  # end of stream: the UART is gone, not just quiet
             for b in chunk:
                 if self._n < len(buf):
                     buf[self._n] = b
@@ -150,10 +158,10 @@ class ZE03:
             if start > 0:
                 buf[: self._n - start] = buf[start : self._n]
                 self._n -= start
-            if self._n >= FRAME_LEN:
-                frame = memoryview(buf)[:FRAME_LEN]
+            if self._n >= _FRAME_LEN:
+                frame = memoryview(buf)[:_FRAME_LEN]
                 if frame[8] != checksum(frame):
-                    return Q_CHECKSUM
+                    return _Q_CHECKSUM
                 return 0
 
     def _drain_input(self) -> None:

@@ -1,0 +1,107 @@
+"""Helpers for the board acceptance tests: a persistent-session MQTT recorder and checks of
+what arrived (exactly once per (boot, seq), in order)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from o2chain.services import Mosquitto
+
+
+class Recorder:
+    """A paho 2.x subscriber with a persistent session (clean_session=False, QoS 1), so that
+    nothing published while it is reconnecting after a broker restart is lost to the test.
+    Telemetry arrays are flattened: ``readings`` holds one dict per reading, arrival order."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.messages: list[tuple[str, Any, bool]] = []
+        self.readings: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"recorder-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.connect(broker.host, broker.port, keepalive=5)
+        self.client.loop_start()
+        if not self._subscribed.wait(5):
+            raise AssertionError("no SUBACK")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            doc = msg.payload
+        with self._cond:
+            self.messages.append((msg.topic, doc, bool(msg.retain)))
+            if msg.topic.endswith("/telemetry"):
+                self.readings.extend(doc if isinstance(doc, list) else [doc])
+            self._cond.notify_all()
+
+    def wait(self, what: str, pred: Callable[[], bool], timeout_s: float = 20.0) -> None:
+        """Block until ``pred()`` (evaluated under the lock at every message) holds."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not pred():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {what}")
+                self._cond.wait(min(left, 0.5))
+
+    def wait_message(
+        self, what: str, pred: Callable[[str, Any, bool], bool], count: int = 1, timeout_s=20.0
+    ) -> list[tuple[str, Any, bool]]:
+        found: list[tuple[str, Any, bool]] = []
+
+        def enough() -> bool:
+            nonlocal found
+            found = [m for m in self.messages if pred(*m)]
+            return len(found) >= count
+
+        self.wait(what, enough, timeout_s)
+        return found
+
+    def seqs(self, boot: int) -> list[int]:
+        with self._cond:
+            return [r["seq"] for r in self.readings if r.get("boot") == boot]
+
+    def wait_seqs(self, boot: int, upto: int, timeout_s: float = 30.0) -> None:
+        """Until every seq 1..upto of ``boot`` arrived."""
+        want = set(range(1, upto + 1))
+        self.wait(
+            f"boot {boot} seq 1..{upto}",
+            lambda: want <= {r["seq"] for r in self.readings if r.get("boot") == boot},
+            timeout_s,
+        )
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:
+    """Every seq 1..upto present; first arrivals strictly increasing (in order). Duplicates
+    (QoS 1 redelivery after a lost PUBACK) are allowed -- the gateway drops them on
+    (boot, seq) -- and returned as a count."""
+    first: list[int] = []
+    seen: set[int] = set()
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            first.append(s)
+    missing = sorted(set(range(1, upto + 1)) - seen)
+    assert not missing, f"missing seqs: {missing[:20]} ({len(missing)})"
+    assert first == sorted(first), f"out of order: {first}"
+    return len(seqs) - len(first)

@@ -1,0 +1,58 @@
+"""Concentrator board end to end: the Gasboard-7500 simulator (simulators/wire/gasboard.py,
+written independently of the firmware's driver) on a pty, polled and streaming; purity, flow
+and temperature reach the broker; purity below 82 % sounds the local alarm within 1 s."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from o2chain.firmware_runner import BoardRunner
+from o2chain.services import Mosquitto
+
+from .board_helpers import Recorder
+
+pytestmark = pytest.mark.integration
+SITE, DEVICE = "lhasa-hotel", "oc-lobby"
+PREFIX = f"o2/{SITE}/{DEVICE}/"
+BUZZER = 25
+
+
+def concentrator_config(broker: Mosquitto, mode: str) -> dict[str, Any]:
+    return {
+        "site": SITE,
+        "device": DEVICE,
+        "kind": "concentrator",
+        "site_altitude_m": 3650,
+        "interval_s": 0.5,
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive_s": 5},
+        "sensors": {"o2": {"type": "gasboard", "mode": mode}, "env": {"type": "none"}},
+        "alarm": {"pin": BUZZER, "off_delay_s": 0.5},
+    }
+
+
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+def test_concentrator_board(tmp_path: Path, mosquitto: Mosquitto, mode: str) -> None:
+    rec = Recorder(mosquitto, PREFIX + "#")
+    board = BoardRunner(concentrator_config(mosquitto, mode), tmp_path / "board", o2_pct=93.0)
+    try:
+        board.start()
+        rec.wait_seqs(1, 3)
+        doc = [r for r in rec.readings if r["seq"] == 3][0]
+        assert abs(doc["purity_pct"] - 93.0) <= 0.3, doc
+        assert abs(doc["flow_lpm"] - 5.0) < 0.01 and abs(doc["temp_c"] - 21.0) < 0.05, doc
+        assert "o2_pct" not in doc and "quality" not in doc, doc
+        t0 = time.time()
+        board.set_o2_pct(80.0)  # a wetted sieve bed
+        board.wait_for_log(rf"^pin {BUZZER}=1 t=", timeout_s=5)
+        latency = [t for v, t in board.pin_events(BUZZER) if v == 1][-1] - t0
+        assert latency < 1.0, latency
+        alarm = rec.wait_message("purity alarm", lambda t, d, r: t.endswith("/alarm"))[0][1]
+        assert alarm["rule"] == "purity_low" and alarm["threshold"] == 82.0, alarm
+        print(f"{mode}: purity alarm after {latency:.3f} s")
+    finally:
+        board.kill()
+        rec.close()

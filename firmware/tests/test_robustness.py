@@ -1,0 +1,55 @@
+"""Config errors and crash loops: the board says why on the console and on the retained
+status topic instead of crash-looping silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from o2chain.firmware_runner import BoardRunner
+from o2chain.services import Mosquitto
+
+from .board_helpers import Recorder
+from .conftest import load_firmware_module
+from .test_acceptance import PREFIX, board_config
+
+pytestmark = pytest.mark.integration
+state = load_firmware_module("o2.state")
+
+
+def test_config_error_is_reported_on_status(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    rec = Recorder(mosquitto, PREFIX + "#")
+    cfg = board_config(mosquitto, interval_s="fast")
+    board = BoardRunner(cfg, tmp_path / "board")
+    try:
+        board.start()
+        board.wait_for_log(r"config error: interval_s: expected float, got 'fast'")
+        status = rec.wait_message("config_error", lambda t, d, r: t.endswith("/status"))[0]
+        assert status[1]["state"] == "config_error", status
+        assert "interval_s" in status[1]["error"]
+        assert "reading" not in board.log_text()
+    finally:
+        board.kill()
+        rec.close()
+
+
+def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    rec = Recorder(mosquitto, PREFIX + "#")
+    # Four unstable boots already counted: this one is the fifth (safe_mode_resets = 5).
+    files = {"resets": state.encode_counter(4).encode()}
+    board = BoardRunner(board_config(mosquitto), tmp_path / "board", files=files)
+    try:
+        board.start()
+        board.wait_for_log(r"safe mode: 5 rapid resets")
+        status = rec.wait_message("safe_mode", lambda t, d, r: t.endswith("/status"))[0][1]
+        assert status["state"] == "safe_mode", status
+        rec.client.publish(PREFIX + "cmd", json.dumps({"cmd": "reboot"}), qos=1)
+        board.wait_for_log(r"reboot \(command, safe mode\)")
+        assert (board.board_dir / "resets").read_text().split()[0] == "0"
+    finally:
+        board.kill()
+        rec.close()

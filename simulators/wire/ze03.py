@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import select
 import sys
 import threading
-import tty
-from types import TracebackType
+
+from simulators.wire.faults import PtySensor
 
 FRAME_LEN = 9
 QUERY = bytes.fromhex("ff0186000000000079")
@@ -42,8 +40,8 @@ def reply_frame(o2_pct: float) -> bytes:
     return bytes(frame)
 
 
-class ZE03Responder:
-    """A simulated ZE03-O2 behind a pty; a background thread answers queries.
+class ZE03Wire:
+    """What the module does on its line: parse commands, answer reads (a ``faults.Wire``).
 
     ``noise_pct`` is the standard deviation of the Gaussian noise added to each answer
     (default 0.05 %, below the module's 0.1 % resolution so most answers are exact).
@@ -55,72 +53,23 @@ class ZE03Responder:
         self.queries = 0  # answered queries (tests may watch it)
         self.bad_frames = 0
         self._rng = random.Random(seed)
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._path = ""
-        self._stop_r, self._stop_w = -1, -1
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port_path(self) -> str:
-        """The pty device (``/dev/pts/N``) the board side opens."""
-        if not self._path:
-            raise RuntimeError("ZE03Responder not started")
-        return self._path
-
-    def start(self) -> ZE03Responder:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no line discipline: a wire, not a terminal
-        self._path = os.ttyname(self._slave)
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._serve, name="ze03-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join(timeout=5)
-            self._thread = None
-        for fd in (self._master, self._slave, self._stop_r, self._stop_w):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-        self._master = self._slave = None
-        self._stop_r = self._stop_w = -1
-
-    def __enter__(self) -> ZE03Responder:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._buf = bytearray()
 
     def answer(self) -> bytes:
         """The frame for the next query (current value plus noise)."""
         return reply_frame(self.o2_pct + self._rng.gauss(0.0, self.noise_pct))
 
-    def _serve(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        buf = bytearray()
-        while True:
-            ready, _, _ = select.select([master, self._stop_r], [], [])
-            if self._stop_r in ready:
-                return
-            try:
-                buf += os.read(master, 256)
-            except OSError:  # EIO while no process has the slave open: keep serving
-                continue
-            buf = self._handle(buf, master)
-
-    def _handle(self, buf: bytearray, master: int) -> bytearray:
+    def receive(self, data: bytes, now_s: float) -> bytes:
+        """Bytes from the host; returns the module's answers to any complete read commands."""
+        buf = self._buf
+        buf += data
+        out = b""
         # Resync on the start byte; a command is 9 bytes with a valid checksum.
         while len(buf) >= FRAME_LEN:
             start = buf.find(b"\xff")
             if start < 0:
-                return bytearray()
+                buf.clear()
+                break
             del buf[:start]
             if len(buf) < FRAME_LEN:
                 break
@@ -131,10 +80,44 @@ class ZE03Responder:
                 continue
             del buf[:FRAME_LEN]
             if frame[2] == READ_CMD:
-                os.write(master, self.answer())
+                out += self.answer()
                 self.queries += 1
             # MODE_CMD (Q&A / active): accepted without a reply, like the module.
-        return buf
+        return out
+
+    def tick(self, now_s: float) -> bytes:
+        return b""  # Q&A mode: the module speaks only when asked
+
+    def next_due(self, now_s: float) -> float | None:
+        return None
+
+
+class ZE03Responder(PtySensor):
+    """A simulated ZE03-O2 behind a pty; a background thread answers queries."""
+
+    def __init__(self, o2_pct: float = 20.9, seed: int = 1, noise_pct: float = 0.05) -> None:
+        self.ze03 = ZE03Wire(o2_pct, seed, noise_pct)
+        super().__init__(self.ze03, "ze03")
+
+    @property
+    def o2_pct(self) -> float:
+        """The O2 % the module reports (plus noise); takes effect on the next query."""
+        return self.ze03.o2_pct
+
+    @o2_pct.setter
+    def o2_pct(self, value: float) -> None:
+        self.ze03.o2_pct = value
+
+    @property
+    def queries(self) -> int:
+        return self.ze03.queries
+
+    @property
+    def bad_frames(self) -> int:
+        return self.ze03.bad_frames
+
+    def answer(self) -> bytes:
+        return self.ze03.answer()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine: Debian packages, the .venv, the package
 # with its dev extras, and the MicroPython type stubs. Fast when everything is already in place.
+# `--test-tools` also installs what only the tests and benchmarks need (run-tests passes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,12 @@ need_debs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_debs+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || need_debs+=(influxdb)
 command -v socat >/dev/null 2>&1 || need_debs+=(socat)
-# mosquitto_sub is the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
-command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
-# Headless browser for the live page's test (gateway/tests/test_livepage.py drives it).
-[ -x /usr/bin/chromium ] || need_debs+=(chromium)
+if [ "${1:-}" = "--test-tools" ]; then
+  # Headless browser for the live page's test (gateway/tests/test_livepage.py drives it), and
+  # mosquitto_sub, the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
+  [ -x /usr/bin/chromium ] || need_debs+=(chromium)
+  command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
+fi
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

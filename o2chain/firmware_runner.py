@@ -47,7 +47,7 @@ from simulators.wire.luminox import LuminOxWire
 from simulators.wire.ze03 import ZE03Responder
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
-STANDIN_MODULES = ("machine.py", "network.py", "ntptime.py", "bme280_model.py")
+STANDIN_MODULES = ("machine.py", "network.py", "ntptime.py", "boardfs.py")
 LAUNCHER = "run_board.py"
 # Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
 DEFAULT_O2_UART = 2
@@ -192,7 +192,10 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
     written: list[Path] = []
     for py in sorted((src / "lib").rglob("*.py")):
         rel = py.relative_to(src / "lib")
-        _mpy_cross(py, lib_out / rel.with_suffix(".mpy"), rel.as_posix())
+        # Source name = the path the board imports it from (its __file__, "/lib/o2/app.mpy"):
+        # one qstr per module instead of two (tracebacks then name the file on the board).
+        mpy = rel.with_suffix(".mpy")
+        _mpy_cross(py, lib_out / mpy, "/lib/" + mpy.as_posix())
         written.append(Path("lib") / rel.with_suffix(".mpy"))
     for name in ("boot.py", "main.py"):  # the board runs these two as source
         shutil.copy2(src / name, out / name)
@@ -307,7 +310,6 @@ class BoardRunner:
             f"heapsize={self.heap}",
             str(self.standins_dir / LAUNCHER),
             str(self.board_dir),
-            str(self.standins_dir),
         ]
         with self.log_path.open("ab") as log:
             self._log_start = log.tell()
@@ -465,7 +467,7 @@ class BoardRunner:
         for name in STANDIN_MODULES:
             dest = self.standins_dir / Path(name).with_suffix(".mpy")
             if not dest.exists() or dest.stat().st_mtime < (src / name).stat().st_mtime:
-                _mpy_cross(src / name, dest, name)
+                _mpy_cross(src / name, dest, "/standins/" + dest.name)
         shutil.copy2(src / LAUNCHER, self.standins_dir / LAUNCHER)
 
     def _write_sim(self) -> None:

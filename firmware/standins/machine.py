@@ -1,10 +1,11 @@
 # Stand-in for the ESP32 `machine` module (test only, never shipped). See README.md.
+# Only what the firmware uses: every name here is a qstr and every line bytecode in the
+# emulated board's heap, which the board's C module does not cost.
 import json
 import sys
 import termios
 import time
 
-# Only what the firmware uses: every name here is a qstr in the emulated board's heap.
 SIM_FILE = "/standins/sim.json"
 
 
@@ -19,44 +20,36 @@ class Pin:
 
     OUT = 3
 
-    def __init__(self, pin_id, mode=-1, pull=-1, value=None):
-        self.id = pin_id
-        self._value = -1
-        self.value(value or 0)
+    def __init__(self, n, mode=-1, pull=-1, value=0):
+        self.id = n
+        self._v = -1
+        self.value(value)
 
     def value(self, v=None):
         if v is None:
-            return self._value
+            return self._v
         v = 1 if v else 0
-        if v != self._value:
-            self._value = v
+        if v != self._v:
+            self._v = v
             print("pin %s=%d t=%.3f" % (self.id, v, time.time()))
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
 
 
 class WDT:
-    """Records feeds (the unix port cannot reset itself from a timer)."""
+    """Says it is armed (the unix port cannot reset itself from a timer); feeds are free."""
 
     def __init__(self, id=0, timeout=5000):
-        self.timeout = timeout
-        self.fed = 0
         print("wdt: armed %d ms" % timeout)
 
     def feed(self):
-        self.fed += 1
+        pass
 
 
-def UART(uart_id, baudrate=9600, tx=None, rx=None, timeout=0, **kw):  # noqa: N802
-    """A UART on the pseudo-terminal named in sim.json ``uart[id]``: the pty file itself,
+def UART(n, baudrate=9600, tx=None, rx=None, timeout=0):  # noqa: N802
+    """A UART on the pseudo-terminal named in sim.json ``uart[n]``: the pty file itself,
     made non-blocking like ``timeout=0`` (VMIN = VTIME = 0: read() returns what is there,
-    b"" if nothing). asyncio polls the file directly. A function, not a class: the emulated
-    board's heap should hold what a real board's does, and a real UART costs it nothing."""
-    f = open(_sim()["uart"][str(uart_id)], "r+b")
+    b"" if nothing). asyncio polls the file directly. A function, not a class: a real UART
+    costs the board's heap nothing."""
+    f = open(_sim()["uart"][str(n)], "r+b")
     attr = termios.tcgetattr(f.fileno())
     attr[6][6] = 0  # VMIN
     attr[6][5] = 0  # VTIME
@@ -65,32 +58,40 @@ def UART(uart_id, baudrate=9600, tx=None, rx=None, timeout=0, **kw):  # noqa: N8
 
 
 class I2C:
-    """I2C bus with the devices listed in sim.json (BME280 register models)."""
+    """I2C bus with the BME280 register models listed in sim.json ``bme280``: chip id,
+    calibration words and raw ADC codes come from there (the runner computes the codes on the
+    host by inverting the firmware's Bosch compensation). Answers like the chip in forced
+    mode: a write of ctrl_meas (0xF4) "measures" -- reads the raw codes from sim.json again,
+    so a test may change the world live. Any other address: ENODEV, as the ESP32 port reports
+    a missing ACK."""
 
-    def __init__(self, bus_id, scl=None, sda=None, freq=400000, **kw):
-        from bme280_model import BME280Model
-
-        self._devices = {}
-        for addr in _sim().get("bme280", {}):
-            self._devices[int(addr)] = BME280Model(int(addr), SIM_FILE)
-
-    def scan(self):
-        return sorted(self._devices)
+    def __init__(self, n, scl=None, sda=None, freq=400000):
+        self._regs = {}
+        for addr, dev in _sim().get("bme280", {}).items():
+            regs = bytearray(256)
+            regs[0xD0] = dev["chip_id"]
+            regs[0x88 : 0x88 + len(dev["cal_a"])] = bytes(dev["cal_a"])
+            regs[0xE1 : 0xE1 + len(dev["cal_b"])] = bytes(dev["cal_b"])
+            self._regs[int(addr)] = regs
 
     def _dev(self, addr):
-        dev = self._devices.get(addr)
-        if dev is None:
-            raise OSError(19)  # ENODEV, as the ESP32 port reports a missing ACK
-        return dev
+        regs = self._regs.get(addr)
+        if regs is None:
+            raise OSError(19)  # ENODEV
+        return regs
 
-    def readfrom_mem(self, addr, reg, n, addrsize=8):
-        return bytes(self._dev(addr).read(reg, n))
+    def readfrom_mem(self, addr, reg, n):
+        return bytes(self._dev(addr)[reg : reg + n])
 
-    def readfrom_mem_into(self, addr, reg, buf, addrsize=8):
-        buf[:] = self._dev(addr).read(reg, len(buf))
+    def readfrom_mem_into(self, addr, reg, buf):
+        buf[:] = self._dev(addr)[reg : reg + len(buf)]
 
-    def writeto_mem(self, addr, reg, buf, addrsize=8):
-        self._dev(addr).write(reg, buf)
+    def writeto_mem(self, addr, reg, buf):
+        regs = self._dev(addr)
+        regs[reg : reg + len(buf)] = buf
+        if reg == 0xF4 and buf[0] & 0x03:  # ctrl_meas, forced mode: measure
+            regs[0xF7:0xFF] = bytes(_sim()["bme280"][str(addr)]["raw"])
+            regs[0xF3] = 0  # status: measurement done
 
 
 def reset():

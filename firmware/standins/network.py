@@ -3,39 +3,36 @@
 import json
 
 STA_IF = 0
-SIM_FILE = "/standins/sim.json"
-
-
-def _link():
-    try:
-        with open(SIM_FILE) as f:
-            return json.load(f).get("wifi", True)
-    except (OSError, ValueError):
-        return True
 
 
 class WLAN:
-    def __init__(self, interface_id=STA_IF):
-        self._active = False
+    def __init__(self, n=STA_IF):
+        self._on = False
         self._wanted = False
 
-    def active(self, is_active=None):
-        if is_active is None:
-            return self._active
-        self._active = bool(is_active)
+    def active(self, on=None):
+        if on is None:
+            return self._on
+        self._on = bool(on)
 
-    def connect(self, ssid=None, key=None, **kw):
+    def connect(self, *a):
         self._wanted = True
 
     def isconnected(self):
-        return self._active and self._wanted and _link()
+        if not (self._on and self._wanted):
+            return False
+        try:
+            with open("/standins/sim.json") as f:
+                return json.load(f).get("wifi", True)
+        except (OSError, ValueError):
+            return True
 
-    def status(self, param=None):
-        if param == "rssi":
+    def status(self, what=None):
+        if what == "rssi":
             if not self.isconnected():
                 raise OSError(-1)
             return -55
         return 1010  # STAT_GOT_IP
 
-    def ifconfig(self, config=None):
+    def ifconfig(self):
         return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")

@@ -17,8 +17,6 @@ Times are ``time.ticks_ms()`` values compared with ``ticks_diff`` (wrap-safe); t
 driven by the caller's clock so tests advance time without sleeping.
 """
 
-ALARM = "alarm"
-WARNING = "warning"
 try:
     from micropython import const
 except ImportError:  # CPython (tests): const() is the identity
@@ -27,16 +25,18 @@ except ImportError:  # CPython (tests): const() is the identity
         return x
 
 
+_ALARM = const("alarm")
+_WARNING = const("warning")
 _HIGH = const(1)
 _LOW = const(-1)
-P0_KPA = 101.325
-NFPA_BASE_PCT = 23.45  # NFPA 99 / 53: 23.5 % at sea level, scaled by sqrt(P0 / PB)
-HIGH_ALARM_MARGIN_PCT = 1.5
-HIGH_WARN_MARGIN_PCT = 3.0
-HIGH_WARN_CAP_PCT = 27.0
-LOW_WARN_PCT = 22.0
-DEFICIENT_PCT = 19.5
-PURITY_ALARM_PCT = 82.0
+_P0_KPA = const(101.325)
+_NFPA_BASE_PCT = const(23.45)  # NFPA 99 / 53: 23.5 % at sea level, scaled by sqrt(P0 / PB)
+_HIGH_ALARM_MARGIN_PCT = const(1.5)
+_HIGH_WARN_MARGIN_PCT = const(3.0)
+_HIGH_WARN_CAP_PCT = const(27.0)
+_LOW_WARN_PCT = const(22.0)
+_DEFICIENT_PCT = const(19.5)
+_PURITY_ALARM_PCT = const(82.0)
 _MAX_EVENTS = const(16)  # state changes kept for publishing; the oldest are dropped (counted)
 
 
@@ -48,16 +48,16 @@ def ticks_diff(a: int, b: int) -> int:
 
 def nfpa_limit_pct(baro_kpa: float) -> float:
     """NFPA increased-burning-rate O2 threshold (%) at pressure ``baro_kpa``."""
-    return NFPA_BASE_PCT / (baro_kpa / P0_KPA) ** 0.5
+    return _NFPA_BASE_PCT / (baro_kpa / _P0_KPA) ** 0.5
 
 
 def room_thresholds(baro_kpa: float, high_alarm=None, high_warn=None) -> tuple:
     """``(high_alarm_pct, high_warn_pct)`` at ``baro_kpa``; explicit values win."""
     limit = nfpa_limit_pct(baro_kpa)
     if high_alarm is None:
-        high_alarm = limit - HIGH_ALARM_MARGIN_PCT
+        high_alarm = limit - _HIGH_ALARM_MARGIN_PCT
     if high_warn is None:
-        high_warn = min(HIGH_WARN_CAP_PCT, limit - HIGH_WARN_MARGIN_PCT)
+        high_warn = min(_HIGH_WARN_CAP_PCT, limit - _HIGH_WARN_MARGIN_PCT)
     return high_alarm, high_warn
 
 
@@ -101,8 +101,8 @@ class Alarms:
         self.off_delay_ms = off_delay_ms
         self.fault_delay_ms = fault_delay_ms
         self._diff = diff
-        self.over_range = Rule("o2_over_range", _HIGH, 0.5, WARNING)
-        self.fault = Rule("sensor_fault", _HIGH, 0.5, WARNING)
+        self.over_range = Rule("o2_over_range", _HIGH, 0.5, _WARNING)
+        self.fault = Rule("sensor_fault", _HIGH, 0.5, _WARNING)
         self._missing_since = -1
         self.events: list = []
         self.events_dropped = 0
@@ -166,7 +166,7 @@ class Alarms:
     def sounding(self) -> bool:
         """True while any alarm-severity rule is active (drives the buzzer)."""
         for r in self.rules:
-            if r.active and r.severity == ALARM:
+            if r.active and r.severity == _ALARM:
                 return True
         return False
 
@@ -193,19 +193,19 @@ def room_rules(baro_kpa: float, cfg: dict) -> list:
         baro_kpa, cfg.get("alarm.o2_high_alarm_pct"), cfg.get("alarm.o2_high_warn_pct")
     )
     return [
-        Rule("o2_high", _HIGH, high_alarm, ALARM),
-        Rule("o2_high_warn", _HIGH, high_warn, WARNING),
-        Rule("o2_low_warn", _LOW, cfg.get("alarm.o2_low_warn_pct", LOW_WARN_PCT), WARNING),
-        Rule("o2_deficient", _LOW, cfg.get("alarm.o2_deficient_pct", DEFICIENT_PCT), ALARM),
+        Rule("o2_high", _HIGH, high_alarm, _ALARM),
+        Rule("o2_high_warn", _HIGH, high_warn, _WARNING),
+        Rule("o2_low_warn", _LOW, cfg.get("alarm.o2_low_warn_pct", _LOW_WARN_PCT), _WARNING),
+        Rule("o2_deficient", _LOW, cfg.get("alarm.o2_deficient_pct", _DEFICIENT_PCT), _ALARM),
     ]
 
 
 def concentrator_rules(cfg: dict) -> list:
     """Purity low alarm (82 %) and an optional warning (``alarm.purity_warn_pct``)."""
-    rules = [Rule("purity_low", _LOW, cfg.get("alarm.purity_low_pct", PURITY_ALARM_PCT), ALARM)]
+    rules = [Rule("purity_low", _LOW, cfg.get("alarm.purity_low_pct", _PURITY_ALARM_PCT), _ALARM)]
     warn = cfg.get("alarm.purity_warn_pct")
     if warn is not None:
-        rules.append(Rule("purity_warn", _LOW, warn, WARNING))
+        rules.append(Rule("purity_warn", _LOW, warn, _WARNING))
     return rules
 
 

@@ -30,7 +30,7 @@ _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
 _Q_RANGE = const(0x04)
 _Q_BARO_FALLBACK = const(0x20)  # ppO2 computed from ISA pressure at site altitude: no barometer
-ZE03_FULL_SCALE_PCT = 25.0  # the ZE03 reads 0-25 %: a reading there is only a lower bound
+_ZE03_FULL_SCALE_PCT = const(25.0)  # the ZE03 reads 0-25 %: a reading there is only a lower bound
 OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
 _MAX_COMMANDS = const(4)
@@ -211,7 +211,7 @@ class Board:
         if value is not None and self.room and self.cfg["sensors.o2.type"] == "ze03":
             # Full scale of the ZE03: the true value is >= 25 %, possibly in the fire-hazard
             # region it cannot see. Flag it (quality) and warn (alarm.o2_over_range).
-            over = value >= ZE03_FULL_SCALE_PCT - 0.05
+            over = value >= _ZE03_FULL_SCALE_PCT - 0.05
             if over:
                 self._quality |= _Q_RANGE
         if self.alarms.update(value, time.ticks_ms(), over):

@@ -18,13 +18,13 @@ except ImportError:  # CPython (tests): const() is the identity
 
 _ADDR_PRIMARY = const(0x76)  # SDO to GND
 _ADDR_SECONDARY = const(0x77)  # SDO to VDDIO
-CHIP_ID = 0x60  # BMP280 answers 0x58 and has no humidity
-REG_CALIB_A = 0x88  # dig_T1 .. dig_P9, 0xA0 unused, 0xA1 dig_H1 (26 bytes)
-REG_ID = 0xD0
-REG_CALIB_B = 0xE1  # dig_H2 .. dig_H6 (7 bytes)
+_CHIP_ID = const(0x60)  # BMP280 answers 0x58 and has no humidity
+_REG_CALIB_A = const(0x88)  # dig_T1 .. dig_P9, 0xA0 unused, 0xA1 dig_H1 (26 bytes)
+_REG_ID = const(0xD0)
+_REG_CALIB_B = const(0xE1)  # dig_H2 .. dig_H6 (7 bytes)
 _REG_CTRL_HUM = const(0xF2)
-REG_STATUS = 0xF3
-REG_CTRL_MEAS = 0xF4
+_REG_STATUS = const(0xF3)
+_REG_CTRL_MEAS = const(0xF4)
 _REG_CONFIG = const(0xF5)
 _REG_DATA = const(0xF7)  # press msb/lsb/xlsb, temp msb/lsb/xlsb, hum msb/lsb (8 bytes)
 _CALIB_A_LEN = const(26)
@@ -156,11 +156,11 @@ class BME280:
     def init(self) -> int:
         """Check the chip id and load calibration; returns 0 or a quality flag."""
         try:
-            chip = self._i2c.readfrom_mem(self._addr, REG_ID, 1)[0]
-            if chip != CHIP_ID:
+            chip = self._i2c.readfrom_mem(self._addr, _REG_ID, 1)[0]
+            if chip != _CHIP_ID:
                 return _Q_ID
-            a = self._i2c.readfrom_mem(self._addr, REG_CALIB_A, _CALIB_A_LEN)
-            b = self._i2c.readfrom_mem(self._addr, REG_CALIB_B, _CALIB_B_LEN)
+            a = self._i2c.readfrom_mem(self._addr, _REG_CALIB_A, _CALIB_A_LEN)
+            b = self._i2c.readfrom_mem(self._addr, _REG_CALIB_B, _CALIB_B_LEN)
             self._cal = parse_calibration(a, b)
             # ctrl_hum only takes effect after a write to ctrl_meas (datasheet 5.4.3).
             self._write(_REG_CTRL_HUM, _OSRS_X1)
@@ -175,10 +175,10 @@ class BME280:
             self.errors += 1
             return None, None, None, _Q_BUS
         try:
-            self._write(REG_CTRL_MEAS, _CTRL_MEAS_FORCED)
+            self._write(_REG_CTRL_MEAS, _CTRL_MEAS_FORCED)
             await asyncio.sleep_ms(_MEASURE_TIME_MS)
             for _ in range(5):
-                self._i2c.readfrom_mem_into(self._addr, REG_STATUS, self._one)
+                self._i2c.readfrom_mem_into(self._addr, _REG_STATUS, self._one)
                 if not self._one[0] & _STATUS_MEASURING:
                     break
                 await asyncio.sleep_ms(2)

@@ -8,8 +8,16 @@ answer can be corrected by the next one.
 
 import time
 
-UNIX_TO_2000_S = 946684800  # seconds from 1970-01-01 to 2000-01-01 UTC
-EPOCH_OFFSET_MS = UNIX_TO_2000_S * 1000 if time.gmtime(0)[0] == 2000 else 0
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_UNIX_TO_2000_S = const(946684800)  # seconds from 1970-01-01 to 2000-01-01 UTC
+EPOCH_OFFSET_MS = _UNIX_TO_2000_S * 1000 if time.gmtime(0)[0] == 2000 else 0
 
 
 def local_ms() -> int:

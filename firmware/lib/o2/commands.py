@@ -19,7 +19,15 @@ import time
 
 from o2 import alarm, config
 
-SETTINGS_FILE = "/settings.json"
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_SETTINGS_FILE = const("/settings.json")
 CALIBRATE_MODES = ("zero", "span", "fresh_air")
 FRESH_AIR_PCT = 20.95  # outdoor air at every altitude (DOMAIN.md section 1)
 
@@ -75,7 +83,7 @@ def command(board, name, doc: dict):
 def apply_settings(board, flat: dict) -> None:
     """Validate ``flat`` over the running config, then persist it in /settings.json."""
     board.cfg = config.revalidate(board.cfg, flat)  # raises ConfigError naming the key
-    config.save_settings(SETTINGS_FILE, flat)
+    config.save_settings(_SETTINGS_FILE, flat)
 
 
 def rebuild_rules(board) -> None:

@@ -30,10 +30,6 @@ after garbage. A bad record in the middle of a segment (flash corruption) ends t
 import os
 from binascii import crc32
 
-MAGIC = b"\xa5\x5a"
-HEADER_LEN = 8
-MAX_RECORD = 512  # bytes of payload; a telemetry reading is ~220
-CURSOR = "cursor"
 try:
     from micropython import const
 except ImportError:  # CPython (tests): const() is the identity
@@ -42,6 +38,10 @@ except ImportError:  # CPython (tests): const() is the identity
         return x
 
 
+_MAGIC = const(b"\xa5\x5a")
+HEADER_LEN = 8
+MAX_RECORD = 512  # bytes of payload; a telemetry reading is ~220
+_CURSOR = const("cursor")
 _RAM_RING = const(8)  # newest readings kept in RAM for sending without a flash read
 
 
@@ -214,7 +214,7 @@ class Spool:
         ids.sort()
         cur = None
         try:
-            with open("%s/%s" % (self.path, CURSOR)) as f:
+            with open("%s/%s" % (self.path, _CURSOR)) as f:
                 cur = parse_cursor(f.read())
         except OSError:
             pass
@@ -453,7 +453,7 @@ class Spool:
         return n
 
     def _save_cursor(self) -> None:
-        path = "%s/%s" % (self.path, CURSOR)
+        path = "%s/%s" % (self.path, _CURSOR)
         tmp = path + ".tmp"
         try:
             with open(tmp, "w") as f:

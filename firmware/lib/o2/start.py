@@ -11,8 +11,8 @@ from micropython import const
 
 from o2 import FW_VERSION, state
 
-SPOOL_DIR = "/spool"
-SETTINGS_FILE = "/settings.json"  # runtime changes from commands, laid over config.json
+_SPOOL_DIR = const("/spool")
+_SETTINGS_FILE = const("/settings.json")  # runtime changes from commands, laid over config.json
 _BATCH_HEADROOM = const(128)  # PUBLISH header room in front of a batch (topic <= 100 bytes)
 
 
@@ -40,7 +40,7 @@ def prepare(config_path: str = "/config.json"):
     raw = None
     try:
         raw = config.read(config_path)
-        cfg = config.validate(config.overlay(raw, config.load_settings(SETTINGS_FILE)))
+        cfg = config.validate(config.overlay(raw, config.load_settings(_SETTINGS_FILE)))
     except config.ConfigError as e:
         # No crash loop on a bad config: say why on the console, and on the status topic if
         # the network part of the config is usable.
@@ -63,7 +63,7 @@ def prepare(config_path: str = "/config.json"):
         return None
     from o2.spool import Spool
 
-    spool = Spool(SPOOL_DIR, cfg["spool.segment_kb"] * 1024, cfg["spool.segments"])
+    spool = Spool(_SPOOL_DIR, cfg["spool.segment_kb"] * 1024, cfg["spool.segments"])
     spool.open()
     boot = state.next_boot(recover=spool.last_boot)
     if boot.recovered:

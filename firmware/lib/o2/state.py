@@ -12,8 +12,16 @@ back to 1. The recovery is reported (``Boot.recovered``) in the status message.
 import os
 from binascii import crc32
 
-BOOT_FILE = "/boot_count"
-RESETS_FILE = "/resets"
+try:
+    from micropython import const
+except ImportError:  # CPython (tests): const() is the identity
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_BOOT_FILE = const("/boot_count")
+_RESETS_FILE = const("/resets")
 RANDOM_BOOT_BASE = 1 << 24
 
 
@@ -63,7 +71,7 @@ class Boot:
         self.recovered = recovered
 
 
-def next_boot(path: str = BOOT_FILE, recover=None, rand=None) -> Boot:
+def next_boot(path: str = _BOOT_FILE, recover=None, rand=None) -> Boot:
     """Increment and persist the boot counter (first boot of a fresh board = 1).
 
     ``recover()`` returns the newest boot number found in the spool (0 if none); ``rand()``
@@ -102,7 +110,7 @@ def _urandom31() -> int:
     return (r[0] | (r[1] << 8) | (r[2] << 16) | (r[3] << 24)) & 0x7FFFFFFF
 
 
-def rapid_resets(path: str = RESETS_FILE) -> int:
+def rapid_resets(path: str = _RESETS_FILE) -> int:
     """Count this boot as a (so far) unstable one; returns the number of unstable boots in a
     row, this one included. ``mark_stable()`` resets it after a healthy run."""
     n, _ = _read(path)
@@ -114,7 +122,7 @@ def rapid_resets(path: str = RESETS_FILE) -> int:
     return n
 
 
-def mark_stable(path: str = RESETS_FILE) -> None:
+def mark_stable(path: str = _RESETS_FILE) -> None:
     """The board ran long enough: the next reset does not count as part of a crash loop."""
     try:
         _write(path, 0)

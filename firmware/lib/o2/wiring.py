@@ -7,11 +7,12 @@ import time
 
 import machine
 import network
+from micropython import const
 
-UART_BAUD = 9600  # ZE03, Gasboard, LuminOx: 9600 8N1 (DOMAIN.md section 4)
-I2C_FREQ_HZ = 100000
+_UART_BAUD = const(9600)  # ZE03, Gasboard, LuminOx: 9600 8N1 (DOMAIN.md section 4)
+_I2C_FREQ_HZ = const(100000)
 # machine.reset_cause() 1..6, one string constant (one qstr) instead of six.
-RESET_CAUSES = "power_on hard watchdog deepsleep soft brownout"
+_RESET_CAUSES = const("power_on hard watchdog deepsleep soft brownout")
 
 
 def ca_der(path: str) -> bytes:
@@ -64,7 +65,7 @@ def make_sensor(cfg: dict):
     if kind in ("ze03", "gasboard", "luminox"):
         uart = machine.UART(
             cfg["sensors.o2.uart"],
-            baudrate=UART_BAUD,
+            baudrate=_UART_BAUD,
             tx=cfg["sensors.o2.tx"],
             rx=cfg["sensors.o2.rx"],
             timeout=0,
@@ -93,7 +94,7 @@ def make_sensor(cfg: dict):
             cfg["sensors.o2.i2c"],
             scl=machine.Pin(cfg["sensors.env.scl"]),
             sda=machine.Pin(cfg["sensors.env.sda"]),
-            freq=I2C_FREQ_HZ,
+            freq=_I2C_FREQ_HZ,
         )
         return ADS1115Cell(i2c, cfg["sensors.o2.addr"])
     raise ValueError("sensors.o2.type: %r is not supported by this build" % kind)
@@ -108,7 +109,7 @@ def make_env(cfg: dict):
         cfg["sensors.env.i2c"],
         scl=machine.Pin(cfg["sensors.env.scl"]),
         sda=machine.Pin(cfg["sensors.env.sda"]),
-        freq=I2C_FREQ_HZ,
+        freq=_I2C_FREQ_HZ,
     )
     return BME280(i2c, cfg["sensors.env.addr"])
 
@@ -127,7 +128,7 @@ def make_wdt(cfg: dict):
 
 def reset_cause() -> str:
     try:
-        return RESET_CAUSES.split()[machine.reset_cause() - 1]
+        return _RESET_CAUSES.split()[machine.reset_cause() - 1]
     except Exception:  # noqa: BLE001
         return "unknown"
 

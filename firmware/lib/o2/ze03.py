@@ -21,8 +21,8 @@ _CMD_READ = const(0x86)
 _CMD_MODE = const(0x78)
 _MODE_QA = const(0x41)  # question & answer: the module only speaks when asked
 _MODE_ACTIVE = const(0x40)  # power-on default of the module: uploads a frame every second
-O2_SCALE_PCT = 0.1  # one count = 0.1 % O2
-O2_MAX_PCT = 25.0  # measuring range of the module
+_O2_SCALE_PCT = const(0.1)  # one count = 0.1 % O2
+_O2_MAX_PCT = const(25.0)  # measuring range of the module
 
 # Quality flags shared by all drivers (bit values of the telemetry "quality" field).
 _Q_TIMEOUT = const(0x01)  # no (complete) reply within the timeout
@@ -60,7 +60,7 @@ SET_ACTIVE_MODE = build_command(_CMD_MODE, _MODE_ACTIVE)  # FF 01 78 40 00 00 00
 
 def build_reply(o2_pct: float) -> bytes:
     """The module's reply ``FF 86 HH LL 00 00 00 00 CS`` for ``o2_pct`` (used by simulators)."""
-    counts = int(o2_pct / O2_SCALE_PCT + 0.5)
+    counts = int(o2_pct / _O2_SCALE_PCT + 0.5)
     if counts < 0:
         counts = 0
     frame = bytearray(_FRAME_LEN)
@@ -84,7 +84,7 @@ def parse_reply(frame) -> float:
     expected = checksum(frame)
     if frame[8] != expected:
         raise FrameError("checksum %02x, expected %02x" % (frame[8], expected))
-    return ((frame[2] << 8) | frame[3]) * O2_SCALE_PCT
+    return ((frame[2] << 8) | frame[3]) * _O2_SCALE_PCT
 
 
 def find_reply(buf, n: int) -> int:
@@ -136,7 +136,7 @@ class ZE03:
             self.errors += 1
             return None, quality
         o2_pct = parse_reply(memoryview(self._buf)[:_FRAME_LEN])
-        if o2_pct > O2_MAX_PCT:
+        if o2_pct > _O2_MAX_PCT:
             return o2_pct, _Q_RANGE
         return o2_pct, 0
 

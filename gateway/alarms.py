@@ -474,8 +474,37 @@ def _wall_ms() -> int:
 @dataclass
 class _DeviceTrack:
     last_seen_ms: int  # gateway clock, last reading received
+    # Gateway clock when each field a ``stale`` rule watches was last received (only those:
+    # nothing else reads it, and stamping every field of every reading cost a dict per reading).
     field_seen_ms: dict[str, int] = field(default_factory=dict)
     running_since_ms: float | None = None  # -inf: found running (warm)
+
+
+@dataclass(slots=True)
+class _Check:
+    """One rule judged on one device's readings, prepared once: the alarm's state and its
+    threshold are looked up on first use and then kept here (both are fixed per rule and
+    device), so judging a reading costs no key building or dict lookups."""
+
+    rule: Rule
+    field: str
+    kind: AlarmKind
+    op: str
+    hysteresis: float
+    only_warm: bool
+    state: AlarmState | None = None
+    threshold: float | None = None
+
+
+@dataclass(slots=True)
+class _DevicePlan:
+    """Per device: what a reading of it updates and which rules judge it, in rule order."""
+
+    dev: Device
+    track: _DeviceTrack
+    producer: bool
+    stale_fields: tuple[str, ...]
+    checks: list[_Check]
 
 
 class AlarmEngine:
@@ -506,11 +535,6 @@ class AlarmEngine:
         # Per-device thresholds are fixed by config (site altitude, profile): compute once.
         self._thresholds: dict[tuple[str, str, str], float] = {}
         self._state_cache: dict[tuple[str, str, str], AlarmState] = {}
-        # Rules judged on readings, per device: (rule, field) pairs.
-        self._reading_rules = {
-            k: [(r, r.field) for r in rules if r.kind not in (AlarmKind.OFFLINE, AlarmKind.STALE)]
-            for k, rules in self._rules_for.items()
-        }
         self._states: dict[str, AlarmState] = {}
         self._pending: list[AlarmEvent] = []
         self._rate_windows: dict[str, deque[tuple[int, float]]] = {}
@@ -518,6 +542,7 @@ class AlarmEngine:
         self._seen_producers: set[tuple[str, str]] = set()
         start = clock_ms()
         self._tracks = {k: _DeviceTrack(last_seen_ms=start) for k in self._devices}
+        self._plans = {k: self._plan(k) for k in self._devices}
         self._next_tick_ms = 0
         self._next_save_ms = start + SAVE_INTERVAL_MS
         self._restore()
@@ -565,13 +590,14 @@ class AlarmEngine:
     def __call__(self, readings: list[Reading]) -> list[Reading]:
         with self._lock:
             now = self.clock_ms()
+            plans = self._plans
             for r in readings:
                 if r.measurement not in DEVICE_MEASUREMENTS:
                     continue
-                key = (r.tags.get("site", ""), r.tags.get("device", ""))
-                dev = self._devices.get(key)
-                if dev is not None:
-                    self._on_reading(dev, r, now)
+                tags = r.tags
+                plan = plans.get((tags.get("site", ""), tags.get("device", "")))
+                if plan is not None:
+                    self._on_reading(plan, r, now)
             if now >= self._next_tick_ms:
                 self._next_tick_ms = now + TICK_MS
                 self._tick(now)
@@ -582,6 +608,23 @@ class AlarmEngine:
                 return readings
             events, self._pending = self._pending, []
         return readings + [e.to_reading() for e in events]
+
+    def _plan(self, key: tuple[str, str]) -> _DevicePlan:
+        rules = self._rules_for[key]
+        judged = (AlarmKind.THRESHOLD, AlarmKind.RATE, AlarmKind.RESIDUAL)
+        stale = (r.field for r in rules if r.kind is AlarmKind.STALE and r.field is not None)
+        return _DevicePlan(
+            dev=self._devices[key],
+            track=self._tracks[key],
+            producer=self._devices[key].kind in PRODUCERS,
+            stale_fields=tuple(dict.fromkeys(stale)),
+            # A rule without a field never judges a reading (its value would be None).
+            checks=[
+                _Check(r, r.field, r.kind, r.op, r.hysteresis, r.only_warm)
+                for r in rules
+                if r.kind in judged and r.field is not None
+            ],
+        )
 
     def _state(self, rule: Rule, dev: Device) -> AlarmState:
         ckey = (dev.site, dev.id, rule.id)
@@ -604,13 +647,15 @@ class AlarmEngine:
             value = self._thresholds[key] = rule.threshold(dev, self._sites[dev.site])
         return value
 
-    def _on_reading(self, dev: Device, r: Reading, now: int) -> None:
-        track = self._tracks[(dev.site, dev.id)]
+    def _on_reading(self, plan: _DevicePlan, r: Reading, now: int) -> None:
+        dev, track, fields, ts = plan.dev, plan.track, r.fields, r.ts_ms
         track.last_seen_ms = now
-        track.field_seen_ms.update(dict.fromkeys(r.fields, now))
-        if dev.kind in PRODUCERS:
-            flow = r.fields.get("flow_lpm")
-            running = r.fields.get("state") is not False and (
+        for name in plan.stale_fields:
+            if name in fields:
+                track.field_seen_ms[name] = now
+        if plan.producer:
+            flow = fields.get("flow_lpm")
+            running = fields.get("state") is not False and (
                 not isinstance(flow, int | float) or flow > 0.0
             )
             if not running:
@@ -618,43 +663,76 @@ class AlarmEngine:
             elif track.running_since_ms is None:
                 # First sight of a running unit: it has long finished its warm-up.
                 seen_before = (dev.site, dev.id) in self._seen_producers
-                track.running_since_ms = r.ts_ms if seen_before else -math.inf
+                track.running_since_ms = ts if seen_before else -math.inf
             self._seen_producers.add((dev.site, dev.id))
         warm = track.running_since_ms is not None and (
-            r.ts_ms - track.running_since_ms >= WARMUP_S * 1000
+            ts - track.running_since_ms >= WARMUP_S * 1000
         )
-        fields = r.fields
-        for rule, name in self._reading_rules[(dev.site, dev.id)]:
-            value = fields.get(name) if name is not None else None
-            if isinstance(value, bool) or not isinstance(value, int | float):
+        for check in plan.checks:
+            value = fields.get(check.field)
+            if value is None:
+                continue  # the usual case for most rules: the reading lacks their field
+            if value.__class__ is not float and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
                 continue
-            st = self._state(rule, dev)
-            if st.last_ts_ms is not None and r.ts_ms < st.last_ts_ms:
+            st = check.state
+            if st is None:
+                st = check.state = self._state(check.rule, dev)
+            if st.last_ts_ms is not None and ts < st.last_ts_ms:
                 continue  # an older replayed reading: already past it
-            st.last_ts_ms = r.ts_ms
-            if rule.only_warm and not warm:
+            st.last_ts_ms = ts
+            rule = check.rule
+            if check.only_warm and not warm:
                 if not st.active:
                     st.pending_since_ms = None
                     continue
-                self._judge(rule, st, False, True, st.value, st.threshold, r.ts_ms)
+                self._judge(rule, st, False, True, st.value, st.threshold, ts)
                 continue
-            if rule.kind is AlarmKind.THRESHOLD:
-                threshold = self._threshold(rule, dev)
-                self._judge_value(rule, st, float(value), threshold, r.ts_ms)
-            elif rule.kind is AlarmKind.RATE:
-                rate = self._rate(st.key, rule, r.ts_ms, float(value))
+            kind = check.kind
+            if kind is AlarmKind.THRESHOLD:
+                threshold = check.threshold
+                if threshold is None:
+                    threshold = check.threshold = self._threshold(rule, dev)
+                v = float(value)
+                if not st.active and st.pending_since_ms is None:
+                    # Quiet and nothing pending (nearly every reading): what _judge_value
+                    # would do when the raise condition does not hold, without the calls.
+                    op = check.op
+                    if op == ">":
+                        raise_cond = v > threshold
+                    elif op == ">=":
+                        raise_cond = v >= threshold
+                    elif op == "<":
+                        raise_cond = v < threshold
+                    else:
+                        raise_cond = v <= threshold
+                    if not raise_cond:
+                        st.last_raise_cond = False
+                        hysteresis = check.hysteresis
+                        if hysteresis <= 0:
+                            st.last_clear_cond = True
+                        elif op == ">" or op == ">=":
+                            st.last_clear_cond = v < threshold - hysteresis
+                        else:
+                            st.last_clear_cond = v > threshold + hysteresis
+                        st.clearing_since_ms = None
+                        continue
+                self._judge_value(rule, st, v, threshold, ts)
+            elif kind is AlarmKind.RATE:
+                rate = self._rate(st.key, rule, ts, float(value))
                 if rate is not None:
-                    self._judge_value(rule, st, rate, self._threshold(rule, dev), r.ts_ms)
-            elif rule.kind is AlarmKind.RESIDUAL:
-                flow = r.fields.get(rule.flow_field)
+                    self._judge_value(rule, st, rate, self._threshold(rule, dev), ts)
+            elif kind is AlarmKind.RESIDUAL:
+                flow = fields.get(rule.flow_field)
                 if isinstance(flow, bool) or not isinstance(flow, int | float):
                     continue
                 b = self._baselines.setdefault(st.key, Baseline(points=rule.baseline))
                 expected = b.predict(float(flow))
-                b.learn(float(flow), float(value), r.ts_ms, rule.learn_s)
+                b.learn(float(flow), float(value), ts, rule.learn_s)
                 if expected is not None:
                     residual = float(value) - expected
-                    self._judge_value(rule, st, residual, self._threshold(rule, dev), r.ts_ms)
+                    self._judge_value(rule, st, residual, self._threshold(rule, dev), ts)
 
     def _rate(self, key: str, rule: Rule, ts_ms: int, value: float) -> float | None:
         """Change per minute over the rule's window (None until half a window is seen)."""

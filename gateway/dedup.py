@@ -48,7 +48,7 @@ class DeviceCounters:
     unverified: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Check:
     verdict: Verdict
     gap_from: int = 0  # first missing seq when the reading opened a gap
@@ -57,6 +57,11 @@ class Check:
     @property
     def gap(self) -> int:
         return max(0, self.gap_to - self.gap_from + 1)
+
+
+# Answers without a gap are the same every time: one instance each (frozen, so shareable).
+_NEW, _LATE = Check(Verdict.NEW), Check(Verdict.LATE)
+_DUPLICATE, _UNVERIFIED = Check(Verdict.DUPLICATE), Check(Verdict.UNVERIFIED)
 
 
 @dataclass
@@ -79,17 +84,17 @@ class SeqTracker:
         if state is None:
             if len(per_boot) >= BOOTS_KEPT and boot < min(per_boot):
                 counters.unverified += 1
-                return Check(Verdict.UNVERIFIED)
+                return _UNVERIFIED
             per_boot[boot] = BootState(seq, 1)
             while len(per_boot) > BOOTS_KEPT:
                 del per_boot[min(per_boot)]
             self.dirty.add((device, boot))
-            return Check(Verdict.NEW)  # first sight of a boot: nothing to compare with
+            return _NEW  # first sight of a boot: nothing to compare with
         if seq > state.max_seq:
             shift = seq - state.max_seq
-            check = Check(Verdict.NEW)
+            check = _NEW
             if shift > 1:
-                check.gap_from, check.gap_to = state.max_seq + 1, seq - 1
+                check = Check(Verdict.NEW, state.max_seq + 1, seq - 1)
                 counters.gaps += 1
                 counters.missing += shift - 1
             state.window = ((state.window << shift) | 1) & _FULL if shift < WINDOW else 1
@@ -99,16 +104,16 @@ class SeqTracker:
         age = state.max_seq - seq
         if age >= WINDOW:
             counters.unverified += 1
-            return Check(Verdict.UNVERIFIED)
+            return _UNVERIFIED
         bit = 1 << age
         if state.window & bit:
             counters.duplicates += 1
-            return Check(Verdict.DUPLICATE)
+            return _DUPLICATE
         state.window |= bit
         self.dirty.add((device, boot))
         counters.late += 1
         counters.missing = max(0, counters.missing - 1)
-        return Check(Verdict.LATE)
+        return _LATE
 
     def take_dirty(self) -> list[tuple[str, int, int, bytes]]:
         """Rows ``(device, boot, max_seq, window bytes)`` changed since the last call."""

@@ -141,7 +141,8 @@ class Enricher:
     def __call__(self, readings: list[Reading]) -> list[Reading]:
         now = self.clock_ms()
         with self._lock:
-            out = [self._enrich(r, now) for r in readings]
+            enrich = self._enrich
+            out = [enrich(r, now) for r in readings]
             if now >= self._next_chain_ms:
                 self._next_chain_ms = now + self.chain_interval_ms
                 out += self._chain_points(now)
@@ -156,7 +157,7 @@ class Enricher:
         if dev is None:
             return r
         if r.measurement == "room":
-            return self._enrich_room(dev, r, now)
+            return self._enrich_room(dev, key, r, now)
         if r.measurement == "concentrator" and dev.kind in PRODUCERS:
             return self._enrich_producer(dev, r, now)
         if r.measurement == "supply":
@@ -167,12 +168,17 @@ class Enricher:
                 self._supply_lpm[key] = (flow, now)
         return r
 
-    def _enrich_room(self, dev: Device, r: Reading, now: int) -> Reading:
-        o2 = _num(r.fields, "o2_pct")
-        if o2 is None:
-            return r
-        fields = dict(r.fields)
-        baro = _num(r.fields, "baro_kpa")
+    def _enrich_room(self, dev: Device, key: tuple[str, str], r: Reading, now: int) -> Reading:
+        fields = r.fields
+        o2 = fields.get("o2_pct")
+        if o2.__class__ is not float:  # the decoder's floats skip _num's type checks
+            o2 = _num(fields, "o2_pct")
+            if o2 is None:
+                return r
+        baro = fields.get("baro_kpa")
+        if baro is not None and baro.__class__ is not float:
+            baro = _num(fields, "baro_kpa")
+        fields = dict(fields)
         if baro is not None and baro > 0.0:
             fields["baro_source"] = "sensor"
         else:
@@ -180,7 +186,7 @@ class Enricher:
             fields["baro_source"] = "isa"
         if "ppo2_kpa" not in fields:
             fields["ppo2_kpa"] = round(oxygen.ppo2_kpa(o2, baro), 4)
-        eq_alt = _num(fields, "eq_alt_m")
+        eq_alt = _num(fields, "eq_alt_m") if "eq_alt_m" in fields else None
         if eq_alt is None:
             try:
                 eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
@@ -188,7 +194,11 @@ class Enricher:
                 eq_alt = None  # no oxygen at all: no equivalent altitude
             if eq_alt is not None:
                 fields["eq_alt_m"] = eq_alt
-        self._rooms[(dev.site, dev.id)] = _Room(o2, eq_alt, now)
+        room = self._rooms.get(key)
+        if room is None:
+            self._rooms[key] = _Room(o2, eq_alt, now)
+        else:  # updated in place: one object per room, not one per reading
+            room.o2_pct, room.eq_alt_m, room.seen_ms = o2, eq_alt, now
         return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
 
     def _enrich_producer(self, dev: Device, r: Reading, now: int) -> Reading:

@@ -12,7 +12,14 @@ byte. This subclass changes only those two things:
   (MQTT 5 section 4.6: acknowledgements in the order the messages arrived);
 - ``_handle_publish`` decodes a QoS 1 PUBLISH without properties (what boards send) directly;
   paho builds and clears a full ``Properties`` object for every message (~25 % of its time).
-  Anything else - properties present, QoS 0/2, a malformed packet - goes to paho's own code.
+  Anything else - properties present, QoS 0/2, a malformed packet - goes to paho's own code;
+- with :attr:`FastClient.on_message_batch` set, the PUBLISH packets of that kind lying complete
+  in the buffer are cut out of it in one loop and handed over together as
+  ``(packet id, topic bytes, payload)``: paho's per-packet path (a state dict, three reads,
+  an ``MQTTMessage`` with its own ``Condition``, a topic-filter match, two lock rounds) cost
+  the ingest about 20 us per message, more than half of what the rest of the gateway spends.
+  A packet of any other kind, or one cut by the end of the buffer, still goes through paho,
+  after the batch before it was handed over, so messages keep their order.
 
 Both touch paho internals (``_sock``, ``_sock_recv``, ``_packet_queue``), so :func:`supported`
 checks they exist and the ingest falls back to the stock client and ``ack()`` when they do not.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +37,10 @@ import paho.mqtt.client as mqtt
 _PUBACK = struct.Struct("!BBH")  # MQTT 5 section 3.4: PUBACK, remaining length 2, packet id
 _PUBACK_TYPE = 0x40
 _READ_CHUNK = 65536
+_PUBLISH_QOS1_MASK, _PUBLISH_QOS1 = 0xF6, 0x32  # type PUBLISH, QoS 1; DUP and RETAIN either way
+
+# (packet id, topic as sent, payload) of one QoS 1 PUBLISH
+RawPublish = tuple[int, bytes, bytes]
 
 
 def supported() -> bool:
@@ -44,6 +56,13 @@ class FastClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._rsock: Any = None
+        # Set by the ingest: receives runs of simple QoS 1 PUBLISH packets (see the module doc).
+        self.on_message_batch: Callable[[list[RawPublish]], None] | None = None
+        # The paho internals the batch path reads; without them every packet goes through paho.
+        self._batch_internals = isinstance(getattr(self, "_in_packet", None), dict) and all(
+            hasattr(self, name)
+            for name in ("_protocol", "_manual_ack", "_msgtime_mutex", "_in_callback_mutex")
+        )
 
     def _sock_recv(self, bufsize: int) -> bytes:
         sock = self._sock
@@ -64,8 +83,56 @@ class FastClient(mqtt.Client):
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
         while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered():
-            rc = super().loop_read(max_packets)
+            if self._batch_ready():
+                self._read_publishes()
+                if not self._buffered():
+                    break
+            rc = super().loop_read(max_packets)  # one packet the fast path does not take
         return rc
+
+    def _batch_ready(self) -> bool:
+        return (
+            self.on_message_batch is not None
+            and self._batch_internals
+            and self._protocol == mqtt.MQTTv5
+            and self._manual_ack
+            and self._in_packet["command"] == 0  # paho is not in the middle of a packet
+        )
+
+    def _read_publishes(self) -> None:
+        """Cut the complete QoS 1 PUBLISH packets without properties off the buffer's head
+        and hand them to :attr:`on_message_batch` at once; stop at anything else."""
+        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+        batch: list[RawPublish] = []
+        while pos < end and (buf[pos] & _PUBLISH_QOS1_MASK) == _PUBLISH_QOS1:
+            # MQTT 5 section 1.5.5: remaining length, 1 to 4 bytes, 7 bits each, LSB first.
+            length = shift = 0
+            i = pos + 1
+            while i < end and i - pos <= 4:
+                byte = buf[i]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not byte & 0x80:
+                    break
+            else:
+                break  # cut by the buffer's end, or malformed: paho's code decides
+            stop = i + length
+            if stop > end or length < 5:
+                break
+            # Section 3.3.2: topic (length-prefixed), packet id, property length (0: none).
+            topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+            if topic_end + 3 > stop or buf[topic_end + 2] != 0:
+                break
+            mid = (buf[topic_end] << 8) | buf[topic_end + 1]
+            batch.append((mid, buf[i + 2 : topic_end], buf[topic_end + 3 : stop]))
+            pos = stop
+        self._rpos = pos
+        if batch and self.on_message_batch is not None:
+            with self._msgtime_mutex:  # what paho does per packet (keep-alive bookkeeping)
+                self._last_bytes_received = mqtt.time_func()
+            with self._in_callback_mutex:  # as paho calls on_message
+                self.on_message_batch(batch)
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         header = self._in_packet["command"]

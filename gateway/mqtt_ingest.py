@@ -1,11 +1,14 @@
 """MQTT ingest (paho-mqtt 2.x, MQTT 5): persistent session, QoS 1, group commit, manual ack.
 
-paho's network thread only queues each message. A committer thread takes everything queued,
-decodes and validates it, drops duplicates (:mod:`gateway.dedup`), runs the pipeline, commits
-readings, dead letters and the duplicate tracker's state in **one** SQLite transaction, and only
-then acknowledges those messages, in the order they arrived (ARCHITECTURE.md, delivery
-guarantee, step 2). The broker keeps every unacknowledged message in the gateway's session and
-redelivers it after a crash; the tracker, committed with the readings, then recognises it.
+paho's network thread only queues each message (whole runs of them per socket read, through
+:attr:`FastClient.on_message_batch`). A committer thread takes everything queued, decodes and
+validates it, drops duplicates (:mod:`gateway.dedup`), runs the pipeline once over the batch's
+readings, commits readings, dead letters and the duplicate tracker's state in **one** SQLite
+transaction, and only then acknowledges those messages, in the order they arrived
+(ARCHITECTURE.md, delivery guarantee, step 2). A message the decoder or the pipeline fails on
+becomes a dead letter (``pipeline_error``) on its own; the rest of its batch is committed. The
+broker keeps every unacknowledged message in the gateway's session and redelivers it after a
+crash; the tracker, committed with the readings, then recognises it.
 
 The number of unacknowledged messages is bounded by MQTT 5 *Receive Maximum*
 (``[mqtt] receive_maximum``). Mosquitto 2.0.11 was measured here sending far more than that
@@ -30,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -40,7 +43,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.config import GatewayConfig
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
-from gateway.mqtt_fast import FastClient, supported
+from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.readings import Reading
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
@@ -49,6 +52,10 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_COMMIT = 5000
 MAX_QUEUED = 4 * MAX_MESSAGES_PER_COMMIT  # messages received and not yet taken for a commit
+# Messages decoded, run through the pipeline and encoded in one pass: the stages' per-call cost
+# is shared, and the run's objects stay in CPU caches and die young (measured: a 5,000-message
+# pass cost 24 us per reading, passes of 100 cost 19 us).
+PIPELINE_CHUNK = 100
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 2.0
 
@@ -74,8 +81,7 @@ class _Abandoned(Exception):
     """Stopping while a commit cannot succeed: nothing committed, nothing acknowledged."""
 
 
-@dataclass(frozen=True)
-class _Queued:
+class _Queued(NamedTuple):  # a tuple: built for every message, a dataclass costs 3x more
     connection: int
     mid: int
     qos: int
@@ -135,6 +141,8 @@ class MqttIngest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        if isinstance(client, FastClient):
+            client.on_message_batch = self._on_messages
         client.on_subscribe = self._on_subscribe
         client.on_connect_fail = self._on_connect_fail
         self.client = client
@@ -282,6 +290,28 @@ class MqttIngest:
             self._queue.append(queued)
             self._queue_cond.notify_all()
 
+    def _on_messages(self, batch: list[RawPublish]) -> None:
+        """:meth:`_on_message` for a run of QoS 1 messages cut out of one socket read."""
+        if self._draining:
+            return  # not acknowledged: the broker keeps them for the next run
+        connection = self._connection
+        queued = []
+        for mid, raw_topic, payload in batch:
+            try:
+                topic = raw_topic.decode()
+            except UnicodeDecodeError:
+                topic = repr(raw_topic)  # as _on_message does
+            queued.append(_Queued(connection, mid, 1, topic, payload))
+        with self._queue_cond:
+            # The bound is checked per run: the queue may pass it by one socket read's worth.
+            if len(self._queue) >= MAX_QUEUED:
+                self.stats.paused += 1
+                self._queue_cond.wait_for(
+                    lambda: len(self._queue) < MAX_QUEUED or self._stopping, timeout=1.0
+                )
+            self._queue += queued
+            self._queue_cond.notify_all()
+
     # -- committer thread ----------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
@@ -311,40 +341,81 @@ class MqttIngest:
         lines: list[str] = []
         dead: list[NewDeadLetter] = []
         now_ms = self.wall_clock_ms()
-        stats = self.stats
-        for queued in batch:
-            stats.messages += 1
-            if queued.topic.endswith("/status"):
-                health = self._status(queued, now_ms)
-                if health is not None:
-                    lines.append(self.encoder.encode(health))
-                continue
-            try:
-                readings = self.decoder.decode(queued.topic, queued.payload, now_ms)
-            except Reject as rej:
-                stats.rejects[rej.reason] = stats.rejects.get(rej.reason, 0) + 1
-                log.warning("rejected MQTT message on %s: %s", queued.topic, rej)
-                dead.append(
-                    NewDeadLetter("mqtt", queued.topic, rej.reason, rej.detail, queued.payload)
-                )
-                continue
-            fresh = self._drop_duplicates(readings)
-            if not fresh:
-                continue
-            try:
-                processed = self.process(fresh)
-                lines.extend(self.encoder.encode(r) for r in processed)
-            except Exception as exc:
-                log.exception("pipeline failed on a message on %s", queued.topic)
-                reason = "pipeline_error"
-                stats.rejects[reason] = stats.rejects.get(reason, 0) + 1
-                dead.append(NewDeadLetter("mqtt", queued.topic, reason, repr(exc), queued.payload))
+        self.stats.messages += len(batch)
+        for start in range(0, len(batch), PIPELINE_CHUNK):
+            self._process_chunk(batch[start : start + PIPELINE_CHUNK], now_ms, lines, dead)
         self._commit_until_done(lines, dead)
-        stats.readings += len(lines)
-        stats.commits += 1
+        self.stats.readings += len(lines)
+        self.stats.commits += 1
         self._ack(batch)
         if lines:
             self.on_committed()
+
+    def _process_chunk(
+        self, chunk: list[_Queued], now_ms: int, lines: list[str], dead: list[NewDeadLetter]
+    ) -> None:
+        """Decode, drop duplicates, run the pipeline and encode a run of messages, appending
+        to ``lines`` and ``dead``. The readings of the whole run go through the pipeline in one
+        call (its stages then pay their lock, clock and bookkeeping once, not per message);
+        ``sources`` remembers which message each reading came from, so a failing pipeline can
+        still be narrowed down to the message that made it fail."""
+        encode = self.encoder.encode
+        decode = self.decoder.decode
+        fresh_all: list[Reading] = []
+        sources: list[tuple[_Queued, int, int]] = []  # message, its first reading, count
+        for queued in chunk:
+            if queued.topic.endswith("/status"):
+                health = self._status(queued, now_ms)
+                if health is not None:
+                    lines.append(encode(health))
+                continue
+            try:
+                readings = decode(queued.topic, queued.payload, now_ms)
+            except Reject as rej:
+                self._reject(dead, queued, rej.reason, rej.detail)
+                log.warning("rejected MQTT message on %s: %s", queued.topic, rej)
+                continue
+            except Exception as exc:  # a decoder bug: that message is kept, the rest go on
+                log.exception("decoding failed on a message on %s", queued.topic)
+                self._reject(dead, queued, "pipeline_error", repr(exc))
+                continue
+            fresh = self._drop_duplicates(readings)
+            if fresh:
+                sources.append((queued, len(fresh_all), len(fresh)))
+                fresh_all += fresh
+        if not sources:
+            return
+        try:
+            processed = self.process(fresh_all)
+            encoded = [encode(r) for r in processed]
+        except Exception:
+            log.exception("pipeline failed on a run of %d messages", len(sources))
+            encoded = self._process_one_by_one(fresh_all, sources, dead)
+        lines += encoded
+
+    def _reject(self, dead: list[NewDeadLetter], queued: _Queued, reason: str, detail: str) -> None:
+        stats = self.stats
+        stats.rejects[reason] = stats.rejects.get(reason, 0) + 1
+        dead.append(NewDeadLetter("mqtt", queued.topic, reason, detail, queued.payload))
+
+    def _process_one_by_one(
+        self,
+        fresh_all: list[Reading],
+        sources: list[tuple[_Queued, int, int]],
+        dead: list[NewDeadLetter],
+    ) -> list[str]:
+        """After a failed batch: each message's readings on their own, so only the messages
+        the pipeline fails on become dead letters (``pipeline_error``), as before batching.
+        Stages may see some readings twice then; they tolerate replays (same timestamps)."""
+        lines: list[str] = []
+        for queued, first, count in sources:
+            try:
+                processed = self.process(fresh_all[first : first + count])
+                lines += [self.encoder.encode(r) for r in processed]  # all or none of them
+            except Exception as exc:
+                log.exception("pipeline failed on a message on %s", queued.topic)
+                self._reject(dead, queued, "pipeline_error", repr(exc))
+        return lines
 
     def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
         """Record the board's link state; its health fields become a ``device_health`` point."""
@@ -358,10 +429,15 @@ class MqttIngest:
 
     def _drop_duplicates(self, readings: list[Reading]) -> list[Reading]:
         fresh = []
+        check_seq = self.tracker.check
         for r in readings:
-            device = f"{r.tags['site']}/{r.tags['device']}"
-            boot, seq = int(r.meta.get("boot", 0)), int(r.meta.get("seq", 0))
-            check = self.tracker.check(device, boot, seq)
+            tags, meta = r.tags, r.meta
+            device = f"{tags['site']}/{tags['device']}"
+            boot, seq = int(meta.get("boot", 0)), int(meta.get("seq", 0))
+            check = check_seq(device, boot, seq)
+            if check.verdict is Verdict.NEW and check.gap_to < check.gap_from:
+                fresh.append(r)  # the usual case: next in sequence
+                continue
             if check.verdict is Verdict.DUPLICATE:
                 self.stats.duplicates += 1
                 continue

@@ -106,18 +106,57 @@ class _DeviceSeen:
     readings: int = 0
     newest_ts_ms: int = -1
     history: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
+    # In-order readings (fields, ts) of the current pipeline call, folded into ``values`` at its
+    # end: a reading costs one append here instead of one tuple per field, and the fold keeps
+    # only each field's newest value. Readings are values: nothing mutates their fields.
+    pending: list[tuple[dict[str, FieldValue], int]] = field(default_factory=list)
 
     def remember(self, fields: dict[str, FieldValue], ts_ms: int) -> None:
         """Append trend values newer than the field's last one (replays are left out)."""
+        history = self.history
         for name in TREND_FIELDS.intersection(fields):
             value = fields[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            series = self.history.get(name)
+            if value.__class__ is not float:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    continue
+                value = float(value)
+            series = history.get(name)
             if series is None:
-                series = self.history[name] = deque(maxlen=HISTORY_POINTS)
+                series = history[name] = deque(maxlen=HISTORY_POINTS)
             if not series or ts_ms > series[-1][0]:
-                series.append((ts_ms, float(value)))
+                series.append((ts_ms, value))
+
+    def newest(self, fields: dict[str, FieldValue], ts_ms: int) -> bool:
+        """A reading at least as new as every one before: its values become the last ones at
+        the next :meth:`fold`. True if it is the first one pending (the caller folds later)."""
+        self.newest_ts_ms = ts_ms
+        self.pending.append((fields, ts_ms))
+        return len(self.pending) == 1
+
+    def replayed(self, fields: dict[str, FieldValue], ts_ms: int) -> None:
+        """An older reading (a replay): only values newer than those kept replace them."""
+        self.fold()
+        for name, value in fields.items():
+            old = self.values.get(name)
+            if old is None or ts_ms >= old[1]:
+                self.values[name] = (value, ts_ms)
+
+    def fold(self) -> dict[str, tuple[FieldValue, int]]:
+        """``values`` with the pending readings folded in: each field's value from the last
+        reading that had it (newest first, so older ones are skipped once covered)."""
+        pending = self.pending
+        if pending:
+            values = self.values
+            covered: set[str] = set()
+            for fields, ts in reversed(pending):
+                if covered.issuperset(fields):
+                    continue
+                for name, value in fields.items():
+                    if name not in covered:
+                        covered.add(name)
+                        values[name] = (value, ts)
+            pending.clear()
+        return self.values
 
 
 class Observer:
@@ -155,26 +194,35 @@ class Observer:
         with self._lock:
             self.last_pass_ms = now
             self.points_out += len(readings)
-            for r in readings:
-                if r.measurement not in DEVICE_MEASUREMENTS:
-                    continue
-                seen = self._devices.get((r.tags.get("site", ""), r.tags.get("device", "")))
-                if seen is None:
-                    continue
-                source = "modbus" if r.tags.get("source") == "modbus" else "mqtt"
-                self.readings_by_source[source] += 1
-                seen.readings += 1
-                seen.last_seen_ms = now
-                ts = r.ts_ms
-                seen.remember(r.fields, ts)
-                if ts >= seen.newest_ts_ms:  # the usual case: newer than all we have
-                    seen.newest_ts_ms = ts
-                    seen.values.update({name: (v, ts) for name, v in r.fields.items()})
-                    continue
-                for name, value in r.fields.items():  # a replay: keep what is newer
-                    old = seen.values.get(name)
-                    if old is None or ts >= old[1]:
-                        seen.values[name] = (value, ts)
+            devices = self._devices
+            touched: list[_DeviceSeen] = []
+            mqtt = modbus = 0
+            try:
+                for r in readings:
+                    if r.measurement not in DEVICE_MEASUREMENTS:
+                        continue
+                    tags = r.tags
+                    seen = devices.get((tags.get("site", ""), tags.get("device", "")))
+                    if seen is None:
+                        continue
+                    if tags.get("source") == "modbus":
+                        modbus += 1
+                    else:
+                        mqtt += 1
+                    seen.readings += 1
+                    seen.last_seen_ms = now
+                    ts = r.ts_ms
+                    seen.remember(r.fields, ts)
+                    if ts >= seen.newest_ts_ms:  # the usual case: newer than all we have
+                        if seen.newest(r.fields, ts):
+                            touched.append(seen)
+                    else:
+                        seen.replayed(r.fields, ts)
+            finally:  # every call leaves nothing pending, whatever happened
+                for seen in touched:
+                    seen.fold()
+            self.readings_by_source["mqtt"] += mqtt
+            self.readings_by_source["modbus"] += modbus
             due = now >= self._next_metrics_ms
             if due:
                 self._next_metrics_ms = now + self._interval_ms

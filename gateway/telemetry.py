@@ -7,6 +7,7 @@ by reason and dead-lettered with the raw payload.
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -73,6 +74,41 @@ def _check_int(item: dict[str, Any], name: str, spec: dict[str, Any], where: str
     return value
 
 
+# What json.loads uses (a default JSONDecoder's scanner): same numbers, same errors. (typeshed
+# types make_scanner's argument as a scanner; CPython's json/decoder.py passes the decoder.)
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _loads(payload: bytes) -> Any:
+    """``json.loads(payload)``, minus its per-call encoding detection for the usual payload.
+
+    A payload that opens with ``{`` or ``[`` followed by a non-NUL byte is UTF-8 by RFC 8259's
+    detection rules (what ``json.loads`` applies to bytes), so it is decoded as such and scanned
+    directly; anything else, and any payload that fails here, goes through ``json.loads`` so
+    results and error messages stay exactly its own.
+    """
+    if payload[:1] in (b"{", b"[") and payload[1:2] != b"\x00":
+        try:
+            text = payload.decode("utf-8", "surrogatepass")
+            doc, end = _SCAN(text, 0)
+        except (UnicodeDecodeError, StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text) or not text[end:].strip(" \t\n\r"):
+                return doc
+    return json.loads(payload)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """A schema field's plausible range, read once (not per value from the schema's dicts)."""
+
+    low: float
+    high: float
+    is_int: bool
+    unit: str
+
+
 class TelemetryDecoder:
     """Decoder bound to one config: devices indexed once, so a message costs a dict lookup."""
 
@@ -81,7 +117,12 @@ class TelemetryDecoder:
         self.schema = telemetry_schema()
         self.prefix = config.mqtt.topic_prefix
         self._id_fields: list[tuple[str, dict[str, Any]]] = list(self.schema["id_fields"].items())
+        self._id_limits = [(name, spec["min"], spec["max"], spec) for name, spec in self._id_fields]
         self._fields: dict[str, dict[str, Any]] = self.schema["fields"]
+        self._limits = {
+            name: _Limits(spec["min"], spec["max"], spec["type"] == "int", spec.get("unit", ""))
+            for name, spec in self._fields.items()
+        }
         self._max_bytes: int = self.schema["max_payload_bytes"]
         self._max_batch: int = self.schema["max_batch"]
         self._devices: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
@@ -95,9 +136,10 @@ class TelemetryDecoder:
                 measurement = "concentrator" if device.kind is not DeviceKind.SUPPLY else "supply"
                 tags = {"site": device.site, "device": device.id, "source": "sensor"}
             self._devices[(device.site, device.id)] = (measurement, tags)
+        # Topics of configured devices, resolved once: (measurement, tags, "site/device").
+        self._topics: dict[str, tuple[str, dict[str, str], str]] = {}
 
-    def decode(self, topic: str, payload: bytes, received_ms: int) -> list[Reading]:
-        """See :func:`decode_telemetry`."""
+    def _resolve(self, topic: str) -> tuple[str, dict[str, str], str]:
         t = parse_topic(self.prefix, topic)
         known = self._devices.get((t.site, t.device))
         if known is None:
@@ -105,15 +147,33 @@ class TelemetryDecoder:
                 RejectReason.UNKNOWN_DEVICE,
                 f"device {t.site}/{t.device} is not configured as an MQTT device",
             )
-        measurement, tags = known
-        where = f"{t.site}/{t.device}"
+        resolved = (known[0], known[1], f"{t.site}/{t.device}")
+        if len(self._topics) >= 4 * len(self._devices) + 64:
+            self._topics.clear()  # bounded: only topics of configured devices get here
+        self._topics[topic] = resolved
+        return resolved
+
+    def _ids(self, item: dict[str, Any], at: str) -> dict[str, int | None]:
+        ids: dict[str, int | None] = {}
+        for name, low, high, spec in self._id_limits:
+            value = item.get(name)
+            if value.__class__ is int and low <= value <= high:
+                ids[name] = value
+            else:  # missing, wrong type or out of range: the checks and their messages
+                ids[name] = _check_int(item, name, spec, at)
+        return ids
+
+    def decode(self, topic: str, payload: bytes, received_ms: int) -> list[Reading]:
+        """See :func:`decode_telemetry`."""
+        known = self._topics.get(topic)
+        measurement, tags, where = known if known is not None else self._resolve(topic)
         if len(payload) > self._max_bytes:
             raise Reject(
                 RejectReason.OVERSIZE,
                 f"{where}: {len(payload)} bytes, expected at most {self._max_bytes}",
             )
         try:
-            doc = json.loads(payload)
+            doc = _loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
             raise Reject(RejectReason.NOT_JSON, f"{where}: payload is not JSON ({exc})") from None
         items = doc if isinstance(doc, list) else [doc]
@@ -122,35 +182,41 @@ class TelemetryDecoder:
                 RejectReason.BAD_SHAPE,
                 f"{where}: expected an object or 1..{self._max_batch} objects, got {len(items)}",
             )
+        limits = self._limits
+        isfinite = math.isfinite
         readings = []
         for n, item in enumerate(items):
             at = where if len(items) == 1 else f"{where} item {n}"
             if not isinstance(item, dict):
                 raise Reject(RejectReason.BAD_SHAPE, f"{at}: expected a JSON object")
-            ids = {name: _check_int(item, name, spec, at) for name, spec in self._id_fields}
+            ids = self._ids(item, at)
             fields: dict[str, FieldValue] = {"boot": ids["boot"] or 0, "seq": ids["seq"] or 0}
             for name, value in item.items():
-                spec = self._fields.get(name)
-                if spec is None:
+                lim = limits.get(name)
+                if lim is None:
                     if name in ids:
                         continue
                     raise Reject(RejectReason.UNKNOWN_FIELD, f"{at}: unknown field {name!r}")
-                if value.__class__ is not float and (
+                cls = value.__class__
+                if cls is not float and (
                     isinstance(value, bool) or not isinstance(value, int | float)
                 ):
                     raise Reject(
                         RejectReason.BAD_TYPE, f"{at}: {name} = {value!r}, expected a number"
                     )
-                if not math.isfinite(value):
+                # An int is finite (and may be too big for a float: compared, not converted).
+                if (cls is float or not isinstance(value, int)) and not isfinite(value):
                     raise Reject(RejectReason.NOT_FINITE, f"{at}: {name} = {value!r} is not finite")
-                if not spec["min"] <= value <= spec["max"]:
+                if not lim.low <= value <= lim.high:
                     raise Reject(
                         RejectReason.OUT_OF_RANGE,
-                        f"{at}: {name} = {value} {spec.get('unit', '')}, "
-                        f"expected {spec['min']}..{spec['max']}",
+                        f"{at}: {name} = {value} {lim.unit}, expected {lim.low}..{lim.high}",
                     )
                 # One InfluxDB field has one type: numbers are floats, whatever JSON made of them.
-                fields[name] = int(value) if spec["type"] == "int" else float(value)
+                if lim.is_int:
+                    fields[name] = int(value)
+                else:
+                    fields[name] = value if cls is float else float(value)
             ts = ids["ts"] or 0
             if ts == 0:
                 ts = received_ms

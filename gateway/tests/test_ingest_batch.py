@@ -1,0 +1,226 @@
+"""The ingest's hot path, in process: a commit batch goes through the pipeline in one call yet a
+failing message is still dead-lettered alone and nothing is acknowledged before the commit; the
+decoder's JSON shortcut answers as ``json.loads``; the encoder's layout cache; the observer's
+deferred last values equal the eager ones."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.lineproto import LineEncoder
+from gateway.mqtt_ingest import PIPELINE_CHUNK, MqttIngest, _Queued
+from gateway.observe import Observer, Sources
+from gateway.outbox import Outbox
+from gateway.readings import FieldValue, Reading
+from gateway.telemetry import Reject, RejectReason, TelemetryDecoder, _loads
+
+NOW_MS = 1_795_000_000_000
+
+
+def config() -> GatewayConfig:
+    return parse_config({
+        "site": [{"id": "lhasa", "altitude_m": 3650}],
+        "device": [{"id": f"room-{n}", "site": "lhasa", "kind": "room", "transport": "mqtt"}
+                   for n in range(3)],
+    })  # fmt: skip
+
+
+def message(mid: int, device: str, seq: int, **extra: Any) -> _Queued:
+    body = {"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 1000 + seq, "o2_pct": 24.0, **extra}
+    return _Queued(0, mid, 1, f"o2/lhasa/{device}/telemetry", json.dumps(body).encode())
+
+
+class Rig:
+    """An ingest on a real outbox, without a broker: batches are handed to it directly."""
+
+    def __init__(self, tmp_path: Path, fail_on: str | None = None):
+        self.outbox = Outbox(tmp_path / "outbox.sqlite")
+        self.calls: list[int] = []
+        self.acked: list[list[int]] = []
+        self.fail_on = fail_on
+        self.ingest = MqttIngest(
+            config(), self.outbox, process=self.process, wall_clock_ms=lambda: NOW_MS
+        )
+        self.ingest._ack = self.ack  # type: ignore[method-assign]
+
+    def process(self, readings: list[Reading]) -> list[Reading]:
+        self.calls.append(len(readings))
+        if any(r.tags["device"] == self.fail_on for r in readings):
+            raise RuntimeError("stage bug")
+        return readings
+
+    def ack(self, batch: list[_Queued]) -> None:
+        # Acknowledged only once the batch is in the outbox (ARCHITECTURE.md, step 2).
+        assert self.outbox.depth() >= self.ingest.stats.readings
+        self.acked.append([q.mid for q in batch])
+
+    def lines(self) -> list[str]:
+        return self.outbox.peek_batch(10_000).lines
+
+
+def test_a_batch_goes_through_the_pipeline_in_one_call(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    batch = [message(n + 1, f"room-{n % 3}", n // 3) for n in range(30)]
+    batch.append(message(31, "room-0", 0))  # a duplicate: dropped before the pipeline
+    batch.append(_Queued(0, 32, 1, "o2/lhasa/room-1/telemetry", b"not json"))
+    rig.ingest._commit_batch(batch)
+    assert rig.calls == [30]
+    assert len(rig.lines()) == 30
+    assert rig.ingest.stats.duplicates == 1 and rig.ingest.stats.rejects == {"not_json": 1}
+    assert [d.reason for d in rig.outbox.dead_letters()] == ["not_json"]
+    assert rig.acked == [list(range(1, 33))]  # all of them, in arrival order
+
+
+def test_a_big_batch_is_one_commit_of_several_pipeline_runs(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    count = 2 * PIPELINE_CHUNK + 7
+    rig.ingest._commit_batch([message(n + 1, f"room-{n % 3}", n // 3) for n in range(count)])
+    assert rig.calls == [PIPELINE_CHUNK, PIPELINE_CHUNK, 7]
+    assert len(rig.lines()) == count and rig.ingest.stats.commits == 1
+    assert rig.acked == [list(range(1, count + 1))]
+
+
+def test_a_failing_message_is_dead_lettered_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, fail_on="room-2")
+    batch = [message(n + 1, f"room-{n % 3}", n // 3) for n in range(9)]
+    rig.ingest._commit_batch(batch)
+    # The batch failed, then each message on its own: the three of room-2 fail again.
+    assert rig.calls == [9, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert len(rig.lines()) == 6 and not any("room-2" in line for line in rig.lines())
+    dead = rig.outbox.dead_letters()
+    assert [d.reason for d in dead] == ["pipeline_error"] * 3
+    assert {d.topic for d in dead} == {"o2/lhasa/room-2/telemetry"}
+    assert rig.ingest.stats.rejects == {"pipeline_error": 3}
+    assert rig.acked == [list(range(1, 10))]
+
+
+def test_a_decoder_crash_is_a_dead_letter_not_a_lost_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path)
+    decode = rig.ingest.decoder.decode
+
+    def fragile(topic: str, payload: bytes, received_ms: int) -> list[Reading]:
+        if b'"seq": 1,' in payload:
+            raise KeyError("decoder bug")
+        return decode(topic, payload, received_ms)
+
+    monkeypatch.setattr(rig.ingest.decoder, "decode", fragile)
+    rig.ingest._commit_batch([message(n + 1, "room-0", n) for n in range(3)])
+    assert len(rig.lines()) == 2
+    assert [d.reason for d in rig.outbox.dead_letters()] == ["pipeline_error"]
+    assert rig.acked == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": 1}', b' {"a": 1}', b'{"a": 1} \r\n\t', b'{"a": 1} x', b'{"a": 1}{}', b"[1, 2.5]",
+        b"{", b"[", b"{}", b"[]", b'{"a": NaN, "b": -Infinity}', b'{"a": 1e400}',
+        b"\xef\xbb\xbf" + b'{"a": 1}', '{"a": 1}'.encode("utf-16-le"),
+        '{"a": 1}'.encode("utf-32-le"), '{"a": "\u00e9"}'.encode(), b'{"a": "\xed\xa0\x80"}',
+        b'{"a": "\xff"}', b'{"a": 1,}', b'{"a": 01}', b'{"a\x00": 1}', b"", b"null", b"7",
+    ],
+)  # fmt: skip
+def test_json_shortcut_answers_as_json_loads(payload: bytes) -> None:
+    def outcome(fn: Any) -> Any:
+        try:
+            return ("ok", repr(fn(payload)))
+        except Exception as exc:
+            return ("error", type(exc), str(exc))
+
+    assert outcome(_loads) == outcome(json.loads)
+
+
+def test_decoder_rejects_what_it_rejected_and_a_huge_integer_too() -> None:
+    decoder = TelemetryDecoder(config())
+    topic = "o2/lhasa/room-0/telemetry"
+
+    def reason(topic: str, payload: bytes) -> RejectReason:
+        with pytest.raises(Reject) as err:
+            decoder.decode(topic, payload, NOW_MS)
+        return err.value.reason
+
+    ok = b'{"v":1,"boot":1,"seq":2,"ts":%d,"o2_pct":24}' % NOW_MS
+    (r,) = decoder.decode(topic, ok, NOW_MS)
+    assert r.fields == {"boot": 1, "seq": 2, "o2_pct": 24.0} and r.ts_ms == NOW_MS
+    assert r.fields["o2_pct"].__class__ is float
+    # Topics are resolved once; bad ones are still rejected every time.
+    for _ in range(2):
+        assert reason("o2/lhasa/room-9/telemetry", ok) is RejectReason.UNKNOWN_DEVICE
+        assert reason("o2/lhasa/telemetry", ok) is RejectReason.BAD_TOPIC
+    assert reason(topic, ok.replace(b'"v":1', b'"v":2')) is RejectReason.BAD_VERSION
+    assert reason(topic, ok.replace(b'"seq":2', b'"seq":true')) is RejectReason.BAD_TYPE
+    assert reason(topic, ok.replace(b'"seq":2,', b"")) is RejectReason.MISSING_FIELD
+    assert reason(topic, ok.replace(b"24}", b"NaN}")) is RejectReason.NOT_FINITE
+    assert reason(topic, ok.replace(b"24}", b"124}")) is RejectReason.OUT_OF_RANGE
+    # An integer too big for a float used to escape as OverflowError and fail the whole batch.
+    assert reason(topic, ok.replace(b"24}", b"1" + b"0" * 400 + b"}")) is (
+        RejectReason.OUT_OF_RANGE
+    )
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Tag(str):
+    pass
+
+
+def test_encoder_layout_cache_matches_influxdb_client() -> None:
+    encoder = LineEncoder()
+    tags = {"site": "s", "device": "d", "room": "1"}
+    other_order = dict(reversed(tags.items()))
+    none: Any = None  # a field a source left empty: not written
+    readings = [
+        Reading("room", tags, {"o2_pct": 24.0, "b": 1, "a": True, "s": 'x "y"'}, 5),
+        Reading("room", other_order, {"s": "z", "a": False, "b": 2, "o2_pct": 1.5}, 6),
+        Reading("room", tags, {"o2_pct": math.inf, "x": none, "y": 0.1}, 7),
+        Reading("room", tags, {"level": Level.HIGH, "tag": Tag("t"), "f": 2e16}, 8),
+    ]
+    for r in readings * 2:
+        assert encoder.encode(r) == r.to_line()
+    with pytest.raises(ValueError):
+        encoder.encode(Reading("room", tags, {"x": none, "y": math.nan}, 9))
+    with pytest.raises(ValueError):
+        encoder.encode(Reading("room", tags, {"x": [1]}, 9))  # type: ignore[dict-item]
+
+
+def test_observer_last_values_equal_the_eager_ones() -> None:
+    cfg = config()
+    now = [NOW_MS]
+    observer = Observer(cfg, Sources(), clock_ms=lambda: now[0])
+    rng = random.Random(4)
+    expected: dict[str, tuple[Any, int]] = {}
+    newest = -1
+    names = ["o2_pct", "temp_c", "rh_pct", "baro_kpa"]
+    tags = {"site": "lhasa", "device": "room-1", "room": "room-1"}
+    for n in range(300):  # calls of 1 to 40 readings, some of them replays, all field mixes
+        batch = []
+        for k in range(rng.randint(1, 40)):
+            ts = NOW_MS + n * 1000 + k - (rng.randint(0, 50_000) if rng.random() < 0.1 else 0)
+            fields: dict[str, FieldValue] = {
+                name: float(rng.randint(0, 99)) for name in rng.sample(names, rng.randint(1, 4))
+            }
+            batch.append(Reading("room", tags, fields, ts))
+            for name, v in fields.items():  # the eager rule: newer replaces, older only fills
+                if ts >= newest or name not in expected or ts >= expected[name][1]:
+                    expected[name] = (v, ts)
+            newest = max(newest, ts)
+        observer(batch)
+        assert values(observer) == expected
+
+
+def values(observer: Observer) -> dict[str, tuple[Any, int]]:
+    (site,) = observer.status()["sites"]
+    (device,) = [d for d in site["devices"] if d["id"] == "room-1"]
+    return {k: (v["value"], v["ts_ms"]) for k, v in device["values"].items()}

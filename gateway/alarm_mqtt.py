@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from typing import Any
 
@@ -28,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig
+from gateway.mqtt_ingest import apply_connection_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,7 @@ class AlarmMqttPublisher:
             client_id=f"o2chain-{self.gw}-alarms",
             protocol=mqtt.MQTTv5,
         )
-        if cfg.username:
-            password = cfg.password()
-            client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None, cert_reqs=ssl.CERT_REQUIRED
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        apply_connection_settings(client, cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

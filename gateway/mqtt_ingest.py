@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, MqttSection
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_fast import FastClient, RawPublish, supported
@@ -89,6 +89,19 @@ class _Queued(NamedTuple):  # a tuple: built for every message, a dataclass cost
     payload: bytes
 
 
+def apply_connection_settings(client: mqtt.Client, cfg: MqttSection) -> None:
+    """Credentials (from the password file or environment), TLS with the configured CA, and a
+    bounded reconnect backoff: seconds, not minutes, so an outage ends with the broker's."""
+    if cfg.username:
+        password = cfg.password()
+        client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
+    if cfg.tls:
+        client.tls_set(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None, cert_reqs=ssl.CERT_REQUIRED
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
+
+
 class MqttIngest:
     """Subscribes to telemetry and status of every site; paho thread + committer thread."""
 
@@ -127,16 +140,7 @@ class MqttIngest:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if cfg.username:
-            password = cfg.password()
-            client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        # Bounded backoff: seconds, not minutes, so an outage ends with the broker's.
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        apply_connection_settings(client, cfg)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -47,3 +47,22 @@ def test_demo_leaves_data_and_no_process(demo_run: DemoRun) -> None:
         points = influx.query_points("SELECT count(o2_pct) FROM room", db="o2chain")
         # At least what was counted before shutdown: the gateway flushes its outbox on the way out.
         assert points and points[0]["count"] >= summary["counts"]["room"]
+        # The scenario cut conc-4's Modbus link: the poller reported it offline, the engine
+        # raised the alarm, and its neighbours kept being polled.
+        raised = influx.query_points(
+            "SELECT * FROM alarm WHERE device = 'conc-4' AND rule = 'device-offline' "
+            "AND state = 'raise'",
+            db="o2chain",
+        )
+        assert raised, "no device-offline alarm for conc-4"
+        health = influx.query_points(
+            "SELECT last(online) AS online FROM device_health WHERE device = 'conc-4'",
+            db="o2chain",
+        )
+        assert health and health[0]["online"] is False
+        polled = influx.query_points(
+            "SELECT count(purity_pct) FROM concentrator WHERE source = 'modbus' "
+            "AND device =~ /^conc-[123]$/ GROUP BY device",
+            db="o2chain",
+        )
+        assert len(polled) == 3 and all(p["count"] >= 5 for p in polled), polled

@@ -14,7 +14,9 @@ the value is below ``T - hysteresis`` (for ``<`` rules: above ``T + hysteresis``
 Time: condition timing (on/off delays, rates) runs on the readings' own timestamps, so a board
 replaying its buffer is judged in the order it measured; silence, staleness and shelving run on
 the injected gateway clock. Readings older than the newest one already judged for an alarm are
-logged but not judged again. Delays also complete on the periodic tick (``engine([])``).
+logged but not judged again. Delays also complete on the periodic tick (``engine([])``) when
+no reading arrives, timed on the gateway clock from when the gateway first saw the condition:
+one reading replayed long after it was measured cannot satisfy a delay by its age alone.
 
 Lifecycle state survives restarts (``AlarmStore``, SQLite in ``state_dir``); every transition
 becomes a point of measurement ``alarm`` (returned from the stage, so it travels through the
@@ -377,8 +379,13 @@ class AlarmState:
     threshold: float | None = None
     message: str = ""
     # scratch (not persisted)
-    pending_since_ms: int | None = None
+    pending_since_ms: int | None = None  # on the clock of what started it (reading ts or tick)
     clearing_since_ms: int | None = None
+    # The gateway clock when the pending/clearing began: the tick completes delays between
+    # readings on this clock, so a reading replayed long after it was measured cannot satisfy
+    # a delay by its age alone.
+    pending_wall_ms: int | None = None
+    clearing_wall_ms: int | None = None
     last_ts_ms: int | None = None
     last_raise_cond: bool = False
     last_clear_cond: bool = False
@@ -771,6 +778,7 @@ class AlarmEngine:
                 return
             if st.pending_since_ms is None:
                 st.pending_since_ms = t_ms
+                st.pending_wall_ms = self.clock_ms()
             st.value, st.threshold = value, threshold
             if t_ms - st.pending_since_ms >= rule.on_delay_s * 1000:
                 self._raise(rule, st, t_ms)
@@ -783,6 +791,7 @@ class AlarmEngine:
             return
         if st.clearing_since_ms is None:
             st.clearing_since_ms = t_ms
+            st.clearing_wall_ms = self.clock_ms()
         if t_ms - st.clearing_since_ms >= rule.off_delay_s * 1000:
             self._clear(rule, st, t_ms)
 
@@ -817,7 +826,8 @@ class AlarmEngine:
             if st_rule.kind in (AlarmKind.THRESHOLD, AlarmKind.RATE, AlarmKind.RESIDUAL):
                 # Complete delays that run out between readings.
                 on_ms, off_ms = st_rule.on_delay_s * 1000, st_rule.off_delay_s * 1000
-                pending, clearing = st.pending_since_ms, st.clearing_since_ms
+                pending = None if st.pending_since_ms is None else st.pending_wall_ms
+                clearing = None if st.clearing_since_ms is None else st.clearing_wall_ms
                 if not st.active and pending is not None and st.last_raise_cond:
                     if now - pending >= on_ms:
                         self._raise(st_rule, st, now)

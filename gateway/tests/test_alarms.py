@@ -118,6 +118,28 @@ def test_delays_complete_on_the_tick_between_readings(tmp_path: Path) -> None:
     assert [r.fields["state"] for r in out] == ["raise"]
 
 
+def test_a_replayed_old_reading_cannot_complete_a_delay_by_its_age(tmp_path: Path) -> None:
+    clock = Clock()
+    eng, events = engine(tmp_path, clock, cfg([HIGH], builtin=False))
+    # One reading measured an hour ago arrives now (a board's store-and-forward replay).
+    eng([room(clock.t_ms - 3_600_000, 28.0)])
+    clock.advance(1)
+    eng([])
+    assert events == [], "one old reading is no evidence that O2 stayed high for 30 s"
+    # Held for the on-delay on the gateway's clock with nothing contradicting it: raise.
+    clock.advance(29)
+    eng([])
+    assert states(events, "o2-high") == ["raise"]
+
+
+def test_a_replay_spanning_the_delay_raises_on_its_own_timeline(tmp_path: Path) -> None:
+    clock = Clock()
+    eng, events = engine(tmp_path, clock, cfg([HIGH], builtin=False))
+    old = clock.t_ms - 3_600_000
+    eng([room(old + i * 10_000, 28.0) for i in range(4)])  # high for 30 s, an hour ago
+    assert states(events, "o2-high") == ["raise"]
+
+
 def test_ack_shelve_lifecycle_and_restart(tmp_path: Path) -> None:
     clock = Clock()
     data = cfg([HIGH], builtin=False)

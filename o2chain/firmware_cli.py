@@ -13,7 +13,6 @@ per board (deep-merged over the defaults; ``device`` is the table's id). See
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import signal
 import subprocess
@@ -23,15 +22,15 @@ import threading
 import time
 import tomllib
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any
 
 from o2chain.firmware_runner import (
-    FIRMWARE_DIR,
     BoardRunner,
     FirmwareError,
     build_firmware,
     find_tool,
+    load_firmware_file,
 )
 
 
@@ -92,21 +91,6 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _firmware_config_module() -> ModuleType:
-    # The firmware's own schema (firmware/lib/o2/config.py): one validator for board and CLI.
-    name = "o2chain_fw_config"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, FIRMWARE_DIR / "lib" / "o2" / "config.py"
-        )
-        if spec is None or spec.loader is None:
-            raise FirmwareError("firmware/lib/o2/config.py not found")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -131,7 +115,7 @@ def device_config(inventory: Path, device: str) -> dict[str, Any]:
         raise FirmwareError(f"{inventory}: no [devices.{device}] (known: {known})")
     cfg = _merge(doc.get("defaults", {}), devices[device])
     cfg["device"] = device
-    schema = _firmware_config_module()
+    schema = load_firmware_file("config")
     try:
         schema.validate(json.loads(json.dumps(cfg)))
     except schema.ConfigError as e:

@@ -66,16 +66,19 @@ BME280_CAL_B = bytes.fromhex("6a01001329031e")
 BME280_CHIP_ID = 0x60
 
 
-def _firmware_bme280() -> ModuleType:
-    # The firmware's own Bosch compensation (firmware/lib/o2/bme280.py), loaded by path: the
-    # simulated chip is the exact inverse of what the board computes.
-    name = "o2chain_fw_bme280"
+def load_firmware_file(stem: str) -> ModuleType:
+    """``firmware/lib/o2/{stem}.py`` loaded by path under CPython (once), as a standalone module.
+
+    The CLI validates configs with the firmware's own schema (``config``) and the BME280 model
+    inverts the firmware's own compensation (``bme280``): one implementation on both sides.
+    Raises :class:`FirmwareError` when the file is missing.
+    """
+    name = f"o2chain_fw_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, FIRMWARE_DIR / "lib" / "o2" / "bme280.py"
-        )
-        if spec is None or spec.loader is None:
-            raise FirmwareError("firmware/lib/o2/bme280.py not found")
+        path = FIRMWARE_DIR / "lib" / "o2" / f"{stem}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.exists():
+            raise FirmwareError(f"{path} not found")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -95,7 +98,7 @@ def _bisect(f: Callable[[int], float], hi: int, target: float, increasing: bool)
 
 def bme280_raw(pressure_kpa: float, temp_c: float, rh_pct: float) -> list[int]:
     """The 8 data bytes (0xF7..0xFE) the simulated BME280 reports for these values."""
-    b = _firmware_bme280()
+    b = load_firmware_file("bme280")
     cal = b.parse_calibration(BME280_CAL_A, BME280_CAL_B)
     adc_t = _bisect(lambda a: b.temperature_c(b.t_fine(cal, a)), 1 << 20, temp_c, True)
     tf = b.t_fine(cal, adc_t)

@@ -33,3 +33,48 @@ class Reading:
         point.time(self.ts_ms, write_precision=WritePrecision.MS)
         line: str = point.to_line_protocol()
         return line
+
+
+# A field the gateway will not use as a number (out of its plausible range, not finite, a
+# Modbus "no value" sentinel, the wrong type) is not stored under its own name: its raw value
+# goes to ``{name}_raw`` (when it is a finite number) and the string field ``invalid`` lists
+# ``name:reason`` pairs. The rest of the reading is stored and judged as usual, and the alarm
+# engine raises ``sensor-fault`` on a reading that carries ``invalid`` (docs/contracts.md).
+INVALID_FIELD = "invalid"
+RAW_SUFFIX = "_raw"
+
+
+class InvalidReason:
+    OUT_OF_RANGE = "out_of_range"
+    NOT_FINITE = "not_finite"
+    BAD_TYPE = "bad_type"
+    SENTINEL = "sentinel"
+    UNKNOWN_FIELD = "unknown_field"
+
+
+def flag_invalid(fields: dict[str, FieldValue], name: str, reason: str, raw: object = None) -> None:
+    """Move field ``name`` out of the numbers of ``fields``, keeping its raw value, and record
+    why in ``fields["invalid"]`` (comma-separated ``name:reason``)."""
+    fields.pop(name, None)
+    if (
+        isinstance(raw, int | float)
+        and not isinstance(raw, bool)
+        and abs(float(raw)) < float("inf")  # finite (NaN fails the comparison too)
+    ):
+        fields[name + RAW_SUFFIX] = float(raw)
+    entry = f"{name}:{reason}"
+    previous = fields.get(INVALID_FIELD)
+    fields[INVALID_FIELD] = entry if not isinstance(previous, str) else f"{previous},{entry}"
+
+
+def invalid_fields(fields: dict[str, FieldValue]) -> list[tuple[str, str]]:
+    """The ``(name, reason)`` pairs a reading was flagged with (empty when all is well)."""
+    text = fields.get(INVALID_FIELD)
+    if not isinstance(text, str) or not text:
+        return []
+    pairs = []
+    for item in text.split(","):
+        name, sep, reason = item.partition(":")
+        if sep:
+            pairs.append((name, reason))
+    return pairs

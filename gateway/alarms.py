@@ -18,9 +18,11 @@ logged but not judged again. Delays also complete on the periodic tick (``engine
 no reading arrives, timed on the gateway clock from when the gateway first saw the condition:
 one reading replayed long after it was measured cannot satisfy a delay by its age alone.
 
-Lifecycle state survives restarts (``AlarmStore``, SQLite in ``state_dir``); every transition
-becomes a point of measurement ``alarm`` (returned from the stage, so it travels through the
-durable outbox) and is passed to the listeners (MQTT publisher, gateway/alarm_mqtt.py).
+Every transition becomes a point of measurement ``alarm`` returned from the stage; the point
+carries the alarm's new lifecycle state, and whoever commits the point to the durable outbox
+commits that state in the same transaction (``AlarmStore.writer``), so after a crash an alarm is
+either raised with its point or not raised at all. Listeners (MQTT publisher, the live page) hear
+of an event only after that commit (:meth:`AlarmEngine.notify`).
 """
 
 from __future__ import annotations
@@ -443,8 +445,13 @@ class AlarmEvent:
     state: str
     alarm: dict[str, Any]  # AlarmState.public() after the transition
     by: str | None = None
+    key: str = ""  # site/device/rule
+    # What the store keeps of the alarm after this transition (None: forget it).
+    persisted: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_reading(self) -> Reading:
+        """The ``alarm`` point; it carries the event (``meta["alarm_event"]``) so whoever
+        commits the point commits the state change with it (:func:`alarm_events`)."""
         a = self.alarm
         fields: dict[str, float | int | bool | str] = {
             "state": self.state,
@@ -464,10 +471,21 @@ class AlarmEvent:
             "rule": a["rule"],
             "severity": a["severity"],
         }
-        return Reading("alarm", tags, fields, self.ts_ms)
+        return Reading("alarm", tags, fields, self.ts_ms, {"alarm_event": self})
 
     def to_json(self) -> dict[str, Any]:
         return {"v": 1, "event": self.state, "ts": self.ts_ms, "by": self.by, **self.alarm}
+
+
+def alarm_events(readings: Sequence[Reading]) -> list[AlarmEvent]:
+    """The alarm events behind the ``alarm`` points among ``readings`` (pipeline output)."""
+    events = []
+    for r in readings:
+        if r.measurement == "alarm":
+            event = r.meta.get("alarm_event")
+            if isinstance(event, AlarmEvent):
+                events.append(event)
+    return events
 
 
 Listener = Callable[[AlarmEvent], None]
@@ -575,7 +593,7 @@ class AlarmEngine:
             self._states[key] = st
         active = sum(1 for s in self._states.values() if s.active)
         if active:
-            log.info("alarms: %d active alarms restored from %s", active, "alarms.sqlite")
+            log.info("alarms: %d active alarms restored from the state file", active)
         for r in self.rules:
             if r.kind is not AlarmKind.RESIDUAL:
                 continue
@@ -887,17 +905,30 @@ class AlarmEngine:
         self._emit(st, "clear", t_ms)
 
     def _emit(self, st: AlarmState, state: str, t_ms: int, by: str | None = None) -> None:
+        """Queue a transition: it leaves with the next pipeline output as an ``alarm`` point
+        carrying the state to store; nothing is written or announced before that commits."""
         keep = st.active or st.shelved_until_ms is not None
-        self.store.save_state(st.key, st.persisted() if keep else None)
-        event = AlarmEvent(t_ms, state, st.public(self.clock_ms()), by)
-        self.store.append_log(t_ms, event.to_json())
+        persisted = st.persisted() if keep else None
+        event = AlarmEvent(t_ms, state, st.public(self.clock_ms()), by, st.key, persisted)
         self.event_counts[state] = self.event_counts.get(state, 0) + 1
         self._pending.append(event)
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("alarm listener failed for %s", st.key)
+
+    def committed_locally(self, out: list[Reading]) -> list[Reading]:
+        """Store and announce the events in pipeline output ``out`` without an outbox (an
+        engine on its own: tools and tests); the gateway commits them with their points."""
+        events = alarm_events(out)
+        self.store.write(events)
+        self.notify(events)
+        return out
+
+    def notify(self, events: Sequence[AlarmEvent]) -> None:
+        """Announce events whose points and state are committed (MQTT, the live page)."""
+        for event in events:
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("alarm listener failed for %s", event.key)
 
     # ----------------------------------------------------------------- operator actions
     def _lookup(self, site: str, device: str, rule_id: str) -> tuple[Rule, AlarmState]:

@@ -15,11 +15,12 @@ from gateway.config import GatewayConfig, Transport
 from gateway.enrich import Enricher
 from gateway.http import StatusServer
 from gateway.influx import make_writer
+from gateway.lineproto import LineEncoder
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.observe import Observer, Sources, link_state_from
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Output, Pipeline
 from gateway.readings import Reading
 from gateway.writer import OutboxDrainer
 from o2chain.registers import load_profile
@@ -49,13 +50,19 @@ class Gateway:
             max_backoff_s=config.influx.max_backoff_s,
         )
         self.modbus_dropped = 0  # Modbus readings lost at a full outbox (policy block)
+        self.tick_dropped = 0  # chain and self-metric points lost at a full outbox
+        self.encoder = LineEncoder()
         self.pollers = [
             DevicePoller(d, load_profile(d.profile or ""), client_factory, self._emit)
             for d in config.device
             if d.transport is Transport.MODBUS
         ]
         # Enrichment, alarms and self-observation (issue 4, items 5, 6, 8).
-        self.alarm_store = AlarmStore(state_dir / "alarms.sqlite", config.alarm_engine.log_keep)
+        # Alarm state lives in the outbox's file: a transition commits with its alarm point.
+        self.alarm_store = AlarmStore.sharing(
+            self.outbox.db, self.outbox.lock, config.alarm_engine.log_keep
+        )
+        self.alarm_store.import_legacy(state_dir / "alarms.sqlite")
         self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
         link_state = link_state_from(self.sources)
         self.enricher = Enricher(config, self.alarm_store)
@@ -68,32 +75,49 @@ class Gateway:
             config.gateway.http_listen, self.observer, self.alarms, after_action=self.tick
         )
         self.mqtt = MqttIngest(
-            config, self.outbox, on_committed=self.drainer.wake, process=self.pipeline.process
+            config,
+            self.outbox,
+            on_committed=self.drainer.wake,
+            process=self.pipeline.process,
+            alarm_writer=self.alarm_store.writer,
+            announce=self.alarms.notify,
         )
         self.sources.mqtt = self.mqtt
         self.sources.extra["modbus_dropped_total"] = lambda: self.modbus_dropped
+        self.sources.extra["tick_dropped_total"] = lambda: self.tick_dropped
+
+    def _commit(self, readings: list[Reading]) -> int:
+        """Commit pipeline output, then announce its alarm events; returns how many readings
+        the full outbox refused (policy ``block``). Alarm points and their state are committed
+        whatever the bound: they are never the ones lost."""
+        out = Output()
+        out.add(readings, self.encoder.encode)
+        if not out.lines and not out.keep_lines:
+            return 0
+        refused = 0
+        also = self.alarm_store.writer(out.events)
+        try:
+            self.outbox.commit(out.lines, keep_lines=out.keep_lines, also=also)
+        except OutboxFullError:
+            refused = len(out.lines)
+            if out.keep_lines:
+                self.outbox.commit([], keep_lines=out.keep_lines, also=also)
+        self.alarms.notify(out.events)
+        self.drainer.wake()
+        return refused
 
     def _emit(self, reading: Reading) -> None:
-        try:
-            self.outbox.add(r.to_line() for r in self.pipeline.process([reading]))
-        except OutboxFullError:
-            # No broker holds a poll for us: at the bound a Modbus reading is lost, counted.
+        # No broker holds a poll for us: at the bound a Modbus reading is lost, counted.
+        if self._commit(self.pipeline.process([reading])):
             self.modbus_dropped += 1
-            return
-        self.drainer.wake()
 
     def tick(self) -> None:
         """Time-driven pipeline work: alarm delays, silence and shelving, chain balance and
         self-metric points, and events of operator actions, committed to the outbox."""
-        readings = self.pipeline.process([])
-        if not readings:
-            return
-        try:
-            self.outbox.add(r.to_line() for r in readings)
-        except OutboxFullError:
-            log.warning("outbox full: %d alarm/chain/gateway points not stored", len(readings))
-            return
-        self.drainer.wake()
+        refused = self._commit(self.pipeline.process([]))
+        if refused:
+            self.tick_dropped += refused
+            log.warning("outbox full: %d chain/gateway points not stored", refused)
 
     async def _ticker(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         while not stop.is_set():

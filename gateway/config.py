@@ -245,7 +245,7 @@ class AlarmEngineSection(_Strict):
     builtin: bool = True  # DOMAIN.md section 3 defaults (gateway/README.md, "Alarm defaults")
     offline_intervals: Annotated[float, Field(gt=0)] = 3.0  # built-in offline: silence
     max_shelve_s: Annotated[float, Field(gt=0)] = 86400.0  # ISA-18.2: shelving is time-limited
-    log_keep: Annotated[int, Field(ge=10)] = 10_000  # alarm events kept in alarms.sqlite
+    log_keep: Annotated[int, Field(ge=10)] = 10_000  # alarm events kept in outbox.sqlite
 
 
 class GatewayConfig(_Strict):

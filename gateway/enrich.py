@@ -11,7 +11,7 @@
 - Every ``[enrich] chain_interval_s`` one ``chain`` point per site (tag ``site``): produced vs
   delivered oxygen; see gateway/README.md "Enrichment" for the fields.
 
-Totals survive restarts (saved to ``alarms.sqlite`` every minute and at shutdown; a crash
+Totals survive restarts (saved to the state file every minute and at shutdown; a crash
 loses at most that minute of integration, never counts a reading twice).
 """
 

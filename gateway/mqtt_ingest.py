@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -40,11 +41,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig, MqttSection
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
+from gateway.pipeline import Output
 from gateway.readings import Reading
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
 
@@ -72,9 +75,15 @@ class IngestStats:
     acked: int = 0
     paused: int = 0  # times paho's thread waited for room in the queue
     unacked_stale: int = 0  # committed, but their connection was gone: the broker redelivers
+    # Redelivered (DUP) messages that were new to the outbox: work a dropped connection or a
+    # killed gateway had received and not committed, recovered from the broker.
+    redelivered_uncommitted: int = 0
     connects: int = 0
     connected: bool = False
     device_state: dict[str, str] = field(default_factory=dict)
+
+
+AlarmWriter = Callable[[Sequence[AlarmEvent]], Callable[[sqlite3.Connection], None] | None]
 
 
 class _Abandoned(Exception):
@@ -87,6 +96,7 @@ class _Queued(NamedTuple):  # a tuple: built for every message, a dataclass cost
     qos: int
     topic: str
     payload: bytes
+    dup: bool = False  # the broker sends it again: an earlier connection did not ack it
 
 
 def apply_connection_settings(client: mqtt.Client, cfg: MqttSection) -> None:
@@ -112,11 +122,17 @@ class MqttIngest:
         on_committed: Callable[[], None] = lambda: None,
         process: Callable[[list[Reading]], list[Reading]] = lambda readings: readings,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        alarm_writer: AlarmWriter = lambda events: None,
+        announce: Callable[[list[AlarmEvent]], None] = lambda events: None,
     ):
+        """``alarm_writer(events)`` gives what stores the events' alarm state inside the commit
+        that holds their points (``AlarmStore.writer``); ``announce(events)`` runs after it."""
         self.config = config
         self.outbox = outbox
         self.on_committed = on_committed
         self.process = process
+        self.alarm_writer = alarm_writer
+        self.announce = announce
         self.wall_clock_ms = wall_clock_ms
         self.stats = IngestStats()
         self.decoder = TelemetryDecoder(config)
@@ -196,13 +212,14 @@ class MqttIngest:
         st = self.stats
         log.info(
             "MQTT ingest stopped: %d messages, %d readings committed, %d duplicates dropped, "
-            "%d seq gaps, %d rejected, %d acknowledged",
+            "%d seq gaps, %d rejected, %d acknowledged, %d redelivered uncommitted",
             st.messages,
             st.readings,
             st.duplicates,
             st.gaps,
             sum(st.rejects.values()),
             st.acked,
+            st.redelivered_uncommitted,
         )
 
     # -- paho's thread -------------------------------------------------------------------------
@@ -284,7 +301,9 @@ class MqttIngest:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = repr(msg._topic)  # MQTT says UTF-8; a broker that let it through did not
-        queued = _Queued(self._connection, msg.mid, msg.qos, topic, bytes(msg.payload))
+        queued = _Queued(
+            self._connection, msg.mid, msg.qos, topic, bytes(msg.payload), bool(msg.dup)
+        )
         with self._queue_cond:
             if len(self._queue) >= MAX_QUEUED:
                 self.stats.paused += 1
@@ -300,12 +319,12 @@ class MqttIngest:
             return  # not acknowledged: the broker keeps them for the next run
         connection = self._connection
         queued = []
-        for mid, raw_topic, payload in batch:
+        for mid, raw_topic, payload, dup in batch:
             try:
                 topic = raw_topic.decode()
             except UnicodeDecodeError:
                 topic = repr(raw_topic)  # as _on_message does
-            queued.append(_Queued(connection, mid, 1, topic, payload))
+            queued.append(_Queued(connection, mid, 1, topic, payload, dup))
         with self._queue_cond:
             # The bound is checked per run: the queue may pass it by one socket read's worth.
             if len(self._queue) >= MAX_QUEUED:
@@ -342,24 +361,24 @@ class MqttIngest:
                 log.exception("MQTT batch of %d messages not stored", len(batch))
 
     def _commit_batch(self, batch: list[_Queued]) -> None:
-        lines: list[str] = []
+        out = Output()
         dead: list[NewDeadLetter] = []
         now_ms = self.wall_clock_ms()
         self.stats.messages += len(batch)
         for start in range(0, len(batch), PIPELINE_CHUNK):
-            self._process_chunk(batch[start : start + PIPELINE_CHUNK], now_ms, lines, dead)
-        self._commit_until_done(lines, dead)
-        self.stats.readings += len(lines)
+            self._process_chunk(batch[start : start + PIPELINE_CHUNK], now_ms, out, dead)
+        self._commit_until_done(out, dead)
+        self.stats.readings += len(out.lines)
         self.stats.commits += 1
         self._ack(batch)
-        if lines:
+        if out.lines or out.keep_lines:
             self.on_committed()
 
     def _process_chunk(
-        self, chunk: list[_Queued], now_ms: int, lines: list[str], dead: list[NewDeadLetter]
+        self, chunk: list[_Queued], now_ms: int, out: Output, dead: list[NewDeadLetter]
     ) -> None:
-        """Decode, drop duplicates, run the pipeline and encode a run of messages, appending
-        to ``lines`` and ``dead``. The readings of the whole run go through the pipeline in one
+        """Decode, drop duplicates, run the pipeline and encode a run of messages, adding
+        to ``out`` and ``dead``. The readings of the whole run go through the pipeline in one
         call (its stages then pay their lock, clock and bookkeeping once, not per message);
         ``sources`` remembers which message each reading came from, so a failing pipeline can
         still be narrowed down to the message that made it fail."""
@@ -371,7 +390,7 @@ class MqttIngest:
             if queued.topic.endswith("/status"):
                 health = self._status(queued, now_ms)
                 if health is not None:
-                    lines.append(encode(health))
+                    out.lines.append(encode(health))
                 continue
             try:
                 readings = decode(queued.topic, queued.payload, now_ms)
@@ -384,6 +403,9 @@ class MqttIngest:
                 self._reject(dead, queued, "pipeline_error", repr(exc))
                 continue
             fresh = self._drop_duplicates(readings)
+            if fresh and queued.dup:
+                # Sent to an earlier connection (or instance) that never committed it.
+                self.stats.redelivered_uncommitted += 1
             if fresh:
                 sources.append((queued, len(fresh_all), len(fresh)))
                 fresh_all += fresh
@@ -391,11 +413,10 @@ class MqttIngest:
             return
         try:
             processed = self.process(fresh_all)
-            encoded = [encode(r) for r in processed]
         except Exception:
             log.exception("pipeline failed on a run of %d messages", len(sources))
-            encoded = self._process_one_by_one(fresh_all, sources, dead)
-        lines += encoded
+            processed = self._process_one_by_one(fresh_all, sources, dead)
+        out.add(processed, encode)
 
     def _reject(self, dead: list[NewDeadLetter], queued: _Queued, reason: str, detail: str) -> None:
         stats = self.stats
@@ -407,19 +428,18 @@ class MqttIngest:
         fresh_all: list[Reading],
         sources: list[tuple[_Queued, int, int]],
         dead: list[NewDeadLetter],
-    ) -> list[str]:
+    ) -> list[Reading]:
         """After a failed batch: each message's readings on their own, so only the messages
         the pipeline fails on become dead letters (``pipeline_error``), as before batching.
         Stages may see some readings twice then; they tolerate replays (same timestamps)."""
-        lines: list[str] = []
+        processed: list[Reading] = []
         for queued, first, count in sources:
             try:
-                processed = self.process(fresh_all[first : first + count])
-                lines += [self.encoder.encode(r) for r in processed]  # all or none of them
+                processed += self.process(fresh_all[first : first + count])
             except Exception as exc:
                 log.exception("pipeline failed on a message on %s", queued.topic)
                 self._reject(dead, queued, "pipeline_error", repr(exc))
-        return lines
+        return processed
 
     def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
         """Record the board's link state; its health fields become a ``device_health`` point."""
@@ -458,22 +478,40 @@ class MqttIngest:
             fresh.append(r)
         return fresh
 
-    def _commit_until_done(self, lines: list[str], dead: list[NewDeadLetter]) -> None:
+    def _commit_until_done(self, out: Output, dead: list[NewDeadLetter]) -> None:
         """Commit, retrying (without acknowledging anything) while the outbox is full or the
-        disk fails; raises only when stopping (nothing committed, nothing acknowledged)."""
+        disk fails; raises only when stopping (nothing committed, nothing acknowledged).
+
+        Alarm events do not wait for room: at a full outbox they are committed on their own
+        (with their state) and announced at once; the readings follow when there is room."""
         seq_rows = self.tracker.take_dirty()
+        keep_lines, events = out.keep_lines, out.events
         delay = _RETRY_FIRST_S
         reported = False
         while True:
             try:
-                self.outbox.commit(lines, dead, seq_rows)
+                self.outbox.commit(
+                    out.lines,
+                    dead,
+                    seq_rows,
+                    keep_lines=keep_lines,
+                    also=self.alarm_writer(events) if events else None,
+                )
                 if reported:
                     log.info("outbox accepts again")
+                if events:
+                    self.announce(events)
                 return
             except OutboxFullError as exc:
                 if not reported:
                     log.warning("%s: not acknowledging; the broker holds messages", exc)
                     reported = True
+                if keep_lines:
+                    also = self.alarm_writer(events) if events else None
+                    self.outbox.commit([], keep_lines=keep_lines, also=also)
+                    if events:
+                        self.announce(events)
+                    keep_lines, events = [], []
                 self.outbox.wait_for_room(1.0)
             except Exception as exc:
                 self.stats.commit_failures += 1

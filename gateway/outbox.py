@@ -13,6 +13,12 @@ per 60,000 readings in ``executemany`` alone).
 The outbox is bounded (``max_bytes`` of queued line protocol): at the bound, ``block`` makes
 :meth:`commit` refuse (:class:`OutboxFullError`, the caller stops acknowledging so the broker
 keeps the messages), ``drop_oldest`` deletes the oldest points to make room and counts them.
+Alarm events are exempt both ways: ``keep_lines`` are committed past the bound and their rows
+are never the ones ``drop_oldest`` deletes (an alarm nobody can see is the loss that matters).
+
+The same file holds the alarm engine's state (:mod:`gateway.alarm_store` shares the connection),
+so an alarm's lifecycle change commits in the transaction that holds its ``alarm`` point:
+``commit(..., also=store.writer(events))``.
 
 Thread-safe: MQTT ingest commits from its thread, Modbus pollers from the event loop, the writer
 drains from worker threads.
@@ -24,7 +30,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,7 +40,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     line TEXT NOT NULL,  -- a JSON array of line-protocol points (or one bare line: old rows)
     added_ms INTEGER NOT NULL,
-    points INTEGER NOT NULL DEFAULT 1
+    points INTEGER NOT NULL DEFAULT 1,
+    keep INTEGER NOT NULL DEFAULT 0  -- 1: alarm events, never dropped at the bound
 );
 CREATE TABLE IF NOT EXISTS deadletter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -147,7 +154,18 @@ class Outbox:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "points" not in columns:  # an outbox of release 0.1: one point per row
             self._db.execute("ALTER TABLE outbox ADD COLUMN points INTEGER NOT NULL DEFAULT 1")
+        if "keep" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
         self._recount()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for stores that share this file; use it under :attr:`lock`."""
+        return self._db
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
 
     def _recount(self) -> None:
         queued, points = self._db.execute(
@@ -175,16 +193,24 @@ class Outbox:
         lines: Sequence[str],
         dead_letters: Sequence[NewDeadLetter] = (),
         seq_rows: Sequence[tuple[str, int, int, bytes]] = (),
+        *,
+        keep_lines: Sequence[str] = (),
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
         """Commit points, dead letters and tracker state in one transaction; durable on return.
 
+        ``keep_lines`` (alarm events) are committed even past the bound and never dropped for
+        room; ``also`` runs inside the transaction (the alarm state that goes with them).
         Raises :class:`OutboxFullError` (policy ``block``) when the outbox is at its bound and
-        ``lines`` is not empty; dead letters and state alone are always committed, and so is a
-        batch into an empty outbox (a batch bigger than the whole bound must not wait forever).
+        ``lines`` is not empty, committing nothing; dead letters, state and ``keep_lines``
+        alone are always committed, and so is a batch into an empty outbox (a batch bigger than
+        the whole bound must not wait forever).
         """
         now = int(time.time() * 1000)
         rows = _rows(lines)
+        kept = _rows(keep_lines)
         size = sum(len(text) for text, _ in rows)
+        kept_size = sum(len(text) for text, _ in kept)
         with self._lock:
             full = self._bytes > 0 and self._bytes + size > self.max_bytes
             if lines and full and self.policy is FullPolicy.BLOCK:
@@ -197,9 +223,12 @@ class Outbox:
                 if lines and self._bytes + size > self.max_bytes:
                     self._drop_oldest(self._bytes + size - self.max_bytes)
                 self._db.executemany(
-                    "INSERT INTO outbox (line, added_ms, points) VALUES (?, ?, ?)",
-                    [(text, now, n) for text, n in rows],
+                    "INSERT INTO outbox (line, added_ms, points, keep) VALUES (?, ?, ?, ?)",
+                    [(text, now, n, 1) for text, n in kept]
+                    + [(text, now, n, 0) for text, n in rows],
                 )
+                if also is not None:
+                    also(self._db)
                 if dead_letters:
                     self._db.executemany(
                         "INSERT INTO deadletter (received_ms, source, topic, reason, detail, "
@@ -220,9 +249,9 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 self._recount()
                 raise
-            self._bytes += size
-            self._points += len(lines)
-            self.stats.committed += len(lines)
+            self._bytes += size + kept_size
+            self._points += len(lines) + len(keep_lines)
+            self.stats.committed += len(lines) + len(keep_lines)
             self.stats.commits += 1
             self.stats.dead_letters += len(dead_letters)
         return len(lines)
@@ -231,7 +260,9 @@ class Outbox:
         """Delete the oldest points holding at least ``need_bytes`` (inside a transaction)."""
         freed = dropped = 0
         last_id = None
-        cur = self._db.execute("SELECT id, LENGTH(line), points FROM outbox ORDER BY id")
+        cur = self._db.execute(
+            "SELECT id, LENGTH(line), points FROM outbox WHERE keep = 0 ORDER BY id"
+        )
         for row_id, size, points in cur:
             freed += int(size)
             dropped += int(points)
@@ -240,7 +271,7 @@ class Outbox:
                 break
         cur.close()
         if last_id is not None:
-            self._db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+            self._db.execute("DELETE FROM outbox WHERE id <= ? AND keep = 0", (last_id,))
             self._bytes -= freed
             self._points -= dropped
             self.stats.dropped_oldest += dropped

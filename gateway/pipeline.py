@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from gateway.alarms import AlarmEvent, alarm_events
 from gateway.readings import Reading
 
 Stage = Callable[[list[Reading]], list[Reading]]
@@ -32,3 +34,22 @@ class Pipeline:
             for stage in self.stages:
                 readings = stage(readings)
             return readings
+
+
+@dataclass
+class Output:
+    """Pipeline output made ready for :meth:`gateway.outbox.Outbox.commit`: ``lines`` (the
+    readings), ``keep_lines`` (alarm points: committed past the bound, never dropped) and the
+    alarm ``events`` whose state commits with them and which are announced after the commit."""
+
+    lines: list[str] = field(default_factory=list)
+    keep_lines: list[str] = field(default_factory=list)
+    events: list[AlarmEvent] = field(default_factory=list)
+
+    def add(self, readings: Sequence[Reading], encode: Callable[[Reading], str]) -> None:
+        for r in readings:
+            if r.measurement == "alarm":
+                self.keep_lines.append(encode(r))
+                self.events += alarm_events([r])
+            else:
+                self.lines.append(encode(r))

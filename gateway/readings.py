@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from influxdb_client import Point, WritePrecision
 
@@ -21,7 +22,8 @@ class Reading:
     tags: dict[str, str]
     fields: dict[str, FieldValue]
     ts_ms: int
-    meta: dict[str, int | str] = field(default_factory=dict, compare=False)
+    # Not stored: where the reading came from (boot, seq) or what must commit with it.
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_line(self) -> str:
         """InfluxDB line protocol (escaping by influxdb-client's ``Point``)."""

@@ -20,7 +20,7 @@ from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmEvent
 from gateway.config import parse_config
 from gateway.enrich import Enricher
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, Stage
 from gateway.readings import FieldValue, Reading
 from simulators.physics.atmosphere import Weather
 from simulators.physics.concentrator import ConcentratorModel, ConcentratorParams
@@ -54,7 +54,12 @@ def build(tmp_path: Path, clock: SimClock) -> tuple[Pipeline, AlarmEngine, list[
     engine = AlarmEngine(config, store, clock_ms=clock)
     events: list[AlarmEvent] = []
     engine.listeners.append(events.append)
-    return Pipeline([Enricher(config, store, clock_ms=clock), engine]), engine, events
+    stages: list[Stage] = [
+        Enricher(config, store, clock_ms=clock),
+        engine,
+        engine.committed_locally,
+    ]
+    return Pipeline(stages), engine, events
 
 
 def of(events: list[AlarmEvent], rule: str) -> list[AlarmEvent]:

@@ -41,13 +41,18 @@ def cfg(rules: list[dict[str, Any]] | None = None, builtin: bool = True) -> dict
     }  # fmt: skip
 
 
+class Engine(AlarmEngine):
+    """The engine as the gateway runs it: each call's events stored, then announced."""
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        return self.committed_locally(super().__call__(readings))
+
+
 def engine(
     tmp_path: Path, clock: Clock, data: dict[str, Any], link: Any = None
 ) -> tuple[AlarmEngine, list[AlarmEvent]]:
     store = AlarmStore(tmp_path / "alarms.sqlite")
-    eng = AlarmEngine(
-        parse_config(data), store, clock_ms=clock, link_state=link or (lambda s, d: None)
-    )
+    eng = Engine(parse_config(data), store, clock_ms=clock, link_state=link or (lambda s, d: None))
     events: list[AlarmEvent] = []
     eng.listeners.append(events.append)
     return eng, events

@@ -1,20 +1,27 @@
-"""Delivery acceptance (issue 4): a 20,000-reading fleet run (``o2chain sim fleet``: 20 real board
+"""Delivery acceptance: a 20,000-reading fleet run (``o2chain sim fleet``: 20 real board
 clients with store and forward) through real Mosquitto and InfluxDB while the gateway is
 SIGKILLed, InfluxDB is down, or the broker restarts - and InfluxDB ends up holding exactly 20,000
-distinct readings, 1,000 per board, seq 0..999."""
+distinct readings, 1,000 per board, seq 0..999. Through the kills, alarm events, chain balance
+and self-metric points are under the same guarantee: each alarm transition stored once, with its
+state, and announced only after that."""
 
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from gateway.tests.conftest import (
     DB,
+    SITE,
     count_points,
     gateway_config,
     sim_board_id,
@@ -57,11 +64,53 @@ def config(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> Path:
 def assert_every_reading_once(influxdb: InfluxDB, timeout_s: float = 60) -> None:
     count = wait_for_count(influxdb, TOTAL, timeout_s)
     assert count == TOTAL
-    per_board = influxdb.query_points("SELECT count(seq) FROM room GROUP BY device", db=DB)
+    per_board = influxdb.query_points(
+        "SELECT count(seq), count(distinct(seq)) AS unique FROM room GROUP BY device", db=DB
+    )
     assert len(per_board) == BOARDS
-    assert {int(p["count"]) for p in per_board} == {PER_BOARD}
+    assert {(int(p["count"]), int(p["unique"])) for p in per_board} == {(PER_BOARD, PER_BOARD)}
     spread = influxdb.query_points("SELECT min(seq), max(seq) FROM room GROUP BY device", db=DB)
     assert {(p["min"], p["max"]) for p in spread} == {(0, PER_BOARD - 1)}
+
+
+# Rules on the boards' own sequence numbers: their transitions are known in advance whatever
+# the run's timing, so the test knows exactly which alarm events must exist. "seq-early" raises
+# at seq 0 and clears at seq 250, "seq-late" raises at seq 600: three events per board, the
+# first kill lands near seq 250.
+SEQ_RULES = [
+    {"id": "seq-early", "field": "seq", "op": "<", "value": 250, "severity": "warning"},
+    {"id": "seq-late", "field": "seq", "op": ">=", "value": 600, "severity": "warning"},
+]
+
+
+def with_seq_rules(cfg: Path) -> Path:
+    data = tomllib.loads(cfg.read_text())
+    data["alarm"] = SEQ_RULES
+    data["enrich"] = {"chain_interval_s": 1.0}
+    data["gateway"]["metrics_interval_s"] = 1.0
+    cfg.write_bytes(tomli_w.dumps(data).encode())
+    return cfg
+
+
+def assert_alarm_events_once(influxdb: InfluxDB, state_dir: Path) -> None:
+    """Each board's three transitions stored exactly once, in order, and the alarm log the
+    gateway committed with them holds the same events (state and point in one transaction)."""
+    points = influxdb.query_points(
+        "SELECT state, value FROM alarm WHERE rule =~ /^seq-/ GROUP BY device, rule", db=DB
+    )
+    seen: dict[tuple[str, str], list[str]] = {}
+    for p in sorted(points, key=lambda p: p["time"]):
+        seen.setdefault((p["device"], p["rule"]), []).append(p["state"])
+    assert len(seen) == 2 * BOARDS, sorted(seen)
+    for (device, rule), states in seen.items():
+        expected = ["raise", "clear"] if rule == "seq-early" else ["raise"]
+        assert states == expected, (device, rule, states)
+    with sqlite3.connect(state_dir / "outbox.sqlite") as db:
+        logged = [json.loads(e) for (e,) in db.execute("SELECT event FROM alarm_log")]
+        active = {k for (k,) in db.execute("SELECT key FROM alarm_state")}
+    seq_log = [e for e in logged if e["rule"].startswith("seq-")]
+    assert len(seq_log) == 3 * BOARDS
+    assert active >= {f"{SITE}/{sim_board_id(n)}/seq-late" for n in range(BOARDS)}
 
 
 def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
@@ -70,12 +119,13 @@ def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
     influxdb: InfluxDB,
     sim_fleet: Callable[..., ChildProcess],
 ) -> None:
-    cfg = config(tmp_path, mosquitto, influxdb)
+    cfg = with_seq_rules(config(tmp_path, mosquitto, influxdb))
     gw = start_gateway(cfg, tmp_path / "gw.log")
     try:
         pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=0.005)  # 4,000/s
         wait_until(lambda: count_points(influxdb) >= TOTAL // 4, 30, "a quarter of the run")
         gw.kill()  # SIGKILL: no goodbye, whatever was in flight is in flight
+        killed_ms = int(time.time() * 1000)
         killed_at = count_points(influxdb)
         # While it is down the fleet publishes into the gateway's session at the broker...
         time.sleep(1.5)  # a fault's duration, not a synchronisation
@@ -88,9 +138,26 @@ def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
         gw = start_gateway(cfg, tmp_path / "gw.log")
         fleet_summary(pub, 60)
         assert_every_reading_once(influxdb)
+        wait_until(
+            lambda: len(influxdb.query_points("SELECT state FROM alarm", db=DB)) >= 3 * BOARDS,
+            30,
+            "the alarm events",
+        )
     finally:
         gw.stop()
     assert gw.returncode == 0, gw.log_tail()
+    assert_alarm_events_once(influxdb, tmp_path / "state")
+    # The kills caught work in flight: messages the broker had to send again because a killed
+    # gateway had received them without committing (ack follows commit), found new on restart.
+    recovered = [int(n) for n in re.findall(r"(\d+) redelivered uncommitted", gw.log_text())]
+    assert recovered and sum(recovered) > 0, gw.log_tail()
+    # Chain balance and self-metric points (one a second) flowed before and after the kills,
+    # each stored once (their identity is site or gateway + time: a replay would overwrite).
+    for measurement in ("chain", "gateway"):
+        rows = influxdb.query_points(f"SELECT * FROM {measurement}", db=DB)
+        times = [r["time"] for r in rows]
+        assert len(times) >= 3 and len(set(times)) == len(times), measurement
+        assert min(times) < killed_ms < max(times), measurement
 
 
 def _influx_outage(

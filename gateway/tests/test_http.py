@@ -98,6 +98,11 @@ class Rig:
     pipeline: Pipeline
     ticks: list[int]
 
+    def tick(self) -> None:
+        """What the gateway's tick does: the action's event through the pipeline, committed."""
+        self.ticks.append(1)
+        self.pipeline.process([])
+
 
 def rig(tmp_path: Path) -> Rig:
     config = parse_config(CONFIG)
@@ -111,7 +116,7 @@ def rig(tmp_path: Path) -> Rig:
     engine = AlarmEngine(config, store, clock_ms=clock, link_state=link)
     enricher = Enricher(config, store, clock_ms=clock)
     observer = Observer(config, sources, engine, enricher, link, clock_ms=clock)
-    pipeline = Pipeline([enricher, engine, observer])
+    pipeline = Pipeline([enricher, engine, engine.committed_locally, observer])
     return Rig(clock, outbox, mqtt, poller, engine, observer, pipeline, [])
 
 
@@ -154,7 +159,10 @@ def test_routes_status_metrics_and_alarm_actions(
 
     async def scenario() -> None:
         server = StatusServer(
-            "127.0.0.1:0", r.observer, r.engine, after_action=lambda: r.ticks.append(1)
+            "127.0.0.1:0",
+            r.observer,
+            r.engine,
+            after_action=r.tick,
         )
         with caplog.at_level("INFO", logger="gateway.http"):
             url = await server.start()

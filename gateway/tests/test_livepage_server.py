@@ -44,7 +44,7 @@ def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:
     clock = Clock()
     engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
     observer = Observer(config, Sources(), engine, clock_ms=clock)
-    return clock, engine, observer, Pipeline([engine, observer])
+    return clock, engine, observer, Pipeline([engine, engine.committed_locally, observer])
 
 
 async def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -164,6 +164,9 @@ def test_events_stream_pushes_status_and_alarm_changes_at_once(tmp_path: Path) -
             raised = json.loads((await stream.frame())["data"])
             assert [a["key"] for a in raised["alarms"]] == ["lhasa/room-1/room-o2-high"]
             await asyncio.to_thread(engine.acknowledge, "lhasa", "room-1", "room-o2-high", "pema")
+            # Announced once committed: by the next pipeline pass (the gateway ticks after
+            # every operator action).
+            await asyncio.to_thread(pipeline.process, [])
             acked = json.loads((await stream.frame())["data"])
             assert acked["alarms"][0]["acked_by"] == "pema"
             stream.close()

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.mqtt_fast import FastClient
 
-Message = tuple[int, int, str, bytes]  # qos, packet id, topic, payload
+Message = tuple[int, int, str, bytes, bool]  # qos, packet id, topic, payload, DUP
 
 
 def varint(n: int) -> bytes:
@@ -60,10 +60,12 @@ class FakeSocket:
 
 def receive(client: mqtt.Client, reads: list[bytes]) -> list[Message]:
     got: list[Message] = []
-    client.on_message = lambda c, u, m: got.append((m.qos, m.mid, m.topic, bytes(m.payload)))
+    client.on_message = lambda c, u, m: got.append(
+        (m.qos, m.mid, m.topic, bytes(m.payload), bool(m.dup))
+    )
     if isinstance(client, FastClient):
         client.on_message_batch = lambda batch: got.extend(
-            (1, mid, topic.decode(), payload) for mid, topic, payload in batch
+            (1, mid, topic.decode(), payload, dup) for mid, topic, payload, dup in batch
         )
     sock = FakeSocket(reads)
     client._sock = sock  # type: ignore[assignment]
@@ -100,6 +102,8 @@ def stream(seed: int, count: int = 600) -> bytes:
             packets.append(publish(topic, b"x" * rng.choice([200, 20_000]), mid=n))
         elif kind < 0.10:
             packets.append(publish(topic, b"", mid=n, retain=True, dup=True))
+        elif kind < 0.14:  # redelivered after a reconnect: the ingest counts these
+            packets.append(publish(topic, payload, mid=n, dup=True))
         else:
             packets.append(publish(topic, payload, mid=n))
     return b"".join(packets)
@@ -142,7 +146,9 @@ def test_without_a_batch_callback_every_message_goes_through_on_message() -> Non
     expected = receive(client(mqtt.Client), reads)
     fast = client(FastClient)
     got: list[Message] = []
-    fast.on_message = lambda c, u, m: got.append((m.qos, m.mid, m.topic, bytes(m.payload)))
+    fast.on_message = lambda c, u, m: got.append(
+        (m.qos, m.mid, m.topic, bytes(m.payload), bool(m.dup))
+    )
     sock = FakeSocket(reads)
     fast._sock = sock  # type: ignore[assignment]
     while sock.reads:

@@ -258,6 +258,10 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
           on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -30 degC"),
         B("device-offline", AlarmKind.OFFLINE, sev.ALARM, silence_intervals=offline_n,
           doc=f"MQTT last will, Modbus poller offline, or silent > {offline_n:g} intervals"),
+        B("sensor-fault", AlarmKind.FLAGGED, sev.WARNING, "invalid", off_delay_s=300,
+          doc="a reading carried a field the gateway will not use as a number (implausible, "
+              "a no-value sentinel, not finite): stored flagged (docs/contracts.md); the "
+              "other fields are judged as usual"),
         B("room-o2-stale", AlarmKind.STALE, sev.WARNING, "o2_pct", value_fn=stale_after,
           device_kind=room, doc="the board reports but no O2 value for 5 intervals"),
         B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
@@ -530,6 +534,7 @@ class _DevicePlan:
     producer: bool
     stale_fields: tuple[str, ...]
     checks: list[_Check]
+    flag_checks: list[_Check]  # kind flagged: judged on every reading, flag present or not
 
 
 class AlarmEngine:
@@ -563,6 +568,7 @@ class AlarmEngine:
         self._states: dict[str, AlarmState] = {}
         self._pending: list[AlarmEvent] = []
         self._rate_windows: dict[str, deque[tuple[int, float]]] = {}
+        self._flag_text: dict[str, str] = {}  # flagged rules: the latest flag, per alarm
         self._baselines: dict[str, Baseline] = {}
         self._seen_producers: set[tuple[str, str]] = set()
         start = clock_ms()
@@ -643,6 +649,11 @@ class AlarmEngine:
             track=self._tracks[key],
             producer=self._devices[key].kind in PRODUCERS,
             stale_fields=tuple(dict.fromkeys(stale)),
+            flag_checks=[
+                _Check(r, r.field, r.kind, r.op, 0.0, False)
+                for r in rules
+                if r.kind is AlarmKind.FLAGGED and r.field is not None
+            ],
             # A rule without a field never judges a reading (its value would be None).
             checks=[
                 _Check(r, r.field, r.kind, r.op, r.hysteresis, r.only_warm)
@@ -693,6 +704,8 @@ class AlarmEngine:
         warm = track.running_since_ms is not None and (
             ts - track.running_since_ms >= WARMUP_S * 1000
         )
+        for check in plan.flag_checks:
+            self._judge_flag(check, dev, fields.get(check.field), ts)
         for check in plan.checks:
             value = fields.get(check.field)
             if value is None:
@@ -758,6 +771,20 @@ class AlarmEngine:
                 if expected is not None:
                     residual = float(value) - expected
                     self._judge_value(rule, st, residual, self._threshold(rule, dev), ts)
+
+    def _judge_flag(self, check: _Check, dev: Device, flag: object, ts: int) -> None:
+        """A ``flagged`` rule: raised while the readings carry the flag, cleared by readings
+        without it; the flag's text (e.g. ``rh_pct:out_of_range``) goes into the message."""
+        st = check.state
+        if st is None:
+            st = check.state = self._state(check.rule, dev)
+        if st.last_ts_ms is not None and ts < st.last_ts_ms:
+            return
+        st.last_ts_ms = ts
+        flagged = flag is not None and flag is not False and flag != ""
+        if flagged:
+            self._flag_text[st.key] = str(flag)[:200]
+        self._judge(check.rule, st, flagged, not flagged, None, None, ts)
 
     def _rate(self, key: str, rule: Rule, ts_ms: int, value: float) -> float | None:
         """Change per minute over the rule's window (None until half a window is seen)."""
@@ -881,6 +908,8 @@ class AlarmEngine:
             return f"{st.device}: offline (silent {values['value']:.0f} s)"
         if rule.kind is AlarmKind.STALE:
             return f"{st.device}: no {st.field} for {values['value']:.0f} s"
+        if rule.kind is AlarmKind.FLAGGED:
+            return f"{st.device}: {rule.id}: {self._flag_text.get(st.key, st.field or '')}"
         what = {AlarmKind.RATE: f"{st.field} change/min", AlarmKind.RESIDUAL: "purity residual"}
         name = what.get(rule.kind, st.field or "")
         return (

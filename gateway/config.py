@@ -195,6 +195,7 @@ class AlarmKind(StrEnum):
     STALE = "stale"  # field not received for `value` s while the device reports
     RATE = "rate"  # change of field per minute over window_s, op value
     RESIDUAL = "residual"  # purity minus the unit's purity-flow baseline, op value
+    FLAGGED = "flagged"  # the device's readings carry `field` (a flag such as `invalid`)
 
 
 class Severity(StrEnum):
@@ -234,7 +235,9 @@ class AlarmRule(_Strict):
         needs_field = self.kind in (AlarmKind.THRESHOLD, AlarmKind.RATE, AlarmKind.RESIDUAL)
         if needs_field and not self.field:
             raise ValueError(f"kind {self.kind.value!r} needs field")
-        if self.kind is not AlarmKind.OFFLINE and self.value is None:
+        if self.kind is AlarmKind.FLAGGED and not self.field:
+            raise ValueError("kind 'flagged' needs field (the flag, e.g. invalid)")
+        if self.kind not in (AlarmKind.OFFLINE, AlarmKind.FLAGGED) and self.value is None:
             raise ValueError(f"kind {self.kind.value!r} needs value")
         return self
 

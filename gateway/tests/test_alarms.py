@@ -10,7 +10,7 @@ import pytest
 from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmError, AlarmEvent, effective_rules
 from gateway.config import ConfigError, parse_config
-from gateway.readings import Reading
+from gateway.readings import FieldValue, Reading
 
 T0 = 1_700_000_000_000
 
@@ -270,3 +270,32 @@ def test_rate_and_stale_rules(tmp_path: Path) -> None:
     eng([])
     assert states(events, "o2-stale") == ["raise"]
     assert events[-1].alarm["message"] == "room-1: no o2_pct for 40 s"
+
+
+def test_a_flagged_field_raises_sensor_fault_and_never_silences_the_o2_alarm(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    eng, events = engine(tmp_path, clock, cfg())
+    tags = {"site": "lhasa", "device": "room-1", "room": "1"}
+    bad: dict[str, FieldValue] = {
+        "o2_pct": 29.5,
+        "rh_pct_raw": 150.0,
+        "invalid": "rh_pct:out_of_range",
+    }
+    for _ in range(5):  # 40 s above the Lhasa high alarm, humidity impossible all along
+        eng([Reading("room", tags, dict(bad), clock.t_ms)])
+        clock.advance(10)
+    raised = {e.alarm["rule"]: e for e in events if e.state == "raise"}
+    assert set(raised) >= {"sensor-fault", "room-o2-high"}
+    assert "rh_pct:out_of_range" in raised["sensor-fault"].alarm["message"]
+    for _ in range(35):  # clean readings for 350 s: past sensor-fault's 300 s off-delay
+        eng([Reading("room", tags, {"o2_pct": 25.0, "rh_pct": 30.0}, clock.t_ms)])
+        clock.advance(10)
+    cleared = [e.alarm["rule"] for e in events if e.state == "clear"]
+    assert "sensor-fault" in cleared and "room-o2-high" in cleared
+
+
+def test_flagged_rules_need_the_flag_field() -> None:
+    with pytest.raises(ConfigError, match="flagged"):
+        parse_config(cfg([{"id": "f", "kind": "flagged"}]))

@@ -299,3 +299,20 @@ def test_a_flagged_field_raises_sensor_fault_and_never_silences_the_o2_alarm(
 def test_flagged_rules_need_the_flag_field() -> None:
     with pytest.raises(ConfigError, match="flagged"):
         parse_config(cfg([{"id": "f", "kind": "flagged"}]))
+
+
+@pytest.mark.parametrize(
+    ("op", "at_threshold", "past_threshold"),
+    [(">", False, True), (">=", True, True), ("<", False, False), ("<=", True, False)],
+)
+def test_each_operator_decides_the_value_on_the_threshold(
+    tmp_path: Path, op: str, at_threshold: bool, past_threshold: bool
+) -> None:
+    """Strict operators leave the threshold itself alone; inclusive ones raise on it (the
+    semantics docs/domain.md and the firmware share: built-ins use > and <)."""
+    rule = {"id": "edge", "field": "o2_pct", "op": op, "value": 27.0, "severity": "alarm"}
+    for value, expected in ((27.0, at_threshold), (27.1, past_threshold)):
+        clock = Clock()
+        eng, events = engine(tmp_path / f"{op}-{value}", clock, cfg([rule], builtin=False))
+        eng([room(clock.t_ms, value)])
+        assert [e.state for e in events] == (["raise"] if expected else []), (op, value)

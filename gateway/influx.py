@@ -1,6 +1,8 @@
-"""InfluxDB writers. Errors are sorted by what the caller should do (STYLE.md): retry later
-(connection errors, timeouts, 429, 5xx - honouring ``Retry-After``), send smaller parts (413),
-or dead-letter the points (other 4xx: their content is bad).
+"""InfluxDB writers. Errors are sorted by what the caller should do: retry later (connection
+errors, timeouts, 429, 5xx - honouring ``Retry-After``), retry and shout (401/403, 404, 3xx:
+the gateway's own configuration is wrong, no point is at fault), send smaller parts (413), or
+dead-letter the points (other 4xx: their content is bad). Redirects are not followed: a
+``POST`` redirected to a login page would answer 200 and lose the points.
 
 - ``v1``: ``POST /write?db=..&precision=ms`` (InfluxDB 1.x; 2.x and 3.x answer it too).
 - ``v2``: ``/api/v2/write`` through ``influxdb-client`` (bucket, org, token).
@@ -32,6 +34,12 @@ class InfluxUnavailable(InfluxWriteError):
     def __init__(self, detail: str, retry_after_s: float | None = None):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class InfluxMisconfigured(InfluxUnavailable):
+    """InfluxDB refuses the gateway itself: credentials (401/403), a database or bucket that
+    does not exist (404) or a redirect (3xx, e.g. http -> https). Retried until the config is
+    fixed, loudly; never a reason to dead-letter points."""
 
 
 class InfluxTooLarge(InfluxWriteError):
@@ -77,6 +85,9 @@ def raise_for_status(status: int, body: str, retry_after: str | None) -> None:
     if status < 300:
         return
     body = body.strip()[:500]
+    if 300 <= status < 400 or status in (401, 403, 404):
+        hint = "redirected: check [influx] url" if status < 400 else "check [influx] settings"
+        raise InfluxMisconfigured(f"HTTP {status} ({hint}): {body}")
     if status == 429 or status >= 500:
         raise InfluxUnavailable(f"HTTP {status}: {body}", parse_retry_after(retry_after))
     if status == 413:
@@ -98,7 +109,10 @@ class InfluxV1Writer:
     def _post(self, endpoint: str, **kwargs: Any) -> requests.Response:
         try:
             return self._session.post(
-                f"{self.cfg.url}/{endpoint}", timeout=self.cfg.timeout_s, **kwargs
+                f"{self.cfg.url}/{endpoint}",
+                timeout=self.cfg.timeout_s,
+                allow_redirects=False,
+                **kwargs,
             )
         except requests.RequestException as exc:
             # A pooled connection may be stale after a server restart: drop the pool.

@@ -247,7 +247,10 @@ class Observer:
         if self.sources.mqtt is not None and not _get(self.sources.mqtt, "stats.connected"):
             warnings.append("mqtt: not connected to the broker")
         last_error = _get(self.sources.drainer, "stats.last_error", "")
-        if last_error and age > 0:
+        if _get(self.sources.drainer, "stats.misconfigured", False):
+            # Nothing reaches InfluxDB until someone fixes the config: unhealthy, not a warning.
+            reasons.append(f"influx refuses the gateway: {last_error}")
+        elif last_error and age > 0:
             warnings.append(f"influx: {last_error}")
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
@@ -431,6 +434,12 @@ class Observer:
                 "counter",
                 "points InfluxDB rejected",
                 [({}, _get(src.drainer, st + "rejected", 0))],
+            )
+            out.add(
+                "o2chain_influx_misconfigured",
+                "gauge",
+                "1 while InfluxDB refuses the gateway (credentials, database, redirect)",
+                [({}, int(bool(_get(src.drainer, st + "misconfigured", False))))],
             )
             out.add(
                 "o2chain_influx_write_latency_seconds",

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.influx import InfluxRejected, InfluxTooLarge, InfluxUnavailable
+from gateway.influx import (
+    InfluxMisconfigured,
+    InfluxRejected,
+    InfluxTooLarge,
+    InfluxUnavailable,
+)
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,8 @@ class WriterStats:
     failures: int = 0
     last_latency_s: float = 0.0
     last_error: str = ""
+    # InfluxDB refuses the gateway itself (credentials, missing database, redirect): points wait.
+    misconfigured: bool = False
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -87,6 +94,22 @@ class OutboxDrainer:
                 # Every point of these rows is now in InfluxDB or in the dead letters.
                 await asyncio.to_thread(self.outbox.remove_through, batch.ids[-1])
                 backoff = 0.25
+                if self.stats.misconfigured:
+                    log.warning("InfluxDB accepts the gateway's writes again")
+                    self.stats.misconfigured = False
+            except InfluxMisconfigured as exc:
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)
+                self.stats.misconfigured = True
+                log.error(
+                    "InfluxDB refuses the gateway (%s): %d points wait in the outbox, none is "
+                    "dead-lettered; fix the config, retrying in %.0f s",
+                    exc,
+                    len(batch),
+                    self.max_backoff_s,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.max_backoff_s)
             except InfluxUnavailable as exc:
                 self.stats.failures += 1
                 self.stats.last_error = str(exc)

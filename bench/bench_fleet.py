@@ -39,7 +39,9 @@ def proc_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def run(broker: Mosquitto, boards: int, interval_s: float, readings: int, site: str):
+def run(
+    broker: Mosquitto, boards: int, interval_s: float, readings: int, site: str
+) -> tuple[FleetSummary, float, float, float]:
     config = FleetConfig(
         host=broker.host,
         port=broker.port,

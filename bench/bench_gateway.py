@@ -662,7 +662,7 @@ def stage_costs(tmp: Path, readings: int, boards: int = 8) -> dict[str, float]:
     gw.outbox.close()
     gw = _stage_rig(tmp / "commit", boards)  # fresh state: no reading is a duplicate
     ingest = gw.mqtt
-    ingest._ack = lambda batch: None  # type: ignore[method-assign]  # no broker here
+    ingest._ack = lambda batch: None  # no broker here
     queued = [_Queued(0, n % 65535 + 1, 1, t, b) for n, (t, b) in enumerate(messages)]
     t0 = time.process_time()
     step = MAX_MESSAGES_PER_COMMIT

@@ -21,18 +21,23 @@ byte. This subclass changes only those two things:
   A packet of any other kind, or one cut by the end of the buffer, still goes through paho,
   after the batch before it was handed over, so messages keep their order.
 
-Both touch paho internals (``_sock``, ``_sock_recv``, ``_packet_queue``), so :func:`supported`
-checks they exist and the ingest falls back to the stock client and ``ack()`` when they do not.
+All of this touches paho internals, listed in :data:`PAHO_INTERNALS`; :func:`supported` checks
+every one of them on a real client instance at start, and the ingest falls back to the stock
+client and ``ack()`` when any is missing (or when ``O2CHAIN_STOCK_PAHO=1`` asks for it).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
 
 _PUBACK = struct.Struct("!BBH")  # MQTT 5 section 3.4: PUBACK, remaining length 2, packet id
 _PUBACK_TYPE = 0x40
@@ -43,9 +48,30 @@ _PUBLISH_QOS1_MASK, _PUBLISH_QOS1 = 0xF6, 0x32  # type PUBLISH, QoS 1; DUP and R
 RawPublish = tuple[int, bytes, bytes, bool]
 
 
+# Every paho name the fast client reads, calls or overrides that is not public API.
+PAHO_INTERNALS = (
+    "_sock", "_sock_recv", "_packet_queue", "_in_packet", "_protocol", "_manual_ack",
+    "_msgtime_mutex", "_in_callback_mutex", "_last_bytes_received", "_handle_publish",
+    "_handle_on_message",
+)  # fmt: skip
+
+
+def missing_internals() -> list[str]:
+    """The names of :data:`PAHO_INTERNALS` this paho lacks (checked on an instance: some are
+    set in ``__init__``)."""
+    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    return [name for name in PAHO_INTERNALS if not hasattr(probe, name)]
+
+
 def supported() -> bool:
-    """True if this paho has the internals the fast client relies on."""
-    return all(hasattr(mqtt.Client, name) for name in ("_sock_recv", "_packet_queue", "loop_read"))
+    """True if this paho has every internal the fast client relies on, and the stock client
+    was not asked for (``O2CHAIN_STOCK_PAHO=1``)."""
+    if os.environ.get("O2CHAIN_STOCK_PAHO") == "1":
+        return False
+    missing = missing_internals()
+    if missing:
+        log.warning("this paho-mqtt lacks %s: using the stock client", ", ".join(missing))
+    return not missing
 
 
 class FastClient(mqtt.Client):

@@ -26,7 +26,6 @@ another message, so messages of an earlier connection are committed but never ac
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import ssl
@@ -73,6 +72,7 @@ class IngestStats:
     commits: int = 0
     commit_failures: int = 0
     acked: int = 0
+    ack_failures: int = 0  # acks that raised: the broker redelivers, but it must be seen
     paused: int = 0  # times paho's thread waited for room in the queue
     unacked_stale: int = 0  # committed, but their connection was gone: the broker redelivers
     # Redelivered (DUP) messages that were new to the outbox: work a dropped connection or a
@@ -167,6 +167,7 @@ class MqttIngest:
         client.on_connect_fail = self._on_connect_fail
         self.client = client
         self._connect_failures = 0
+        self._ack_errors = 0
 
     @property
     def sequence(self) -> dict[str, DeviceCounters]:
@@ -535,11 +536,24 @@ class MqttIngest:
                     self.stats.unacked_stale += 1
                     continue
                 mids.append(queued.mid)  # QoS 1: the only QoS subscribed
-            # A dropped connection is no loss: the broker redelivers what was not acknowledged.
-            with contextlib.suppress(Exception):
+            # A failed ack loses nothing (the broker redelivers what was not acknowledged and
+            # the tracker drops it), but acks that keep failing stall the session at Receive
+            # Maximum: it must be seen, not swallowed.
+            try:
                 if isinstance(self.client, FastClient):
                     self.client.ack_many(mids)
                 else:
                     for mid in mids:
-                        self.client.ack(mid, 1)
+                        rc = self.client.ack(mid, 1)
+                        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                            raise RuntimeError(f"paho ack() returned {rc}")
+            except Exception:
+                self._ack_errors += 1
+                self.stats.ack_failures += len(mids)
+                n = self._ack_errors
+                if n == 1:  # the first time: the whole story
+                    log.exception("MQTT acknowledgements failed; the broker will redeliver")
+                elif n & (n - 1) == 0:  # then the 2nd, 4th, 8th ...: visible, not a flood
+                    log.error("MQTT acknowledgements failed (%d so far)", self.stats.ack_failures)
+                return
             self.stats.acked += len(mids)

@@ -55,16 +55,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.o2chain-installed
-want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
+want=$(sha256sum pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> pip install -e .[dev] (log: .venv/pip-install.log)"
   log=.venv/pip-install.log
   {
     .venv/bin/python -m pip install -q --upgrade pip &&
-    .venv/bin/python -m pip install -q -e ".[dev]" &&
+    # constraints.txt: the exact versions tested (pyproject.toml keeps compatible ranges).
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]" &&
     # The firmware type-checks against the ESP32 stubs as a custom typeshed (firmware/mypy.ini).
     rm -rf .venv/mpy-typings &&
-    .venv/bin/python -m pip install -q "micropython-esp32-stubs==1.29.*" --target .venv/mpy-typings
+    .venv/bin/python -m pip install -q -c constraints.txt "micropython-esp32-stubs==1.29.*" \
+      --target .venv/mpy-typings
   } >"$log" 2>&1 || { tail -40 "$log" >&2; echo "pip install failed; full log: $log" >&2; exit 1; }
   echo "$want" >"$stamp"
 fi

@@ -180,6 +180,15 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
             rr = await client.read_input_registers(reg.address, count=2, device_id=1)
             doc["dew_point_c"] = reg.decode(list(rr.registers))
             client.close()
+            # conc-3 stuck at full flow since 1500 s: its own low-purity alarm bit is set.
+            conc = doc["modbus"]["conc-3"]
+            port = int(conc["url"].rsplit(":", 1)[1])
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+            await client.connect()
+            reg = load_profile("medical-concentrator").register("alarm_bits")
+            rr = await client.read_holding_registers(reg.address, count=1, device_id=1)
+            doc["conc_3_alarm_bits"] = reg.decode(list(rr.registers))
+            client.close()
         finally:
             await runner.stop()
         return doc
@@ -196,6 +205,7 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
     ]
     assert restarts and restarts[0] == pytest.approx(1200, abs=1)
     assert doc["dew_point_c"] > -30.0  # the dryer failed at 900 s
+    assert int(doc["conc_3_alarm_bits"]) & 1
     assert runner.fleet is not None
     assert sum(b.reconnects for b in runner.fleet.boards) >= 24
     rec.wait_for(lambda: len({t.split("/")[2] for t, _ in rec.readings()}) == 24)
@@ -210,6 +220,9 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
     # room-104's fan stopped at 600 s: by 3000 s its CO2 has climbed from below 1,000 ppm.
     series = sorted(co2["room-104"])
     assert series[0][1] < 1000.0 and series[-1][1] > series[0][1] + 200.0
+    # ... and its O2 passed the 27.9 % high alarm about 26 simulated minutes after the failure.
+    o2_104 = sorted((r["seq"], r["o2_pct"]) for t, r in rec.readings() if "room-104" in t)
+    assert o2_104[0][1] < 26.0 and max(o2 for _, o2 in o2_104) > 27.9
 
 
 def test_cli_rejects_an_unknown_scenario() -> None:

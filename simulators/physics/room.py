@@ -211,25 +211,26 @@ class RoomModel:
     def _room_factor(self) -> float:
         return standard_to_room_factor(self.baro_kpa, self.temp_c)
 
-    def supply_room_lpm(self) -> float:
+    def supply_room_lpm(self, room_factor: float | None = None) -> float:
         """The supply's flow in litres at room conditions."""
         qs = max(0.0, self.supply.flow_lpm)
         if getattr(self.supply, "basis", FlowBasis.NORMAL) is FlowBasis.ROOM:
             return qs
-        return qs * self._room_factor()
+        return qs * (self._room_factor() if room_factor is None else room_factor)
 
-    def _sources_lpm(self) -> tuple[float, float]:
+    def _sources_lpm(self, room_factor: float) -> tuple[float, float]:
         """(O2 taken up, CO2 breathed out) by the occupants, L/min at room conditions."""
         p = self.params
-        f = 60.0 * p.occupants * self._room_factor()
+        f = 60.0 * p.occupants * room_factor
         return p.o2_use_lps_per_person * f, p.co2_lps_per_person * f
 
     def _balance(self) -> tuple[float, float, float]:
         """(O2 %, CO2 ppm) the room tends to, and the rate (1/s), for the present inputs."""
         p = self.params
-        qs = self.supply_room_lpm()
+        room_factor = self._room_factor()  # one weather sample per step: 10,000 rooms
+        qs = self.supply_room_lpm(room_factor)
         qv = self.ventilation_lpm
-        o2_use, co2_out = self._sources_lpm()
+        o2_use, co2_out = self._sources_lpm(room_factor)
         total = qs + qv
         if total <= 0.0:
             return -math.inf, math.inf, 0.0
@@ -258,7 +259,7 @@ class RoomModel:
                 self.o2_pct = o2_star + (self.o2_pct - o2_star) * decay
                 self.co2_ppm = co2_star + (self.co2_ppm - co2_star) * decay
             else:  # sealed room, no supply: only the occupants act
-                o2_use, co2_out = self._sources_lpm()
+                o2_use, co2_out = self._sources_lpm(self._room_factor())
                 litres = self.params.volume_m3 * 1000.0
                 self.o2_pct -= 100.0 * o2_use / litres * step / 60.0
                 self.co2_ppm += 1e6 * co2_out / litres * step / 60.0

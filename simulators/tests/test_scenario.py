@@ -75,6 +75,8 @@ def test_lhasa_world_in_simulated_time() -> None:
     plant = world.equipment["psa-1"]
     baseline = plant.purity_pct
     assert 92.0 < baseline < 93.0  # 720 L/min from a 100 Nm3/h plant derated to 3650 m
+    assert 64.0 < plant.ambient_kpa < 66.5  # the site's weather, ISA + 0.7 kPa
+    assert plant.capacity_lpm == pytest.approx(1667.0 * plant.ambient_kpa / 101.325)
     assert world.rooms["room-202"].co2_ppm > 1000.0  # two guests: the standing CO2 warning
     events = sorted(sc.event, key=lambda e: e.at_s)
     crossed_at = co2_at = dryer_alarm_at = None

@@ -77,12 +77,15 @@ def saturation_vapour_kpa(temp_c: float) -> float:
     return 0.61121 * math.exp(22.587 * temp_c / (temp_c + 273.86))
 
 
+_ONSET_KPA = saturation_vapour_kpa(WETTING_ONSET_C)
+_WET_KPA = saturation_vapour_kpa(WET_DEW_POINT_C)
+
+
 def moisture_load(dew_point_c: float) -> float:
     """Water the sieve takes up, relative to a saturated +5 degC feed: 0 at or below -40 degC."""
-    onset = saturation_vapour_kpa(WETTING_ONSET_C)
-    return max(0.0, saturation_vapour_kpa(dew_point_c) - onset) / (
-        saturation_vapour_kpa(WET_DEW_POINT_C) - onset
-    )
+    if dew_point_c <= WETTING_ONSET_C:
+        return 0.0
+    return (saturation_vapour_kpa(dew_point_c) - _ONSET_KPA) / (_WET_KPA - _ONSET_KPA)
 
 
 @dataclass

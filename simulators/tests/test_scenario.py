@@ -122,7 +122,9 @@ def test_lhasa_dryer_purity_falls_over_weeks() -> None:
     assert 92.0 < baseline < 93.0
     days: dict[str, float] = {}
     pending = sorted(sc.event, key=lambda e: e.at_s)
-    while world.t_s < sc.scenario.duration_s:  # type: ignore[operator]
+    duration_s, speed = sc.scenario.duration_s, sc.scenario.speed
+    assert duration_s is not None and speed is not None
+    while world.t_s < duration_s:
         while pending and pending[0].at_s <= world.t_s:
             world.apply(pending.pop(0))
         world.advance(600.0)
@@ -139,7 +141,7 @@ def test_lhasa_dryer_purity_falls_over_weeks() -> None:
     # Rooms follow their product: a little less O2 with the wetted plant, still enriched.
     assert 23.5 < world.rooms["room-102"].o2_pct < 24.9
     # Four weeks at 3600x is about 11 real minutes.
-    assert sc.scenario.duration_s / sc.scenario.speed < 12 * 60  # type: ignore[operator]
+    assert duration_s / speed < 12 * 60
 
 
 def test_plant_power_loss_empties_its_branches() -> None:
@@ -250,3 +252,55 @@ def test_cli_runs_a_time_compressed_scenario_at_its_own_speed() -> None:
     assert set(ready["boards"]) == {"room-101", "room-102", "room-103", "room-104"}
     assert end["done"] and end["sim_time_s"] >= 7200
     assert [(e["t_s"], e["action"]) for e in end["events"]] == [(3600.0, "dryer_failed")]
+
+
+def test_lhasa_rooms_drive_the_gateway_alarm_engine(tmp_path: Path) -> None:
+    """The scenario's room readings through the gateway's enricher and alarm engine, in
+    simulated time: room-104 raises the O2 fire-hazard alarm, then the CO2 alarm; room-202
+    (two guests) holds the CO2 warning; room-105 stays quiet."""
+    from gateway.alarm_store import AlarmStore
+    from gateway.alarms import AlarmEngine, AlarmEvent
+    from gateway.config import parse_config
+    from gateway.enrich import Enricher
+    from gateway.pipeline import Pipeline
+    from gateway.readings import FieldValue, Reading
+
+    t0_ms, t_s = 1_750_000_000_000, [0.0]
+
+    def clock() -> int:
+        return t0_ms + int(t_s[0] * 1000)
+
+    rooms = ("room-104", "room-105", "room-202")
+    config = parse_config(
+        {
+            "site": [{"id": "lhasa-hotel", "altitude_m": 3650}],
+            "device": [
+                {"id": r, "site": "lhasa-hotel", "kind": "room", "transport": "mqtt",
+                 "room": r, "interval_s": 60}
+                for r in rooms
+            ],
+        }
+    )  # fmt: skip
+    store = AlarmStore(tmp_path / "alarms.sqlite")
+    engine = AlarmEngine(config, store, clock_ms=clock)
+    events: list[AlarmEvent] = []
+    engine.listeners.append(events.append)
+    pipeline = Pipeline([Enricher(config, store, clock_ms=clock), engine])
+    sc = load_scenario("lhasa-hotel")
+    world = World(sc)
+    pending = sorted(sc.event, key=lambda e: e.at_s)
+    for _ in range(3 * 60):
+        while pending and pending[0].at_s <= world.t_s:
+            world.apply(pending.pop(0))
+        world.advance(60.0)
+        t_s[0] = world.t_s
+        for room_id in rooms:
+            tags = {"site": "lhasa-hotel", "device": room_id, "room": room_id}
+            fields: dict[str, FieldValue] = dict(world.rooms[room_id].reading())
+            pipeline.process([Reading("room", tags, fields, clock())])
+    raised = {(e.alarm["device"], e.alarm["rule"]): e.ts_ms for e in events if e.state == "raise"}
+    assert ("room-104", "room-o2-high") in raised and ("room-104", "co2-high") in raised
+    assert raised[("room-104", "room-o2-high")] < raised[("room-104", "co2-high")]
+    assert raised[("room-104", "room-o2-high")] - t0_ms < (600 + 3600) * 1000
+    assert ("room-202", "co2-warn") in raised and ("room-202", "co2-high") not in raised
+    assert not [k for k in raised if k[0] == "room-105"]

@@ -83,17 +83,19 @@ CO2_SENSOR_SHARE = 0.5  # fleet rooms whose board also has a CO2 sensor
 
 
 def default_room_source(index: int, seed: int, weather: Weather) -> RoomSource:
-    """The fleet's default board: a hotel room ventilated to GB 50736 (2 air changes an hour)
-    on a pipeline branch from a PSA plant, sized to hold it near 25 % O2 at the site.
+    """The fleet's default board: a hotel room ventilated to GB 50736 (60 m3/h, about 2 air
+    changes an hour) on a pipeline branch from a PSA plant, sized to hold it near 25 % O2.
 
     Rooms differ a little (volume, guests, product purity, target) so a fleet does not draw one
     line; about half the boards also measure CO2. With realistic ventilation a bedside
     concentrator cannot enrich a room (simulators/README.md), hence the pipeline.
     """
     rng = random.Random(f"room-{seed}-{index}")
+    volume_m3 = rng.uniform(26.0, 34.0)
     params = room_params(
         RoomKind.HOTEL_ROOM,
-        volume_m3=rng.uniform(26.0, 34.0),
+        volume_m3=volume_m3,
+        ach_per_h=60.0 / volume_m3,  # GB 50736: 30 m3/h for each of the 2 guests it is built for
         occupants=rng.choice((1, 1, 2)),
         temp_c=rng.uniform(18.5, 21.5),
         rh_pct=rng.uniform(22.0, 34.0),

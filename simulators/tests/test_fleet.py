@@ -232,7 +232,10 @@ def test_default_rooms_are_enriched_hotel_rooms_half_with_co2() -> None:
     weather = Weather(3650.0, seed=2)
     sources = [default_room_source(i, 2, weather) for i in range(200)]
     rooms = [s.room for s in sources]
-    assert all(r.params.ach_per_h == 2.0 for r in rooms)  # GB 50736 hotel room
+    # GB 50736: 30 m3/h for each of the two guests a hotel room is built for.
+    assert all(r.params.ventilation_m3h == pytest.approx(60.0) for r in rooms)
+    co2 = [r.co2_ppm for r in rooms]
+    assert all(800.0 < c < 1450.0 for c in co2)  # one or two guests at 3650 m
     assert all(24.4 < r.o2_pct < 25.6 for r in rooms)
     share = sum(r.params.co2_sensor for r in rooms) / len(rooms)
     assert 0.35 < share < 0.65

@@ -90,7 +90,12 @@ def register(sub: Any) -> None:
         "run", help="run a scenario: Modbus equipment, room boards on MQTT, a timeline of faults"
     )
     run.add_argument("scenario", help="bundled scenario name (see `sim scenarios`) or a .toml path")
-    run.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    run.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="simulated seconds per second (default: the scenario's `speed`, else 1)",
+    )
     run.add_argument(
         "--duration", type=float, default=None, help="stop after this many simulated seconds"
     )
@@ -238,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"o2chain sim run: --mqtt {args.mqtt!r}: expected mqtt://HOST:PORT", file=sys.stderr
             )
             return 2
-    if args.speed <= 0:
+    if args.speed is not None and args.speed <= 0:
         print(f"o2chain sim run: --speed {args.speed}: expected > 0", file=sys.stderr)
         return 2
     return asyncio.run(_run_scenario(scenario, args))

@@ -1,6 +1,6 @@
 """Fleet generator: many virtual room boards in one asyncio process, each a real MQTT client.
 
-Every board speaks the board contract of ARCHITECTURE.md exactly:
+Every board speaks the board contract (docs/contracts.md) exactly:
 
 - its own MQTT connection and client id (``{client_prefix}-{site}-{device}``), a last will
   ``{"state":"offline"}`` and a retained QoS 1 birth ``{"state":"online","fw":...,"boot":N}`` on
@@ -8,7 +8,7 @@ Every board speaks the board contract of ARCHITECTURE.md exactly:
 - QoS 1 telemetry v1 on ``{prefix}/{site}/{device}/telemetry``: ``v``, ``boot``, ``seq`` (per boot,
   from 0), ``ts`` (board clock, ms; strictly increasing per board, at least 1 ms per reading so
   InfluxDB point identity holds even faster than real time) and the room fields from the room
-  physics (:mod:`simulators.physics.room`);
+  physics (:mod:`simulators.physics.room`; ``co2_ppm`` from the boards with a CO2 sensor);
 - store and forward: a board measures on schedule whether or not the broker is reachable, into
   a bounded buffer (oldest dropped and counted when full); a reading leaves the buffer for the
   MQTT client when published and counts as *sent* only on its PUBACK. After an outage the
@@ -42,8 +42,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.mqtt_loop import AsyncioPaho
 from simulators.physics.atmosphere import Weather
-from simulators.physics.concentrator import ConcentratorModel, ConcentratorParams
-from simulators.physics.room import RoomModel, RoomParams
+from simulators.physics.room import (
+    FixedSupply,
+    FlowBasis,
+    RoomKind,
+    RoomModel,
+    room_params,
+    supply_for_target_lpm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +79,33 @@ class RoomSource:
         return self.room.reading()
 
 
-def default_room_source(index: int, seed: int, weather: Weather) -> RoomSource:
-    """The fleet's default board: a 30 m3 room with its own 10 L/min concentrator at 8 L/min.
+CO2_SENSOR_SHARE = 0.5  # fleet rooms whose board also has a CO2 sensor
 
-    Rooms differ a little (volume, occupants, flow setpoint) so a fleet does not draw one line.
+
+def default_room_source(index: int, seed: int, weather: Weather) -> RoomSource:
+    """The fleet's default board: a hotel room ventilated to GB 50736 (60 m3/h, about 2 air
+    changes an hour) on a pipeline branch from a PSA plant, sized to hold it near 25 % O2.
+
+    Rooms differ a little (volume, guests, product purity, target) so a fleet does not draw one
+    line; about half the boards also measure CO2. With realistic ventilation a bedside
+    concentrator cannot enrich a room (simulators/README.md), hence the pipeline.
     """
     rng = random.Random(f"room-{seed}-{index}")
-    params = RoomParams(
-        volume_m3=rng.uniform(26.0, 34.0),
-        occupants=rng.choice((1, 2, 2, 3)),
+    volume_m3 = rng.uniform(26.0, 34.0)
+    params = room_params(
+        RoomKind.HOTEL_ROOM,
+        volume_m3=volume_m3,
+        ach_per_h=60.0 / volume_m3,  # GB 50736: 30 m3/h for each of the 2 guests it is built for
+        occupants=rng.choice((1, 1, 2)),
         temp_c=rng.uniform(18.5, 21.5),
         rh_pct=rng.uniform(22.0, 34.0),
     )
-    supply = ConcentratorModel(
-        ConcentratorParams(rated_flow_lpm=10.0),
-        seed=rng.randrange(1 << 30),
-        flow_lpm=rng.uniform(7.5, 9.0),
+    params.co2_sensor = rng.random() < CO2_SENSOR_SHARE
+    purity = rng.uniform(92.0, 93.5)
+    flow = supply_for_target_lpm(
+        params, rng.uniform(24.6, 25.4), purity, weather.pressure_kpa(0.0), FlowBasis.NORMAL
     )
+    supply = FixedSupply(flow, purity, FlowBasis.NORMAL)
     return RoomSource(RoomModel(params, weather, supply, seed=rng.randrange(1 << 30)))
 
 

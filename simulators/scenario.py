@@ -50,7 +50,7 @@ from simulators.modbus_server import (
 )
 from simulators.physics.atmosphere import Weather
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
-from simulators.physics.room import FixedSupply, RoomModel, RoomParams
+from simulators.physics.room import FixedSupply, FlowBasis, RoomKind, RoomModel, room_params
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,9 @@ class ScenarioHead(_Strict):
     description: str = ""
     seed: int = 0
     duration_s: float | None = Field(default=None, gt=0)  # default run length (simulated)
+    # The scenario's time compression (simulated seconds per real second) when the runner is
+    # given none: a scenario about a fault that takes weeks says so here, the physics stays real.
+    speed: float | None = Field(default=None, gt=0)
 
 
 class SiteSpec(_Strict):
@@ -130,16 +133,32 @@ class EquipmentSpec(_Strict):
 
 
 class RoomSpec(_Strict):
+    """A room; unset sizes come from its ``kind`` (simulators.physics.room.ROOM_KINDS)."""
+
     id: str = Field(pattern=ID_PATTERN)
     site: str
+    kind: RoomKind = RoomKind.HOTEL_ROOM
     supply: str | None = None  # a concentrator id or a plant id; None = no enrichment
-    supply_flow_lpm: float = Field(default=10.0, ge=0)  # branch flow when fed by a plant
-    volume_m3: float = Field(default=30.0, gt=0)
-    ach_per_h: float = Field(default=0.25, gt=0)
-    failed_ach_per_h: float = Field(default=0.05, ge=0)
-    occupants: int = Field(default=2, ge=0)
-    temp_c: float = 20.0
+    supply_flow_lpm: float = Field(default=10.0, ge=0)  # branch flow (normal L/min) from a plant
+    volume_m3: float | None = Field(default=None, gt=0)
+    ach_per_h: float | None = Field(default=None, gt=0)  # outdoor air, ventilation working
+    failed_ach_per_h: float | None = Field(default=None, ge=0)  # infiltration when it fails
+    occupants: int | None = Field(default=None, ge=0)
+    temp_c: float | None = None
+    co2_sensor: bool = False  # the room's board also publishes co2_ppm
     board: str | None = Field(default=None, pattern=ID_PATTERN)  # device id; default = room id
+
+    def params(self) -> Any:
+        """The room's physics parameters: its kind's defaults with what the file sets."""
+        return room_params(
+            self.kind,
+            volume_m3=self.volume_m3,
+            ach_per_h=self.ach_per_h,
+            failed_ach_per_h=self.failed_ach_per_h,
+            occupants=self.occupants,
+            temp_c=self.temp_c,
+            co2_sensor=self.co2_sensor,
+        )
 
 
 class BoardsSpec(_Strict):
@@ -261,40 +280,48 @@ class World:
         self.scenario = scenario
         self.t_s = 0.0
         self.equipment: dict[str, ConcentratorModel] = {}
-        for n, spec in enumerate([*scenario.plant, *scenario.concentrator]):
-            self.equipment[spec.id] = _equipment_model(spec, seed * 1000 + n)
-        self.plants = {p.id for p in scenario.plant}
-        self.branches: dict[str, list[tuple[FixedSupply, float]]] = {p: [] for p in self.plants}
-        self.rooms: dict[str, RoomModel] = {}
         weathers = {
             s.id: Weather(s.altitude_m, offset_kpa=s.baro_offset_kpa, seed=seed)
             for s in scenario.site
         }
-        for n, room_spec in enumerate(scenario.room):
+        # Each unit breathes its site's air: the compressor's output follows the pressure.
+        self.equipment_weather: dict[str, Weather] = {}
+        for n, spec in enumerate([*scenario.plant, *scenario.concentrator]):
+            self.equipment[spec.id] = _equipment_model(spec, seed * 1000 + n)
+            self.equipment_weather[spec.id] = weathers[spec.site]
+        self.plants = {p.id for p in scenario.plant}
+        self.branches: dict[str, list[tuple[FixedSupply, float]]] = {p: [] for p in self.plants}
+        supplies: list[Any] = []
+        for room_spec in scenario.room:
             supply: Any
             if room_spec.supply is None:
                 supply = FixedSupply()
             elif room_spec.supply in self.plants:
-                supply = FixedSupply(room_spec.supply_flow_lpm, 93.0)
+                supply = FixedSupply(room_spec.supply_flow_lpm, 93.0, FlowBasis.NORMAL)
                 self.branches[room_spec.supply].append((supply, room_spec.supply_flow_lpm))
             else:
                 supply = self.equipment[room_spec.supply]
-            params = RoomParams(
-                volume_m3=room_spec.volume_m3,
-                ach_per_h=room_spec.ach_per_h,
-                failed_ach_per_h=room_spec.failed_ach_per_h,
-                occupants=room_spec.occupants,
-                temp_c=room_spec.temp_c,
-            )
-            self._sync_branches()
+            supplies.append(supply)
+        # Plant flows from their branches and every unit at its site's pressure, then the
+        # product of that state, so each room starts at its true steady state.
+        self._sync_branches()
+        self._sync_ambient()
+        for model in self.equipment.values():
+            model.advance(0.0)
+        self._sync_branches()
+        self.rooms: dict[str, RoomModel] = {}
+        for n, (room_spec, supply) in enumerate(zip(scenario.room, supplies, strict=True)):
             self.rooms[room_spec.id] = RoomModel(
-                params,
+                room_spec.params(),
                 weathers[room_spec.site],
                 supply,
                 seed=seed * 1000 + 500 + n,
                 drives_supply=False,
             )
-        self._sync_branches()
+
+    def _sync_ambient(self) -> None:
+        for equipment_id, weather in self.equipment_weather.items():
+            self.equipment[equipment_id].ambient_kpa = weather.pressure_kpa(self.t_s)
 
     def _sync_branches(self) -> None:
         """Plant flow = sum of its branches; each branch gets the plant's product."""
@@ -308,6 +335,7 @@ class World:
 
     def advance(self, dt_s: float) -> None:
         """Step everything by ``dt_s`` simulated seconds."""
+        self._sync_ambient()
         for model in self.equipment.values():
             model.advance(dt_s)
         self._sync_branches()
@@ -437,12 +465,14 @@ class ScenarioRunner:
         scenario: Scenario,
         *,
         mqtt_url: str | None = None,
-        speed: float = 1.0,
+        speed: float | None = None,
         hooks: Mapping[str, Hook] | None = None,
         own_broker_dir: Path | None = None,
         tick_s: float = 0.1,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if speed is None:  # the scenario's own time compression, else real time
+            speed = scenario.scenario.speed or 1.0
         if speed <= 0:
             raise ValueError(f"speed = {speed}: expected > 0")
         self.scenario = scenario
@@ -539,7 +569,7 @@ class ScenarioRunner:
                 "room": room.id,
                 # Outdoor air exchanged per hour: the gateway's chain balance estimates the
                 # oxygen a room consumes from it.
-                "ventilation_m3h": room.volume_m3 * room.ach_per_h,
+                "ventilation_m3h": round(room.params().ventilation_m3h, 3),
             }
         for conc in sc.concentrator:
             if conc.transport == "mqtt":

@@ -1,8 +1,9 @@
 """Atmosphere at altitude: ISA pressure, equivalent altitude, fire-hazard limits, weather drift.
 
-Formulas from DOMAIN.md sections 2 and 3, written here independently of the firmware's and the
-gateway's copies on purpose: a simulator that shared their code could not catch their mistakes.
-Pressures in kPa, altitudes in m, O2 in % (volume fraction x 100).
+Formulas from docs/domain.md ("Formulas", "Limits and alarms"), written here independently of the
+firmware's and the gateway's copies on purpose: the simulators are an oracle for the gateway, and
+a simulator that shared its code could not catch its mistakes. Pressures in kPa, altitudes in m,
+O2 in % (volume fraction x 100), CO2 in ppm (mole fraction x 1e6).
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ from functools import cached_property
 P0_KPA = 101.325  # ISA sea-level pressure
 _ISA_K = 2.25577e-5  # 1/m
 _ISA_EXP = 5.25588
-AIR_O2_PCT = 20.95  # outdoor air at every altitude (DOMAIN.md section 1)
+AIR_O2_PCT = 20.95  # outdoor air at every altitude (docs/domain.md "Fraction and partial pressure")
 AIRWAY_WATER_KPA = 6.27  # water vapour in an airway saturated at 37 degC (West)
+OUTDOOR_CO2_PPM = 420.0  # global mean background, NOAA Mauna Loa annual mean 2023-2024: ~420 ppm
+T0_K = 273.15  # normal conditions (DIN 1343): 0 degC and 101.325 kPa, the "N" of Nm3/h
+
+
+def standard_to_room_factor(baro_kpa: float, temp_c: float) -> float:
+    """Litres at room conditions per normal litre (0 degC, 101.325 kPa): ideal gas law.
+
+    Equipment flows (Nm3/h nameplates, mass flowmeters) and metabolic gas rates (Persily &
+    de Jonge 2017 state theirs at 273 K and 101 kPa) are amounts of gas; a room's ventilation
+    is a volume at room conditions. At Lhasa (65.2 kPa, 20 degC) one normal litre fills 1.67 L.
+    """
+    return (P0_KPA / baro_kpa) * ((temp_c + T0_K) / T0_K)
 
 
 def isa_pressure_kpa(altitude_m: float) -> float:
@@ -30,13 +43,15 @@ def isa_altitude_m(pressure_kpa: float) -> float:
 
 
 def equivalent_altitude_m(o2_pct: float, baro_kpa: float) -> float:
-    """Altitude whose normal air gives the same inspired PO2 (West's definition, DOMAIN.md 2)."""
+    """Altitude whose normal air gives the same inspired PO2 (West's definition, docs/domain.md
+    "Formulas")."""
     p_eq = (o2_pct / 100.0) * (baro_kpa - AIRWAY_WATER_KPA) / (AIR_O2_PCT / 100.0)
     return isa_altitude_m(p_eq + AIRWAY_WATER_KPA)
 
 
 def nfpa_burn_limit_pct(baro_kpa: float) -> float:
-    """NFPA increased-burning-rate O2 threshold ``23.45 / sqrt(PB/101.325)`` (DOMAIN.md 3)."""
+    """NFPA increased-burning-rate O2 threshold ``23.45 / sqrt(PB/101.325)`` (docs/domain.md
+    "Limits and alarms")."""
     return 23.45 / math.sqrt(baro_kpa / P0_KPA)
 
 
@@ -56,7 +71,7 @@ class Weather:
     """
 
     altitude_m: float
-    offset_kpa: float = 0.0  # real station minus ISA (Lhasa: about +0.7 kPa, DOMAIN.md 2)
+    offset_kpa: float = 0.0  # real station minus ISA (Lhasa: about +0.7 kPa, docs/domain.md)
     seed: int = 0
     synoptic_kpa: tuple[float, float] = (0.5, 0.3)
     synoptic_period_s: tuple[float, float] = (5.3 * 86400.0, 2.1 * 86400.0)

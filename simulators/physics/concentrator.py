@@ -1,22 +1,55 @@
-"""Concentrator and PSA plant physics: purity against flow, warm-up, ageing and faults.
+"""Concentrator and PSA plant physics: purity against flow, altitude, warm-up, ageing and faults.
 
-Numbers from DOMAIN.md: purity falls when flow exceeds the bed's design point (one unit: 94 % at
-2 L/min, 92 % at 4 and 87 % at 6 with a 5 L/min rating); PSA product cannot exceed about 95.7 %
-because argon passes the sieve; the failure signatures of section 6 (sieve wetting, dryer
-failure, compressor wear, over-flow use). The model is stepped by the caller (``advance(dt_s)``)
-so simulations run faster than real time and tests never sleep.
+Numbers from docs/domain.md ("Limits and alarms", "How equipment degrades"): purity falls when
+flow exceeds the bed's design point (one unit: 94 % at 2 L/min, 92 % at 4 and 87 % at 6 with a
+5 L/min rating); PSA product cannot exceed about 95.7 % because argon passes the sieve; the
+failure signatures of sieve wetting, dryer failure, compressor wear and over-flow use. The model
+is stepped by the caller (``advance(dt_s)``) so simulations run faster than real time and tests
+never sleep.
+
+Flows are normal litres per minute (0 degC, 101.325 kPa): an amount of gas, as a nameplate in
+Nm3/h and a mass flowmeter state it. A room converts them to its own conditions
+(:func:`simulators.physics.atmosphere.standard_to_room_factor`).
 
 Purity while running = air + (steady - air) x warm-up, where steady is
 
-    min(95.7, peak - k x**2 - ageing - wear x 4 x**2 - ambient penalty - wetting)
+    min(95.7, peak - (k + wear x 4) x**2 - ageing - ambient penalty)
 
-with x = flow / rated flow. Faults are plain attributes a scenario or a test flips:
-``flow_stuck_full`` (flow goes to ``max_flow_lpm``), ``dryer_failed`` (dew point rises with
-``dew_tau_s``; above -40 degC moisture wets the sieve and purity falls), ``compressor_wear``
-(0..1: lower bed and outlet pressure, hotter compressor, more power, purity lost at high flow),
-``ambient_temp_c`` (zeolite holds less nitrogen when hot: purity falls above 25 degC),
-``power_on(False)`` (the unit stops; the Modbus server stops answering; power back means a cold
-start with its warm-up).
+with x = flow / (capacity at the site x (1 - wetted fraction of the sieve)).
+
+Altitude (a stated engineering assumption, not a vendor curve): the compressor of a PSA unit is
+a fixed-displacement machine, so the mass of air it feeds the beds, and with it the product the
+beds can separate at their design purity, scales with the intake air density, i.e. with the
+ambient pressure at a fixed intake temperature: capacity = rated x (PB / P_rated) ** n with
+n = 1. At Lhasa (3650 m, ISA 64.50 kPa) that is 0.637 of the sea-level rating: a 5 L/min
+concentrator left at 5 L/min runs at x = 1.57 and gives about 81 % instead of 89 %; at its
+sea-level purity it delivers 3.2 L/min. Vendors limit most concentrators to about 2,000-4,000 m
+for this reason; ``altitude_exponent`` and ``rated_at_kpa`` (a unit rated at the site) let a
+vendor's own derating replace the assumption. The pressure comes from the caller
+(``ambient_kpa``: the site's weather), computed by the simulators' own ISA formula on purpose,
+independently of the gateway's copy, so the simulators stay an oracle for the gateway.
+
+Faults are plain attributes a scenario or a test flips: ``flow_stuck_full`` (flow goes to
+``max_flow_lpm``), ``dryer_failed`` (see below), ``compressor_wear`` (0..1: lower bed and outlet
+pressure, hotter compressor, more power, purity lost at high flow), ``ambient_temp_c`` (zeolite
+holds less nitrogen when hot: purity falls above 25 degC), ``power_on(False)`` (the unit stops;
+the Modbus server stops answering; power back means a cold start with its warm-up).
+
+Dryer failure takes weeks to show in the purity, hours in the dew point. The feed air dew point
+follows its target with ``dew_tau_s`` = 1 h (a desiccant bed breaking through or a refrigerant
+dryer tripping: the pressure dew point climbs to that of a saturated receiver, about +5 degC,
+within hours), so the dew point warning (above -40 degC) and alarm (above -30 degC) come first.
+Water the sieve cannot take (vapour above what a -40 degC dew point carries) is adsorbed at the
+feed end of the beds and is not removed by the pressure swing (zeolite needs heat to give water
+up): a growing part of each bed is lost to nitrogen separation. The wetted fraction grows by
+``wetting_per_day`` (1.5 % of the bed a day with a saturated +5 degC feed, in proportion to the
+excess vapour pressure at lower dew points); the remaining bed sees a higher relative flow, so
+the purity-flow curve shifts down at the same flow and the loss accelerates: a plant at 2/3 of
+its capacity loses about 0.1 % on the first day, 0.6 % in a week, falls below the 91 % warning
+in about two weeks and the 90 % alarm in about three. After the dryer is repaired the dry purge
+recovers the sieve only slowly (``drying_tau_s`` = 30 days); a badly wetted sieve is in practice
+regenerated or replaced. A scenario that wants to show this in a demo compresses time
+(``[scenario] speed``), not the physics.
 """
 
 from __future__ import annotations
@@ -25,24 +58,50 @@ import math
 import random
 from dataclasses import dataclass
 
+from simulators.physics.atmosphere import P0_KPA
+
 AIR_O2_PCT = 20.95
-ARGON_CAP_PCT = 95.7  # O2 + Ar leave the zeolite together (DOMAIN.md section 3)
+ARGON_CAP_PCT = 95.7  # O2 + Ar leave the zeolite together (docs/domain.md "Limits and alarms")
 DRY_DEW_POINT_C = -55.0  # a working refrigerant + desiccant dryer
-WET_DEW_POINT_C = 5.0  # dryer bypassed: feed air saturated at the receiver
-WETTING_ONSET_C = -40.0  # DOMAIN.md section 3: plant dew point warn above -40 degC
+WET_DEW_POINT_C = 5.0  # dryer failed: feed air saturated at the receiver
+WETTING_ONSET_C = -40.0  # docs/domain.md "Limits and alarms": plant dew point warn above -40 degC
 DRYER_ALARM_C = -30.0  # ... alarm above -30 degC
+MAX_WETTED_FRACTION = 0.95
+
+
+def saturation_vapour_kpa(temp_c: float) -> float:
+    """Saturation vapour pressure over water (>= 0 degC) or ice (< 0 degC), Magnus form with
+    the Alduchov & Eskridge (1996) coefficients; the water content of air at that dew point."""
+    if temp_c >= 0.0:
+        return 0.61094 * math.exp(17.625 * temp_c / (temp_c + 243.04))
+    return 0.61121 * math.exp(22.587 * temp_c / (temp_c + 273.86))
+
+
+_ONSET_KPA = saturation_vapour_kpa(WETTING_ONSET_C)
+_WET_KPA = saturation_vapour_kpa(WET_DEW_POINT_C)
+
+
+def moisture_load(dew_point_c: float) -> float:
+    """Water the sieve takes up, relative to a saturated +5 degC feed: 0 at or below -40 degC."""
+    if dew_point_c <= WETTING_ONSET_C:
+        return 0.0
+    return (saturation_vapour_kpa(dew_point_c) - _ONSET_KPA) / (_WET_KPA - _ONSET_KPA)
 
 
 @dataclass
 class ConcentratorParams:
-    """Parameters of one unit. Flows in L/min, times in s, purities in %, pressures gauge kPa."""
+    """Parameters of one unit. Flows in normal L/min, times in s, purities in %, pressures gauge
+    kPa (``rated_at_kpa`` absolute)."""
 
     rated_flow_lpm: float = 5.0
     max_flow_lpm: float | None = None  # flowmeter end stop; None = 1.5 x rated
-    # purity(x) = peak - curve_k * x**2 with x = flow / rated flow; peak 94.9 and k 5.5 put the
-    # DOMAIN.md unit's three points (x = 0.4, 0.8, 1.2) within 0.7 % of 94, 92 and 87 %.
+    # purity(x) = peak - curve_k * x**2 with x = flow / capacity; peak 94.9 and k 5.5 put the
+    # docs/domain.md unit's three points (x = 0.4, 0.8, 1.2) within 0.7 % of 94, 92 and 87 %.
     peak_purity_pct: float = 94.9
     curve_k: float = 5.5
+    # Altitude derating (module docstring): capacity = rated x (PB / rated_at_kpa) ** exponent.
+    rated_at_kpa: float = P0_KPA  # ambient pressure of the rating (nameplates: sea level)
+    altitude_exponent: float = 1.0  # 1: product mass flow in proportion to intake density
     warmup_tau_s: float = 90.0  # purity rises from air to product in about 5 min (3 tau)
     degradation_pct_per_day: float = 0.0  # sieve ageing: purity residual drift (negative effect)
     noise_pct: float = 0.08
@@ -53,10 +112,11 @@ class ConcentratorParams:
     # temperature; concentrators are rated for 10-40 degC).
     hot_penalty_pct_per_c: float = 0.15
     hot_onset_c: float = 25.0
-    # Dryer failure: sieve wetting rate per degC of dew point above -40 degC, and recovery.
+    # Dryer failure (module docstring): dew point time constant, sieve wetting with a saturated
+    # +5 degC feed (fraction of the bed per day), recovery by the dry purge after the repair.
     dew_tau_s: float = 3600.0
-    wetting_pct_per_c_h: float = 0.01
-    drying_tau_s: float = 48 * 3600.0
+    wetting_per_day: float = 0.015
+    drying_tau_s: float = 30 * 86400.0
     wear_purity_pct: float = 4.0  # purity lost at rated flow with a fully worn compressor
     bed_peak_kpa: float = 200.0  # PSA feed / bed pressurisation peak (gauge)
     cycle_s: float = 40.0  # one PSA half cycle per bed
@@ -72,7 +132,10 @@ class ConcentratorModel:
         seed: int = 0,
         flow_lpm: float | None = None,
         cold_start: bool = False,
+        ambient_kpa: float = P0_KPA,
     ):
+        """``ambient_kpa``: barometric pressure at the unit (the site's weather; the caller
+        updates the attribute as it changes). The default, sea level, means no derating."""
         self.params = params
         self._rng = random.Random(seed)
         self.flow_setpoint_lpm = params.rated_flow_lpm * 0.8 if flow_lpm is None else flow_lpm
@@ -87,8 +150,9 @@ class ConcentratorModel:
         self.dryer_failed = False
         self.compressor_wear = 0.0
         self.ambient_temp_c = params.ambient_temp_c
+        self.ambient_kpa = ambient_kpa
         self.dew_point_c = DRY_DEW_POINT_C
-        self.wetting_pct = 0.0
+        self.wetted_fraction = 0.0  # part of the sieve lost to water (0..0.95)
         self.power_faults = 0  # power losses since start (medical alarm bit 2 latches on one)
         self._purity_pct = AIR_O2_PCT
         self.advance(0.0)
@@ -107,31 +171,55 @@ class ConcentratorModel:
         self.powered = on
         self.running = on
 
-    def steady_purity_pct(self, flow_lpm: float) -> float:
-        """Purity the sieve delivers at this flow once warm, with ageing and faults applied."""
+    @property
+    def capacity_lpm(self) -> float:
+        """Flow at which the unit gives its rated-flow purity here (altitude derating)."""
         p = self.params
-        x = flow_lpm / p.rated_flow_lpm
+        return p.rated_flow_lpm * (self.ambient_kpa / p.rated_at_kpa) ** p.altitude_exponent
+
+    def _penalties_pct(self) -> float:
+        p = self.params
         aged = p.degradation_pct_per_day * self.sim_time_s / 86400.0
-        worn = p.wear_purity_pct * self.compressor_wear * x * x
         hot = p.hot_penalty_pct_per_c * max(0.0, self.ambient_temp_c - p.hot_onset_c)
-        purity = p.peak_purity_pct - p.curve_k * x * x - aged - worn - hot - self.wetting_pct
+        return aged + hot
+
+    def _curve_k(self) -> float:
+        p = self.params
+        return p.curve_k + p.wear_purity_pct * self.compressor_wear
+
+    def _effective_capacity_lpm(self) -> float:
+        return self.capacity_lpm * (1.0 - min(MAX_WETTED_FRACTION, self.wetted_fraction))
+
+    def steady_purity_pct(self, flow_lpm: float) -> float:
+        """Purity the sieve delivers at this flow once warm, with altitude, ageing and faults."""
+        p = self.params
+        x = flow_lpm / self._effective_capacity_lpm()
+        purity = p.peak_purity_pct - self._curve_k() * x * x - self._penalties_pct()
         return max(AIR_O2_PCT, min(ARGON_CAP_PCT, purity))
+
+    def deliverable_flow_lpm(self, purity_pct: float) -> float:
+        """Highest flow at which the unit, warm, still gives ``purity_pct`` (0 if never)."""
+        headroom = self.params.peak_purity_pct - self._penalties_pct() - purity_pct
+        if headroom <= 0.0:
+            return 0.0
+        return self._effective_capacity_lpm() * math.sqrt(headroom / self._curve_k())
 
     def advance(self, dt_s: float) -> None:
         """Step the model by ``dt_s`` simulated seconds."""
         p = self.params
         self.sim_time_s += dt_s
-        # Dryer: first-order dew point; moisture above the onset wets the sieve, a dry feed
-        # slowly regenerates it.
+        # Dryer: first-order dew point; water above the -40 degC onset wets the sieve while the
+        # compressor feeds it; with a dry feed the purge slowly dries it again.
         dew_target = WET_DEW_POINT_C if self.dryer_failed and self.running else DRY_DEW_POINT_C
-        self.dew_point_c = dew_target + (self.dew_point_c - dew_target) * math.exp(
-            -dt_s / p.dew_tau_s
-        )
-        excess_c = self.dew_point_c - WETTING_ONSET_C
-        if excess_c > 0 and self.running:
-            self.wetting_pct += p.wetting_pct_per_c_h * excess_c * dt_s / 3600.0
-        elif self.wetting_pct > 0:
-            self.wetting_pct *= math.exp(-dt_s / p.drying_tau_s)
+        dew_start = self.dew_point_c
+        self.dew_point_c = dew_target + (dew_start - dew_target) * math.exp(-dt_s / p.dew_tau_s)
+        load = moisture_load(0.5 * (dew_start + self.dew_point_c))  # mid-step dew point
+        if load > 0.0 and self.running:
+            self.wetted_fraction = min(
+                MAX_WETTED_FRACTION, self.wetted_fraction + p.wetting_per_day * load * dt_s / 86400
+            )
+        elif self.wetted_fraction > 0.0 and self.running:
+            self.wetted_fraction *= math.exp(-dt_s / p.drying_tau_s)
         if not self.running:
             self.on_time_s = 0.0
             self._purity_pct = AIR_O2_PCT
@@ -154,7 +242,7 @@ class ConcentratorModel:
         return self._purity_pct
 
     def values(self) -> dict[str, float | int | bool]:
-        """Canonical fields (DOMAIN.md section 5) as the device would report them now."""
+        """Canonical fields (docs/domain.md "Modbus equipment") as the device reports them now."""
         p = self.params
         noise = self._rng.gauss(0.0, p.noise_pct)
         flow = self.flow_lpm

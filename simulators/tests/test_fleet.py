@@ -18,7 +18,8 @@ from gateway.config import parse_config
 from gateway.telemetry import decode_telemetry
 from o2chain.procs import o2chain_argv
 from o2chain.services import Mosquitto
-from simulators.fleet import Fleet, FleetConfig, FleetSummary
+from simulators.fleet import Fleet, FleetConfig, FleetSummary, default_room_source
+from simulators.physics.atmosphere import Weather
 
 SITE = "fleet-test"
 
@@ -73,11 +74,15 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
     cfg = gateway_config(summary.devices, tmp_path)
     now_ms = time.time_ns() // 1_000_000
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    co2_seen: set[str] = set()
     for topic, payload, _ in rec.messages:
         if topic.endswith("/telemetry"):
             for r in decode_telemetry(cfg, topic, payload, now_ms):  # raises on a contract break
                 assert r.measurement == "room"
                 assert set(r.fields) >= {"o2_pct", "baro_kpa", "ppo2_kpa", "temp_c", "rh_pct"}
+                assert "invalid" not in r.fields, r.fields  # co2_ppm too passes the validator
+                if "co2_ppm" in r.fields:
+                    co2_seen.add(topic.split("/")[2])
             continue
         status = json.loads(payload)
         device = topic.split("/")[2]
@@ -100,6 +105,17 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
         # Room physics: a working enriched room at 3650 m sits in the 24-26 % band.
         assert all(23.5 < i["o2_pct"] < 26.5 for i in items)
         assert all(60.0 < i["baro_kpa"] < 67.0 for i in items)
+        # Hotel rooms ventilated to GB 50736 with one or two guests: 800-1,500 ppm at 3650 m.
+        co2 = [i["co2_ppm"] for i in items if "co2_ppm" in i]
+        assert co2 == [] or (len(co2) == readings and all(700 < c < 1600 for c in co2))
+    # The boards whose room has a CO2 sensor (about half) and only those publish co2_ppm.
+    weather = Weather(config.altitude_m, seed=config.seed)
+    with_sensor = {
+        config.device_id(i)
+        for i in range(boards)
+        if default_room_source(i, config.seed, weather).room.params.co2_sensor
+    }
+    assert co2_seen == with_sensor and 0 < len(with_sensor) < boards
 
 
 @pytest.mark.integration
@@ -210,3 +226,20 @@ def test_fleet_survives_a_frozen_broker(mosquitto: Mosquitto, mqtt_recorder: Any
     assert result and result[0].complete, result
     assert result[0].readings_sent == boards * readings
     rec.wait_for(lambda: len({(t, i["seq"]) for t, i in rec.readings()}) == boards * readings)
+
+
+def test_default_rooms_are_enriched_hotel_rooms_half_with_co2() -> None:
+    weather = Weather(3650.0, seed=2)
+    sources = [default_room_source(i, 2, weather) for i in range(200)]
+    rooms = [s.room for s in sources]
+    # GB 50736: 30 m3/h for each of the two guests a hotel room is built for.
+    assert all(r.params.ventilation_m3h == pytest.approx(60.0) for r in rooms)
+    co2 = [r.co2_ppm for r in rooms]
+    assert all(800.0 < c < 1450.0 for c in co2)  # one or two guests at 3650 m
+    assert all(24.4 < r.o2_pct < 25.6 for r in rooms)
+    share = sum(r.params.co2_sensor for r in rooms) / len(rooms)
+    assert 0.35 < share < 0.65
+    readings = [s.measure(600.0) for s in sources]
+    pairs = zip(readings, rooms, strict=True)
+    assert all(("co2_ppm" in x) == r.params.co2_sensor for x, r in pairs)
+    assert all(23.8 < x["o2_pct"] < 26.2 for x in readings)

@@ -285,7 +285,8 @@ def test_lhasa_rooms_drive_the_gateway_alarm_engine(tmp_path: Path) -> None:
     engine = AlarmEngine(config, store, clock_ms=clock)
     events: list[AlarmEvent] = []
     engine.listeners.append(events.append)
-    pipeline = Pipeline([Enricher(config, store, clock_ms=clock), engine])
+    enricher = Enricher(config, store, clock_ms=clock)
+    pipeline = Pipeline([enricher, engine, engine.committed_locally])
     sc = load_scenario("lhasa-hotel")
     world = World(sc)
     pending = sorted(sc.event, key=lambda e: e.at_s)

@@ -127,8 +127,14 @@ def test_room_enrichment_from_board_barometer_and_isa_fallback() -> None:
 
 def test_ambient_definition_setting() -> None:
     enr = Enricher(parse_config(config("ambient")), clock_ms=Clock())
-    (r,) = enr([room("room-2", 1, o2_pct=25.0)])
+    (r, none) = enr([room("room-2", 1, o2_pct=25.0), room("room-2", 2, o2_pct=0.0, eq_alt_m=1.0)])
     assert r.fields["eq_alt_m"] == pytest.approx(2259, abs=1.0)  # docs/domain.md: ambient, Lhasa
+    isa = oxygen.isa_pressure_kpa(3650)
+    assert r.fields["eq_alt_m"] == pytest.approx(
+        oxygen.equivalent_altitude_m(25.0, isa, EqAltDefinition.AMBIENT), abs=0.05
+    )
+    # No oxygen: no ambient equivalent altitude (infinite), and not the board's either.
+    assert "eq_alt_m" not in none.fields and none.fields["ppo2_kpa"] == 0.0
 
 
 def test_produced_oxygen_is_integrated_once_and_not_across_gaps(tmp_path) -> None:

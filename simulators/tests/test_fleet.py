@@ -76,7 +76,7 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
     for topic, payload, _ in rec.messages:
         if topic.endswith("/telemetry"):
             for r in decode_telemetry(cfg, topic, payload, now_ms):  # raises on a contract break
-                assert r.measurement == "room"
+                assert r.measurement == "room" and "invalid" not in r.fields  # or flags it
                 assert set(r.fields) >= {"o2_pct", "baro_kpa", "ppo2_kpa", "temp_c", "rh_pct"}
             continue
         status = json.loads(payload)

@@ -80,6 +80,7 @@ GATEWAY_FIELDS = frozenset(
 # ``{name}_raw`` (InfluxDB field keys stay short and plain); others are listed, not kept.
 _SAFE_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 MAX_UNKNOWN_KEPT = 8  # raw values of unknown fields kept per reading (the rest only listed)
+MAX_UNKNOWN_LISTED = 32  # unknown names listed one by one in ``invalid``; more are counted
 _MAX_LOGGED = 10_000  # (device, field, reason) combinations remembered for first-time logs
 
 
@@ -447,6 +448,12 @@ class TelemetryDecoder:
     ) -> None:
         """Flag fields the schema does not know; keep a few raw values under safe names."""
         kept = 0
+        if len(names) > MAX_UNKNOWN_LISTED:
+            # Not a board's typo but garbage: listed in bulk, so one message cannot write a
+            # huge ``invalid`` string or thousands of log lines.
+            more = len(names) - MAX_UNKNOWN_LISTED
+            names = names[:MAX_UNKNOWN_LISTED]
+            _note_invalid(fields, f"_{more}_more:{InvalidReason.UNKNOWN_FIELD}")
         for name in names:
             value = item[name]
             safe = _SAFE_NAME.fullmatch(name) is not None

@@ -125,6 +125,21 @@ def test_several_bad_fields_are_all_listed(config: GatewayConfig) -> None:
     assert r.fields["o2_pct_raw_raw"] == 3.0 and r.fields["rh_pct_raw"] == 150.0
 
 
+def test_a_flood_of_unknown_fields_is_bounded(config: GatewayConfig) -> None:
+    doc = board_room(24.5, **{f"junk_{n}": n for n in range(100)}, **{"a,b:c": 1})
+    (r,) = TelemetryDecoder(config).decode(TOPIC, enc(doc), NOW_MS)
+    flags = invalid_fields(r.fields)
+    assert flags[0] == ("_69_more", "unknown_field") and len(flags) == 33
+    assert sum(name.endswith("_raw") for name in r.fields) == 8  # MAX_UNKNOWN_KEPT
+    assert r.fields["o2_pct"] == 24.5
+
+
+def test_an_unsafe_unknown_name_is_listed_sanitised_and_not_kept(config: GatewayConfig) -> None:
+    (r,) = TelemetryDecoder(config).decode(TOPIC, enc(board_room(24.5, **{"O2,x:y": 3})), NOW_MS)
+    assert invalid_fields(r.fields) == [("o2_x_y", "unknown_field")]
+    assert not any(name.endswith("_raw") for name in r.fields)
+
+
 def test_any_possible_o2_reaches_the_readings(config: GatewayConfig) -> None:
     decoder = TelemetryDecoder(config)
     for seq, o2 in enumerate((0.0, 5.0, 40.0, 100.0)):

@@ -54,6 +54,9 @@ from gateway.readings import Reading
 log = logging.getLogger(__name__)
 
 DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
+# A board's self-report (status): judged by the rules whose field it carries (clock skew), but
+# it is not a reading: it neither keeps a device "seen" nor feeds the stale and warm-up logic.
+HEALTH_MEASUREMENT = "device_health"
 PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ALARM: 2, Severity.CRITICAL: 3}
 # A concentrator reaches product purity in about 5 min (3 time constants of the sieve's
@@ -258,6 +261,14 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
           on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -30 degC"),
         B("device-offline", AlarmKind.OFFLINE, sev.ALARM, silence_intervals=offline_n,
           doc=f"MQTT last will, Modbus poller offline, or silent > {offline_n:g} intervals"),
+        B("clock-ahead", th, sev.WARNING, "clock_skew_s", ">", 60.0, hysteresis=30.0,
+          off_delay_s=300,
+          doc="the board's clock runs more than 60 s ahead of the gateway's (its readings are "
+              "stored at arrival time, docs/contracts.md): fix its NTP"),
+        B("clock-behind", th, sev.WARNING, "clock_skew_s", "<", -300.0, hysteresis=30.0,
+          off_delay_s=300,
+          doc="the board's clock runs more than 5 min behind: its readings carry wrong times; "
+              "fix its NTP"),
         B("sensor-fault", AlarmKind.FLAGGED, sev.WARNING, "invalid", off_delay_s=300,
           doc="a reading carried a field the gateway will not use as a number (implausible, "
               "a no-value sentinel, not finite): stored flagged (docs/contracts.md); the "
@@ -623,11 +634,16 @@ class AlarmEngine:
             now = self.clock_ms()
             plans = self._plans
             for r in readings:
-                if r.measurement not in DEVICE_MEASUREMENTS:
+                health = r.measurement == HEALTH_MEASUREMENT
+                if not health and r.measurement not in DEVICE_MEASUREMENTS:
                     continue
                 tags = r.tags
                 plan = plans.get((tags.get("site", ""), tags.get("device", "")))
-                if plan is not None:
+                if plan is None:
+                    continue
+                if health:
+                    self._on_health(plan, r)
+                else:
                     self._on_reading(plan, r, now)
             if now >= self._next_tick_ms:
                 self._next_tick_ms = now + TICK_MS
@@ -771,6 +787,23 @@ class AlarmEngine:
                 if expected is not None:
                     residual = float(value) - expected
                     self._judge_value(rule, st, residual, self._threshold(rule, dev), ts)
+
+    def _on_health(self, plan: _DevicePlan, r: Reading) -> None:
+        """Threshold rules on the fields a status carries (e.g. ``clock_skew_s``)."""
+        for check in plan.checks:
+            value = r.fields.get(check.field)
+            if check.kind is not AlarmKind.THRESHOLD or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            st = check.state
+            if st is None:
+                st = check.state = self._state(check.rule, plan.dev)
+            if st.last_ts_ms is not None and r.ts_ms < st.last_ts_ms:
+                continue
+            st.last_ts_ms = r.ts_ms
+            threshold = self._threshold(check.rule, plan.dev)
+            self._judge_value(check.rule, st, float(value), threshold, r.ts_ms)
 
     def _judge_flag(self, check: _Check, dev: Device, flag: object, ts: int) -> None:
         """A ``flagged`` rule: raised while the readings carry the flag, cleared by readings

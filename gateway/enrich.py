@@ -1,15 +1,23 @@
 """Enrichment stage: derived oxygen values, produced-oxygen totals and the chain balance.
 
-- ``room`` readings with ``o2_pct`` get ``ppo2_kpa`` (when the board did not send it) and
-  ``eq_alt_m`` (West definition by default, ``[enrich] eq_alt_definition``), from the board's
-  ``baro_kpa``, or, without one, from the site's ISA pressure at ``altitude_m``; field
-  ``baro_source`` says which (``"sensor"`` / ``"isa"``). Values a board computed are kept.
+- ``room`` readings with ``o2_pct`` get ``ppo2_kpa`` and ``eq_alt_m`` (West definition by
+  default, ``[enrich] eq_alt_definition``) computed by the gateway, whatever the board sent:
+  from the board's ``baro_kpa`` when it is plausible for the site's altitude (ISA pressure
+  +/- 10 %, :func:`gateway.oxygen.baro_band_kpa`), else from the site's ISA pressure; field
+  ``baro_source`` says which (``"sensor"`` / ``"isa"``). Extreme values (40 % or 5 % O2 in
+  Lhasa) are stored as the numbers they are, never flagged: they are facts about the room.
 - ``concentrator`` readings of producing devices (kind concentrator or plant) with flow and
-  purity get ``o2_lpm`` (oxygen in the product, flow x purity) and ``o2_produced_l`` (the
-  device's cumulative oxygen, trapezoidal integration over the readings' timestamps, not
-  across gaps longer than ``[enrich] max_gap_s``).
+  purity get ``o2_lpm`` (oxygen in the product, flow x purity, litres per minute at the site's
+  conditions) and ``o2_produced_l`` (the device's cumulative oxygen, trapezoidal integration
+  over the readings' timestamps, not across gaps longer than ``[enrich] max_gap_s``).
 - Every ``[enrich] chain_interval_s`` one ``chain`` point per site (tag ``site``): produced vs
-  delivered oxygen; see gateway/README.md "Enrichment" for the fields.
+  delivered oxygen; see gateway/README.md "Enrichment" for the fields and the units.
+
+Flows in the balance are volumes at the site's conditions: the barometric pressure the site's
+room boards measure (their mean; the ISA pressure of ``altitude_m`` without one) and the rooms'
+mean temperature (20 degC without one). A flow given at normal conditions (``flow_nm3h``, or
+``flow_lpm`` of a profile with ``[nominal] flow_basis = "normal"``) is converted to them: in
+Lhasa one normal litre is about 1.69 litres.
 
 Totals survive restarts (saved to the state file every minute and at shutdown; a crash
 loses at most that minute of integration, never counts a reading twice).
@@ -28,13 +36,51 @@ from gateway import oxygen
 from gateway.alarm_store import AlarmStore
 from gateway.config import Device, DeviceKind, GatewayConfig
 from gateway.readings import FieldValue, Reading
+from o2chain.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 
 PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
 SAVE_INTERVAL_MS = 60_000
-DEFAULT_PRODUCT_PURITY_PCT = 93.0  # "Oxygen 93" (DOMAIN.md 3) when no producer reports
+DEFAULT_PRODUCT_PURITY_PCT = 93.0  # "Oxygen 93" (docs/domain.md "Limits and alarms")
 M3H_TO_LPM = 1000.0 / 60.0
+DEFAULT_SITE_TEMP_C = 20.0  # indoor air, when no room board of the site reports a temperature
+SITE_CONDITIONS_MS = 10_000  # how often a site's mean pressure and temperature are recomputed
+DERIVED_ROOM_FIELDS = ("ppo2_kpa", "eq_alt_m")
+_WATER_KPA = oxygen.AIRWAY_WATER_KPA
+_INV_EXP = 1.0 / oxygen.ISA_EXP
+
+
+@dataclass(frozen=True)
+class FlowBasis:
+    """How a device's ``flow_lpm`` is meant: ``actual`` (volume at the conditions where it is
+    used, the default) or ``normal`` (volume at ``normal_kpa``/``normal_temp_c``). ``flow_nm3h``
+    is always normal. From the profile's ``[nominal]`` table: ``flow_basis``,
+    ``flow_normal_temp_c``, ``flow_normal_kpa``."""
+
+    lpm_is_normal: bool = False
+    normal_kpa: float = oxygen.NORMAL_KPA
+    normal_temp_c: float = oxygen.NORMAL_TEMP_C
+
+    @classmethod
+    def of(cls, dev: Device) -> FlowBasis:
+        if not dev.profile:
+            return cls()
+        try:
+            nominal = load_profile(dev.profile).nominal
+        except (ProfileError, OSError):
+            return cls()  # the config check reports unknown profiles; no conversion data here
+        basis = nominal.get("flow_basis", "actual")
+        if basis not in ("actual", "normal"):
+            raise ValueError(
+                f"profile {dev.profile!r}: [nominal] flow_basis = {basis!r}, "
+                "expected 'actual' or 'normal'"
+            )
+        return cls(
+            lpm_is_normal=basis == "normal",
+            normal_kpa=float(nominal.get("flow_normal_kpa", oxygen.NORMAL_KPA)),
+            normal_temp_c=float(nominal.get("flow_normal_temp_c", oxygen.NORMAL_TEMP_C)),
+        )
 
 
 def _num(fields: dict[str, FieldValue], name: str) -> float | None:
@@ -58,6 +104,8 @@ class _Room:
     o2_pct: float
     eq_alt_m: float | None
     seen_ms: int
+    baro_kpa: float | None = None  # the board's, when plausible for the site
+    temp_c: float | None = None
 
 
 def room_o2_demand_lpm(
@@ -89,10 +137,19 @@ class Enricher:
         self.store = store
         self.clock_ms = clock_ms
         self.definition = oxygen.EqAltDefinition(config.enrich.eq_alt_definition)
+        self._west = self.definition is oxygen.EqAltDefinition.WEST
         self.max_gap_ms = int(config.enrich.max_gap_s * 1000)
         self.chain_interval_ms = int(config.enrich.chain_interval_s * 1000)
         self._isa_kpa = {s.id: oxygen.isa_pressure_kpa(s.altitude_m) for s in config.site}
+        self._baro_band = {s.id: oxygen.baro_band_kpa(s.altitude_m) for s in config.site}
         self._devices = {(d.site, d.id): d for d in config.device}
+        self._flow_basis = {
+            (d.site, d.id): FlowBasis.of(d)
+            for d in config.device
+            if d.kind in PRODUCERS or d.kind is DeviceKind.SUPPLY
+        }
+        # Per site: (pressure kPa, temperature degC, when computed) for flow conversions.
+        self._site_conditions: dict[str, tuple[float, float, int]] = {}
         self._producers: dict[tuple[str, str], _Producer] = {}
         self._rooms: dict[tuple[str, str], _Room] = {}
         self._supply_lpm: dict[tuple[str, str], tuple[float, int]] = {}
@@ -161,12 +218,49 @@ class Enricher:
         if r.measurement == "concentrator" and dev.kind in PRODUCERS:
             return self._enrich_producer(dev, r, now)
         if r.measurement == "supply":
-            flow = _num(r.fields, "flow_lpm")
-            if flow is None and (m3h := _num(r.fields, "flow_m3h")) is not None:
-                flow = m3h * M3H_TO_LPM
+            flow = self._flow_lpm(dev, r.fields, now)
             if flow is not None:
                 self._supply_lpm[key] = (flow, now)
         return r
+
+    def site_conditions(self, site: str, now: int) -> tuple[float, float]:
+        """(pressure kPa, temperature degC) of ``site`` for flow conversions: the means of its
+        fresh room boards' plausible barometers and temperatures, else ISA and 20 degC."""
+        cached = self._site_conditions.get(site)
+        if cached is not None and now - cached[2] < SITE_CONDITIONS_MS:
+            return cached[0], cached[1]
+        baros, temps = [], []
+        for (s, dev_id), room in self._rooms.items():
+            if s != site or not self._fresh(self._devices[(s, dev_id)], room.seen_ms, now):
+                continue
+            if room.baro_kpa is not None:
+                baros.append(room.baro_kpa)
+            if room.temp_c is not None:
+                temps.append(room.temp_c)
+        kpa = sum(baros) / len(baros) if baros else self._isa_kpa[site]
+        temp_c = sum(temps) / len(temps) if temps else DEFAULT_SITE_TEMP_C
+        self._site_conditions[site] = (kpa, temp_c, now)
+        return kpa, temp_c
+
+    def _flow_lpm(self, dev: Device, fields: dict[str, FieldValue], now: int) -> float | None:
+        """The device's flow in L/min at the site's conditions (``flow_lpm``, ``flow_m3h`` or
+        ``flow_nm3h``, converted by the device's :class:`FlowBasis`); None without one."""
+        basis = self._flow_basis.get((dev.site, dev.id)) or FlowBasis()
+        flow = _num(fields, "flow_lpm")
+        normal = basis.lpm_is_normal
+        if flow is None:
+            if (m3h := _num(fields, "flow_m3h")) is not None:
+                flow, normal = m3h * M3H_TO_LPM, False
+            elif (nm3h := _num(fields, "flow_nm3h")) is not None:
+                flow, normal = nm3h * M3H_TO_LPM, True
+            else:
+                return None
+        if not normal:
+            return flow
+        kpa, temp_c = self.site_conditions(dev.site, now)
+        return oxygen.actual_flow_from_normal(
+            flow, kpa, temp_c, basis.normal_kpa, basis.normal_temp_c
+        )
 
     def _enrich_room(self, dev: Device, key: tuple[str, str], r: Reading, now: int) -> Reading:
         fields = r.fields
@@ -174,37 +268,49 @@ class Enricher:
         if o2.__class__ is not float:  # the decoder's floats skip _num's type checks
             o2 = _num(fields, "o2_pct")
             if o2 is None:
-                return r
+                if "ppo2_kpa" not in fields and "eq_alt_m" not in fields:
+                    return r
+                # No oxygen value to derive from: a board's derived values go too.
+                fields = {k: v for k, v in fields.items() if k not in DERIVED_ROOM_FIELDS}
+                return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
         baro = fields.get("baro_kpa")
         if baro is not None and baro.__class__ is not float:
             baro = _num(fields, "baro_kpa")
         fields = dict(fields)
-        if baro is not None and baro > 0.0:
+        low, high = self._baro_band[dev.site]
+        if baro is not None and low <= baro <= high:
             fields["baro_source"] = "sensor"
+            sensor_kpa: float | None = baro
         else:
             baro = self._isa_kpa[dev.site]
             fields["baro_source"] = "isa"
-        if "ppo2_kpa" not in fields:
-            fields["ppo2_kpa"] = round(oxygen.ppo2_kpa(o2, baro), 4)
-        eq_alt = _num(fields, "eq_alt_m") if "eq_alt_m" in fields else None
-        if eq_alt is None:
-            try:
-                eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
-            except ValueError:
-                eq_alt = None  # no oxygen at all: no equivalent altitude
-            if eq_alt is not None:
-                fields["eq_alt_m"] = eq_alt
+            sensor_kpa = None
+        # Always the gateway's own, from the pressure chosen above (docs/contracts.md).
+        fields["ppo2_kpa"] = round(o2 * baro / 100.0, 4)  # oxygen.ppo2_kpa, inlined (hot)
+        # oxygen.equivalent_altitude_m, inlined: this runs for every room reading.
+        if self._west:
+            p_eq = o2 * (baro - _WATER_KPA) / oxygen.AIR_O2_PCT + _WATER_KPA
+        else:
+            p_eq = o2 * baro / oxygen.AIR_O2_PCT
+        eq_alt: float | None = None
+        if p_eq > 0.0:  # else no oxygen at all (ambient definition): no equivalent altitude
+            eq_alt = round((1.0 - (p_eq / oxygen.P0_KPA) ** _INV_EXP) / oxygen.ISA_K_PER_M, 1)
+            fields["eq_alt_m"] = eq_alt
+        else:
+            fields.pop("eq_alt_m", None)
+        temp = fields.get("temp_c")
+        if temp is not None and temp.__class__ is not float:
+            temp = _num(fields, "temp_c")
         room = self._rooms.get(key)
         if room is None:
-            self._rooms[key] = _Room(o2, eq_alt, now)
+            self._rooms[key] = _Room(o2, eq_alt, now, sensor_kpa, temp)
         else:  # updated in place: one object per room, not one per reading
             room.o2_pct, room.eq_alt_m, room.seen_ms = o2, eq_alt, now
+            room.baro_kpa, room.temp_c = sensor_kpa, temp
         return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
 
     def _enrich_producer(self, dev: Device, r: Reading, now: int) -> Reading:
-        flow = _num(r.fields, "flow_lpm")
-        if flow is None and (m3h := _num(r.fields, "flow_nm3h")) is not None:
-            flow = m3h * M3H_TO_LPM
+        flow = self._flow_lpm(dev, r.fields, now)
         purity = _num(r.fields, "purity_pct")
         if flow is None or purity is None:
             return r
@@ -306,6 +412,9 @@ class Enricher:
         ]
         if supplies:
             fields["supplied_lpm"] = round(sum(supplies), 4)
+        kpa, temp_c = self.site_conditions(site, now)
+        fields["site_baro_kpa"] = round(kpa, 3)
+        fields["site_temp_c"] = round(temp_c, 2)
         return fields
 
     def status(self) -> dict[str, Any]:

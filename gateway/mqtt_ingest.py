@@ -384,17 +384,20 @@ class MqttIngest:
         ``sources`` remembers which message each reading came from, so a failing pipeline can
         still be narrowed down to the message that made it fail."""
         encode = self.encoder.encode
-        decode = self.decoder.decode
+        decode = self.decoder.decode_message
         fresh_all: list[Reading] = []
         sources: list[tuple[_Queued, int, int]] = []  # message, its first reading, count
         for queued in chunk:
             if queued.topic.endswith("/status"):
+                # Health goes through the pipeline like readings: the alarm engine judges a
+                # board's clock skew on it, the observer shows it.
                 health = self._status(queued, now_ms)
                 if health is not None:
-                    out.lines.append(encode(health))
+                    sources.append((queued, len(fresh_all), 1))
+                    fresh_all.append(health)
                 continue
             try:
-                readings = decode(queued.topic, queued.payload, now_ms)
+                decoded = decode(queued.topic, queued.payload, now_ms)
             except Reject as rej:
                 self._reject(dead, queued, rej.reason, rej.detail)
                 log.warning("rejected MQTT message on %s: %s", queued.topic, rej)
@@ -403,7 +406,18 @@ class MqttIngest:
                 log.exception("decoding failed on a message on %s", queued.topic)
                 self._reject(dead, queued, "pipeline_error", repr(exc))
                 continue
-            fresh = self._drop_duplicates(readings)
+            # Items of an array that cannot be readings: each its own dead letter (the item's
+            # JSON, its index in the detail); the array's good items are stored.
+            for item in decoded.rejects:
+                self._reject(dead, queued._replace(payload=item.payload), item.reason, item.detail)
+                log.warning(
+                    "rejected item %d of an MQTT message on %s: %s: %s",
+                    item.index,
+                    queued.topic,
+                    item.reason,
+                    item.detail,
+                )
+            fresh = self._drop_duplicates(decoded.readings)
             if fresh and queued.dup:
                 # Sent to an earlier connection (or instance) that never committed it.
                 self.stats.redelivered_uncommitted += 1

@@ -316,3 +316,22 @@ def test_each_operator_decides_the_value_on_the_threshold(
         eng, events = engine(tmp_path / f"{op}-{value}", clock, cfg([rule], builtin=False))
         eng([room(clock.t_ms, value)])
         assert [e.state for e in events] == (["raise"] if expected else []), (op, value)
+
+
+def test_a_board_clock_ahead_raises_clock_ahead_and_its_status_clears_it(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    eng, events = engine(tmp_path, clock, cfg())
+    tags = {"site": "lhasa", "device": "room-1", "room": "1"}
+    # Stamped 23 h ahead: the decoder stored it at arrival with the skew (docs/contracts.md).
+    ahead: dict[str, FieldValue] = {"o2_pct": 25.0, "clock_skew_s": 82_800.0}
+    eng([Reading("room", tags, ahead, clock.t_ms)])
+    assert [(e.alarm["rule"], e.state) for e in events] == [("clock-ahead", "raise")]
+    health = {"site": "lhasa", "device": "room-1"}
+    for _ in range(7):  # statuses with a synced clock, for more than the 300 s off-delay
+        clock.advance(60)
+        eng([Reading("device_health", health, {"clock_skew_s": 0.2, "online": True}, clock.t_ms)])
+    assert ("clock-ahead", "clear") in [(e.alarm["rule"], e.state) for e in events]
+    # Status points are not readings: a board that only sends its status is silent.
+    assert ("device-offline", "raise") in [(e.alarm["rule"], e.state) for e in events]

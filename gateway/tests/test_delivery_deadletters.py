@@ -32,21 +32,18 @@ def enc(doc: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-# (what, topic, payload, expected reason): each a way a board, a bug or an attacker gets it wrong.
+# (what, topic, payload, expected reason): each a way a board, a bug or an attacker gets it wrong
+# so badly that the message (or, in an array, the item) cannot be a reading at all.
 CORPUS: list[tuple[str, str, bytes, str]] = [
     ("empty payload", GOOD_TOPIC, b"", "not_json"),
     ("binary garbage", GOOD_TOPIC, b"\xff\xfe\x00\x01", "not_json"),
     ("truncated JSON", GOOD_TOPIC, b'{"v": 1, "boot": 1, "se', "not_json"),
     ("lowercase nan literal", GOOD_TOPIC, b"nan", "not_json"),
     ("latin-1 text", GOOD_TOPIC, "{'o2': 21,5 %}".encode("latin-1"), "not_json"),
-    ("NaN value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"o2_pct":NaN}', "not_finite"),
-    ("Infinity value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"temp_c":Infinity}', "not_finite"),
-    ("-Infinity value", GOOD_TOPIC, b'{"v":1,"boot":1,"seq":1,"rh_pct":-Infinity}', "not_finite"),
     ("empty array", GOOD_TOPIC, b"[]", "bad_shape"),
     ("bare number", GOOD_TOPIC, b"42", "bad_shape"),
     ("bare string", GOOD_TOPIC, b'"o2 24.1"', "bad_shape"),
     ("null", GOOD_TOPIC, b"null", "bad_shape"),
-    ("array of numbers", GOOD_TOPIC, b"[1, 2]", "bad_shape"),
     ("replay batch too long", GOOD_TOPIC, enc([body(seq=i) for i in range(501)]), "bad_shape"),
     ("no version", GOOD_TOPIC, enc(body(v=...)), "missing_field"),
     ("version 2", GOOD_TOPIC, enc(body(v=2)), "bad_version"),
@@ -56,26 +53,49 @@ CORPUS: list[tuple[str, str, bytes, str]] = [
     ("negative boot", GOOD_TOPIC, enc(body(boot=-1)), "out_of_range"),
     ("fractional seq", GOOD_TOPIC, enc(body(seq=1.5)), "bad_type"),
     ("boolean seq", GOOD_TOPIC, enc(body(seq=True)), "bad_type"),
-    ("o2 as text", GOOD_TOPIC, enc(body(o2_pct="high")), "bad_type"),
-    ("o2 as boolean", GOOD_TOPIC, enc(body(o2_pct=True)), "bad_type"),
-    ("o2 null", GOOD_TOPIC, enc(body(o2_pct=None)), "bad_type"),
-    ("o2 as list", GOOD_TOPIC, enc(body(o2_pct=[21.0])), "bad_type"),
-    ("o2 as object", GOOD_TOPIC, enc(body(o2_pct={"value": 21.0})), "bad_type"),
-    ("o2 above 100 %", GOOD_TOPIC, enc(body(o2_pct=101.0)), "out_of_range"),
-    ("barometer in hPa", GOOD_TOPIC, enc(body(baro_kpa=649.0)), "out_of_range"),
-    ("barometer 5 kPa", GOOD_TOPIC, enc(body(baro_kpa=5.0)), "out_of_range"),
-    ("temperature -100", GOOD_TOPIC, enc(body(temp_c=-100.0)), "out_of_range"),
-    ("unknown field", GOOD_TOPIC, enc(body(co3_ppm=1.0)), "unknown_field"),
-    ("field name typo", GOOD_TOPIC, enc(body(o2_pc=21.0)), "unknown_field"),
-    ("ts a year ahead", GOOD_TOPIC, enc(body(ts=NOW_MS + 365 * 86_400_000)), "bad_timestamp"),
-    ("ts in 2001", GOOD_TOPIC, enc(body(ts=978_307_200_000)), "bad_timestamp"),
-    ("ts in seconds", GOOD_TOPIC, enc(body(ts=NOW_MS // 1000)), "bad_timestamp"),
-    ("ts as text", GOOD_TOPIC, enc(body(ts="2026-01-01T00:00:00Z")), "bad_type"),
     ("oversize", GOOD_TOPIC, b'{"pad":"' + b"x" * 70_000 + b'"}', "oversize"),
-    ("one bad item in a batch", GOOD_TOPIC, enc([body(), body(o2_pct="x")]), "bad_type"),
+    # Only the bad item is a dead letter (its JSON alone); the good one is stored.
+    ("one item without boot in a batch", GOOD_TOPIC,
+     enc([body(seq=999_100), body(seq=999_101, boot=...)]), "missing_field"),
     ("unknown device", f"o2/{SITE}/room-999/telemetry", enc(body()), "unknown_device"),
     ("unknown site", "o2/nowhere/room-000/telemetry", enc(body()), "unknown_device"),
-]
+]  # fmt: skip
+ITEM_PAYLOAD = {"one item without boot in a batch": enc(body(seq=999_101, boot=...))}
+
+# Readings with one bad field or a wrong clock: stored, and flagged (docs/contracts.md).
+# (what, payload, field that carries the flag, its value); seq 999_001 + index.
+FLAGGED: list[tuple[str, bytes, str, Any]] = [
+    ("NaN value", b'{"v":1,"boot":1,"seq":%d,"o2_pct":NaN}', "invalid", "o2_pct:not_finite"),
+    ("Infinity value", b'{"v":1,"boot":1,"seq":%d,"temp_c":Infinity}', "invalid",
+     "temp_c:not_finite"),
+    ("-Infinity value", b'{"v":1,"boot":1,"seq":%d,"rh_pct":-Infinity}', "invalid",
+     "rh_pct:not_finite"),
+    ("o2 as text", enc(body(o2_pct="high")), "invalid", "o2_pct:bad_type"),
+    ("o2 as boolean", enc(body(o2_pct=True)), "invalid", "o2_pct:bad_type"),
+    ("o2 null", enc(body(o2_pct=None)), "invalid", "o2_pct:bad_type"),
+    ("o2 as list", enc(body(o2_pct=[21.0])), "invalid", "o2_pct:bad_type"),
+    ("o2 as object", enc(body(o2_pct={"value": 21.0})), "invalid", "o2_pct:bad_type"),
+    ("o2 above 100 %", enc(body(o2_pct=101.0)), "o2_pct_raw", 101.0),
+    ("barometer in hPa", enc(body(baro_kpa=649.0)), "baro_kpa_raw", 649.0),
+    ("barometer 5 kPa", enc(body(baro_kpa=5.0)), "baro_kpa_raw", 5.0),
+    ("temperature -100", enc(body(temp_c=-100.0)), "temp_c_raw", -100.0),
+    ("unknown field", enc(body(co3_ppm=1.0)), "co3_ppm_raw", 1.0),
+    ("field name typo", enc(body(o2_pc=21.0)), "invalid", "o2_pc:unknown_field"),
+    ("ts a year ahead", enc(body(ts=NOW_MS + 365 * 86_400_000)), "ts_board_ms",
+     NOW_MS + 365 * 86_400_000),
+    ("ts in 2001", enc(body(ts=978_307_200_000)), "ts_board_ms", 978_307_200_000),
+    ("ts in seconds", enc(body(ts=NOW_MS // 1000)), "ts_board_ms", NOW_MS // 1000),
+    ("ts as text", enc(body(ts="2026-01-01T00:00:00Z")), "invalid", "ts:bad_type"),
+]  # fmt: skip
+
+
+def flagged_payload(n: int, payload: bytes) -> bytes:
+    """The flagged case's payload with its own seq and ts: distinct readings and points."""
+    seq = 999_001 + n
+    if b"%d" in payload:
+        return payload % seq
+    payload = payload.replace(b'"ts": %d' % (NOW_MS - 60_000), b'"ts": %d' % (NOW_MS - 50_000 + n))
+    return payload.replace(b'"seq": 999000', b'"seq": %d' % seq)
 
 
 def valid(seq: int) -> bytes:
@@ -107,16 +127,24 @@ def deadletters(cfg: Path, *args: str) -> list[dict[str, Any]]:
 def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
 ) -> None:
-    assert len({what for what, *_ in CORPUS}) == len(CORPUS) >= 30
+    whats = {what for what, *_ in CORPUS} | {what for what, *_ in FLAGGED}
+    assert len(whats) == len(CORPUS) + len(FLAGGED) >= 40
     state = tmp_path / "state"
     cfg = gateway_config(tmp_path / "gw.toml", mosquitto, influxdb, state, boards=1)
     messages: list[tuple[str, bytes]] = []
     for n, (_, topic, payload, _reason) in enumerate(CORPUS):
         messages += [(GOOD_TOPIC, valid(2 * n)), (topic, payload), (GOOD_TOPIC, valid(2 * n + 1))]
+    messages += [(GOOD_TOPIC, flagged_payload(n, f[1])) for n, f in enumerate(FLAGGED)]
+    flagged_where = "WHERE seq > 999000 AND seq < 999100"
     with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
         gw.wait_for_log("MQTT subscribed", timeout_s=30)
         publish_all(mosquitto, messages)
         wait_until(lambda: count_points(influxdb) >= 2 * len(CORPUS), 30, "the valid readings")
+        wait_until(
+            lambda: count_points(influxdb, "seq", flagged_where) >= len(FLAGGED),
+            30,
+            "the flagged readings",
+        )
         letters = deadletters(cfg, "list", "--limit", "1000")
         assert gw.running, gw.log_tail()
         gw.stop()
@@ -125,7 +153,14 @@ def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
     assert len(letters) == len(CORPUS)
     for (what, topic, payload, reason), letter in zip(CORPUS, letters, strict=True):
         assert (letter["reason"], letter["topic"]) == (reason, topic), what
-        assert letter["payload"] == payload.decode("utf-8", "backslashreplace"), what
+        expected = ITEM_PAYLOAD.get(what, payload)
+        assert letter["payload"] == expected.decode("utf-8", "backslashreplace"), what
+    item = next(dl for dl in letters if dl["payload"] == ITEM_PAYLOAD[CORPUS[19][0]].decode())
+    assert "item 1 of 2" in item["detail"] and "'boot'" in item["detail"]
+    assert count_points(influxdb, "seq", "WHERE seq = 999100") == 1  # the array's good item
+    for n, (what, _, name, value) in enumerate(FLAGGED):
+        (point,) = influxdb.query_points(f"SELECT * FROM room WHERE seq = {999_001 + n}", db=DB)
+        assert point[name] == value, (what, point)
 
     # The operator adds the missing board and replays: that one leaves, the rest stay.
     fixed = gateway_config(

@@ -1,4 +1,5 @@
-"""Oxygen formulas against the DOMAIN.md section 2/3 test vectors, and the enrichment stage."""
+"""Oxygen formulas against the docs/domain.md test vectors ("Formulas", "Limits and alarms"),
+and the enrichment stage."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_partial_pressures_and_inverse() -> None:
     # Rule of thumb: +1 % O2 is about -300 m.
     step = oxygen.equivalent_altitude_m(24, pb) - oxygen.equivalent_altitude_m(25, pb)
     assert 250 < step < 350
-    # West gives higher values than the ambient definition (70-200 m, DOMAIN.md 2).
+    # West gives higher values than the ambient definition (70-200 m, docs/domain.md).
     diff = oxygen.equivalent_altitude_m(25, pb) - oxygen.equivalent_altitude_m(
         25, pb, EqAltDefinition.AMBIENT
     )
@@ -116,16 +117,24 @@ def test_room_enrichment_from_board_barometer_and_isa_fallback() -> None:
     assert a.fields["ppo2_kpa"] == pytest.approx(16.3)
     assert a.fields["eq_alt_m"] == pytest.approx(oxygen.equivalent_altitude_m(25, 65.2), abs=0.1)
     assert b.fields["baro_source"] == "isa"
-    assert b.fields["eq_alt_m"] == pytest.approx(2386, abs=1.0)  # DOMAIN.md: Lhasa at 25 %
-    assert c.fields["ppo2_kpa"] == 15.5 and c.fields["eq_alt_m"] == 2700.0  # the board's own
+    assert b.fields["eq_alt_m"] == pytest.approx(2386, abs=1.0)  # docs/domain.md: Lhasa at 25 %
+    # A board's own derived values are replaced by the gateway's (docs/contracts.md).
+    assert c.fields["ppo2_kpa"] == pytest.approx(15.6)
+    assert c.fields["eq_alt_m"] == pytest.approx(oxygen.equivalent_altitude_m(24, 65.0), abs=0.1)
     # The input is not mutated (readings are shared with the caller).
     assert "eq_alt_m" not in room("room-1", t, o2_pct=25.0).fields
 
 
 def test_ambient_definition_setting() -> None:
     enr = Enricher(parse_config(config("ambient")), clock_ms=Clock())
-    (r,) = enr([room("room-2", 1, o2_pct=25.0)])
-    assert r.fields["eq_alt_m"] == pytest.approx(2259, abs=1.0)  # DOMAIN.md: ambient, Lhasa
+    (r, none) = enr([room("room-2", 1, o2_pct=25.0), room("room-2", 2, o2_pct=0.0, eq_alt_m=1.0)])
+    assert r.fields["eq_alt_m"] == pytest.approx(2259, abs=1.0)  # docs/domain.md: ambient, Lhasa
+    isa = oxygen.isa_pressure_kpa(3650)
+    assert r.fields["eq_alt_m"] == pytest.approx(
+        oxygen.equivalent_altitude_m(25.0, isa, EqAltDefinition.AMBIENT), abs=0.05
+    )
+    # No oxygen: no ambient equivalent altitude (infinite), and not the board's either.
+    assert "eq_alt_m" not in none.fields and none.fields["ppo2_kpa"] == 0.0
 
 
 def test_produced_oxygen_is_integrated_once_and_not_across_gaps(tmp_path) -> None:
@@ -193,3 +202,83 @@ def test_room_demand_matches_the_room_physics() -> None:
     assert demand == pytest.approx(6.0 * 0.93, rel=1e-6)
     assert room_o2_demand_lpm(vent_m3h, 20.0, 93.0) == 0.0
     assert not math.isnan(room_o2_demand_lpm(vent_m3h, 93.0, 93.0))
+
+
+def test_derived_values_never_fail_and_a_barometer_implausible_for_the_site_is_not_used() -> None:
+    enr = Enricher(parse_config(config()), clock_ms=Clock())
+    low, high = oxygen.baro_band_kpa(3650)
+    assert (low, high) == pytest.approx((58.05, 70.95), abs=0.01)  # ISA 64.50 +/- 10 %
+    a, b, c, d = enr([
+        room("room-2", 1, o2_pct=40.0, ppo2_kpa=26.0, eq_alt_m=-1300.0),
+        room("room-2", 2, o2_pct=5.0, baro_kpa=101.3),  # sea-level default on the plateau
+        room("room-2", 3, o2_pct=0.0, baro_kpa=64.0),
+        room("room-2", 4, baro_kpa=64.0, ppo2_kpa=15.0, eq_alt_m=2500.0),  # no O2 value
+    ])  # fmt: skip
+    isa = oxygen.isa_pressure_kpa(3650)
+    assert a.fields["eq_alt_m"] == pytest.approx(oxygen.equivalent_altitude_m(40, isa), abs=0.1)
+    assert float(a.fields["eq_alt_m"]) < -1000
+    assert a.fields["ppo2_kpa"] == pytest.approx(0.4 * isa, 1e-4)
+    assert b.fields["baro_source"] == "isa" and float(b.fields["eq_alt_m"]) > 11_000
+    assert c.fields["ppo2_kpa"] == 0.0 and float(c.fields["eq_alt_m"]) > 15_000
+    assert "ppo2_kpa" not in d.fields and "eq_alt_m" not in d.fields
+
+
+def lhasa_plant_config(tmp_path, flow_basis: str | None = None) -> dict[str, object]:
+    nominal = f'flow_basis = "{flow_basis}"\nflow_normal_temp_c = 20.0\n' if flow_basis else ""
+    profile = tmp_path / "plant-nm3.toml"
+    profile.write_text(
+        '[profile]\nname = "plant-nm3"\nkind = "plant"\n\n[nominal]\n' + nominal
+        + '\n[[register]]\nname = "flow_lpm"\ntable = "input"\naddress = 0\n'
+        'type = "float32"\n'
+    )  # fmt: skip
+    return {
+        "site": [{"id": "lhasa", "altitude_m": 3650}],
+        "device": [
+            {"id": "psa-1", "site": "lhasa", "kind": "plant", "transport": "mqtt"},
+            {"id": "psa-2", "site": "lhasa", "kind": "plant", "transport": "mqtt",
+             "profile": str(profile)},
+            {"id": "line-1", "site": "lhasa", "kind": "supply", "transport": "mqtt"},
+            {"id": "room-1", "site": "lhasa", "kind": "room", "transport": "mqtt"},
+        ],
+        "enrich": {"chain_interval_s": 60},
+    }  # fmt: skip
+
+
+def test_normal_flow_is_converted_to_the_site_conditions_lhasa_vector(tmp_path) -> None:
+    """15 Nm3/h (0 degC, 101.325 kPa) in Lhasa at ISA 64.50 kPa and 20 degC is 421.5 L/min:
+    x101.325/64.504 (1.571) for the pressure and x293.15/273.15 (1.073) for the temperature.
+    Before, it was added to L/min as 250 L/min: 1.69 times too little oxygen produced."""
+    clock = Clock()
+    enr = Enricher(parse_config(lhasa_plant_config(tmp_path)), clock_ms=clock)
+    (plant,) = enr([conc("psa-1", clock.t_ms, site="lhasa", flow_nm3h=15.0, purity_pct=93.0)])
+    assert plant.fields["o2_lpm"] == pytest.approx(421.47 * 0.93, abs=0.01)
+    # Measured site conditions take over from ISA and 20 degC: the room board's barometer and
+    # temperature (65.2 kPa, 18 degC) give 250 x 101.325/65.2 x 291.15/273.15 = 414.1 L/min.
+    enr([room("room-1", clock.t_ms, o2_pct=25.0, baro_kpa=65.2, temp_c=18.0)])
+    clock.t_ms += 10_000
+    (plant,) = enr([conc("psa-1", clock.t_ms, site="lhasa", flow_nm3h=15.0, purity_pct=93.0)])
+    assert plant.fields["o2_lpm"] == pytest.approx(414.12 * 0.93, abs=0.01)
+    # A supply line metered in Nm3/h lands in the balance in the same units.
+    supply = Reading("supply", {"site": "lhasa", "device": "line-1", "point": "main"},
+                     {"flow_nm3h": 15.0}, clock.t_ms)  # fmt: skip
+    enr([supply])
+    clock.t_ms += 60_000
+    fresh_room = room("room-1", clock.t_ms, o2_pct=25.0, baro_kpa=65.2, temp_c=18.0)
+    (chain,) = [p for p in enr([fresh_room]) if p.measurement == "chain"]
+    assert chain.fields["supplied_lpm"] == pytest.approx(414.12, abs=0.01)
+    assert chain.fields["site_baro_kpa"] == 65.2 and chain.fields["site_temp_c"] == 18.0
+    assert chain.fields["produced_o2_lpm"] == pytest.approx(414.12 * 0.93, abs=0.01)
+
+
+def test_profile_says_its_flow_lpm_is_normal_litres(tmp_path) -> None:
+    clock = Clock()
+    enr = Enricher(parse_config(lhasa_plant_config(tmp_path, "normal")), clock_ms=clock)
+    actual, normal = enr([
+        conc("psa-1", clock.t_ms, site="lhasa", flow_lpm=250.0, purity_pct=93.0),
+        conc("psa-2", clock.t_ms, site="lhasa", flow_lpm=250.0, purity_pct=93.0),
+    ])  # fmt: skip
+    assert actual.fields["o2_lpm"] == pytest.approx(250.0 * 0.93)  # default: actual litres
+    # 20 degC normal conditions (the profile's): x101.325/64.504 only.
+    assert normal.fields["o2_lpm"] == pytest.approx(250 * 101.325 / 64.5044 * 0.93, abs=0.05)
+    with pytest.raises(ValueError, match="flow_basis = 'weird'"):
+        Enricher(parse_config(lhasa_plant_config(tmp_path, "weird")), clock_ms=clock)

@@ -81,15 +81,18 @@ def test_modbus_and_mqtt_readings_reach_influxdb(
         )
 
         rooms = wait_for_points(
-            influxdb, "o2test", "SELECT * FROM room WHERE device = 'room-101'", 1
+            influxdb, "o2test", "SELECT * FROM room WHERE device = 'room-101' ORDER BY time", 2
         )
-        assert len(rooms) == 1, rooms  # the bad ones never became data
-        room = rooms[0]
+        assert len(rooms) == 2, rooms  # the garbage never became data
+        room, flagged = rooms
         assert room["site"] == "lhasa-hotel" and room["room"] == "room-101"
         assert room["o2_pct"] == pytest.approx(24.6)
-        assert room["ppo2_kpa"] == pytest.approx(16.01)
+        assert room["ppo2_kpa"] == pytest.approx(24.6 * 65.1 / 100, abs=1e-4)  # the gateway's
         assert room["seq"] == 17 and room["boot"] == 3
         assert room["time"] == ts  # the board's timestamp, ms precision kept
+        # A reading with a bad field is stored, the field flagged (docs/contracts.md).
+        assert flagged["seq"] == 18 and flagged["invalid"] == "o2_pct:bad_type"
+        assert flagged["o2_pct"] is None and flagged["time"] == ts + 1
 
         conc = wait_for_points(
             influxdb, "o2test", "SELECT * FROM concentrator WHERE device = 'conc-1'", 2
@@ -110,10 +113,9 @@ def test_modbus_and_mqtt_readings_reach_influxdb(
         check=True,
     )
     letters = [json.loads(line) for line in listing.stdout.splitlines()]
-    assert sorted(dl["reason"] for dl in letters) == ["bad_type", "not_json"]
-    bad_type = next(dl for dl in letters if dl["reason"] == "bad_type")
-    assert "o2_pct" in bad_type["detail"] and "room-101" in bad_type["detail"]
-    assert bad_type["topic"] == "o2/lhasa-hotel/room-101/telemetry"
+    assert [dl["reason"] for dl in letters] == ["not_json"]
+    assert "room-101" in letters[0]["detail"]
+    assert letters[0]["topic"] == "o2/lhasa-hotel/room-101/telemetry"
 
 
 def test_gateway_check_names_the_bad_key(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from gateway.mqtt_ingest import PIPELINE_CHUNK, MqttIngest, _Queued
 from gateway.observe import Observer, Sources
 from gateway.outbox import Outbox
 from gateway.readings import FieldValue, Reading
-from gateway.telemetry import Reject, RejectReason, TelemetryDecoder, _loads
+from gateway.telemetry import Decoded, Reject, RejectReason, TelemetryDecoder, _loads
 
 NOW_MS = 1_795_000_000_000
 
@@ -117,14 +117,14 @@ def test_a_decoder_crash_is_a_dead_letter_not_a_lost_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig = Rig(tmp_path)
-    decode = rig.ingest.decoder.decode
+    decode = rig.ingest.decoder.decode_message
 
-    def fragile(topic: str, payload: bytes, received_ms: int) -> list[Reading]:
+    def fragile(topic: str, payload: bytes, received_ms: int) -> Decoded:
         if b'"seq": 1,' in payload:
             raise KeyError("decoder bug")
         return decode(topic, payload, received_ms)
 
-    monkeypatch.setattr(rig.ingest.decoder, "decode", fragile)
+    monkeypatch.setattr(rig.ingest.decoder, "decode_message", fragile)
     rig.ingest._commit_batch([message(n + 1, "room-0", n) for n in range(3)])
     assert len(rig.lines()) == 2
     assert [d.reason for d in rig.outbox.dead_letters()] == ["pipeline_error"]
@@ -171,12 +171,14 @@ def test_decoder_rejects_what_it_rejected_and_a_huge_integer_too() -> None:
     assert reason(topic, ok.replace(b'"v":1', b'"v":2')) is RejectReason.BAD_VERSION
     assert reason(topic, ok.replace(b'"seq":2', b'"seq":true')) is RejectReason.BAD_TYPE
     assert reason(topic, ok.replace(b'"seq":2,', b"")) is RejectReason.MISSING_FIELD
-    assert reason(topic, ok.replace(b"24}", b"NaN}")) is RejectReason.NOT_FINITE
-    assert reason(topic, ok.replace(b"24}", b"124}")) is RejectReason.OUT_OF_RANGE
+    # A bad field is flagged, not rejected (docs/contracts.md), and the reading stored.
+    (r,) = decoder.decode(topic, ok.replace(b"24}", b"NaN}"), NOW_MS)
+    assert r.fields["invalid"] == "o2_pct:not_finite"
+    (r,) = decoder.decode(topic, ok.replace(b"24}", b"124}"), NOW_MS)
+    assert r.fields["invalid"] == "o2_pct:out_of_range" and r.fields["o2_pct_raw"] == 124.0
     # An integer too big for a float used to escape as OverflowError and fail the whole batch.
-    assert reason(topic, ok.replace(b"24}", b"1" + b"0" * 400 + b"}")) is (
-        RejectReason.OUT_OF_RANGE
-    )
+    (r,) = decoder.decode(topic, ok.replace(b"24}", b"1" + b"0" * 400 + b"}"), NOW_MS)
+    assert r.fields["invalid"] == "o2_pct:out_of_range" and "o2_pct_raw" not in r.fields
 
 
 class Level(enum.IntEnum):

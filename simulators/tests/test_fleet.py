@@ -78,7 +78,7 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
     for topic, payload, _ in rec.messages:
         if topic.endswith("/telemetry"):
             for r in decode_telemetry(cfg, topic, payload, now_ms):  # raises on a contract break
-                assert r.measurement == "room"
+                assert r.measurement == "room" and "invalid" not in r.fields  # or flags it
                 assert set(r.fields) >= {"o2_pct", "baro_kpa", "ppo2_kpa", "temp_c", "rh_pct"}
                 assert "invalid" not in r.fields, r.fields  # co2_ppm too passes the validator
                 if "co2_ppm" in r.fields:

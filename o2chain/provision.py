@@ -180,14 +180,6 @@ class BrokerSettings:
     gateway_id: str
     topic_prefix: str
 
-    @property
-    def device_listener(self) -> str:
-        return f"listener {self.port} {self.bind}".rstrip()
-
-    @property
-    def gateway_listener(self) -> str:
-        return f"listener {self.gateway_port} {self.gateway_bind}".rstrip()
-
 
 @dataclass(frozen=True)
 class Board:
@@ -575,7 +567,14 @@ def provision(
     _passwd(run, "broker/gateway.passwd", gateway_accounts)
     run.write("broker/devices.acl", _acl(device_accounts))
     run.write("broker/gateway.acl", _acl(gateway_accounts))
-    run.write("broker/o2chain.conf", broker_conf(run.broker_path, settings))
+    conf = broker_conf(
+        run.broker_path,
+        port=settings.port,
+        bind=settings.bind,
+        gateway_port=settings.gateway_port,
+        gateway_bind=settings.gateway_bind,
+    )
+    run.write("broker/o2chain.conf", conf)
 
     for who in ("gateway", "operator", "dashboard"):
         run.write(f"{who}/ca.pem", ca_pem)
@@ -743,19 +742,15 @@ def _acl(accounts: list[tuple[str, str, list[str]]]) -> str:
 
 
 def broker_conf(
-    files_dir: Path,
-    settings: BrokerSettings,
-    *,
-    device_listener: str | None = None,
-    gateway_listener: str | None = None,
+    files_dir: Path, *, port: int, bind: str, gateway_port: int, gateway_bind: str
 ) -> str:
     """The Mosquitto listener block using the files of ``files_dir`` (a provisioned
-    ``broker/`` directory, where the broker will read them)."""
+    ``broker/`` directory, where the broker will read them). Empty ``bind`` = every interface."""
     text = (resources.files("o2chain") / "templates" / "mosquitto-security.conf.tmpl").read_text()
     return string.Template(text).substitute(
-        device_listener=device_listener or settings.device_listener,
-        gateway_listener=gateway_listener or settings.gateway_listener,
-        gateway_bind=settings.gateway_bind or "every interface",
+        device_listener=f"listener {port} {bind}".rstrip(),
+        gateway_listener=f"listener {gateway_port} {gateway_bind}".rstrip(),
+        gateway_bind=gateway_bind or "every interface",
         cert_file=files_dir / "server.pem",
         key_file=files_dir / "server.key",
         devices_password_file=files_dir / "devices.passwd",

@@ -422,3 +422,36 @@ def test_operator_commands_gateway_alarms_dashboard_reads(
     with site.client(*dash_login) as d:
         assert d.connect() == 0 and d.subscribe("o2/#") == 1
         assert d.wait_for(alarm)[1:] == (b'{"event":"raise"}', True)
+
+
+@pytest.mark.integration
+def test_simulated_fleet_logs_in_with_each_boards_account(
+    provisioned_site: ProvisionedSite,
+) -> None:
+    """The fleet simulator (``o2chain sim run`` in the demo) connects each board over TLS with
+    its provisioned account: both boards' readings arrive, each under its own username."""
+    import asyncio
+
+    from simulators.fleet import Fleet, FleetConfig
+
+    site = provisioned_site
+    config = FleetConfig(
+        host="127.0.0.1", port=site.broker.port, site="test-site", boards=2, interval_s=0.0,
+        readings=5, device_format="room-{n}", first_board=0, provision_dir=str(site.dir),
+        timeout_s=60.0,
+    )  # fmt: skip
+    with site.client("gateway", site.service_password("gateway"), gateway=True) as gw:
+        assert gw.connect() == 0 and gw.subscribe("o2/+/+/telemetry") == 1
+        summary = asyncio.run(Fleet(config, device_ids=["room-a", "room-b"]).run())
+        assert summary.complete and summary.readings_sent == 10
+        gw.wait_for(f"{T}/room-a/telemetry")
+        gw.wait_for(f"{T}/room-b/telemetry")
+    log = site.broker.log_path.read_text()
+    assert "u'test-site/room-a'" in log and "u'test-site/room-b'" in log
+    # Without its provisioned files a board says which file it needs.
+    bad = FleetConfig(
+        host="127.0.0.1", port=site.broker.port, site="test-site", boards=1, interval_s=0.0,
+        readings=1, provision_dir=str(site.dir / "nowhere"), timeout_s=5.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"board room-0001: .*nowhere/boards/room-0001"):
+        asyncio.run(Fleet(bad).run())

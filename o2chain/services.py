@@ -745,10 +745,16 @@ class Services:
     """
 
     def __init__(
-        self, base_dir: Path, *, mqtt_port: int | None = None, influx_port: int | None = None
+        self,
+        base_dir: Path,
+        *,
+        mqtt_port: int | None = None,
+        influx_port: int | None = None,
+        provision_dir: Path | None = None,
     ) -> None:
+        """``provision_dir``: run the broker with that provisioned site's security."""
         self.base_dir = Path(base_dir)
-        self.mosquitto = Mosquitto(self.base_dir, mqtt_port)
+        self.mosquitto = Mosquitto(self.base_dir, mqtt_port, provision_dir=provision_dir)
         self.influxdb = InfluxDB(self.base_dir, influx_port)
 
     def __iter__(self) -> Iterator[ManagedService]:

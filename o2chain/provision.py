@@ -24,6 +24,9 @@ What ``DIR`` holds afterwards (directories 0700, files 0600)::
     broker/o2chain.conf                  the listeners that use them (include it in Mosquitto)
     boards/{device}/config.json, ca.pem  one per board: its own MQTT account and command key
     gateway/mqtt-password, ca.pem, users.toml, gateway.toml (the [mqtt]/[http] lines to use)
+
+``--broker-path``/``--gateway-path`` name where the broker's and the gateway's files will be
+read on their hosts (the paths written into o2chain.conf and gateway.toml; default: in DIR).
     operator/command_keys.json, mqtt-password, mqtt.toml, ca.pem, initial-passwords.txt
     dashboard/mqtt-password, mqtt.toml, ca.pem
 
@@ -262,6 +265,11 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
                 f"{inventory}: device gateway: the name is taken by the gateway's topics "
                 f"(o2/{{site}}/gateway/...): choose another device id"
             )
+        if device in ROLE_TARGETS:
+            raise ProvisionError(
+                f"{inventory}: device {device}: the name is reserved for `--rotate {device}`: "
+                f"choose another device id"
+            )
         mqtt = cfg.setdefault("mqtt", {})
         board_port = mqtt.get("port", 1883)
         if board_port != port:
@@ -458,10 +466,13 @@ class ProvisionResult:
 
 
 class _Run:
-    def __init__(self, out: Path, rotate: set[str], broker_path: Path | None) -> None:
+    def __init__(
+        self, out: Path, rotate: set[str], broker_path: Path | None, gateway_path: Path | None
+    ) -> None:
         self.out = out
         self.rotate = rotate
         self.broker_path = broker_path or out / "broker"
+        self.gateway_path = gateway_path or out / "gateway"
         self.changed: list[Path] = []
 
     def write(self, rel: str, data: str | bytes) -> Path:
@@ -488,6 +499,7 @@ def provision(
     rotate: Iterable[str] = (),
     *,
     broker_path: Path | None = None,
+    gateway_path: Path | None = None,
     gateway_user: str | None = None,
     broker_user: str | None = None,
 ) -> ProvisionResult:
@@ -505,7 +517,12 @@ def provision(
     owners = {d: _uid_gid(u) for d, u in (("gateway", gateway_user), ("broker", broker_user)) if u}
     out = out.resolve()
     _mkdir(out)
-    run = _Run(out, wanted, broker_path.resolve() if broker_path else None)
+    run = _Run(
+        out,
+        wanted,
+        broker_path.resolve() if broker_path else None,
+        gateway_path.resolve() if gateway_path else None,
+    )
     result = ProvisionResult(out, [b.key for b in boards], settings, rotated=sorted(wanted))
 
     ca_key, ca_pem = _ca(run, boards)
@@ -772,11 +789,11 @@ def _client_files(run: _Run, settings: BrokerSettings, boards: list[Board]) -> N
         "mqtt": {
             "url": f"mqtts://{gw_host}:{settings.gateway_port}",
             "username": GATEWAY_USER,
-            "password_file": str(run.out / "gateway" / "mqtt-password"),
-            "ca_file": str(run.out / "gateway" / "ca.pem"),
+            "password_file": str(run.gateway_path / "mqtt-password"),
+            "ca_file": str(run.gateway_path / "ca.pem"),
             "topic_prefix": settings.topic_prefix,
         },
-        "http": {"users_file": str(run.out / "gateway" / "users.toml")},
+        "http": {"users_file": str(run.gateway_path / "users.toml")},
     }
     head = (
         "# The gateway's [mqtt] and [http] lines for this site, written by `o2chain provision`:\n"
@@ -847,6 +864,11 @@ def register(sub: Any) -> None:
         help="where the broker will read DIR/broker's files (written into o2chain.conf; "
         "default: DIR/broker itself)",
     )  # fmt: skip
+    p.add_argument(
+        "--gateway-path", type=Path, default=None,
+        help="where the gateway will read DIR/gateway's files (written into gateway.toml; "
+        "default: DIR/gateway itself)",
+    )  # fmt: skip
     p.add_argument("--gateway-user", default=None, help="give DIR/gateway to this user (root)")
     p.add_argument("--broker-user", default=None, help="give DIR/broker to this user (root)")
     p.set_defaults(handler=_main)
@@ -860,6 +882,7 @@ def _main(args: argparse.Namespace) -> int:
             args.out,
             rotate,
             broker_path=args.broker_path,
+            gateway_path=args.gateway_path,
             gateway_user=args.gateway_user,
             broker_user=args.broker_user,
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -23,6 +25,7 @@ from o2chain.provision import (
     mosquitto_verify,
     provision,
 )
+from o2chain.services import Mosquitto, ServiceError
 from o2chain.testing import MqttProbe, ProvisionedSite
 
 INVENTORY = Path(__file__).resolve().parents[2] / "firmware" / "inventory.example.toml"
@@ -130,6 +133,11 @@ def test_gateway_snippet_and_web_users(example: Path) -> None:
     assert snippet["mqtt"]["username"] == "gateway"
     assert Path(snippet["mqtt"]["password_file"]) == example.resolve() / "gateway" / "mqtt-password"
     assert snippet["http"]["users_file"] == str(example.resolve() / "gateway" / "users.toml")
+    provision(INVENTORY, example, gateway_path=Path("/etc/o2chain/gw"), broker_path=Path("/b"))
+    moved = tomllib.loads((example / "gateway" / "gateway.toml").read_text())
+    assert moved["mqtt"]["password_file"] == "/etc/o2chain/gw/mqtt-password"
+    assert moved["http"]["users_file"] == "/etc/o2chain/gw/users.toml"
+    assert "password_file /b/devices.passwd" in (example / "broker" / "o2chain.conf").read_text()
     users = tomllib.loads((example / "gateway" / "users.toml").read_text())["user"]
     assert [(u["name"], u["role"]) for u in users] == [("admin", "admin"), ("operator", "operator")]
     initial = (example / "operator" / "initial-passwords.txt").read_text().splitlines()
@@ -210,6 +218,7 @@ def test_removed_board_loses_its_account(tmp_path: Path, example: Path) -> None:
         ('[devices.room-9]\nkind = "lamp"\n', "room-9"),
         ("[broker]\nport = 8883\ngateway_port = 8883\n", "[broker] gateway_port"),
         ("[broker]\nbogus = 1\n", "[broker] bogus: unknown key"),
+        ('[devices.web]\nkind = "room"\n', "device web: the name is reserved"),
     ],
 )
 def test_bad_inventory_is_refused_naming_device_and_key(
@@ -219,6 +228,25 @@ def test_bad_inventory_is_refused_naming_device_and_key(
     inventory.write_text(INVENTORY.read_text() + "\n" + edit)
     with pytest.raises(ProvisionError, match=message.replace("[", r"\[").replace("]", r"\]")):
         provision(inventory, tmp_path / "out")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_gateway_and_broker_files_go_to_their_users(tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    provision(INVENTORY, out, gateway_user="nobody", broker_user="daemon")
+    nobody, daemon = pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("daemon").pw_uid
+    assert {p.stat().st_uid for p in [out / "gateway", *(out / "gateway").iterdir()]} == {nobody}
+    assert {p.stat().st_uid for p in [out / "broker", *(out / "broker").iterdir()]} == {daemon}
+    assert (out / "ca" / "ca.key").stat().st_uid == os.geteuid()  # the CA key stays ours
+    with pytest.raises(ProvisionError, match="user 'no-such-user-x': no such user"):
+        provision(INVENTORY, out, gateway_user="no-such-user-x")
+
+
+def test_secure_broker_needs_a_provisioned_dir(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "services", provision_dir=tmp_path / "empty")
+    assert broker.url.startswith("mqtts://") and broker.gateway_port not in (None, broker.port)
+    with pytest.raises(ServiceError, match="empty/broker: not a provisioned broker dir"):
+        broker.start()
 
 
 def test_rotate_unknown_name_is_refused(tmp_path: Path) -> None:

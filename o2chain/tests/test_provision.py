@@ -8,8 +8,10 @@ import json
 import os
 import pwd
 import shutil
+import ssl
 import stat
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from o2chain.provision import (
     mosquitto_verify,
     provision,
 )
-from o2chain.services import Mosquitto, ServiceError
-from o2chain.testing import MqttProbe, ProvisionedSite
+from o2chain.services import HOST, Mosquitto, ServiceError, free_ports, mqtt_handshake
+from o2chain.testing import MqttProbe, ProvisionedSite, write_site_inventory
 
 INVENTORY = Path(__file__).resolve().parents[2] / "firmware" / "inventory.example.toml"
 NOT_AUTHORIZED = 135  # MQTT 5 reason code (PUBACK, CONNACK, SUBACK)
@@ -483,3 +485,49 @@ def test_simulated_fleet_logs_in_with_each_boards_account(
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"board room-0001: .*nowhere/boards/room-0001"):
         asyncio.run(Fleet(bad).run())
+
+
+@pytest.mark.integration
+def test_broker_snippet_works_from_a_debian_style_include_dir(tmp_path: Path) -> None:
+    """``broker/o2chain.conf`` as written for a site, dropped into a conf.d directory that a main
+    config like Debian's includes: Mosquitto starts with it, refuses anonymous clients and
+    takes a board's provisioned login."""
+    port, gateway_port = free_ports(2)
+    inventory = write_site_inventory(
+        tmp_path / "inv.toml", {"room-a": {"kind": "room"}}, port=port, gateway_port=gateway_port
+    )
+    out = tmp_path / "site"
+    provision(inventory, out)
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    shutil.copy(out / "broker" / "o2chain.conf", conf_d / "o2chain.conf")
+    main_conf = tmp_path / "mosquitto.conf"
+    main_conf.write_text(
+        # Debian's /etc/mosquitto/mosquitto.conf, with our paths (and `user root` as in
+        # o2chain/templates/mosquitto.conf.tmpl, so a root test run can read its temp dir).
+        f"persistence true\npersistence_location {tmp_path}/\nlog_dest stderr\n"
+        f"{'user root' if os.geteuid() == 0 else ''}\ninclude_dir {conf_d}\n"
+    )
+    ca = ssl.create_default_context(cafile=str(out / "ca" / "ca.pem"))
+    log = (tmp_path / "mosquitto.log").open("wb")
+    proc = subprocess.Popen(["mosquitto", "-c", str(main_conf)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while not mqtt_handshake(HOST, port, 0.5, ssl_context=ca, refused_is_answer=True):
+            assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+            assert time.monotonic() < deadline, "broker not ready in 15 s"
+            with contextlib.suppress(subprocess.TimeoutExpired):  # returns early if it dies
+                proc.wait(timeout=0.05)
+        assert not mqtt_handshake(HOST, port, 2.0, ssl_context=ca)  # anonymous: refused
+        board = json.loads((out / "boards" / "room-a" / "config.json").read_text())["mqtt"]
+        with MqttProbe(
+            port,
+            username=board["username"],
+            password=board["password"],
+            ca_file=out / "ca" / "ca.pem",
+        ) as probe:
+            assert probe.connect() == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()

@@ -76,6 +76,7 @@ WEB_USERS = (("admin", "admin"), ("operator", "operator"))  # (name, role) in us
 ROLE_TARGETS = ("gateway", "operator", "dashboard", "web", "server", "ca")
 DEFAULT_DEVICE_PORT = 8883  # IANA "secure-mqtt"
 DEFAULT_GATEWAY_PORT = 8884
+DEFAULT_NAME = "o2chain-broker"  # certificate name for boards whose inventory names none
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest server-certificate life browsers and most TLS stacks accept
 RENEW_BEFORE_DAYS = 30  # a re-run reissues a server certificate this close to its end
@@ -271,13 +272,19 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
                 f"choose another device id"
             )
         mqtt = cfg.setdefault("mqtt", {})
-        board_port = mqtt.get("port", 1883)
+        board_port = mqtt.setdefault("port", port)  # not given: the broker's TLS listener
         if board_port != port:
             raise ProvisionError(
                 f"{inventory}: device {device}: mqtt.port: expected {port} (the broker's TLS "
                 f"listener, [broker] port), got {board_port}"
             )
         prefixes.add(mqtt.get("topic_prefix", "o2"))
+        tls = mqtt.setdefault("tls", {})
+        if not tls.get("server_hostname"):
+            # The name the board checks in the broker's certificate. Without one the firmware
+            # checks mqtt.host, and an IP address is not matched by every TLS stack (older
+            # Mbed TLS compares DNS names only): use a DNS name the certificate carries.
+            tls["server_hostname"] = next((h for h in hosts if not _is_ip(h)), DEFAULT_NAME)
         boards.append(Board(cfg["site"], device, cfg))
     if len(prefixes) != 1:
         raise ProvisionError(

@@ -251,6 +251,23 @@ def test_secure_broker_needs_a_provisioned_dir(tmp_path: Path) -> None:
         broker.start()
 
 
+def test_board_without_port_or_certificate_name_gets_the_brokers(tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(
+        '[defaults]\nsite = "s"\nmqtt = { host = "10.0.0.2" }\n[devices.room-1]\nkind = "room"\n'
+        '[broker]\nhosts = ["10.0.0.3", "mqtt.s.example"]\n'
+    )
+    provision(inventory, tmp_path / "out")
+    mqtt = json.loads((tmp_path / "out" / "boards" / "room-1" / "config.json").read_text())["mqtt"]
+    assert mqtt["port"] == 8883
+    assert mqtt["tls"] == {"ca_file": "/ca.pem", "server_hostname": "mqtt.s.example"}
+    pem = (tmp_path / "out" / "broker" / "server.pem").read_bytes()
+    san = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert "mqtt.s.example" in san.value.get_values_for_type(x509.DNSName)
+
+
 def test_rotate_unknown_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="--rotate room-999: expected a device id"):
         provision(INVENTORY, tmp_path / "out", ["room-999"])

@@ -67,7 +67,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.passwords import hash_password
-from o2chain.firmware_runner import FirmwareError
 
 GATEWAY_USER = "gateway"
 OPERATOR_USER = "operator"
@@ -217,7 +216,7 @@ def _port(value: Any, where: str) -> int:
 def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
     """The inventory's boards (each validated by the firmware's config schema) and broker
     settings. Raises ProvisionError naming the file, the device and the key."""
-    from o2chain.firmware_cli import device_config
+    from o2chain.firmware_runner import load_firmware_file
 
     try:
         doc = tomllib.loads(inventory.read_text())
@@ -256,11 +255,15 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         )
     boards: list[Board] = []
     prefixes = set()
+    schema = load_firmware_file("config")
     for device in devices:
+        cfg = _merge(_table(doc, "defaults", inventory), _table(devices, device, inventory))
+        cfg["device"] = device
+        # What `o2chain firmware config` does per device, with the file parsed once for all.
         try:
-            cfg = device_config(inventory, device)
-        except FirmwareError as e:
-            raise ProvisionError(str(e)) from e
+            schema.validate(json.loads(json.dumps(cfg)))
+        except schema.ConfigError as e:
+            raise ProvisionError(f"{inventory}: device {device}: {e}") from e
         if device == "gateway":
             raise ProvisionError(
                 f"{inventory}: device gateway: the name is taken by the gateway's topics "
@@ -301,6 +304,17 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         topic_prefix=prefixes.pop(),
     )
     return boards, settings
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged over ``base`` (inventory rule: [devices.<id>] over [defaults])."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _is_name(v: str) -> bool:

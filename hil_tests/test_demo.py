@@ -1,14 +1,17 @@
-"""`o2chain demo --duration` leaves data in InfluxDB and no process behind (issue 2)."""
+"""`o2chain demo --duration` leaves data in InfluxDB and no process behind, and runs the site
+the way provisioning secures it: no anonymous MQTT, every board under its own account."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from o2chain.services import InfluxDB
-from o2chain.testing import DemoRun
+from o2chain.services import InfluxDB, Mosquitto
+from o2chain.testing import DemoRun, MqttProbe
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +29,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def test_demo_prints_where_everything_runs(demo_run: DemoRun) -> None:
-    for expected in ("live page       http://127.0.0.1:", "MQTT broker     mqtt://127.0.0.1:",
+    for expected in ("live page       http://127.0.0.1:", "MQTT broker     mqtts://127.0.0.1:",
+                     "web login       admin / ", "web login       operator / ",
+                     f"web logins in   {demo_run.data_dir}/provision/operator/",
                      "InfluxDB        http://127.0.0.1:", "Modbus tcp://127.0.0.1:",
                      "24 simulated boards", "room-401        MicroPython firmware",
                      str(demo_run.data_dir)):  # fmt: skip
@@ -66,3 +71,38 @@ def test_demo_leaves_data_and_no_process(demo_run: DemoRun) -> None:
             db="o2chain",
         )
         assert len(polled) == 3 and all(p["count"] >= 5 for p in polled), polled
+
+
+def test_demo_broker_takes_only_each_accounts_own_login(demo_run: DemoRun) -> None:
+    """The demo's broker refused anonymous clients and every client logged in with its own
+    account; started again from the same provisioned files, a board's credentials cannot pose
+    as another board."""
+    data, provision_dir = demo_run.data_dir, demo_run.data_dir / "provision"
+    # As the demo ran it (read before the broker below rewrites its config and log).
+    conf = (data / "services" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "allow_anonymous true" not in conf and conf.count("allow_anonymous false") == 2
+    log = (data / "services" / "mosquitto" / "mosquitto.log").read_text()
+    logins = re.findall(r"New client connected from \S+ as (\S+) \(p\d, c\d, k\d+(.*?)\)", log)
+    users = [re.sub(r"^, u'(.*)'$", r"\1", rest) for _, rest in logins]
+    assert logins and all(u and not u.startswith(",") for u in users), logins
+    assert {"gateway", "lhasa-hotel/room-401", "lhasa-hotel/room-101"} <= set(users)
+    assert len(set(users)) >= 24 + 2  # simulated rooms, the firmware board and the gateway
+    board = json.loads((provision_dir / "boards" / "room-401" / "config.json").read_text())
+    login = (board["mqtt"]["username"], board["mqtt"]["password"])
+    with Mosquitto(data / "services", provision_dir=provision_dir) as broker:
+        assert broker.gateway_port is not None and broker.ca_file is not None
+        for port in (broker.port, broker.gateway_port):
+            with MqttProbe(port, ca_file=broker.ca_file) as anon:
+                assert anon.connect() in (134, 135)  # bad user name or password / not authorized
+        with (
+            MqttProbe(broker.port, username=login[0], password=login[1], ca_file=broker.ca_file,
+                      client_id="o2-lhasa-hotel-room-101") as fake,
+        ):  # fmt: skip
+            assert fake.connect() == 0
+            assert fake.publish("o2/lhasa-hotel/room-101/telemetry", b'{"o2_pct":12.5}') == 135
+        with MqttProbe(
+            broker.port, username=login[0], password=login[1], ca_file=broker.ca_file
+        ) as own:
+            assert own.connect() == 0
+            assert own.publish("o2/lhasa-hotel/room-401/status", b'{"state":"online"}') == 0
+            assert own.publish("o2/lhasa-hotel/room-102/status", b'{"state":"offline"}') == 135

@@ -5,6 +5,11 @@ The bundled ``lhasa-hotel`` scenario (a PSA plant, four concentrators and 24 enr
 Modbus equipment and takes its boards' MQTT, and one more room carries the real firmware on the
 MicroPython interpreter. Everything runs on 127.0.0.1 in one data directory that is kept
 afterwards. Ctrl-C (or ``--duration``) stops every process the demo started.
+
+The site is provisioned as a real one would be (``o2chain provision``, docs/security.md) into
+``{data-dir}/provision/`` from an inventory of the scenario's boards: the broker takes only TLS
+with a password per account and an ACL per account, no anonymous client; every simulated board,
+the firmware board and the gateway log in with their own credentials.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import tempfile
 import threading
@@ -29,6 +35,7 @@ DATABASE = "o2chain"
 # One more room, with the real firmware on the MicroPython interpreter beside the scenario's
 # simulated boards. Its ZE03 module reads 0-25 % (DOMAIN.md section 4): the value stays inside.
 FIRMWARE_ROOM = ("room-401", "401", 24.6)
+GATEWAY_ID = "gw-demo"
 
 
 def register(sub: Any) -> None:
@@ -66,45 +73,100 @@ class DemoState:
     pids: list[int] = field(default_factory=list)
 
 
-def _gateway_config(
-    services: Services, data_dir: Path, sites: list[dict[str, Any]], devices: list[dict[str, Any]]
-) -> Path:
-    for dev in devices:
-        if dev["transport"] == "modbus":
-            dev["interval_s"] = 2.0
-    config = {
-        "gateway": {
-            "id": "gw-demo",
-            "state_dir": str(data_dir / "gateway"),
-            "http_listen": "127.0.0.1:0",
-            "metrics_interval_s": 5.0,  # livelier than a plant's default, for watching
-        },
-        "enrich": {"chain_interval_s": 5.0},
-        "mqtt": {"url": services.mosquitto.url},
-        "influx": {"url": services.influxdb.url, "database": DATABASE, "flush_interval_s": 0.5},
-        "site": sites,
-        "device": devices,
-    }
-    path = data_dir / "gateway.toml"
-    path.write_bytes(tomli_w.dumps(config).encode())
-    return path
-
-
-def _board_config(
-    site: str, altitude_m: float, services: Services, interval_s: float
-) -> dict[str, Any]:
-    return {
-        "site": site,
-        "device": FIRMWARE_ROOM[0],
+def _inventory(scenario: Any, services: Services, path: Path, interval_s: float) -> Path:
+    """The site's board inventory (firmware/inventory.example.toml format) from the scenario's
+    boards and the firmware room, for ``o2chain provision``."""
+    broker = services.mosquitto
+    site_id, altitude_m = scenario.site[0].id, float(scenario.site[0].altitude_m)
+    devices: dict[str, dict[str, Any]] = {}
+    for room in scenario.room:
+        devices[room.board or room.id] = {"site": room.site, "kind": "room"}
+    for conc in scenario.concentrator:
+        if conc.transport == "mqtt":
+            devices[conc.id] = {
+                "site": conc.site,
+                "kind": "concentrator",
+                "sensors": {"o2": {"type": "gasboard"}, "env": {"type": "none"}},
+            }
+    devices[FIRMWARE_ROOM[0]] = {
         "kind": "room",
-        "site_altitude_m": altitude_m,
-        "interval_s": interval_s,
-        "mqtt": {"host": services.mosquitto.host, "port": services.mosquitto.port},
         "sensors": {
             "o2": {"type": "ze03", "uart": 1, "tx": 17, "rx": 16},
             "env": {"type": "bme280", "i2c": 0, "sda": 21, "scl": 22, "addr": 118},
         },
     }
+    doc = {
+        "defaults": {
+            "site": site_id,
+            "site_altitude_m": altitude_m,
+            "interval_s": interval_s,
+            # The certificate names localhost and 127.0.0.1; the firmware checks the name.
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "tls": {"ca_file": "/ca.pem", "server_hostname": "localhost"},
+            },
+        },
+        "devices": devices,
+        "broker": {
+            "port": broker.port,
+            "bind": broker.host,
+            "gateway_port": broker.gateway_port,
+            "gateway_bind": broker.host,
+        },
+        "gateway": {"id": GATEWAY_ID},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tomli_w.dumps(doc).encode())
+    return path
+
+
+def _gateway_config(
+    services: Services, data_dir: Path, sites: list[dict[str, Any]], devices: list[dict[str, Any]]
+) -> Path:
+    from gateway.config import GatewayConfig
+
+    for dev in devices:
+        if dev["transport"] == "modbus":
+            dev["interval_s"] = 2.0
+    provisioned = data_dir / "provision" / "gateway"
+    mqtt: dict[str, Any] = {"url": services.mosquitto.gateway_url}
+    if services.mosquitto.secure:
+        mqtt |= {
+            "username": "gateway",
+            "password_file": str(provisioned / "mqtt-password"),
+            "ca_file": str(provisioned / "ca.pem"),
+        }
+    config = {
+        "gateway": {
+            "id": GATEWAY_ID,
+            "state_dir": str(data_dir / "gateway"),
+            "http_listen": "127.0.0.1:0",
+            "metrics_interval_s": 5.0,  # livelier than a plant's default, for watching
+        },
+        "enrich": {"chain_interval_s": 5.0},
+        "mqtt": mqtt,
+        "influx": {"url": services.influxdb.url, "database": DATABASE, "flush_interval_s": 0.5},
+        "site": sites,
+        "device": devices,
+    }
+    if "http" in GatewayConfig.model_fields:  # the web login's users, where the gateway has them
+        config["http"] = {"users_file": str(provisioned / "users.toml")}
+    path = data_dir / "gateway.toml"
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
+
+
+def _web_logins(provision_dir: Path) -> list[tuple[str, str]]:
+    """(user, password) of the operator web page written by provisioning."""
+    path = provision_dir / "operator" / "initial-passwords.txt"
+    logins: list[tuple[str, str]] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 2 and not line.startswith("#"):
+                logins.append((fields[0], fields[1]))
+    return logins
 
 
 def _latest(services: Services) -> list[str]:
@@ -167,23 +229,35 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     state = DemoState()
-    services = Services(data_dir / "services")
-    summary: dict[str, Any] = {"data_dir": str(data_dir)}
+    provision_dir = data_dir / "provision"
+    services = Services(data_dir / "services", provision_dir=provision_dir)
+    summary: dict[str, Any] = {"data_dir": str(data_dir), "provision_dir": str(provision_dir)}
     started = time.monotonic()
     try:
+        from o2chain.provision import provision
+
+        # A re-run on the same data dir keeps every secret and updates the ports.
+        inventory = _inventory(
+            scenario, services, provision_dir / "inventory.toml", args.interval_s
+        )
+        provision(inventory, provision_dir)
         services.start()
         state.pids += [p for p in (services.mosquitto.pid, services.influxdb.pid) if p]
+        # `sim run` takes mqtt:// only; the boards' TLS and accounts come from the provisioned
+        # configs named by O2CHAIN_PROVISION_DIR (simulators/fleet.py).
         sim = ChildProcess(
             o2chain_argv(
-                "sim", "run", args.scenario, "--mqtt", services.mosquitto.url,
+                "sim", "run", args.scenario, "--mqtt",
+                f"mqtt://{services.mosquitto.host}:{services.mosquitto.port}",
                 "--speed", str(args.speed),
             ),
             data_dir / "logs" / "scenario.log",
+            env={**os.environ, "O2CHAIN_PROVISION_DIR": str(provision_dir)},
         ).start()  # fmt: skip
         state.children.append(sim)
         ready = json.loads(sim.wait_for_log(r'(\{"ready": ?true.*\})\n', timeout_s=60).group(1))
         devices = gateway_devices(ready["modbus"], ready["boards"])
-        site_id, altitude_m = scenario.site[0].id, float(scenario.site[0].altitude_m)
+        site_id = scenario.site[0].id
         devices.append(
             {"id": FIRMWARE_ROOM[0], "site": site_id, "kind": "room", "transport": "mqtt",
              "room": FIRMWARE_ROOM[1]}
@@ -198,10 +272,12 @@ def _run(args: argparse.Namespace) -> int:
 
         from o2chain.firmware_runner import BoardRunner
 
+        board_files = provision_dir / "boards" / FIRMWARE_ROOM[0]
         board = BoardRunner(
-            _board_config(site_id, altitude_m, services, args.interval_s),
+            json.loads((board_files / "config.json").read_text()),
             data_dir / "boards" / FIRMWARE_ROOM[0],
             o2_pct=FIRMWARE_ROOM[2],
+            files={"ca.pem": (board_files / "ca.pem").read_bytes()},
         )
         board.start()
         state.boards.append(board)
@@ -212,7 +288,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"o2chain demo: scenario {scenario.scenario.name!r} at {args.speed:g}x", flush=True)
         print(f"  live page       {page}/")
         print(f"  data dir        {data_dir}")
-        print(f"  MQTT broker     {services.mosquitto.url}")
+        print(
+            f"  MQTT broker     {services.mosquitto.url} (TLS, a password and an ACL per "
+            f"account, no anonymous); gateway listener {services.mosquitto.gateway_url}"
+        )
+        print(f"  provisioning    {provision_dir} (CA, accounts, board configs; docs/security.md)")
+        for user, password in _web_logins(provision_dir):
+            print(f"  web login       {user} / {password}")
+        print(f"  web logins in   {provision_dir / 'operator' / 'initial-passwords.txt'}")
         print(f"  InfluxDB        {services.influxdb.url}  (database {DATABASE!r})")
         print(f"  gateway         config {gw_config}, log {gateway.log_path}")
         for dev, ep in sorted(ready["modbus"].items()):

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import threading
@@ -114,16 +115,29 @@ def _mqtt_remaining_length(length: int) -> bytes:
             return bytes(encoded)
 
 
-def mqtt_handshake(host: str, port: int, timeout_s: float = 1.0) -> bool:
+def mqtt_handshake(
+    host: str,
+    port: int,
+    timeout_s: float = 1.0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    refused_is_answer: bool = False,
+) -> bool:
     """Return True if an MQTT broker at ``host:port`` accepts a CONNECT within ``timeout_s``.
 
     A TCP connect alone is not enough: the kernel completes it for a listening socket even when
-    the broker is stopped (SIGSTOP) or still loading its persistence file. Never raises.
+    the broker is stopped (SIGSTOP) or still loading its persistence file. With ``ssl_context``
+    the probe speaks TLS first; with ``refused_is_answer`` a CONNACK refusing the anonymous
+    probe also counts (a broker that refuses anonymous clients is up when it says so).
+    Never raises.
     """
     deadline = time.monotonic() + timeout_s
     client_id = f"o2chain-probe-{secrets.token_hex(6)}"
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout_s))
+            if ssl_context is not None:
+                sock = stack.enter_context(ssl_context.wrap_socket(sock, server_hostname=host))
             sock.sendall(mqtt_connect_packet(client_id))
             connack = b""
             while len(connack) < 4:
@@ -133,7 +147,10 @@ def mqtt_handshake(host: str, port: int, timeout_s: float = 1.0) -> bool:
                     return False
                 connack += chunk
             # CONNACK (§3.2): type 0x20, remaining length 2, session-present flags, return code.
-            accepted = connack[0] == 0x20 and connack[1] == 0x02 and connack[3] == 0x00
+            answered = connack[0] == 0x20 and connack[1] == 0x02
+            if refused_is_answer:
+                return answered
+            accepted = answered and connack[3] == 0x00
             if accepted:
                 sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs a clean goodbye
             return accepted
@@ -462,7 +479,14 @@ class ManagedService(ABC):
 
 
 class Mosquitto(ManagedService):
-    """A private Mosquitto 2.x broker: persistence on, no queue limit, anonymous, loopback."""
+    """A private Mosquitto 2.x broker: persistence on, no queue limit, loopback only.
+
+    Without ``provision_dir`` it has one plain listener that takes anonymous clients (tests,
+    benchmarks). With ``provision_dir`` (the output of ``o2chain provision``) it runs that site's
+    security instead: a TLS listener on ``port`` for boards, operator and dashboard, a second
+    TLS listener on ``gateway_port`` for the gateway, passwords and ACLs, no anonymous access
+    (docs/security.md).
+    """
 
     name = "mosquitto"
     binary_name = "mosquitto"
@@ -471,28 +495,104 @@ class Mosquitto(ManagedService):
     url_scheme = "mqtt"
 
     def __init__(
-        self, base_dir: Path, port: int | None = None, *, autosave_interval_s: int = 1
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        *,
+        autosave_interval_s: int = 1,
+        provision_dir: Path | None = None,
+        gateway_port: int | None = None,
     ) -> None:
         """Prepare a broker in ``base_dir/mosquitto/``.
 
         ``autosave_interval_s`` (>= 1) bounds what a SIGKILL loses of retained messages and
-        queued sessions; a clean stop() always saves everything.
+        queued sessions; a clean stop() always saves everything. ``gateway_port`` (with
+        ``provision_dir`` only; None picks a free one) is kept across restarts like ``port``.
         """
         super().__init__(base_dir, port)
         if autosave_interval_s < 1:
             raise ValueError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
         self._autosave_interval_s = autosave_interval_s
+        self.provision_dir = Path(provision_dir).resolve() if provision_dir else None
+        self._gateway_port: int | None = None
+        if self.provision_dir is not None:
+            if gateway_port is None:
+                gateway_port = next(p for p in free_ports(2) if p != self._port)
+            self._gateway_port = gateway_port
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:<port>``, or ``mqtts://`` when secure."""
+        scheme = "mqtts" if self.provision_dir is not None else self.url_scheme
+        return f"{scheme}://{HOST}:{self._port}"
+
+    @property
+    def secure(self) -> bool:
+        """True when the broker runs a provisioned site's TLS, passwords and ACLs."""
+        return self.provision_dir is not None
+
+    @property
+    def gateway_port(self) -> int | None:
+        """The gateway's own TLS listener (None without ``provision_dir``)."""
+        return self._gateway_port
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the gateway connects: ``mqtts://127.0.0.1:<gateway_port>`` when secure."""
+        if self._gateway_port is None:
+            return self.url
+        return f"mqtts://{HOST}:{self._gateway_port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The provisioned site CA that signed the broker's certificate (None if not secure)."""
+        return self.provision_dir / "broker" / "ca.pem" if self.provision_dir else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context trusting only the site CA (None if not secure)."""
+        if self.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def is_ready(self, timeout_s: float = 1.0) -> bool:
-        """True if the broker answers an MQTT CONNECT with CONNACK within ``timeout_s``."""
-        return mqtt_handshake(HOST, self._port, timeout_s)
+        """True if the broker answers an MQTT CONNECT with CONNACK within ``timeout_s``
+        (when secure: over TLS, and a CONNACK refusing the anonymous probe counts)."""
+        if self.provision_dir is None:
+            return mqtt_handshake(HOST, self._port, timeout_s)
+        try:
+            context = self.ssl_context()
+        except (OSError, ssl.SSLError):
+            return False
+        return mqtt_handshake(
+            HOST, self._port, timeout_s, ssl_context=context, refused_is_answer=True
+        )
+
+    def _listeners(self) -> str:
+        if self.provision_dir is None or self._gateway_port is None:
+            return (
+                "## Loopback only, on a port picked free at run time; anonymous is fine on "
+                "127.0.0.1.\n"
+                f"listener {self._port} {HOST}\nallow_anonymous true"
+            )
+        from o2chain.provision import broker_conf
+
+        broker_dir = self.provision_dir / "broker"
+        if not (broker_dir / "devices.passwd").is_file():
+            raise ServiceError(f"{broker_dir}: not a provisioned broker dir (o2chain provision)")
+        return broker_conf(
+            broker_dir,
+            port=self._port,
+            bind=HOST,
+            gateway_port=self._gateway_port,
+            gateway_bind=HOST,
+        )
 
     def _render_config(self) -> str:
         # Only root is switched to the `mosquitto` user; see the template for why we stay.
         run_as = "user root" if os.geteuid() == 0 else "## not root: Mosquitto keeps our user"
         return _render_template(
             "mosquitto.conf.tmpl",
-            port=self._port,
+            listeners=self._listeners(),
             run_as=run_as,
             data_dir=self.data_dir,
             autosave_interval_s=self._autosave_interval_s,
@@ -645,10 +745,16 @@ class Services:
     """
 
     def __init__(
-        self, base_dir: Path, *, mqtt_port: int | None = None, influx_port: int | None = None
+        self,
+        base_dir: Path,
+        *,
+        mqtt_port: int | None = None,
+        influx_port: int | None = None,
+        provision_dir: Path | None = None,
     ) -> None:
+        """``provision_dir``: run the broker with that provisioned site's security."""
         self.base_dir = Path(base_dir)
-        self.mosquitto = Mosquitto(self.base_dir, mqtt_port)
+        self.mosquitto = Mosquitto(self.base_dir, mqtt_port, provision_dir=provision_dir)
         self.influxdb = InfluxDB(self.base_dir, influx_port)
 
     def __iter__(self) -> Iterator[ManagedService]:

@@ -9,6 +9,8 @@ Fixtures:
   test may restart(), kill(), freeze() them at will.
 - ``mosquitto_session``, ``influxdb_session``: one instance for the whole run, for tests that
   only need a service to exist. Do not stop or freeze them; use your own database / topic names.
+- ``provisioned_site``: boards ``room-a``/``room-b`` provisioned by ``o2chain provision`` and a
+  broker running with that security (TLS, passwords, ACLs); :class:`MqttProbe` talks to it.
 
 When a test fails, the last lines of the log of every service it used are added to its report
 (a section per service, with the log's path), so a broker or database error shows up next to the
@@ -29,6 +31,7 @@ import pytest
 
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import (
+    HOST,
     LOG_TAIL_LINES,
     InfluxDB,
     ManagedService,
@@ -175,3 +178,231 @@ def pytest_runtest_makereport(
             title = f"{service.name} log, last {LOG_TAIL_LINES} lines of {service.log_path}"
             report.sections.append((title, service.log_tail()))
     return report
+
+
+# -- provisioned (secure) broker -----------------------------------------------------------------
+
+
+def write_site_inventory(
+    path: Path,
+    devices: dict[str, dict[str, Any]],
+    *,
+    port: int,
+    gateway_port: int,
+    site: str = "test-site",
+    gateway_id: str = "gw-test",
+    extra_defaults: dict[str, Any] | None = None,
+) -> Path:
+    """Write an inventory (firmware/inventory.example.toml format, plus the ``[broker]`` and
+    ``[gateway]`` tables of ``o2chain provision``) for boards on a private broker: host
+    127.0.0.1, certificate name ``localhost``. ``devices`` maps device id -> its table."""
+    import tomli_w
+
+    doc = {
+        "defaults": {
+            "site": site,
+            "site_altitude_m": 3650,
+            "mqtt": {
+                "host": HOST,
+                "port": port,
+                "tls": {"ca_file": "/ca.pem", "server_hostname": "localhost"},
+            },
+            **(extra_defaults or {}),
+        },
+        "devices": devices,
+        "broker": {"port": port, "bind": HOST, "gateway_port": gateway_port, "gateway_bind": HOST},
+        "gateway": {"id": gateway_id},
+    }
+    path.write_bytes(tomli_w.dumps(doc).encode())
+    return path
+
+
+@dataclass(frozen=True)
+class ProvisionedSite:
+    """A site provisioned by ``o2chain provision`` and its broker, started with that security."""
+
+    dir: Path
+    broker: Mosquitto
+    site: str
+    gateway_id: str
+
+    def board_config(self, device: str) -> dict[str, Any]:
+        """The board's provisioned config.json."""
+        doc: dict[str, Any] = json.loads((self.dir / "boards" / device / "config.json").read_text())
+        return doc
+
+    def board_login(self, device: str) -> tuple[str, str]:
+        mqtt = self.board_config(device)["mqtt"]
+        return mqtt["username"], mqtt["password"]
+
+    def service_password(self, account: str) -> str:
+        """``gateway``, ``operator`` or ``dashboard``: its provisioned MQTT password."""
+        return (self.dir / account / "mqtt-password").read_text().strip()
+
+    def client(self, username: str | None, password: str | None, **kwargs: Any) -> MqttProbe:
+        """A probe on the boards' listener (``gateway=True``: on the gateway's)."""
+        gateway = kwargs.pop("gateway", False)
+        port = self.broker.gateway_port if gateway else self.broker.port
+        assert port is not None
+        return MqttProbe(
+            port, username=username, password=password, ca_file=self.broker.ca_file, **kwargs
+        )
+
+
+SITE_DEVICES = {"room-a": {"kind": "room"}, "room-b": {"kind": "room"}}
+
+
+@pytest.fixture
+def provisioned_site(tmp_path: Path) -> Iterator[ProvisionedSite]:
+    """Boards ``room-a`` and ``room-b`` of site ``test-site`` provisioned into
+    ``tmp_path/provision`` and a private broker running with that security (TLS listeners for
+    boards and for the gateway, passwords, ACLs, no anonymous access)."""
+    from o2chain.provision import provision
+
+    broker = Mosquitto(tmp_path / "services", provision_dir=tmp_path / "provision")
+    assert broker.gateway_port is not None
+    inventory = write_site_inventory(
+        tmp_path / "inventory.toml",
+        SITE_DEVICES,
+        port=broker.port,
+        gateway_port=broker.gateway_port,
+    )
+    provision(inventory, tmp_path / "provision")
+    with broker:
+        yield ProvisionedSite(tmp_path / "provision", broker, "test-site", "gw-test")
+
+
+class MqttProbe:
+    """A paho client for access tests that waits for the broker's answers (CONNACK, PUBACK,
+    SUBACK) instead of sleeping, and keeps every message it receives.
+
+    MQTT 5 by default: a refused PUBLISH is answered with reason code 135 (not authorized).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        client_id: str = "",
+        protocol: int = 5,
+        will: tuple[str, bytes, bool] | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.port = port
+        self.timeout_s = timeout_s
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=will[2])
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.connack: int | None = None
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self._cond = threading.Condition()
+        self._acks: dict[int, int] = {}
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_ack
+        self.client.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        with self._cond:
+            self.connack = int(reason.value)
+            if not reason.is_failure:
+                self.connected.set()
+            self._cond.notify_all()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        with self._cond:
+            if self.connack is None:
+                self.connack = int(getattr(reason, "value", 128)) or 128
+            self.disconnected.set()
+            self._cond.notify_all()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def _on_ack(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._cond:
+            self._acks[mid] = int(getattr(reason, "value", 0))
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        with self._cond:
+            self._acks[mid] = max(int(r.value) for r in reasons)
+            self._cond.notify_all()
+
+    def _wait(self, ready: Any, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(ready, self.timeout_s):
+                raise AssertionError(
+                    f"MQTT probe on port {self.port}: no {what} in {self.timeout_s} s"
+                )
+
+    def connect(self) -> int:
+        """Connect and return the CONNACK reason code (0 = accepted). An error on the TLS or
+        TCP level (no CONNACK at all) raises OSError."""
+        self.client.connect(HOST, self.port, keepalive=30)
+        self.client.loop_start()
+        self._wait(lambda: self.connack is not None, "CONNACK")
+        assert self.connack is not None
+        return self.connack
+
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code: 0 accepted, 135 not authorized
+        (MQTT 5; MQTT 3.1.1 has no code: always 0)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        self._wait(lambda: info.mid in self._acks, f"PUBACK for {topic}")
+        code = self._acks.pop(info.mid)
+        return 0 if code == 16 else code  # 16 "no matching subscribers" is a success (MQTT 5)
+
+    def subscribe(self, topic: str) -> int:
+        """Subscribe at QoS 1 and return the highest SUBACK code (1 = granted QoS 1)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
+        self._wait(lambda: mid in self._acks, f"SUBACK for {topic}")
+        return self._acks.pop(mid)
+
+    def wait_for(self, topic: str, payload: bytes | None = None) -> tuple[str, bytes, bool]:
+        """The first message received on ``topic`` (with ``payload`` if given)."""
+
+        def match() -> tuple[str, bytes, bool] | None:
+            for m in self.messages:
+                if m[0] == topic and (payload is None or m[1] == payload):
+                    return m
+            return None
+
+        self._wait(lambda: match() is not None, f"message on {topic}")
+        found = match()
+        assert found is not None
+        return found
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> MqttProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

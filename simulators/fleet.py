@@ -29,12 +29,15 @@ import asyncio
 import heapq
 import json
 import logging
+import os
 import random
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -125,6 +128,12 @@ class FleetConfig:
     first_board: int = 1  # device ids room-{first_board:04d} ...
     device_format: str = "room-{n:04d}"
     client_prefix: str = "o2fleet"
+    # A provisioned site (`o2chain provision`): each board logs in with the account, CA and
+    # certificate name of its own DIR/boards/{device}/config.json, over TLS, like a flashed board.
+    # Default: $O2CHAIN_PROVISION_DIR, so `o2chain sim run` inherits it from the demo.
+    provision_dir: str | None = field(
+        default_factory=lambda: os.environ.get("O2CHAIN_PROVISION_DIR") or None
+    )
     altitude_m: float = 3650.0
     buffer_max: int = 10_000  # readings a board keeps while offline (oldest dropped beyond)
     batch_max: int = 50  # readings per JSON array when replaying a backlog
@@ -192,7 +201,8 @@ class _FleetClient(mqtt.Client):
     fleet connects the TCP socket with ``loop.sock_connect`` (bounded by a timeout) and hands
     it to paho here. It also avoids paho's ``bind(("", 0))`` before connecting, which costs
     about 0.5 ms per socket once thousands of local ports are in use (measured: 5.8 s of
-    10,000 connections). Only used without proxy and TLS.
+    10,000 connections). With TLS the fleet also does the handshake on the loop and hands over
+    the finished TLS socket (paho's own TLS wrapping, a blocking handshake, stays off).
     """
 
     next_socket: socket.socket | None = None
@@ -250,6 +260,10 @@ class Board:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
+        self.tls: ssl.SSLContext | None = None
+        self.server_hostname: str | None = None
+        if cfg.provision_dir:
+            self._use_provisioned_account(client, Path(cfg.provision_dir))
         client.max_inflight_messages_set(cfg.window + 1)  # + the status message
         client.max_queued_messages_set(0)
         client.will_set(self.status_topic, b'{"state":"offline"}', qos=1, retain=True)
@@ -333,6 +347,47 @@ class Board:
 
     # -- connection ----------------------------------------------------------------------------
 
+    def _use_provisioned_account(self, client: mqtt.Client, provision_dir: Path) -> None:
+        """Username, password and (if set) the pinned CA of the board's provisioned config."""
+        path = provision_dir / "boards" / self.device / "config.json"
+        try:
+            mqtt_cfg = json.loads(path.read_text())["mqtt"]
+            client.username_pw_set(mqtt_cfg["username"], mqtt_cfg["password"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"board {self.device}: {path}: expected a provisioned config.json with "
+                f"mqtt.username and mqtt.password ({exc!r})"
+            ) from exc
+        tls = mqtt_cfg.get("tls") or {}
+        if tls.get("ca_file"):
+            # The board's CA path is on its own filesystem ("/ca.pem"): the file sits next to
+            # config.json in the provisioned directory.
+            ca = path.parent / str(tls["ca_file"]).rsplit("/", 1)[-1]
+            self.tls = ssl.create_default_context(cafile=str(ca))
+            self.server_hostname = tls.get("server_hostname") or self.fleet.config.host
+
+    async def _tls_handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+        """TLS client handshake on the event loop (non-blocking); raises OSError/SSLError."""
+        assert self.tls is not None
+        loop = asyncio.get_running_loop()
+        tls = self.tls.wrap_socket(
+            sock, server_hostname=self.server_hostname, do_handshake_on_connect=False
+        )
+        while True:
+            try:
+                tls.do_handshake()
+                return tls
+            except ssl.SSLWantReadError:
+                add, remove = loop.add_reader, loop.remove_reader
+            except ssl.SSLWantWriteError:
+                add, remove = loop.add_writer, loop.remove_writer
+            ready: asyncio.Future[None] = loop.create_future()
+            add(tls.fileno(), _resolve, ready)
+            try:
+                await ready
+            finally:
+                remove(tls.fileno())
+
     def connect(self) -> None:
         """Start one connection attempt in the background (see :class:`_FleetClient`)."""
         if self.connecting:
@@ -355,6 +410,14 @@ class Board:
             except (OSError, TimeoutError):
                 sock.close()
                 raise
+            if self.tls is not None:
+                try:
+                    sock = await asyncio.wait_for(self._tls_handshake(sock), cfg.connect_timeout_s)
+                except (OSError, TimeoutError) as exc:
+                    sock.close()
+                    if isinstance(exc, ssl.SSLError):  # a wrong CA or name: say so, keep trying
+                        log.warning("%s: TLS handshake failed: %s", self.device, exc)
+                    raise
             if self.closed:
                 sock.close()
                 return

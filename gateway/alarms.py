@@ -47,11 +47,12 @@ from gateway.config import (
     Severity,
     Site,
 )
+from gateway.equipment_rules import equipment_rules
 from gateway.readings import Reading
 
 log = logging.getLogger(__name__)
 
-DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
+DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply", "modbus_poller"})
 PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ALARM: 2, Severity.CRITICAL: 3}
 # A concentrator reaches product purity in about 5 min (3 time constants of the sieve's
@@ -260,6 +261,7 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
           device_kind=room, doc="the board reports but no O2 value for 5 intervals"),
         B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
           device_kind=conc | plant, doc="the unit reports but no purity for 5 intervals"),
+        *equipment_rules(config),  # gateway/equipment_rules.py
     ]  # fmt: skip
 
 

@@ -76,7 +76,7 @@ def test_every_documented_register_answers_in_range(name: str) -> None:
         client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=2, retries=0)
         try:
             await client.connect()
-            expected = device.model.values()
+            expected = device.values()
             for reg in profile.registers:
                 value = await read_row(client, reg, unit=1)
                 check_value(reg, value)

@@ -209,7 +209,7 @@ class Register:
         else:
             pattern = ((int(raw[0]) & 0xFFFF) << 16) | (int(raw[1]) & 0xFFFF)
         if pattern in self.sentinels:
-            return Invalid("sentinel", pattern, f"not the {rtype} 'no value' code {pattern:#x}")
+            return Invalid("sentinel", pattern, f"a value, not the {rtype} 'no value' code")
         number: float | int
         if rtype is RegType.UINT16 or rtype is RegType.UINT32:
             number = pattern

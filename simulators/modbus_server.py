@@ -149,8 +149,11 @@ class SimulatedDevice:
         self._advance()
         values = self.values()
         raw_rows = faults.raw
+        bits = table.is_bits
         for reg in self._rows(table):
-            if reg.address + reg.words <= address or reg.address >= address + count:
+            # Bit tables: pymodbus passes ``count`` in 16-bit words (and the whole table), so
+            # an overlap test in bits would skip rows: every bit row is set.
+            if not bits and (reg.address + reg.words <= address or reg.address >= address + count):
                 continue
             raw = raw_rows.get(reg.name)
             words = list(raw) if raw is not None else reg.encode(values[reg.name])

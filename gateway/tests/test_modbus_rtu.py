@@ -5,12 +5,14 @@ exception codes and CRC errors are counted per device; device_health points are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +158,70 @@ def test_serial_line_from_url() -> None:
     assert line.frame_gap_s == pytest.approx(3.5 * 11 / 9600)
     assert SerialLine.from_url("rtu:///dev/x?baudrate=115200").frame_gap_s == 0.00175
     assert RtuBus.__doc__
+
+
+def test_short_answer_and_sentinels_on_one_unit_do_not_silence_the_bus(tmp_path: Path) -> None:
+    """Was: one short answer raised out of the bus task, so every device on the line went
+    silent while their links stayed "online". Now it is that unit's failed poll."""
+    from simulators.modbus_server import ModbusRtuSimulator, SimulatedDevice
+    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
+    from simulators.ptypair import PtyPair
+
+    profile = load_profile("medical-concentrator")
+    devices = [
+        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
+        for u in (1, 2, 3)
+    ]
+    devices[1].faults.short_by = 1  # unit 2: every answer one register short
+    devices[2].faults.raw["purity_pct"] = [0xFFFF]  # unit 3: purity "no value"
+    emitted: list[tuple[float, Reading]] = []
+
+    async def main(pair: PtyPair) -> list[DevicePoller]:
+        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
+        await server.start()
+        pollers = bus_pollers(pair.b, 3, emitted, interval_s=0.5)
+        polled = asyncio.Event()
+        for p in pollers:
+            poll_once = p.poll_once
+
+            async def watched(poll_once: Any = poll_once) -> Reading | None:
+                try:
+                    return await poll_once()  # type: ignore[no-any-return]
+                finally:
+                    polled.set()
+
+            p.poll_once = watched  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        [(_, run)] = modbus_runners(pollers)
+        task = asyncio.create_task(run(stop))
+        deadline = time.monotonic() + 20
+        try:
+            while not (pollers[1].health.decode_errors >= 3 and min(
+                pollers[0].health.ok, pollers[2].health.ok) >= 6):  # fmt: skip
+                assert not task.done(), "the bus task ended"
+                assert time.monotonic() < deadline, [
+                    (p.health.polls, p.health.ok, p.health.decode_errors, p.health.last_error)
+                    for p in pollers
+                ]
+                polled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(polled.wait(), timeout=deadline - time.monotonic())
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        return pollers
+
+    with PtyPair(tmp_path) as pair:
+        pollers = asyncio.run(main(pair))
+    one, short, sentinel = (p.health for p in pollers)
+    assert one.online and sentinel.online and not short.online
+    assert short.ok == 0 and "got 7 (missing alarm_bits)" in short.last_error
+    assert one.decode_errors == sentinel.decode_errors == 0 and short.restarts == 0
+    readings = [r for _, r in emitted if r.measurement == "concentrator"]
+    unit3 = [r.fields for r in readings if r.tags["device"] == "conc-3"]
+    assert unit3 and all("purity_pct" not in f for f in unit3)
+    assert all(f["invalid"] == "purity_pct:sentinel" for f in unit3)
+    assert all(
+        isinstance(r.fields["purity_pct"], float) for r in readings if r.tags["device"] == "conc-1"
+    )

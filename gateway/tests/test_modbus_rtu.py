@@ -186,7 +186,7 @@ def test_short_answer_and_sentinels_on_one_unit_do_not_silence_the_bus(tmp_path:
 
             async def watched(poll_once: Any = poll_once) -> Reading | None:
                 try:
-                    return await poll_once()  # type: ignore[no-any-return]
+                    return await poll_once()
                 finally:
                     polled.set()
 

@@ -20,6 +20,7 @@ from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmEvent
 from gateway.config import Device, parse_config
 from gateway.modbus import DevicePoller, modbus_runners, tcp_client_factory
+from gateway.observe import Observer, Sources
 from gateway.readings import Reading, invalid_fields
 from o2chain.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
@@ -107,7 +108,7 @@ def test_short_response_is_counted_logged_once_and_polling_goes_on(
     """Was: a ValueError from the short answer ended the poller task, link still online."""
     caplog.set_level(logging.INFO, logger="gateway.modbus")
 
-    async def main() -> None:
+    async def main() -> DevicePoller:
         device = sim_device("medical-concentrator")
         server = ModbusTcpSimulator([device])
         await server.start()
@@ -134,11 +135,16 @@ def test_short_response_is_counted_logged_once_and_polling_goes_on(
             await task
             await server.stop()
         assert poller.health.restarts == 0  # it never died: the poll failed, not the task
+        return poller
 
-    asyncio.run(main())
+    poller = asyncio.run(main())
     logs = failed_poll_logs(caplog)
     assert len(logs) == 1, logs  # once per change of what is wrong, not once per poll
     assert "lhasa/conc-1" in logs[0] and "holding 0+8" in logs[0] and "expected 8" in logs[0]
+    # /metrics shows the count where the other poll results are.
+    metrics = Observer(parse_config(ALARM_CFG), Sources(pollers=[poller])).prometheus()
+    line = next(x for x in metrics.splitlines() if 'result="decode_errors"' in x)
+    assert 'device="conc-1"' in line and int(float(line.split()[-1])) >= 6
 
 
 def test_every_failure_kind_is_a_counted_failed_poll(caplog: pytest.LogCaptureFixture) -> None:

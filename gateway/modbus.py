@@ -332,26 +332,26 @@ class DevicePoller:
                 read(block.start, count=block.count, device_id=self.device.unit),
                 timeout=self.device.timeout_s * 1.5 + 0.1,
             )
-        except OSError as exc:  # a reset connection, a vanished serial device
-            if isinstance(exc, TimeoutError):
-                raise ModbusReadError(
-                    "timeout", f"no answer within {self.device.timeout_s} s", block.describe()
-                ) from exc
-            raise ModbusReadError(
-                "io", f"{exc.__class__.__name__}: {exc}", block.describe()
-            ) from exc
-        except ModbusException as exc:
+        except (TimeoutError, ModbusException) as exc:
             text = str(exc)
             where = block.describe()
             if self.rx is not None and self.rx.received:
                 raise ModbusReadError(
                     "crc", f"no valid frame in {len(self.rx.received)} bytes received", where
                 ) from exc
-            if "timeout" in text.lower() or "no response" in text.lower():
+            if (
+                isinstance(exc, TimeoutError)
+                or "timeout" in text.lower()
+                or "no response" in text.lower()
+            ):
                 raise ModbusReadError(
                     "timeout", f"no answer within {self.device.timeout_s} s", where
                 ) from exc
             raise ModbusReadError("io", text or exc.__class__.__name__, where) from exc
+        except OSError as exc:  # a reset connection, a vanished serial device
+            raise ModbusReadError(
+                "io", f"{exc.__class__.__name__}: {exc}", block.describe()
+            ) from exc
 
     async def _read_block(
         self,

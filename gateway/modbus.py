@@ -656,14 +656,14 @@ async def supervise(
             await run(stop)
             return
         except Exception:
+            if loop.time() - started > RESTART_MAX_S:
+                backoff_s = RESTART_MIN_S  # it ran fine for a while: this is a new failure
             log.exception(
                 "modbus task %s died (devices %s); restarting it in %.1f s",
                 name,
                 ", ".join(p.name for p in pollers),
                 backoff_s,
             )
-        if loop.time() - started > RESTART_MAX_S:
-            backoff_s = RESTART_MIN_S  # it ran fine for a while: this is a new failure
         for p in pollers:
             p.task_died()
         with contextlib.suppress(TimeoutError):

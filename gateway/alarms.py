@@ -49,14 +49,16 @@ from gateway.config import (
     Severity,
     Site,
 )
+from gateway.equipment_rules import equipment_rules
 from gateway.readings import Reading
 
 log = logging.getLogger(__name__)
 
 DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
-# A board's self-report (status): judged by the rules whose field it carries (clock skew), but
-# it is not a reading: it neither keeps a device "seen" nor feeds the stale and warm-up logic.
-HEALTH_MEASUREMENT = "device_health"
+# A board's self-report (status) and a Modbus poller's own state: judged by the rules whose
+# field they carry (clock skew, poller restarts), but they are not readings: they neither keep
+# a device "seen" nor feed the stale and warm-up logic.
+HEALTH_MEASUREMENTS = frozenset({"device_health", "modbus_poller"})
 PRODUCERS = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ALARM: 2, Severity.CRITICAL: 3}
 # A concentrator reaches product purity in about 5 min (3 time constants of the sieve's
@@ -277,6 +279,7 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
           device_kind=room, doc="the board reports but no O2 value for 5 intervals"),
         B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
           device_kind=conc | plant, doc="the unit reports but no purity for 5 intervals"),
+        *equipment_rules(config),  # gateway/equipment_rules.py
     ]  # fmt: skip
 
 
@@ -634,7 +637,7 @@ class AlarmEngine:
             now = self.clock_ms()
             plans = self._plans
             for r in readings:
-                health = r.measurement == HEALTH_MEASUREMENT
+                health = r.measurement in HEALTH_MEASUREMENTS
                 if not health and r.measurement not in DEVICE_MEASUREMENTS:
                     continue
                 tags = r.tags
@@ -1085,3 +1088,11 @@ class AlarmEngine:
 
     def close(self) -> None:
         self.save()
+
+
+class LocalAlarmEngine(AlarmEngine):
+    """An engine without an outbox (simulations, tools, tests): each call's events are stored
+    in its own store and announced at once, as the gateway does after its commit."""
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        return self.committed_locally(super().__call__(readings))

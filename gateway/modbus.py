@@ -9,6 +9,20 @@ and the status API read, and which is written to InfluxDB as the ``device_health
 (:meth:`DeviceHealth.fields`) when the device goes online/offline and every
 :data:`HEALTH_EVERY_S` otherwise.
 
+**Faults never stop polling.** A poll that raises anything (timeout, Modbus exception code,
+CRC error, a short or undecodable answer, a library surprise) is counted per device
+(:class:`DeviceHealth`), logged once per change of what is wrong (device, register block, what
+was expected), counts as a failed poll for the link state, and the poller goes on with the next
+poll or device. A poller task that dies anyway is restarted by :func:`supervise` with backoff
+and reported as a ``modbus_poller`` point (``poller_crashed = 1``) per device it served, which
+the built-in rule ``modbus-poller-restart`` raises (gateway/equipment_rules.py).
+
+**Values.** Rows are decoded with :meth:`ReadBlock.decode_checked`: a "no value" sentinel, a
+NaN/infinite float or a value outside the row's plausible range is flagged with
+:func:`gateway.readings.flag_invalid` (raw kept, reason listed), never stored as a number. The
+device's alarm bits become one 0/1 integer field each (``Profile.alarm_fields``), and
+:class:`gateway.equipment_rules.EquipmentFields` adds ``no_flow_running``.
+
 **Degradation.** A device that failed :data:`OFFLINE_AFTER` polls in a row is *offline*: it is
 polled without retries and at a growing interval (x2 per failure, at most
 :data:`MAX_BACKOFF_FACTOR` x its interval), and comes back to its own interval at its first answer.
@@ -35,8 +49,9 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from gateway.config import Device, DeviceKind
-from gateway.readings import FieldValue, Reading
-from o2chain.registers import Profile, ReadBlock, Table, Value
+from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
+from gateway.readings import FieldValue, Reading, flag_invalid
+from o2chain.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the poller reports per device
@@ -45,6 +60,9 @@ OFFLINE_AFTER = 2  # consecutive failed polls before a device counts as offline
 MAX_BACKOFF_FACTOR = 8  # an offline device is tried at most every 8 intervals
 MAX_BACKOFF_S = 60.0  # ... and at least once a minute
 HEALTH_EVERY_S = 10.0  # device_health points at least this often
+STABLE_AFTER = 10  # good polls in a row before a logged error may be logged again
+RESTART_MIN_S = 1.0  # a dead poller task is restarted after 1 s, 2 s, 4 s ...
+RESTART_MAX_S = 60.0  # ... at most a minute apart
 
 
 class ModbusClient(Protocol):
@@ -144,11 +162,14 @@ def serial_client_factory(line: SerialLine, timeout_s: float, trace: TracePacket
 
 
 class ModbusReadError(Exception):
-    """A read failed; ``kind`` is timeout, exception (Modbus exception code), crc or io."""
+    """A read failed; ``kind`` is timeout, exception (Modbus exception code), crc, io, decode
+    (a short or malformed answer) or other (anything unexpected); ``where`` names the request
+    (``holding 0+8``) when there is one."""
 
-    def __init__(self, kind: str, detail: str):
+    def __init__(self, kind: str, detail: str, where: str = ""):
         super().__init__(detail)
         self.kind = kind
+        self.where = where
 
 
 @dataclass
@@ -158,7 +179,11 @@ class DeviceHealth:
     - ``polls``/``ok``: polls attempted / answered completely; ``requests``: Modbus requests
       sent (a poll is one request per read block, plus retries);
     - ``timeouts``, ``exceptions`` (Modbus exception answers, by code in ``errors_by_code``),
-      ``crc_errors`` (RTU: bytes came back but no valid frame), ``io_errors`` (cannot connect);
+      ``crc_errors`` (RTU: bytes came back but no valid frame), ``io_errors`` (cannot connect),
+      ``decode_errors`` (an answer too short or undecodable), ``other_errors`` (anything else:
+      a bug or a library surprise, logged with its traceback);
+    - ``invalid_values``: rows flagged invalid (sentinel, not finite, out of range);
+    - ``restarts``: times the poller task died and was restarted by :func:`supervise`;
     - ``online``: answered its last poll (or failed fewer than OFFLINE_AFTER in a row);
       ``consecutive_failures``; ``last_ok_monotonic`` (``time.monotonic()`` of the last answer);
       ``last_error``; ``last_response_s`` (duration of the last good poll);
@@ -172,6 +197,10 @@ class DeviceHealth:
     exceptions: int = 0
     crc_errors: int = 0
     io_errors: int = 0
+    decode_errors: int = 0
+    other_errors: int = 0
+    invalid_values: int = 0
+    restarts: int = 0
     consecutive_failures: int = 0
     deferred: int = 0
     last_error: str = ""
@@ -194,6 +223,10 @@ class DeviceHealth:
             "exceptions": self.exceptions,
             "crc_errors": self.crc_errors,
             "io_errors": self.io_errors,
+            "decode_errors": self.decode_errors,
+            "other_errors": self.other_errors,
+            "invalid_values": self.invalid_values,
+            "restarts": self.restarts,
             "response_ms": round(self.last_response_s * 1000, 1),
         }
 
@@ -243,6 +276,11 @@ class DevicePoller:
         self._client: ModbusClient | None = None
         self._health_sent_at: float | None = None
         self._health_sent_online: bool | None = None
+        self.derive = EquipmentFields(profile)
+        self._logged_error: tuple[str, str] | None = None  # (kind, where) last logged
+        self._good_streak = 0
+        self._logged_invalid: dict[str, str] = {}  # field -> reason last logged
+        self.crashed = False  # its task died; cleared (and reported) at its next poll
 
     @property
     def name(self) -> str:
@@ -296,21 +334,32 @@ class DevicePoller:
             )
         except (TimeoutError, ModbusException) as exc:
             text = str(exc)
+            where = block.describe()
             if self.rx is not None and self.rx.received:
                 raise ModbusReadError(
-                    "crc", f"no valid frame in {len(self.rx.received)} bytes received"
+                    "crc", f"no valid frame in {len(self.rx.received)} bytes received", where
                 ) from exc
             if (
                 isinstance(exc, TimeoutError)
                 or "timeout" in text.lower()
-                or "no response" in (text.lower())
+                or "no response" in text.lower()
             ):
                 raise ModbusReadError(
-                    "timeout", f"no answer within {self.device.timeout_s} s"
+                    "timeout", f"no answer within {self.device.timeout_s} s", where
                 ) from exc
-            raise ModbusReadError("io", text or exc.__class__.__name__) from exc
+            raise ModbusReadError("io", text or exc.__class__.__name__, where) from exc
+        except OSError as exc:  # a reset connection, a vanished serial device
+            raise ModbusReadError(
+                "io", f"{exc.__class__.__name__}: {exc}", block.describe()
+            ) from exc
 
-    async def _read_block(self, client: ModbusClient, block: ReadBlock) -> dict[str, Value]:
+    async def _read_block(
+        self,
+        client: ModbusClient,
+        block: ReadBlock,
+        values: dict[str, Value],
+        invalid: dict[str, Invalid],
+    ) -> None:
         attempt = 0
         while True:
             try:
@@ -326,10 +375,21 @@ class DevicePoller:
             self.health.errors_by_code[code] = self.health.errors_by_code.get(code, 0) + 1
             raise ModbusReadError(
                 "exception",
-                f"{block.table} {block.start}+{block.count}: Modbus exception code {code}",
+                f"{block.describe()}: Modbus exception code {code}",
+                block.describe(),
             )
-        raw = rr.bits if block.table.is_bits else rr.registers
-        return block.decode(raw)
+        try:
+            raw = rr.bits if block.table.is_bits else rr.registers
+            block.decode_checked(raw, values, invalid)
+        except ShortResponseError as exc:
+            raise ModbusReadError("decode", str(exc), block.describe()) from exc
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise ModbusReadError(
+                "decode",
+                f"{block.describe()}: undecodable answer {rr!r} ({exc}); expected "
+                f"{block.count} {'bits' if block.table.is_bits else 'registers'}",
+                block.describe(),
+            ) from exc
 
     def _count(self, exc: ModbusReadError) -> None:
         if exc.kind == "timeout":
@@ -338,35 +398,34 @@ class DevicePoller:
             self.health.exceptions += 1
         elif exc.kind == "crc":
             self.health.crc_errors += 1
-        else:
+        elif exc.kind == "decode":
+            self.health.decode_errors += 1
+        elif exc.kind == "io":
             self.health.io_errors += 1
+        else:
+            self.health.other_errors += 1
 
     async def poll_once(self) -> Reading | None:
-        """One poll of every block; returns the reading or ``None`` (failure counted)."""
+        """One poll of every block; returns the reading or ``None`` (failure counted and
+        logged). Never raises: whatever goes wrong is this device's failed poll."""
         health = self.health
         health.polls += 1
         started = self.clock()
+        values: dict[str, Value] = {}
+        invalid: dict[str, Invalid] = {}
         try:
             if self._client is None:
                 self._client = self.client_factory(self.device)
             client = self._client
             if not client.connected and not await client.connect():
-                raise ModbusReadError("io", f"cannot connect to {self.device.url}")
-            values: dict[str, Value] = {}
+                raise ModbusReadError("io", f"cannot connect to {self.device.url}", "connect")
             for block in self.blocks:
-                values.update(await self._read_block(client, block))
+                await self._read_block(client, block, values, invalid)
         except ModbusReadError as exc:
-            self._count(exc)
-            health.consecutive_failures += 1
-            health.last_error = f"{exc.kind}: {exc}"
-            if health.online and health.consecutive_failures >= OFFLINE_AFTER:
-                log.warning(
-                    "modbus %s (%s) offline: %s: %s", self.name, self.device.url, exc.kind, exc
-                )
-                health.online = False
-            if exc.kind == "io" and self._client is not None and not self.shared_client:
-                self._client.close()  # a fresh connection next time: the old one may be stuck
-                self._client = None
+            self._failed(exc)
+            return None
+        except Exception as exc:  # a bug or a library surprise: this poll failed, not the task
+            self._failed(ModbusReadError("other", f"{exc.__class__.__name__}: {exc}"), exc)
             return None
         if not health.online:
             log.info("modbus %s (%s) online", self.name, self.device.url)
@@ -375,13 +434,77 @@ class DevicePoller:
         health.ok += 1
         health.last_ok_monotonic = self.clock()
         health.last_response_s = health.last_ok_monotonic - started
-        fields: dict[str, FieldValue] = dict(values)
+        if self._logged_error is not None:
+            self._good_streak += 1
+            if self._good_streak >= STABLE_AFTER:
+                log.info(
+                    "modbus %s: %d good polls in a row since the last error",
+                    self.name,
+                    STABLE_AFTER,
+                )
+                self._logged_error = None
+        fields: dict[str, FieldValue] = values  # type: ignore[assignment]
+        if invalid or self._logged_invalid:
+            self._flag(fields, invalid)
+        if self.profile.alarm_bits:
+            fields.update(self.profile.alarm_fields(values))
+        self.derive(fields)
         return Reading(
             measurement_for(self.device.kind),
             {"site": self.device.site, "device": self.device.id, "source": "modbus"},
             fields,
             self.wall_clock_ms(),
         )
+
+    def _failed(self, exc: ModbusReadError, cause: BaseException | None = None) -> None:
+        """Count a failed poll, log it when what is wrong changed, update the link state."""
+        health = self.health
+        self._count(exc)
+        health.consecutive_failures += 1
+        health.last_error = f"{exc.kind}: {exc}"
+        self._good_streak = 0
+        signature = (exc.kind, exc.where)
+        if signature != self._logged_error:
+            self._logged_error = signature
+            log.warning(
+                "modbus %s (%s unit %d): poll failed, %s: %s (logged once until it changes)",
+                self.name,
+                self.device.url,
+                self.device.unit,
+                exc.kind,
+                exc,
+                exc_info=cause,
+            )
+        if health.online and health.consecutive_failures >= OFFLINE_AFTER:
+            log.warning("modbus %s (%s) offline: %s: %s", self.name, self.device.url, exc.kind, exc)
+            health.online = False
+        if exc.kind in ("io", "other") and self._client is not None and not self.shared_client:
+            self._client.close()  # a fresh connection next time: the old one may be stuck
+            self._client = None
+
+    def _flag(self, fields: dict[str, FieldValue], invalid: dict[str, Invalid]) -> None:
+        """Flag invalid rows in ``fields``; log each field when it turns invalid (or its
+        reason changes) and when it is valid again."""
+        logged = self._logged_invalid
+        for name, bad in invalid.items():
+            flag_invalid(fields, name, bad.reason, bad.raw)
+            if logged.get(name) != bad.reason:
+                logged[name] = bad.reason
+                reg = self.profile.register(name)
+                log.warning(
+                    "modbus %s: %s (%s %d) %s: raw %s, expected %s",
+                    self.name,
+                    name,
+                    reg.table,
+                    reg.address,
+                    bad.reason,
+                    f"{bad.raw:#x}" if bad.reason != "out_of_range" else f"{bad.raw:g}",
+                    bad.expected,
+                )
+        self.health.invalid_values += len(invalid)
+        for name in [n for n in logged if n not in invalid]:
+            del logged[name]
+            log.info("modbus %s: %s valid again", self.name, name)
 
     def health_reading(self, force: bool = False) -> Reading | None:
         """A ``device_health`` point when online/offline changed or every HEALTH_EVERY_S."""
@@ -401,8 +524,35 @@ class DevicePoller:
             self.wall_clock_ms(),
         )
 
+    def crashed_reading(self, crashed: bool) -> Reading:
+        """The ``modbus_poller`` point the alarm engine judges (rule modbus-poller-restart)."""
+        return Reading(
+            POLLER_MEASUREMENT,
+            {"site": self.device.site, "device": self.device.id},
+            {"poller_crashed": int(crashed), "restarts": self.health.restarts},
+            self.wall_clock_ms(),
+        )
+
+    def task_died(self) -> None:
+        """Its task died (called by :func:`supervise`): counted, reported at once."""
+        self.health.restarts += 1
+        self.crashed = True
+        for point in (self.crashed_reading(True), self.health_reading(force=True)):
+            self._emit(point)
+
+    def _emit(self, point: Reading | None) -> None:
+        if point is None:
+            return
+        try:
+            self.emit(point)
+        except Exception:  # the sink's problem must not stop polling
+            log.exception("modbus %s: reading not stored", self.name)
+
     async def poll_and_emit(self) -> None:
         reading = await self.poll_once()
+        if self.crashed:  # polling again after a restart: the engine clears after its delay
+            self.crashed = False
+            self._emit(self.crashed_reading(False))
         for point in (reading, self.health_reading()):
             if point is None:
                 continue
@@ -488,11 +638,52 @@ class RtuBus:
         return min(self.pollers, key=lambda p: due[id(p)])
 
 
+Runner = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def supervise(
+    name: str, run: Runner, pollers: Sequence[DevicePoller], stop: asyncio.Event
+) -> None:
+    """Run ``run(stop)`` until ``stop``; when it dies of an exception, log it with its
+    traceback, tell its pollers (:meth:`DevicePoller.task_died`: a ``modbus_poller`` point
+    and a device_health point each) and start it again after RESTART_MIN_S, doubling up to
+    RESTART_MAX_S while it keeps dying within RESTART_MAX_S of its start."""
+    loop = asyncio.get_running_loop()
+    backoff_s = RESTART_MIN_S
+    while not stop.is_set():
+        started = loop.time()
+        try:
+            await run(stop)
+            return
+        except Exception:
+            if loop.time() - started > RESTART_MAX_S:
+                backoff_s = RESTART_MIN_S  # it ran fine for a while: this is a new failure
+            log.exception(
+                "modbus task %s died (devices %s); restarting it in %.1f s",
+                name,
+                ", ".join(p.name for p in pollers),
+                backoff_s,
+            )
+        for p in pollers:
+            p.task_died()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=backoff_s)
+        backoff_s = min(backoff_s * 2, RESTART_MAX_S)
+
+
+def _supervised(name: str, run: Runner, pollers: Sequence[DevicePoller]) -> Runner:
+    def runner(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        return supervise(name, run, pollers, stop)
+
+    return runner
+
+
 def modbus_runners(
     pollers: Sequence[DevicePoller], serial_factory: SerialFactory = serial_client_factory
-) -> list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]]:
-    """``(task name, run)`` for each TCP device and each RTU bus (devices grouped by port)."""
-    runners: list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]] = []
+) -> list[tuple[str, Runner]]:
+    """``(task name, run)`` for each TCP device and each RTU bus (devices grouped by port),
+    each run under :func:`supervise`."""
+    runners: list[tuple[str, Runner]] = []
     buses: dict[str, list[DevicePoller]] = {}
     lines: dict[str, SerialLine] = {}
     for p in pollers:
@@ -506,8 +697,10 @@ def modbus_runners(
             lines[line.port] = line
             buses.setdefault(line.port, []).append(p)
         else:
-            runners.append((f"modbus:{p.device.id}", p.run))
+            name = f"modbus:{p.device.id}"
+            runners.append((name, _supervised(name, p.run, [p])))
     for port, members in buses.items():
         bus = RtuBus(lines[port], members, serial_factory)
-        runners.append((f"modbus-rtu:{port}", bus.run))
+        name = f"modbus-rtu:{port}"
+        runners.append((name, _supervised(name, bus.run, members)))
     return runners

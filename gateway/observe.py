@@ -475,7 +475,10 @@ class Observer:
         polls = []
         for p in src.pollers:
             labels = {"site": str(_get(p, "device.site")), "device": str(_get(p, "device.id"))}
-            for what in ("polls", "ok", "timeouts", "exceptions", "io_errors"):
+            for what in (
+                *("polls", "ok", "timeouts", "exceptions", "io_errors"),
+                *("decode_errors", "other_errors"),  # short/undecodable answers, surprises
+            ):
                 polls.append(({**labels, "result": what}, _get(p, f"health.{what}", 0)))
         if polls:
             out.add("o2chain_modbus_polls_total", "counter", "Modbus polls by result", polls)

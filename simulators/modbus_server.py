@@ -7,8 +7,15 @@ action hook), so what a client reads is always the model's present state.
 
 Faults (:class:`DeviceFaults`, per device, switchable at run time): stop answering (also while
 the model has no power), answer late, answer every read with a Modbus exception code, corrupt
-the CRC of answers (RTU) or garble them (TCP). The gateway's tests use them for "one of five
-devices stops answering" and "exception codes / CRC errors".
+the CRC of answers (RTU) or garble them (TCP), answer register reads a few registers short
+(a well-formed frame with a smaller byte count), and serve chosen rows with other contents:
+raw words (``raw``: "no value" sentinels such as 0xFFFF, a NaN float) or engineering values
+(``values``: alarm bits set, service counters, out-of-range numbers). The gateway's tests use
+them for "one of five devices stops answering", "exception codes / CRC errors", short
+responses, sentinels and device alarms.
+
+Rows of a profile the model does not compute (service counters, spare alarm bits) are served
+as 0 / healthy (a bit row reads its healthy level, inverted rows included).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from dataclasses import dataclass, field
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from o2chain.registers import Profile, Register, RegType, Table
+from o2chain.registers import Profile, Register, RegType, Table, Value
 from simulators.physics.concentrator import ConcentratorModel
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,9 @@ class DeviceFaults:
     delay_s: float = 0.0  # answer this much later (real seconds): a slow device
     exception_code: int | None = None  # answer every request with this exception (1..11)
     corrupt_every: int = 0  # corrupt every n-th answer (RTU: CRC; TCP: a garbled byte)
+    short_by: int = 0  # register reads answered this many registers (bit reads: bytes) short
+    raw: dict[str, list[int]] = field(default_factory=dict)  # row name -> raw words served
+    values: dict[str, Value] = field(default_factory=dict)  # row name -> engineering value
     _answers: int = field(default=0, repr=False)
 
     def should_corrupt(self) -> bool:
@@ -78,6 +89,16 @@ class SimulatedDevice:
         if self._last_clock is not None:
             self.model.advance(max(0.0, now - self._last_clock) * self.speed)
         self._last_clock = now
+
+    def values(self) -> dict[str, Value]:
+        """What the device serves now: the model's fields, 0 / healthy for rows the model does
+        not compute, and the ``faults.values`` overrides."""
+        values: dict[str, Value] = dict(self.model.values())
+        for reg in self.profile.registers:
+            if reg.name not in values:
+                values[reg.name] = False if reg.type in (RegType.BOOL, RegType.BITS) else 0
+        values.update(self.faults.values)
+        return values
 
     def _rows(self, table: Table) -> list[Register]:
         return [r for r in self.profile.registers if r.table is table]
@@ -126,14 +147,16 @@ class SimulatedDevice:
             return None
         self.reads += 1
         self._advance()
-        values = self.model.values()
+        values = self.values()
+        raw_rows = faults.raw
+        bits = table.is_bits
         for reg in self._rows(table):
-            if reg.address + reg.words <= address or reg.address >= address + count:
+            # Bit tables: pymodbus passes ``count`` in 16-bit words (and the whole table), so
+            # an overlap test in bits would skip rows: every bit row is set.
+            if not bits and (reg.address + reg.words <= address or reg.address >= address + count):
                 continue
-            value = values.get(reg.name)
-            if value is None:
-                continue
-            words = reg.encode(value)
+            raw = raw_rows.get(reg.name)
+            words = list(raw) if raw is not None else reg.encode(values[reg.name])
             if table.is_bits:
                 # Bits arrive packed: bit n of the table is bit n%16 of word n//16.
                 index, bit = divmod(reg.address - start_address, 16)
@@ -148,8 +171,26 @@ class SimulatedDevice:
         return None
 
 
+def _shorten(data: bytes, rtu: bool, short_by: int) -> bytes:
+    """A read answer (FC 1-4) with ``short_by`` registers (bit reads: bytes) fewer, the byte
+    count, the MBAP length (TCP) and the CRC (RTU) made to match: a valid frame, short."""
+    pdu_at = 1 if rtu else 7
+    end = len(data) - 2 if rtu else len(data)
+    if len(data) < pdu_at + 2 or data[pdu_at] not in (1, 2, 3, 4):
+        return data  # exception answers (FC | 0x80) and writes stay as they are
+    count = data[pdu_at + 1]
+    drop = min(count, short_by * (2 if data[pdu_at] in (3, 4) else 1))
+    frame = bytearray(data[: end - drop])
+    frame[pdu_at + 1] = count - drop
+    if rtu:
+        return bytes(frame) + FramerRTU.compute_CRC(bytes(frame)).to_bytes(2, "big")
+    frame[4:6] = (len(frame) - 6).to_bytes(2, "big")  # MBAP length: unit id + PDU
+    return bytes(frame)
+
+
 def _corrupting_tracer(devices: list[SimulatedDevice], rtu: bool) -> Callable[[bool, bytes], bytes]:
-    """pymodbus ``trace_packet`` hook that damages answers of devices with ``corrupt_every``."""
+    """pymodbus ``trace_packet`` hook that damages answers of devices with ``corrupt_every``
+    and shortens those of devices with ``short_by``."""
     by_unit = {d.unit: d for d in devices}
 
     def trace(sending: bool, data: bytes) -> bytes:
@@ -157,7 +198,11 @@ def _corrupting_tracer(devices: list[SimulatedDevice], rtu: bool) -> Callable[[b
             return data
         unit = data[0] if rtu else (data[6] if len(data) > 6 else -1)
         device = by_unit.get(unit)
-        if device is None or not device.faults.should_corrupt():
+        if device is None:
+            return data
+        if device.faults.short_by > 0:
+            data = _shorten(data, rtu, device.faults.short_by)
+        if not device.faults.should_corrupt():
             return data
         damaged = bytearray(data)
         damaged[-1] ^= 0xFF  # RTU: the CRC's high byte; TCP: the last data byte

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from o2chain.registers import Profile, RegType, load_profile, profile_names
+from o2chain.registers import CANONICAL_ALARMS, Profile, RegType, load_profile, profile_names
 
 
 def _number(value: float | None) -> str:
@@ -40,6 +40,18 @@ def render_profile_table(profile: Profile) -> str:
             f"| {manual} | {pdu} | {reg.table.value} | {kind} | {order} | {scale} | {reg.unit} "
             f"| {span} | `{reg.name}`: {reg.description}{inverted} |"
         )
+    if profile.alarm_bits:
+        lines += [
+            "",
+            "| alarm field (0/1) | row | bit | active | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for ab in profile.alarm_bits:
+            lines.append(
+                f"| `{ab.name}` | `{ab.register}` | {ab.bit} | "
+                f"{'high' if ab.active_high else 'low'} | "
+                f"{ab.description or CANONICAL_ALARMS[ab.name]} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.alarm_store import AlarmStore
-from gateway.alarms import AlarmEngine, AlarmError, AlarmEvent, effective_rules
+from gateway.alarms import AlarmEngine, AlarmError, AlarmEvent, LocalAlarmEngine, effective_rules
 from gateway.config import ConfigError, parse_config
 from gateway.readings import FieldValue, Reading
 
@@ -41,18 +41,13 @@ def cfg(rules: list[dict[str, Any]] | None = None, builtin: bool = True) -> dict
     }  # fmt: skip
 
 
-class Engine(AlarmEngine):
-    """The engine as the gateway runs it: each call's events stored, then announced."""
-
-    def __call__(self, readings: list[Reading]) -> list[Reading]:
-        return self.committed_locally(super().__call__(readings))
-
-
 def engine(
     tmp_path: Path, clock: Clock, data: dict[str, Any], link: Any = None
 ) -> tuple[AlarmEngine, list[AlarmEvent]]:
     store = AlarmStore(tmp_path / "alarms.sqlite")
-    eng = Engine(parse_config(data), store, clock_ms=clock, link_state=link or (lambda s, d: None))
+    eng = LocalAlarmEngine(
+        parse_config(data), store, clock_ms=clock, link_state=link or (lambda s, d: None)
+    )
     events: list[AlarmEvent] = []
     eng.listeners.append(events.append)
     return eng, events

@@ -5,12 +5,14 @@ exception codes and CRC errors are counted per device; device_health points are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +158,140 @@ def test_serial_line_from_url() -> None:
     assert line.frame_gap_s == pytest.approx(3.5 * 11 / 9600)
     assert SerialLine.from_url("rtu:///dev/x?baudrate=115200").frame_gap_s == 0.00175
     assert RtuBus.__doc__
+
+
+def watch_polls(pollers: list[DevicePoller]) -> asyncio.Event:
+    """An event set after every poll of any of ``pollers`` (failed or not): tests wait on it
+    instead of sleeping."""
+    polled = asyncio.Event()
+    for p in pollers:
+        poll_once = p.poll_once
+
+        async def watched(poll_once: Any = poll_once) -> Reading | None:
+            try:
+                return await poll_once()
+            finally:
+                polled.set()
+
+        p.poll_once = watched  # type: ignore[method-assign]
+    return polled
+
+
+async def wait_for_poll(polled: asyncio.Event, deadline: float) -> None:
+    polled.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(polled.wait(), timeout=max(0.0, deadline - time.monotonic()))
+
+
+def test_short_answer_and_sentinels_on_one_unit_do_not_silence_the_bus(tmp_path: Path) -> None:
+    """Was: one short answer raised out of the bus task, so every device on the line went
+    silent while their links stayed "online". Now it is that unit's failed poll."""
+    from simulators.modbus_server import ModbusRtuSimulator, SimulatedDevice
+    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
+    from simulators.ptypair import PtyPair
+
+    profile = load_profile("medical-concentrator")
+    devices = [
+        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
+        for u in (1, 2, 3)
+    ]
+    devices[1].faults.short_by = 1  # unit 2: every answer one register short
+    devices[2].faults.raw["purity_pct"] = [0xFFFF]  # unit 3: purity "no value"
+    emitted: list[tuple[float, Reading]] = []
+
+    async def main(pair: PtyPair) -> list[DevicePoller]:
+        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
+        await server.start()
+        pollers = bus_pollers(pair.b, 3, emitted, interval_s=0.5)
+        polled = watch_polls(pollers)
+        stop = asyncio.Event()
+        [(_, run)] = modbus_runners(pollers)
+        task = asyncio.create_task(run(stop))
+        deadline = time.monotonic() + 20
+        try:
+            while not (pollers[1].health.decode_errors >= 3 and min(
+                pollers[0].health.ok, pollers[2].health.ok) >= 6):  # fmt: skip
+                assert not task.done(), "the bus task ended"
+                assert time.monotonic() < deadline, [
+                    (p.health.polls, p.health.ok, p.health.decode_errors, p.health.last_error)
+                    for p in pollers
+                ]
+                await wait_for_poll(polled, deadline)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        return pollers
+
+    with PtyPair(tmp_path) as pair:
+        pollers = asyncio.run(main(pair))
+    one, short, sentinel = (p.health for p in pollers)
+    assert one.online and sentinel.online and not short.online
+    assert short.ok == 0 and "got 7 (missing alarm_bits)" in short.last_error
+    assert one.decode_errors == sentinel.decode_errors == 0 and short.restarts == 0
+    readings = [r for _, r in emitted if r.measurement == "concentrator"]
+    unit3 = [r.fields for r in readings if r.tags["device"] == "conc-3"]
+    assert unit3 and all("purity_pct" not in f for f in unit3)
+    assert all(f["invalid"] == "purity_pct:sentinel" for f in unit3)
+    assert all(
+        isinstance(r.fields["purity_pct"], float) for r in readings if r.tags["device"] == "conc-1"
+    )
+
+
+def test_a_dead_bus_task_is_restarted_and_reopens_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus task dies of a bug (here: in its scheduler, once): the supervisor restarts it,
+    the serial line is opened again, every device on it reports the restart."""
+    from gateway import modbus
+    from simulators.modbus_server import ModbusRtuSimulator, SimulatedDevice
+    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
+    from simulators.ptypair import PtyPair
+
+    monkeypatch.setattr(modbus, "RESTART_MIN_S", 0.05)
+    pick = RtuBus._pick
+    picks = [0]
+
+    def buggy_pick(self: RtuBus, due: dict[int, float], now: float) -> DevicePoller:
+        picks[0] += 1
+        if picks[0] == 6:
+            raise RuntimeError("scheduler bug")
+        return pick(self, due, now)
+
+    monkeypatch.setattr(RtuBus, "_pick", buggy_pick)
+    profile = load_profile("medical-concentrator")
+    devices = [
+        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
+        for u in (1, 2)
+    ]
+    emitted: list[tuple[float, Reading]] = []
+
+    async def main(pair: PtyPair) -> list[DevicePoller]:
+        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
+        await server.start()
+        pollers = bus_pollers(pair.b, 2, emitted, interval_s=0.1)
+        polled = watch_polls(pollers)
+        stop = asyncio.Event()
+        [(_, run)] = modbus_runners(pollers)
+        task = asyncio.create_task(run(stop))
+        deadline = time.monotonic() + 20
+        try:
+            while not all(p.health.restarts == 1 and p.health.ok >= 8 for p in pollers):
+                assert not task.done(), "the supervised bus task ended"
+                assert time.monotonic() < deadline, [p.health for p in pollers]
+                await wait_for_poll(polled, deadline)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        return pollers
+
+    with PtyPair(tmp_path) as pair:
+        pollers = asyncio.run(main(pair))
+    assert all(p.health.online for p in pollers)
+    crashed = [
+        (r.tags["device"], r.fields["poller_crashed"])
+        for _, r in emitted
+        if r.measurement == "modbus_poller"
+    ]
+    assert sorted(crashed) == [("conc-1", 0), ("conc-1", 1), ("conc-2", 0), ("conc-2", 1)]

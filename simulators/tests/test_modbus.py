@@ -76,7 +76,7 @@ def test_every_documented_register_answers_in_range(name: str) -> None:
         client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=2, retries=0)
         try:
             await client.connect()
-            expected = device.model.values()
+            expected = device.values()
             for reg in profile.registers:
                 value = await read_row(client, reg, unit=1)
                 check_value(reg, value)
@@ -208,3 +208,56 @@ def test_fault_flags_parse() -> None:
         parse_fault("1:slow")
     with pytest.raises(ValueError, match="expected UNIT:silent"):
         parse_fault("x:boom")
+
+
+def test_fault_short_answers_raw_words_values_and_bit_blocks() -> None:
+    """Short answers are well-formed frames with fewer registers; ``raw`` and ``values`` serve
+    chosen rows; a multi-bit read serves every bit row (it served only the first)."""
+    medical, plant = load_profile("medical-concentrator"), load_profile("psa-plant")
+
+    async def main() -> None:
+        conc, psa = device_for(medical, unit=1), device_for(plant, unit=2)
+        server = ModbusTcpSimulator([conc, psa])
+        await server.start()
+        client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=1, retries=0)
+        try:
+            await client.connect()
+            conc.faults.short_by = 2
+            rr = await client.read_holding_registers(0, count=8, device_id=1)
+            assert not rr.isError() and len(rr.registers) == 6
+            conc.faults.short_by = 0
+            conc.faults.raw["purity_pct"] = [0xFFFF]
+            conc.faults.values["alarm_bits"] = 0b1010
+            rr = await client.read_holding_registers(0, count=8, device_id=1)
+            assert rr.registers[0] == 0xFFFF and rr.registers[7] == 0b1010
+            assert conc.values()["alarm_bits"] == 0b1010
+            psa.faults.values["alarm_purity"] = True
+            rr = await client.read_discrete_inputs(0, count=3, device_id=2)
+            assert rr.bits[:3] == [True, False, True]  # state, dryer ok, low purity
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.integration
+def test_rtu_short_answer_keeps_a_valid_crc(tmp_path: Path) -> None:
+    medical = load_profile("medical-concentrator")
+
+    async def main(pair: PtyPair) -> None:
+        device = device_for(medical, unit=1)
+        device.faults.short_by = 1
+        server = ModbusRtuSimulator([device], port=pair.a, baudrate=19200)
+        await server.start()
+        client = AsyncModbusSerialClient(pair.b, baudrate=19200, timeout=0.5, retries=0)
+        try:
+            assert await client.connect()
+            rr = await client.read_holding_registers(0, count=8, device_id=1)
+            assert not rr.isError() and len(rr.registers) == 7  # a valid frame, one short
+        finally:
+            client.close()
+            await server.stop()
+
+    with PtyPair(tmp_path) as pair:
+        asyncio.run(main(pair))

@@ -258,6 +258,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._membership = asyncio.Event()  # set (and replaced) on every join and leave
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -267,6 +268,7 @@ class EventHub:
         """End every stream (each gets ``None``) and the producer."""
         for queue in list(self.clients):
             _offer(queue, None)
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,9 +325,13 @@ class EventHub:
             await self._membership.wait()
 
     async def _produce(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            # Python 3.11's wait_for drops a cancellation that arrives as the wait completes
+            # (a join's wake-up right before stop()): the flag ends the loop regardless.
+            if self._stopping:
+                return
             self._wake.clear()
             if not self.clients:
                 await self._wake.wait()  # idle until a client joins

@@ -636,7 +636,7 @@ class StatusServer:
         if path == "/metrics":
             _only(method, "GET")
             self._need(req, who, Permission.READ)
-            text = await asyncio.to_thread(obs.prometheus)
+            text = await asyncio.to_thread(obs.prometheus) + self._prometheus()
             return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode(), ()
         if path in gets:
             _only(method, "GET")
@@ -652,6 +652,29 @@ class StatusServer:
             site, device, rule, action = parts[2:]
             return await self._action(self.engine, who, site, device, rule, action, req)
         raise HttpError(404, f"no route {path}")
+
+    def _prometheus(self) -> str:
+        """The server's own counters: refused requests show probing or a misconfigured
+        client; sessions and streams show load."""
+        auth = self.policy.auth
+        lines = [
+            "# HELP o2chain_http_refused_total HTTP requests refused (4xx other than 404/409)",
+            "# TYPE o2chain_http_refused_total counter",
+            *(
+                f'o2chain_http_refused_total{{status="{k}"}} {v}'
+                for k, v in sorted(self.refused.items())
+            ),
+            "# HELP o2chain_http_sessions Operator sessions open",
+            "# TYPE o2chain_http_sessions gauge",
+            f"o2chain_http_sessions {len(auth.sessions) if auth else 0}",
+            "# HELP o2chain_http_event_streams Live event streams open",
+            "# TYPE o2chain_http_event_streams gauge",
+            f"o2chain_http_event_streams {len(self.events.clients)}",
+            "# HELP o2chain_http_event_evictions_total Live streams evicted to admit newer ones",
+            "# TYPE o2chain_http_event_evictions_total counter",
+            f"o2chain_http_event_evictions_total {self.events.evictions}",
+        ]
+        return "\n".join(lines) + "\n"
 
     def _session_doc(self, req: Request, who: Principal | None) -> dict[str, Any]:
         can_read = (self.policy.anonymous_read and not req.forwarded) or who is not None

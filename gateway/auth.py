@@ -447,8 +447,8 @@ class Authenticator:
         self.limiter = LoginLimiter(max_failures, window_s, clock_s)
         self._tokens = {u.token_hash: u for u in self.users.values() if u.token_hash}
         # An unknown name costs the same scrypt work as a known one (no user enumeration by
-        # timing). Made lazily: hashing costs tens of ms.
-        self._dummy_hash: str | None = None
+        # timing): it is checked against this hash of nothing anybody knows.
+        self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
     def login(self, name: str, password: str, client: str) -> Session:
         """Check a password (slow: scrypt; call from a worker thread) and open a session;
@@ -459,8 +459,6 @@ class Authenticator:
             raise AuthError(429, f"too many failed logins; try again in {wait:.0f} s", wait)
         user = self.users.get(name)
         if user is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = hash_password(secrets.token_urlsafe(16))
             verify_password(password, self._dummy_hash)
             ok = False
         else:

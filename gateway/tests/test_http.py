@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.alarm_store import AlarmStore
-from gateway.alarms import AlarmEngine
+from gateway.alarms import AlarmEngine, AlarmError
 from gateway.auth import hash_token
 from gateway.config import parse_config
 from gateway.enrich import Enricher
@@ -659,3 +659,25 @@ def test_gateway_self_metric_points_and_modbus_link(tmp_path: Path) -> None:
     assert r.observer.link_state("lhasa", "conc-1") is True  # one lost poll is not offline
     r.clock.t_ms += 2000
     assert r.observer.link_state("lhasa", "conc-1") is False
+
+
+def test_shelve_caps_come_from_config_per_severity(tmp_path: Path) -> None:
+    engine_cfg: dict[str, Any] = {"builtin": False, "max_shelve_s": 3000}
+    engine_cfg["shelve_max_s"] = {"alarm": 600, "critical": 300}
+    data = {**CONFIG, "alarm_engine": engine_cfg}
+    config = parse_config(data)
+    clock = Clock()
+    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
+    tags = {"site": "lhasa", "device": "room-1", "room": "101"}
+    engine([Reading("room", tags, {"o2_pct": 28.0}, clock())])  # severity "alarm"
+    with pytest.raises(AlarmError) as err:
+        engine.shelve("lhasa", "room-1", "o2-high", 601, by="dolma", reason="swap")
+    assert err.value.status == 400 and "at most 600 s" in str(err.value)
+    with pytest.raises(AlarmError) as err:
+        engine.shelve("lhasa", "room-1", "o2-high", 60, by="", reason="swap")
+    assert err.value.status == 400 and "by" in str(err.value)
+    assert engine.shelve("lhasa", "room-1", "o2-high", 600, by="dolma", reason="swap")["shelved"]
+    caps = HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine).shelve_max_s
+    assert caps == {"alarm": 600, "critical": 300}  # a severity left out: max_shelve_s
+    defaults = HttpPolicy.from_config(config.http, "127.0.0.1:0").shelve_max_s
+    assert defaults["critical"] == 3600 and defaults["warning"] == 86400

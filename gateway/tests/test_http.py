@@ -681,3 +681,21 @@ def test_shelve_caps_come_from_config_per_severity(tmp_path: Path) -> None:
     assert caps == {"alarm": 600, "critical": 300}  # a severity left out: max_shelve_s
     defaults = HttpPolicy.from_config(config.http, "127.0.0.1:0").shelve_max_s
     assert defaults["critical"] == 3600 and defaults["warning"] == 86400
+
+
+def test_anonymous_reading_only_when_listening_on_loopback(tmp_path: Path) -> None:
+    users = str(users_file(tmp_path))
+    cases = {
+        ("127.0.0.1:8470", "loopback"): True,
+        ("[::1]:8470", "loopback"): True,
+        ("127.0.0.1:8470", "never"): False,
+        ("192.0.2.10:8470", "loopback"): False,
+        ("0.0.0.0:8470", "loopback"): False,
+    }
+    for (listen, mode), anonymous in cases.items():
+        http = {"users_file": users, "anonymous_read": mode, "allowed_hosts": ["gw.example"]}
+        config = parse_config({**CONFIG, "gateway": {"http_listen": listen}, "http": http})
+        policy = HttpPolicy.from_config(config.http, listen)
+        assert policy.anonymous_read is anonymous, (listen, mode)
+        assert policy.auth is not None and set(policy.auth.users) == {"dolma", "tenzin", "script"}
+        assert {"gw.example", "localhost", "127.0.0.1", "::1"} <= set(policy.allowed_hosts)

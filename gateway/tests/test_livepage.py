@@ -440,7 +440,13 @@ def test_login_cross_site_attacks_refused_acknowledge_and_screenshots(
 def test_a_viewer_sees_but_cannot_act(live: LiveGateway, browser_context: Any) -> None:
     expect = _pw().expect
     page = browser_context.new_page()
+    page.set_viewport_size({"width": 390, "height": 844})  # the login form fits a phone too
     page.goto(live.url + "/")
+    expect(page.get_by_label("User name")).to_be_visible()
+    expect(page.locator('[data-device="room-102"] .big')).to_contain_text("%", timeout=20_000)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"logged-out page is {overflow} px wider than a phone screen"
+    page.screenshot(path=str(ARTIFACTS / "livepage-login-phone.png"), full_page=False)
     page.get_by_label("User name").fill(VIEWER)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()

@@ -82,6 +82,7 @@ READ_TIMEOUT_S = 10.0
 # Requests being read or answered at once (event streams not counted: they have their own
 # bounds); beyond, a new connection gets 503 at once instead of a slot.
 MAX_PENDING_REQUESTS = 64
+BUSY_READ_TIMEOUT_S = 1.0
 # Password checks at once: scrypt takes ~16 MiB and tens of ms each (gateway/passwords.py).
 MAX_CONCURRENT_LOGINS = 2
 REFUSAL_LOG_INTERVAL_S = 10.0
@@ -459,6 +460,10 @@ class StatusServer:
         self._pending += 1
         try:
             if self._pending > MAX_PENDING_REQUESTS:
+                # Read the head first (briefly): closing with unread data resets the
+                # connection, and the client would never see the 503.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BUSY_READ_TIMEOUT_S)
                 await self._respond(writer, 503, _json({"error": "server busy"}))
                 return
             req: Request | None = None

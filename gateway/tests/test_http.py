@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway import http as gateway_http
 from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmError
 from gateway.auth import hash_token
@@ -699,3 +700,28 @@ def test_anonymous_reading_only_when_listening_on_loopback(tmp_path: Path) -> No
         assert policy.anonymous_read is anonymous, (listen, mode)
         assert policy.auth is not None and set(policy.auth.users) == {"dolma", "tenzin", "script"}
         assert {"gw.example", "localhost", "127.0.0.1", "::1"} <= set(policy.allowed_hosts)
+
+
+def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = rig(tmp_path)
+    monkeypatch.setattr(gateway_http, "MAX_PENDING_REQUESTS", 1)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine)
+        url = await server.start(required=True)
+        host, port = url.removeprefix("http://").split(":")
+        try:
+            # A client that connects and sends nothing yet holds the only slot (connections
+            # are accepted, and their handlers started, in order) ...
+            slow_reader, slow = await asyncio.open_connection(host, int(port))
+            answer = await request(url, "/api/status")
+            assert answer.status == 503 and answer.error == "server busy"
+            # ... until its request is answered (the slot is free before the connection closes).
+            slow.write(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            assert (await slow_reader.read()).startswith(b"HTTP/1.1 200 OK")
+            slow.close()
+            assert (await request(url, "/api/status")).status == 200
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

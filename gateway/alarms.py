@@ -1008,6 +1008,8 @@ class AlarmEngine:
         active or already acknowledged). Returns the alarm's public JSON."""
         with self._lock:
             _, st = self._lookup(site, device, rule_id)
+            if not isinstance(by, str) or not by.strip():  # every action names who did it
+                raise AlarmError(400, "by: the acting operator's name is required")
             if not st.active:
                 raise AlarmError(409, f"alarm {st.key} is not active")
             if st.acked:
@@ -1026,12 +1028,29 @@ class AlarmEngine:
         by: str = "",
         reason: str = "",
     ) -> dict[str, Any]:
-        """Shelve an alarm for ``duration_s`` (at most ``alarm_engine.max_shelve_s``)."""
-        max_s = self.config.alarm_engine.max_shelve_s
-        if not (isinstance(duration_s, int | float) and 0 < duration_s <= max_s):
-            raise AlarmError(400, f"duration_s: expected 0 < duration_s <= {max_s:g}")
+        """Shelve an active alarm for ``duration_s``, at most ``[alarm_engine] shelve_max_s``
+        of its severity (and ``max_shelve_s``), with a reason and the operator's name (ISA-18.2:
+        shelving is time-limited, authorised and recorded). Raises :class:`AlarmError` 400
+        (duration, reason, name), 404 unknown, 409 not active."""
         with self._lock:
             _, st = self._lookup(site, device, rule_id)
+            if not isinstance(by, str) or not by.strip():  # every action names who did it
+                raise AlarmError(400, "by: the acting operator's name is required")
+            cfg = self.config.alarm_engine
+            max_s = min(cfg.max_shelve_s, cfg.shelve_max_s.get(Severity(st.severity), math.inf))
+            if isinstance(duration_s, bool) or not isinstance(duration_s, int | float):
+                raise AlarmError(400, "duration_s: expected a number of seconds")
+            if not 0 < duration_s <= max_s:
+                raise AlarmError(
+                    400,
+                    f"duration_s: a {st.severity} alarm may be shelved for at most {max_s:g} s "
+                    f"(got {duration_s:g})",
+                )
+            if not isinstance(reason, str) or not reason.strip():
+                raise AlarmError(400, "reason: say why the alarm is shelved (non-empty text)")
+            if not st.active:
+                raise AlarmError(409, f"alarm {st.key} is not active: only active alarms shelve")
+            reason = reason.strip()
             now = self.clock_ms()
             st.shelved_until_ms = now + int(duration_s * 1000)
             st.shelved_by, st.shelve_reason = by or None, reason or None
@@ -1041,6 +1060,8 @@ class AlarmEngine:
     def unshelve(self, site: str, device: str, rule_id: str, by: str = "") -> dict[str, Any]:
         with self._lock:
             _, st = self._lookup(site, device, rule_id)
+            if not isinstance(by, str) or not by.strip():  # every action names who did it
+                raise AlarmError(400, "by: the acting operator's name is required")
             now = self.clock_ms()
             if not st.shelved(now):
                 raise AlarmError(409, f"alarm {st.key} is not shelved")

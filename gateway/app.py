@@ -13,7 +13,7 @@ from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig, Transport
 from gateway.enrich import Enricher
-from gateway.http import StatusServer
+from gateway.http import HttpPolicy, StatusServer
 from gateway.influx import make_writer
 from gateway.lineproto import LineEncoder
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
@@ -72,7 +72,13 @@ class Gateway:
         self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
         self.pipeline = Pipeline([self.enricher, self.alarms, self.observer])
         self.http = StatusServer(
-            config.gateway.http_listen, self.observer, self.alarms, after_action=self.tick
+            config.gateway.http_listen,
+            self.observer,
+            self.alarms,
+            after_action=self.tick,
+            policy=HttpPolicy.from_config(
+                config.http, config.gateway.http_listen, config.alarm_engine
+            ),
         )
         self.mqtt = MqttIngest(
             config,

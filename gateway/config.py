@@ -24,6 +24,15 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.auth import (
+    WILDCARD_HOSTS,
+    UsersFileError,
+    is_loopback,
+    load_users,
+    normalise_host_name,
+    parse_listen,
+)
+
 ID_PATTERN = r"^[a-z0-9-]{1,32}$"  # contract: {site} and {device} in MQTT topics
 _ID = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -50,7 +59,8 @@ def _read_secret(path: Path | None, env: str | None, what: str) -> SecretStr | N
 class GatewaySection(_Strict):
     id: _ID = "gw-1"
     state_dir: Path = Path("/var/lib/o2chain")
-    http_listen: str = "127.0.0.1:8470"  # live page, /healthz, /metrics
+    # Live page, API, /healthz, /metrics. Beyond loopback it needs [http] users_file.
+    http_listen: str = "127.0.0.1:8470"
     # Self-metrics (measurement `gateway`) and /healthz (gateway/http.py, gateway/observe.py).
     metrics_interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     health_outbox_age_s: Annotated[float, Field(gt=0)] = 300.0  # oldest queued point, then 503
@@ -59,6 +69,49 @@ class GatewaySection(_Strict):
     outbox_full_policy: Literal["block", "drop_oldest"] = "block"
     # SQLite synchronous: "full" also survives power loss (one fsync per group commit).
     outbox_sync: Literal["normal", "full"] = "full"
+
+    @field_validator("http_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        try:
+            parse_listen(v)
+        except ValueError:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8470") from None
+        return v
+
+
+class HttpSection(_Strict):
+    """Operator web page and API: who may log in and which requests are served
+    (gateway/http.py, gateway/auth.py, gateway/README.md "HTTP endpoints")."""
+
+    # TOML [[user]] name/role/password_hash[/token_hash], mode 0600. Needed beyond loopback.
+    users_file: Path | None = None
+    # Host header names the server answers to (DNS rebinding defence). Default: the listen
+    # address and the loopback names.
+    allowed_hosts: list[str] = []
+    # Reading without login: "loopback" = when listening on loopback only; "never" = always
+    # log in (use it behind a reverse proxy, which connects from loopback for everybody).
+    anonymous_read: Literal["loopback", "never"] = "loopback"
+    session_ttl_s: Annotated[float, Field(ge=60, le=7 * 86400)] = 12 * 3600.0  # one shift
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5  # per address and per user
+    login_window_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_event_streams: Annotated[int, Field(ge=1, le=10_000)] = 16  # beyond: oldest evicted
+    max_event_streams_per_client: Annotated[int, Field(ge=1, le=10_000)] = 4
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [normalise_host_name(h) for h in v]
+
+    @field_validator("users_file")
+    @classmethod
+    def _users(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            try:
+                load_users(v)
+            except UsersFileError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class MqttSection(_Strict):
@@ -248,11 +301,20 @@ class AlarmEngineSection(_Strict):
     builtin: bool = True  # DOMAIN.md section 3 defaults (gateway/README.md, "Alarm defaults")
     offline_intervals: Annotated[float, Field(gt=0)] = 3.0  # built-in offline: silence
     max_shelve_s: Annotated[float, Field(gt=0)] = 86400.0  # ISA-18.2: shelving is time-limited
+    # Longest shelve per severity (gateway/README.md "Shelving"): the worse the hazard, the
+    # sooner a person must look again. Capped by max_shelve_s as well.
+    shelve_max_s: dict[Severity, Annotated[float, Field(gt=0)]] = {
+        Severity.CRITICAL: 3600.0,
+        Severity.ALARM: 8 * 3600.0,
+        Severity.WARNING: 24 * 3600.0,
+        Severity.INFO: 24 * 3600.0,
+    }
     log_keep: Annotated[int, Field(ge=10)] = 10_000  # alarm events kept in outbox.sqlite
 
 
 class GatewayConfig(_Strict):
     gateway: GatewaySection = GatewaySection()
+    http: HttpSection = HttpSection()
     mqtt: MqttSection = MqttSection()
     influx: InfluxSection = InfluxSection()
     site: list[Site] = []
@@ -271,6 +333,23 @@ class GatewayConfig(_Strict):
             ids.add(rule.id)
             if rule.site is not None and rule.site not in sites:
                 raise ValueError(f"alarm[{i}] ({rule.id}).site: {rule.site!r} is not a [[site]]")
+        return self
+
+    @model_validator(mode="after")
+    def _http_exposure(self) -> GatewayConfig:
+        listen = self.gateway.http_listen
+        host, _ = parse_listen(listen)
+        if not is_loopback(host) and self.http.users_file is None:
+            raise ValueError(
+                f"gateway.http_listen = {listen!r} listens beyond loopback (127.0.0.0/8, ::1), "
+                "where operators must log in: set http.users_file, or listen on 127.0.0.1"
+            )
+        if host.lower() in WILDCARD_HOSTS and not self.http.allowed_hosts:
+            raise ValueError(
+                f"http.allowed_hosts: gateway.http_listen = {listen!r} listens on every "
+                "address; list the names operators use to reach it, e.g. "
+                '["gw-lhasa.example", "192.0.2.10"]'
+            )
         return self
 
     @model_validator(mode="after")

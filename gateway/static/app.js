@@ -1,11 +1,13 @@
 /* o2chain live page: renders /api/status, kept live by server-sent events (/api/events) with
-   polling of /api/status as the fallback. No framework, no external assets. Every value from
-   the gateway is written with textContent (never innerHTML), so device names cannot inject
-   markup. */
+   polling of /api/status as the fallback. No framework, no external assets, no inline script
+   (the gateway's Content-Security-Policy allows only this file). Every value from the gateway
+   is written with textContent (never innerHTML), so device names cannot inject markup.
+   Operators log in (session cookie, HttpOnly); alarm actions send the session's CSRF token in
+   X-CSRF-Token and are recorded by the gateway under the logged-in user. */
 "use strict";
 
 (() => {
-  // DOMAIN.md section 3: room target band. The alarm limits come from the gateway (site limits
+  // docs/domain.md "Limits and alarms": room target band. The alarm limits come from the gateway (site limits
   // and the alarm engine's per-device thresholds in /api/status); these are fallbacks only.
   const TARGET_LOW_PCT = 24.0;
   const TARGET_HIGH_PCT = 26.0;
@@ -28,6 +30,8 @@
     source: null,
     startedAt: Date.now(),
   };
+  // What /api/session says: who is logged in and what they may do.
+  const session = { user: null, role: null, csrf: null, login: false, canRead: true, canAct: false, shelveMaxS: {} };
 
   // ------------------------------------------------------------------ formatting
   function num(value, digits) {
@@ -75,7 +79,7 @@
     const t = (dev.thresholds || []).find((r) => r.rule === ruleId);
     return t ? t.value : undefined;
   }
-  /** O2 band of a room reading (DOMAIN.md section 3), limits from the gateway. */
+  /** O2 band of a room reading (docs/domain.md "Limits and alarms"), limits from the gateway. */
   function o2Band(o2, dev, site) {
     if (typeof o2 !== "number") return { id: "none", label: "no reading" };
     const lim = site.limits || {};
@@ -434,8 +438,15 @@
   function alarmRow(a) {
     const li = $("tpl-alarm").content.firstElementChild.cloneNode(true);
     li.querySelector(".btn-ack").addEventListener("click", () => act(li, "ack", {}));
-    li.querySelector(".btn-shelve").addEventListener("click", () =>
-      act(li, "shelve", { duration_s: Number(li.querySelector(".shelve-duration").value), reason: "from the live page" }));
+    li.querySelector(".btn-shelve").addEventListener("click", () => {
+      const reason = li.querySelector(".shelve-reason");
+      if (!reason.value.trim()) {
+        showActionError("Say why the alarm is shelved (reason), then shelve it.");
+        reason.focus();
+        return;
+      }
+      act(li, "shelve", { duration_s: Number(li.querySelector(".shelve-duration").value), reason: reason.value.trim() });
+    });
     li.querySelector(".btn-unshelve").addEventListener("click", () => act(li, "unshelve", {}));
     return li;
   }
@@ -460,13 +471,24 @@
     }
     setText(li.querySelector(".alarm-meta"), parts.join(" · "));
     const what = `${a.rule} on ${a.device}`;
+    li.querySelector(".alarm-actions").hidden = !session.canAct;
     const ack = li.querySelector(".btn-ack");
     ack.hidden = !!a.acked;
     ack.setAttribute("aria-label", `Acknowledge alarm ${what}`);
     li.querySelector(".btn-shelve").hidden = !!a.shelved;
     li.querySelector(".btn-shelve").setAttribute("aria-label", `Shelve alarm ${what}`);
     li.querySelector(".shelve-for").hidden = !!a.shelved;
-    li.querySelector(".shelve-duration").setAttribute("aria-label", `Shelve ${what} for`);
+    const durations = li.querySelector(".shelve-duration");
+    durations.setAttribute("aria-label", `Shelve ${what} for`);
+    // The gateway caps shelving by severity ([alarm_engine] shelve_max_s): offer what it takes.
+    const cap = session.shelveMaxS[a.severity] ?? Infinity;
+    for (const opt of durations.options) opt.hidden = opt.disabled = Number(opt.value) > cap;
+    if (durations.selectedOptions[0] && durations.selectedOptions[0].disabled) {
+      const allowed = [...durations.options].filter((o) => !o.disabled);
+      if (allowed.length) durations.value = allowed[allowed.length - 1].value;
+    }
+    li.querySelector(".shelve-why").hidden = !!a.shelved;
+    li.querySelector(".shelve-reason").setAttribute("aria-label", `Reason to shelve ${what}`);
     const un = li.querySelector(".btn-unshelve");
     un.hidden = !a.shelved;
     un.setAttribute("aria-label", `Unshelve alarm ${what}`);
@@ -502,6 +524,12 @@
     document.title = unacked ? `(${unacked}) o2chain live` : "o2chain live";
   }
 
+  function showActionError(text) {
+    const msg = $("action-msg");
+    msg.hidden = false;
+    setText(msg, text);
+  }
+
   async function act(li, action, extra) {
     const a = li._alarm;
     const url = `/api/alarms/${encodeURIComponent(a.site)}/${encodeURIComponent(a.device)}/${encodeURIComponent(a.rule)}/${action}`;
@@ -511,12 +539,15 @@
     try {
       const res = await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ by: $("operator").value.trim(), ...extra }),
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": session.csrf || "" },
+        body: JSON.stringify(extra),
       });
       const body = await res.json().catch(() => ({}));
+      if (res.status === 401) loadSession(); // the session ended: show the login form again
       if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
       msg.hidden = true;
+      const reason = li.querySelector(".shelve-reason");
+      if (action === "shelve") reason.value = "";
       if (state.status && body.alarm) {
         // Show the result at once; the next event brings the gateway's full picture.
         state.status.alarms = state.status.alarms.map((x) => (x.key === body.alarm.key ? body.alarm : x));
@@ -528,8 +559,7 @@
         render(state.status);
       }
     } catch (err) {
-      msg.hidden = false;
-      setText(msg, `Could not ${action} ${a.rule} on ${a.device}: ${err.message}`);
+      showActionError(`Could not ${action} ${a.rule} on ${a.device}: ${err.message}`);
     } finally {
       buttons.forEach((b) => (b.disabled = false));
     }
@@ -573,31 +603,42 @@
     state.mode = mode;
     const c = $("conn");
     c.dataset.mode = mode;
-    setText(c, { live: "live", polling: "polling", offline: "gateway unreachable", connecting: "connecting" }[mode]);
+    setText(c, { live: "live", polling: "polling", offline: "gateway unreachable", connecting: "connecting", login: "log in to see data" }[mode]);
   }
 
   function connect() {
-    if (!("EventSource" in window)) return; // the watchdog polls instead
+    if (!("EventSource" in window) || !session.canRead || state.source) return; // the watchdog polls instead
     const es = new EventSource("/api/events");
     state.source = es;
+    // Too many live streams: the gateway dropped this one (oldest first). Poll for a while.
+    es.addEventListener("evicted", () => {
+      es.close();
+      state.source = null;
+      setMode("polling");
+      setTimeout(connect, SSE_RETRY_MS);
+    });
     es.addEventListener("status", (ev) => {
       state.lastEventAt = Date.now();
       setMode("live");
       apply(JSON.parse(ev.data));
     });
     es.addEventListener("error", () => {
-      if (es.readyState === EventSource.CLOSED) { // refused (e.g. 503: too many streams)
-        state.source = null;
+      if (es.readyState === EventSource.CLOSED) { // refused (e.g. 401: logged out)
+        if (state.source === es) state.source = null;
         setTimeout(connect, SSE_RETRY_MS);
       }
     });
   }
 
   async function poll() {
-    if (state.polling) return;
+    if (state.polling || !session.canRead) return;
     state.polling = true;
     try {
       const res = await fetch("/api/status", { cache: "no-store" });
+      if (res.status === 401) { // reading needs a login here (not on loopback), or it ended
+        await loadSession();
+        return;
+      }
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const doc = await res.json();
       const quiet = (t) => Date.now() - t > POLL_AFTER_MS;
@@ -612,7 +653,7 @@
 
   function tick() {
     // Fallback: no event for a while (no EventSource, proxy buffering, stream refused).
-    if (Date.now() - Math.max(state.lastEventAt, state.receivedAt) > POLL_AFTER_MS) poll();
+    if (session.canRead && Date.now() - Math.max(state.lastEventAt, state.receivedAt) > POLL_AFTER_MS) poll();
     // Ages move on between updates.
     if (!state.status) return;
     for (const site of state.status.sites) {
@@ -625,16 +666,95 @@
     }
   }
 
-  function init() {
-    const op = $("operator");
-    try { op.value = localStorage.getItem("o2chain.operator") || ""; } catch (_) { /* private mode */ }
-    op.addEventListener("change", () => {
-      try { localStorage.setItem("o2chain.operator", op.value.trim()); } catch (_) { /* ignore */ }
-    });
-    state.receivedAt = Date.now();
+  // ------------------------------------------------------------------ login
+  function applySession(doc) {
+    session.user = doc.user;
+    session.role = doc.role;
+    session.csrf = doc.csrf;
+    session.login = !!doc.login;
+    session.canRead = !!doc.can_read;
+    session.canAct = !!doc.can_act;
+    session.shelveMaxS = doc.shelve_max_s || {};
+    $("login-form").hidden = !!doc.user || !doc.login;
+    $("who").hidden = !doc.user;
+    setText($("who-name"), doc.user || "");
+    setText($("who-role"), doc.role || "");
+    $("login-hint").hidden = session.canRead;
+    const hint = $("act-hint");
+    hint.hidden = session.canAct;
+    if (!doc.login) {
+      setText(hint, "Alarm actions need operator accounts: the gateway has no [http] users_file.");
+    } else if (doc.user) {
+      setText(hint, `${doc.user} is a ${doc.role}: acknowledging and shelving need an operator.`);
+    } else {
+      setText(hint, "Log in as an operator to acknowledge or shelve alarms; every action is recorded under your name.");
+    }
+    if (!session.canRead) {
+      setMode("login");
+      if (state.source) { state.source.close(); state.source = null; }
+    }
+    if (state.status) render(state.status); // the action buttons follow the role
+  }
+
+  async function loadSession() {
+    try {
+      const res = await fetch("/api/session", { cache: "no-store" });
+      if (res.ok) applySession(await res.json());
+    } catch (_) { /* the watchdog shows the gateway unreachable */ }
+  }
+
+  function startLive() {
+    if (!session.canRead) return;
     loadHistory().finally(() => {
       connect();
       poll();
+    });
+  }
+
+  async function login(ev) {
+    ev.preventDefault(); // sent as JSON below; the form's own POST would be refused (415)
+    const msg = $("login-msg");
+    const button = $("login-form").querySelector("button");
+    button.disabled = true;
+    try {
+      const res = await fetch("/api/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: $("login-name").value.trim(), password: $("login-password").value }),
+      });
+      const body = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+      $("login-password").value = "";
+      msg.hidden = true;
+      const couldRead = session.canRead;
+      applySession(body);
+      if (!couldRead) startLive();
+    } catch (err) {
+      msg.hidden = false;
+      setText(msg, `Login failed: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function logout() {
+    try {
+      await fetch("/api/logout", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": session.csrf || "" },
+        body: "{}",
+      });
+    } catch (_) { /* the session expires on the gateway anyway */ }
+    await loadSession();
+    if (!session.canRead) location.reload(); // no data left on the screen of a logged-out page
+  }
+
+  function init() {
+    $("login-form").addEventListener("submit", login);
+    $("logout").addEventListener("click", logout);
+    state.receivedAt = Date.now();
+    loadSession().finally(() => {
+      startLive();
       setInterval(tick, 1000);
     });
   }

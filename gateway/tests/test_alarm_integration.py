@@ -16,6 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
+from gateway.auth import hash_token
+from gateway.passwords import hash_password
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import InfluxDB, Mosquitto
 from o2chain.testing import wait_for_points
@@ -24,12 +26,23 @@ pytestmark = pytest.mark.integration
 
 SITE, GW, DEVICE, RULE = "lhasa-hotel", "gw-alarm", "room-101", "room-o2-high"
 ALARM_TOPIC = f"o2/{SITE}/gateway/{GW}/alarm/{DEVICE}/{RULE}"
+TOKEN = "integration-test-token"  # operator "dolma"'s API token (gateway/auth.py)
+
+
+def write_users(path: Path) -> Path:
+    path.write_text(
+        f'[[user]]\nname = "dolma"\nrole = "operator"\n'
+        f'password_hash = "{hash_password("unused")}"\ntoken_hash = "{hash_token(TOKEN)}"\n'
+    )
+    path.chmod(0o600)
+    return path
 
 
 def write_config(path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, state: Path) -> Path:
     config: dict[str, Any] = {
         "gateway": {"id": GW, "state_dir": str(state), "http_listen": "127.0.0.1:0",
                     "metrics_interval_s": 1.0},
+        "http": {"users_file": str(write_users(path.parent / "users.toml"))},
         "mqtt": {"url": mosquitto.url},
         "influx": {"url": influxdb.url, "database": "o2alarm", "flush_interval_s": 0.2},
         "enrich": {"chain_interval_s": 1.0},
@@ -105,7 +118,9 @@ def publish(mosquitto: Mosquitto, payloads: list[dict[str, Any]]) -> None:
 
 def http(url: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as resp:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -150,7 +165,7 @@ def test_alarm_events_reach_influxdb_and_the_retained_topic(
         assert http(url + "/healthz")["status"] == "ok"
 
         # The operator acknowledges over HTTP: the event reaches InfluxDB and the retained topic.
-        acked = http(f"{url}/api/alarms/{SITE}/{DEVICE}/{RULE}/ack", {"by": "dolma"})
+        acked = http(f"{url}/api/alarms/{SITE}/{DEVICE}/{RULE}/ack", {})  # as the token's user
         assert acked["alarm"]["state"] == "acknowledged"
         points = wait_for_points(influxdb, "o2alarm", "SELECT * FROM alarm WHERE state = 'ack'", 1)
         assert points[0]["by"] == "dolma"

@@ -1,4 +1,5 @@
-"""Status server (stdlib asyncio) with fakes for the delivery side: routes, shapes, actions."""
+"""Status server over real HTTP (stdlib asyncio) with fakes for the delivery side: routes,
+shapes, login, CSRF, Origin/Host checks, alarm actions under the authenticated user, limits."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from gateway import http as gateway_http
 from gateway.alarm_store import AlarmStore
-from gateway.alarms import AlarmEngine
+from gateway.alarms import AlarmEngine, AlarmError
+from gateway.auth import hash_token
 from gateway.config import parse_config
 from gateway.enrich import Enricher
-from gateway.http import StatusServer, parse_listen
+from gateway.http import HttpPolicy, StatusServer, parse_listen
 from gateway.observe import Observer, Sources, link_state_from
+from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 
@@ -97,11 +101,12 @@ class Rig:
     observer: Observer
     pipeline: Pipeline
     ticks: list[int]
+    committed: list[Reading] = field(default_factory=list)  # what the ticks sent to the outbox
 
     def tick(self) -> None:
         """What the gateway's tick does: the action's event through the pipeline, committed."""
         self.ticks.append(1)
-        self.pipeline.process([])
+        self.committed += self.pipeline.process([])
 
 
 def rig(tmp_path: Path) -> Rig:
@@ -120,22 +125,97 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(clock, outbox, mqtt, poller, engine, observer, pipeline, [])
 
 
-async def request(url: str, method: str = "GET", body: Any = None) -> tuple[int, str, bytes]:
-    host, port = url.removeprefix("http://").split("/")[0].split(":")
-    path = "/" + url.removeprefix("http://").partition("/")[2]
-    data = b"" if body is None else json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-        + data
+PASSWORD = "yak butter tea"
+PASSWORD_HASH = hash_password(PASSWORD)  # once: scrypt costs tens of ms
+TOKEN = "tool-token-for-tests"
+ALARM = "/api/alarms/lhasa/room-1/o2-high"
+
+
+def users_file(tmp_path: Path) -> Path:
+    path = tmp_path / "users.toml"
+    path.write_text(
+        f'[[user]]\nname = "dolma"\nrole = "operator"\npassword_hash = "{PASSWORD_HASH}"\n'
+        f'[[user]]\nname = "tenzin"\nrole = "viewer"\npassword_hash = "{PASSWORD_HASH}"\n'
+        f'[[user]]\nname = "script"\nrole = "operator"\npassword_hash = "{PASSWORD_HASH}"\n'
+        f'token_hash = "{hash_token(TOKEN)}"\n'
     )
+    path.chmod(0o600)
+    return path
+
+
+def policy(tmp_path: Path, **http: Any) -> HttpPolicy:
+    config = parse_config({**CONFIG, "http": {"users_file": str(users_file(tmp_path)), **http}})
+    return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> str:
+        return str(self.json()["error"])
+
+
+async def request(
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> Answer:
+    """One HTTP/1.1 exchange over a plain socket (every header under the test's control).
+    A JSON ``body`` is sent as application/json; ``raw`` is sent as it is."""
+    authority = url.removeprefix("http://")
+    host, port = authority.rsplit(":", 1)
+    sent = {"Host": authority, **(headers or {})}
+    data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+    if body is not None and raw is None:
+        sent.setdefault("Content-Type", "application/json")
+    if method != "GET" or data:
+        sent["Content-Length"] = str(len(data))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in sent.items())
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode() + b"\r\n" + data)
     await writer.drain()
-    raw = await reader.read()
+    answer = await reader.read()
     writer.close()
-    head, _, payload = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    ctype = next(h.split(":", 1)[1].strip() for h in lines if h.lower().startswith("content-type"))
-    return int(lines[0].split()[1]), ctype, payload
+    top, _, payload = answer.partition(b"\r\n\r\n")
+    lines = top.decode().split("\r\n")
+    parsed: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return Answer(int(lines[0].split()[1]), parsed, payload)
+
+
+@dataclass
+class Login:
+    cookie: str  # the Cookie header to send
+    csrf: str
+    set_cookie: str
+
+    def headers(self, csrf: bool = True) -> dict[str, str]:
+        return {"Cookie": self.cookie, **({"X-CSRF-Token": self.csrf} if csrf else {})}
+
+
+async def login(url: str, name: str, password: str = PASSWORD, **headers: str) -> Login:
+    sent = {k.replace("_", "-"): v for k, v in headers.items()}
+    answer = await request(url, "/api/login", "POST", {"name": name, "password": password}, sent)
+    assert answer.status == 200, answer.body
+    set_cookie = answer.headers["set-cookie"]
+    return Login(set_cookie.split(";", 1)[0], answer.json()["csrf"], set_cookie)
+
+
+def raise_o2_high(r: Rig) -> None:
+    tags = {"site": "lhasa", "device": "room-1", "room": "101"}
+    r.pipeline.process([Reading("room", tags, {"o2_pct": 28.0, "baro_kpa": 65.0}, r.clock())])
 
 
 def test_parse_listen() -> None:
@@ -150,8 +230,7 @@ def test_routes_status_metrics_and_alarm_actions(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = rig(tmp_path)
-    tags = {"site": "lhasa", "device": "room-1", "room": "101"}
-    r.pipeline.process([Reading("room", tags, {"o2_pct": 28.0, "baro_kpa": 65.0}, T0)])
+    raise_o2_high(r)
     r.poller.health = FakeHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000)
     modbus_tags = {"site": "lhasa", "device": "conc-1", "source": "modbus"}
     r.pipeline.process([Reading("concentrator", modbus_tags, {"purity_pct": 93.0}, T0)])
@@ -163,18 +242,20 @@ def test_routes_status_metrics_and_alarm_actions(
             r.observer,
             r.engine,
             after_action=r.tick,
+            policy=policy(tmp_path),
         )
         with caplog.at_level("INFO", logger="gateway.http"):
             url = await server.start()
-        assert f"HTTP listening on {url}" in caplog.text
+        assert f"HTTP listening on {url} (reading: anonymous; 3 users can log in" in caplog.text
         try:
-            status, ctype, body = await request(url + "/healthz")
-            assert (status, ctype) == (200, "application/json")
-            assert json.loads(body)["status"] == "ok"
+            answer = await request(url, "/healthz")
+            assert answer.status == 200 and answer.headers["content-type"] == "application/json"
+            assert answer.json()["status"] == "ok"
 
-            status, _, body = await request(url + "/api/status")
-            doc = json.loads(body)
-            assert status == 200 and doc["gateway"]["id"] == "gw-t"
+            # Reading on loopback needs no login (the demo's page stays visible).
+            answer = await request(url, "/api/status")
+            doc = answer.json()
+            assert answer.status == 200 and doc["gateway"]["id"] == "gw-t"
             (site,) = doc["sites"]
             assert site["id"] == "lhasa" and site["limits"]["o2_high_alarm_pct"] == 27.89
             room, conc = site["devices"]
@@ -185,9 +266,10 @@ def test_routes_status_metrics_and_alarm_actions(
             assert conc["link"] == "online" and conc["values"]["purity_pct"]["value"] == 93.0
             assert [a["key"] for a in doc["alarms"]] == ["lhasa/room-1/o2-high"]
 
-            status, ctype, body = await request(url + "/metrics")
-            text = body.decode()
-            assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+            answer = await request(url, "/metrics")
+            text = answer.body.decode()
+            assert answer.status == 200
+            assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
             assert 'o2chain_readings_total{source="mqtt"} 1' in text
             assert 'o2chain_readings_total{source="modbus"} 1' in text
             assert 'o2chain_rejects_total{reason="bad_type"} 1' in text
@@ -197,34 +279,350 @@ def test_routes_status_metrics_and_alarm_actions(
             assert 'o2chain_deadletters{reason="not_json"} 2' in text
             assert "o2chain_influx_write_latency_seconds 0.012" in text
 
-            base = url + "/api/alarms/lhasa/room-1/o2-high"
-            status, _, body = await request(base + "/ack", "POST", {"by": "dolma"})
-            assert status == 200 and json.loads(body)["alarm"]["state"] == "acknowledged"
+            # Actions: as the logged-in operator, whatever anybody would like to be called.
+            dolma = await login(url, "dolma")
+            answer = await request(url, ALARM + "/ack", "POST", {}, dolma.headers())
+            assert answer.status == 200, answer.body
+            acked = answer.json()["alarm"]
+            assert acked["state"] == "acknowledged" and acked["acked_by"] == "dolma"
             assert r.ticks == [1]  # the ack event is flushed to the outbox at once
-            status, _, body = await request(base + "/ack", "POST", {"by": "dolma"})
-            assert status == 409 and "already acknowledged" in json.loads(body)["error"]
-            status, _, body = await request(base + "/shelve", "POST", {"duration_s": "long"})
-            assert status == 400
-            status, _, body = await request(base + "/shelve", "POST", {"duration_s": 3600})
-            assert status == 200 and json.loads(body)["alarm"]["shelved"] is True
-            status, _, body = await request(url + "/api/alarms")
-            assert [a["key"] for a in json.loads(body)["shelved"]] == ["lhasa/room-1/o2-high"]
-            status, _, body = await request(base + "/unshelve", "POST", {})
-            assert status == 200 and json.loads(body)["alarm"]["shelved"] is False
-            status, _, body = await request(url + "/api/alarms/log?limit=2")
-            assert [e["event"] for e in json.loads(body)["events"]] == ["unshelve", "shelve"]
-            status, _, _ = await request(url + "/api/alarms/log?limit=x")
-            assert status == 400
-            status, _, body = await request(url + "/api/rules")
-            assert [x["id"] for x in json.loads(body)["rules"]] == ["o2-high"]
-            # Errors: unknown alarm, route, method, bad JSON.
-            status, _, _ = await request(url + "/api/alarms/lhasa/room-9/o2-high/ack", "POST")
-            assert status == 404
-            assert (await request(url + "/nope"))[0] == 404
-            assert (await request(url + "/api/status", "POST"))[0] == 405
-            assert (await request(base + "/ack", "GET"))[0] == 405
-            status, _, _ = await request(base + "/frobnicate", "POST", {})
-            assert status == 404
+            answer = await request(url, ALARM + "/ack", "POST", {}, dolma.headers())
+            assert answer.status == 409 and "already acknowledged" in answer.error
+            answer = await request(
+                url, ALARM + "/shelve", "POST", {"duration_s": "long", "reason": "x"},
+                dolma.headers(),
+            )  # fmt: skip
+            assert answer.status == 400 and "duration_s" in answer.error
+            answer = await request(
+                url, ALARM + "/shelve", "POST", {"duration_s": 3600, "reason": "sensor swap"},
+                dolma.headers(),
+            )  # fmt: skip
+            assert answer.status == 200 and answer.json()["alarm"]["shelved"] is True
+            assert answer.json()["alarm"]["shelved_by"] == "dolma"
+            answer = await request(url, "/api/alarms")
+            assert [a["key"] for a in answer.json()["shelved"]] == ["lhasa/room-1/o2-high"]
+            answer = await request(url, ALARM + "/unshelve", "POST", {}, dolma.headers())
+            assert answer.status == 200 and answer.json()["alarm"]["shelved"] is False
+
+            # Who and when: the alarm log and the `alarm` points for InfluxDB carry the user.
+            answer = await request(url, "/api/alarms/log?limit=3")
+            events = answer.json()["events"]
+            assert [(e["event"], e["by"]) for e in events] == [
+                ("unshelve", "dolma"), ("shelve", "dolma"), ("ack", "dolma"),
+            ]  # fmt: skip
+            assert all(isinstance(e["ts"], int) for e in events)
+            points = [p for p in r.committed if p.measurement == "alarm" and "by" in p.fields]
+            assert [(p.fields["state"], p.fields["by"]) for p in points] == [
+                ("ack", "dolma"), ("shelve", "dolma"), ("unshelve", "dolma"),
+            ]  # fmt: skip
+            assert all(p.ts_ms == r.clock() for p in points)
+
+            assert (await request(url, "/api/alarms/log?limit=x")).status == 400
+            answer = await request(url, "/api/rules")
+            assert [x["id"] for x in answer.json()["rules"]] == ["o2-high"]
+            # Errors: unknown alarm, route, method.
+            answer = await request(url, "/api/alarms/lhasa/room-9/o2-high/ack", "POST", {},
+                                   dolma.headers())  # fmt: skip
+            assert answer.status == 404
+            assert (await request(url, "/nope")).status == 404
+            assert (await request(url, "/api/status", "POST", {})).status == 405
+            assert (await request(url, ALARM + "/ack")).status == 405
+            answer = await request(url, ALARM + "/frobnicate", "POST", {}, dolma.headers())
+            assert answer.status == 404
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
+    tmp_path: Path,
+) -> None:
+    r = rig(tmp_path)
+    raise_o2_high(r)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
+        url = await server.start(required=True)
+        try:
+            ack = ALARM + "/ack"
+            # Nobody logged in: the old server acknowledged this "as nobody".
+            answer = await request(url, ack, "POST", {})
+            assert answer.status == 401 and "log in" in answer.error
+            answer = await request(url, ack, "POST", raw=b"")  # empty body, no type
+            assert answer.status == 401
+            tenzin = await login(url, "tenzin")  # a viewer reads, does not act
+            answer = await request(url, ack, "POST", {}, tenzin.headers())
+            assert answer.status == 403 and "tenzin (viewer) may not act" in answer.error
+            dolma = await login(url, "dolma")
+            answer = await request(url, ack, "POST", {}, dolma.headers(csrf=False))
+            assert answer.status == 403 and "x-csrf-token" in answer.error
+            answer = await request(
+                url, ack, "POST", {}, {**dolma.headers(), "X-CSRF-Token": tenzin.csrf}
+            )
+            assert answer.status == 403  # another session's token does not do
+            # Forms can only send these types; JSON is required.
+            for ctype, raw in (
+                ("text/plain", b'{"x": "="}'),
+                ("application/x-www-form-urlencoded", b"by=mallory"),
+                ("multipart/form-data; boundary=b", b"--b--"),
+            ):
+                answer = await request(
+                    url, ack, "POST", headers={**dolma.headers(), "Content-Type": ctype}, raw=raw
+                )
+                assert answer.status == 415 and "application/json" in answer.error, ctype
+            answer = await request(url, ack, "POST", {"by": "mallory"}, dolma.headers())
+            assert answer.status == 400 and "logged-in user" in answer.error
+            answer = await request(url, ack, "POST", raw=b"[]", headers={
+                **dolma.headers(), "Content-Type": "application/json"})  # fmt: skip
+            assert answer.status == 400 and "JSON object" in answer.error
+            assert r.engine.active()[0]["acked"] is False  # nothing above got through
+
+            # A tool with an API token: no cookie, no CSRF token needed (a browser never
+            # attaches an Authorization header by itself).
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            answer = await request(url, ack, "POST", {}, bearer)
+            assert answer.status == 200 and answer.json()["alarm"]["acked_by"] == "script"
+            answer = await request(url, ack, "POST", {}, {"Authorization": "Bearer wrong"})
+            assert answer.status == 401 and "unknown API token" in answer.error
+            answer = await request(url, ack, "POST", {}, {"Authorization": "Basic eDp5"})
+            assert answer.status == 401 and "Bearer" in answer.error
+
+            # Logging out ends the session on the server, whatever the browser keeps.
+            answer = await request(url, "/api/logout", "POST", {}, dolma.headers())
+            assert answer.status == 200 and "Max-Age=0" in answer.headers["set-cookie"]
+            answer = await request(url, "/api/session", headers=dolma.headers())
+            assert answer.json()["user"] is None
+            answer = await request(url, ALARM + "/unshelve", "POST", {}, dolma.headers())
+            assert answer.status == 401
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_foreign_origins_hosts_and_preflights_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig(tmp_path)
+    raise_o2_high(r)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
+        url = await server.start(required=True)
+        authority = url.removeprefix("http://")
+        try:
+            dolma = await login(url, "dolma")
+            ack = ALARM + "/ack"
+            # Even with a valid session and CSRF token: another origin's request is refused.
+            for extra in (
+                {"Origin": "http://evil.example"},
+                {"Origin": f"http://127.0.0.1:{int(authority.rsplit(':')[1]) + 1}"},
+                {"Origin": "null"},
+                {"Sec-Fetch-Site": "cross-site"},
+                {"Sec-Fetch-Site": "same-site"},
+            ):
+                answer = await request(url, ack, "POST", {}, {**dolma.headers(), **extra})
+                assert answer.status == 403, extra
+            answer = await request(url, "/api/status", headers={"Sec-Fetch-Site": "cross-site"})
+            assert answer.status == 403
+            # The page's own origin is fine.
+            same = {"Origin": url, "Sec-Fetch-Site": "same-origin"}
+            answer = await request(url, "/api/session", headers={**dolma.headers(), **same})
+            assert answer.status == 200 and answer.json()["user"] == "dolma"
+            # DNS rebinding: evil.example resolves to 127.0.0.1, the Host header gives it away.
+            port = authority.rsplit(":", 1)[1]
+            answer = await request(url, "/api/status", headers={"Host": f"evil.example:{port}"})
+            assert answer.status == 403 and "allowed_hosts" in answer.error
+            answer = await request(url, "/api/status", headers={"Host": f"localhost:{port}"})
+            assert answer.status == 200
+            # A CORS preflight is never approved.
+            preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+            answer = await request(url, ack, "OPTIONS", headers=preflight)
+            assert answer.status == 403
+            assert not any(h.startswith("access-control-") for h in answer.headers)
+            answer = await request(url, ack, "OPTIONS")
+            assert answer.status == 405
+            assert r.engine.active()[0]["acked"] is False
+            assert server.refused[403] >= 8
+        finally:
+            await server.stop()
+
+    with caplog.at_level("WARNING", logger="gateway.http"):
+        asyncio.run(scenario())
+    refusals = [m for m in caplog.messages if m.startswith("HTTP 403 refused")]
+    # Rate-limited: the burst of 403s above is one line (more in the next interval).
+    assert refusals[0].startswith("HTTP 403 refused POST /api/alarms/lhasa/room-1/o2-high/ack")
+    assert "Origin 'http://evil.example'" in refusals[0]
+    assert len(refusals) == 1
+
+
+def test_security_headers_on_every_answer(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
+        url = await server.start(required=True)
+        try:
+            for path, method, status in (
+                ("/", "GET", 200), ("/static/app.js", "GET", 200), ("/api/status", "GET", 200),
+                ("/nope", "GET", 404), (ALARM + "/ack", "POST", 401),
+            ):  # fmt: skip
+                answer = await request(url, path, method, {} if method == "POST" else None)
+                assert answer.status == status, path
+                h = answer.headers
+                csp = h["content-security-policy"]
+                assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp, path
+                assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+                assert h["x-frame-options"] == "DENY"
+                assert h["x-content-type-options"] == "nosniff"
+                assert h["referrer-policy"] == "no-referrer"
+                assert h["cache-control"] == "no-store"
+                assert "access-control-allow-origin" not in h
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer(
+            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, login_max_failures=3)
+        )
+        url = await server.start(required=True)
+        try:
+            answer = await request(url, "/api/session")
+            assert answer.json() == {
+                "user": None, "role": None, "csrf": None, "login": True, "can_read": True,
+                "can_act": False,
+                "shelve_max_s": {"critical": 3600.0, "alarm": 28800.0, "warning": 86400.0,
+                                 "info": 86400.0},
+            }  # fmt: skip
+            dolma = await login(url, "dolma")
+            flags = [f.strip() for f in dolma.set_cookie.split(";")]
+            assert flags[0].startswith("o2chain_session=") and len(flags[0]) > 50
+            assert {"HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"} <= set(flags)
+            assert "Secure" not in flags  # plain HTTP: the browser would drop a Secure cookie
+            answer = await request(url, "/api/session", headers=dolma.headers(csrf=False))
+            doc = answer.json()
+            assert (doc["user"], doc["role"], doc["csrf"], doc["can_act"]) == (
+                "dolma", "operator", dolma.csrf, True,
+            )  # fmt: skip
+            # Behind a TLS proxy: Secure, and the __Host- prefix that pins it to this host.
+            tls = await login(url, "dolma", X_Forwarded_Proto="https")
+            assert tls.set_cookie.startswith("__Host-o2chain_session=")
+            assert "; Secure" in tls.set_cookie
+            answer = await request(url, "/api/session", headers=tls.headers())
+            assert answer.json()["user"] == "dolma"
+            # Failed logins: the limit holds even for the right password, with Retry-After.
+            for _ in range(3):
+                answer = await request(
+                    url, "/api/login", "POST", {"name": "dolma", "password": "x"}
+                )
+                assert answer.status == 401 and "set-cookie" not in answer.headers
+            answer = await request(
+                url, "/api/login", "POST", {"name": "dolma", "password": PASSWORD}
+            )
+            assert answer.status == 429 and int(answer.headers["retry-after"]) == 300
+            answer = await request(url, "/api/login", "POST", {"name": "dolma"})
+            assert answer.status == 400
+            answer = await request(url, "/api/login", "POST",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                   raw=b"name=dolma&password=x")  # fmt: skip
+            assert answer.status == 415
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+
+    async def scenario() -> None:
+        # As when listening beyond loopback (the test itself stays on 127.0.0.1).
+        server = StatusServer(
+            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, anonymous_read="never")
+        )
+        url = await server.start(required=True)
+        try:
+            for path in ("/api/status", "/api/alarms", "/api/history", "/metrics",
+                         "/api/events", "/api/alarms/log", "/api/rules"):  # fmt: skip
+                answer = await request(url, path)
+                assert answer.status == 401, path
+            for path in ("/", "/static/app.js", "/healthz", "/api/session"):
+                assert (await request(url, path)).status == 200, path
+            assert (await request(url, "/api/session")).json()["can_read"] is False
+            tenzin = await login(url, "tenzin")
+            answer = await request(url, "/api/status", headers=tenzin.headers(csrf=False))
+            assert answer.status == 200 and answer.json()["gateway"]["id"] == "gw-t"
+            answer = await request(url, "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert answer.status == 200  # Prometheus with a bearer token
+        finally:
+            await server.stop()
+        # Anonymous reading on loopback, except what a reverse proxy forwards from elsewhere.
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
+        url = await server.start(required=True)
+        try:
+            assert (await request(url, "/api/status")).status == 200
+            answer = await request(url, "/api/status", headers={"X-Forwarded-For": "192.0.2.7"})
+            assert answer.status == 401
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_cap(
+    tmp_path: Path,
+) -> None:
+    r = rig(tmp_path)
+    raise_o2_high(r)  # severity "alarm": 8 h at most
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
+        url = await server.start(required=True)
+        try:
+            dolma = await login(url, "dolma")
+            shelve = ALARM + "/shelve"
+
+            async def try_shelve(body: dict[str, Any], path: str = shelve) -> Answer:
+                return await request(url, path, "POST", body, dolma.headers())
+
+            answer = await try_shelve({"duration_s": 3600})
+            assert answer.status == 400 and "reason" in answer.error
+            answer = await try_shelve({"duration_s": 3600, "reason": "   "})
+            assert answer.status == 400 and "reason" in answer.error
+            answer = await try_shelve({"duration_s": 3600, "reason": "x" * 201})
+            assert answer.status == 400 and "at most 200" in answer.error
+            answer = await try_shelve({"duration_s": 8 * 3600 + 1, "reason": "night"})
+            assert answer.status == 400 and "alarm alarm may be shelved for at most 28800" in (
+                answer.error
+            )
+            answer = await try_shelve({"duration_s": 3600, "reason": "x", "extra": 1})
+            assert answer.status == 400 and "unknown key(s) ['extra']" in answer.error
+            # conc-1's o2-high is not active: nothing to hide.
+            answer = await try_shelve({"duration_s": 60, "reason": "x"},
+                                      "/api/alarms/lhasa/conc-1/o2-high/shelve")  # fmt: skip
+            assert answer.status == 409 and "not active" in answer.error
+            answer = await request(url, "/api/alarms/lhasa/conc-1/o2-high/ack", "POST", {},
+                                   dolma.headers())  # fmt: skip
+            assert answer.status == 409 and "not active" in answer.error
+            answer = await try_shelve({"duration_s": 8 * 3600, "reason": "sensor swap"})
+            assert answer.status == 200
+            assert answer.json()["alarm"]["shelved_until_ms"] == r.clock() + 8 * 3600 * 1000
+            # A body larger than the limit, and a chunked body, are refused before parsing.
+            answer = await try_shelve({"duration_s": 60, "reason": "x" * 20_000})
+            assert answer.status == 413
+            answer = await request(url, shelve, "POST", headers={
+                **dolma.headers(), "Transfer-Encoding": "chunked",
+                "Content-Type": "application/json"}, raw=b"0\r\n\r\n")  # fmt: skip
+            assert answer.status == 411
+            answer = await request(url, shelve, "POST", {}, {**dolma.headers(), "host": url[7:]})
+            assert answer.status == 400 and "given twice" in answer.error
         finally:
             await server.stop()
 
@@ -268,3 +666,68 @@ def test_gateway_self_metric_points_and_modbus_link(tmp_path: Path) -> None:
     assert r.observer.link_state("lhasa", "conc-1") is True  # one lost poll is not offline
     r.clock.t_ms += 2000
     assert r.observer.link_state("lhasa", "conc-1") is False
+
+
+def test_shelve_caps_come_from_config_per_severity(tmp_path: Path) -> None:
+    engine_cfg: dict[str, Any] = {"builtin": False, "max_shelve_s": 3000}
+    engine_cfg["shelve_max_s"] = {"alarm": 600, "critical": 300}
+    data = {**CONFIG, "alarm_engine": engine_cfg}
+    config = parse_config(data)
+    clock = Clock()
+    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
+    tags = {"site": "lhasa", "device": "room-1", "room": "101"}
+    engine([Reading("room", tags, {"o2_pct": 28.0}, clock())])  # severity "alarm"
+    with pytest.raises(AlarmError) as err:
+        engine.shelve("lhasa", "room-1", "o2-high", 601, by="dolma", reason="swap")
+    assert err.value.status == 400 and "at most 600 s" in str(err.value)
+    with pytest.raises(AlarmError) as err:
+        engine.shelve("lhasa", "room-1", "o2-high", 60, by="", reason="swap")
+    assert err.value.status == 400 and "by" in str(err.value)
+    assert engine.shelve("lhasa", "room-1", "o2-high", 600, by="dolma", reason="swap")["shelved"]
+    caps = HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine).shelve_max_s
+    assert caps == {"alarm": 600, "critical": 300}  # a severity left out: max_shelve_s
+    defaults = HttpPolicy.from_config(config.http, "127.0.0.1:0").shelve_max_s
+    assert defaults["critical"] == 3600 and defaults["warning"] == 86400
+
+
+def test_anonymous_reading_only_when_listening_on_loopback(tmp_path: Path) -> None:
+    users = str(users_file(tmp_path))
+    cases = {
+        ("127.0.0.1:8470", "loopback"): True,
+        ("[::1]:8470", "loopback"): True,
+        ("127.0.0.1:8470", "never"): False,
+        ("192.0.2.10:8470", "loopback"): False,
+        ("0.0.0.0:8470", "loopback"): False,
+    }
+    for (listen, mode), anonymous in cases.items():
+        http = {"users_file": users, "anonymous_read": mode, "allowed_hosts": ["gw.example"]}
+        config = parse_config({**CONFIG, "gateway": {"http_listen": listen}, "http": http})
+        policy = HttpPolicy.from_config(config.http, listen)
+        assert policy.anonymous_read is anonymous, (listen, mode)
+        assert policy.auth is not None and set(policy.auth.users) == {"dolma", "tenzin", "script"}
+        assert {"gw.example", "localhost", "127.0.0.1", "::1"} <= set(policy.allowed_hosts)
+
+
+def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = rig(tmp_path)
+    monkeypatch.setattr(gateway_http, "MAX_PENDING_REQUESTS", 1)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", r.observer, r.engine)
+        url = await server.start(required=True)
+        host, port = url.removeprefix("http://").split(":")
+        try:
+            # A client that connects and sends nothing yet holds the only slot (connections
+            # are accepted, and their handlers started, in order) ...
+            slow_reader, slow = await asyncio.open_connection(host, int(port))
+            answer = await request(url, "/api/status")
+            assert answer.status == 503 and answer.error == "server busy"
+            # ... until its request is answered (the slot is free before the connection closes).
+            slow.write(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            assert (await slow_reader.read()).startswith(b"HTTP/1.1 200 OK")
+            slow.close()
+            assert (await request(url, "/api/status")).status == 200
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

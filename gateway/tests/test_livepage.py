@@ -12,16 +12,24 @@ The gateway watches five devices of one site; a publisher thread plays their boa
 - room-102 in the target band, room-103 below it, conc-1 a concentrator sensor board;
 - room-104 said "offline" (retained last will): alarm ``device-offline``.
 
-Screenshots (desktop and phone) go to ``test-artifacts/`` under the repository root.
+Operators log in (users file with an operator and a viewer). An attacker's pages, served from a
+second origin (another port; once as ``localhost``, a different site, once as ``127.0.0.1``,
+the same site, which gets the SameSite=Strict cookie), try a cross-site ``fetch`` and a
+cross-site form POST against the logged-in operator's session: the gateway refuses both.
+
+Screenshots (logged out, logged in, desktop and phone) go to ``test-artifacts/`` under the
+repository root.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +38,10 @@ import pytest
 import requests
 import tomli_w
 
+from gateway.passwords import hash_password
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import InfluxDB, Mosquitto
+from o2chain.testing import wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +60,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SITE = "lhasa-hotel"
 HIGH_O2_KEY = f"{SITE}/room-101/room-o2-high"
 OFFLINE_KEY = f"{SITE}/room-104/device-offline"
+OPERATOR, VIEWER, PASSWORD = "dolma", "tenzin", "yak butter tea"
 PUBLISH_EVERY_S = 0.5  # the boards' reading interval in this test (data generation, not sync)
 # Room boards: (device, O2 %, temperature degC, humidity %)
 ROOMS = [
@@ -115,6 +126,17 @@ class Boards(threading.Thread):
 class LiveGateway:
     url: str
     gateway: ChildProcess
+    influx: InfluxDB
+
+
+def _users(path: Path) -> Path:
+    pw = hash_password(PASSWORD)
+    path.write_text(
+        f'[[user]]\nname = "{OPERATOR}"\nrole = "operator"\npassword_hash = "{pw}"\n'
+        f'[[user]]\nname = "{VIEWER}"\nrole = "viewer"\npassword_hash = "{pw}"\n'
+    )
+    path.chmod(0o600)
+    return path
 
 
 def _config(path: Path, broker: Mosquitto, influx: InfluxDB, state_dir: Path) -> Path:
@@ -124,6 +146,7 @@ def _config(path: Path, broker: Mosquitto, influx: InfluxDB, state_dir: Path) ->
             "id": "gw-live", "state_dir": str(state_dir), "http_listen": "127.0.0.1:0",
             "metrics_interval_s": 2.0,
         },
+        "http": {"users_file": str(_users(path.parent / "users.toml"))},
         "mqtt": {"url": broker.url},
         "influx": {"url": influx.url, "database": "o2live", "flush_interval_s": 0.5},
         "enrich": {"chain_interval_s": 2.0},
@@ -161,7 +184,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
             boards = Boards(broker.url)
             boards.start()
             try:
-                yield LiveGateway(url, gateway)
+                yield LiveGateway(url, gateway, influx)
             finally:
                 boards.stop()
 
@@ -185,7 +208,116 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             context.close()
 
 
-def test_live_values_alarm_acknowledge_and_screenshots(
+ALARM_PATH = f"/api/alarms/{SITE}/room-101/room-o2-high"
+# The attacker's pages (a second origin). Inline script is fine here: it is not our page.
+FETCH_PAGE = """<!doctype html><meta charset="utf-8"><title>cat pictures</title>
+<script>
+const target = TARGET;
+window.results = (async () => {
+  const out = {};
+  try {  // a "simple" request: no preflight, the browser sends it with the cookies it may
+    const r = await fetch(target + "/ack", {method: "POST", mode: "no-cors",
+      credentials: "include", headers: {"Content-Type": "text/plain"}, body: "{}"});
+    out.simple = r.type;
+  } catch (e) { out.simple = "failed: " + e.message; }
+  try {  // JSON: needs a CORS preflight first
+    const r = await fetch(target + "/ack", {method: "POST", credentials: "include",
+      headers: {"Content-Type": "application/json"}, body: "{}"});
+    out.json = r.status;
+  } catch (e) { out.json = "failed: " + e.message; }
+  return out;
+})();
+</script>"""
+# text/plain forms send name=value: this one's body reads as JSON.
+FORM_PAGE = """<!doctype html><meta charset="utf-8"><title>win a prize</title>
+<form id="f" method="POST" action="TARGET/shelve" enctype="text/plain">
+<input type="hidden" name='{"duration_s": 86400, "reason": "x", "pad": "' value='"}'>
+</form>
+<script>document.getElementById("f").submit();</script>"""
+
+
+class AttackerSite:
+    """Another origin on another port of this machine, serving the attacker's pages."""
+
+    def __init__(self, gateway_url: str):
+        pages = {
+            "/fetch.html": FETCH_PAGE.replace("TARGET", json.dumps(gateway_url + ALARM_PATH)),
+            "/form.html": FORM_PAGE.replace("TARGET", gateway_url + ALARM_PATH),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                page = pages.get(self.path)
+                if page is None:
+                    self.send_error(404)
+                    return
+                data = page.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="attacker-site")
+
+    def __enter__(self) -> AttackerSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def _alarm(url: str, key: str) -> dict[str, Any] | None:
+    doc = requests.get(url + "/api/alarms", timeout=5).json()
+    return next((a for a in doc["alarms"] if a["key"] == key), None)
+
+
+def _refused_403(url: str) -> int:
+    text = requests.get(url + "/metrics", timeout=5).text
+    match = re.search(r'^o2chain_http_refused_total\{status="403"\} (\d+)$', text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _attack(browser_context: Any, live: LiveGateway, attacker: AttackerSite, host: str) -> None:
+    """Run both attacks from ``http://{host}:{port}`` against the logged-in session."""
+    expect = _pw().expect
+    page = browser_context.new_page()
+    sent: list[Any] = []
+    page.on("request", lambda r: sent.append(r) if ALARM_PATH in r.url else None)
+    refused_before = _refused_403(live.url)
+    page.goto(f"http://{host}:{attacker.port}/fetch.html")
+    results = page.evaluate("window.results")
+    # The page learns nothing either way (the answers carry Cross-Origin-Resource-Policy:
+    # same-origin, so the browser withholds them) ...
+    assert results == {"simple": "failed: Failed to fetch", "json": "failed: Failed to fetch"}
+    # ... but the requests did reach the gateway, which refused them: the simple POST, and
+    # the JSON POST's CORS preflight (the POST itself never leaves the browser).
+    assert [r.method for r in sent] == ["POST", "POST"]
+    assert _refused_403(live.url) - refused_before == 2
+    # The form: a top-level cross-origin POST navigation, answered 403 in the attacker's tab.
+    with page.expect_response(lambda r: r.url.endswith("/shelve")) as shelve:
+        page.goto(f"http://{host}:{attacker.port}/form.html")
+    assert shelve.value.status == 403
+    if host == "127.0.0.1":
+        # Same site (ports do not count): the SameSite=Strict cookie went along. Only the
+        # Origin / Sec-Fetch-Site check stops this one.
+        assert "o2chain_session=" in shelve.value.request.all_headers().get("cookie", "")
+    expect(page.locator("body")).to_contain_text("Sec-Fetch-Site")
+    assert _refused_403(live.url) - refused_before == 3
+    page.close()
+    alarm = _alarm(live.url, HIGH_O2_KEY)
+    assert alarm is not None and alarm["acked"] is False and alarm["shelved"] is False
+
+
+def test_login_cross_site_attacks_refused_acknowledge_and_screenshots(
     live: LiveGateway, browser_context: Any
 ) -> None:
     expect = _pw().expect
@@ -193,9 +325,18 @@ def test_live_values_alarm_acknowledge_and_screenshots(
     page = browser_context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # script errors; answers like the wrong password's 401 are expected here
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     page.goto(live.url + "/")
 
-    # Live values, their band, quality and the stream's mode.
+    # Live values, their band, quality and the stream's mode: readable without a login on
+    # loopback.
     room102 = page.locator('[data-device="room-102"]')
     expect(room102.locator(".big")).to_contain_text("%", timeout=20_000)
     expect(room102).to_have_attribute("data-band", "target")
@@ -211,22 +352,49 @@ def test_live_values_alarm_acknowledge_and_screenshots(
     expect(room102.locator("svg.spark polyline")).to_have_count(1, timeout=10_000)
     expect(page.locator(".chain .kv").first).to_be_visible(timeout=10_000)
 
-    # The alarms, then an acknowledgement through the UI, checked in the API.
+    # Logged out: the alarms show, their buttons do not; the login form does.
     high = page.locator(f'li.alarm[data-key="{HIGH_O2_KEY}"]')
+    offline = page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"]')
     expect(high).to_have_attribute("data-acked", "false", timeout=15_000)
-    expect(page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"]')).to_be_visible(timeout=15_000)
-    page.get_by_label("Operator").fill("dolma")
-    page.get_by_label("Operator").press("Tab")
+    expect(offline).to_be_visible(timeout=15_000)
+    expect(high.locator(".btn-ack")).to_be_hidden()
+    expect(page.locator("#act-hint")).to_contain_text("Log in as an operator")
+    expect(page.get_by_label("User name")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "livepage-login.png"), full_page=False)
+
+    page.get_by_label("User name").fill(OPERATOR)
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#login-msg")).to_contain_text("wrong user name or password")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#who-name")).to_have_text(OPERATOR)
+    expect(page.locator("#who-role")).to_have_text("operator")
+    expect(page.locator("#login-form")).to_be_hidden()
+    expect(page.locator("#login-msg")).to_be_hidden()
+    expect(high.locator(".btn-ack")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "livepage-logged-in.png"), full_page=False)
+
+    # The operator is logged in; pages of another origin try to act in their name.
+    with AttackerSite(live.url) as attacker:
+        _attack(browser_context, live, attacker, "localhost")  # another site
+        _attack(browser_context, live, attacker, "127.0.0.1")  # same site, other origin
+    log = requests.get(live.url + "/api/alarms/log?limit=200", timeout=5).json()["events"]
+    assert not [e for e in log if e["event"] in ("ack", "shelve")], "an attack got through"
+
+    # The acknowledgement through the UI: recorded under the logged-in user.
     page.get_by_role("button", name="Acknowledge alarm room-o2-high on room-101").click()
     expect(high).to_have_attribute("data-acked", "true")
     expect(high.locator(".alarm-state")).to_have_text("acknowledged")
-    expect(high.locator(".alarm-meta")).to_contain_text("acknowledged by dolma")
-    alarms = requests.get(live.url + "/api/alarms", timeout=5).json()
-    (acked,) = [a for a in alarms["alarms"] if a["key"] == HIGH_O2_KEY]
-    assert acked["acked"] is True and acked["acked_by"] == "dolma"
+    expect(high.locator(".alarm-meta")).to_contain_text(f"acknowledged by {OPERATOR}")
+    acked = _alarm(live.url, HIGH_O2_KEY)
+    assert acked is not None and acked["acked"] is True and acked["acked_by"] == OPERATOR
     assert acked["state"] == "acknowledged"
     log = requests.get(live.url + "/api/alarms/log?limit=50", timeout=5).json()["events"]
-    assert any(e["event"] == "ack" and e["key"] == HIGH_O2_KEY and e["by"] == "dolma" for e in log)
+    assert any(e["event"] == "ack" and e["key"] == HIGH_O2_KEY and e["by"] == OPERATOR for e in log)
+    query = """SELECT "by", "state" FROM alarm WHERE "state" = 'ack' AND "rule" = 'room-o2-high'"""
+    (point,) = wait_for_points(live.influx, "o2live", query, 1)
+    assert point["by"] == OPERATOR  # who, in the database, with the point's time as when
     # A live event (not only the POST's answer) keeps it acknowledged.
     expect(page.locator("#gw-line")).not_to_have_text(page.locator("#gw-line").inner_text())
     expect(high).to_have_attribute("data-acked", "true")
@@ -235,25 +403,72 @@ def test_live_values_alarm_acknowledge_and_screenshots(
 
     # Phone: one column, nothing wider than the screen, buttons still there.
     page.set_viewport_size({"width": 390, "height": 844})
-    expect(page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"] .btn-ack')).to_be_visible()
+    expect(offline.locator(".btn-ack")).to_be_visible()
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"page is {overflow} px wider than a phone screen"
     page.screenshot(path=str(ARTIFACTS / "livepage-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
 
-    # Shelve through the UI: the alarm moves to the shelved list, the API agrees.
-    offline = page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"]')
+    # Shelving: capped by severity (critical 1 h, alarm 8 h), and only with a reason.
+    expect(high.locator('.shelve-duration option[value="28800"]')).to_be_disabled()
+    expect(high.locator('.shelve-duration option[value="3600"]')).to_be_enabled()
+    expect(offline.locator('.shelve-duration option[value="28800"]')).to_be_enabled()
+    expect(offline.locator('.shelve-duration option[value="86400"]')).to_be_disabled()
     offline.get_by_label("Shelve device-offline on room-104 for").select_option("900")
-    page.get_by_role("button", name="Shelve alarm device-offline on room-104").click()
+    shelve = page.get_by_role("button", name="Shelve alarm device-offline on room-104")
+    shelve.click()
+    expect(page.locator("#action-msg")).to_contain_text("Say why")
+    offline.get_by_label("Reason to shelve device-offline on room-104").fill("board swap, 15 min")
+    shelve.click()
     expect(page.locator(f'#shelved-list li[data-key="{OFFLINE_KEY}"]')).to_have_attribute(
         "data-shelved", "true"
     )
     expect(page.locator(f'#alarm-list li[data-key="{OFFLINE_KEY}"]')).to_have_count(0)
     shelved = requests.get(live.url + "/api/alarms", timeout=5).json()["shelved"]
     (entry,) = [a for a in shelved if a["key"] == OFFLINE_KEY]
-    assert entry["shelved_by"] == "dolma"
+    assert entry["shelved_by"] == OPERATOR
     assert 0 < entry["shelved_until_ms"] - time.time() * 1000 <= 900_000
+
+    # Logging out ends the session on the gateway: the buttons go, the form comes back.
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("User name")).to_be_visible()
+    expect(high.locator(".alarm-actions")).to_be_hidden()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    page.close()
+
+
+def test_a_viewer_sees_but_cannot_act(live: LiveGateway, browser_context: Any) -> None:
+    expect = _pw().expect
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": 390, "height": 844})  # the login form fits a phone too
+    page.goto(live.url + "/")
+    expect(page.get_by_label("User name")).to_be_visible()
+    expect(page.locator('[data-device="room-102"] .big')).to_contain_text("%", timeout=20_000)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"logged-out page is {overflow} px wider than a phone screen"
+    page.screenshot(path=str(ARTIFACTS / "livepage-login-phone.png"), full_page=False)
+    page.get_by_label("User name").fill(VIEWER)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#who-role")).to_have_text("viewer")
+    expect(page.locator("#act-hint")).to_contain_text(f"{VIEWER} is a viewer")
+    expect(page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"], li.alarm').first).to_be_visible(
+        timeout=15_000
+    )
+    expect(page.locator("li.alarm .btn-ack:visible")).to_have_count(0)
+    # Forcing the request from the page's own script: refused by role, not by the browser.
+    status = page.evaluate(
+        """async (path) => {
+            const s = await (await fetch("/api/session")).json();
+            const r = await fetch(path + "/ack", {method: "POST", body: "{}",
+              headers: {"Content-Type": "application/json", "X-CSRF-Token": s.csrf}});
+            return r.status;
+        }""",
+        ALARM_PATH,
+    )
+    assert status == 403
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("User name")).to_be_visible()
     page.close()
 
 

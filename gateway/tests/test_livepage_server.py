@@ -12,7 +12,7 @@ import pytest
 from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine
 from gateway.config import parse_config
-from gateway.http import EventHub, StatusServer, sse_frame
+from gateway.http import EVICTED_FRAME, EventHub, StatusServer, sse_frame
 from gateway.observe import HISTORY_POINTS, Observer, Sources
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
@@ -50,7 +50,7 @@ def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:
 async def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     raw = await reader.read()
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -66,10 +66,13 @@ class Stream:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, url: str) -> tuple[Stream, int, str]:
+    async def open(cls, url: str, headers: str = "") -> tuple[Stream, int, str]:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        writer.write(
+            f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         return cls(reader, writer), int(head.split()[1]), head
 
@@ -176,7 +179,11 @@ def test_events_stream_pushes_status_and_alarm_changes_at_once(tmp_path: Path) -
     asyncio.run(scenario())
 
 
-def test_events_streams_are_bounded_and_freed_on_disconnect(tmp_path: Path) -> None:
+def test_events_streams_are_bounded_evict_the_oldest_and_are_freed_on_disconnect(
+    tmp_path: Path,
+) -> None:
+    """The old server answered the 17th idle stream with 503: 16 idle tabs (or one client
+    opening 16) locked everybody else out. Now a newcomer always gets in."""
     _, engine, observer, _ = rig(tmp_path)
 
     async def scenario() -> None:
@@ -191,19 +198,66 @@ def test_events_streams_are_bounded_and_freed_on_disconnect(tmp_path: Path) -> N
             assert (status_a, status_b) == (200, 200)
             await a.frame()
             await b.frame()
-            status, _, body = await get(url, "/api/events")
-            assert status == 503 and "poll /api/status" in json.loads(body)["error"]
-
-            a.close()  # the browser tab goes away
-            await asyncio.wait_for(hub.wait_for_clients(1), 5)
-            c, status_c, _ = await Stream.open(url)
+            c, status_c, _ = await Stream.open(url)  # over the cap: the oldest (a) goes
             assert status_c == 200
             await c.frame()
+            while (evicted := await a.frame())["event"] != "evicted":
+                assert evicted["event"] == "status"  # one sent just before the eviction
+            assert "poll /api/status" in evicted["data"]
+            await asyncio.wait_for(a.reader.read(), 5)  # then end of file
+            assert a.reader.at_eof() and hub.evictions == 1 and len(hub.clients) == 2
+
+            c.close()  # the browser tab goes away
+            await asyncio.wait_for(hub.wait_for_clients(1), 5)
+            d, status_d, _ = await Stream.open(url)
+            assert status_d == 200
+            await d.frame()
+            assert hub.evictions == 1  # there was room: nobody evicted
             # Stopping the server ends the open streams (end of file for the client).
             await server.stop()
             await asyncio.wait_for(b.reader.read(), 5)  # returns at end of file only
             assert b.reader.at_eof()
-            assert hub.clients == set()
+            assert hub.clients == {}
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_one_client_cannot_take_every_stream(tmp_path: Path) -> None:
+    _, engine, observer, _ = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", observer, engine)
+        server.events.max_clients = 4
+        server.events.max_per_client = 2
+        server.events.interval_s = 3600.0
+        url = await server.start(required=True)
+        hub = server.events
+        try:
+            # Every test client is 127.0.0.1: one client address as far as the server knows.
+            streams = []
+            for _ in range(3):
+                stream, status, _ = await Stream.open(url)
+                assert status == 200
+                await stream.frame()
+                streams.append(stream)
+            assert len(hub.clients) == 2 and hub.evictions == 1  # the per-client cap is 2
+            while (frame := await streams[0].frame())["event"] != "evicted":
+                assert frame["event"] == "status"  # one sent before the eviction
+            # In the hub: "x" and "y" hold two each, then "z" joins the full hub: the oldest
+            # stream of whoever holds the most goes (x1, the oldest of the tie).
+            for s in streams:
+                s.close()
+            await asyncio.wait_for(hub.wait_for_clients(0), 5)
+            x1, x2, y1, y2 = hub.join("x"), hub.join("x"), hub.join("y"), hub.join("y")
+            z1 = hub.join("z")
+            assert x1 not in hub.clients and {x2, y1, y2, z1} == set(hub.clients)
+            assert x1.get_nowait() == EVICTED_FRAME
+            z2 = hub.join("z")  # x holds 1, y 2, z 1: y's oldest goes
+            assert y1 not in hub.clients and {x2, y2, z1, z2} == set(hub.clients)
+            hub.join("w")  # now z holds the most
+            assert z1 not in hub.clients and len(hub.clients) == 4 and hub.evictions == 4
         finally:
             await server.stop()
 
@@ -217,7 +271,6 @@ def test_hub_gives_a_slow_client_the_newest_document_only() -> None:
         hub = EventHub(lambda: {"n": next(docs)}, interval_s=3600.0, max_clients=1)
         hub.start()
         queue = hub.join()
-        assert queue is not None and hub.join() is None
         frames: list[Any] = []
         for _ in range(3):
             hub.notify()

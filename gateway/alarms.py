@@ -449,6 +449,7 @@ class AlarmState:
             "shelved": self.shelved(now_ms),
             "shelved_until_ms": self.shelved_until_ms if self.shelved(now_ms) else None,
             "shelved_by": self.shelved_by if self.shelved(now_ms) else None,
+            "shelve_reason": self.shelve_reason if self.shelved(now_ms) else None,
             "value": self.value,
             "threshold": self.threshold,
             "message": self.message,
@@ -483,6 +484,8 @@ class AlarmEvent:
             fields["threshold"] = float(a["threshold"])
         if self.by:
             fields["by"] = self.by
+        if self.state == "shelve" and a.get("shelve_reason"):
+            fields["reason"] = str(a["shelve_reason"])[:200]  # why it was hidden, on record
         tags = {
             "site": a["site"],
             "device": a["device"],

@@ -316,6 +316,7 @@ def test_routes_status_metrics_and_alarm_actions(
                 ("ack", "dolma"), ("shelve", "dolma"), ("unshelve", "dolma"),
             ]  # fmt: skip
             assert all(p.ts_ms == r.clock() for p in points)
+            assert points[1].fields["reason"] == "sensor swap"  # why it was hidden, on record
 
             assert (await request(url, "/api/alarms/log?limit=x")).status == 400
             answer = await request(url, "/api/rules")

@@ -1,4 +1,4 @@
-"""Gateway benchmark (issue 4): one command, one table.
+"""Gateway benchmark: one command, one table.
 
     .venv/bin/python bench/bench_gateway.py [--readings 200000] [--quick]
 

@@ -41,7 +41,7 @@ DEVICE_FILTER = '"site" =~ /^$site$/ AND "device" =~ /^$device$/'
 
 MEDICAL_PURITY_ALARM_PCT = float(load_profile("medical-concentrator").nominal["purity_alarm_pct"])
 PLANT_PURITY_ALARM_PCT = float(load_profile("psa-plant").nominal["purity_alarm_pct"])
-ROOM_TARGET_LOW_PCT = 24.0  # DOMAIN.md section 3: target band about 24-26 %
+ROOM_TARGET_LOW_PCT = 24.0  # docs/domain.md "Limits and alarms": target band about 24-26 %
 ROOM_TARGET_HIGH_PCT = 26.0
 
 
@@ -262,7 +262,7 @@ def concentrators() -> gd.Dashboard:
 
 
 def room_band_steps() -> gd.ThresholdsConfig:
-    """Room O2 bands (DOMAIN.md section 3), colours as on the gateway's live page."""
+    """Room O2 bands (docs/domain.md "Limits and alarms"), colours as on the gateway's live page."""
     return steps(
         (None, "red"), (ROOM_DEFICIENT_PCT, "orange"), (ROOM_LOW_EFFECT_PCT, "yellow"),
         (ROOM_TARGET_LOW_PCT, "green"), (ROOM_TARGET_HIGH_PCT, "blue"),

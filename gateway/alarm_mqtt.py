@@ -1,4 +1,4 @@
-"""Alarm events on MQTT (ARCHITECTURE.md topic ``o2/{site}/gateway/{gw}/alarm``).
+"""Alarm events on MQTT (docs/contracts.md, topic ``o2/{site}/gateway/{gw}/alarm``).
 
 One retained message per alarm needs one topic per alarm, so:
 

@@ -1,4 +1,4 @@
-"""Alarm engine: rules from config plus DOMAIN.md defaults, ISA-18.2 style lifecycle.
+"""Alarm engine: rules from config plus docs/domain.md defaults, ISA-18.2 style lifecycle.
 
 A pipeline stage (``engine(readings) -> readings + alarm events``). Each (rule, site, device)
 has one alarm with the lifecycle
@@ -196,13 +196,15 @@ def _nominal(dev: Device, key: str) -> float | None:
 
 
 def _site_pb(site: Site) -> float:
-    # "from the site's pressure" (DOMAIN.md 3): ISA at the site's altitude, a steady threshold
-    # that does not chatter with the weather (real station pressure differs by about 1 %).
+    # "from the site's pressure" (docs/domain.md, Limits and alarms): ISA at the site's
+    # altitude, a steady threshold that does not chatter with the weather (real station
+    # pressure differs by about 1 %).
     return oxygen.isa_pressure_kpa(site.altitude_m)
 
 
 def builtin_rules(config: GatewayConfig) -> list[Rule]:
-    """DOMAIN.md section 3 defaults; gateway/README.md "Alarm defaults" lists them with sources."""
+    """The defaults of docs/domain.md, Limits and alarms; gateway/README.md "Alarm defaults"
+    lists them with their sources."""
     room = frozenset({DeviceKind.ROOM})
     conc = frozenset({DeviceKind.CONCENTRATOR})
     plant = frozenset({DeviceKind.PLANT})
@@ -228,7 +230,8 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
               "(Ph. Eur. Oxygen 93: 90-96 %); profile [nominal] purity_alarm_pct overrides"),
         B("purity-warn", th, sev.WARNING, "purity_pct", "<", value_fn=purity_warn,
           hysteresis=0.5, on_delay_s=120, off_delay_s=60, device_kind=plant, only_warm=True,
-          doc="PSA plants < 91 % (DOMAIN.md proposal); profile purity_warn_pct overrides"),
+          doc="PSA plants < 91 % (project choice, docs/domain.md); profile purity_warn_pct "
+              "overrides"),
         B("purity-sensor-fault", th, sev.WARNING, "purity_pct", ">", 96.5, hysteresis=0.5,
           on_delay_s=60, off_delay_s=60, device_kind=conc | plant,
           doc="PSA product cannot exceed about 95.7 % (argon): > 96.5 % is a sensor fault"),
@@ -236,27 +239,29 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
           hysteresis=1.0, on_delay_s=1800, off_delay_s=600, device_kind=conc | plant,
           only_warm=True, learn_s=86400.0,
           doc="purity 3 % below the unit's own purity-flow baseline (learned over its first "
-              "day): sieve wetting/ageing shows at the same flow (DOMAIN.md 6)"),
+              "day): sieve wetting/ageing shows at the same flow (docs/domain.md, How "
+              "equipment degrades)"),
         B("room-o2-high", th, sev.CRITICAL, "o2_pct", ">",
           value_fn=lambda d, s: oxygen.room_high_alarm_pct(_site_pb(s)), hysteresis=0.3,
           on_delay_s=30, off_delay_s=60, device_kind=room,
           doc="NFPA increased-burning-rate limit 23.45/sqrt(PB/101.325) - 1.5 "
-              "(Lhasa 27.9 %); DOMAIN.md proposal"),
+              "(Lhasa 27.9 %); project choice (docs/domain.md)"),
         B("room-o2-high-warn", th, sev.WARNING, "o2_pct", ">",
           value_fn=lambda d, s: oxygen.room_high_warn_pct(_site_pb(s)), hysteresis=0.3,
           on_delay_s=60, off_delay_s=60, device_kind=room,
-          doc="min(27 %, NFPA limit - 3) (Lhasa 26.4 %); DOMAIN.md proposal"),
+          doc="min(27 %, NFPA limit - 3) (Lhasa 26.4 %); project choice (docs/domain.md)"),
         B("room-o2-deficient", th, sev.CRITICAL, "o2_pct", "<", 19.5, hysteresis=0.3,
           on_delay_s=30, off_delay_s=60, device_kind=room,
           doc="oxygen-deficient atmosphere < 19.5 % (OSHA 29 CFR 1910.146)"),
         B("room-o2-low-effect", th, sev.WARNING, "o2_pct", "<", 22.0, hysteresis=0.3,
           on_delay_s=600, off_delay_s=60, device_kind=room,
-          doc="enrichment without effect < 22 % (target band 24-26 %); DOMAIN.md proposal"),
+          doc="enrichment without effect < 22 % (target band 24-26 %); project choice "
+              "(docs/domain.md)"),
         B("co2-warn", th, sev.WARNING, "co2_ppm", ">", 1000.0, hysteresis=50.0,
           on_delay_s=300, off_delay_s=300, device_kind=room,
           doc="GB/T 18883 daily mean 0.10 %"),
         B("co2-high", th, sev.ALARM, "co2_ppm", ">", 1500.0, hysteresis=50.0,
-          on_delay_s=300, off_delay_s=300, device_kind=room, doc="DOMAIN.md proposal"),
+          on_delay_s=300, off_delay_s=300, device_kind=room, doc="project choice (docs/domain.md)"),
         B("dew-point-warn", th, sev.WARNING, "dew_point_c", ">", -40.0, hysteresis=2.0,
           on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -40 degC"),
         B("dew-point-high", th, sev.ALARM, "dew_point_c", ">", -30.0, hysteresis=2.0,
@@ -305,8 +310,8 @@ def _fields(rule: Rule) -> dict[str, Any]:
 @dataclass
 class Baseline:
     """Purity-flow baseline of one unit: ``purity = a + b * flow**2`` fitted by least squares
-    over its first ``learn_s`` of warm running (the shape of DOMAIN.md's curve: 94 % at 2 L/min,
-    92 % at 4, 87 % at 6), or given as points and interpolated."""
+    over its first ``learn_s`` of warm running (the shape of the curve in docs/domain.md: 94 % at
+    2 L/min, 92 % at 4, 87 % at 6), or given as points and interpolated."""
 
     points: tuple[tuple[float, float], ...] = ()
     started_ms: int | None = None

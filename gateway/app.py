@@ -57,7 +57,7 @@ class Gateway:
             for d in config.device
             if d.transport is Transport.MODBUS
         ]
-        # Enrichment, alarms and self-observation (issue 4, items 5, 6, 8).
+        # Enrichment, alarms and self-observation.
         # Alarm state lives in the outbox's file: a transition commits with its alarm point.
         self.alarm_store = AlarmStore.sharing(
             self.outbox.db, self.outbox.lock, config.alarm_engine.log_keep

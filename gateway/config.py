@@ -1,4 +1,4 @@
-"""Gateway configuration (contract keys, ARCHITECTURE.md / issue 4): typed, validated once.
+"""Gateway configuration (contract keys, docs/contracts.md): typed, validated once.
 
 Errors name the key and what was expected, e.g. ``device[2].url: expected tcp://host:port``.
 Secrets come only from files or the environment and never appear in ``repr`` or logs.
@@ -237,7 +237,7 @@ class Device(_Strict):
 class EnrichSection(_Strict):
     """Enrichment stage (gateway/enrich.py)."""
 
-    eq_alt_definition: Literal["west", "ambient"] = "west"  # DOMAIN.md section 2
+    eq_alt_definition: Literal["west", "ambient"] = "west"  # docs/domain.md "Formulas"
     chain_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0  # `chain` points per site
     max_gap_s: Annotated[float, Field(gt=0)] = 300.0  # O2 totals: no integration across gaps
 
@@ -298,7 +298,7 @@ class AlarmRule(_Strict):
 class AlarmEngineSection(_Strict):
     """Alarm engine settings (gateway/alarms.py)."""
 
-    builtin: bool = True  # DOMAIN.md section 3 defaults (gateway/README.md, "Alarm defaults")
+    builtin: bool = True  # docs/domain.md defaults (gateway/README.md, "Alarm defaults")
     offline_intervals: Annotated[float, Field(gt=0)] = 3.0  # built-in offline: silence
     max_shelve_s: Annotated[float, Field(gt=0)] = 86400.0  # ISA-18.2: shelving is time-limited
     # Longest shelve per severity (gateway/README.md "Shelving"): the worse the hazard, the

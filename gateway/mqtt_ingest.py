@@ -5,7 +5,7 @@ paho's network thread only queues each message (whole runs of them per socket re
 validates it, drops duplicates (:mod:`gateway.dedup`), runs the pipeline once over the batch's
 readings, commits readings, dead letters and the duplicate tracker's state in **one** SQLite
 transaction, and only then acknowledges those messages, in the order they arrived
-(ARCHITECTURE.md, delivery guarantee, step 2). A message the decoder or the pipeline fails on
+(the delivery guarantee, gateway/README.md). A message the decoder or the pipeline fails on
 becomes a dead letter (``pipeline_error``) on its own; the rest of its batch is committed. The
 broker keeps every unacknowledged message in the gateway's session and redelivers it after a
 crash; the tracker, committed with the readings, then recognises it.

@@ -2,8 +2,8 @@
 
 A reading is acknowledged to the broker only after :meth:`Outbox.commit` returned, i.e. after the
 transaction holding it committed; it leaves the outbox only after InfluxDB accepted its batch
-(ARCHITECTURE.md, delivery guarantee). Sources commit in groups (many messages, one transaction,
-one fsync), the writer reads in id order and deletes by id range.
+(the delivery guarantee, gateway/README.md). Sources commit in groups (many messages, one
+transaction, one fsync), the writer reads in id order and deletes by id range.
 
 A row holds up to :data:`CHUNK_POINTS` points (a JSON array of lines), not one: every SQLite
 call releases and retakes the GIL, and with the MQTT thread busy each retake can wait a whole

@@ -15,7 +15,7 @@ class Reading:
     """One point: measurement, tags, fields and the reading's time in ms since the epoch (UTC).
 
     Point identity in InfluxDB is measurement + tags + time, which is what makes replays of the
-    same reading overwrite rather than duplicate (ARCHITECTURE.md, delivery guarantee).
+    same reading overwrite rather than duplicate (the delivery guarantee, gateway/README.md).
     """
 
     measurement: str

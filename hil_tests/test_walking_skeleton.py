@@ -1,4 +1,4 @@
-"""The whole chain through real parts (issue 2 acceptance).
+"""The whole chain through real parts: the walking skeleton every later test builds on.
 
 Real Mosquitto + real InfluxDB + the concentrator simulator over Modbus TCP + the firmware on
 the real `micropython` interpreter (simulated sensors on its wires) + the gateway process.

@@ -33,7 +33,8 @@ from o2chain.services import Services
 
 DATABASE = "o2chain"
 # One more room, with the real firmware on the MicroPython interpreter beside the scenario's
-# simulated boards. Its ZE03 module reads 0-25 % (DOMAIN.md section 4): the value stays inside.
+# simulated boards. Its ZE03 module reads 0-25 % (docs/domain.md, Sensor wire protocols): the
+# value stays inside.
 FIRMWARE_ROOM = ("room-401", "401", 24.6)
 GATEWAY_ID = "gw-demo"
 

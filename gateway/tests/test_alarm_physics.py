@@ -1,4 +1,4 @@
-"""Alarm acceptance on the simulators' physics, in process, in simulated time (issue 4).
+"""Alarm acceptance on the simulators' physics, in process, in simulated time.
 
 - Ventilation failure: an enriched Lhasa room's O2 climbs towards the fire-hazard limit; the
   room-high alarm rises after its on-delay, and after the ventilation is repaired it clears only
@@ -162,7 +162,8 @@ def test_degraded_sieve_raises_the_purity_residual(tmp_path: Path) -> None:
     run(3.0)  # the first day teaches the baseline; two more days at swinging flows: quiet
     assert of(events, "purity-residual") == []
     assert of(events, "purity-low") == []
-    # The sieve starts to wet: -1 % purity a day at every flow (DOMAIN.md 6).
+    # The sieve starts to wet: -1 % purity a day at every flow (docs/domain.md, How equipment
+    # degrades).
     aged_from = unit.sim_time_s
     params.degradation_pct_per_day = 1.0
     unit.sim_time_s = 0.0  # the model ages from sim_time_s = 0: restart its ageing clock

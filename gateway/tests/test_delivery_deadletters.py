@@ -1,4 +1,4 @@
-"""Malformed-message corpus through the real broker (issue 4 acceptance), and dead-letter replay
+"""Malformed-message corpus through the real broker (acceptance), and dead-letter replay
 after a config fix."""
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from o2chain.testing import wait_for_points
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
-# Chromium as root in a container: no sandbox, and nothing that calls home (ARCHITECTURE.md).
+# Chromium as root in a container: no sandbox, and nothing that calls home.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

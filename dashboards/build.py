@@ -6,7 +6,7 @@ Thresholds come from the same places the gateway's alarm engine takes them: puri
 the device profiles' ``[nominal]`` values, the room fire-safety limit from ``gateway.oxygen``'s
 NFPA constants (drawn as a series computed from each room's measured pressure, because the
 limit moves with the weather and the site's altitude), the oxygen-deficient and low-effect
-levels from ``gateway.alarms.builtin_rules``, the outbox age limit from the gateway config's
+levels from ``gateway.builtin_rules.builtin_rules``, the outbox age limit from the gateway config's
 default.
 
 Dashboards: Facility overview, Rooms, Concentrators and plants, Device health, Gateway.
@@ -28,7 +28,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
 from gateway import oxygen
-from gateway.alarms import builtin_rules
+from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, parse_config
 from gateway.telemetry import RejectReason
 from o2chain.registers import load_profile

@@ -20,37 +20,34 @@ one reading replayed long after it was measured cannot satisfy a delay by its ag
 
 Every transition becomes a point of measurement ``alarm`` returned from the stage; the point
 carries the alarm's new lifecycle state, and whoever commits the point to the durable outbox
-commits that state in the same transaction (``AlarmStore.writer``), so after a crash an alarm is
+commits that state in the same transaction (``StateStore.writer``), so after a crash an alarm is
 either raised with its point or not raised at all. Listeners (MQTT publisher, the live page) hear
 of an event only after that commit (:meth:`AlarmEngine.notify`).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import itertools
 import logging
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import oxygen
-from gateway.alarm_store import AlarmStore
+from gateway.baseline import Baseline
+from gateway.builtin_rules import effective_rules
 from gateway.config import (
     AlarmKind,
-    AlarmRule,
     Device,
     DeviceKind,
     GatewayConfig,
     Severity,
-    Site,
 )
-from gateway.equipment_rules import equipment_rules
 from gateway.readings import Reading
+from gateway.rules import Rule, back_inside, exceeds
+from gateway.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -75,310 +72,6 @@ class AlarmError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-ThresholdFn = Callable[[Device, Site], float]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A rule ready to evaluate. ``value_fn`` computes per-device thresholds (built-ins)."""
-
-    id: str
-    kind: AlarmKind
-    severity: Severity
-    field: str | None = None
-    op: str = ">"
-    value: float | None = None
-    value_fn: ThresholdFn | None = None
-    hysteresis: float = 0.0
-    on_delay_s: float = 0.0
-    off_delay_s: float = 0.0
-    message: str = ""
-    site: str | None = None
-    device: str | None = None
-    device_kind: frozenset[DeviceKind] = frozenset()
-    silence_intervals: float = 3.0
-    window_s: float = 300.0
-    learn_s: float = 86400.0
-    baseline: tuple[tuple[float, float], ...] = ()
-    flow_field: str = "flow_lpm"
-    only_warm: bool = False  # producers: judge only while running and past warm-up
-    source: str = "config"  # "builtin" or "config"
-    doc: str = ""  # where the default comes from (README table, /api/rules)
-
-    @classmethod
-    def from_config(cls, r: AlarmRule) -> Rule:
-        return cls(
-            id=r.id,
-            kind=r.kind,
-            severity=r.severity,
-            field=r.field,
-            op=r.op,
-            value=r.value,
-            hysteresis=r.hysteresis,
-            on_delay_s=r.on_delay_s,
-            off_delay_s=r.off_delay_s,
-            message=r.message,
-            site=r.site,
-            device=r.device,
-            device_kind=frozenset(r.device_kind),
-            silence_intervals=r.silence_intervals,
-            window_s=r.window_s,
-            learn_s=r.learn_s,
-            baseline=tuple(sorted(r.baseline)),
-            flow_field=r.flow_field,
-        )
-
-    def applies(self, dev: Device) -> bool:
-        if self.site is not None and dev.site != self.site:
-            return False
-        if self.device is not None and not fnmatch.fnmatchcase(dev.id, self.device):
-            return False
-        return not self.device_kind or dev.kind in self.device_kind
-
-    def threshold(self, dev: Device, site: Site) -> float:
-        if self.value_fn is not None:
-            return self.value_fn(dev, site)
-        return float(self.value if self.value is not None else math.nan)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON description (``/api/rules``)."""
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "severity": self.severity.value,
-            "field": self.field,
-            "op": self.op,
-            "value": self.value,
-            "dynamic_value": self.value_fn is not None,
-            "hysteresis": self.hysteresis,
-            "on_delay_s": self.on_delay_s,
-            "off_delay_s": self.off_delay_s,
-            "site": self.site,
-            "device": self.device,
-            "device_kind": sorted(k.value for k in self.device_kind),
-            "source": self.source,
-            "doc": self.doc,
-        }
-
-
-def _exceeds(op: str, value: float, threshold: float) -> bool:
-    if op == ">":
-        return value > threshold
-    if op == ">=":
-        return value >= threshold
-    if op == "<":
-        return value < threshold
-    return value <= threshold
-
-
-def _back_inside(op: str, value: float, threshold: float, hysteresis: float) -> bool:
-    """The clear condition: on the good side of the threshold by at least ``hysteresis``."""
-    if hysteresis <= 0:
-        return not _exceeds(op, value, threshold)
-    if op in (">", ">="):
-        return value < threshold - hysteresis
-    return value > threshold + hysteresis
-
-
-def _nominal(dev: Device, key: str) -> float | None:
-    """A value from the device profile's ``[nominal]`` table (o2chain/profiles/*.toml)."""
-    if not dev.profile:
-        return None
-    from o2chain.registers import ProfileError, load_profile
-
-    try:
-        value = load_profile(dev.profile).nominal.get(key)
-    except (ProfileError, OSError):
-        return None
-    return None if value is None else float(value)
-
-
-def _site_pb(site: Site) -> float:
-    # "from the site's pressure" (docs/domain.md, Limits and alarms): ISA at the site's
-    # altitude, a steady threshold that does not chatter with the weather (real station
-    # pressure differs by about 1 %).
-    return oxygen.isa_pressure_kpa(site.altitude_m)
-
-
-def builtin_rules(config: GatewayConfig) -> list[Rule]:
-    """The defaults of docs/domain.md, Limits and alarms; gateway/README.md "Alarm defaults"
-    lists them with their sources."""
-    room = frozenset({DeviceKind.ROOM})
-    conc = frozenset({DeviceKind.CONCENTRATOR})
-    plant = frozenset({DeviceKind.PLANT})
-    offline_n = config.alarm_engine.offline_intervals
-
-    def purity_low(dev: Device, site: Site) -> float:
-        default = 82.0 if dev.kind is DeviceKind.CONCENTRATOR else 90.0
-        return _nominal(dev, "purity_alarm_pct") or default
-
-    def purity_warn(dev: Device, site: Site) -> float:
-        return _nominal(dev, "purity_warn_pct") or 91.0
-
-    def stale_after(dev: Device, site: Site) -> float:
-        return 5.0 * dev.interval_s
-
-    B = Rule
-    sev = Severity
-    th = AlarmKind.THRESHOLD
-    return [
-        B("purity-low", th, sev.ALARM, "purity_pct", "<", value_fn=purity_low, hysteresis=1.0,
-          on_delay_s=60, off_delay_s=60, device_kind=conc | plant, only_warm=True,
-          doc="medical concentrators < 82 % (ISO 80601-2-69 / YY 9706.269); PSA plants < 90 % "
-              "(Ph. Eur. Oxygen 93: 90-96 %); profile [nominal] purity_alarm_pct overrides"),
-        B("purity-warn", th, sev.WARNING, "purity_pct", "<", value_fn=purity_warn,
-          hysteresis=0.5, on_delay_s=120, off_delay_s=60, device_kind=plant, only_warm=True,
-          doc="PSA plants < 91 % (project choice, docs/domain.md); profile purity_warn_pct "
-              "overrides"),
-        B("purity-sensor-fault", th, sev.WARNING, "purity_pct", ">", 96.5, hysteresis=0.5,
-          on_delay_s=60, off_delay_s=60, device_kind=conc | plant,
-          doc="PSA product cannot exceed about 95.7 % (argon): > 96.5 % is a sensor fault"),
-        B("purity-residual", AlarmKind.RESIDUAL, sev.WARNING, "purity_pct", "<", -3.0,
-          hysteresis=1.0, on_delay_s=1800, off_delay_s=600, device_kind=conc | plant,
-          only_warm=True, learn_s=86400.0,
-          doc="purity 3 % below the unit's own purity-flow baseline (learned over its first "
-              "day): sieve wetting/ageing shows at the same flow (docs/domain.md, How "
-              "equipment degrades)"),
-        B("room-o2-high", th, sev.CRITICAL, "o2_pct", ">",
-          value_fn=lambda d, s: oxygen.room_high_alarm_pct(_site_pb(s)), hysteresis=0.3,
-          on_delay_s=30, off_delay_s=60, device_kind=room,
-          doc="NFPA increased-burning-rate limit 23.45/sqrt(PB/101.325) - 1.5 "
-              "(Lhasa 27.9 %); project choice (docs/domain.md)"),
-        B("room-o2-high-warn", th, sev.WARNING, "o2_pct", ">",
-          value_fn=lambda d, s: oxygen.room_high_warn_pct(_site_pb(s)), hysteresis=0.3,
-          on_delay_s=60, off_delay_s=60, device_kind=room,
-          doc="min(27 %, NFPA limit - 3) (Lhasa 26.4 %); project choice (docs/domain.md)"),
-        B("room-o2-deficient", th, sev.CRITICAL, "o2_pct", "<", 19.5, hysteresis=0.3,
-          on_delay_s=30, off_delay_s=60, device_kind=room,
-          doc="oxygen-deficient atmosphere < 19.5 % (OSHA 29 CFR 1910.146)"),
-        B("room-o2-low-effect", th, sev.WARNING, "o2_pct", "<", 22.0, hysteresis=0.3,
-          on_delay_s=600, off_delay_s=60, device_kind=room,
-          doc="enrichment without effect < 22 % (target band 24-26 %); project choice "
-              "(docs/domain.md)"),
-        B("co2-warn", th, sev.WARNING, "co2_ppm", ">", 1000.0, hysteresis=50.0,
-          on_delay_s=300, off_delay_s=300, device_kind=room,
-          doc="GB/T 18883 daily mean 0.10 %"),
-        B("co2-high", th, sev.ALARM, "co2_ppm", ">", 1500.0, hysteresis=50.0,
-          on_delay_s=300, off_delay_s=300, device_kind=room, doc="project choice (docs/domain.md)"),
-        B("dew-point-warn", th, sev.WARNING, "dew_point_c", ">", -40.0, hysteresis=2.0,
-          on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -40 degC"),
-        B("dew-point-high", th, sev.ALARM, "dew_point_c", ">", -30.0, hysteresis=2.0,
-          on_delay_s=300, off_delay_s=300, doc="plant dryer: dew point > -30 degC"),
-        B("device-offline", AlarmKind.OFFLINE, sev.ALARM, silence_intervals=offline_n,
-          doc=f"MQTT last will, Modbus poller offline, or silent > {offline_n:g} intervals"),
-        B("clock-ahead", th, sev.WARNING, "clock_skew_s", ">", 60.0, hysteresis=30.0,
-          off_delay_s=300,
-          doc="the board's clock runs more than 60 s ahead of the gateway's (its readings are "
-              "stored at arrival time, docs/contracts.md): fix its NTP"),
-        B("clock-behind", th, sev.WARNING, "clock_skew_s", "<", -300.0, hysteresis=30.0,
-          off_delay_s=300,
-          doc="the board's clock runs more than 5 min behind: its readings carry wrong times; "
-              "fix its NTP"),
-        B("sensor-fault", AlarmKind.FLAGGED, sev.WARNING, "invalid", off_delay_s=300,
-          doc="a reading carried a field the gateway will not use as a number (implausible, "
-              "a no-value sentinel, not finite): stored flagged (docs/contracts.md); the "
-              "other fields are judged as usual"),
-        B("room-o2-stale", AlarmKind.STALE, sev.WARNING, "o2_pct", value_fn=stale_after,
-          device_kind=room, doc="the board reports but no O2 value for 5 intervals"),
-        B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
-          device_kind=conc | plant, doc="the unit reports but no purity for 5 intervals"),
-        *equipment_rules(config),  # gateway/equipment_rules.py
-    ]  # fmt: skip
-
-
-def effective_rules(config: GatewayConfig) -> list[Rule]:
-    """Built-ins (unless ``alarm_engine.builtin = false``) with config rules layered on top:
-    a config rule with a built-in's id replaces it; ``enabled = false`` removes it."""
-    rules: dict[str, Rule] = {}
-    if config.alarm_engine.builtin:
-        for b in builtin_rules(config):
-            rules[b.id] = Rule(**{**_fields(b), "source": "builtin"})
-    for cfg in config.alarm:
-        if not cfg.enabled:
-            rules.pop(cfg.id, None)
-            continue
-        rules[cfg.id] = Rule.from_config(cfg)
-    return list(rules.values())
-
-
-def _fields(rule: Rule) -> dict[str, Any]:
-    return {f: getattr(rule, f) for f in rule.__dataclass_fields__}
-
-
-@dataclass
-class Baseline:
-    """Purity-flow baseline of one unit: ``purity = a + b * flow**2`` fitted by least squares
-    over its first ``learn_s`` of warm running (the shape of the curve in docs/domain.md: 94 % at
-    2 L/min, 92 % at 4, 87 % at 6), or given as points and interpolated."""
-
-    points: tuple[tuple[float, float], ...] = ()
-    started_ms: int | None = None
-    n: int = 0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    sxy: float = 0.0
-    flow_min: float = math.inf
-    flow_max: float = -math.inf
-    frozen: bool = False
-
-    def learn(self, flow: float, purity: float, ts_ms: int, learn_s: float) -> None:
-        if self.points or self.frozen:
-            return
-        if self.started_ms is None:
-            self.started_ms = ts_ms
-        if ts_ms - self.started_ms >= learn_s * 1000 and self.n >= 10:
-            self.frozen = True
-            return
-        x = flow * flow
-        self.n += 1
-        self.sx += x
-        self.sy += purity
-        self.sxx += x * x
-        self.sxy += x * purity
-        self.flow_min = min(self.flow_min, flow)
-        self.flow_max = max(self.flow_max, flow)
-
-    def predict(self, flow: float) -> float | None:
-        """Expected purity at ``flow``; ``None`` while learning or far outside the learned
-        flows (a baseline cannot judge a flow it never saw)."""
-        if self.points:
-            pts = self.points
-            if flow <= pts[0][0]:
-                return pts[0][1]
-            for (f0, p0), (f1, p1) in itertools.pairwise(pts):
-                if flow <= f1:
-                    return p0 + (p1 - p0) * (flow - f0) / (f1 - f0) if f1 > f0 else p1
-            return pts[-1][1]
-        if not self.frozen:
-            return None
-        span = max(self.flow_max - self.flow_min, 0.1 * max(self.flow_max, 1e-9))
-        if not self.flow_min - 0.2 * span <= flow <= self.flow_max + 0.2 * span:
-            return None
-        mean_x = self.sx / self.n
-        var = self.sxx / self.n - mean_x * mean_x
-        slope = (
-            0.0
-            if var <= 1e-9 * max(1.0, mean_x * mean_x)
-            else ((self.sxy / self.n - mean_x * self.sy / self.n) / var)
-        )
-        return self.sy / self.n + slope * (flow * flow - mean_x)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("points")
-        d["flow_min"] = None if math.isinf(self.flow_min) else self.flow_min
-        d["flow_max"] = None if math.isinf(self.flow_max) else self.flow_max
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], points: tuple[tuple[float, float], ...]) -> Baseline:
-        b = cls(points=points, **{k: v for k, v in d.items() if k not in ("flow_min", "flow_max")})
-        b.flow_min = math.inf if d.get("flow_min") is None else float(d["flow_min"])
-        b.flow_max = -math.inf if d.get("flow_max") is None else float(d["flow_max"])
-        return b
 
 
 @dataclass
@@ -565,7 +258,7 @@ class AlarmEngine:
     def __init__(
         self,
         config: GatewayConfig,
-        store: AlarmStore,
+        store: StateStore,
         clock_ms: Callable[[], int] = _wall_ms,
         link_state: LinkState = lambda site, device: None,
         rules: Sequence[Rule] | None = None,
@@ -845,8 +538,8 @@ class AlarmEngine:
     def _judge_value(
         self, rule: Rule, st: AlarmState, value: float, threshold: float, t_ms: int
     ) -> None:
-        raise_cond = _exceeds(rule.op, value, threshold)
-        clear_cond = _back_inside(rule.op, value, threshold, rule.hysteresis)
+        raise_cond = exceeds(rule.op, value, threshold)
+        clear_cond = back_inside(rule.op, value, threshold, rule.hysteresis)
         self._judge(rule, st, raise_cond, clear_cond, value, threshold, t_ms)
 
     def _judge(

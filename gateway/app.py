@@ -9,7 +9,6 @@ import logging
 import signal
 
 from gateway.alarm_mqtt import AlarmMqttPublisher
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig, Transport
 from gateway.enrich import Enricher
@@ -22,6 +21,7 @@ from gateway.observe import Observer, Sources, link_state_from
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
 from gateway.readings import Reading
+from gateway.state_store import StateStore
 from gateway.writer import OutboxDrainer
 from o2chain.registers import load_profile
 
@@ -59,14 +59,14 @@ class Gateway:
         ]
         # Enrichment, alarms and self-observation.
         # Alarm state lives in the outbox's file: a transition commits with its alarm point.
-        self.alarm_store = AlarmStore.sharing(
+        self.state_store = StateStore.sharing(
             self.outbox.db, self.outbox.lock, config.alarm_engine.log_keep
         )
-        self.alarm_store.import_legacy(state_dir / "alarms.sqlite")
+        self.state_store.import_legacy(state_dir / "alarms.sqlite")
         self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
         link_state = link_state_from(self.sources)
-        self.enricher = Enricher(config, self.alarm_store)
-        self.alarms = AlarmEngine(config, self.alarm_store, link_state=link_state)
+        self.enricher = Enricher(config, self.state_store)
+        self.alarms = AlarmEngine(config, self.state_store, link_state=link_state)
         self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
         self.alarms.listeners.append(self.alarm_mqtt)
         self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
@@ -85,7 +85,7 @@ class Gateway:
             self.outbox,
             on_committed=self.drainer.wake,
             process=self.pipeline.process,
-            alarm_writer=self.alarm_store.writer,
+            alarm_writer=self.state_store.writer,
             announce=self.alarms.notify,
         )
         self.sources.mqtt = self.mqtt
@@ -101,7 +101,7 @@ class Gateway:
         if not out.lines and not out.keep_lines:
             return 0
         refused = 0
-        also = self.alarm_store.writer(out.events)
+        also = self.state_store.writer(out.events)
         try:
             self.outbox.commit(out.lines, keep_lines=out.keep_lines, also=also)
         except OutboxFullError:
@@ -163,7 +163,7 @@ class Gateway:
             self.alarm_mqtt.stop()
             self.alarms.close()
             self.enricher.close()
-            self.alarm_store.close()
+            self.state_store.close()
             self.writer.close()
             self.outbox.close()
             log.info("gateway stopped")

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import oxygen
-from gateway.alarm_store import AlarmStore
 from gateway.config import Device, DeviceKind, GatewayConfig
 from gateway.readings import FieldValue, Reading
+from gateway.state_store import StateStore
 from o2chain.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Enricher:
     def __init__(
         self,
         config: GatewayConfig,
-        store: AlarmStore | None = None,
+        store: StateStore | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ):
         self.config = config

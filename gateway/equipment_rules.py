@@ -1,7 +1,7 @@
 """Built-in equipment alarms: the device's own alarm bits, product pressure and flow, service
 and sensor age, and the Modbus poller's own health.
 
-All are ordinary alarm-engine rules (:class:`gateway.alarms.Rule`, THRESHOLD kind) on numeric
+All are ordinary alarm-engine rules (:class:`gateway.rules.Rule`, THRESHOLD kind) on numeric
 fields the Modbus poller emits:
 
 - one 0/1 field per canonical device alarm a profile names in ``[[alarm_bit]]``
@@ -23,14 +23,12 @@ config ``[[alarm]]`` with a rule's id replaces the rule.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config import AlarmKind, Device, DeviceKind, GatewayConfig, Severity, Site
 from gateway.readings import FieldValue
+from gateway.rules import Rule, nominal
 from o2chain.registers import CANONICAL_ALARMS, Profile
-
-if TYPE_CHECKING:
-    from gateway.alarms import Rule
 
 # Product pressure band around the setpoint (docs/domain.md, "Limits and alarms").
 PRESSURE_BAND = 0.15
@@ -77,15 +75,9 @@ ALARM_BIT_SEVERITY: dict[str, Severity] = {
 POLLER_MEASUREMENT = "modbus_poller"  # emitted by the poller supervisor (gateway/modbus.py)
 
 
-def _nominal(dev: Device, key: str) -> float | None:
-    from gateway.alarms import _nominal as nominal
-
-    return nominal(dev, key)
-
-
 def _service(key: str):  # type: ignore[no-untyped-def]
     def threshold(dev: Device, site: Site) -> float:
-        value = _nominal(dev, key)
+        value = nominal(dev, key)
         if value is not None:
             return value
         return SERVICE_DEFAULTS[key].get(dev.kind, math.nan)
@@ -95,21 +87,19 @@ def _service(key: str):  # type: ignore[no-untyped-def]
 
 def _setpoint_band(factor: float):  # type: ignore[no-untyped-def]
     def threshold(dev: Device, site: Site) -> float:
-        setpoint = _nominal(dev, "outlet_kpa_setpoint")
+        setpoint = nominal(dev, "outlet_kpa_setpoint")
         return math.nan if setpoint is None else setpoint * factor  # NaN: never judged
 
     return threshold
 
 
 def _over_flow(dev: Device, site: Site) -> float:
-    rated = _nominal(dev, "rated_flow_lpm")
+    rated = nominal(dev, "rated_flow_lpm")
     return math.nan if rated is None else rated * OVER_FLOW_FACTOR
 
 
 def equipment_rules(config: GatewayConfig) -> list[Rule]:
-    """The built-in equipment rules (appended to ``gateway.alarms.builtin_rules``)."""
-    from gateway.alarms import Rule
-
+    """The built-in equipment rules (appended to ``gateway.builtin_rules.builtin_rules``)."""
     producers = frozenset({DeviceKind.CONCENTRATOR, DeviceKind.PLANT})
     th = AlarmKind.THRESHOLD
     sev = Severity

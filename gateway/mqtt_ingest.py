@@ -126,7 +126,7 @@ class MqttIngest:
         announce: Callable[[list[AlarmEvent]], None] = lambda events: None,
     ):
         """``alarm_writer(events)`` gives what stores the events' alarm state inside the commit
-        that holds their points (``AlarmStore.writer``); ``announce(events)`` runs after it."""
+        that holds their points (``StateStore.writer``); ``announce(events)`` runs after it."""
         self.config = config
         self.outbox = outbox
         self.on_committed = on_committed

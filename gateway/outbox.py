@@ -16,7 +16,7 @@ keeps the messages), ``drop_oldest`` deletes the oldest points to make room and 
 Alarm events are exempt both ways: ``keep_lines`` are committed past the bound and their rows
 are never the ones ``drop_oldest`` deletes (an alarm nobody can see is the loss that matters).
 
-The same file holds the alarm engine's state (:mod:`gateway.alarm_store` shares the connection),
+The same file holds the alarm engine's state (:mod:`gateway.state_store` shares the connection),
 so an alarm's lifecycle change commits in the transaction that holds its ``alarm`` point:
 ``commit(..., also=store.writer(events))``.
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEvent
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.readings import Reading
+from gateway.state_store import StateStore
 
 TAGS = {"site": "lhasa", "device": "room-1", "room": "1"}
 
@@ -59,7 +59,7 @@ def test_keep_lines_pass_the_bound_and_drop_oldest_never_takes_them(tmp_path: Pa
 
 def test_state_and_point_commit_together_or_not_at_all(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite")
-    store = AlarmStore.sharing(outbox.db, outbox.lock)
+    store = StateStore.sharing(outbox.db, outbox.lock)
     event = AlarmEvent(1, "raise", {"rule": "r"}, None, "lhasa/room-1/r", {"active": True})
 
     def failing_after_state(db: sqlite3.Connection) -> None:
@@ -92,7 +92,7 @@ def test_an_alarm_is_announced_after_its_commit_and_kept_at_a_full_outbox(
         # The reading that raised it was refused (counted); the alarm is stored and announced.
         assert gw.modbus_dropped == 1
         assert [(e.state, stored) for e, stored in announced] == [("raise", True)]
-        assert "lhasa/room-1/o2-high" in gw.alarm_store.load_states()
+        assert "lhasa/room-1/o2-high" in gw.state_store.load_states()
         lines = queued_lines(gw.outbox)
         assert sum(line.startswith("alarm,") for line in lines) == 1
         assert not any(line.startswith("room,device=room-1") for line in lines)
@@ -101,7 +101,7 @@ def test_an_alarm_is_announced_after_its_commit_and_kept_at_a_full_outbox(
 
 
 def test_state_of_an_earlier_release_is_taken_over_once(tmp_path: Path) -> None:
-    old = AlarmStore(tmp_path / "state" / "alarms.sqlite")
+    old = StateStore(tmp_path / "state" / "alarms.sqlite")
     state = {"site": "lhasa", "device": "room-1", "rule": "o2-high", "kind": "threshold",
              "severity": "critical", "active": True, "raised_ms": 5}  # fmt: skip
     old.write([AlarmEvent(5, "raise", {}, None, "lhasa/room-1/o2-high", state)])
@@ -110,7 +110,7 @@ def test_state_of_an_earlier_release_is_taken_over_once(tmp_path: Path) -> None:
     gw = Gateway(config(tmp_path))
     try:
         assert [a["key"] for a in gw.alarms.active()] == ["lhasa/room-1/o2-high"]
-        assert gw.alarm_store.get_kv("enrich:producers") == {"lhasa/conc-1": {"total_l": 12.5}}
+        assert gw.state_store.get_kv("enrich:producers") == {"lhasa/conc-1": {"total_l": 12.5}}
         assert not (tmp_path / "state" / "alarms.sqlite").exists()
     finally:
         gw.outbox.close()

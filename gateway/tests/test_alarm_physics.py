@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from gateway import oxygen
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmEvent
 from gateway.config import parse_config
 from gateway.enrich import Enricher
 from gateway.pipeline import Pipeline, Stage
 from gateway.readings import FieldValue, Reading
+from gateway.state_store import StateStore
 from simulators.physics.atmosphere import Weather
 from simulators.physics.concentrator import ConcentratorModel, ConcentratorParams
 from simulators.physics.room import RoomModel, RoomParams
@@ -50,7 +50,7 @@ CONFIG: dict[str, Any] = {
 
 def build(tmp_path: Path, clock: SimClock) -> tuple[Pipeline, AlarmEngine, list[AlarmEvent]]:
     config = parse_config(CONFIG)
-    store = AlarmStore(tmp_path / "alarms.sqlite")
+    store = StateStore(tmp_path / "alarms.sqlite")
     engine = AlarmEngine(config, store, clock_ms=clock)
     events: list[AlarmEvent] = []
     engine.listeners.append(events.append)

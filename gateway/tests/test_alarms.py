@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from gateway.alarm_store import AlarmStore
-from gateway.alarms import AlarmEngine, AlarmError, AlarmEvent, LocalAlarmEngine, effective_rules
+from gateway.alarms import AlarmEngine, AlarmError, AlarmEvent, LocalAlarmEngine
+from gateway.builtin_rules import effective_rules
 from gateway.config import ConfigError, parse_config
 from gateway.readings import FieldValue, Reading
+from gateway.state_store import StateStore
 
 T0 = 1_700_000_000_000
 
@@ -44,7 +45,7 @@ def cfg(rules: list[dict[str, Any]] | None = None, builtin: bool = True) -> dict
 def engine(
     tmp_path: Path, clock: Clock, data: dict[str, Any], link: Any = None
 ) -> tuple[AlarmEngine, list[AlarmEvent]]:
-    store = AlarmStore(tmp_path / "alarms.sqlite")
+    store = StateStore(tmp_path / "alarms.sqlite")
     eng = LocalAlarmEngine(
         parse_config(data), store, clock_ms=clock, link_state=link or (lambda s, d: None)
     )

@@ -8,11 +8,11 @@ import math
 import pytest
 
 from gateway import oxygen
-from gateway.alarm_store import AlarmStore
 from gateway.config import parse_config
 from gateway.enrich import Enricher, room_o2_demand_lpm
 from gateway.oxygen import EqAltDefinition
 from gateway.readings import FieldValue, Reading
+from gateway.state_store import StateStore
 
 # site, altitude, PB (ISA), eq. alt at 23/25/27 % (West), ambient at 25 %, NFPA limit
 VECTORS = [
@@ -139,7 +139,7 @@ def test_ambient_definition_setting() -> None:
 
 def test_produced_oxygen_is_integrated_once_and_not_across_gaps(tmp_path) -> None:
     clock = Clock()
-    store = AlarmStore(tmp_path / "alarms.sqlite")
+    store = StateStore(tmp_path / "alarms.sqlite")
     enr = Enricher(parse_config(config(max_gap_s=120)), store=store, clock_ms=clock)
     t0 = clock.t_ms
     out = enr([conc("conc-1", t0 + i * 60_000, flow_lpm=5.0, purity_pct=90.0) for i in range(11)])

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from gateway import http as gateway_http
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmError
 from gateway.auth import hash_token
 from gateway.config import parse_config
@@ -22,6 +21,7 @@ from gateway.observe import Observer, Sources, link_state_from
 from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
+from gateway.state_store import StateStore
 
 T0 = 1_700_000_000_000
 
@@ -117,7 +117,7 @@ def rig(tmp_path: Path) -> Rig:
     poller = FakePoller(config.device[1])
     sources = Sources(outbox=outbox, drainer=mqtt, mqtt=mqtt, pollers=[poller])
     link = link_state_from(sources, clock_s=lambda: clock() / 1000)
-    store = AlarmStore(tmp_path / "alarms.sqlite")
+    store = StateStore(tmp_path / "alarms.sqlite")
     engine = AlarmEngine(config, store, clock_ms=clock, link_state=link)
     enricher = Enricher(config, store, clock_ms=clock)
     observer = Observer(config, sources, engine, enricher, link, clock_ms=clock)
@@ -675,7 +675,7 @@ def test_shelve_caps_come_from_config_per_severity(tmp_path: Path) -> None:
     data = {**CONFIG, "alarm_engine": engine_cfg}
     config = parse_config(data)
     clock = Clock()
-    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
+    engine = AlarmEngine(config, StateStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
     tags = {"site": "lhasa", "device": "room-1", "room": "101"}
     engine([Reading("room", tags, {"o2_pct": 28.0}, clock())])  # severity "alarm"
     with pytest.raises(AlarmError) as err:

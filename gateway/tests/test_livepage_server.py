@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine
 from gateway.config import parse_config
 from gateway.http import EVICTED_FRAME, EventHub, StatusServer, sse_frame
 from gateway.observe import HISTORY_POINTS, Observer, Sources
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
+from gateway.state_store import StateStore
 
 T0 = 1_700_000_000_000
 TAGS = {"site": "lhasa", "device": "room-1", "room": "101"}
@@ -42,7 +42,7 @@ class Clock:
 def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:
     config = parse_config(CONFIG)
     clock = Clock()
-    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
+    engine = AlarmEngine(config, StateStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
     observer = Observer(config, Sources(), engine, clock_ms=clock)
     return clock, engine, observer, Pipeline([engine, engine.committed_locally, observer])
 

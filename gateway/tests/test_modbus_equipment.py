@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from gateway.alarm_store import AlarmStore
-from gateway.alarms import AlarmEvent, LocalAlarmEngine, effective_rules
+from gateway.alarms import AlarmEvent, LocalAlarmEngine
+from gateway.builtin_rules import effective_rules
 from gateway.config import Device, parse_config
 from gateway.equipment_rules import EquipmentFields
 from gateway.modbus import DevicePoller, tcp_client_factory
 from gateway.readings import Reading
+from gateway.state_store import StateStore
 from o2chain.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
@@ -78,7 +79,7 @@ def judge(
     state_dir.mkdir(exist_ok=True)
     now = [T0]
     config = parse_config({"site": [{"id": "lhasa", "altitude_m": 3650}], "device": devices})
-    eng = LocalAlarmEngine(config, AlarmStore(state_dir / "alarms.sqlite"), clock_ms=lambda: now[0])
+    eng = LocalAlarmEngine(config, StateStore(state_dir / "alarms.sqlite"), clock_ms=lambda: now[0])
     events: list[AlarmEvent] = []
     eng.listeners.append(events.append)
     for t_s in range(0, hold_s + 1, 10):

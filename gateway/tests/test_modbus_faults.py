@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from gateway import modbus
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine, AlarmEvent, LocalAlarmEngine
 from gateway.config import Device, parse_config
 from gateway.modbus import DevicePoller, modbus_runners, tcp_client_factory
 from gateway.observe import Observer, Sources
 from gateway.readings import Reading, invalid_fields
+from gateway.state_store import StateStore
 from o2chain.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
@@ -274,7 +274,7 @@ ALARM_CFG: dict[str, Any] = {
 
 def alarm_engine(tmp_path: Path, now_ms: Callable[[], int]) -> tuple[AlarmEngine, list[Any]]:
     eng = LocalAlarmEngine(
-        parse_config(ALARM_CFG), AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=now_ms
+        parse_config(ALARM_CFG), StateStore(tmp_path / "alarms.sqlite"), clock_ms=now_ms
     )
     events: list[AlarmEvent] = []
     eng.listeners.append(events.append)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from gateway import oxygen
-from gateway.alarm_store import AlarmStore
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig, parse_config
 from gateway.enrich import Enricher
 from gateway.readings import invalid_fields
+from gateway.state_store import StateStore
 from gateway.telemetry import (
     FUTURE_TOLERANCE_MS,
     MAX_PAST_MS,
@@ -264,7 +264,7 @@ def test_a_reading_23_h_ahead_no_longer_blinds_the_alarm_engine(
     23-h stamp was the newest judged and every later reading was skipped as older."""
     now = [NOW_MS]
     decoder = TelemetryDecoder(config)
-    engine = AlarmEngine(config, AlarmStore(tmp_path / "alarms.sqlite"), clock_ms=lambda: now[0])
+    engine = AlarmEngine(config, StateStore(tmp_path / "alarms.sqlite"), clock_ms=lambda: now[0])
     enricher = Enricher(config, clock_ms=lambda: now[0])
 
     def receive(doc: dict) -> list:

@@ -258,12 +258,12 @@ def test_lhasa_rooms_drive_the_gateway_alarm_engine(tmp_path: Path) -> None:
     """The scenario's room readings through the gateway's enricher and alarm engine, in
     simulated time: room-104 raises the O2 fire-hazard alarm, then the CO2 alarm; room-202
     (two guests) holds the CO2 warning; room-105 stays quiet."""
-    from gateway.alarm_store import AlarmStore
     from gateway.alarms import AlarmEngine, AlarmEvent
     from gateway.config import parse_config
     from gateway.enrich import Enricher
     from gateway.pipeline import Pipeline
     from gateway.readings import FieldValue, Reading
+    from gateway.state_store import StateStore
 
     t0_ms, t_s = 1_750_000_000_000, [0.0]
 
@@ -281,7 +281,7 @@ def test_lhasa_rooms_drive_the_gateway_alarm_engine(tmp_path: Path) -> None:
             ],
         }
     )  # fmt: skip
-    store = AlarmStore(tmp_path / "alarms.sqlite")
+    store = StateStore(tmp_path / "alarms.sqlite")
     engine = AlarmEngine(config, store, clock_ms=clock)
     events: list[AlarmEvent] = []
     engine.listeners.append(events.append)

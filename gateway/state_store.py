@@ -1,7 +1,7 @@
 """Persistent state of the alarm engine and enrichment: SQLite (WAL), in the outbox's file.
 
-In the gateway the store shares the outbox's connection (:meth:`AlarmStore.sharing`), so an
-alarm's lifecycle change is written by :meth:`AlarmStore.writer` inside the very transaction
+In the gateway the store shares the outbox's connection (:meth:`StateStore.sharing`), so an
+alarm's lifecycle change is written by :meth:`StateStore.writer` inside the very transaction
 that commits its ``alarm`` point: after a crash both are there or neither is. What survives a
 restart (alarm practice asks for "a log that survives restarts", docs/domain.md, Limits and
 alarms):
@@ -58,9 +58,9 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
-class AlarmStore:
-    """``AlarmStore(path)`` with a file of its own (``":memory:"`` for tests), or
-    ``AlarmStore.sharing(outbox.db, outbox.lock)`` in the outbox's file."""
+class StateStore:
+    """``StateStore(path)`` with a file of its own (``":memory:"`` for tests), or
+    ``StateStore.sharing(outbox.db, outbox.lock)`` in the outbox's file."""
 
     def __init__(self, path: Path | str, log_keep: int = 10_000):
         if isinstance(path, Path):
@@ -73,7 +73,7 @@ class AlarmStore:
     @classmethod
     def sharing(
         cls, db: sqlite3.Connection, lock: threading.Lock, log_keep: int = 10_000
-    ) -> AlarmStore:
+    ) -> StateStore:
         """A store in another component's SQLite file, using its connection and lock."""
         store = cls.__new__(cls)
         store._setup(db, lock, log_keep, owns=False)

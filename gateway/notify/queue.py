@@ -193,6 +193,8 @@ class NotifyQueue:
     # ------------------------------------------------------------------ enqueue (alarm commit)
     def write(self, db: sqlite3.Connection, events: Sequence[QueueEvent]) -> None:
         """Queue what ``events`` owe, inside the caller's transaction (the lock is held)."""
+        if not self.targets:
+            return  # no [[notify]]: the commit path stays as it was
         now = self.clock_ms()
         for event in events:
             alarm = event.alarm

@@ -438,3 +438,39 @@ def test_robot_urls_are_redacted_and_wecom_markdown_is_bounded() -> None:
     assert isinstance(req.data, bytes)
     body = json.loads(req.data)
     assert body["msgtype"] == "markdown" and len(body["markdown"]["content"].encode()) <= 4096
+
+
+def test_healthz_warns_and_metrics_show_the_queue() -> None:
+    from gateway.observe import Observer, Sources
+
+    now = shanghai_ms(2026, 12, 3, 12)
+    h = Harness(base_config([hook("down", fail_alarm_after_s=30)]), now)
+    n = notifier(h, {"down": FakeSender(["http_error"] * 10)})
+    observer = Observer(h.config, Sources(notifier=n), clock_ms=h.clock)
+    h.commit(event("raise", now))
+    for _ in range(4):  # 2 + 4 + 8 + 16 s of failing: past 30 s
+        n.workers["down"].step()
+        h.clock.ms = h.queue.next_due_ms("down") or h.clock.ms
+    (warning,) = observer.health()["warnings"]
+    assert "notify: target down failing since" in warning and "scripted http_error" in warning
+    text = observer.prometheus()
+    assert 'o2chain_notify_attempts_total{target="down",result="http_error"} 4' in text
+    assert 'o2chain_notify_queue_depth{target="down"} 1' in text
+    assert 'o2chain_notify_oldest_age_seconds{target="down"} 30' in text
+    assert 'o2chain_notify_target_failing{target="down"} 1' in text
+
+
+def test_gateway_check_names_the_bad_notify_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from o2chain.cli import main
+
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        '[[site]]\nid = "lhasa-hotel"\naltitude_m = 3650\n'
+        '[[notify]]\nid = "duty"\nkind = "dingtalk"\nurl = "https://oapi.example/robot/send"\n'
+        'quiet_hours = "22:00-7:00"\n'
+    )
+    assert main(["gateway", "check", "-c", str(cfg)]) != 0
+    err = capsys.readouterr()
+    assert "notify[0].quiet_hours" in err.out + err.err

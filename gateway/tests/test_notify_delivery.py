@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +258,41 @@ def test_email_never_falls_back_to_plain_text(tmp_path: Path) -> None:
     finally:
         stack.close()
         server.close()
+
+
+def test_escalation_due_time_survives_a_restart(tmp_path: Path, receivers: list[Receiver]) -> None:
+    """The escalation's due time is in the queue table: a gateway stopped before it is due
+    sends it after the restart, at the same time, not a full delay later (nor never)."""
+    rx = start(receivers)
+    config = base_config([hook("boss", url=rx.url, unacked_after_s=2, **FAST)])
+    first = Stack(tmp_path, config)
+    raised_at = time.monotonic()
+    first.commit(event("raise", first.notifier.clock_ms()))
+    first.close()  # stopped well before the escalation is due
+    assert rx.requests == []
+    second = Stack(tmp_path, config)
+    try:
+        (req,) = rx.wait_for(lambda rs: len(rs) >= 1, 20, "the escalation after restart")
+        assert req.json()["event"] == "escalate"
+        assert 2.0 <= req.at - raised_at < 10.0
+    finally:
+        second.close()
+
+
+def test_ack_before_the_escalation_is_due_cancels_it(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    now_rx, boss_rx = start(receivers), start(receivers)
+    config = base_config([hook("now", url=now_rx.url, **FAST),
+                          hook("boss", url=boss_rx.url, unacked_after_s=1, **FAST)])  # fmt: skip
+    stack = Stack(tmp_path, config)
+    try:
+        t0 = stack.notifier.clock_ms()
+        stack.commit(event("raise", t0))
+        now_rx.wait_for(lambda rs: len(rs) >= 1, 10, "the immediate target")
+        stack.commit(event("ack", t0 + 100, raised_ms=t0, by="dolma"))
+        wait_until(lambda: stack.notifier.clock_ms() > t0 + 2500, 10, "past the escalation")
+        (esc,) = [r for r in stack.queue.rows("boss")]
+        assert esc["state"] == "cancelled" and boss_rx.requests == []
+    finally:
+        stack.close()

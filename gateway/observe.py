@@ -462,7 +462,7 @@ class Observer:
             )
             for key, name, help_text in (
                 ("depth", "o2chain_notify_queue_depth", "notifications waiting, by target"),
-                ("oldest_age_s", "o2chain_notify_oldest_age_seconds", "oldest waiting one"),
+                ("oldest_age_s", "o2chain_notify_oldest_age_seconds", "longest wait of a due one"),
                 ("failing", "o2chain_notify_target_failing", "1 while a target fails"),
             ):
                 out.add(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.config import NotifyKind, NotifyTarget
+
+log = logging.getLogger(__name__)
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "alarm": 2, "critical": 3}
 CRITICAL = SEVERITY_RANK["critical"]
@@ -189,6 +192,17 @@ class NotifyQueue:
         self._done_since_prune = 0
         with lock:
             db.executescript(_SCHEMA)
+            # Targets removed from (or disabled in) the config since the rows were queued:
+            # nobody will deliver them; they would only count as waiting forever.
+            live = [t.id for t in targets if t.enabled]
+            marks = ",".join("?" * len(live))
+            orphans = db.execute(
+                f"UPDATE notify_queue SET state = 'cancelled', done_ms = ? "
+                f"WHERE state = 'pending' AND target NOT IN ({marks})",
+                (self.clock_ms(), *live),
+            ).rowcount
+        if orphans:
+            log.warning("notify: %d queued notifications of removed targets dropped", orphans)
 
     # ------------------------------------------------------------------ enqueue (alarm commit)
     def write(self, db: sqlite3.Connection, events: Sequence[QueueEvent]) -> None:
@@ -339,6 +353,27 @@ class NotifyQueue:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def earlier_pending_due_ms(self, item: Item) -> int | None:
+        """For a clear (or ack, shelve, unshelve): the due time of a raise, escalation or
+        repeat of the same occurrence still waiting for this target and recipient. The
+        follow-up must not overtake it: "cleared" before "raised" confuses at 3 a.m."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(due_ms) FROM notify_queue WHERE target = ? AND recipient = ? "
+                "AND alarm_key = ? AND raised_ms = ? AND state = 'pending' AND id < ? "
+                "AND kind IN ('raise', 'escalate', 'repeat')",
+                (item.target, item.recipient, item.alarm_key, item.raised_ms, item.id),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def postpone(self, item: Item, due_ms: int) -> None:
+        """Move a message's due time without counting an attempt."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE notify_queue SET due_ms = ? WHERE id = ?", (due_ms, item.id))
+
+        self._commit([], write)
+
     def is_open(self, alarm_key: str, raised_ms: int) -> bool:
         """Still raised, unacknowledged, not shelved, not cleared (that occurrence)."""
         with self._lock:
@@ -431,12 +466,16 @@ class NotifyQueue:
         )
 
     # ------------------------------------------------------------------ observation
-    def stats(self) -> dict[str, tuple[int, int | None]]:
-        """Per target: (pending messages, created_ms of the oldest)."""
+    def stats(self, now_ms: int) -> dict[str, tuple[int, int | None]]:
+        """Per target: (pending messages, since when the longest-waiting due one has been due:
+        its first attempt, or its due time if never tried). Scheduled ones (an escalation or
+        repeat not yet due, quiet hours) count as pending but not as waiting."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT target, COUNT(*), MIN(created_ms) FROM notify_queue "
-                "WHERE state = 'pending' GROUP BY target"
+                "SELECT target, COUNT(*), MIN(CASE WHEN due_ms <= ? OR first_fail_ms IS NOT NULL "
+                "THEN COALESCE(first_fail_ms, due_ms) END) FROM notify_queue "
+                "WHERE state = 'pending' GROUP BY target",
+                (now_ms,),
             ).fetchall()
         out: dict[str, tuple[int, int | None]] = {t: (0, None) for t in self.targets}
         for target, n, oldest in rows:

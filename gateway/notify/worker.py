@@ -106,6 +106,11 @@ class TargetWorker:
         ):
             self.queue.cancel(item)  # acknowledged, shelved or cleared meanwhile
             return None
+        if item.kind in ("clear", "ack", "shelve", "unshelve"):
+            before = self.queue.earlier_pending_due_ms(item)
+            if before is not None:
+                self.queue.postpone(item, max(before, self.notifier.clock_ms()) + 1)
+                return None
         message = compose(item.kind, item.payload, self.notifier.config, t, item.idem)
         attempt = item.attempts + 1
         self._sent_at.append(time.monotonic())
@@ -257,7 +262,7 @@ class Notifier:
             attempts = dict(self.attempts)
         for target in self.workers:
             attempts.setdefault((target, "ok"), 0)
-        stats = self.queue.stats()
+        stats = self.queue.stats(now)
         return {
             "attempts": attempts,
             "depth": {t: n for t, (n, _) in stats.items()},

@@ -474,3 +474,44 @@ def test_gateway_check_names_the_bad_notify_key(
     assert main(["gateway", "check", "-c", str(cfg)]) != 0
     err = capsys.readouterr()
     assert "notify[0].quiet_hours" in err.out + err.err
+
+
+def test_a_clear_never_overtakes_its_raise() -> None:
+    """The raise is in backoff (target answered 500) when the alarm clears: the clear is due
+    at once but waits for the raise, so nobody reads "cleared" before "raised"."""
+    now = shanghai_ms(2026, 12, 3, 12)
+    h = Harness(base_config([hook(retry_initial_s=30)]), now)
+    sender = FakeSender(["http_error"])
+    w = notifier(h, {"ops": sender}).workers["ops"]
+    h.commit(event("raise", now))
+    w.step()  # 500: the raise is due again in 30 s
+    h.clock.ms = now + 5_000
+    h.commit(event("clear", now + 5_000, raised_ms=now))
+    for _ in range(4):
+        wait_s = w.step()
+        h.clock.ms += max(1, int(wait_s * 1000))
+    assert [m.data["event"] for m, _, _ in sender.sent] == ["raise", "raise", "clear"]
+
+
+def test_rows_of_removed_targets_are_dropped_at_start() -> None:
+    now = shanghai_ms(2026, 12, 3, 12)
+    h = Harness(base_config([hook("old"), hook("kept")]), now)
+    h.commit(event("raise", now))
+    again = NotifyQueue(h.db, h.lock, h._commit, [t for t in h.config.notify if t.id == "kept"],
+                        clock_ms=h.clock)  # fmt: skip
+    assert [(r["target"], r["state"]) for r in again.rows()] == [
+        ("old", "cancelled"), ("kept", "pending"),
+    ]  # fmt: skip
+    assert set(again.stats(now)) == {"kept"}
+
+
+def test_scheduled_escalations_are_pending_but_not_waiting() -> None:
+    now = shanghai_ms(2026, 12, 3, 12)
+    h = Harness(base_config([hook("boss", unacked_after_s=600)]), now)
+    h.commit(event("raise", now))
+    h.clock.ms = now + 300_000
+    n = notifier(h, {"boss": FakeSender()})
+    assert n.metrics()["depth"] == {"boss": 1}
+    assert n.metrics()["oldest_age_s"] == {"boss": 0.0}  # not due yet: nobody is late
+    h.clock.ms = now + 630_000
+    assert n.metrics()["oldest_age_s"] == {"boss": 30.0}  # due 30 s ago, not sent

@@ -43,8 +43,9 @@ def write_config(path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, state: Pa
         "mqtt": {"url": mosquitto.url},
         "influx": {"url": influxdb.url, "database": DB, "flush_interval_s": 0.2},
         "site": [{"id": SITE, "altitude_m": 3650, "name": "Lhasa Hotel"}],
+        # Boards that report every 10 min: one reading per test raises no offline alarm.
         "device": [{"id": r, "site": SITE, "kind": "room", "transport": "mqtt",
-                    "room": r.removeprefix("room-")} for r in rooms],
+                    "room": r.removeprefix("room-"), "interval_s": 600} for r in rooms],
         # The built-in high alarm (27.9 % in Lhasa) without its 30 s on-delay: the test
         # times the notification, not the delay.
         "alarm": [{"id": RULE, "field": "o2_pct", "op": ">", "value": 27.9, "hysteresis": 0.3,

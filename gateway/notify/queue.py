@@ -26,6 +26,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -181,8 +182,6 @@ class NotifyQueue:
         gateway_id: str = "gw-1",
         clock_ms: Callable[[], int] | None = None,
     ):
-        import time
-
         self._db = db
         self._lock = lock
         self._commit = commit

@@ -226,8 +226,10 @@ class NotifyQueue:
             elif event.state == "unshelve":
                 self._on_followup(db, event, raised, now)
 
-    def _payload(self, event: QueueEvent) -> dict[str, Any]:
-        return {"event": event.state, "ts_ms": event.ts_ms, "by": event.by, "alarm": event.alarm}
+    def _payload(self, event: QueueEvent) -> str:
+        """The row's payload, JSON encoded once per event (not once per target)."""
+        doc = {"event": event.state, "ts_ms": event.ts_ms, "by": event.by, "alarm": event.alarm}
+        return json.dumps(doc, sort_keys=True)
 
     def _insert(
         self,
@@ -239,7 +241,7 @@ class NotifyQueue:
         raised_ms: int,
         rank: int,
         due_ms: int,
-        payload: dict[str, Any],
+        payload: str,
         now: int,
         seq: int = 0,
     ) -> None:
@@ -253,7 +255,7 @@ class NotifyQueue:
             "raised_ms, seq, rank, created_ms, due_ms, payload) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (idem, target.id, recipient, kind, alarm_key, raised_ms, seq, rank, now, due_ms,
-             json.dumps(payload, sort_keys=True)),
+             payload),
         )  # fmt: skip
 
     def _on_raise(self, db: sqlite3.Connection, event: QueueEvent, raised: int, now: int) -> None:
@@ -316,7 +318,8 @@ class NotifyQueue:
         """Tell every other enabled target that target ``about`` is failing (or recovered);
         once per failure (the key is the failure's start). Returns how many rows were added."""
         now = self.clock_ms()
-        payload = {"event": kind, "ts_ms": now, "target": about, "since_ms": since_ms, **info}
+        doc = {"event": kind, "ts_ms": now, "target": about, "since_ms": since_ms, **info}
+        payload = json.dumps(doc, sort_keys=True)
         added = 0
 
         def write(db: sqlite3.Connection) -> None:
@@ -422,7 +425,8 @@ class NotifyQueue:
                 if row is not None and int(row[0]) == item.raised_ms:
                     due = max(item.due_ms, now) + int(target.repeat_s * 1000)
                     self._insert(db, target, item.recipient, "repeat", item.alarm_key,
-                                 item.raised_ms, item.rank, due, item.payload, now,
+                                 item.raised_ms, item.rank, due,
+                                 json.dumps(item.payload, sort_keys=True), now,
                                  seq=item.seq + 1)  # fmt: skip
             self._prune(db)
 

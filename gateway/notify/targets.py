@@ -82,6 +82,14 @@ def dingtalk_signed_url(url: str, secret: str, now_ms: int) -> str:
     return f"{url}{sep}timestamp={now_ms}&sign={sign}"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: urllib would follow a 302 to a POST as a GET without the body,
+    and a login page's 200 would count as delivered."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 class HttpSender:
     """webhook, wecom, dingtalk and sms targets."""
 
@@ -93,6 +101,9 @@ class HttpSender:
         token = target.token()
         self.token = token.get_secret_value() if token is not None else ""
         self.ctx = _ssl_context(target)
+        self.opener = urllib.request.build_opener(
+            _NoRedirect(), urllib.request.HTTPSHandler(context=self.ctx)
+        )
 
     def _fill(self, template: str, values: dict[str, str], encoding: str | None) -> str:
         out = template
@@ -150,7 +161,7 @@ class HttpSender:
     def send(self, message: Message, recipient: str, idem: str) -> Outcome:
         req = self.request(message, recipient, idem)
         try:
-            with urllib.request.urlopen(req, timeout=self.target.timeout_s, context=self.ctx) as r:
+            with self.opener.open(req, timeout=self.target.timeout_s) as r:
                 answer = r.read(65536)
                 status = r.status
         except urllib.error.HTTPError as exc:

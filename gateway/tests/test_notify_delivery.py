@@ -296,3 +296,19 @@ def test_ack_before_the_escalation_is_due_cancels_it(
         assert esc["state"] == "cancelled" and boss_rx.requests == []
     finally:
         stack.close()
+
+
+def test_a_redirect_is_not_a_delivery(tmp_path: Path, receivers: list[Receiver]) -> None:
+    """Following a 302 would turn the POST into a GET without the message, answered 200 by
+    whatever page is there: the redirect must count as a failure and be retried."""
+    rx = start(receivers, Script(statuses=[302]))
+    stack = Stack(tmp_path, base_config([hook(url=rx.url, **FAST)]))
+    try:
+        stack.commit(event("raise", stack.notifier.clock_ms()))
+        wait_until(lambda: stack.attempts("ops", "ok") == 1, 20, "the retry accepted")
+        assert [(r.method, r.path, r.status) for r in rx.requests] == [
+            ("POST", "/hook", 302), ("POST", "/hook", 200),
+        ]  # fmt: skip
+        assert stack.attempts("ops", "http_error") == 1
+    finally:
+        stack.close()

@@ -338,6 +338,9 @@ class NotifyTarget(_Strict):
     headers: dict[str, str] = {}
     body_template: str | None = None  # placeholders {phone} {text} {id} {token}
     body_encoding: Literal["json", "form"] = "json"  # how placeholder values are escaped
+    # webhook / sms: a 2xx answer counts only if its JSON has these top-level values (providers
+    # that answer 200 with an error code, e.g. {"Code": "OK"}).
+    accept_json: dict[str, str | int | bool] = {}
 
     @field_validator("timezone")
     @classmethod
@@ -365,6 +368,8 @@ class NotifyTarget(_Strict):
                 raise ValueError(f"kind {k!r} needs exactly one of url or url_file")
         elif self.url is not None or self.url_file is not None:
             raise ValueError(f"kind {k!r} takes no url (smtp_host, from, to)")
+        if self.accept_json and self.kind not in (NotifyKind.WEBHOOK, NotifyKind.SMS):
+            raise ValueError(f"accept_json is for kinds 'webhook' and 'sms' (not {k!r})")
         if self.secret_file is not None and self.kind is not NotifyKind.DINGTALK:
             raise ValueError("secret_file is for kind 'dingtalk' (signed robot URL)")
         if self.kind is NotifyKind.EMAIL:

@@ -187,6 +187,14 @@ class HttpSender:
                 return Outcome("rejected", f"{redact(self.url)}: answer is not the robot's JSON")
             if errcode != 0:
                 return Outcome("rejected", f"errcode {errcode}: {str(doc.get('errmsg', ''))[:200]}")
+        elif self.target.accept_json:
+            try:
+                doc = json.loads(answer)
+                got = {k: doc.get(k) for k in self.target.accept_json}
+            except (ValueError, TypeError, AttributeError):
+                return Outcome("rejected", f"{redact(self.url)}: answer is not JSON")
+            if got != self.target.accept_json:
+                return Outcome("rejected", f"{redact(self.url)}: answered {json.dumps(got)[:200]}")
         return Outcome("ok")
 
 

@@ -118,6 +118,8 @@ def test_config_accepts_every_kind(tmp_path: Path) -> None:
         (hook(site="nowhere"), "notify[0] (ops).site: 'nowhere' is not a [[site]]"),
         (hook(events=["raise", "explode"]), "notify[0].events[1]"),
         (hook(repeat_s=2), "repeat_s: expected 0 (never) or at least 10 s"),
+        ({"id": "w", "kind": "wecom", "url": "http://x/", "accept_json": {"ok": True}},
+         "accept_json is for kinds 'webhook' and 'sms'"),
         ({"id": "w", "kind": "wecom", "url_file": "/nonexistent/key"},
          "url_file: cannot read /nonexistent/key"),
     ],

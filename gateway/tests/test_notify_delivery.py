@@ -312,3 +312,23 @@ def test_a_redirect_is_not_a_delivery(tmp_path: Path, receivers: list[Receiver])
         assert stack.attempts("ops", "http_error") == 1
     finally:
         stack.close()
+
+
+def test_sms_provider_error_in_a_200_answer_is_retried(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    rx = start(receivers, Script(answers=[{"Code": "isv.BUSINESS_LIMIT_CONTROL"},
+                                          {"Code": "OK"}]))  # fmt: skip
+    stack = Stack(tmp_path, base_config([{
+        "id": "sms", "kind": "sms", "url": rx.url, "to": ["+8613800000001"],
+        "body_template": '{"phone": "{phone}", "content": "{text}"}',
+        "accept_json": {"Code": "OK"}, **FAST,
+    }]))  # fmt: skip
+    try:
+        stack.commit(event("raise", stack.notifier.clock_ms()))
+        wait_until(lambda: stack.attempts("sms", "ok") == 1, 20, "the retry accepted")
+        assert stack.attempts("sms", "rejected") == 1 and len(rx.requests) == 2
+        (row,) = stack.queue.rows()
+        assert row["state"] == "sent" and row["attempts"] == 2
+    finally:
+        stack.close()

@@ -332,3 +332,33 @@ def test_sms_provider_error_in_a_200_answer_is_retried(
         assert row["state"] == "sent" and row["attempts"] == 2
     finally:
         stack.close()
+
+
+def test_a_failing_target_is_reported_to_the_others_once_and_on_recovery(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    port = free_port()  # the WeCom robot's host is unreachable: refused
+    other = start(receivers)
+    config = base_config([
+        {"id": "wecom", "kind": "wecom", "url": f"http://127.0.0.1:{port}/send?key=K",
+         "fail_alarm_after_s": 1.0, **FAST},
+        hook("mail-gw", url=other.url, **FAST),
+    ])  # fmt: skip
+    stack = Stack(tmp_path, config)
+    try:
+        stack.commit(event("raise", stack.notifier.clock_ms()))
+        reqs = other.wait_for(lambda rs: len(rs) >= 2, 20, "the alarm and the failure report")
+        failing = reqs[1].json()
+        assert failing["event"] == "target_failing" and failing["target"] == "wecom"
+        assert "notification target wecom failing since" in failing["text"]
+        (warning,) = stack.notifier.health_warnings()
+        assert warning.startswith("notify: target wecom failing since")
+        wait_until(lambda: stack.attempts("wecom", "connect_error") >= 4, 20, "more failures")
+        assert len(other.requests) == 2  # told once, not once per failed attempt
+        robot = start(receivers, port=port)  # the robot answers again
+        robot.wait_for(lambda rs: len(rs) >= 1, 20, "the alarm at the robot")
+        reqs = other.wait_for(lambda rs: len(rs) >= 3, 20, "the recovery report")
+        assert reqs[2].json()["event"] == "target_recovered"
+        assert stack.notifier.health_warnings() == []
+    finally:
+        stack.close()

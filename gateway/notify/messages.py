@@ -145,6 +145,8 @@ TEXT: dict[str, dict[str, str]] = {
         "fallback_action": "检查该设备。",
         "time": "时间:{time}",
         "link": "查看并确认(需操作员登录):{url}",
+        "link_label": "查看并确认",
+        "login": "需操作员登录",
         "over": "报警已解除,无需处理。",
         "offline_value": "已 {seconds} 秒无数据",
     },
@@ -175,6 +177,8 @@ TEXT: dict[str, dict[str, str]] = {
         "fallback_action": "Check the device.",
         "time": "Time: {time}",
         "link": "View and acknowledge (operator login required): {url}",
+        "link_label": "View and acknowledge",
+        "login": "operator login required",
         "over": "The alarm is over; nothing to do.",
         "offline_value": "no data for {seconds} s",
     },
@@ -241,6 +245,7 @@ def compose(
     when = _local_time(ts_ms, target.timezone)
     raised_ms = int(alarm.get("raised_ms") or ts_ms)
     delay_s = target.unacked_after_s
+    offline = alarm.get("kind") == "offline"
     blocks: dict[str, list[str]] = {}
     titles: dict[str, str] = {}
     actions: dict[str, str] = {}
@@ -261,8 +266,9 @@ def compose(
         unit_text = t["room"].format(room=room) if room else ""
         unit_text = f"{unit_text} ({device_id})" if room else t["unit"].format(device=device_id)
         lines = [title, t["where"].format(site=site_text, unit=unit_text)]
-        if alarm.get("kind") == "offline" and value is not None:
-            lines.append(t["value_only"].format(value=t["offline_value"].format(seconds=value)))
+        if offline and value is not None:
+            seconds = f"{float(alarm['value']):.0f}"
+            lines.append(t["value_only"].format(value=t["offline_value"].format(seconds=seconds)))
         elif value is not None and threshold is not None:
             shown = (zh_name if lang == "zh" else en_name) + " " if fld else ""
             lines.append(t["value"].format(value=f"{shown}{value} {unit}".strip(),
@@ -281,14 +287,13 @@ def compose(
     for lang in LANGUAGES:
         head, *rest = blocks[lang]
         md_lines += [f"### {head}", *(f"> {line}" for line in rest), ""]
-    md_lines += [f"[{TEXT['zh']['link'].split(':')[0]} / View and acknowledge]({url})",
-                 "(需操作员登录 / operator login required)", f"ref {ref}"]  # fmt: skip
+    zh, en = TEXT["zh"], TEXT["en"]
+    md_lines += [f"[{zh['link_label']} / {en['link_label']}]({url})",
+                 f"({zh['login']} / {en['login']})", f"ref {ref}"]  # fmt: skip
     place = f"{site_name or site_id} / {device_id}"
     subject = f"{titles['zh']} / {titles['en']} - {place}"
-    short = (
-        f"{titles['zh']} {place} {value or ''}{unit if value else ''} | "
-        f"{titles['en']} {place} {url}"
-    )
+    reading = f" {value} {unit}".rstrip() if value is not None and not offline else ""
+    short = f"{titles['zh']} {place}{reading} | {titles['en']} {place}{reading} {url}"
     data = {
         "v": 1,
         "id": ref,

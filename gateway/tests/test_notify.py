@@ -517,3 +517,19 @@ def test_scheduled_escalations_are_pending_but_not_waiting() -> None:
     assert n.metrics()["oldest_age_s"] == {"boss": 0.0}  # not due yet: nobody is late
     h.clock.ms = now + 630_000
     assert n.metrics()["oldest_age_s"] == {"boss": 30.0}  # due 30 s ago, not sent
+
+
+def test_offline_markdown_and_sms_forms() -> None:
+    cfg = base_config([hook()], public_url="https://o2.hotel.example")
+    ev = event("raise", shanghai_ms(2026, 12, 3, 3, 4))
+    offline = {**ev.alarm, "rule": "device-offline", "kind": "offline", "field": None,
+               "value": 45.2, "threshold": 30.0, "severity": "alarm"}  # fmt: skip
+    m = compose("raise", {"ts_ms": ev.ts_ms, "alarm": offline}, cfg, cfg.notify[0], "k")
+    assert "Now no data for 45 s" in m.text and "已 45 秒无数据" in m.text
+    assert "power and network" in m.text and "[ALARM] Device offline" in m.text
+    assert "[查看并确认 / View and acknowledge](https://o2.hotel.example/#alarm/" in m.markdown
+    assert "(需操作员登录 / operator login required)" in m.markdown
+    high = compose("raise", {"ts_ms": ev.ts_ms, "alarm": ev.alarm}, cfg, cfg.notify[0], "k")
+    assert high.short.startswith("【严重】房间氧浓度过高(火灾风险) Lhasa Hotel / room-101 29.5 %")
+    assert high.short.endswith("/#alarm/lhasa-hotel/room-101/room-o2-high")
+    assert "45" not in m.short.split("|")[0]  # silence seconds are no reading

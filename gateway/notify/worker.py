@@ -111,14 +111,16 @@ class TargetWorker:
             if before is not None:
                 self.queue.postpone(item, max(before, self.notifier.clock_ms()) + 1)
                 return None
-        message = compose(item.kind, item.payload, self.notifier.config, t, item.idem)
         attempt = item.attempts + 1
         self._sent_at.append(time.monotonic())
         started = time.monotonic()
         try:
+            message = compose(item.kind, item.payload, self.notifier.config, t, item.idem)
             outcome = self.sender.send(message, item.recipient, item.idem)
-        except Exception as exc:  # a sender bug must not stop the worker
-            log.exception("notify %s: sender failed", t.id)
+        except Exception as exc:
+            # A bug or an odd row must not stop the worker nor block the rows behind it: it
+            # becomes a failed attempt with its backoff, counted and logged like any other.
+            log.exception("notify %s: cannot send %s", t.id, item.idem)
             outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
         latency_ms = (time.monotonic() - started) * 1000.0
         self.notifier.count(t.id, outcome.result)

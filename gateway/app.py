@@ -7,6 +7,8 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable
+from sqlite3 import Connection
 
 from gateway.alarm_mqtt import AlarmMqttPublisher
 from gateway.alarms import AlarmEngine
@@ -17,6 +19,7 @@ from gateway.influx import make_writer
 from gateway.lineproto import LineEncoder
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
+from gateway.notify import Notifier, NotifyQueue
 from gateway.observe import Observer, Sources, link_state_from
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
@@ -69,6 +72,18 @@ class Gateway:
         self.alarms = AlarmEngine(config, self.state_store, link_state=link_state)
         self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
         self.alarms.listeners.append(self.alarm_mqtt)
+        # Notifications queue in the alarm event's transaction; their own threads deliver.
+        self.notify_queue = NotifyQueue(
+            self.outbox.db,
+            self.outbox.lock,
+            self._commit_notify,
+            config.notify,
+            gateway_id=config.gateway.id,
+        )
+        self.state_store.also_write.append(self.notify_queue.write)
+        self.notifier = Notifier(config, self.notify_queue)
+        self.alarms.listeners.append(self.notifier.listener)
+        self.sources.notifier = self.notifier
         self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
         self.pipeline = Pipeline([self.enricher, self.alarms, self.observer])
         self.http = StatusServer(
@@ -112,6 +127,13 @@ class Gateway:
         self.drainer.wake()
         return refused
 
+    def _commit_notify(self, keep_lines: list[str], write: Callable[[Connection], None]) -> None:
+        """A delivery outcome and its ``notify`` points, one transaction (never refused at the
+        bound: like alarm points, the record of who was told is kept)."""
+        self.outbox.commit([], keep_lines=keep_lines, also=write)
+        if keep_lines:
+            self.drainer.wake()
+
     def _emit(self, reading: Reading) -> None:
         # No broker holds a poll for us: at the bound a Modbus reading is lost, counted.
         if self._commit(self.pipeline.process([reading])):
@@ -147,6 +169,7 @@ class Gateway:
         await self.http.start()
         self.alarm_mqtt.start()
         self.mqtt.start()
+        self.notifier.start()
         tasks = [asyncio.create_task(self.drainer.run(stop), name="writer")]
         tasks.append(asyncio.create_task(self._ticker(stop), name="tick"))
         tasks += [  # TCP devices one task each, an RTU bus one task for all its devices
@@ -160,6 +183,7 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.http.stop()
             self.tick()  # the last alarm events into the outbox
+            self.notifier.stop()  # what is not delivered stays queued for the next start
             self.alarm_mqtt.stop()
             self.alarms.close()
             self.enricher.close()

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -69,6 +70,22 @@ class GatewaySection(_Strict):
     outbox_full_policy: Literal["block", "drop_oldest"] = "block"
     # SQLite synchronous: "full" also survives power loss (one fsync per group commit).
     outbox_sync: Literal["normal", "full"] = "full"
+    # The live page as people outside this host reach it: the link in notifications
+    # (default http://{http_listen}).
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("expected http://host[:port][/path] or https://...")
+        return v.rstrip("/")
+
+    def live_page_url(self) -> str:
+        return self.public_url or f"http://{self.http_listen}"
 
     @field_validator("http_listen")
     @classmethod
@@ -312,6 +329,158 @@ class AlarmEngineSection(_Strict):
     log_keep: Annotated[int, Field(ge=10)] = 10_000  # alarm events kept in outbox.sqlite
 
 
+class NotifyKind(StrEnum):
+    """How a ``[[notify]]`` target is reached (gateway/notify/targets.py)."""
+
+    WEBHOOK = "webhook"  # generic JSON POST
+    WECOM = "wecom"  # WeCom group robot webhook
+    DINGTALK = "dingtalk"  # DingTalk custom robot webhook (optionally signed)
+    EMAIL = "email"  # SMTP with STARTTLS
+    SMS = "sms"  # a provider's HTTP API, described by a request template
+
+
+NotifyEvent = Literal["raise", "clear", "ack", "shelve", "unshelve"]
+_HTTP_KINDS = (NotifyKind.WEBHOOK, NotifyKind.WECOM, NotifyKind.DINGTALK, NotifyKind.SMS)
+_EMAIL = r"^[^@\s<>]+@[^@\s<>]+$"
+_PHONE = r"^\+?[0-9]{5,20}$"
+
+
+class NotifyTarget(_Strict):
+    """One ``[[notify]]`` target: where alarm notifications go and which ones (gateway/README.md,
+    "Notifications"). Secrets (a robot's key inside its URL, a signing secret, an SMTP password,
+    an API token) come from files, never from this table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")]
+    kind: NotifyKind
+    enabled: bool = True
+    # HTTP kinds: the URL inline, or from a file (a WeCom `key=` or DingTalk `access_token=` in
+    # the URL is a secret: prefer url_file).
+    url: str | None = None
+    url_file: Path | None = None
+    secret_file: Path | None = None  # dingtalk: the robot's signing secret (SEC...)
+    token_file: Path | None = None  # webhook / sms: replaces {token} in url, headers and body
+    ca_file: Path | None = None  # a private CA for https:// or the SMTP server's certificate
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Which alarms: at least this severity, optionally one site and a glob over device ids.
+    min_severity: Severity = Severity.ALARM
+    site: _ID | None = None
+    device: str | None = None
+    events: list[NotifyEvent] = ["raise", "clear"]
+    # Escalation: > 0 notifies only alarms still unacknowledged (and active) after this long.
+    unacked_after_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 0.0
+    # Re-notify an active, unacknowledged alarm this often (0: never).
+    repeat_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 0.0
+    quiet_hours: (
+        Annotated[
+            str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$")
+        ]
+        | None
+    ) = None  # "22:00-07:00" in `timezone`; never holds back critical alarms
+    timezone: str = "Asia/Shanghai"
+    # WeCom and DingTalk robots accept 20 messages a minute each; the excess waits, critical first.
+    rate_limit_per_min: Annotated[int, Field(ge=1, le=600)] = 20
+    fail_alarm_after_s: Annotated[float, Field(gt=0)] = 600.0
+    retry_initial_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    retry_max_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # wecom / dingtalk message type
+    msgtype: Literal["text", "markdown"] = "markdown"
+    # email
+    smtp_host: str | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    from_: str | None = Field(default=None, alias="from")
+    to: list[str] = []  # email addresses (email) or phone numbers (sms)
+    username: str | None = None
+    password_file: Path | None = None
+    starttls: bool = True
+    # sms (and webhook extras): the provider's request
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    headers: dict[str, str] = {}
+    body_template: str | None = None  # placeholders {phone} {text} {id} {token}
+    body_encoding: Literal["json", "form"] = "json"  # how placeholder values are escaped
+    # webhook / sms: a 2xx answer counts only if its JSON has these top-level values (providers
+    # that answer 200 with an error code, e.g. {"Code": "OK"}).
+    accept_json: dict[str, str | int | bool] = {}
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (expected e.g. Asia/Shanghai)") from None
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            u = urlsplit(v)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError("expected http://host[:port]/path or https://...")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> NotifyTarget:
+        k = self.kind.value
+        if self.kind in _HTTP_KINDS:
+            if (self.url is None) == (self.url_file is None):
+                raise ValueError(f"kind {k!r} needs exactly one of url or url_file")
+        elif self.url is not None or self.url_file is not None:
+            raise ValueError(f"kind {k!r} takes no url (smtp_host, from, to)")
+        if self.accept_json and self.kind not in (NotifyKind.WEBHOOK, NotifyKind.SMS):
+            raise ValueError(f"accept_json is for kinds 'webhook' and 'sms' (not {k!r})")
+        if self.secret_file is not None and self.kind is not NotifyKind.DINGTALK:
+            raise ValueError("secret_file is for kind 'dingtalk' (signed robot URL)")
+        if self.kind is NotifyKind.EMAIL:
+            if not self.smtp_host or not self.from_ or not self.to:
+                raise ValueError("kind 'email' needs smtp_host, from and to (a list of addresses)")
+            if not re.match(_EMAIL, self.from_):
+                raise ValueError(f"from: {self.from_!r} is not an e-mail address")
+            for i, addr in enumerate(self.to):
+                if not re.match(_EMAIL, addr):
+                    raise ValueError(f"to[{i}]: {addr!r} is not an e-mail address")
+            if (self.username is None) != (self.password_file is None):
+                raise ValueError("username and password_file go together")
+        if self.kind is NotifyKind.SMS:
+            if not self.body_template or not self.to:
+                raise ValueError("kind 'sms' needs body_template and to (a list of phone numbers)")
+            for i, phone in enumerate(self.to):
+                if not re.match(_PHONE, phone):
+                    raise ValueError(f"to[{i}]: {phone!r} is not a phone number (+8613800000000)")
+        elif self.kind is not NotifyKind.EMAIL and self.to:
+            raise ValueError(f"kind {k!r} takes no to (the URL says where)")
+        for name in ("url_file", "secret_file", "token_file", "password_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+                raise ValueError(f"{name}: cannot read {path} (a file holding the secret)")
+        if self.repeat_s and self.repeat_s < 10:
+            raise ValueError("repeat_s: expected 0 (never) or at least 10 s")
+        return self
+
+    def read_url(self) -> SecretStr:
+        """The target URL (inline or from ``url_file``); raises :class:`ConfigError`."""
+        if self.url is not None:
+            return SecretStr(self.url)
+        secret = _read_secret(self.url_file, None, f"notify {self.id}: url_file")
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(f"notify {self.id}: url_file {self.url_file} is empty")
+        u = urlsplit(secret.get_secret_value())
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"notify {self.id}: url_file: expected an http(s):// URL")
+        return secret
+
+    def secret(self) -> SecretStr | None:
+        return _read_secret(self.secret_file, None, f"notify {self.id}: secret_file")
+
+    def token(self) -> SecretStr | None:
+        return _read_secret(self.token_file, None, f"notify {self.id}: token_file")
+
+    def password(self) -> SecretStr | None:
+        return _read_secret(self.password_file, None, f"notify {self.id}: password_file")
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = GatewaySection()
     http: HttpSection = HttpSection()
@@ -322,6 +491,21 @@ class GatewayConfig(_Strict):
     alarm: list[AlarmRule] = []
     alarm_engine: AlarmEngineSection = AlarmEngineSection()
     enrich: EnrichSection = EnrichSection()
+    notify: list[NotifyTarget] = []
+
+    @model_validator(mode="after")
+    def _notify_references(self) -> GatewayConfig:
+        ids: set[str] = set()
+        sites = {s.id for s in self.site}
+        for i, target in enumerate(self.notify):
+            if target.id in ids:
+                raise ValueError(f"notify[{i}].id: duplicate target id {target.id!r}")
+            ids.add(target.id)
+            if target.site is not None and target.site not in sites:
+                raise ValueError(
+                    f"notify[{i}] ({target.id}).site: {target.site!r} is not a [[site]]"
+                )
+        return self
 
     @model_validator(mode="after")
     def _alarm_references(self) -> GatewayConfig:

@@ -62,6 +62,7 @@ class Sources:
     mqtt: object = None  # stats: messages, readings, duplicates, gaps, rejects, connected
     pollers: list[object] = field(default_factory=list)  # .device, .health
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)  # more gauges
+    notifier: object = None  # metrics(), health_warnings() (gateway/notify/worker.py)
 
     def outbox_depth(self) -> int:
         fn = getattr(self.outbox, "depth", None)
@@ -252,6 +253,9 @@ class Observer:
             reasons.append(f"influx refuses the gateway: {last_error}")
         elif last_error and age > 0:
             warnings.append(f"influx: {last_error}")
+        notify_warnings = getattr(self.sources.notifier, "health_warnings", None)
+        if callable(notify_warnings):
+            warnings += notify_warnings()
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
     # ----------------------------------------------------------------- metrics
@@ -447,6 +451,26 @@ class Observer:
                 "last batch write time",
                 [({}, _get(src.drainer, st + "last_latency_s", 0.0))],
             )
+        notify_metrics = getattr(src.notifier, "metrics", None)
+        if callable(notify_metrics):
+            nm = notify_metrics()
+            out.add(
+                "o2chain_notify_attempts_total",
+                "counter",
+                "notification delivery attempts by target and result",
+                [({"target": t, "result": r}, v) for (t, r), v in sorted(nm["attempts"].items())],
+            )
+            for key, name, help_text in (
+                ("depth", "o2chain_notify_queue_depth", "notifications waiting, by target"),
+                ("oldest_age_s", "o2chain_notify_oldest_age_seconds", "longest wait of a due one"),
+                ("failing", "o2chain_notify_target_failing", "1 while a target fails"),
+            ):
+                out.add(
+                    name,
+                    "gauge",
+                    help_text,
+                    [({"target": t}, v) for t, v in sorted(nm[key].items())],
+                )
         for name, fn in sorted(src.extra.items()):
             out.add(f"o2chain_{name}", "gauge", name, [({}, fn())])
         link_value = {"online": 1, "offline": 0, "unknown": -1}

@@ -10,6 +10,8 @@ alarms):
   shelved until ...), written on every change;
 - ``alarm_log``: the event log (raise, ack, clear, shelve, unshelve), bounded to the newest
   ``log_keep`` rows; InfluxDB holds the full history (measurement ``alarm``);
+- the notifications an event owes (:meth:`writer` runs the ``also_write`` hooks, see
+  gateway/notify/queue.py), so a raise and its queued notifications commit together;
 - ``kv``: JSON blobs of slow-changing learned state (O2 totals, purity baselines), saved
   periodically, so a crash loses at most one save interval of integration.
 
@@ -89,6 +91,9 @@ class StateStore:
         with lock:
             db.executescript(_SCHEMA)
         self._log_writes = 0
+        # More writes that belong in the alarm event's transaction (the notification queue:
+        # gateway/notify/queue.py), called as ``fn(db, events)`` after the store's own.
+        self.also_write: list[Callable[[sqlite3.Connection, Sequence[Any]], None]] = []
 
     def import_legacy(self, path: Path) -> bool:
         """Take over the state of a release that kept it in its own file (``alarms.sqlite``),
@@ -138,6 +143,8 @@ class StateStore:
                     "INSERT INTO alarm_log (ts_ms, event) VALUES (?, ?)",
                     (event.ts_ms, json.dumps(event.to_json())),
                 )
+            for extra in self.also_write:
+                extra(db, events)
             self._log_writes += len(events)
             if self._log_writes >= 100:
                 self._log_writes = 0

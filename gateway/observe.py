@@ -20,14 +20,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import oxygen
 from gateway.alarms import AlarmEngine
-from gateway.config import AlarmKind, GatewayConfig
+from gateway.config import AlarmKind, Device, GatewayConfig
 from gateway.enrich import Enricher
+from gateway.modbus import DeviceHealth
+from gateway.mqtt_ingest import IngestStats
+from gateway.outbox import OutboxStats
 from gateway.readings import FieldValue, Reading
 from gateway.telemetry import RejectReason
+from gateway.writer import WriterStats
 
 DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
@@ -40,13 +44,32 @@ PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a st
 LinkState = Callable[[str, str], bool | None]
 
 
-def _get(obj: object, path: str, default: Any = None) -> Any:
-    """``obj.a.b`` or ``default`` when any part is missing."""
-    for part in path.split("."):
-        if obj is None:
-            return default
-        obj = getattr(obj, part, None)
-    return default if obj is None else obj
+class OutboxSource(Protocol):
+    stats: OutboxStats
+
+    @property
+    def queued_bytes(self) -> int: ...
+    def depth(self) -> int: ...
+    def oldest_age_s(self) -> float: ...
+    def dead_letter_counts(self) -> dict[str, int]: ...
+
+
+class IngestSource(Protocol):
+    stats: IngestStats
+
+
+class DrainerSource(Protocol):
+    stats: WriterStats
+
+
+class PollerSource(Protocol):
+    device: Device
+    health: DeviceHealth
+
+
+class NotifierSource(Protocol):
+    def metrics(self) -> dict[str, Any]: ...
+    def health_warnings(self) -> list[str]: ...
 
 
 def _wall_ms() -> int:
@@ -57,44 +80,53 @@ def _wall_ms() -> int:
 class Sources:
     """The delivery side's objects (any of them may be absent in tests)."""
 
-    outbox: object = None  # depth(), oldest_age_s(), dead_letter_counts(), stats
-    drainer: object = None  # stats: written, batches, failures, rejected, last_latency_s
-    mqtt: object = None  # stats: messages, readings, duplicates, gaps, rejects, connected
-    pollers: list[object] = field(default_factory=list)  # .device, .health
+    # Typed: a renamed stat fails the type check instead of reading 0 forever.
+    outbox: OutboxSource | None = None
+    drainer: DrainerSource | None = None
+    mqtt: IngestSource | None = None
+    pollers: list[PollerSource] = field(default_factory=list)
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)  # more gauges
-    notifier: object = None  # metrics(), health_warnings() (gateway/notify/worker.py)
+    notifier: NotifierSource | None = None  # gateway/notify/worker.py
 
     def outbox_depth(self) -> int:
-        fn = getattr(self.outbox, "depth", None)
-        return int(fn()) if callable(fn) else 0
+        return 0 if self.outbox is None else self.outbox.depth()
 
     def outbox_age_s(self) -> float:
-        fn = getattr(self.outbox, "oldest_age_s", None)
-        return float(fn()) if callable(fn) else 0.0
+        return 0.0 if self.outbox is None else self.outbox.oldest_age_s()
 
     def dead_letter_counts(self) -> dict[str, int]:
-        fn = getattr(self.outbox, "dead_letter_counts", None)
-        return dict(fn()) if callable(fn) else {}
+        return {} if self.outbox is None else dict(self.outbox.dead_letter_counts())
+
+    @property
+    def ingest_stats(self) -> IngestStats:
+        """The MQTT ingest's counters (zeros without an ingest)."""
+        return IngestStats() if self.mqtt is None else self.mqtt.stats
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        """The InfluxDB writer's counters (zeros without a writer)."""
+        return WriterStats() if self.drainer is None else self.drainer.stats
 
 
 def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monotonic) -> LinkState:
     """Online (True) / offline (False) / unknown (None) per device from the ingest's retained
     status messages (last will) and the Modbus pollers' health. A Modbus device counts as
     offline after two poll intervals without an answer, so one lost poll does not flap."""
-    pollers = {(str(_get(p, "device.site")), str(_get(p, "device.id"))): p for p in sources.pollers}
+    pollers = {(p.device.site, p.device.id): p for p in sources.pollers}
 
     def state(site: str, device: str) -> bool | None:
         poller = pollers.get((site, device))
         if poller is not None:
-            if not _get(poller, "health.polls", 0):
+            health = poller.health
+            if not health.polls:
                 return None
-            if _get(poller, "health.online", False):
+            if health.online:
                 return True
-            last_ok = _get(poller, "health.last_ok_monotonic")
-            interval = float(_get(poller, "device.interval_s", 10.0))
+            last_ok = health.last_ok_monotonic
+            interval = poller.device.interval_s
             # Not answering, but the last answer is recent: one lost poll is not "offline".
-            return not (last_ok is None or clock_s() - float(last_ok) > 2 * interval)
-        status = _get(sources.mqtt, "stats.device_state", {}).get(f"{site}/{device}")
+            return not (last_ok is None or clock_s() - last_ok > 2 * interval)
+        status = sources.ingest_stats.device_state.get(f"{site}/{device}")
         return None if status is None else status == "online"
 
     return state
@@ -245,17 +277,17 @@ class Observer:
         limit = self.config.gateway.health_outbox_age_s
         if age > limit:
             reasons.append(f"outbox: oldest point waits {age:.0f} s (limit {limit:g} s)")
-        if self.sources.mqtt is not None and not _get(self.sources.mqtt, "stats.connected"):
+        if self.sources.mqtt is not None and not self.sources.ingest_stats.connected:
             warnings.append("mqtt: not connected to the broker")
-        last_error = _get(self.sources.drainer, "stats.last_error", "")
-        if _get(self.sources.drainer, "stats.misconfigured", False):
+        writer = self.sources.writer_stats
+        last_error = writer.last_error
+        if writer.misconfigured:
             # Nothing reaches InfluxDB until someone fixes the config: unhealthy, not a warning.
             reasons.append(f"influx refuses the gateway: {last_error}")
         elif last_error and age > 0:
             warnings.append(f"influx: {last_error}")
-        notify_warnings = getattr(self.sources.notifier, "health_warnings", None)
-        if callable(notify_warnings):
-            warnings += notify_warnings()
+        if self.sources.notifier is not None:
+            warnings += self.sources.notifier.health_warnings()
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
     # ----------------------------------------------------------------- metrics
@@ -293,19 +325,19 @@ class Observer:
         fields.update(
             outbox_depth=src.outbox_depth(),
             outbox_age_s=round(src.outbox_age_s(), 3),
-            written=int(_get(src.drainer, "stats.written", 0)),
-            write_failures=int(_get(src.drainer, "stats.failures", 0)),
-            write_latency_s=float(_get(src.drainer, "stats.last_latency_s", 0.0)),
-            rejects=sum(_get(src.mqtt, "stats.rejects", {}).values()),
-            duplicates=int(_get(src.mqtt, "stats.duplicates", 0)),
-            mqtt_connected=bool(_get(src.mqtt, "stats.connected", False)),
+            written=src.writer_stats.written,
+            write_failures=src.writer_stats.failures,
+            write_latency_s=src.writer_stats.last_latency_s,
+            rejects=sum(src.ingest_stats.rejects.values()),
+            duplicates=src.ingest_stats.duplicates,
+            mqtt_connected=src.ingest_stats.connected,
             devices_online=sum(1 for r in rows if r["link"] == "online"),
             devices_offline=sum(1 for r in rows if r["link"] == "offline"),
             uptime_s=round((now - self.started_ms) / 1000.0, 1),
         )
         # Cumulative rejects per reason, every known reason present (0 included) so that a
         # dashboard's per-reason series exist before the first reject.
-        by_reason = {str(k): int(v) for k, v in _get(src.mqtt, "stats.rejects", {}).items()}
+        by_reason = {str(k): int(v) for k, v in src.ingest_stats.rejects.items()}
         for reason in sorted({*(r.value for r in RejectReason), *by_reason}):
             fields[f"rejects_{reason}"] = by_reason.get(reason, 0)
         if self.engine is not None:
@@ -341,40 +373,37 @@ class Observer:
             "device readings through the pipeline",
             [({"source": k}, v) for k, v in sorted(by_source.items())],
         )
-        mqtt = src.mqtt
-        if mqtt is not None:
+        if src.mqtt is not None:
+            mqtt = src.mqtt.stats
             out.add(
                 "o2chain_mqtt_messages_total",
                 "counter",
                 "MQTT messages received",
-                [({}, _get(mqtt, "stats.messages", 0))],
+                [({}, mqtt.messages)],
             )
             out.add(
                 "o2chain_mqtt_connected",
                 "gauge",
                 "1 when connected to the broker",
-                [({}, int(bool(_get(mqtt, "stats.connected", False))))],
+                [({}, int(mqtt.connected))],
             )
             out.add(
                 "o2chain_rejects_total",
                 "counter",
                 "messages rejected, by reason",
-                [
-                    ({"reason": str(k)}, v)
-                    for k, v in sorted(_get(mqtt, "stats.rejects", {}).items())
-                ],
+                [({"reason": str(k)}, v) for k, v in sorted(mqtt.rejects.items())],
             )
             out.add(
                 "o2chain_duplicates_total",
                 "counter",
                 "duplicate (boot, seq) dropped",
-                [({}, _get(mqtt, "stats.duplicates", 0))],
+                [({}, mqtt.duplicates)],
             )
             out.add(
                 "o2chain_seq_gaps_total",
                 "counter",
                 "gaps in board sequence numbers",
-                [({}, _get(mqtt, "stats.gaps", 0))],
+                [({}, mqtt.gaps)],
             )
         out.add(
             "o2chain_outbox_depth",
@@ -393,19 +422,19 @@ class Observer:
                 "o2chain_outbox_bytes",
                 "gauge",
                 "queued line protocol",
-                [({}, _get(src.outbox, "queued_bytes", 0))],
+                [({}, src.outbox.queued_bytes)],
             )
             out.add(
                 "o2chain_outbox_dropped_total",
                 "counter",
                 "points dropped at the bound",
-                [({}, _get(src.outbox, "stats.dropped_oldest", 0))],
+                [({}, src.outbox.stats.dropped_oldest)],
             )
             out.add(
                 "o2chain_outbox_full_refusals_total",
                 "counter",
                 "commits refused at the bound",
-                [({}, _get(src.outbox, "stats.full_refusals", 0))],
+                [({}, src.outbox.stats.full_refusals)],
             )
             out.add(
                 "o2chain_deadletters",
@@ -414,46 +443,45 @@ class Observer:
                 [({"reason": k}, v) for k, v in sorted(src.dead_letter_counts().items())],
             )
         if src.drainer is not None:
-            st = "stats."
+            writer = src.drainer.stats
             out.add(
                 "o2chain_influx_points_written_total",
                 "counter",
                 "points InfluxDB accepted",
-                [({}, _get(src.drainer, st + "written", 0))],
+                [({}, writer.written)],
             )
             out.add(
                 "o2chain_influx_batches_total",
                 "counter",
                 "batches written",
-                [({}, _get(src.drainer, st + "batches", 0))],
+                [({}, writer.batches)],
             )
             out.add(
                 "o2chain_influx_write_failures_total",
                 "counter",
                 "failed write attempts",
-                [({}, _get(src.drainer, st + "failures", 0))],
+                [({}, writer.failures)],
             )
             out.add(
                 "o2chain_influx_rejected_total",
                 "counter",
                 "points InfluxDB rejected",
-                [({}, _get(src.drainer, st + "rejected", 0))],
+                [({}, writer.rejected)],
             )
             out.add(
                 "o2chain_influx_misconfigured",
                 "gauge",
                 "1 while InfluxDB refuses the gateway (credentials, database, redirect)",
-                [({}, int(bool(_get(src.drainer, st + "misconfigured", False))))],
+                [({}, int(writer.misconfigured))],
             )
             out.add(
                 "o2chain_influx_write_latency_seconds",
                 "gauge",
                 "last batch write time",
-                [({}, _get(src.drainer, st + "last_latency_s", 0.0))],
+                [({}, writer.last_latency_s)],
             )
-        notify_metrics = getattr(src.notifier, "metrics", None)
-        if callable(notify_metrics):
-            nm = notify_metrics()
+        if src.notifier is not None:
+            nm = src.notifier.metrics()
             out.add(
                 "o2chain_notify_attempts_total",
                 "counter",
@@ -498,12 +526,12 @@ class Observer:
         )
         polls = []
         for p in src.pollers:
-            labels = {"site": str(_get(p, "device.site")), "device": str(_get(p, "device.id"))}
+            labels = {"site": p.device.site, "device": p.device.id}
             for what in (
                 *("polls", "ok", "timeouts", "exceptions", "io_errors"),
                 *("decode_errors", "other_errors"),  # short/undecodable answers, surprises
             ):
-                polls.append(({**labels, "result": what}, _get(p, f"health.{what}", 0)))
+                polls.append(({**labels, "result": what}, getattr(p.health, what)))
         if polls:
             out.add("o2chain_modbus_polls_total", "counter", "Modbus polls by result", polls)
         if self.engine is not None:
@@ -626,7 +654,7 @@ class Observer:
                     "depth": self.sources.outbox_depth(),
                     "oldest_age_s": round(self.sources.outbox_age_s(), 3),
                 },
-                "mqtt_connected": bool(_get(self.sources.mqtt, "stats.connected", False)),
+                "mqtt_connected": self.sources.ingest_stats.connected,
                 "readings": dict(self.readings_by_source),
             },
             "alarm_counts": counts,

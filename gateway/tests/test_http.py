@@ -17,11 +17,15 @@ from gateway.auth import hash_token
 from gateway.config import parse_config
 from gateway.enrich import Enricher
 from gateway.http import HttpPolicy, StatusServer, parse_listen
+from gateway.modbus import DeviceHealth
+from gateway.mqtt_ingest import IngestStats
 from gateway.observe import Observer, Sources, link_state_from
+from gateway.outbox import OutboxStats
 from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 from gateway.state_store import StateStore
+from gateway.writer import WriterStats
 
 T0 = 1_700_000_000_000
 
@@ -38,6 +42,8 @@ class Clock:
 class FakeOutbox:
     waiting: int = 0
     age_s: float = 0.0
+    queued_bytes: int = 0
+    stats: OutboxStats = field(default_factory=OutboxStats)
 
     def depth(self) -> int:
         return self.waiting
@@ -50,31 +56,19 @@ class FakeOutbox:
 
 
 @dataclass
-class FakeStats:
-    connected: bool = True
-    messages: int = 5
-    rejects: dict[str, int] = field(default_factory=lambda: {"bad_type": 1})
-    duplicates: int = 3
-    device_state: dict[str, str] = field(default_factory=dict)
-    written: int = 40
-    failures: int = 0
-    last_latency_s: float = 0.012
-    last_error: str = ""
+class FakeIngest:
+    stats: IngestStats
 
 
 @dataclass
-class FakeHealth:
-    polls: int = 0
-    ok: int = 0
-    timeouts: int = 0
-    online: bool = False
-    last_ok_monotonic: float | None = None
+class FakeDrainer:
+    stats: WriterStats
 
 
 @dataclass
 class FakePoller:
     device: Any
-    health: FakeHealth = field(default_factory=FakeHealth)
+    health: DeviceHealth = field(default_factory=DeviceHealth)
 
 
 CONFIG = {
@@ -113,9 +107,18 @@ def rig(tmp_path: Path) -> Rig:
     config = parse_config(CONFIG)
     clock = Clock()
     outbox = FakeOutbox()
-    mqtt = type("Mqtt", (), {"stats": FakeStats(device_state={"lhasa/room-1": "online"})})()
+    mqtt = FakeIngest(
+        IngestStats(
+            connected=True,
+            messages=5,
+            rejects={"bad_type": 1},
+            duplicates=3,
+            device_state={"lhasa/room-1": "online"},
+        )
+    )
+    drainer = FakeDrainer(WriterStats(written=40, last_latency_s=0.012))
     poller = FakePoller(config.device[1])
-    sources = Sources(outbox=outbox, drainer=mqtt, mqtt=mqtt, pollers=[poller])
+    sources = Sources(outbox=outbox, drainer=drainer, mqtt=mqtt, pollers=[poller])
     link = link_state_from(sources, clock_s=lambda: clock() / 1000)
     store = StateStore(tmp_path / "alarms.sqlite")
     engine = AlarmEngine(config, store, clock_ms=clock, link_state=link)
@@ -231,7 +234,7 @@ def test_routes_status_metrics_and_alarm_actions(
 ) -> None:
     r = rig(tmp_path)
     raise_o2_high(r)
-    r.poller.health = FakeHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000)
+    r.poller.health = DeviceHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000)
     modbus_tags = {"site": "lhasa", "device": "conc-1", "source": "modbus"}
     r.pipeline.process([Reading("concentrator", modbus_tags, {"purity_pct": 93.0}, T0)])
     r.clock.t_ms += 2000
@@ -662,7 +665,7 @@ def test_gateway_self_metric_points_and_modbus_link(tmp_path: Path) -> None:
     assert point.fields["readings_mqtt"] == 30 and point.fields["duplicates"] == 3
     assert point.fields["devices_online"] == 1  # room-1; conc-1 never polled: unknown
     # A Modbus device that stops answering: offline after two intervals, and alarmed.
-    r.poller.health = FakeHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000)
+    r.poller.health = DeviceHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000)
     r.clock.t_ms += 9000
     assert r.observer.link_state("lhasa", "conc-1") is True  # one lost poll is not offline
     r.clock.t_ms += 2000

@@ -9,9 +9,11 @@ from o2 import (
     ads1115,
     alarm,
     bme280,
+    calibration,
     config,
     gasboard,
     luminox,
+    mhz19,
     mqtt_codec,
     oxygen,
     spool,
@@ -161,6 +163,36 @@ def check_bme280_humidity_against_float_formula():
         close(bme280.humidity_pct(DATASHEET_CAL, tf, adc_h), want, 0.05, "humidity %d" % adc_h)
     equal(bme280.humidity_pct(DATASHEET_CAL, tf, 0), 0.0, "humidity clamps at 0")
     equal(bme280.humidity_pct(DATASHEET_CAL, tf, 65535), 100.0, "humidity clamps at 100")
+
+
+def check_bme280_skipped_measurement_is_no_value():
+    # 0x80000 / 0x8000 = "no measurement" (datasheet): compensated it gave ~82 kPa, which
+    # dropped the Lhasa high alarm from 27.9 % to 24.6 %.
+    skipped = bytes((0x80, 0x00, 0x00, 0x80, 0x00, 0x00, 0x80, 0x00))
+    adc_p, adc_t, adc_h = bme280.parse_raw(skipped)
+    equal((adc_p, adc_t, adc_h), (0x80000, 0x80000, 0x8000), "raw codes")
+    equal(bme280.compensate(DATASHEET_CAL, adc_p, adc_t, adc_h), (None, None, None), "all none")
+    p, t, h = bme280.compensate(DATASHEET_CAL, 0x80000, 519888, 30000)
+    equal(p, None, "skipped pressure")
+    close(t, 25.08, 0.001, "temperature still valid")
+    equal(bme280.compensate(DATASHEET_CAL, 415148, 519888, 0x8000)[2], None, "skipped humidity")
+    import asyncio
+
+    class Bus:  # an I2C bus with one BME280 whose data registers hold the skipped codes
+        def readfrom_mem(self, addr, reg, n):
+            if reg == 0xD0:
+                return b"\x60"
+            return (CAL_A if reg == 0x88 else CAL_B)[:n]
+
+        def readfrom_mem_into(self, addr, reg, buf):
+            buf[:] = skipped[: len(buf)] if reg == 0xF7 else bytes(len(buf))
+
+        def writeto_mem(self, addr, reg, buf):
+            pass
+
+    if hasattr(asyncio, "sleep_ms"):  # the driver's own asyncio: MicroPython only
+        got = asyncio.run(bme280.BME280(Bus()).read())
+        equal(got, (None, None, None, 0x08), "driver: no values, quality bit")
 
 
 def check_bme280_raw_parse():
@@ -502,11 +534,13 @@ def check_boot_counter_copies_and_recovery():
 
 
 def check_config_defaults_and_errors():
-    cfg = config.validate({"site": "lhasa-hotel", "device": "room-101", "mqtt": {"host": "h"}})
+    cfg = config.validate(
+        {"site": "lhasa-hotel", "device": "room-101", "site_altitude_m": 0, "mqtt": {"host": "h"}}
+    )
     equal((cfg["kind"], cfg["mqtt.port"], cfg["interval_s"]), ("room", 1883, 10.0), "defaults")
     equal(cfg["sensors.env.addr"], 0x76, "BME280 address")
     bad = (
-        ({"device": "d", "mqtt": {"host": "h"}}, "site: missing"),
+        ({"device": "d", "site_altitude_m": 0, "mqtt": {"host": "h"}}, "site: missing"),
         ({"site": "Lhasa", "device": "d", "mqtt": {"host": "h"}}, "site: expected a name"),
         (
             {"site": "s", "device": "d", "mqtt": {"host": "h", "port": "1883"}},
@@ -522,9 +556,124 @@ def check_config_defaults_and_errors():
         ),
     )
     for raw, prefix in bad:
+        if "site_altitude_m" not in raw:
+            raw["site_altitude_m"] = 0
         e = raises(config.ConfigError, config.validate, raw)
         if not str(e).startswith(prefix):
             raise AssertionError("error %r does not start with %r" % (str(e), prefix))
+
+
+MINIMAL = {"site": "s", "device": "d", "site_altitude_m": 3650, "mqtt": {"host": "h"}}
+
+
+def check_config_site_altitude_is_required():
+    # Without it a plateau board without barometer behaved as at sea level (21.95 % high alarm).
+    raw = {"site": "s", "device": "d", "mqtt": {"host": "h"}}
+    e = raises(config.ConfigError, config.validate, raw)
+    equal(str(e), "site_altitude_m: missing (required)", "error names the key")
+    e = raises(config.ConfigError, config.validate, dict(raw, site_altitude_m="3650"))
+    equal(str(e).startswith("site_altitude_m: expected float"), True, "type error names the key")
+    cfg = config.validate(MINIMAL)
+    equal(cfg["site_altitude_m"], 3650.0, "given altitude")
+    equal(cfg["alarm.warmup_s"], 600.0, "concentrator warm-up default")
+    equal(cfg["sensors.co2.type"], "none", "CO2 sensor optional")
+    equal(config.validate(dict(MINIMAL, alarm={"on_delay_s": 120}))["alarm.on_delay_s"], 120.0, "")
+    raises(config.ConfigError, config.validate, dict(MINIMAL, alarm={"on_delay_s": 301}))
+    e = raises(
+        config.ConfigError,
+        config.validate,
+        dict(
+            MINIMAL,
+            kind="concentrator",
+            sensors={"o2": {"type": "gasboard"}, "co2": {"type": "mhz19"}},
+        ),
+    )
+    equal(str(e).startswith("sensors.co2.type"), True, "CO2 only on rooms")
+    e = raises(
+        config.ConfigError,
+        config.validate,
+        dict(MINIMAL, sensors={"o2": {"uart": 1}, "co2": {"type": "mhz19", "uart": 1}}),
+    )
+    equal(str(e).startswith("sensors.co2.uart"), True, "two sensors on one UART")
+
+
+# -- barometer plausibility and values that must never crash the alarm ------------------------
+
+NAN = float("nan")
+INF = float("inf")
+BAD_VALUES = (None, 0, 0.0, -5.0, NAN, INF, -INF, 1e300, -1e300, "25")
+
+
+def check_baro_plausibility_band():
+    site = oxygen.isa_pressure_kpa(3650)
+    for p in (site, 65.2, 64.0, 66.5, site * 0.9, site * 1.1):
+        equal(oxygen.baro_plausible(p, site), True, "plausible %r" % p)
+    for p in BAD_VALUES + (site * 0.89, site * 1.11, 82.0, 101.325):
+        equal(oxygen.baro_plausible(p, site), False, "implausible %r" % (p,))
+
+
+def check_alarm_survives_any_sensor_value():
+    # A barometer at 0 kPa raised ZeroDivisionError in the NFPA formula (reset loop, safe
+    # mode, no local alarm). Nothing a sensor can send may raise here.
+    cfg = config.validate(MINIMAL)
+    close(alarm.nfpa_limit_pct(0), 23.45, 1e-9, "0 kPa: sea-level limit (most cautious)")
+    for p in BAD_VALUES:
+        limit = alarm.nfpa_limit_pct(p)
+        equal(23.0 < limit < 24.0, True, "limit for %r" % (p,))
+        a = alarm.Alarms(alarm.room_rules(p, cfg))
+        alarm.update_room_thresholds(a, p, cfg)
+        for r in a.rules:
+            equal(-1000 < r.threshold < 1000, True, "finite threshold %s" % r.name)
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0, 1000)
+    t = 0
+    for v in BAD_VALUES:
+        a.update(v, t)
+        t += 100
+    equal(a.last_value, -5.0, "only -5.0 and 0 were numbers")
+    a.update(NAN, 0)
+    a.update(NAN, 5000)
+    equal("sensor_fault" in a.active_names(), True, "NaN is a missing reading")
+    c = alarm.Alarms(alarm.concentrator_rules(cfg))
+    for v in BAD_VALUES:
+        c.update(v, 0)
+
+
+def check_alarm_threshold_semantics_match_the_gateway():
+    # Gateway builtin rules: high when value > threshold, low when value < threshold.
+    cfg = config.validate(
+        dict(MINIMAL, alarm={"o2_high_alarm_pct": 27.0, "o2_high_warn_pct": 26.0})
+    )
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0)
+    a.update(27.0, 0)
+    equal("o2_high" in a.active_names(), False, "at the high threshold: not raised")
+    a.update(27.01, 1)
+    equal("o2_high" in a.active_names(), True, "above: raised")
+    b = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0)
+    b.update(19.5, 0)
+    equal("o2_deficient" in b.active_names(), False, "at the deficiency threshold: not raised")
+    b.update(19.49, 1)
+    equal("o2_deficient" in b.active_names(), True, "below: raised")
+    c = alarm.Alarms(alarm.concentrator_rules(cfg), 0.3, 0, 0)
+    c.update(82.0, 0)
+    equal(c.sounding(), False, "purity at 82.0: not raised")
+    c.update(81.9, 1)
+    equal(c.sounding(), True, "purity below 82: raised")
+
+
+def check_alarm_warmup_holds_purity_rules():
+    cfg = config.validate(MINIMAL)
+    c = alarm.Alarms(alarm.concentrator_rules(cfg), 0.3, 0, 0)
+    equal(c.flag(alarm.FLAG_WARMUP, True, 0.0, 600.0, 0), 1, "warming_up raised")
+    equal(c.active_names(), ["warming_up"], "only the warm-up flag")
+    c.update(70.0, 100, False, True)
+    equal(c.sounding(), False, "purity held during warm-up")
+    equal(c.warning(), True, "but not silent: warning LED")
+    c.flag(alarm.FLAG_WARMUP, False, 0.0, 0.0, 600000)
+    c.update(70.0, 600001)
+    equal(c.active_names(), ["purity_low"], "raised once warm")
+    c.update(None, 600002, False, True)
+    c.update(None, 700000, False, True)
+    equal("sensor_fault" in c.active_names(), True, "faults not held")
 
 
 # -- Gasboard-7500 ultrasonic O2 / flow (DOMAIN.md section 4 vectors) ---------------------------
@@ -547,6 +696,18 @@ def check_gasboard_vectors():
     equal(gasboard.build_reply(94.8, 5.0, 21.0), GB_948, "build")
     raises(gasboard.FrameError, gasboard.parse_reply, GB_948[:11] + b"\x26")
     raises(gasboard.FrameError, gasboard.parse_reply, GB_948[:11])
+
+
+def check_gasboard_negative_temperature():
+    # -5.0 degC = FF CE (two's complement); decoded unsigned it was 6548.6 degC.
+    frame = bytearray((0x16, 0x09, 0x01, 0x03, 0xB4, 0x00, 0x32, 0xFF, 0xCE, 0x00, 0x00, 0))
+    frame[11] = (256 - sum(frame[:11]) % 256) % 256
+    equal(frame[11], 0x2A, "checksum of the vector")
+    p, f, t, st = gasboard.parse_reply(bytes(frame))
+    close(t, -5.0, 1e-6, "negative temperature")
+    close(p, 94.8, 1e-6, "purity unchanged")
+    equal(gasboard.build_reply(94.8, 5.0, -5.0), bytes(frame), "build negative")
+    close(gasboard.parse_reply(gasboard.build_reply(94.8, 5.0, 45.3))[2], 45.3, 1e-6, "positive")
 
 
 def check_gasboard_stream_resync():
@@ -575,7 +736,7 @@ def check_alarm_thresholds_lhasa():
 
 
 def check_alarm_hysteresis_and_delays():
-    cfg = config.validate({"site": "s", "device": "d", "mqtt": {"host": "h"}})
+    cfg = config.validate(MINIMAL)
     a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 1000, 5000, 3000)
     equal(a.update(24.5, 0), 0, "normal")
     equal(a.update(28.0, 100), 0, "on-delay running")
@@ -621,6 +782,46 @@ def check_luminox_line():
     raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +21.3 P 0652 % 024.10")
     raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +2x.3 P 0652 % 024.10 e 0000")
     raises(luminox.FrameError, luminox.parse_line, b"M 01")
+
+
+def check_luminox_rejects_non_finite():
+    # float() parses "nan" and "inf": the ppO2 consistency check alone let NaN through.
+    raises(luminox.FrameError, luminox.parse_line, b"O nan T +21.3 P nan % nan e 0000")
+    raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +inf P 0652 % 024.10 e 0000")
+
+
+def check_telemetry_leaves_out_non_finite():
+    values = [NAN, INF, 20.0, None, None, None, 800]
+    doc = json.loads(telemetry.encode(1, 2, 3, values, 0x80))
+    equal("o2_pct" in doc or "baro_kpa" in doc, False, "NaN / inf left out")
+    equal((doc["temp_c"], doc["co2_ppm"], doc["quality"]), (20.0, 800, 0x80), "the rest")
+
+
+def check_calibration_always_corrects_pressure():
+    cal = calibration.Calibration()
+    equal(cal.cal_kpa, 101.325, "factory calibration at sea level")
+    # A factory-calibrated cell in a 25 % room in Lhasa reads 25 * 64.5 / 101.325 = 15.91.
+    close(cal.apply(25 * 64.5 / 101.325, 64.5), 25.0, 1e-9, "corrected")
+    d = fresh_dir()
+    path = d + "/cal.json"
+    equal(cal.load(path), False, "no file: factory")
+    with open(path, "w") as f:
+        f.write('{"gain": 1.2, "offset": 0.0, "cal_kpa": 0.0}')
+    equal(cal.load(path), False, "a calibration without pressure is not usable")
+    with open(path, "w") as f:
+        f.write('{"gain": 1.57, "offset": 0.0, "cal_kpa": 64.5}')
+    equal(cal.load(path), True, "usable")
+    close(cal.apply(20.95 / 1.57, 64.5), 20.95, 1e-9, "fresh air after on-site calibration")
+
+
+def check_mhz19_frames():
+    equal(mhz19.QUERY, bytes((0xFF, 0x01, 0x86, 0, 0, 0, 0, 0, 0x79)), "read query")
+    reply = bytearray((0xFF, 0x86, 0x02, 0x60, 0x47, 0x00, 0x00, 0x00, 0))
+    reply[8] = ze03.checksum(reply)  # same checksum family as the ZE03-O2
+    equal(reply[8], 0xD1, "checksum")
+    equal(mhz19.parse_reply(reply), 608, "CO2 ppm")
+    raises(mhz19.FrameError, mhz19.parse_reply, bytes(reply[:8]) + b"\x00")
+    raises(mhz19.FrameError, mhz19.parse_reply, b"\xff\x87" + bytes(reply[2:]))
 
 
 def check_ads1115_conversion():

@@ -29,15 +29,22 @@ from o2.spool import Spool
 _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
 _Q_RANGE = const(0x04)
-_Q_BARO_FALLBACK = const(0x20)  # ppO2 computed from ISA pressure at site altitude: no barometer
-_ZE03_FULL_SCALE_PCT = const(25.0)  # the ZE03 reads 0-25 %: a reading there is only a lower bound
+_Q_BARO_FALLBACK = const(0x20)  # ISA pressure of the site used: no (plausible) barometer value
+_Q_BARO_BAD = const(0x80)  # the barometer's value is outside the site's band (ignored)
+_Q_UNCALIBRATED = const(0x100)  # galvanic cell on its factory (sea-level) calibration
+_Q_WARMUP = const(0x200)  # concentrator warming up: purity alarms held
+_Q_CO2 = const(0x400)  # CO2 sensor: no reply / bad frame
+_FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated at sea level
+# The ZE03 reads 0-25 % of sea-level partial pressure: a raw reading there is a lower bound.
+_ZE03_FULL_SCALE_PCT = const(25.0)
 OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
 _MAX_COMMANDS = const(4)
 
 
 def load_calibration():
-    """The stored galvanic-cell calibration, or None without importing its code."""
+    """The stored galvanic-cell calibration, or None (factory calibration) without importing
+    its code."""
     try:
         import os
 
@@ -47,8 +54,7 @@ def load_calibration():
     from o2.calibration import Calibration
 
     cal = Calibration()
-    cal.load()
-    return cal
+    return cal if cal.load() else None
 
 
 def topic_prefix(cfg: dict) -> str:
@@ -73,6 +79,7 @@ class Board:
         wdt_factory=None,
         reset_cause: str = "",
         batch_buffer=None,
+        co2_sensor=None,
     ) -> None:
         self.cfg = cfg
         self.boot = boot.number
@@ -80,6 +87,7 @@ class Board:
         self.seq = 0
         self.sensor = sensor
         self.env_sensor = env_sensor
+        self.co2_sensor = co2_sensor
         self.mqtt = mqtt
         self.wifi = wifi
         self.clock = clock
@@ -89,7 +97,9 @@ class Board:
         self.reset_cause = reset_cause
         self.room = cfg["kind"] == "room"
         self.fields = telemetry.ROOM_FIELDS if self.room else telemetry.CONCENTRATOR_FIELDS
-        self.calibration = load_calibration()  # None: uncalibrated (module not loaded)
+        # Galvanic cells (ZE03, ADS1115) measure partial pressure: always pressure-corrected.
+        self.galvanic = cfg["sensors.o2.type"] in ("ze03", "ads1115")
+        self.calibration = load_calibration() if self.galvanic else None  # None: factory
         prefix = topic_prefix(cfg)
         self.topic_telemetry = prefix + "telemetry"
         self.topic_status = prefix + "status"
@@ -98,8 +108,10 @@ class Board:
         self.topic_ack = prefix + "cmd/ack"
         self.interval_ms = int(cfg["interval_s"] * 1000)
         self.sample_ms = min(int(cfg["alarm.sample_s"] * 1000), self.interval_ms)
-        self.baro_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
+        self.site_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
+        self.baro_kpa = self.site_kpa  # measured if plausible, else the site's ISA pressure
         self.baro_measured = False
+        self.warmup_ms = 0 if self.room else int(cfg["alarm.warmup_s"] * 1000)
         if self.room:
             rules = alarm.room_rules(self.baro_kpa, cfg)
         else:
@@ -113,7 +125,8 @@ class Board:
             time.ticks_diff,
         )
         self._values: list = [None] * len(self.fields)  # reused every reading
-        self._value = None  # newest O2 / purity sample and its quality
+        self._value = None  # newest O2 / purity sample (corrected) and its quality
+        self._raw = None  # the same sample as the sensor reported it
         self._quality = 0
         self._alarm_out: list = []  # encoded alarm events waiting for the network
         self.alarm_events_dropped = 0
@@ -144,6 +157,12 @@ class Board:
         """Run forever: WiFi, SNTP, MQTT, the sending task and the sampling loop."""
         if self.sensor is not None:
             await self.sensor.init()
+        if self.co2_sensor is not None:
+            await self.co2_sensor.init()
+        if self.warmup_ms:
+            print("warm-up: purity alarms held for %d s" % (self.warmup_ms // 1000))
+            self.alarms.flag(alarm.FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
+            self._alarm_changed()
         self._drive_pins()
         asyncio.create_task(self.wifi.run())
         if self.cfg["ntp.host"]:
@@ -203,18 +222,39 @@ class Board:
             value, quality = await self.sensor.read()
             if quality & _Q_O2_MISSING:
                 value = None
-        if value is not None and self.calibration is not None:
-            value = self.calibration.apply(value, self.baro_kpa if self.baro_measured else 0)
-        self._value = value
-        self._quality = quality
+        if value is not None and not -1000 < value < 1000:  # NaN, inf, garbage: no value
+            value = None
+            quality |= _Q_RANGE
+        raw = value
         over = False
-        if value is not None and self.room and self.cfg["sensors.o2.type"] == "ze03":
-            # Full scale of the ZE03: the true value is >= 25 %, possibly in the fire-hazard
-            # region it cannot see. Flag it (quality) and warn (alarm.o2_over_range).
-            over = value >= _ZE03_FULL_SCALE_PCT - 0.05
+        if value is not None and raw is not None and self.galvanic:
+            # o2_true = reading * P_cal / P_now (docs/domain.md "Fraction and partial
+            # pressure"); baro_kpa is the measured pressure if plausible, else the site's ISA.
+            if self.calibration is None:
+                value = value * _FACTORY_CAL_KPA / self.baro_kpa
+                quality |= _Q_UNCALIBRATED
+            else:
+                value = self.calibration.apply(value, self.baro_kpa)
+            # Full scale of the ZE03 is judged on what the module itself reports: the true
+            # value is above, unknown. Flag it (quality) and warn (alarm.o2_over_range).
+            over = self.cfg["sensors.o2.type"] == "ze03" and raw >= _ZE03_FULL_SCALE_PCT - 0.05
             if over:
-                self._quality |= _Q_RANGE
-        if self.alarms.update(value, time.ticks_ms(), over):
+                quality |= _Q_RANGE
+        now = time.ticks_ms()
+        changed = 0
+        held = False
+        if self.warmup_ms:
+            if time.ticks_diff(now, self._started_ms) < self.warmup_ms:
+                held = True
+                quality |= _Q_WARMUP
+            else:
+                print("warm-up over: purity alarms active")
+                changed = self.alarms.flag(alarm.FLAG_WARMUP, False, 0.0, 0.0, now)
+                self.warmup_ms = 0
+        self._value = value
+        self._raw = raw
+        self._quality = quality
+        if self.alarms.update(value, now, over, held) or changed:
             self._alarm_changed()
 
     def _alarm_changed(self) -> None:
@@ -262,27 +302,29 @@ class Board:
         quality = self._quality
         value = self._value
         if self.room:
+            p_kpa = None
             if self.env_sensor is not None:
                 p_pa, temp_c, rh, q = await self.env_sensor.read()
                 quality |= q
                 if p_pa is not None:
-                    self.baro_kpa = p_pa / 1000
-                    if not self.baro_measured or self.samples % 16 == 0:
-                        alarm.update_room_thresholds(self.alarms, self.baro_kpa, self.cfg)
-                    self.baro_measured = True
-                    values[telemetry.I_BARO] = self.baro_kpa
+                    p_kpa = p_pa / 1000
                 values[telemetry.I_TEMP] = temp_c
                 values[telemetry.I_RH] = rh
-            elif value is not None and self.cfg["sensors.o2.type"] == "luminox":
-                # The LuminOx carries its own barometer and thermometer (DOMAIN.md section 1).
-                self.baro_kpa = self.sensor.baro_kpa
-                self.baro_measured = True
-                values[telemetry.I_BARO] = self.baro_kpa
+            elif self.cfg["sensors.o2.type"] == "luminox":
+                # The LuminOx carries its own barometer and thermometer (docs/domain.md
+                # "Fraction and partial pressure"); None after a bad line.
+                p_kpa = self.sensor.baro_kpa
                 values[telemetry.I_TEMP] = self.sensor.temp_c
+            quality |= self._set_baro(p_kpa)
+            if self.baro_measured:
+                values[telemetry.I_BARO] = self.baro_kpa
+            if self.co2_sensor is not None:
+                ppm, q = await self.co2_sensor.read()
+                values[telemetry.I_CO2] = ppm
+                if q:
+                    quality |= _Q_CO2
             values[telemetry.I_O2] = value
-            if value is not None:
-                if not self.baro_measured:
-                    quality |= _Q_BARO_FALLBACK
+            if value is not None and 0 < value <= 100:
                 pb = self.baro_kpa
                 values[telemetry.I_PPO2] = oxygen.ppo2_kpa(value, pb)
                 values[telemetry.I_EQ_ALT] = oxygen.equivalent_altitude_m(
@@ -302,6 +344,23 @@ class Board:
         except ValueError as e:  # SpoolError: a reading that cannot be a record (a bug)
             print("spool: %r" % (e,))
         self._wake.set()
+
+    def _set_baro(self, p_kpa) -> int:
+        """Take a barometer value (kPa, or None) if it is plausible for the site; otherwise
+        use the site's ISA pressure, and warn when a value was there but implausible.
+        Returns quality bits. Never raises (0, negative, NaN, inf all end here)."""
+        ok = oxygen.baro_plausible(p_kpa, self.site_kpa)
+        bad = p_kpa is not None and not ok
+        shown = p_kpa if bad and -1e6 < p_kpa < 1e6 else 0.0  # finite, for the alarm event
+        if self.alarms.flag(alarm.FLAG_BARO, bad, shown, self.site_kpa, time.ticks_ms()):
+            self._alarm_changed()
+        self.baro_kpa = p_kpa if ok else self.site_kpa
+        self.baro_measured = ok
+        # NFPA thresholds follow the pressure in use (weather moves PB by a few kPa).
+        alarm.update_room_thresholds(self.alarms, self.baro_kpa, self.cfg)
+        if ok:
+            return 0
+        return _Q_BARO_FALLBACK | (_Q_BARO_BAD if bad else 0)
 
     def _housekeeping(self, now) -> None:
         if not self._stable and time.ticks_diff(now, self._started_ms) > int(
@@ -408,6 +467,8 @@ class Board:
         }
         if self.boot_recovered:
             doc["boot_recovered"] = self.boot_recovered
+        if self.warmup_ms:
+            doc["warming_up"] = True
         return json.dumps(doc).encode()
 
     def shutdown(self) -> None:

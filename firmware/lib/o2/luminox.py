@@ -45,6 +45,9 @@ def parse_line(line) -> tuple:
         status = int(parts[9])
     except ValueError:
         raise FrameError("not a number in %r" % (parts,))
+    for v in (ppo2_mbar, temp_c, p_mbar, o2_pct):
+        if not -1000 < v < 100000:  # "nan", "inf" and absurd sizes parse as floats too
+            raise FrameError("value %r out of any range" % (v,))
     expected = o2_pct / 100 * p_mbar
     if p_mbar <= 0 or abs(ppo2_mbar - expected) > max(0.2, expected * CONSISTENCY_PCT / 100):
         raise FrameError("ppO2 %.1f mbar != O2 x P %.1f mbar" % (ppo2_mbar, expected))

@@ -59,7 +59,7 @@ DEFAULT_ADS1115_ADDR = 0x48
 # factory default, lib/o2/ads1115.py) and the ADC resolves 7.8125 uV per count at +-0.256 V.
 ADS1115_AIR_MV = 13.0
 ADS1115_LSB_MV = 0.0078125
-ISA_P0_KPA = 101.325  # DOMAIN.md section 2
+ISA_P0_KPA = 101.325  # docs/domain.md "Formulas"
 STOP_TIMEOUT_S = 5.0
 MPY_CROSS_FLAGS: list[str] = [x for x in os.environ.get("O2CHAIN_MPY_FLAGS", "").split() if x]
 
@@ -214,7 +214,7 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
 
 
 def isa_pressure_kpa(alt_m: float) -> float:
-    """ISA pressure at ``alt_m`` (DOMAIN.md section 2), for the simulated barometer."""
+    """ISA pressure at ``alt_m`` (docs/domain.md "Formulas"), for the simulated barometer."""
     return float(ISA_P0_KPA * (1 - 2.25577e-5 * alt_m) ** 5.25588)
 
 

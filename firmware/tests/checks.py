@@ -41,7 +41,7 @@ def raises(exc, fn, *args):
     raise AssertionError("%s did not raise %s" % (fn, exc))
 
 
-# -- ZE03-O2 (DOMAIN.md section 4) ---------------------------------------------------------
+# -- ZE03-O2 (docs/domain.md "Sensor wire protocols") ----------------------------------------------
 
 
 def check_ze03_command_vectors():
@@ -75,7 +75,7 @@ def check_ze03_resync():
     equal(ze03.find_reply(b"\x01\x02", 2), -1, "no start")
 
 
-# -- BME280 (Bosch datasheet) ----------------------------------------------------------------
+# -- BME280 (Bosch datasheet) ----------------------------------------------------------------------
 
 # Bosch BMP280 datasheet 3.12 worked example (same T/P formulas as the BME280).
 DATASHEET_CAL = (
@@ -200,7 +200,7 @@ def check_bme280_raw_parse():
     equal(bme280.parse_raw(d), (415148, 519888, 0x6D8E), "raw adc values")
 
 
-# -- oxygen formulas (DOMAIN.md section 2 table) -----------------------------------------------
+# -- oxygen formulas (docs/domain.md "Formulas" table) ---------------------------------------------
 
 SITES = (  # name, altitude m, PB kPa, eq. alt at 23/25/27 % (West), ambient at 25 %
     ("Lhasa", 3650, 64.50, (2989, 2386, 1817), 2259),
@@ -233,7 +233,7 @@ def check_oxygen_partial_pressure():
     close(need, 25.0, 0.01, "O2 for Lhasa at 2386 m")
 
 
-# -- MQTT 3.1.1 packets -------------------------------------------------------------------------
+# -- MQTT 3.1.1 packets ----------------------------------------------------------------------------
 
 VARINTS = (
     (0, "00"),
@@ -348,7 +348,7 @@ def check_mqtt_split_stream():
     raises(mqtt_codec.Incomplete, mqtt_peer.split_packet, mqtt_codec.puback(1)[:3])
 
 
-# -- telemetry, config --------------------------------------------------------------------
+# -- telemetry, config -----------------------------------------------------------------------------
 
 
 def check_telemetry_encode():
@@ -361,7 +361,7 @@ def check_telemetry_encode():
     equal(("o2_pct" in doc, doc["quality"], doc["ts"]), (False, 1, 0), "missing O2 is absent")
 
 
-# -- spool record format, spool, boot counter -----------------------------------------------------
+# -- spool record format, spool, boot counter ------------------------------------------------------
 
 
 def fresh_dir():
@@ -597,7 +597,7 @@ def check_config_site_altitude_is_required():
     equal(str(e).startswith("sensors.co2.uart"), True, "two sensors on one UART")
 
 
-# -- barometer plausibility and values that must never crash the alarm ------------------------
+# -- barometer plausibility and values that must never crash the alarm -----------------------------
 
 NAN = float("nan")
 INF = float("inf")
@@ -676,7 +676,7 @@ def check_alarm_warmup_holds_purity_rules():
     equal("sensor_fault" in c.active_names(), True, "faults not held")
 
 
-# -- Gasboard-7500 ultrasonic O2 / flow (DOMAIN.md section 4 vectors) ---------------------------
+# -- Gasboard-7500 ultrasonic O2 / flow (docs/domain.md "Sensor wire protocols" vectors) -----------
 
 GB_948 = bytes((0x16, 0x09, 0x01, 0x03, 0xB4, 0x00, 0x32, 0x00, 0xD2, 0x00, 0x00, 0x25))
 GB_500 = bytes((0x16, 0x09, 0x01, 0x01, 0xF4, 0x00, 0x64, 0x00, 0xD2, 0x00, 0x00, 0xB5))
@@ -723,7 +723,7 @@ def check_gasboard_stream_resync():
     equal(parser.bad >= 2, True, "rejected candidates counted")
 
 
-# -- local alarm (DOMAIN.md section 3) -------------------------------------------------------------
+# -- local alarm (docs/domain.md "Limits and alarms") ----------------------------------------------
 
 
 def check_alarm_thresholds_lhasa():
@@ -767,7 +767,7 @@ def check_alarm_hysteresis_and_delays():
     equal(d.sounding(), True, "purity below 82 %")
 
 
-# -- SST LuminOx (DOMAIN.md section 4 vector) and ADS1115 galvanic cell ---------------------------
+# -- SST LuminOx (docs/domain.md "Sensor wire protocols" vector) and ADS1115 galvanic cell ---------
 
 
 def check_luminox_line():

@@ -1,4 +1,4 @@
-"""Issue 5 acceptance on the emulated board: the compiled firmware on `micropython`, a real
+"""Acceptance on the emulated board: the compiled firmware on `micropython`, a real
 Mosquitto, the simulated ZE03 on a pty and the BME280 register model.
 
 - broker stopped, and separately frozen (SIGSTOP), while the board keeps measuring: after
@@ -253,7 +253,7 @@ def test_heap_fast_cycles(tmp_path: Path, mosquitto: Mosquitto) -> None:
 
 
 def test_heap_strict_110k(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    # The issue 5 bar: an ESP32 without PSRAM has ~110 KB free, and this 64-bit port needs
+    # The bar: an ESP32 without PSRAM has ~110 KB free, and this 64-bit port needs
     # more than the board for the same objects (firmware/README.md "Memory").
     result = run_heap_cycles(tmp_path, mosquitto, "110K", 1000)
     print(f"heap 110K: {result}")

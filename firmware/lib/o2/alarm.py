@@ -1,6 +1,6 @@
 """Local safety alarm (pure): threshold rules with hysteresis and on/off delays.
 
-Defaults from DOMAIN.md section 3 (proposals there, configurable here):
+Defaults from docs/domain.md "Limits and alarms" (proposals there, configurable here):
 
 - room O2: high alarm at ``NFPA limit - 1.5`` where the NFPA 99 increased-burning-rate limit is
   ``23.45 / sqrt(PB / 101.325)`` % (Lhasa 64.5 kPa: 29.4 %, alarm 27.9 %); high warning at

@@ -58,7 +58,7 @@ def load_calibration():
 
 
 def topic_prefix(cfg: dict) -> str:
-    """``{prefix}/{site}/{device}/`` (ARCHITECTURE.md topic contract)."""
+    """``{prefix}/{site}/{device}/`` (docs/contracts.md)."""
     return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 

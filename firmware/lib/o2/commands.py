@@ -29,7 +29,8 @@ except ImportError:  # CPython (tests): const() is the identity
 
 _SETTINGS_FILE = const("/settings.json")
 CALIBRATE_MODES = ("zero", "span", "fresh_air")
-FRESH_AIR_PCT = 20.95  # outdoor air at every altitude (DOMAIN.md section 1)
+# Outdoor air at every altitude (docs/domain.md "Fraction and partial pressure").
+FRESH_AIR_PCT = 20.95
 
 
 def handle(board, payload) -> str:

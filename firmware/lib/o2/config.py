@@ -16,7 +16,7 @@ class ConfigError(ValueError):
 
 
 def _name(v) -> str:
-    # Site and device names go into topics and InfluxDB tags: [a-z0-9-]{1,32} (ARCHITECTURE.md).
+    # Site and device names go into topics and InfluxDB tags: [a-z0-9-]{1,32} (docs/contracts.md).
     if not isinstance(v, str) or not 1 <= len(v) <= 32:
         return "a name of 1..32 characters [a-z0-9-]"
     for c in v:

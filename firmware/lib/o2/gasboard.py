@@ -1,13 +1,15 @@
 """Ultrasonic O2 / flow sensor of oxygen concentrators (Cubic Gasboard-7500 family, OCS-3F and
 clones): frames (pure) and an async driver, polled or streaming.
 
-Wire (DOMAIN.md section 4): UART 9600 8N1. Host frame ``11 LEN CMD [DATA] CS``, sensor frame
+Wire (docs/domain.md "Sensor wire protocols"): UART 9600 8N1. Host frame
+``11 LEN CMD [DATA] CS``, sensor frame
 ``16 LEN CMD [DATA] CS``; LEN counts the bytes after LEN without CS;
 ``CS = (256 - sum of all preceding bytes) mod 256``. Read: ``11 01 01 ED``; reply
 ``16 09 01 | O2 hi lo | flow hi lo | temp hi lo | ST1 ST2 | CS`` (big-endian, O2 x0.1 %, flow
 x0.1 L/min -- x0.01 on some variants: ``flow_scale`` --, temperature x0.1 degC, signed). Many units
 also stream that frame every 500 ms unasked: the parser resyncs on 0x16 and checks LEN, CMD and
-CS. Ultrasonic sensors measure composition: no pressure correction (DOMAIN.md section 1).
+CS. Ultrasonic sensors measure composition: no pressure correction (docs/domain.md "Fraction
+and partial pressure").
 """
 
 import asyncio

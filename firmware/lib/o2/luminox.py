@@ -1,9 +1,9 @@
 """SST LuminOx optical O2 sensor (rooms; carries its own barometer): ASCII lines (pure) and an
 async polled driver.
 
-Wire (DOMAIN.md section 4; SST LuminOx user guide, "UART commands"): 9600 8N1, lines ending
-CR LF: ``O 0157.1 T +21.3 P 0652 % 024.10 e 0000`` = ppO2 mbar, temperature degC, pressure
-mbar, O2 %, status (``e 0000`` = OK). ``M 1`` selects poll mode (acknowledged ``M 01``),
+Wire (docs/domain.md "Sensor wire protocols"; SST LuminOx user guide, "UART commands"): 9600 8N1,
+lines ending CR LF: ``O 0157.1 T +21.3 P 0652 % 024.10 e 0000`` = ppO2 mbar, temperature degC,
+pressure mbar, O2 %, status (``e 0000`` = OK). ``M 1`` selects poll mode (acknowledged ``M 01``),
 ``A`` asks for the full line. The protocol has no checksum: a line is accepted only if its
 ppO2 agrees with O2 % x pressure (a garbled digit breaks that), and the range 0-25 % / 0-100 %
 is the sensor variant's, not the protocol's.

@@ -1,7 +1,7 @@
 """Small asyncio MQTT 3.1.1 client owned by the board's network layer.
 
 Why our own: the frozen umqtt blocks (connect without timeout, QoS 1 publish against a frozen
-broker) and would stall the sensing side and trip the watchdog (MICROPYTHON.md).
+broker) and would stall the sensing side and trip the watchdog (measured on the unix port).
 
 Model: ``run()`` keeps one connection alive forever (connect with timeout, keepalive ping,
 reconnect with exponential backoff). ``up`` is set while connected. ``publish()`` never waits

@@ -1,4 +1,4 @@
-"""Oxygen formulas (DOMAIN.md section 2). Pressures in kPa, altitudes in m, O2 in % (volume).
+"""Oxygen formulas (docs/domain.md "Formulas"). Pressures in kPa, altitudes in m, O2 in % (volume).
 
 Written for single-precision floats (ESP32): results are good to about 0.1 m / 0.001 kPa,
 far below sensor resolution.

@@ -8,6 +8,7 @@ import mqtt_peer
 from o2 import (
     ads1115,
     alarm,
+    auth,
     bme280,
     calibration,
     config,
@@ -830,3 +831,70 @@ def check_ads1115_conversion():
     close(ads1115.LSB_MV, 0.0078125, 1e-12, "7.8125 uV / LSB at +-0.256 V")
     close(ads1115.mv_to_o2_pct(13.0, 13.0 / 20.95), 20.95, 1e-9, "fresh-air calibration")
     equal(ads1115.CONFIG_SINGLE_SHOT, 0x8B83, "config register")
+
+
+# -- signed commands (RFC 4231 vectors) -----------------------------------------------------------
+
+
+def check_hmac_sha256_rfc4231():
+    vectors = (
+        (
+            b"\x0b" * 20,
+            b"Hi There",
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        ),
+        (
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        ),
+        (
+            b"\xaa" * 131,
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        ),
+    )
+    for key, msg, want in vectors:
+        equal(auth.hmac_sha256(key, msg), bytes.fromhex(want), "RFC 4231 %r" % msg[:8])
+    equal(auth.same(b"abc", b"abc"), True, "same")
+    equal(auth.same(b"abc", b"abd") or auth.same(b"abc", b"ab"), False, "differ")
+
+
+KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def signed(body, key_hex=KEY_HEX):
+    text = json.dumps(body)
+    mac = auth.hmac_sha256(bytes.fromhex(key_hex), text.encode())
+    return json.dumps({"body": text, "mac": "".join(["%02x" % b for b in mac])})
+
+
+def check_command_envelope_verification():
+    key = auth.key_bytes(KEY_HEX)
+    body = {"id": "a1", "ctr": 7, "site": "s", "device": "d", "cmd": "reboot"}
+    equal(auth.verify(key, signed(body), "s", "d", 6)["cmd"], "reboot", "authentic, fresh")
+    equal(auth.peek_id(signed(body)), "a1", "id for the ack")
+    refusals = (
+        (signed(body), 7, "replayed or old counter 7"),
+        (signed(body), 9, "replayed or old counter 7"),
+        (signed(body, "ff" * 32), 0, "bad mac"),
+        (signed(body).replace('\\"ctr\\": 7', '\\"ctr\\": 70'), 0, "bad mac"),
+        (signed(dict(body, device="other")), 0, "command for s/other"),
+        (signed(dict(body, ctr="8")), 0, "replayed or old counter"),
+        (signed(dict(body, args=[1])), 0, "args: expected an object"),
+        (json.dumps(body), 0, "expected {"),
+        ("not json", 0, "expected {"),
+    )
+    for payload, last, reason in refusals:
+        e = raises(auth.Refused, auth.verify, key, payload, "s", "d", last)
+        if not str(e).startswith(reason):
+            raise AssertionError("%r does not start with %r" % (str(e), reason))
+    e = raises(auth.Refused, auth.key_bytes, None)
+    equal(str(e), "commands disabled: no command_key in config.json", "no key")
+    d = fresh_dir()
+    equal(auth.load_counter(d + "/ctr"), 0, "no counter yet")
+    auth.save_counter(1764000000123, d + "/ctr")
+    equal(auth.load_counter(d + "/ctr"), 1764000000123, "persisted (ms-sized counters)")
+    raises(config.ConfigError, config.validate, dict(MINIMAL, command_key="xyz"))
+    cfg = config.validate(dict(MINIMAL, command_key=KEY_HEX))
+    equal(config.public(cfg)["command_key"], "***", "masked in report_config")

@@ -368,6 +368,7 @@ class Board:
         ):
             self._stable = True
             mark_stable()  # not part of a crash loop any more
+            print("run stable")
         if self._reboot_due and time.ticks_diff(now, self._reboot_at) >= 0:
             print("reboot (command)")
             mark_stable()
@@ -469,6 +470,8 @@ class Board:
             doc["boot_recovered"] = self.boot_recovered
         if self.warmup_ms:
             doc["warming_up"] = True
+        if not self.cfg["command_key"]:
+            doc["commands"] = "disabled: no command_key"
         return json.dumps(doc).encode()
 
     def shutdown(self) -> None:
@@ -490,16 +493,16 @@ class Board:
         self._ack_ok = False
         self._acked.set()  # the sender stops waiting for a PUBACK that cannot come
 
-    def _on_message(self, topic, payload) -> None:
+    def _on_message(self, topic, payload, retain) -> None:
         if topic != self.topic_cmd.encode():
             return
         if len(self._cmds) >= _MAX_COMMANDS:
             self.cmds_dropped += 1
             return
-        self._cmds.append(payload)
+        self._cmds.append((payload, retain))
         self._wake.set()
 
-    async def _handle_command(self, payload) -> None:
+    async def _handle_command(self, message) -> None:
         # Loaded on demand and dropped afterwards: commands need the config schema, which
         # start-up dropped from the heap. A command that cannot be handled (even for lack of
         # memory) gets an error ack; the sender task never dies of it.
@@ -507,10 +510,10 @@ class Board:
         try:
             from o2 import commands
 
-            ack = commands.handle(self, payload)
+            ack = commands.handle(self, message[0], message[1])
         except MemoryError:
             ack = '{"ok":false,"error":"out of memory"}'
-        for name in ("commands", "config"):
+        for name in ("commands", "config", "auth"):
             forget_module(name)
         await self._publish_acked(self.topic_ack, ack)
 

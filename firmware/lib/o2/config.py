@@ -25,6 +25,16 @@ def _name(v) -> str:
     return ""
 
 
+def _hex64(v) -> str:
+    # Board command key: 32 random bytes as 64 hex characters (provisioning writes it).
+    try:
+        if len(v) == 64 and len(bytes.fromhex(v)) == 32:
+            return ""
+    except ValueError:
+        pass
+    return "64 hex characters"
+
+
 def _range(lo, hi):
     def check(v):
         return "" if lo <= v <= hi else "a value in %s..%s" % (lo, hi)
@@ -43,6 +53,8 @@ SCHEMA = (
     ("site", str, REQUIRED, _name),
     ("device", str, REQUIRED, _name),
     ("kind", str, "room", _one_of("room", "concentrator")),
+    # HMAC-SHA256 key of signed commands; without it the board refuses every command.
+    ("command_key", str, None, _hex64),
     # Required: the ISA pressure of the site is the fallback and the plausibility reference
     # for the barometer; a default of 0 m would make a plateau board behave as at sea level.
     ("site_altitude_m", float, REQUIRED, _range(-500, 9000)),
@@ -107,7 +119,7 @@ SCHEMA = (
     ("sensors.env.scl", int, 22, _range(0, 48)),
     ("sensors.env.addr", int, 0x76, _one_of(0x76, 0x77)),
 )
-SECRETS = ("mqtt.password", "wifi.password")
+SECRETS = ("mqtt.password", "wifi.password", "command_key")
 KEYS = [row[0] for row in SCHEMA]
 
 
@@ -242,7 +254,7 @@ def network_only(raw):
     out = {}
     try:
         for key, kind, default, check in SCHEMA:
-            if key in ("site", "device") or key.startswith("mqtt.") or key.startswith("wifi."):
+            if key in ("site", "device", "command_key") or key[:5] in ("mqtt.", "wifi."):
                 out[key] = _check_one(raw, key, kind, default, check)
     except ConfigError:
         return None

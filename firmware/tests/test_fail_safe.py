@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from o2chain.firmware_cli import device_config
 from o2chain.firmware_runner import (
     BME280_CAL_A,
     BoardRunner,
@@ -60,6 +61,10 @@ def test_config_without_site_altitude_is_a_config_error(
     schema = load_firmware_file("config")
     with pytest.raises(schema.ConfigError, match=r"^site_altitude_m: missing \(required\)$"):
         schema.validate(json.loads(json.dumps(cfg)))
+    inventory = tmp_path / "site.toml"
+    inventory.write_text('[defaults]\nsite = "lhasa-hotel"\n[devices.r1]\nmqtt = { host = "h" }\n')
+    with pytest.raises(FirmwareError, match=r"device r1: site_altitude_m: missing \(required\)"):
+        device_config(inventory, "r1")
     rec = Recorder(mosquitto, PREFIX + "#")
     board = BoardRunner(cfg, tmp_path / "board")
     try:

@@ -157,7 +157,7 @@ def test_signed_commands(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert abs(later[-1]["o2_pct"] - 20.95) < 0.25, later[-1]
         assert not later[-1].get("quality", 0) & 0x100, "calibrated: no longer flagged"
 
-        board.wait_for_log(r"^run stable$", timeout_s=30)
+        board.wait_for_log(r"^run: stable$", timeout_s=30)
         rc, doc, _ = board_cmd(mosquitto, keys, "reboot")
         assert rc == 0 and doc and doc["result"] == {"in_s": 1}, doc
         board.wait_for_log(r"reboot \(command\)")
@@ -203,6 +203,32 @@ def test_board_without_command_key_refuses_all_commands(
         rc, doc, _ = board_cmd(mosquitto, keys, "report_config")
         assert rc == 1 and doc, doc
         assert doc["error"] == "commands disabled: no command_key in config.json", doc
+    finally:
+        board.kill()
+        rec.close()
+
+
+def test_command_at_110k_never_starves_the_alarm(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # At the strict heap a command cannot be loaded on this 64-bit port (firmware/README.md
+    # "Memory"): it is answered "out of memory" without loading anything, and the board keeps
+    # sampling and sounding its alarm. (Loading it anyway used to end in a MemoryError in the
+    # sampling loop and a reset.)
+    key = os.urandom(32).hex()
+    rec = Recorder(mosquitto, PREFIX + "#")
+    cfg = board_config(mosquitto, command_key=key)
+    board = BoardRunner(cfg, tmp_path / "board", heap="110K", o2_pct=22.0)
+    try:
+        board.start()
+        board.wait_for_log(r"mqtt: connected")
+        for i in range(3):
+            publish(mosquitto, signed(key, "report_config", {}, i + 1, f"c{i}"))
+            doc = ack(rec, f"c{i}")
+            assert doc["ok"] or doc["error"].startswith("out of memory: "), doc
+        seq = max(rec.seqs(1))
+        rec.wait_seqs(1, seq + 10)
+        board.set_o2_pct(26.0)  # above the test's 24.0 % high alarm
+        board.wait_for_log(r"^pin 25=1 t=", timeout_s=5)
+        assert "crash" not in board.log_text() and board.running
     finally:
         board.kill()
         rec.close()

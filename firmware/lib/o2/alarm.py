@@ -43,8 +43,6 @@ _HIGH_WARN_CAP_PCT = const(27.0)
 _LOW_WARN_PCT = const(22.0)
 _DEFICIENT_PCT = const(19.5)
 _PURITY_ALARM_PCT = const(82.0)
-FLAG_BARO = const(2)
-FLAG_WARMUP = const(3)
 _MAX_EVENTS = const(16)  # state changes kept for publishing; the oldest are dropped (counted)
 
 
@@ -118,7 +116,8 @@ class Alarms:
         self._diff = diff
         self.over_range = Rule("o2_over_range", _HIGH, 0.5, _WARNING)
         self.fault = Rule("sensor_fault", _HIGH, 0.5, _WARNING)
-        # Flags the caller raises and clears through flag(): FLAG_BARO, FLAG_WARMUP.
+        # Flags the caller raises and clears through flag(index): 2 baro_implausible,
+        # 3 warming_up (plain indices: no module-level names on the board's tight qstr pool).
         self.flags = (
             self.over_range,
             self.fault,
@@ -144,7 +143,8 @@ class Alarms:
         return True
 
     def flag(self, index: int, on: bool, value: float, threshold: float, now_ms) -> int:
-        """Raise / clear flag ``index`` (FLAG_BARO, FLAG_WARMUP) at once; new events."""
+        """Raise / clear flag ``index`` (2 baro_implausible, 3 warming_up) at once; returns
+        the number of new events."""
         before = len(self.events) + self.events_dropped
         r = self.flags[index]
         r.threshold = threshold

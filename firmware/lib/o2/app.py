@@ -39,7 +39,14 @@ _FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated
 _ZE03_FULL_SCALE_PCT = const(25.0)
 OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
+_FLAG_BARO = const(2)  # alarm.Alarms.flags indices
+_FLAG_WARMUP = const(3)
+_I_CO2 = const(6)  # telemetry.ROOM_FIELDS index of co2_ppm
 _MAX_COMMANDS = const(4)
+# Free heap (after a collection) below which commands are answered "out of memory" without
+# loading them: loading costs ~19 KB on the 64-bit unix port (code, config schema, one more
+# qstr pool), about half on an ESP32 (firmware/README.md "Memory").
+_CMD_MIN_FREE_B = const(24576)
 
 
 def load_calibration():
@@ -161,7 +168,7 @@ class Board:
             await self.co2_sensor.init()
         if self.warmup_ms:
             print("warm-up: purity alarms held for %d s" % (self.warmup_ms // 1000))
-            self.alarms.flag(alarm.FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
+            self.alarms.flag(_FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
             self._alarm_changed()
         self._drive_pins()
         asyncio.create_task(self.wifi.run())
@@ -249,7 +256,7 @@ class Board:
                 quality |= _Q_WARMUP
             else:
                 print("warm-up over: purity alarms active")
-                changed = self.alarms.flag(alarm.FLAG_WARMUP, False, 0.0, 0.0, now)
+                changed = self.alarms.flag(_FLAG_WARMUP, False, 0.0, 0.0, now)
                 self.warmup_ms = 0
         self._value = value
         self._raw = raw
@@ -320,7 +327,7 @@ class Board:
                 values[telemetry.I_BARO] = self.baro_kpa
             if self.co2_sensor is not None:
                 ppm, q = await self.co2_sensor.read()
-                values[telemetry.I_CO2] = ppm
+                values[_I_CO2] = ppm
                 if q:
                     quality |= _Q_CO2
             values[telemetry.I_O2] = value
@@ -352,7 +359,7 @@ class Board:
         ok = oxygen.baro_plausible(p_kpa, self.site_kpa)
         bad = p_kpa is not None and not ok
         shown = p_kpa if bad and -1e6 < p_kpa < 1e6 else 0.0  # finite, for the alarm event
-        if self.alarms.flag(alarm.FLAG_BARO, bad, shown, self.site_kpa, time.ticks_ms()):
+        if self.alarms.flag(_FLAG_BARO, bad, shown, self.site_kpa, time.ticks_ms()):
             self._alarm_changed()
         self.baro_kpa = p_kpa if ok else self.site_kpa
         self.baro_measured = ok
@@ -368,7 +375,7 @@ class Board:
         ):
             self._stable = True
             mark_stable()  # not part of a crash loop any more
-            print("run stable")
+            print("run: stable")
         if self._reboot_due and time.ticks_diff(now, self._reboot_at) >= 0:
             print("reboot (command)")
             mark_stable()
@@ -505,17 +512,37 @@ class Board:
     async def _handle_command(self, message) -> None:
         # Loaded on demand and dropped afterwards: commands need the config schema, which
         # start-up dropped from the heap. A command that cannot be handled (even for lack of
-        # memory) gets an error ack; the sender task never dies of it.
+        # memory) gets an error ack; the sender task never dies of it. Loading them interns
+        # their names for good (the qstr pool only grows): with too little heap left they
+        # are not loaded at all, so a command can never starve the alarm loop.
         gc.collect()
+        free = gc.mem_free()
         try:
+            if free < _CMD_MIN_FREE_B:
+                raise MemoryError
             from o2 import commands
 
             ack = commands.handle(self, message[0], message[1])
         except MemoryError:
-            ack = '{"ok":false,"error":"out of memory"}'
+            ack = json.dumps(
+                {
+                    "id": command_id(message[0]),
+                    "ok": False,
+                    "error": "out of memory: %d bytes free, commands need %d"
+                    % (free, _CMD_MIN_FREE_B),
+                }
+            )
         for name in ("commands", "config", "auth"):
             forget_module(name)
         await self._publish_acked(self.topic_ack, ack)
+
+
+def command_id(payload):
+    """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
+    try:
+        return json.loads(json.loads(payload)["body"])["id"]
+    except Exception:  # noqa: BLE001 -- unreadable: no id
+        return None
 
 
 def mark_stable() -> None:

@@ -23,8 +23,9 @@ except ImportError:  # CPython (tests): const() is the identity
         return x
 
 
+# Module constants are const(): no global name, no qstr (the board's qstr pool is tight).
 _BLOCK = const(64)  # SHA-256 block size (RFC 2104: B)
-COUNTER_FILE = "/cmd_counter"
+_COUNTER_FILE = const("/cmd_counter")
 
 
 class Refused(ValueError):
@@ -43,34 +44,15 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     return outer.digest()
 
 
-def same(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison (the time does not say how many leading bytes matched)."""
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for i in range(len(a)):
-        diff |= a[i] ^ b[i]
-    return diff == 0
-
-
-def key_bytes(key_hex) -> bytes:
-    """The 32-byte key from the config's 64 hex characters; Refused if unusable."""
-    if not isinstance(key_hex, str) or len(key_hex) != 64:
+def key_bytes(v) -> bytes:
+    """The 32-byte key from the config's 64 hex characters ``v``; Refused if unusable."""
+    # (Parameter names are qstrs: ``v`` is one the config schema already interned.)
+    if not isinstance(v, str) or len(v) != 64:
         raise Refused("commands disabled: no command_key in config.json")
     try:
-        return bytes.fromhex(key_hex)
+        return bytes.fromhex(v)
     except ValueError:
         raise Refused("commands disabled: command_key is not 64 hex characters")
-
-
-def peek_id(payload):
-    """The command's ``id`` if the payload is readable at all (for the ack), else None."""
-    try:
-        body = json.loads(json.loads(payload)["body"])
-        v = body.get("id")
-        return v if isinstance(v, str) else None
-    except Exception:  # noqa: BLE001 -- anything unreadable simply has no id
-        return None
 
 
 def verify(key: bytes, payload, site: str, device: str, last_ctr: int) -> dict:
@@ -84,7 +66,12 @@ def verify(key: bytes, payload, site: str, device: str, last_ctr: int) -> dict:
         mac = bytes.fromhex(env["mac"])
     except Exception:  # noqa: BLE001 -- ValueError, KeyError, TypeError: all the same answer
         raise Refused('expected {"body": "<command JSON>", "mac": "<64 hex>"}')
-    if not isinstance(body_text, str) or not same(hmac_sha256(key, body_text.encode()), mac):
+    good = hmac_sha256(key, body_text.encode()) if isinstance(body_text, str) else b""
+    # Constant time: how long the comparison takes does not say how much of the MAC matched.
+    diff = len(good) ^ len(mac)
+    for i in range(min(len(good), len(mac))):
+        diff |= good[i] ^ mac[i]
+    if diff:
         raise Refused("bad mac")
     try:
         body = json.loads(body_text)
@@ -101,10 +88,22 @@ def verify(key: bytes, payload, site: str, device: str, last_ctr: int) -> dict:
     return body
 
 
-def load_counter(path: str = COUNTER_FILE) -> int:
-    """The highest counter accepted so far (0 if none). A damaged file refuses every command
-    (Refused) rather than reopen old counters; it is written by rename, so only a damaged
-    flash can do that (fix: replace /cmd_counter over USB)."""
+def counter(ctr=None, path: str = _COUNTER_FILE) -> int:
+    """Without ``ctr``: the highest counter accepted so far (0 if none). With ``ctr``: persist
+    it (write-then-rename) before the command runs, so a replay is refused also after a reboot
+    or power loss; returns it.
+
+    A damaged file refuses every command (Refused) rather than reopen old counters; it is
+    written by rename, so only damaged flash can do that (fix: replace /cmd_counter over USB).
+    """
+    if ctr is not None:
+        import os
+
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d" % ctr)
+        os.rename(tmp, path)
+        return ctr
     try:
         with open(path) as f:
             text = f.read()
@@ -114,14 +113,3 @@ def load_counter(path: str = COUNTER_FILE) -> int:
         return int(text)
     except ValueError:
         raise Refused("/cmd_counter damaged: replace it over USB")
-
-
-def save_counter(ctr: int, path: str = COUNTER_FILE) -> None:
-    """Persist ``ctr`` (write-then-rename) before the command runs: survives reboot and power
-    loss, so a replay is refused also after a restart."""
-    import os
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("%d" % ctr)
-    os.rename(tmp, path)

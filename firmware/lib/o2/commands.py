@@ -12,15 +12,15 @@ ignored. The body's ``cmd`` is one of, with its ``args``:
 - ``reboot`` (only once the run is stable, ``stable_after_s``).
 
 The ack is ``{"id", "cmd", "ctr", "ok": true, "result": ...}`` or ``{..., "ok": false, "error":
-"..."}``. Settings changes are validated against the config schema and persisted in
-/settings.json (laid over config.json at boot). Loaded on the first command only. ``board`` is
-the running ``app.Board``.
+"..."}``. Settings changes are checked against their safe bands (within the config
+schema's ranges) and persisted in /settings.json (laid over config.json and validated at
+boot). Loaded for each command and dropped after it. ``board`` is the running ``app.Board``.
 """
 
 import json
 import time
 
-from o2 import alarm, config
+from o2 import alarm
 
 try:
     from micropython import const
@@ -31,29 +31,30 @@ except ImportError:  # CPython (tests): const() is the identity
 
 
 _SETTINGS_FILE = const("/settings.json")
-CALIBRATE_MODES = ("zero", "span", "fresh_air")
 # Outdoor air at every altitude (docs/domain.md "Fraction and partial pressure").
-FRESH_AIR_PCT = 20.95
+_FRESH_AIR_PCT = const(20.95)
 
 
-def handle(board, payload, retained: bool = False) -> str:
+def handle(board, payload, retain: bool = False) -> str:
     """The JSON ack for one message on the cmd topic. Every refusal says why; never raises."""
     from o2 import auth
+    from o2.app import command_id
 
-    cmd_id = auth.peek_id(payload)
+    cmd_id = command_id(payload)
     name = None
     ctr = None
     try:
-        if retained:
+        if retain:
             # A retained command would run again at every reconnect (a retained reboot
             # rebooted a board every ~3 s for ever): commands are for the moment they are sent.
             raise auth.Refused("retained command ignored")
         key = auth.key_bytes(board.cfg["command_key"])
-        last = auth.load_counter()
+        last = auth.counter()
         body = auth.verify(key, payload, board.cfg["site"], board.cfg["device"], last)
         name = body.get("cmd")
-        ctr = body["ctr"]
-        auth.save_counter(ctr)  # before running it: never twice, also across a reboot
+        ctr = auth.counter(
+            body["ctr"]
+        )  # persisted before it runs: never twice, also after a reboot
         result = command(board, name, body.get("args", {}))
         ack = {"id": cmd_id, "cmd": name, "ctr": ctr, "ok": True, "result": result}
     except Exception as e:  # noqa: BLE001 -- a bad command is answered, never a crash
@@ -62,23 +63,10 @@ def handle(board, payload, retained: bool = False) -> str:
     return json.dumps(ack)
 
 
-# Limits a command may set (firmware/README.md "Commands", safe bands). Anything else under
-# alarm.* -- the output pins, their polarity, sampling, fault delay, warm-up -- is local only.
-_SETTABLE = (
-    "o2_high_alarm_pct",
-    "o2_high_warn_pct",
-    "o2_low_warn_pct",
-    "o2_deficient_pct",
-    "purity_low_pct",
-    "purity_warn_pct",
-    "hysteresis_pct",
-    "on_delay_s",
-    "off_delay_s",
-)
-
-
 def bands(board) -> dict:
-    """``{alarm key: (lo, hi)}`` a command may move each limit within, for this site."""
+    """``{alarm key: (lo, hi)}``: the limits a command may set and the band each may move
+    within, for this site (firmware/README.md "Commands"). Anything else under alarm.* -- the
+    output pins, their polarity, sampling, fault delay, warm-up -- is local only."""
     # NFPA 99 / 53 increased-burning-rate limit at the site's ISA pressure (Lhasa 29.4 %):
     # the high alarm stays 0.5 % (sensor accuracy) below it and at most 5 % below it, never
     # under 21.5 % (fresh air 20.95 % + margin).
@@ -101,7 +89,13 @@ def bands(board) -> dict:
 
 def command(board, name, args: dict):
     if name == "report_config":
-        return config.public(board.cfg)
+        out = {}
+        for key in board.cfg:  # secrets masked (the config schema's SECRETS)
+            v = board.cfg[key]
+            out[key] = (
+                "***" if v and key in ("mqtt.password", "wifi.password", "command_key") else v
+            )
+        return out
     if name == "set_interval":
         v = args.get("interval_s")
         if not isinstance(v, (int, float)) or not 1 <= v <= 3600:
@@ -118,7 +112,7 @@ def command(board, name, args: dict):
         flat: dict = {}
         for key in changes:
             short = key[6:] if key.startswith("alarm.") else key
-            if short not in _SETTABLE:
+            if short not in limits:
                 raise ValueError("alarm.%s: refused, not settable by command" % short)
             v = changes[key]
             lo, hi = limits[short]
@@ -131,8 +125,19 @@ def command(board, name, args: dict):
                 )
             flat["alarm." + short] = v
         apply_settings(board, flat)
-        rebuild_rules(board)
-        return {r.name: r.threshold for r in board.alarms.rules}
+        cfg = board.cfg
+        if board.room:
+            rules = alarm.room_rules(board.baro_kpa, cfg)
+        else:
+            rules = alarm.concentrator_rules(cfg)
+        for r in rules:  # keep what is raised raised
+            old = board.alarms.rule(r.name)
+            r.active = old is not None and old.active
+        board.alarms.rules = rules
+        board.alarms.hysteresis = cfg["alarm.hysteresis_pct"]
+        board.alarms.on_delay_ms = int(cfg["alarm.on_delay_s"] * 1000)
+        board.alarms.off_delay_ms = int(cfg["alarm.off_delay_s"] * 1000)
+        return {r.name: r.threshold for r in rules}
     if name == "calibrate":
         return calibrate(board, args)
     if name == "reboot":
@@ -150,7 +155,11 @@ def command(board, name, args: dict):
 
 def apply_settings(board, flat: dict) -> None:
     """Validate ``flat`` over the running config, then persist it in /settings.json."""
-    cfg = config.revalidate(board.cfg, flat)  # raises ConfigError naming the key
+    # Every value was checked against its safe band (inside the schema's ranges), so the
+    # config schema (~20 KB of heap) is not loaded; start-up validates /settings.json again.
+    cfg = dict(board.cfg)
+    for key in flat:
+        cfg[key] = float(flat[key]) if isinstance(flat[key], int) else flat[key]
     if board.room:
         high, warn = alarm.room_thresholds(
             board.site_kpa, cfg["alarm.o2_high_alarm_pct"], cfg["alarm.o2_high_warn_pct"]
@@ -158,22 +167,21 @@ def apply_settings(board, flat: dict) -> None:
         if warn > high:
             raise ValueError("alarm.o2_high_warn_pct: refused, above the high alarm %.2f" % high)
     board.cfg = cfg
-    config.save_settings(_SETTINGS_FILE, flat)
+    try:
+        with open(_SETTINGS_FILE) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
+    for key in flat:
+        saved[key] = flat[key]
+    tmp = _SETTINGS_FILE + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(saved, f)
+    import os
 
-
-def rebuild_rules(board) -> None:
-    cfg = board.cfg
-    if board.room:
-        rules = alarm.room_rules(board.baro_kpa, cfg)
-    else:
-        rules = alarm.concentrator_rules(cfg)
-    old = {}
-    for r in board.alarms.rules:
-        old[r.name] = r.active
-    for r in rules:
-        r.active = old.get(r.name, False)
-    board.alarms.rules = rules
-    board.alarms.hysteresis = cfg["alarm.hysteresis_pct"]
+    os.rename(tmp, _SETTINGS_FILE)
 
 
 # Calibration is refused unless the reading it would correct is plausible for the reference
@@ -188,8 +196,8 @@ def calibrate(board, args: dict):
     if not board.galvanic:
         raise ValueError("calibrate: not supported for sensor %r" % board.cfg["sensors.o2.type"])
     mode = args.get("mode")
-    if mode not in CALIBRATE_MODES:
-        raise ValueError("mode: expected one of %s" % ", ".join(CALIBRATE_MODES))
+    if mode not in ("zero", "span", "fresh_air"):
+        raise ValueError("mode: expected one of zero, span, fresh_air")
     value, raw = board._value, board._raw
     if value is None or raw is None or raw <= 0:
         raise ValueError("calibrate: refused, no valid reading right now")
@@ -201,7 +209,7 @@ def calibrate(board, args: dict):
             raise ValueError("calibrate: refused, reading %.2f %% is not zero gas" % value)
         cal.offset = -cal.gain * raw
     else:
-        ref = args.get("ref_pct", FRESH_AIR_PCT if mode == "fresh_air" else None)
+        ref = args.get("ref_pct", _FRESH_AIR_PCT if mode == "fresh_air" else None)
         if not isinstance(ref, (int, float)) or not 15 <= ref <= 100:
             raise ValueError("ref_pct: expected a number in 15..100")
         tolerance = max(_CAL_TOLERANCE_PCT, ref * 0.1) if mode == "span" else _CAL_TOLERANCE_PCT

@@ -69,15 +69,15 @@ async def safe_mode(cfg: dict, reason: str) -> None:
 def check_reboot(cfg: dict, payload, retain: bool) -> dict:
     """The ack for one cmd message in safe mode: only an authentic, fresh ``reboot`` is ok."""
     from o2 import auth
+    from o2.app import command_id
 
-    ack = {"id": auth.peek_id(payload), "cmd": None, "ctr": None, "ok": False}
+    ack = {"id": command_id(payload), "cmd": None, "ctr": None, "ok": False}
     try:
         if retain:
             raise auth.Refused("retained command ignored")
         key = auth.key_bytes(cfg.get("command_key"))
-        body = auth.verify(key, payload, cfg["site"], cfg["device"], auth.load_counter())
-        ack["cmd"], ack["ctr"] = body.get("cmd"), body["ctr"]
-        auth.save_counter(body["ctr"])
+        body = auth.verify(key, payload, cfg["site"], cfg["device"], auth.counter())
+        ack["cmd"], ack["ctr"] = body.get("cmd"), auth.counter(body["ctr"])
         if body.get("cmd") != "reboot":
             raise auth.Refused("safe mode: only reboot")
         ack["ok"] = True

@@ -15,7 +15,7 @@ ROOM_FIELDS = (
     ("co2_ppm", 0),
 )
 
-I_O2, I_BARO, I_TEMP, I_RH, I_PPO2, I_EQ_ALT, I_CO2 = 0, 1, 2, 3, 4, 5, 6
+I_O2, I_BARO, I_TEMP, I_RH, I_PPO2, I_EQ_ALT = 0, 1, 2, 3, 4, 5  # co2_ppm: 6 (app._I_CO2)
 
 CONCENTRATOR_FIELDS = (
     ("purity_pct", 1),

@@ -61,7 +61,10 @@ ADS1115_AIR_MV = 13.0
 ADS1115_LSB_MV = 0.0078125
 ISA_P0_KPA = 101.325  # docs/domain.md "Formulas"
 STOP_TIMEOUT_S = 5.0
-MPY_CROSS_FLAGS: list[str] = [x for x in os.environ.get("O2CHAIN_MPY_FLAGS", "").split() if x]
+# No line-number tables in the bytecode: ~2 KB of a 110 KB heap (firmware/README.md "Memory");
+# tracebacks still name the file and the function. O2CHAIN_MPY_FLAGS replaces the default
+# (O2CHAIN_MPY_FLAGS="" builds with line numbers, e.g. to debug a crash on the bench).
+MPY_CROSS_FLAGS: list[str] = os.environ.get("O2CHAIN_MPY_FLAGS", "-X no-source-lines").split()
 
 
 NTP_TO_UNIX_S = 2208988800  # RFC 5905: 1900-01-01 to 1970-01-01

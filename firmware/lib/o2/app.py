@@ -361,10 +361,12 @@ class Board:
         shown = p_kpa if bad and -1e6 < p_kpa < 1e6 else 0.0  # finite, for the alarm event
         if self.alarms.flag(_FLAG_BARO, bad, shown, self.site_kpa, time.ticks_ms()):
             self._alarm_changed()
+        # NFPA thresholds follow the pressure in use: at once when the source changes
+        # (barometer <-> site ISA), else every 16th reading (weather moves PB slowly).
+        if ok != self.baro_measured or self.seq % 16 == 0:
+            alarm.update_room_thresholds(self.alarms, p_kpa if ok else self.site_kpa, self.cfg)
         self.baro_kpa = p_kpa if ok else self.site_kpa
         self.baro_measured = ok
-        # NFPA thresholds follow the pressure in use (weather moves PB by a few kPa).
-        alarm.update_room_thresholds(self.alarms, self.baro_kpa, self.cfg)
         if ok:
             return 0
         return _Q_BARO_FALLBACK | (_Q_BARO_BAD if bad else 0)
@@ -391,35 +393,43 @@ class Board:
         health_ms = int(self.cfg["health_interval_s"] * 1000)
         next_health = time.ticks_ms()
         while True:
-            await mqtt.up.wait()
-            if self._alarm_out:
-                if await self._publish_acked(self.topic_alarm, self._alarm_out[0]):
-                    self._alarm_out.pop(0)
-                continue
-            if self._cmds:
-                await self._handle_command(self._cmds.pop(0))
-                continue
-            now = time.ticks_ms()
-            if time.ticks_diff(now, next_health) >= 0:
-                next_health = time.ticks_add(now, health_ms)
-                await self._guarded(mqtt.publish(self.topic_status, self.status_payload(), 1, True))
-                continue
-            end = spool.peek_batch(buf, room, self.cfg["spool.batch_max"])
-            if end == room:
-                self._wake.clear()
-                try:
-                    wait_ms = max(1, time.ticks_diff(next_health, time.ticks_ms()))
-                    await asyncio.wait_for_ms(self._wake.wait(), wait_ms)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            begin = spool.batch_begin
-            mid = mqtt.next_mid()
-            start = codec.publish_header_into(
-                buf, begin, self.topic_telemetry, end - begin, 1, False, mid
-            )
-            if await self._send_acked(memoryview(buf)[start:end], mid):
-                spool.release()
+            try:
+                await mqtt.up.wait()
+                if self._alarm_out:
+                    if await self._publish_acked(self.topic_alarm, self._alarm_out[0]):
+                        self._alarm_out.pop(0)
+                    continue
+                if self._cmds:
+                    await self._handle_command(self._cmds.pop(0))
+                    continue
+                now = time.ticks_ms()
+                if time.ticks_diff(now, next_health) >= 0:
+                    next_health = time.ticks_add(now, health_ms)
+                    await self._guarded(
+                        mqtt.publish(self.topic_status, self.status_payload(), 1, True)
+                    )
+                    continue
+                end = spool.peek_batch(buf, room, self.cfg["spool.batch_max"])
+                if end == room:
+                    self._wake.clear()
+                    try:
+                        wait_ms = max(1, time.ticks_diff(next_health, time.ticks_ms()))
+                        await asyncio.wait_for_ms(self._wake.wait(), wait_ms)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                begin = spool.batch_begin
+                mid = mqtt.next_mid()
+                start = codec.publish_header_into(
+                    buf, begin, self.topic_telemetry, end - begin, 1, False, mid
+                )
+                if await self._send_acked(memoryview(buf)[start:end], mid):
+                    spool.release()
+            except Exception as e:  # noqa: BLE001 -- e.g. MemoryError: retry, never die
+                # The sender is the only way out for readings and alarm events: a failure
+                # in one step (a transient allocation, a bad payload) must not end it.
+                print("send: %r" % (e,))
+                await asyncio.sleep_ms(100)
 
     async def _guarded(self, coro) -> bool:
         # A write that cannot complete (frozen broker, full socket buffer) must not hang the
@@ -456,30 +466,37 @@ class Board:
             self._ack_ok = True
             self._acked.set()
 
-    def status_payload(self) -> bytes:
-        """Retained status with the health fields the gateway stores in ``device_health``."""
-        doc = {
-            "state": "online",
-            "fw": FW_VERSION,
-            "boot": self.boot,
-            "kind": self.cfg["kind"],
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self._started_ms) // 1000,
-            "heap_free_b": gc.mem_free(),
-            "rssi_dbm": self.wifi.rssi_dbm(),
-            "buffered": self.spool.pending,
-            "dropped": self.spool.dropped,
-            "spool_torn": self.spool.torn,
-            "reset_cause": self.reset_cause,
-            "alarms": self.alarms.active_names(),
-            "ts": self.clock.epoch_ms(),
-        }
+    def status_payload(self) -> str:
+        """Retained status with the health fields the gateway stores in ``device_health``.
+
+        Formatted in one step (no dict, no bytes copy): the smallest transient allocation,
+        taken every health period next to the running board."""
+        extra = ""
         if self.boot_recovered:
-            doc["boot_recovered"] = self.boot_recovered
+            extra += ',"boot_recovered":' + json.dumps(self.boot_recovered)
         if self.warmup_ms:
-            doc["warming_up"] = True
+            extra += ',"warming_up":true'
         if not self.cfg["command_key"]:
-            doc["commands"] = "disabled: no command_key"
-        return json.dumps(doc).encode()
+            extra += ',"commands":"disabled: no command_key"'
+        return (
+            '{"state":"online","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
+            '"heap_free_b":%d,"rssi_dbm":%s,"buffered":%d,"dropped":%d,"spool_torn":%d,'
+            '"reset_cause":"%s","alarms":%s,"ts":%d%s}'
+        ) % (
+            FW_VERSION,
+            self.boot,
+            self.cfg["kind"],
+            time.ticks_diff(time.ticks_ms(), self._started_ms) // 1000,
+            gc.mem_free(),
+            json.dumps(self.wifi.rssi_dbm()),
+            self.spool.pending,
+            self.spool.dropped,
+            self.spool.torn,
+            self.reset_cause,
+            json.dumps(self.alarms.active_names()),
+            self.clock.epoch_ms(),
+            extra,
+        )
 
     def shutdown(self) -> None:
         """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.

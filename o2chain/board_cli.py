@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -40,9 +40,18 @@ class UsageError(Exception):
     """A mistake in the command line or the files it names (exit 2)."""
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     board = sub.add_parser("board", help="signed commands to boards")
-    board_sub = board.add_subparsers(dest="board_command", required=True, metavar="COMMAND")
+    board_sub = board.add_subparsers(
+        dest="board_command", required=True, metavar="COMMAND", parser_class=_OneLineParser
+    )
     cmd = board_sub.add_parser(
         "cmd",
         help="sign a command, publish it (QoS 1, not retained), wait for the board's ack",

@@ -62,6 +62,14 @@ def test_usage_errors_exit_2_with_one_line(
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_missing_option_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["board", "cmd", "--site", "s", "report_config"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.count("\n") == 1 and "the following arguments are required: --keys" in err, err
+
+
 def test_keys_file_must_be_private(capsys: pytest.CaptureFixture[str], keys: Path) -> None:
     keys.chmod(0o644)
     rc, _, err = run(capsys, "--keys", str(keys), *BASE, "report_config")

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here so `o2chain --help` stays fast and one broken part names itself clearly.
     from dashboards import cli as dashboards_cli
     from gateway import cli as gateway_cli
-    from o2chain import demo, firmware_cli, provision
+    from o2chain import board_cli, demo, firmware_cli, provision
     from simulators import cli as sim_cli
 
     parser = argparse.ArgumentParser(
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.register(sub)
     sim_cli.register(sub)
     firmware_cli.register(sub)
+    board_cli.register(sub)
     dashboards_cli.register(sub)
     provision.register(sub)
     return parser

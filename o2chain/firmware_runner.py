@@ -44,6 +44,7 @@ from typing import Any
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import GasboardWire
 from simulators.wire.luminox import LuminOxWire
+from simulators.wire.mhz19 import MHZ19Wire
 from simulators.wire.ze03 import ZE03Responder
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
@@ -52,9 +53,18 @@ LAUNCHER = "run_board.py"
 # Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
 DEFAULT_O2_UART = 2
 DEFAULT_BME280_ADDR = 0x76
-ISA_P0_KPA = 101.325  # DOMAIN.md section 2
+DEFAULT_CO2_UART = 1
+DEFAULT_ADS1115_ADDR = 0x48
+# The ADS1115 cell model: a new galvanic cell gives 13.0 mV in sea-level air (the firmware's
+# factory default, lib/o2/ads1115.py) and the ADC resolves 7.8125 uV per count at +-0.256 V.
+ADS1115_AIR_MV = 13.0
+ADS1115_LSB_MV = 0.0078125
+ISA_P0_KPA = 101.325  # docs/domain.md "Formulas"
 STOP_TIMEOUT_S = 5.0
-MPY_CROSS_FLAGS: list[str] = [x for x in os.environ.get("O2CHAIN_MPY_FLAGS", "").split() if x]
+# No line-number tables in the bytecode: ~2 KB of a 110 KB heap (firmware/README.md "Memory");
+# tracebacks still name the file and the function. O2CHAIN_MPY_FLAGS replaces the default
+# (O2CHAIN_MPY_FLAGS="" builds with line numbers, e.g. to debug a crash on the bench).
+MPY_CROSS_FLAGS: list[str] = os.environ.get("O2CHAIN_MPY_FLAGS", "-X no-source-lines").split()
 
 
 NTP_TO_UNIX_S = 2208988800  # RFC 5905: 1900-01-01 to 1970-01-01
@@ -207,7 +217,7 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
 
 
 def isa_pressure_kpa(alt_m: float) -> float:
-    """ISA pressure at ``alt_m`` (DOMAIN.md section 2), for the simulated barometer."""
+    """ISA pressure at ``alt_m`` (docs/domain.md "Formulas"), for the simulated barometer."""
     return float(ISA_P0_KPA * (1 - 2.25577e-5 * alt_m) ** 5.25588)
 
 
@@ -234,6 +244,8 @@ class BoardRunner:
         seed: int = 1,
         build_dir: Path | None = None,
         files: dict[str, bytes] | None = None,
+        site_calibrated: bool = False,
+        co2_ppm: float = 600.0,
     ) -> None:
         self.config = config
         self.work_dir = Path(work_dir)
@@ -252,10 +264,26 @@ class BoardRunner:
         }
         sensors = config.get("sensors", {})
         o2_type = sensors.get("o2", {}).get("type", "ze03")
+        self._o2_pct = o2_pct
+        self._ads1115 = o2_type == "ads1115"
+        if site_calibrated:
+            # As if calibrated on site in fresh air at the simulated pressure: the cell's
+            # factory gain scaled so that 20.95 % reads 20.95 % here (README "Calibration").
+            p = self._env["pressure_kpa"]
+            cal = {"gain": ISA_P0_KPA / p, "offset": 0.0, "cal_kpa": p}
+            self.files.setdefault("calibration.json", json.dumps(cal).encode())
         self._gasboard: GasboardWire | None = None
         self._luminox: LuminOxWire | None = None
-        self._sensor: ZE03Responder | PtySensor
-        if o2_type == "gasboard":  # concentrator board: O2 % is the purity at the outlet
+        self._co2: MHZ19Wire | None = None
+        self._co2_sensor: PtySensor | None = None
+        if sensors.get("co2", {}).get("type", "none") == "mhz19":
+            self._co2 = MHZ19Wire(co2_ppm, temp_c, seed=seed)
+            self._co2_sensor = PtySensor(self._co2, "mhz19")
+        self._bme280_override: dict[str, list[int]] = {}
+        self._sensor: ZE03Responder | PtySensor | None
+        if self._ads1115:  # analog cell on the I2C ADC: a register model, no UART
+            self._sensor = None
+        elif o2_type == "gasboard":  # concentrator board: O2 % is the purity at the outlet
             stream = sensors.get("o2", {}).get("mode", "poll") == "stream"
             self._gasboard = GasboardWire(
                 o2_pct=o2_pct,
@@ -271,7 +299,9 @@ class BoardRunner:
             )
             self._sensor = PtySensor(self._luminox, "luminox")
         else:
-            self._sensor = ZE03Responder(o2_pct=o2_pct, seed=seed)
+            self._sensor = ZE03Responder(
+                o2_pct=o2_pct, seed=seed, baro_kpa=self._env["pressure_kpa"]
+            )
         self._wifi = True
         self._reset_cause = 1  # machine.PWRON_RESET
         self._sntp: SntpServer | None = None
@@ -305,7 +335,10 @@ class BoardRunner:
             self._sntp = SntpServer()
         self._install(build)
         self._prepare_standins()
-        self._sensor.start()
+        if self._sensor is not None:
+            self._sensor.start()
+        if self._co2_sensor is not None:
+            self._co2_sensor.start()
         self._write_sim()
         argv = [
             find_tool("micropython"),
@@ -338,9 +371,14 @@ class BoardRunner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._sensor.stop()
-        self._close_sntp()
+        self._stop_sensors()
         return self.returncode
+
+    def _stop_sensors(self) -> None:
+        for sensor in (self._sensor, self._co2_sensor):
+            if sensor is not None:
+                sensor.stop()
+        self._close_sntp()
 
     def _close_sntp(self) -> None:
         if self._sntp is not None:
@@ -353,8 +391,7 @@ class BoardRunner:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        self._sensor.stop()
-        self._close_sntp()
+        self._stop_sensors()
         return self.returncode
 
     def __enter__(self) -> BoardRunner:
@@ -368,13 +405,35 @@ class BoardRunner:
     # -- simulated world -------------------------------------------------------------------
 
     def set_o2_pct(self, o2_pct: float) -> None:
-        """What the simulated ZE03 (room) or Gasboard purity (concentrator) reports next."""
+        """The room's O2 % (ZE03, LuminOx, galvanic cell: a cell reports the partial pressure
+        it sees) or the purity at a concentrator's outlet (Gasboard), from the next query."""
+        self._o2_pct = o2_pct
         if self._gasboard is not None:
             self._gasboard.o2_pct = o2_pct
         elif self._luminox is not None:
             self._luminox.o2_pct = o2_pct
-        else:
-            self._sensor.o2_pct = o2_pct  # type: ignore[union-attr]
+        elif isinstance(self._sensor, ZE03Responder):
+            self._sensor.o2_pct = o2_pct
+        elif self.standins_dir.exists():
+            self._write_sim()  # the ADS1115 model
+
+    def set_co2_ppm(self, co2_ppm: float) -> None:
+        """What the simulated MH-Z19 reports from its next query."""
+        if self._co2 is None:
+            raise FirmwareError("no sensors.co2 on this board")
+        self._co2.co2_ppm = co2_ppm
+
+    def set_bme280_registers(self, raw: bytes | None = None, cal_a: bytes | None = None) -> None:
+        """Override what the simulated BME280 holds: its 8 data bytes at 0xF7 (e.g. the
+        "no measurement" codes 80 00 00 80 00 00 80 00) and / or its 26 calibration bytes at
+        0x88 (read at the firmware's next (re)initialisation). None = back to the model."""
+        for key, value in (("raw", raw), ("cal_a", cal_a)):
+            if value is None:
+                self._bme280_override.pop(key, None)
+            else:
+                self._bme280_override[key] = list(value)
+        if self.standins_dir.exists():
+            self._write_sim()
 
     def set_flow_lpm(self, flow_lpm: float) -> None:
         """Outlet flow of the simulated Gasboard (concentrator boards)."""
@@ -409,8 +468,17 @@ class BoardRunner:
         for key, value in (("pressure_kpa", pressure_kpa), ("temp_c", temp_c), ("rh_pct", rh_pct)):
             if value is not None:
                 self._env[key] = value
+        if isinstance(self._sensor, ZE03Responder):
+            self._sensor.ze03.baro_kpa = self._env["pressure_kpa"]  # a cell sees the room's
         if self.standins_dir.exists():
             self._write_sim()
+
+    def ads1115_counts(self) -> int:
+        """Conversion-register counts of the simulated galvanic cell: its voltage follows the
+        O2 partial pressure (13.0 mV at 20.95 % and 101.325 kPa), signed 16-bit."""
+        reading_pct = self._o2_pct * self._env["pressure_kpa"] / ISA_P0_KPA
+        counts = round(reading_pct * ADS1115_AIR_MV / 20.95 / ADS1115_LSB_MV)
+        return max(-0x8000, min(0x7FFF, counts))
 
     # -- console -------------------------------------------------------------------------
 
@@ -477,8 +545,14 @@ class BoardRunner:
         sensors = self.config.get("sensors", {})
         uart = sensors.get("o2", {}).get("uart", DEFAULT_O2_UART)
         addr = sensors.get("env", {}).get("addr", DEFAULT_BME280_ADDR)
-        sim = {
-            "uart": {str(uart): self._sensor.port_path},
+        uarts = {}
+        if self._sensor is not None:
+            uarts[str(uart)] = self._sensor.port_path
+        if self._co2_sensor is not None:
+            co2_uart = sensors.get("co2", {}).get("uart", DEFAULT_CO2_UART)
+            uarts[str(co2_uart)] = self._co2_sensor.port_path
+        sim: dict[str, Any] = {
+            "uart": uarts,
             "bme280": {
                 str(addr): {
                     **self._env,
@@ -488,11 +562,15 @@ class BoardRunner:
                     "raw": bme280_raw(
                         self._env["pressure_kpa"], self._env["temp_c"], self._env["rh_pct"]
                     ),
+                    **self._bme280_override,
                 }
             },
             "wifi": self._wifi,
             "reset_cause": self._reset_cause,
         }
+        if self._ads1115:
+            ads_addr = sensors.get("o2", {}).get("addr", DEFAULT_ADS1115_ADDR)
+            sim["ads1115"] = {str(ads_addr): self.ads1115_counts()}
         tmp = self.standins_dir / "sim.json.tmp"
         tmp.write_text(json.dumps(sim))
         os.replace(tmp, self.standins_dir / "sim.json")  # the model never sees half a file

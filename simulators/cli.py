@@ -110,11 +110,12 @@ def register(sub: Any) -> None:
     sensor = sim_sub.add_parser(
         "sensor", help="a serial O2 sensor on a new pseudo-terminal (prints its path)"
     )
-    sensor.add_argument("model", choices=["gasboard", "luminox"])
+    sensor.add_argument("model", choices=["gasboard", "luminox", "mhz19"])
     sensor.add_argument("--o2-pct", type=float, default=None, help="O2 %% to report")
     sensor.add_argument("--flow-lpm", type=float, default=5.0, help="gasboard: flow")
     sensor.add_argument("--temp-c", type=float, default=21.0)
     sensor.add_argument("--baro-kpa", type=float, default=65.2, help="luminox: pressure")
+    sensor.add_argument("--co2-ppm", type=float, default=600.0, help="mhz19: CO2")
     sensor.add_argument("--seed", type=int, default=0)
     sensor.add_argument(
         "--fault",
@@ -186,6 +187,7 @@ def _sensor(args: argparse.Namespace) -> int:
     from simulators.wire.faults import PtySensor, Wire, WireFaults
     from simulators.wire.gasboard import GasboardWire
     from simulators.wire.luminox import LuminOxWire
+    from simulators.wire.mhz19 import MHZ19Wire
 
     wire: Wire
     faults: WireFaults
@@ -194,6 +196,9 @@ def _sensor(args: argparse.Namespace) -> int:
             93.0 if args.o2_pct is None else args.o2_pct, args.flow_lpm, args.temp_c, seed=args.seed
         )
         wire, faults = gas, gas.faults
+    elif args.model == "mhz19":
+        co2 = MHZ19Wire(args.co2_ppm, args.temp_c, seed=args.seed)
+        wire, faults = co2, co2.faults
     else:
         lum = LuminOxWire(
             24.1 if args.o2_pct is None else args.o2_pct, args.temp_c, args.baro_kpa, seed=args.seed

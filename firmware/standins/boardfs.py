@@ -1,6 +1,6 @@
 # Mounts the emulated board's filesystem (test only), imported once by run_board.py: the board
 # directory (argv[1]) at /, the stand-ins (this directory) at /standins and /dev beside them
-# (MICROPYTHON.md, "Board filesystem emulation"). Compiled like the stand-ins, and dropped
+# (standins/README.md). Compiled like the stand-ins, and dropped
 # from sys.modules once imported: only the BoardFs class stays in the emulated board's heap.
 import os
 import sys

@@ -8,10 +8,13 @@ import mqtt_peer
 from o2 import (
     ads1115,
     alarm,
+    auth,
     bme280,
+    calibration,
     config,
     gasboard,
     luminox,
+    mhz19,
     mqtt_codec,
     oxygen,
     spool,
@@ -39,7 +42,7 @@ def raises(exc, fn, *args):
     raise AssertionError("%s did not raise %s" % (fn, exc))
 
 
-# -- ZE03-O2 (DOMAIN.md section 4) ---------------------------------------------------------
+# -- ZE03-O2 (docs/domain.md "Sensor wire protocols") ----------------------------------------------
 
 
 def check_ze03_command_vectors():
@@ -73,7 +76,7 @@ def check_ze03_resync():
     equal(ze03.find_reply(b"\x01\x02", 2), -1, "no start")
 
 
-# -- BME280 (Bosch datasheet) ----------------------------------------------------------------
+# -- BME280 (Bosch datasheet) ----------------------------------------------------------------------
 
 # Bosch BMP280 datasheet 3.12 worked example (same T/P formulas as the BME280).
 DATASHEET_CAL = (
@@ -163,12 +166,42 @@ def check_bme280_humidity_against_float_formula():
     equal(bme280.humidity_pct(DATASHEET_CAL, tf, 65535), 100.0, "humidity clamps at 100")
 
 
+def check_bme280_skipped_measurement_is_no_value():
+    # 0x80000 / 0x8000 = "no measurement" (datasheet): compensated it gave ~82 kPa, which
+    # dropped the Lhasa high alarm from 27.9 % to 24.6 %.
+    skipped = bytes((0x80, 0x00, 0x00, 0x80, 0x00, 0x00, 0x80, 0x00))
+    adc_p, adc_t, adc_h = bme280.parse_raw(skipped)
+    equal((adc_p, adc_t, adc_h), (0x80000, 0x80000, 0x8000), "raw codes")
+    equal(bme280.compensate(DATASHEET_CAL, adc_p, adc_t, adc_h), (None, None, None), "all none")
+    p, t, h = bme280.compensate(DATASHEET_CAL, 0x80000, 519888, 30000)
+    equal(p, None, "skipped pressure")
+    close(t, 25.08, 0.001, "temperature still valid")
+    equal(bme280.compensate(DATASHEET_CAL, 415148, 519888, 0x8000)[2], None, "skipped humidity")
+    import asyncio
+
+    class Bus:  # an I2C bus with one BME280 whose data registers hold the skipped codes
+        def readfrom_mem(self, addr, reg, n):
+            if reg == 0xD0:
+                return b"\x60"
+            return (CAL_A if reg == 0x88 else CAL_B)[:n]
+
+        def readfrom_mem_into(self, addr, reg, buf):
+            buf[:] = skipped[: len(buf)] if reg == 0xF7 else bytes(len(buf))
+
+        def writeto_mem(self, addr, reg, buf):
+            pass
+
+    if hasattr(asyncio, "sleep_ms"):  # the driver's own asyncio: MicroPython only
+        got = asyncio.run(bme280.BME280(Bus()).read())
+        equal(got, (None, None, None, 0x08), "driver: no values, quality bit")
+
+
 def check_bme280_raw_parse():
     d = bytes((0x65, 0x5A, 0xC0, 0x7E, 0xED, 0x00, 0x6D, 0x8E))
     equal(bme280.parse_raw(d), (415148, 519888, 0x6D8E), "raw adc values")
 
 
-# -- oxygen formulas (DOMAIN.md section 2 table) -----------------------------------------------
+# -- oxygen formulas (docs/domain.md "Formulas" table) ---------------------------------------------
 
 SITES = (  # name, altitude m, PB kPa, eq. alt at 23/25/27 % (West), ambient at 25 %
     ("Lhasa", 3650, 64.50, (2989, 2386, 1817), 2259),
@@ -201,7 +234,7 @@ def check_oxygen_partial_pressure():
     close(need, 25.0, 0.01, "O2 for Lhasa at 2386 m")
 
 
-# -- MQTT 3.1.1 packets -------------------------------------------------------------------------
+# -- MQTT 3.1.1 packets ----------------------------------------------------------------------------
 
 VARINTS = (
     (0, "00"),
@@ -316,7 +349,7 @@ def check_mqtt_split_stream():
     raises(mqtt_codec.Incomplete, mqtt_peer.split_packet, mqtt_codec.puback(1)[:3])
 
 
-# -- telemetry, config --------------------------------------------------------------------
+# -- telemetry, config -----------------------------------------------------------------------------
 
 
 def check_telemetry_encode():
@@ -329,7 +362,7 @@ def check_telemetry_encode():
     equal(("o2_pct" in doc, doc["quality"], doc["ts"]), (False, 1, 0), "missing O2 is absent")
 
 
-# -- spool record format, spool, boot counter -----------------------------------------------------
+# -- spool record format, spool, boot counter ------------------------------------------------------
 
 
 def fresh_dir():
@@ -502,11 +535,13 @@ def check_boot_counter_copies_and_recovery():
 
 
 def check_config_defaults_and_errors():
-    cfg = config.validate({"site": "lhasa-hotel", "device": "room-101", "mqtt": {"host": "h"}})
+    cfg = config.validate(
+        {"site": "lhasa-hotel", "device": "room-101", "site_altitude_m": 0, "mqtt": {"host": "h"}}
+    )
     equal((cfg["kind"], cfg["mqtt.port"], cfg["interval_s"]), ("room", 1883, 10.0), "defaults")
     equal(cfg["sensors.env.addr"], 0x76, "BME280 address")
     bad = (
-        ({"device": "d", "mqtt": {"host": "h"}}, "site: missing"),
+        ({"device": "d", "site_altitude_m": 0, "mqtt": {"host": "h"}}, "site: missing"),
         ({"site": "Lhasa", "device": "d", "mqtt": {"host": "h"}}, "site: expected a name"),
         (
             {"site": "s", "device": "d", "mqtt": {"host": "h", "port": "1883"}},
@@ -522,12 +557,127 @@ def check_config_defaults_and_errors():
         ),
     )
     for raw, prefix in bad:
+        if "site_altitude_m" not in raw:
+            raw["site_altitude_m"] = 0
         e = raises(config.ConfigError, config.validate, raw)
         if not str(e).startswith(prefix):
             raise AssertionError("error %r does not start with %r" % (str(e), prefix))
 
 
-# -- Gasboard-7500 ultrasonic O2 / flow (DOMAIN.md section 4 vectors) ---------------------------
+MINIMAL = {"site": "s", "device": "d", "site_altitude_m": 3650, "mqtt": {"host": "h"}}
+
+
+def check_config_site_altitude_is_required():
+    # Without it a plateau board without barometer behaved as at sea level (21.95 % high alarm).
+    raw = {"site": "s", "device": "d", "mqtt": {"host": "h"}}
+    e = raises(config.ConfigError, config.validate, raw)
+    equal(str(e), "site_altitude_m: missing (required)", "error names the key")
+    e = raises(config.ConfigError, config.validate, dict(raw, site_altitude_m="3650"))
+    equal(str(e).startswith("site_altitude_m: expected float"), True, "type error names the key")
+    cfg = config.validate(MINIMAL)
+    equal(cfg["site_altitude_m"], 3650.0, "given altitude")
+    equal(cfg["alarm.warmup_s"], 600.0, "concentrator warm-up default")
+    equal(cfg["sensors.co2.type"], "none", "CO2 sensor optional")
+    equal(config.validate(dict(MINIMAL, alarm={"on_delay_s": 120}))["alarm.on_delay_s"], 120.0, "")
+    raises(config.ConfigError, config.validate, dict(MINIMAL, alarm={"on_delay_s": 301}))
+    e = raises(
+        config.ConfigError,
+        config.validate,
+        dict(
+            MINIMAL,
+            kind="concentrator",
+            sensors={"o2": {"type": "gasboard"}, "co2": {"type": "mhz19"}},
+        ),
+    )
+    equal(str(e).startswith("sensors.co2.type"), True, "CO2 only on rooms")
+    e = raises(
+        config.ConfigError,
+        config.validate,
+        dict(MINIMAL, sensors={"o2": {"uart": 1}, "co2": {"type": "mhz19", "uart": 1}}),
+    )
+    equal(str(e).startswith("sensors.co2.uart"), True, "two sensors on one UART")
+
+
+# -- barometer plausibility and values that must never crash the alarm -----------------------------
+
+NAN = float("nan")
+INF = float("inf")
+BAD_VALUES = (None, 0, 0.0, -5.0, NAN, INF, -INF, 1e300, -1e300, "25")
+
+
+def check_baro_plausibility_band():
+    site = oxygen.isa_pressure_kpa(3650)
+    for p in (site, 65.2, 64.0, 66.5, site * 0.9, site * 1.1):
+        equal(oxygen.baro_plausible(p, site), True, "plausible %r" % p)
+    for p in BAD_VALUES + (site * 0.89, site * 1.11, 82.0, 101.325):
+        equal(oxygen.baro_plausible(p, site), False, "implausible %r" % (p,))
+
+
+def check_alarm_survives_any_sensor_value():
+    # A barometer at 0 kPa raised ZeroDivisionError in the NFPA formula (reset loop, safe
+    # mode, no local alarm). Nothing a sensor can send may raise here.
+    cfg = config.validate(MINIMAL)
+    close(alarm.nfpa_limit_pct(0), 23.45, 1e-9, "0 kPa: sea-level limit (most cautious)")
+    for p in BAD_VALUES:
+        limit = alarm.nfpa_limit_pct(p)
+        equal(23.0 < limit < 24.0, True, "limit for %r" % (p,))
+        a = alarm.Alarms(alarm.room_rules(p, cfg))
+        alarm.update_room_thresholds(a, p, cfg)
+        for r in a.rules:
+            equal(-1000 < r.threshold < 1000, True, "finite threshold %s" % r.name)
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0, 1000)
+    t = 0
+    for v in BAD_VALUES:
+        a.update(v, t)
+        t += 100
+    equal(a.last_value, -5.0, "only -5.0 and 0 were numbers")
+    a.update(NAN, 0)
+    a.update(NAN, 5000)
+    equal("sensor_fault" in a.active_names(), True, "NaN is a missing reading")
+    c = alarm.Alarms(alarm.concentrator_rules(cfg))
+    for v in BAD_VALUES:
+        c.update(v, 0)
+
+
+def check_alarm_threshold_semantics_match_the_gateway():
+    # Gateway builtin rules: high when value > threshold, low when value < threshold.
+    cfg = config.validate(
+        dict(MINIMAL, alarm={"o2_high_alarm_pct": 27.0, "o2_high_warn_pct": 26.0})
+    )
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0)
+    a.update(27.0, 0)
+    equal("o2_high" in a.active_names(), False, "at the high threshold: not raised")
+    a.update(27.01, 1)
+    equal("o2_high" in a.active_names(), True, "above: raised")
+    b = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 0, 0)
+    b.update(19.5, 0)
+    equal("o2_deficient" in b.active_names(), False, "at the deficiency threshold: not raised")
+    b.update(19.49, 1)
+    equal("o2_deficient" in b.active_names(), True, "below: raised")
+    c = alarm.Alarms(alarm.concentrator_rules(cfg), 0.3, 0, 0)
+    c.update(82.0, 0)
+    equal(c.sounding(), False, "purity at 82.0: not raised")
+    c.update(81.9, 1)
+    equal(c.sounding(), True, "purity below 82: raised")
+
+
+def check_alarm_warmup_holds_purity_rules():
+    cfg = config.validate(MINIMAL)
+    c = alarm.Alarms(alarm.concentrator_rules(cfg), 0.3, 0, 0)
+    equal(c.flag(3, True, 0.0, 600.0, 0), 1, "warming_up raised")
+    equal(c.active_names(), ["warming_up"], "only the warm-up flag")
+    c.update(70.0, 100, False, True)
+    equal(c.sounding(), False, "purity held during warm-up")
+    equal(c.warning(), True, "but not silent: warning LED")
+    c.flag(3, False, 0.0, 0.0, 600000)
+    c.update(70.0, 600001)
+    equal(c.active_names(), ["purity_low"], "raised once warm")
+    c.update(None, 600002, False, True)
+    c.update(None, 700000, False, True)
+    equal("sensor_fault" in c.active_names(), True, "faults not held")
+
+
+# -- Gasboard-7500 ultrasonic O2 / flow (docs/domain.md "Sensor wire protocols" vectors) -----------
 
 GB_948 = bytes((0x16, 0x09, 0x01, 0x03, 0xB4, 0x00, 0x32, 0x00, 0xD2, 0x00, 0x00, 0x25))
 GB_500 = bytes((0x16, 0x09, 0x01, 0x01, 0xF4, 0x00, 0x64, 0x00, 0xD2, 0x00, 0x00, 0xB5))
@@ -549,6 +699,18 @@ def check_gasboard_vectors():
     raises(gasboard.FrameError, gasboard.parse_reply, GB_948[:11])
 
 
+def check_gasboard_negative_temperature():
+    # -5.0 degC = FF CE (two's complement); decoded unsigned it was 6548.6 degC.
+    frame = bytearray((0x16, 0x09, 0x01, 0x03, 0xB4, 0x00, 0x32, 0xFF, 0xCE, 0x00, 0x00, 0))
+    frame[11] = (256 - sum(frame[:11]) % 256) % 256
+    equal(frame[11], 0x2A, "checksum of the vector")
+    p, f, t, st = gasboard.parse_reply(bytes(frame))
+    close(t, -5.0, 1e-6, "negative temperature")
+    close(p, 94.8, 1e-6, "purity unchanged")
+    equal(gasboard.build_reply(94.8, 5.0, -5.0), bytes(frame), "build negative")
+    close(gasboard.parse_reply(gasboard.build_reply(94.8, 5.0, 45.3))[2], 45.3, 1e-6, "positive")
+
+
 def check_gasboard_stream_resync():
     parser = gasboard.Parser()
     # Garbage, a false start 0x16 with a wrong LEN, a frame with a bad checksum, two good ones.
@@ -562,7 +724,7 @@ def check_gasboard_stream_resync():
     equal(parser.bad >= 2, True, "rejected candidates counted")
 
 
-# -- local alarm (DOMAIN.md section 3) -------------------------------------------------------------
+# -- local alarm (docs/domain.md "Limits and alarms") ----------------------------------------------
 
 
 def check_alarm_thresholds_lhasa():
@@ -575,7 +737,7 @@ def check_alarm_thresholds_lhasa():
 
 
 def check_alarm_hysteresis_and_delays():
-    cfg = config.validate({"site": "s", "device": "d", "mqtt": {"host": "h"}})
+    cfg = config.validate(MINIMAL)
     a = alarm.Alarms(alarm.room_rules(64.5, cfg), 0.3, 1000, 5000, 3000)
     equal(a.update(24.5, 0), 0, "normal")
     equal(a.update(28.0, 100), 0, "on-delay running")
@@ -606,7 +768,7 @@ def check_alarm_hysteresis_and_delays():
     equal(d.sounding(), True, "purity below 82 %")
 
 
-# -- SST LuminOx (DOMAIN.md section 4 vector) and ADS1115 galvanic cell ---------------------------
+# -- SST LuminOx (docs/domain.md "Sensor wire protocols" vector) and ADS1115 galvanic cell ---------
 
 
 def check_luminox_line():
@@ -623,9 +785,118 @@ def check_luminox_line():
     raises(luminox.FrameError, luminox.parse_line, b"M 01")
 
 
+def check_luminox_rejects_non_finite():
+    # float() parses "nan" and "inf": the ppO2 consistency check alone let NaN through.
+    raises(luminox.FrameError, luminox.parse_line, b"O nan T +21.3 P nan % nan e 0000")
+    raises(luminox.FrameError, luminox.parse_line, b"O 0157.1 T +inf P 0652 % 024.10 e 0000")
+
+
+def check_telemetry_leaves_out_non_finite():
+    values = [NAN, INF, 20.0, None, None, None, 800]
+    doc = json.loads(telemetry.encode(1, 2, 3, values, 0x80))
+    equal("o2_pct" in doc or "baro_kpa" in doc, False, "NaN / inf left out")
+    equal((doc["temp_c"], doc["co2_ppm"], doc["quality"]), (20.0, 800, 0x80), "the rest")
+
+
+def check_calibration_always_corrects_pressure():
+    cal = calibration.Calibration()
+    equal(cal.cal_kpa, 101.325, "factory calibration at sea level")
+    # A factory-calibrated cell in a 25 % room in Lhasa reads 25 * 64.5 / 101.325 = 15.91.
+    close(cal.apply(25 * 64.5 / 101.325, 64.5), 25.0, 1e-9, "corrected")
+    d = fresh_dir()
+    path = d + "/cal.json"
+    equal(cal.load(path), False, "no file: factory")
+    with open(path, "w") as f:
+        f.write('{"gain": 1.2, "offset": 0.0, "cal_kpa": 0.0}')
+    equal(cal.load(path), False, "a calibration without pressure is not usable")
+    with open(path, "w") as f:
+        f.write('{"gain": 1.57, "offset": 0.0, "cal_kpa": 64.5}')
+    equal(cal.load(path), True, "usable")
+    close(cal.apply(20.95 / 1.57, 64.5), 20.95, 1e-9, "fresh air after on-site calibration")
+
+
+def check_mhz19_frames():
+    equal(mhz19.QUERY, bytes((0xFF, 0x01, 0x86, 0, 0, 0, 0, 0, 0x79)), "read query")
+    reply = bytearray((0xFF, 0x86, 0x02, 0x60, 0x47, 0x00, 0x00, 0x00, 0))
+    reply[8] = ze03.checksum(reply)  # same checksum family as the ZE03-O2
+    equal(reply[8], 0xD1, "checksum")
+    equal(mhz19.parse_reply(reply), 608, "CO2 ppm")
+    raises(mhz19.FrameError, mhz19.parse_reply, bytes(reply[:8]) + b"\x00")
+    raises(mhz19.FrameError, mhz19.parse_reply, b"\xff\x87" + bytes(reply[2:]))
+
+
 def check_ads1115_conversion():
     close(ads1115.counts_to_mv(0x06, 0x80), 13.0, 1e-9, "1664 counts = 13.0 mV")
     close(ads1115.counts_to_mv(0xFF, 0x80), -1.0, 1e-9, "negative (cell reversed)")
     close(ads1115.LSB_MV, 0.0078125, 1e-12, "7.8125 uV / LSB at +-0.256 V")
     close(ads1115.mv_to_o2_pct(13.0, 13.0 / 20.95), 20.95, 1e-9, "fresh-air calibration")
     equal(ads1115.CONFIG_SINGLE_SHOT, 0x8B83, "config register")
+
+
+# -- signed commands (RFC 4231 vectors) -----------------------------------------------------------
+
+
+def check_hmac_sha256_rfc4231():
+    vectors = (
+        (
+            b"\x0b" * 20,
+            b"Hi There",
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        ),
+        (
+            b"Jefe",
+            b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        ),
+        (
+            b"\xaa" * 131,
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        ),
+    )
+    for key, msg, want in vectors:
+        equal(auth.hmac_sha256(key, msg), bytes.fromhex(want), "RFC 4231 %r" % msg[:8])
+
+
+KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def signed(body, key_hex=KEY_HEX):
+    text = json.dumps(body)
+    mac = auth.hmac_sha256(bytes.fromhex(key_hex), text.encode())
+    return json.dumps({"body": text, "mac": "".join(["%02x" % b for b in mac])})
+
+
+def check_command_envelope_verification():
+    key = auth.key_bytes(KEY_HEX)
+    body = {"id": "a1", "ctr": 7, "site": "s", "device": "d", "cmd": "reboot"}
+    equal(auth.verify(key, signed(body), "s", "d", 6)["cmd"], "reboot", "authentic, fresh")
+    refusals = (
+        (signed(body), 7, "replayed or old counter 7"),
+        (signed(body), 9, "replayed or old counter 7"),
+        (signed(body, "ff" * 32), 0, "bad mac"),
+        (json.dumps({"body": json.dumps(body), "mac": "00"}), 0, "bad mac"),  # short MAC
+        (signed(body).replace('\\"ctr\\": 7', '\\"ctr\\": 70'), 0, "bad mac"),
+        (signed(dict(body, device="other")), 0, "command for s/other"),
+        (signed(dict(body, ctr="8")), 0, "replayed or old counter"),
+        (signed(dict(body, args=[1])), 0, "args: expected an object"),
+        (json.dumps(body), 0, "expected {"),
+        ("not json", 0, "expected {"),
+    )
+    for payload, last, reason in refusals:
+        e = raises(auth.Refused, auth.verify, key, payload, "s", "d", last)
+        if not str(e).startswith(reason):
+            raise AssertionError("%r does not start with %r" % (str(e), reason))
+    e = raises(auth.Refused, auth.key_bytes, None)
+    equal(str(e), "commands disabled: no command_key in config.json", "no key")
+    d = fresh_dir()
+    equal(auth.counter(None, d + "/ctr"), 0, "no counter yet")
+    auth.counter(1764000000123, d + "/ctr")
+    equal(auth.counter(None, d + "/ctr"), 1764000000123, "persisted (ms-sized counters)")
+    with open(d + "/ctr", "w") as f:
+        f.write("12x")
+    e = raises(auth.Refused, auth.counter, None, d + "/ctr")
+    equal(str(e), "/cmd_counter damaged: replace it over USB", "damaged counter refuses all")
+    raises(config.ConfigError, config.validate, dict(MINIMAL, command_key="xyz"))
+    cfg = config.validate(dict(MINIMAL, command_key=KEY_HEX))
+    equal(config.public(cfg)["command_key"], "***", "masked in report_config")

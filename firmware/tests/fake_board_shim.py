@@ -1,4 +1,4 @@
-# A "fake board" for deploy tests (MICROPYTHON.md): `micropython -i fake_board_shim.py DIR`
+# A "fake board" for deploy tests: `micropython -i fake_board_shim.py DIR`
 # behind socat's PTY mounts DIR as the board's root filesystem, then leaves the REPL to
 # mpremote, which copies files onto it as it would onto an ESP32.
 import os

@@ -1,4 +1,4 @@
-"""Issue 5 acceptance on the emulated board: the compiled firmware on `micropython`, a real
+"""Acceptance on the emulated board: the compiled firmware on `micropython`, a real
 Mosquitto, the simulated ZE03 on a pty and the BME280 register model.
 
 - broker stopped, and separately frozen (SIGSTOP), while the board keeps measuring: after
@@ -33,7 +33,7 @@ from .board_helpers import Recorder, check_exactly_once_in_order
 SITE, DEVICE = "lhasa-hotel", "room-201"
 PREFIX = f"o2/{SITE}/{DEVICE}/"
 BUZZER, LED = 25, 26
-BASE_O2, HIGH_O2 = 22.0, 26.0  # 26 % reads as 25.0 (ZE03 full scale): over-range too
+BASE_O2, HIGH_O2 = 22.0, 26.0
 ALARM_LATENCY_S = 1.0
 SOAK = pytest.mark.skipif(not os.environ.get("O2CHAIN_SOAK"), reason="set O2CHAIN_SOAK=1")
 
@@ -54,8 +54,8 @@ def board_config(broker: Mosquitto, **extra: Any) -> dict[str, Any]:
             "connect_timeout_s": 1,
             "backoff_max_s": 1,
         },
-        # Thresholds inside the ZE03's 0-25 % so that a rise can reach the high alarm; the
-        # DOMAIN.md defaults (27.9 % in Lhasa) are above what this module can see.
+        # Low thresholds so that a small rise reaches the high alarm and a return to the base
+        # value clears it (the defaults are 27.9 % / 26.4 % in Lhasa).
         "alarm": {
             "pin": BUZZER,
             "warn_pin": LED,
@@ -87,7 +87,6 @@ def raise_alarm_and_measure(board: BoardRunner) -> float:
     board.set_o2_pct(HIGH_O2)
     board.wait_for_log(rf"^pin {BUZZER}=1 t=", count=on_before + 1, timeout_s=5)
     t_on = [t for v, t in board.pin_events(BUZZER) if v == 1][-1]
-    board.wait_for_log(r"alarm: raise o2_over_range", timeout_s=5)
     board.set_o2_pct(BASE_O2)
     board.wait_for_log(rf"^pin {BUZZER}=0 t=", count=on_before + 2, timeout_s=10)
     return t_on - t0
@@ -254,7 +253,7 @@ def test_heap_fast_cycles(tmp_path: Path, mosquitto: Mosquitto) -> None:
 
 
 def test_heap_strict_110k(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    # The issue 5 bar: an ESP32 without PSRAM has ~110 KB free, and this 64-bit port needs
+    # The bar: an ESP32 without PSRAM has ~110 KB free, and this 64-bit port needs
     # more than the board for the same objects (firmware/README.md "Memory").
     result = run_heap_cycles(tmp_path, mosquitto, "110K", 1000)
     print(f"heap 110K: {result}")

@@ -1,5 +1,5 @@
 """`o2chain firmware config` and `o2chain firmware flash` against a fake board: MicroPython
-behind a socat PTY, driven by the real mpremote (MICROPYTHON.md, "fake board")."""
+behind a socat PTY, driven by the real mpremote (a "fake board", standins/README.md)."""
 
 from __future__ import annotations
 

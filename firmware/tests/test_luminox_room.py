@@ -1,6 +1,6 @@
 """A room board with an SST LuminOx (optical, 0-25 %/0-100 % variants, own barometer) instead
 of the ZE03: the simulator from simulators/wire/luminox.py on a pty. Unlike the ZE03 it can
-see the fire-hazard region, so the DOMAIN.md default high alarm (NFPA limit - 1.5 at the
+see the fire-hazard region, so the default high alarm (NFPA limit - 1.5 at the
 measured pressure: ~27.9 % in Lhasa) works without lowered thresholds."""
 
 from __future__ import annotations

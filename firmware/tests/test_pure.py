@@ -1,4 +1,4 @@
-"""The pure firmware modules against DOMAIN.md / datasheet / MQTT spec vectors, run twice:
+"""The pure firmware modules against docs/domain.md / datasheet / MQTT spec vectors, run twice:
 under CPython on the sources and under `micropython` on the mpy-cross build."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def micropython_results(
     firmware_build: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
-    # Only compiled modules on the path: a stray .py would shadow the .mpy (MICROPYTHON.md).
+    # Only compiled modules on the path: a stray .py would shadow the .mpy (an import takes the
+    # .py when both sit together).
     assert not list((firmware_build / "lib").rglob("*.py"))
     # The checks are compiled too: loaded from source they alone take ~40 KB of the 110K heap.
     work = tmp_path_factory.mktemp("checks")
@@ -46,7 +47,7 @@ def micropython_results(
         )
     shutil.copy2(TESTS_DIR / "run_checks.py", work / "run_checks.py")
     # 220K: every firmware module plus all checks at once is more than a board ever loads
-    # (MICROPYTHON.md: functional runs at 220K; the strict 110K run is the heap soak).
+    # (functional runs at 220K; the strict 110K run is the heap soak).
     result = run_micropython(work / "run_checks.py", heap="220K")
     assert result.returncode == 0, result.stdout + result.stderr
     return {

@@ -254,7 +254,8 @@ def test_secure_broker_needs_a_provisioned_dir(tmp_path: Path) -> None:
 def test_board_without_port_or_certificate_name_gets_the_brokers(tmp_path: Path) -> None:
     inventory = tmp_path / "inv.toml"
     inventory.write_text(
-        '[defaults]\nsite = "s"\nmqtt = { host = "10.0.0.2" }\n[devices.room-1]\nkind = "room"\n'
+        '[defaults]\nsite = "s"\nsite_altitude_m = 3650\nmqtt = { host = "10.0.0.2" }\n'
+        '[devices.room-1]\nkind = "room"\n'
         '[broker]\nhosts = ["10.0.0.3", "mqtt.s.example"]\n'
     )
     provision(inventory, tmp_path / "out")

@@ -12,6 +12,10 @@ import pytest
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import READ_QUERY, GasboardWire, read_reply
 from simulators.wire.luminox import LuminOxWire, line
+from simulators.wire.mhz19 import READ_QUERY as READ_CO2
+from simulators.wire.mhz19 import MHZ19Wire
+from simulators.wire.ze03 import ZE03Wire
+from simulators.wire.ze03 import reply_frame as ze03_reply
 
 VECTORS = [
     ("16 09 01 03 B4 00 32 00 D2 00 00 25", 94.8, 5.0, 21.0),
@@ -157,3 +161,63 @@ def test_cli_serves_a_luminox_on_a_pty(tmp_path) -> None:
     lines = got.split(b"\r\n")
     assert lines[0] == b"M 01"
     assert LUMINOX_RE.fullmatch(lines[1] + b"\r\n")
+
+
+def test_gasboard_sends_negative_temperature_as_twos_complement() -> None:
+    # -5.0 degC = 0xFFCE; an independent signed decode of the frame.
+    frame = read_reply(94.8, 5.0, -5.0)
+    assert frame.hex(" ") == "16 09 01 03 b4 00 32 ff ce 00 00 2a"
+    assert int.from_bytes(frame[7:9], "big", signed=True) * 0.1 == pytest.approx(-5.0)
+
+
+def test_ze03_reads_partial_pressure() -> None:
+    # Factory-calibrated at sea level: a 25 % room in Lhasa (64.5 kPa) reads ~15.9 %.
+    wire = ZE03Wire(o2_pct=25.0, noise_pct=0.0, baro_kpa=64.5)
+    assert wire.reading_pct() == pytest.approx(15.91, abs=0.01)
+    assert wire.receive(bytes.fromhex("ff0186000000000079"), 0.0) == ze03_reply(15.9)
+    wire.baro_kpa = 101.325
+    assert wire.receive(bytes.fromhex("ff0186000000000079"), 0.0) == ze03_reply(25.0)
+    wire.o2_pct = 41.0  # beyond the module's 25.0 % full scale: clamped
+    assert wire.receive(bytes.fromhex("ff0186000000000079"), 0.0) == ze03_reply(25.0)
+
+
+def decode_mhz19(frame: bytes) -> int:
+    """Independent decoder from the Winsen MH-Z19B manual."""
+    if len(frame) != 9 or frame[:2] != b"\xff\x86":
+        raise ValueError(f"not a read reply: {frame.hex(' ')}")
+    if (0xFF - sum(frame[1:8]) + 1) & 0xFF != frame[8]:
+        raise ValueError("bad checksum")
+    return frame[2] * 256 + frame[3]
+
+
+def test_mhz19_answers_reads_and_ignores_bad_frames() -> None:
+    wire = MHZ19Wire(co2_ppm=608, temp_c=31, noise_ppm=0.0)
+    assert wire.receive(b"\x00\xff\x01\x86\x00", 0.0) == b""  # noise, then half a query
+    answer = wire.receive(bytes.fromhex("0000000079"), 0.0)
+    assert answer == bytes.fromhex("ff 86 02 60 47 00 00 00 d1")
+    assert decode_mhz19(answer) == 608
+    assert wire.receive(bytes.fromhex("ff0186000000000078"), 0.1) == b""  # bad checksum
+    assert wire.bad_frames >= 1 and wire.queries == 1
+    assert wire.receive(bytes.fromhex("ff0179000000000086"), 0.2) == b""  # ABC off: no answer
+    wire.faults.disconnected = True
+    assert wire.receive(READ_CO2, 0.3) == b""
+
+
+def test_cli_serves_an_mhz19_on_a_pty(tmp_path) -> None:
+    from o2chain.procs import ChildProcess, o2chain_argv
+
+    argv = o2chain_argv("sim", "sensor", "mhz19", "--co2-ppm", "1200")
+    with ChildProcess(argv, tmp_path / "mhz19.log") as sim:
+        port = sim.wait_for_log(r'"port": "([^"]+)"').group(1)
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, READ_CO2)
+            got = b""
+            deadline = time.monotonic() + 5
+            while len(got) < 9 and time.monotonic() < deadline:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    got += os.read(fd, 64)
+        finally:
+            os.close(fd)
+    assert abs(decode_mhz19(got[:9]) - 1200) <= 30

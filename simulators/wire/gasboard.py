@@ -1,10 +1,11 @@
 """Cubic Gasboard-7500-family ultrasonic O2 + flow sensor (concentrator outlet), byte for byte.
 
-DOMAIN.md section 4: UART 9600 8N1. Host frame ``11 LEN CMD [DATA] CS``, sensor frame
-``16 LEN CMD [DATA] CS``, LEN = bytes after LEN excluding CS, CS = (256 - sum of all preceding
-bytes mod 256) mod 256. Read ``11 01 01 ED`` -> ``16 09 01 | O2 hi lo | flow hi lo | temp hi lo |
-ST1 ST2 | CS`` (O2 x0.1 %, flow x0.1 L/min (x0.01 on some variants), temperature x0.1 degC).
-Many units also stream that frame every 500 ms unasked. Version ``0x1E``, serial ``0x1F``.
+docs/domain.md "Sensor wire protocols": UART 9600 8N1. Host frame ``11 LEN CMD [DATA] CS``,
+sensor frame ``16 LEN CMD [DATA] CS``, LEN = bytes after LEN excluding CS,
+CS = (256 - sum of all preceding bytes mod 256) mod 256. Read ``11 01 01 ED`` ->
+``16 09 01 | O2 hi lo | flow hi lo | temp hi lo | ST1 ST2 | CS`` (O2 x0.1 %, flow x0.1 L/min
+(x0.01 on some variants), temperature x0.1 degC, signed). Many units also stream that frame
+every 500 ms unasked. Version ``0x1E``, serial ``0x1F``.
 Written independently of ``firmware/lib/o2/gasboard.py`` on purpose.
 
     with PtySensor(GasboardWire(o2_pct=93.0, flow_lpm=5.0), "gasboard") as sim:
@@ -45,7 +46,10 @@ def read_reply(
     def u16(value: float, scale: float) -> bytes:
         return max(0, min(0xFFFF, round(value / scale))).to_bytes(2, "big")
 
-    payload = u16(o2_pct, 0.1) + u16(flow_lpm, flow_scale) + u16(temp_c, 0.1)
+    # Temperature as a signed 16-bit word (two's complement): a concentrator started in an
+    # unheated room below 0 degC sends e.g. FF CE for -5.0 degC.
+    temp = max(-0x8000, min(0x7FFF, round(temp_c / 0.1))).to_bytes(2, "big", signed=True)
+    payload = u16(o2_pct, 0.1) + u16(flow_lpm, flow_scale) + temp
     return sensor_frame(CMD_READ, payload + status.to_bytes(2, "big"))
 
 

@@ -1,6 +1,6 @@
 """SST LuminOx optical O2 sensor (rooms; carries its own barometer): the ASCII line protocol.
 
-DOMAIN.md section 4: UART 9600 8N1, lines ending CR LF, e.g.
+docs/domain.md "Sensor wire protocols": UART 9600 8N1, lines ending CR LF, e.g.
 ``O 0157.1 T +21.3 P 0652 % 024.10 e 0000`` = ppO2 mbar, temperature degC, pressure mbar,
 O2 %, status (``e 0000`` = OK). Commands ``M 0`` stream (about once a second, the default),
 ``M 1`` poll, ``M 2`` off; ``A`` answers the full line; in poll mode ``O``, ``T``, ``P``, ``%``,

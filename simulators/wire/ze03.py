@@ -1,7 +1,10 @@
 """Winsen ZE03-O2 oxygen module on a pseudo-terminal (Q&A mode).
 
-Answers each query ``FF 01 86 00 00 00 00 00 79`` with ``FF 86 HH LL 00 00 00 00 CS`` for the
-configured O2 % plus small seeded noise (DOMAIN.md section 4). Mode-switch commands are
+Answers each query ``FF 01 86 00 00 00 00 00 79`` with ``FF 86 HH LL 00 00 00 00 CS``
+(docs/domain.md "Sensor wire protocols"). The module is an electrochemical cell: it measures
+oxygen *partial pressure*, calibrated at the factory in sea-level air, so it reports
+``o2_pct * baro_kpa / cal_kpa`` (a room at 25 % in Lhasa, 64.5 kPa, reads ~15.9 %) plus small
+seeded noise, clamped at its 25.0 % full scale. Mode-switch commands are
 accepted silently, as the module does; anything else is ignored. The frame code is written
 here again on purpose, independently of ``firmware/lib/o2/ze03.py``: a simulator that shared the
 firmware's code could not catch the firmware's mistakes.
@@ -9,6 +12,7 @@ firmware's code could not catch the firmware's mistakes.
     with ZE03Responder(o2_pct=24.5, seed=1) as sim:
         print(sim.port_path)   # give this to the UART stand-in
         sim.o2_pct = 26.0      # takes effect on the next query
+        sim.ze03.baro_kpa = 64.5  # the pressure the cell sits in
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ FRAME_LEN = 9
 QUERY = bytes.fromhex("ff0186000000000079")
 MODE_CMD = 0x78
 READ_CMD = 0x86
+CAL_KPA = 101.325  # factory calibration in sea-level air
 
 
 def checksum(frame: bytes | bytearray) -> int:
@@ -47,17 +52,30 @@ class ZE03Wire:
     (default 0.05 %, below the module's 0.1 % resolution so most answers are exact).
     """
 
-    def __init__(self, o2_pct: float = 20.9, seed: int = 1, noise_pct: float = 0.05) -> None:
-        self.o2_pct = o2_pct
+    def __init__(
+        self,
+        o2_pct: float = 20.9,
+        seed: int = 1,
+        noise_pct: float = 0.05,
+        baro_kpa: float = CAL_KPA,
+        cal_kpa: float = CAL_KPA,
+    ) -> None:
+        self.o2_pct = o2_pct  # the room's true O2 fraction
+        self.baro_kpa = baro_kpa  # pressure around the cell
+        self.cal_kpa = cal_kpa  # pressure of the (factory) calibration
         self.noise_pct = noise_pct
         self.queries = 0  # answered queries (tests may watch it)
         self.bad_frames = 0
         self._rng = random.Random(seed)
         self._buf = bytearray()
 
+    def reading_pct(self) -> float:
+        """What the cell reads without noise: the partial pressure in sea-level-% units."""
+        return self.o2_pct * self.baro_kpa / self.cal_kpa
+
     def answer(self) -> bytes:
-        """The frame for the next query (current value plus noise)."""
-        return reply_frame(self.o2_pct + self._rng.gauss(0.0, self.noise_pct))
+        """The frame for the next query (current reading plus noise)."""
+        return reply_frame(self.reading_pct() + self._rng.gauss(0.0, self.noise_pct))
 
     def receive(self, data: bytes, now_s: float) -> bytes:
         """Bytes from the host; returns the module's answers to any complete read commands."""
@@ -95,8 +113,14 @@ class ZE03Wire:
 class ZE03Responder(PtySensor):
     """A simulated ZE03-O2 behind a pty; a background thread answers queries."""
 
-    def __init__(self, o2_pct: float = 20.9, seed: int = 1, noise_pct: float = 0.05) -> None:
-        self.ze03 = ZE03Wire(o2_pct, seed, noise_pct)
+    def __init__(
+        self,
+        o2_pct: float = 20.9,
+        seed: int = 1,
+        noise_pct: float = 0.05,
+        baro_kpa: float = 101.325,
+    ) -> None:
+        self.ze03 = ZE03Wire(o2_pct, seed, noise_pct, baro_kpa)
         super().__init__(self.ze03, "ze03")
 
     @property
@@ -126,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--o2-pct", type=float, default=20.9)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--noise-pct", type=float, default=0.05)
+    parser.add_argument("--baro-kpa", type=float, default=CAL_KPA)
     args = parser.parse_args(argv)
-    with ZE03Responder(args.o2_pct, args.seed, args.noise_pct) as sim:
+    with ZE03Responder(args.o2_pct, args.seed, args.noise_pct, args.baro_kpa) as sim:
         print(f"ze03: serving {sim.port_path}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

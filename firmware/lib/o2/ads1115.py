@@ -4,7 +4,7 @@ A galvanic cell gives ~10-16 mV in air (or ~100 uA into 100 ohm); at PGA +-0.256
 ADS1115 resolves 7.8125 uV/LSB (TI ADS1115 datasheet, table 3). The cell's output is
 proportional to the O2 *partial pressure*: the board converts with a fresh-air calibration
 (``mv_per_pct``, taken on site in outdoor air = 20.95 %) and the app scales by
-``cal_kpa / now_kpa`` (DOMAIN.md section 1; o2.calibration).
+``cal_kpa / now_kpa`` (docs/domain.md "Fraction and partial pressure"; o2.calibration).
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 """Local safety alarm (pure): threshold rules with hysteresis and on/off delays.
 
-Defaults from DOMAIN.md section 3 (proposals there, configurable here):
+Defaults from docs/domain.md "Limits and alarms" (proposals there, configurable here):
 
 - room O2: high alarm at ``NFPA limit - 1.5`` where the NFPA 99 increased-burning-rate limit is
   ``23.45 / sqrt(PB / 101.325)`` % (Lhasa 64.5 kPa: 29.4 %, alarm 27.9 %); high warning at
@@ -8,10 +8,16 @@ Defaults from DOMAIN.md section 3 (proposals there, configurable here):
   (OSHA 1910.134);
 - concentrator purity: alarm below 82 % (ISO 80601-2-69 lineage, YY 9706.269).
 
-A sensor reading at full scale (the ZE03 reads 0-25 % only) is only a lower bound: the caller
-passes ``over_range=True`` and the ``o2_over_range`` warning is raised, because the room may be
-anywhere above 25 % including the fire-hazard region. Missing readings never clear an alarm;
-after ``fault_delay_ms`` of them the ``sensor_fault`` warning is raised.
+Threshold semantics are the gateway's (gateway/alarms.py builtin rules): a high rule is breached
+when ``value > threshold``, a low rule when ``value < threshold``; a value exactly at the
+threshold raises neither.
+
+A sensor reading at full scale (the ZE03 reads 0-25 % of sea-level partial pressure) is only a
+lower bound: the caller passes ``over_range=True`` and the ``o2_over_range`` warning is raised.
+Missing readings -- None, and any value that is not a finite number of sane size -- never clear
+an alarm; after ``fault_delay_ms`` of them the ``sensor_fault`` warning is raised. Other flags
+the caller sets: ``baro_implausible`` (barometer outside the site's band, ISA used) and
+``warming_up`` (a concentrator's purity rules are held after a cold start, ``held=True``).
 
 Times are ``time.ticks_ms()`` values compared with ``ticks_diff`` (wrap-safe); the engine is
 driven by the caller's clock so tests advance time without sleeping.
@@ -47,7 +53,14 @@ def ticks_diff(a: int, b: int) -> int:
 
 
 def nfpa_limit_pct(baro_kpa: float) -> float:
-    """NFPA increased-burning-rate O2 threshold (%) at pressure ``baro_kpa``."""
+    """NFPA increased-burning-rate O2 threshold (%) at pressure ``baro_kpa``.
+
+    A pressure that is not a positive finite number gives the sea-level limit (23.45 %), the
+    lowest and so the most cautious one; never raises (a barometer reading 0 kPa must not
+    stop the alarm).
+    """
+    if not (isinstance(baro_kpa, (int, float)) and 1 < baro_kpa < 1000):
+        baro_kpa = _P0_KPA
     return _NFPA_BASE_PCT / (baro_kpa / _P0_KPA) ** 0.5
 
 
@@ -62,7 +75,7 @@ def room_thresholds(baro_kpa: float, high_alarm=None, high_warn=None) -> tuple:
 
 
 class Rule:
-    """One threshold: ``direction`` _HIGH (value >= threshold) or _LOW (value < threshold)."""
+    """One threshold: ``direction`` _HIGH (value > threshold) or _LOW (value < threshold)."""
 
     def __init__(self, name: str, direction: int, threshold: float, severity: str) -> None:
         self.name = name
@@ -77,7 +90,7 @@ class Rule:
         # Raise at the threshold; clear only beyond the hysteresis band (no chatter).
         if self.direction == _HIGH:
             edge = self.threshold if not self.active else self.threshold - hysteresis
-            return value >= edge
+            return value > edge
         edge = self.threshold if not self.active else self.threshold + hysteresis
         return value < edge
 
@@ -103,6 +116,14 @@ class Alarms:
         self._diff = diff
         self.over_range = Rule("o2_over_range", _HIGH, 0.5, _WARNING)
         self.fault = Rule("sensor_fault", _HIGH, 0.5, _WARNING)
+        # Flags the caller raises and clears through flag(index): 2 baro_implausible,
+        # 3 warming_up (plain indices: no module-level names on the board's tight qstr pool).
+        self.flags = (
+            self.over_range,
+            self.fault,
+            Rule("baro_implausible", _HIGH, 0.5, _WARNING),
+            Rule("warming_up", _HIGH, 0.5, _WARNING),
+        )
         self._missing_since = -1
         self.events: list = []
         self.events_dropped = 0
@@ -121,9 +142,24 @@ class Alarms:
         r.threshold = threshold
         return True
 
-    def update(self, value, now_ms, over_range: bool = False) -> int:
-        """Feed one sample (None = no valid reading). Returns the number of new events."""
+    def flag(self, index: int, on: bool, value: float, threshold: float, now_ms) -> int:
+        """Raise / clear flag ``index`` (2 baro_implausible, 3 warming_up) at once; returns
+        the number of new events."""
         before = len(self.events) + self.events_dropped
+        r = self.flags[index]
+        r.threshold = threshold
+        self._step(r, on, value, now_ms, 0, 0)
+        return len(self.events) + self.events_dropped - before
+
+    def update(self, value, now_ms, over_range: bool = False, held: bool = False) -> int:
+        """Feed one sample (None = no valid reading). Returns the number of new events.
+
+        Anything but a finite number within +-1000 counts as no reading. ``held``: the
+        rules are not raised (concentrator warm-up); active ones still clear normally.
+        """
+        before = len(self.events) + self.events_dropped
+        if not isinstance(value, (int, float)) or not -1000 < value < 1000:
+            value = None  # NaN fails the comparison too
         if value is None:
             if self._missing_since < 0:
                 self._missing_since = now_ms
@@ -137,7 +173,7 @@ class Alarms:
         for r in self.rules:
             self._step(
                 r,
-                r._breached(value, self.hysteresis),
+                r._breached(value, self.hysteresis) and not held,
                 value,
                 now_ms,
                 self.on_delay_ms,
@@ -172,8 +208,9 @@ class Alarms:
 
     def warning(self) -> bool:
         """True while anything is active (drives the warning LED)."""
-        if self.over_range.active or self.fault.active:
-            return True
+        for r in self.flags:
+            if r.active:
+                return True
         for r in self.rules:
             if r.active:
                 return True
@@ -181,7 +218,7 @@ class Alarms:
 
     def active_names(self) -> list:
         out = []
-        for r in self.rules + [self.over_range, self.fault]:
+        for r in self.rules + list(self.flags):
             if r.active:
                 out.append(r.name)
         return out

@@ -29,15 +29,29 @@ from o2.spool import Spool
 _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
 _Q_RANGE = const(0x04)
-_Q_BARO_FALLBACK = const(0x20)  # ppO2 computed from ISA pressure at site altitude: no barometer
-_ZE03_FULL_SCALE_PCT = const(25.0)  # the ZE03 reads 0-25 %: a reading there is only a lower bound
+_Q_BARO_FALLBACK = const(0x20)  # ISA pressure of the site used: no (plausible) barometer value
+_Q_BARO_BAD = const(0x80)  # the barometer's value is outside the site's band (ignored)
+_Q_UNCALIBRATED = const(0x100)  # galvanic cell on its factory (sea-level) calibration
+_Q_WARMUP = const(0x200)  # concentrator warming up: purity alarms held
+_Q_CO2 = const(0x400)  # CO2 sensor: no reply / bad frame
+_FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated at sea level
+# The ZE03 reads 0-25 % of sea-level partial pressure: a raw reading there is a lower bound.
+_ZE03_FULL_SCALE_PCT = const(25.0)
 OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
+_FLAG_BARO = const(2)  # alarm.Alarms.flags indices
+_FLAG_WARMUP = const(3)
+_I_CO2 = const(6)  # telemetry.ROOM_FIELDS index of co2_ppm
 _MAX_COMMANDS = const(4)
+# Free heap (after a collection) below which commands are answered "out of memory" without
+# loading them: loading costs ~19 KB on the 64-bit unix port (code, config schema, one more
+# qstr pool), about half on an ESP32 (firmware/README.md "Memory").
+_CMD_MIN_FREE_B = const(24576)
 
 
 def load_calibration():
-    """The stored galvanic-cell calibration, or None without importing its code."""
+    """The stored galvanic-cell calibration, or None (factory calibration) without importing
+    its code."""
     try:
         import os
 
@@ -47,12 +61,11 @@ def load_calibration():
     from o2.calibration import Calibration
 
     cal = Calibration()
-    cal.load()
-    return cal
+    return cal if cal.load() else None
 
 
 def topic_prefix(cfg: dict) -> str:
-    """``{prefix}/{site}/{device}/`` (ARCHITECTURE.md topic contract)."""
+    """``{prefix}/{site}/{device}/`` (docs/contracts.md)."""
     return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 
@@ -73,6 +86,7 @@ class Board:
         wdt_factory=None,
         reset_cause: str = "",
         batch_buffer=None,
+        co2_sensor=None,
     ) -> None:
         self.cfg = cfg
         self.boot = boot.number
@@ -80,6 +94,7 @@ class Board:
         self.seq = 0
         self.sensor = sensor
         self.env_sensor = env_sensor
+        self.co2_sensor = co2_sensor
         self.mqtt = mqtt
         self.wifi = wifi
         self.clock = clock
@@ -89,7 +104,9 @@ class Board:
         self.reset_cause = reset_cause
         self.room = cfg["kind"] == "room"
         self.fields = telemetry.ROOM_FIELDS if self.room else telemetry.CONCENTRATOR_FIELDS
-        self.calibration = load_calibration()  # None: uncalibrated (module not loaded)
+        # Galvanic cells (ZE03, ADS1115) measure partial pressure: always pressure-corrected.
+        self.galvanic = cfg["sensors.o2.type"] in ("ze03", "ads1115")
+        self.calibration = load_calibration() if self.galvanic else None  # None: factory
         prefix = topic_prefix(cfg)
         self.topic_telemetry = prefix + "telemetry"
         self.topic_status = prefix + "status"
@@ -98,8 +115,10 @@ class Board:
         self.topic_ack = prefix + "cmd/ack"
         self.interval_ms = int(cfg["interval_s"] * 1000)
         self.sample_ms = min(int(cfg["alarm.sample_s"] * 1000), self.interval_ms)
-        self.baro_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
+        self.site_kpa = oxygen.isa_pressure_kpa(cfg["site_altitude_m"])
+        self.baro_kpa = self.site_kpa  # measured if plausible, else the site's ISA pressure
         self.baro_measured = False
+        self.warmup_ms = 0 if self.room else int(cfg["alarm.warmup_s"] * 1000)
         if self.room:
             rules = alarm.room_rules(self.baro_kpa, cfg)
         else:
@@ -113,7 +132,8 @@ class Board:
             time.ticks_diff,
         )
         self._values: list = [None] * len(self.fields)  # reused every reading
-        self._value = None  # newest O2 / purity sample and its quality
+        self._value = None  # newest O2 / purity sample (corrected) and its quality
+        self._raw = None  # the same sample as the sensor reported it
         self._quality = 0
         self._alarm_out: list = []  # encoded alarm events waiting for the network
         self.alarm_events_dropped = 0
@@ -144,6 +164,12 @@ class Board:
         """Run forever: WiFi, SNTP, MQTT, the sending task and the sampling loop."""
         if self.sensor is not None:
             await self.sensor.init()
+        if self.co2_sensor is not None:
+            await self.co2_sensor.init()
+        if self.warmup_ms:
+            print("warm-up: purity alarms held for %d s" % (self.warmup_ms // 1000))
+            self.alarms.flag(_FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
+            self._alarm_changed()
         self._drive_pins()
         asyncio.create_task(self.wifi.run())
         if self.cfg["ntp.host"]:
@@ -203,18 +229,39 @@ class Board:
             value, quality = await self.sensor.read()
             if quality & _Q_O2_MISSING:
                 value = None
-        if value is not None and self.calibration is not None:
-            value = self.calibration.apply(value, self.baro_kpa if self.baro_measured else 0)
-        self._value = value
-        self._quality = quality
+        if value is not None and not -1000 < value < 1000:  # NaN, inf, garbage: no value
+            value = None
+            quality |= _Q_RANGE
+        raw = value
         over = False
-        if value is not None and self.room and self.cfg["sensors.o2.type"] == "ze03":
-            # Full scale of the ZE03: the true value is >= 25 %, possibly in the fire-hazard
-            # region it cannot see. Flag it (quality) and warn (alarm.o2_over_range).
-            over = value >= _ZE03_FULL_SCALE_PCT - 0.05
+        if value is not None and raw is not None and self.galvanic:
+            # o2_true = reading * P_cal / P_now (docs/domain.md "Fraction and partial
+            # pressure"); baro_kpa is the measured pressure if plausible, else the site's ISA.
+            if self.calibration is None:
+                value = value * _FACTORY_CAL_KPA / self.baro_kpa
+                quality |= _Q_UNCALIBRATED
+            else:
+                value = self.calibration.apply(value, self.baro_kpa)
+            # Full scale of the ZE03 is judged on what the module itself reports: the true
+            # value is above, unknown. Flag it (quality) and warn (alarm.o2_over_range).
+            over = self.cfg["sensors.o2.type"] == "ze03" and raw >= _ZE03_FULL_SCALE_PCT - 0.05
             if over:
-                self._quality |= _Q_RANGE
-        if self.alarms.update(value, time.ticks_ms(), over):
+                quality |= _Q_RANGE
+        now = time.ticks_ms()
+        changed = 0
+        held = False
+        if self.warmup_ms:
+            if time.ticks_diff(now, self._started_ms) < self.warmup_ms:
+                held = True
+                quality |= _Q_WARMUP
+            else:
+                print("warm-up over: purity alarms active")
+                changed = self.alarms.flag(_FLAG_WARMUP, False, 0.0, 0.0, now)
+                self.warmup_ms = 0
+        self._value = value
+        self._raw = raw
+        self._quality = quality
+        if self.alarms.update(value, now, over, held) or changed:
             self._alarm_changed()
 
     def _alarm_changed(self) -> None:
@@ -262,27 +309,29 @@ class Board:
         quality = self._quality
         value = self._value
         if self.room:
+            p_kpa = None
             if self.env_sensor is not None:
                 p_pa, temp_c, rh, q = await self.env_sensor.read()
                 quality |= q
                 if p_pa is not None:
-                    self.baro_kpa = p_pa / 1000
-                    if not self.baro_measured or self.samples % 16 == 0:
-                        alarm.update_room_thresholds(self.alarms, self.baro_kpa, self.cfg)
-                    self.baro_measured = True
-                    values[telemetry.I_BARO] = self.baro_kpa
+                    p_kpa = p_pa / 1000
                 values[telemetry.I_TEMP] = temp_c
                 values[telemetry.I_RH] = rh
-            elif value is not None and self.cfg["sensors.o2.type"] == "luminox":
-                # The LuminOx carries its own barometer and thermometer (DOMAIN.md section 1).
-                self.baro_kpa = self.sensor.baro_kpa
-                self.baro_measured = True
-                values[telemetry.I_BARO] = self.baro_kpa
+            elif self.cfg["sensors.o2.type"] == "luminox":
+                # The LuminOx carries its own barometer and thermometer (docs/domain.md
+                # "Fraction and partial pressure"); None after a bad line.
+                p_kpa = self.sensor.baro_kpa
                 values[telemetry.I_TEMP] = self.sensor.temp_c
+            quality |= self._set_baro(p_kpa)
+            if self.baro_measured:
+                values[telemetry.I_BARO] = self.baro_kpa
+            if self.co2_sensor is not None:
+                ppm, q = await self.co2_sensor.read()
+                values[_I_CO2] = ppm
+                if q:
+                    quality |= _Q_CO2
             values[telemetry.I_O2] = value
-            if value is not None:
-                if not self.baro_measured:
-                    quality |= _Q_BARO_FALLBACK
+            if value is not None and 0 < value <= 100:
                 pb = self.baro_kpa
                 values[telemetry.I_PPO2] = oxygen.ppo2_kpa(value, pb)
                 values[telemetry.I_EQ_ALT] = oxygen.equivalent_altitude_m(
@@ -303,12 +352,32 @@ class Board:
             print("spool: %r" % (e,))
         self._wake.set()
 
+    def _set_baro(self, p_kpa) -> int:
+        """Take a barometer value (kPa, or None) if it is plausible for the site; otherwise
+        use the site's ISA pressure, and warn when a value was there but implausible.
+        Returns quality bits. Never raises (0, negative, NaN, inf all end here)."""
+        ok = oxygen.baro_plausible(p_kpa, self.site_kpa)
+        bad = p_kpa is not None and not ok
+        shown = p_kpa if bad and -1e6 < p_kpa < 1e6 else 0.0  # finite, for the alarm event
+        if self.alarms.flag(_FLAG_BARO, bad, shown, self.site_kpa, time.ticks_ms()):
+            self._alarm_changed()
+        # NFPA thresholds follow the pressure in use: at once when the source changes
+        # (barometer <-> site ISA), else every 16th reading (weather moves PB slowly).
+        if ok != self.baro_measured or self.seq % 16 == 0:
+            alarm.update_room_thresholds(self.alarms, p_kpa if ok else self.site_kpa, self.cfg)
+        self.baro_kpa = p_kpa if ok else self.site_kpa
+        self.baro_measured = ok
+        if ok:
+            return 0
+        return _Q_BARO_FALLBACK | (_Q_BARO_BAD if bad else 0)
+
     def _housekeeping(self, now) -> None:
         if not self._stable and time.ticks_diff(now, self._started_ms) > int(
             self.cfg["stable_after_s"] * 1000
         ):
             self._stable = True
             mark_stable()  # not part of a crash loop any more
+            print("run: stable")
         if self._reboot_due and time.ticks_diff(now, self._reboot_at) >= 0:
             print("reboot (command)")
             mark_stable()
@@ -324,35 +393,43 @@ class Board:
         health_ms = int(self.cfg["health_interval_s"] * 1000)
         next_health = time.ticks_ms()
         while True:
-            await mqtt.up.wait()
-            if self._alarm_out:
-                if await self._publish_acked(self.topic_alarm, self._alarm_out[0]):
-                    self._alarm_out.pop(0)
-                continue
-            if self._cmds:
-                await self._handle_command(self._cmds.pop(0))
-                continue
-            now = time.ticks_ms()
-            if time.ticks_diff(now, next_health) >= 0:
-                next_health = time.ticks_add(now, health_ms)
-                await self._guarded(mqtt.publish(self.topic_status, self.status_payload(), 1, True))
-                continue
-            end = spool.peek_batch(buf, room, self.cfg["spool.batch_max"])
-            if end == room:
-                self._wake.clear()
-                try:
-                    wait_ms = max(1, time.ticks_diff(next_health, time.ticks_ms()))
-                    await asyncio.wait_for_ms(self._wake.wait(), wait_ms)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            begin = spool.batch_begin
-            mid = mqtt.next_mid()
-            start = codec.publish_header_into(
-                buf, begin, self.topic_telemetry, end - begin, 1, False, mid
-            )
-            if await self._send_acked(memoryview(buf)[start:end], mid):
-                spool.release()
+            try:
+                await mqtt.up.wait()
+                if self._alarm_out:
+                    if await self._publish_acked(self.topic_alarm, self._alarm_out[0]):
+                        self._alarm_out.pop(0)
+                    continue
+                if self._cmds:
+                    await self._handle_command(self._cmds.pop(0))
+                    continue
+                now = time.ticks_ms()
+                if time.ticks_diff(now, next_health) >= 0:
+                    next_health = time.ticks_add(now, health_ms)
+                    await self._guarded(
+                        mqtt.publish(self.topic_status, self.status_payload(), 1, True)
+                    )
+                    continue
+                end = spool.peek_batch(buf, room, self.cfg["spool.batch_max"])
+                if end == room:
+                    self._wake.clear()
+                    try:
+                        wait_ms = max(1, time.ticks_diff(next_health, time.ticks_ms()))
+                        await asyncio.wait_for_ms(self._wake.wait(), wait_ms)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                begin = spool.batch_begin
+                mid = mqtt.next_mid()
+                start = codec.publish_header_into(
+                    buf, begin, self.topic_telemetry, end - begin, 1, False, mid
+                )
+                if await self._send_acked(memoryview(buf)[start:end], mid):
+                    spool.release()
+            except Exception as e:  # noqa: BLE001 -- e.g. MemoryError: retry, never die
+                # The sender is the only way out for readings and alarm events: a failure
+                # in one step (a transient allocation, a bad payload) must not end it.
+                print("send: %r" % (e,))
+                await asyncio.sleep_ms(100)
 
     async def _guarded(self, coro) -> bool:
         # A write that cannot complete (frozen broker, full socket buffer) must not hang the
@@ -389,26 +466,37 @@ class Board:
             self._ack_ok = True
             self._acked.set()
 
-    def status_payload(self) -> bytes:
-        """Retained status with the health fields the gateway stores in ``device_health``."""
-        doc = {
-            "state": "online",
-            "fw": FW_VERSION,
-            "boot": self.boot,
-            "kind": self.cfg["kind"],
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self._started_ms) // 1000,
-            "heap_free_b": gc.mem_free(),
-            "rssi_dbm": self.wifi.rssi_dbm(),
-            "buffered": self.spool.pending,
-            "dropped": self.spool.dropped,
-            "spool_torn": self.spool.torn,
-            "reset_cause": self.reset_cause,
-            "alarms": self.alarms.active_names(),
-            "ts": self.clock.epoch_ms(),
-        }
+    def status_payload(self) -> str:
+        """Retained status with the health fields the gateway stores in ``device_health``.
+
+        Formatted in one step (no dict, no bytes copy): the smallest transient allocation,
+        taken every health period next to the running board."""
+        extra = ""
         if self.boot_recovered:
-            doc["boot_recovered"] = self.boot_recovered
-        return json.dumps(doc).encode()
+            extra += ',"boot_recovered":' + json.dumps(self.boot_recovered)
+        if self.warmup_ms:
+            extra += ',"warming_up":true'
+        if not self.cfg["command_key"]:
+            extra += ',"commands":"disabled: no command_key"'
+        return (
+            '{"state":"online","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
+            '"heap_free_b":%d,"rssi_dbm":%s,"buffered":%d,"dropped":%d,"spool_torn":%d,'
+            '"reset_cause":"%s","alarms":%s,"ts":%d%s}'
+        ) % (
+            FW_VERSION,
+            self.boot,
+            self.cfg["kind"],
+            time.ticks_diff(time.ticks_ms(), self._started_ms) // 1000,
+            gc.mem_free(),
+            json.dumps(self.wifi.rssi_dbm()),
+            self.spool.pending,
+            self.spool.dropped,
+            self.spool.torn,
+            self.reset_cause,
+            json.dumps(self.alarms.active_names()),
+            self.clock.epoch_ms(),
+            extra,
+        )
 
     def shutdown(self) -> None:
         """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.
@@ -429,29 +517,49 @@ class Board:
         self._ack_ok = False
         self._acked.set()  # the sender stops waiting for a PUBACK that cannot come
 
-    def _on_message(self, topic, payload) -> None:
+    def _on_message(self, topic, payload, retain) -> None:
         if topic != self.topic_cmd.encode():
             return
         if len(self._cmds) >= _MAX_COMMANDS:
             self.cmds_dropped += 1
             return
-        self._cmds.append(payload)
+        self._cmds.append((payload, retain))
         self._wake.set()
 
-    async def _handle_command(self, payload) -> None:
+    async def _handle_command(self, message) -> None:
         # Loaded on demand and dropped afterwards: commands need the config schema, which
         # start-up dropped from the heap. A command that cannot be handled (even for lack of
-        # memory) gets an error ack; the sender task never dies of it.
+        # memory) gets an error ack; the sender task never dies of it. Loading them interns
+        # their names for good (the qstr pool only grows): with too little heap left they
+        # are not loaded at all, so a command can never starve the alarm loop.
         gc.collect()
+        free = gc.mem_free()
         try:
+            if free < _CMD_MIN_FREE_B:
+                raise MemoryError
             from o2 import commands
 
-            ack = commands.handle(self, payload)
+            ack = commands.handle(self, message[0], message[1])
         except MemoryError:
-            ack = '{"ok":false,"error":"out of memory"}'
-        for name in ("commands", "config"):
+            ack = json.dumps(
+                {
+                    "id": command_id(message[0]),
+                    "ok": False,
+                    "error": "out of memory: %d bytes free, commands need %d"
+                    % (free, _CMD_MIN_FREE_B),
+                }
+            )
+        for name in ("commands", "config", "auth"):
             forget_module(name)
         await self._publish_acked(self.topic_ack, ack)
+
+
+def command_id(payload):
+    """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
+    try:
+        return json.loads(json.loads(payload)["body"])["id"]
+    except Exception:  # noqa: BLE001 -- unreadable: no id
+        return None
 
 
 def mark_stable() -> None:

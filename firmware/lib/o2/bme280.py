@@ -39,7 +39,14 @@ _CTRL_MEAS_FORCED = const((_OSRS_X1 << 5) | (_OSRS_X1 << 2) | _MODE_FORCED)
 # Datasheet 9.1: t_max = 1.25 + 2.3*1 + (2.3*1 + 0.575) + (2.3*1 + 0.575) ms = 9.3 ms at x1.
 _MEASURE_TIME_MS = const(10)
 
-_Q_BUS = const(0x08)  # I2C error / sensor not answering (telemetry "quality" bit)
+# "No measurement" codes: the data registers hold 0x80000 (P, T) / 0x8000 (H) when that
+# measurement was skipped (oversampling 0) or has not completed since power-on (Bosch
+# BME280 datasheet, section 4 "Data readout" / memory map reset values). Compensating them gives
+# a plausible-looking 82 kPa: they are no value.
+_SKIPPED_20 = const(0x80000)
+_SKIPPED_16 = const(0x8000)
+
+_Q_BUS = const(0x08)  # I2C error / no measurement (telemetry "quality" bit)
 _Q_ID = const(0x10)  # wrong chip id at start-up
 
 
@@ -133,9 +140,18 @@ def humidity_pct(cal, tf: int, adc_h: int) -> float:
 
 
 def compensate(cal, adc_p: int, adc_t: int, adc_h: int) -> tuple:
-    """``(pressure_pa, temp_c, rh_pct)`` from calibration and raw ADC values."""
+    """``(pressure_pa, temp_c, rh_pct)`` from calibration and raw ADC values.
+
+    A skipped measurement (0x80000 / 0x8000) is None; so are P and H without a temperature,
+    which both need (t_fine). A damaged calibration (dig_P1 = 0) gives 0.0: the caller's
+    plausibility check catches it.
+    """
+    if adc_t == _SKIPPED_20:
+        return None, None, None
     tf = t_fine(cal, adc_t)
-    return pressure_pa(cal, tf, adc_p), temperature_c(tf), humidity_pct(cal, tf, adc_h)
+    p = None if adc_p == _SKIPPED_20 else pressure_pa(cal, tf, adc_p)
+    h = None if adc_h == _SKIPPED_16 else humidity_pct(cal, tf, adc_h)
+    return p, temperature_c(tf), h
 
 
 class BME280:
@@ -189,6 +205,9 @@ class BME280:
             return None, None, None, _Q_BUS
         adc_p, adc_t, adc_h = parse_raw(self._data)
         p, t, h = compensate(self._cal, adc_p, adc_t, adc_h)
+        if p is None or t is None or h is None:
+            self.errors += 1
+            return p, t, h, _Q_BUS  # a value missing: say so, never report a made-up one
         return p, t, h, 0
 
     def _write(self, reg: int, value: int) -> None:

@@ -16,13 +16,23 @@ class ConfigError(ValueError):
 
 
 def _name(v) -> str:
-    # Site and device names go into topics and InfluxDB tags: [a-z0-9-]{1,32} (ARCHITECTURE.md).
+    # Site and device names go into topics and InfluxDB tags: [a-z0-9-]{1,32} (docs/contracts.md).
     if not isinstance(v, str) or not 1 <= len(v) <= 32:
         return "a name of 1..32 characters [a-z0-9-]"
     for c in v:
         if c not in NAME_CHARS:
             return "a name of 1..32 characters [a-z0-9-]"
     return ""
+
+
+def _hex64(v) -> str:
+    # Board command key: 32 random bytes as 64 hex characters (provisioning writes it).
+    try:
+        if len(v) == 64 and len(bytes.fromhex(v)) == 32:
+            return ""
+    except ValueError:
+        pass
+    return "64 hex characters"
 
 
 def _range(lo, hi):
@@ -43,7 +53,11 @@ SCHEMA = (
     ("site", str, REQUIRED, _name),
     ("device", str, REQUIRED, _name),
     ("kind", str, "room", _one_of("room", "concentrator")),
-    ("site_altitude_m", float, 0.0, _range(-500, 9000)),
+    # HMAC-SHA256 key of signed commands; without it the board refuses every command.
+    ("command_key", str, None, _hex64),
+    # Required: the ISA pressure of the site is the fallback and the plausibility reference
+    # for the barometer; a default of 0 m would make a plateau board behave as at sea level.
+    ("site_altitude_m", float, REQUIRED, _range(-500, 9000)),
     # Telemetry period. Below 0.2 s only for the heap soak test (fast cycles), never on site.
     ("interval_s", float, 10.0, _range(0.01, 3600)),
     ("eq_alt_definition", str, "west", _one_of("west", "ambient")),
@@ -66,7 +80,10 @@ SCHEMA = (
     ("alarm.purity_low_pct", float, 82.0, _range(0, 100)),
     ("alarm.purity_warn_pct", float, None, _range(0, 100)),
     ("alarm.hysteresis_pct", float, 0.3, _range(0, 5)),
-    ("alarm.on_delay_s", float, 0.0, _range(0, 60)),
+    ("alarm.on_delay_s", float, 0.0, _range(0, 300)),
+    # Concentrators: purity alarms held while the unit reaches product purity after a cold
+    # start (ISO 80601-2-69 units hold their low-O2 alarm during warm-up). Rooms: unused.
+    ("alarm.warmup_s", float, 600.0, _range(0, 3600)),
     ("alarm.off_delay_s", float, 5.0, _range(0, 600)),
     ("alarm.fault_delay_s", float, 3.0, _range(0.5, 600)),
     ("mqtt.host", str, REQUIRED, None),
@@ -92,13 +109,17 @@ SCHEMA = (
     ("sensors.o2.mode", str, "poll", _one_of("poll", "stream")),  # Gasboard
     ("sensors.o2.i2c", int, 0, _range(0, 1)),  # ADS1115
     ("sensors.o2.addr", int, 0x48, _range(0x48, 0x4B)),  # ADS1115
+    ("sensors.co2.type", str, "none", _one_of("mhz19", "none")),  # optional room CO2 (NDIR)
+    ("sensors.co2.uart", int, 1, _range(0, 2)),
+    ("sensors.co2.tx", int, 4, _range(0, 48)),
+    ("sensors.co2.rx", int, 5, _range(0, 48)),
     ("sensors.env.type", str, "bme280", _one_of("bme280", "none")),
     ("sensors.env.i2c", int, 0, _range(0, 1)),
     ("sensors.env.sda", int, 21, _range(0, 48)),
     ("sensors.env.scl", int, 22, _range(0, 48)),
     ("sensors.env.addr", int, 0x76, _one_of(0x76, 0x77)),
 )
-SECRETS = ("mqtt.password", "wifi.password")
+SECRETS = ("mqtt.password", "wifi.password", "command_key")
 KEYS = [row[0] for row in SCHEMA]
 
 
@@ -156,6 +177,11 @@ def _cross_check(cfg: dict) -> None:
         raise ConfigError("sensors.o2.type: expected 'gasboard' for a concentrator, got %r" % o2)
     if cfg["kind"] == "room" and o2 == "gasboard":
         raise ConfigError("sensors.o2.type: 'gasboard' measures concentrator gas, not a room")
+    if cfg["sensors.co2.type"] != "none":
+        if cfg["kind"] != "room":
+            raise ConfigError("sensors.co2.type: a CO2 sensor belongs to a room board")
+        if o2 in ("ze03", "luminox") and cfg["sensors.co2.uart"] == cfg["sensors.o2.uart"]:
+            raise ConfigError("sensors.co2.uart: expected a UART other than sensors.o2.uart")
 
 
 def read(path: str = "/config.json"):
@@ -228,7 +254,7 @@ def network_only(raw):
     out = {}
     try:
         for key, kind, default, check in SCHEMA:
-            if key in ("site", "device") or key.startswith("mqtt.") or key.startswith("wifi."):
+            if key in ("site", "device", "command_key") or key[:5] in ("mqtt.", "wifi."):
                 out[key] = _check_one(raw, key, kind, default, check)
     except ConfigError:
         return None

@@ -1,13 +1,15 @@
 """Ultrasonic O2 / flow sensor of oxygen concentrators (Cubic Gasboard-7500 family, OCS-3F and
 clones): frames (pure) and an async driver, polled or streaming.
 
-Wire (DOMAIN.md section 4): UART 9600 8N1. Host frame ``11 LEN CMD [DATA] CS``, sensor frame
+Wire (docs/domain.md "Sensor wire protocols"): UART 9600 8N1. Host frame
+``11 LEN CMD [DATA] CS``, sensor frame
 ``16 LEN CMD [DATA] CS``; LEN counts the bytes after LEN without CS;
 ``CS = (256 - sum of all preceding bytes) mod 256``. Read: ``11 01 01 ED``; reply
 ``16 09 01 | O2 hi lo | flow hi lo | temp hi lo | ST1 ST2 | CS`` (big-endian, O2 x0.1 %, flow
-x0.1 L/min -- x0.01 on some variants: ``flow_scale`` --, temperature x0.1 degC). Many units
+x0.1 L/min -- x0.01 on some variants: ``flow_scale`` --, temperature x0.1 degC, signed). Many units
 also stream that frame every 500 ms unasked: the parser resyncs on 0x16 and checks LEN, CMD and
-CS. Ultrasonic sensors measure composition: no pressure correction (DOMAIN.md section 1).
+CS. Ultrasonic sensors measure composition: no pressure correction (docs/domain.md "Fraction
+and partial pressure").
 """
 
 import asyncio
@@ -49,7 +51,13 @@ def parse_reply(frame, flow_scale: float = 0.1) -> tuple:
         raise FrameError("checksum %02x, expected %02x" % (frame[11], cs))
     purity = ((frame[3] << 8) | frame[4]) * 0.1
     flow = ((frame[5] << 8) | frame[6]) * flow_scale
-    temp = ((frame[7] << 8) | frame[8]) * 0.1
+    # Temperature is decoded as two's complement. The Gasboard-7500C specification (Cubic,
+    # V0.2, "Communication Protocol") gives double-byte values high byte first and calls only
+    # single bytes unsigned; the module is specified for storage down to -20 degC, and a
+    # word >= 0x8000 read unsigned would be >= 3276.8 degC (-5.0 = FF CE = 6548.6 degC), so
+    # signed is the only physical reading. It equals unsigned for every value below 0x8000.
+    t = (frame[7] << 8) | frame[8]
+    temp = (t - 0x10000 if t & 0x8000 else t) * 0.1
     return purity, flow, temp, (frame[9] << 8) | frame[10]
 
 
@@ -58,7 +66,7 @@ def build_reply(purity_pct: float, flow_lpm: float, temp_c: float, flow_scale: f
     f = bytearray(FRAME_LEN)
     f[0], f[1], f[2] = SENSOR, READ_LEN, CMD_READ
     for i, v in ((3, purity_pct / 0.1), (5, flow_lpm / flow_scale), (7, temp_c / 0.1)):
-        n = int(v + 0.5)
+        n = int(v + 0.5) if v >= 0 else -int(-v + 0.5)  # temperature: two's complement
         f[i] = (n >> 8) & 0xFF
         f[i + 1] = n & 0xFF
     f[11] = checksum(f, FRAME_LEN - 1)

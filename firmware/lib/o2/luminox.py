@@ -1,9 +1,9 @@
 """SST LuminOx optical O2 sensor (rooms; carries its own barometer): ASCII lines (pure) and an
 async polled driver.
 
-Wire (DOMAIN.md section 4; SST LuminOx user guide, "UART commands"): 9600 8N1, lines ending
-CR LF: ``O 0157.1 T +21.3 P 0652 % 024.10 e 0000`` = ppO2 mbar, temperature degC, pressure
-mbar, O2 %, status (``e 0000`` = OK). ``M 1`` selects poll mode (acknowledged ``M 01``),
+Wire (docs/domain.md "Sensor wire protocols"; SST LuminOx user guide, "UART commands"): 9600 8N1,
+lines ending CR LF: ``O 0157.1 T +21.3 P 0652 % 024.10 e 0000`` = ppO2 mbar, temperature degC,
+pressure mbar, O2 %, status (``e 0000`` = OK). ``M 1`` selects poll mode (acknowledged ``M 01``),
 ``A`` asks for the full line. The protocol has no checksum: a line is accepted only if its
 ppO2 agrees with O2 % x pressure (a garbled digit breaks that), and the range 0-25 % / 0-100 %
 is the sensor variant's, not the protocol's.
@@ -45,6 +45,9 @@ def parse_line(line) -> tuple:
         status = int(parts[9])
     except ValueError:
         raise FrameError("not a number in %r" % (parts,))
+    for v in (ppo2_mbar, temp_c, p_mbar, o2_pct):
+        if not -1000 < v < 100000:  # "nan", "inf" and absurd sizes parse as floats too
+            raise FrameError("value %r out of any range" % (v,))
     expected = o2_pct / 100 * p_mbar
     if p_mbar <= 0 or abs(ppo2_mbar - expected) > max(0.2, expected * CONSISTENCY_PCT / 100):
         raise FrameError("ppO2 %.1f mbar != O2 x P %.1f mbar" % (ppo2_mbar, expected))

@@ -1,7 +1,7 @@
 """Small asyncio MQTT 3.1.1 client owned by the board's network layer.
 
 Why our own: the frozen umqtt blocks (connect without timeout, QoS 1 publish against a frozen
-broker) and would stall the sensing side and trip the watchdog (MICROPYTHON.md).
+broker) and would stall the sensing side and trip the watchdog (measured on the unix port).
 
 Model: ``run()`` keeps one connection alive forever (connect with timeout, keepalive ping,
 reconnect with exponential backoff). ``up`` is set while connected. ``publish()`` never waits
@@ -30,7 +30,7 @@ def _down() -> None:
     pass
 
 
-def _message(topic: bytes, payload: bytes) -> None:
+def _message(topic: bytes, payload: bytes, retain: bool) -> None:
     pass
 
 
@@ -65,7 +65,7 @@ class MQTTClient:
         self.up = asyncio.Event()
         self.on_connect = _connected  # async callable(): birth messages, subscriptions
         self.on_down = _down  # callable(): connection lost, in-flight messages dropped
-        self.on_message = _message  # callable(topic, payload) for subscribed topics
+        self.on_message = _message  # callable(topic, payload, retain) for subscribed topics
         self.connects = 0  # successful connections since boot (health)
         self._reader = None
         self._writer = None
@@ -238,10 +238,12 @@ class MQTTClient:
                         if on_ack is not None:
                             on_ack(mid)
                 elif kind == codec.PUBLISH:
-                    topic, payload, qos, _, mid, _ = codec.parse_publish(first, body)
+                    topic, payload, qos, retain, mid, _ = codec.parse_publish(first, body)
                     if qos:
                         await self._send(codec.puback(mid))
-                    self.on_message(topic, payload)
+                    # RETAIN set = a stored message replayed because we (re)subscribed, not
+                    # one sent now (MQTT 3.1.1, 3.3.1.3): the owner decides (commands: ignored).
+                    self.on_message(topic, payload, retain)
                 # PINGRESP and SUBACK need nothing beyond updating _last_rx.
         except Exception as e:  # noqa: BLE001 -- EOF, reset, malformed: all mean reconnect
             print("mqtt: read failed: %r" % (e,))

@@ -2,7 +2,7 @@
 
 OASIS MQTT 3.1.1, chapters 2 (fixed header, remaining length) and 3 (control packets).
 Every encoder returns one complete packet in one buffer so that the transport can send it with
-a single write call (MICROPYTHON.md: several small writes cost ~44 ms per QoS 1 round trip
+a single write call (measured: several small writes cost ~44 ms per QoS 1 round trip
 through Nagle + delayed ACK). Decoders take the packet body (after the fixed header).
 """
 

@@ -42,7 +42,7 @@ _MAGIC = const(b"\xa5\x5a")
 HEADER_LEN = 8
 MAX_RECORD = 512  # bytes of payload; a telemetry reading is ~220
 _CURSOR = const("cursor")
-_RAM_RING = const(8)  # newest readings kept in RAM for sending without a flash read
+_RAM_RING = const(4)  # newest readings kept in RAM for sending without a flash read
 
 
 class SpoolError(ValueError):

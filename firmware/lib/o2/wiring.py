@@ -9,7 +9,7 @@ import machine
 import network
 from micropython import const
 
-_UART_BAUD = const(9600)  # ZE03, Gasboard, LuminOx: 9600 8N1 (DOMAIN.md section 4)
+_UART_BAUD = const(9600)  # ZE03, Gasboard, LuminOx, MH-Z19: 9600 8N1 (datasheets)
 _I2C_FREQ_HZ = const(100000)
 # machine.reset_cause() 1..6, one string constant (one qstr) instead of six.
 _RESET_CAUSES = const("power_on hard watchdog deepsleep soft brownout")
@@ -100,6 +100,21 @@ def make_sensor(cfg: dict):
     raise ValueError("sensors.o2.type: %r is not supported by this build" % kind)
 
 
+def make_co2(cfg: dict):
+    if cfg["kind"] != "room" or cfg["sensors.co2.type"] != "mhz19":
+        return None
+    from o2.mhz19 import MHZ19
+
+    uart = machine.UART(
+        cfg["sensors.co2.uart"],
+        baudrate=_UART_BAUD,
+        tx=cfg["sensors.co2.tx"],
+        rx=cfg["sensors.co2.rx"],
+        timeout=0,
+    )
+    return MHZ19(uart)
+
+
 def make_env(cfg: dict):
     if cfg["kind"] != "room" or cfg["sensors.env.type"] != "bme280":
         return None
@@ -153,6 +168,7 @@ def build(cfg: dict, boot, spool, batch=None):
         make_wdt(cfg),
         reset_cause(),
         batch,
+        make_co2(cfg),
     )
 
 
@@ -166,6 +182,8 @@ def load_modules(cfg: dict) -> None:
         names.append("o2." + cfg["sensors.o2.type"])
     if cfg["kind"] == "room" and cfg["sensors.env.type"] == "bme280":
         names.append("o2.bme280")
+    if cfg["kind"] == "room" and cfg["sensors.co2.type"] != "none":
+        names.append("o2." + cfg["sensors.co2.type"])
     for name in names:
         __import__(name)
         gc.collect()

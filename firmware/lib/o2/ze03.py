@@ -1,7 +1,7 @@
 """Winsen ZE03-O2 electrochemical oxygen module: frames (pure) and an async Q&A driver.
 
-Wire: UART 9600 8N1, 9-byte frames starting 0xFF, range 0-25 % O2 (DOMAIN.md section 4;
-Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1..7:
+Wire: UART 9600 8N1, 9-byte frames starting 0xFF, range 0-25 % O2 (docs/domain.md "Sensor wire
+protocols"; Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1..7:
 ``CS = (~(b1 + ... + b7) + 1) & 0xFF``.
 """
 

@@ -1,4 +1,4 @@
-"""Sensor wires: DOMAIN.md test vectors, protocol behaviour in fake time, faults, a real pty."""
+"""Sensor wires: docs/domain.md test vectors, protocol behaviour in fake time, faults, a pty."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ VECTORS = [
 
 
 def decode_gasboard(frame: bytes, flow_scale: float = 0.1) -> tuple[float, float, float]:
-    """An independent decoder, straight from DOMAIN.md section 4."""
+    """An independent decoder, straight from docs/domain.md, Sensor wire protocols."""
     if len(frame) != 12 or frame[:3] != b"\x16\x09\x01":
         raise ValueError(f"not a read reply: {frame.hex(' ')}")
     if (256 - sum(frame[:-1]) % 256) % 256 != frame[-1]:

@@ -370,8 +370,9 @@ class MqttIngest:
             with self._queue_cond:
                 while not self._queue and not self._stopping:
                     # Idle with reject lines held back: their summary is written on time.
-                    pending = self.reject_log.pending()
-                    self._queue_cond.wait(self.reject_log.interval_s if pending else None)
+                    due_s = self.reject_log.due_in_s()
+                    if due_s is None or due_s > 0:
+                        self._queue_cond.wait(due_s)
                     self.reject_log.flush()
                 if not self._queue:
                     self.reject_log.flush(force=True)

@@ -64,8 +64,14 @@ class RateLimitedLog:
 
     def pending(self) -> bool:
         """Lines held back that a summary has not reported yet."""
+        return self.due_in_s() is not None
+
+    def due_in_s(self) -> float | None:
+        """Seconds until the next summary is due (0 if overdue), None if nothing is held back."""
+        now = self.clock_s()
         with self._lock:
-            return any(w.held for w in self._windows.values())
+            due = [w.started_s + self.interval_s - now for w in self._windows.values() if w.held]
+        return max(0.0, min(due)) if due else None
 
     def flush(self, force: bool = False) -> None:
         """Write the summary of every key whose interval is over (all of them if ``force``)."""

@@ -61,6 +61,7 @@ def test_preflight_refuses_secret_files_open_to_others(tmp_path: Path) -> None:
     token = secret(tmp_path / "influx-token", 0o640)
     hook = secret(tmp_path / "hook-url", 0o604)
     good = secret(tmp_path / "smtp-password", 0o600)
+    gone = tmp_path / "signing-secret"  # never written
     hook.write_text("https://hooks.example/x?key=abc\n")
     config = parse_config(
         {
@@ -69,11 +70,22 @@ def test_preflight_refuses_secret_files_open_to_others(tmp_path: Path) -> None:
             "influx": {"token_file": str(token)},
             "notify": [
                 {"id": "hook", "kind": "webhook", "url_file": str(hook)},
+                {"id": "ding", "kind": "dingtalk", "url": "https://oapi.example/robot/send"},
                 {"id": "mail", "kind": "email", "smtp_host": "smtp.example", "from": "gw@x.org",
                  "to": ["ops@x.org"], "username": "gw", "password_file": str(good)},
             ],
         }
     )  # fmt: skip
+    # A file removed after the config was validated (the schema checks notify files): the
+    # preflight still names it.
+    config = config.model_copy(
+        update={
+            "notify": [
+                *config.notify,
+                config.notify[1].model_copy(update={"id": "ding2", "secret_file": gone}),
+            ]
+        }
+    )
     problems = preflight(config)
     assert problems == [
         f"mqtt.password_file: {pw} holds a secret and is open to group/others (mode 0644): "
@@ -82,10 +94,11 @@ def test_preflight_refuses_secret_files_open_to_others(tmp_path: Path) -> None:
         f"chmod 600 {token}",
         f"notify[0] (hook).url_file: {hook} holds a secret and is open to group/others "
         f"(mode 0604): chmod 600 {hook}",
+        f"notify[3] (ding2).secret_file: cannot read {gone}: No such file or directory",
     ]
     for path in (pw, token, hook):
         path.chmod(0o600)
-    assert preflight(config) == []
+    assert preflight(config) == [problems[-1]]
 
 
 def test_preflight_state_dir_and_ca_file(tmp_path: Path) -> None:

@@ -44,7 +44,9 @@ def test_rate_limited_log_first_in_full_then_summaries(caplog: pytest.LogCapture
         assert [r.getMessage() for r in caplog.records] == ["bad message 0", "odd shape"]
         rl.flush()  # the interval is not over: nothing yet
         assert len(caplog.records) == 2 and rl.pending()
-        clock.now_s += 60.0
+        clock.now_s += 45.0
+        assert rl.due_in_s() == 15.0
+        clock.now_s += 15.0
         rl.flush()
         assert caplog.records[2].getMessage() == (
             "rejected (not_json): 999 more since the last line (one line per 60 s at most); "

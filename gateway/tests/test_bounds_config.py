@@ -199,3 +199,12 @@ def test_check_prints_urls_without_passwords(tmp_path: Path) -> None:
     assert "mqtt://gw:***@127.0.0.1:1883" in out.stdout
     assert "http://admin:***@127.0.0.1:8086" in out.stdout
     assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_a_modbus_port_out_of_range_is_a_config_error() -> None:
+    device = {"id": "c", "site": "lhasa", "kind": "plant", "transport": "modbus",
+              "url": "tcp://u:s3cret@plc:99999", "profile": "psa-plant"}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        parse_config({"site": SITE, "device": [device]}, "gw.toml")
+    assert "device[0]: port of 'plc:99999' out of range: expected 1..65535" in str(err.value)
+    assert "s3cret" not in str(err.value)

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import stat
 from collections.abc import Callable
+from pathlib import Path
 from sqlite3 import Connection
 
 from gateway.alarm_mqtt import AlarmMqttPublisher
 from gateway.alarms import AlarmEngine
-from gateway.config import GatewayConfig, Transport
+from gateway.config import GatewayConfig, Transport, redact_url
 from gateway.enrich import Enricher
 from gateway.http import HttpPolicy, StatusServer
 from gateway.influx import make_writer
@@ -30,6 +33,33 @@ from o2chain.registers import load_profile
 
 log = logging.getLogger(__name__)
 
+STATE_DIR_MODE = 0o700  # readings, dead letters (what anybody published) and alarm state
+STATE_FILE_MODE = 0o600
+OUTBOX_FILE = "outbox.sqlite"
+
+
+def prepare_state_dir(state_dir: Path) -> Path:
+    """Create ``state_dir`` 0700 (tightened if it exists and is ours) and ``outbox.sqlite``
+    0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's mode,
+    so all three stay the gateway's own whatever the umask. Files of ours that an older
+    release left open to others are tightened too. Returns the outbox's path."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+    _tighten(state_dir, STATE_DIR_MODE)
+    outbox = state_dir / OUTBOX_FILE
+    os.close(os.open(outbox, os.O_CREAT | os.O_WRONLY, STATE_FILE_MODE))
+    for path in state_dir.glob("*.sqlite*"):
+        _tighten(path, STATE_FILE_MODE)
+    return outbox
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` if it is ours and more open (another user's: left alone)."""
+    st = path.lstat()
+    ours = st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode)
+    if ours and stat.S_IMODE(st.st_mode) & ~mode:
+        path.chmod(mode)
+        log.info("%s was mode %04o: now %04o", path, stat.S_IMODE(st.st_mode), mode)
+
 
 class Gateway:
     """Wires the parts together; ``await Gateway(cfg).run(stop)``."""
@@ -37,12 +67,13 @@ class Gateway:
     def __init__(self, config: GatewayConfig, client_factory: ClientFactory = tcp_client_factory):
         self.config = config
         state_dir = config.gateway.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
-            state_dir / "outbox.sqlite",
+            prepare_state_dir(state_dir),
             synchronous=config.gateway.outbox_sync.upper(),
             max_bytes=int(config.gateway.outbox_max_mb * 1024 * 1024),
             policy=FullPolicy(config.gateway.outbox_full_policy),
+            deadletter_max_count=config.gateway.deadletter_max_count,
+            deadletter_max_bytes=int(config.gateway.deadletter_max_mb * 1024 * 1024),
         )
         self.writer = make_writer(config.influx)
         self.drainer = OutboxDrainer(
@@ -161,8 +192,8 @@ class Gateway:
             "gateway %s: %d Modbus devices, MQTT %s, InfluxDB %s db=%s, state %s",
             self.config.gateway.id,
             len(self.pollers),
-            self.config.mqtt.url,
-            self.config.influx.url,
+            redact_url(self.config.mqtt.url),
+            redact_url(self.config.influx.url),
             self.config.influx.database,
             self.config.gateway.state_dir,
         )
@@ -194,6 +225,8 @@ class Gateway:
 
 
 async def run_until_signalled(config: GatewayConfig) -> int:
+    # Whatever the gateway creates (state, logs of libraries, temp files) is its own.
+    os.umask(0o077)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

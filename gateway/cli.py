@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, Transport, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    Transport,
+    load_config,
+    preflight,
+    redact_url,
+)
 from o2chain.registers import ProfileError, load_profile
 
 
@@ -54,15 +61,23 @@ def _load(path: Path) -> GatewayConfig | None:
         return None
 
 
+def _preflight(path: Path, config: GatewayConfig) -> bool:
+    """What ``run`` would trip on (files, directories), one line each on stderr; True if none."""
+    problems = preflight(config)
+    for problem in problems:
+        print(f"o2chain gateway: {path}: {problem}", file=sys.stderr)
+    return not problems
+
+
 def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or not _preflight(args.config, config):
         return 2
     modbus = sum(d.transport is Transport.MODBUS for d in config.device)
     print(
         f"{args.config}: OK — gateway {config.gateway.id}, {len(config.site)} site(s), "
-        f"{len(config.device)} device(s) ({modbus} Modbus), InfluxDB {config.influx.api} "
-        f"{config.influx.url}"
+        f"{len(config.device)} device(s) ({modbus} Modbus), MQTT {redact_url(config.mqtt.url)}, "
+        f"InfluxDB {config.influx.api} {redact_url(config.influx.url)}"
     )
     return 0
 
@@ -72,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = _load(args.config)
-    if config is None:
+    if config is None or not _preflight(args.config, config):
         return 2
     from gateway.app import run_until_signalled
 
@@ -83,22 +98,31 @@ def _deadletters(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from gateway.app import prepare_state_dir
     from gateway.deadletters import replay
     from gateway.outbox import DeadLetter, Outbox
 
     def selected(dl: DeadLetter) -> bool:
         return (not args.reason or dl.reason in args.reason) and (not args.ids or dl.id in args.ids)
 
-    outbox = Outbox(config.gateway.state_dir / "outbox.sqlite")
+    outbox = Outbox(
+        prepare_state_dir(config.gateway.state_dir),
+        deadletter_max_count=config.gateway.deadletter_max_count,
+        deadletter_max_bytes=int(config.gateway.deadletter_max_mb * 1024 * 1024),
+    )
     try:
         if args.action == "replay":
             result = replay(config, outbox, selected, limit=args.limit)
+            truncated = result.truncated_line()
+            if truncated:
+                print(f"o2chain gateway: {truncated}", file=sys.stderr)
             print(
                 json.dumps(
                     {
                         "replayed": len(result.replayed),
                         "points": result.points,
                         "still_rejected": len(result.still_rejected),
+                        "truncated": len(result.truncated),
                         "replayed_ids": result.replayed,
                         "still_rejected_reasons": {
                             str(k): v for k, v in result.still_rejected.items()
@@ -127,7 +151,12 @@ def _deadletters(args: argparse.Namespace) -> int:
                             "topic": dl.topic,
                             "reason": dl.reason,
                             "detail": dl.detail,
+                            # At most DEADLETTER_PAYLOAD_MAX bytes; length and SHA-256 of
+                            # the whole, to match it with what the sender logged.
                             "payload": dl.payload.decode("utf-8", "backslashreplace"),
+                            "payload_len": dl.payload_len,
+                            "payload_sha256": dl.payload_sha256,
+                            "truncated": dl.truncated,
                         }
                     )
                 )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -40,6 +41,63 @@ _ID = Annotated[str, Field(pattern=ID_PATTERN)]
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message lists every bad key with what was expected."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of ``scheme://user:password@host``: what every log line,
+    status page and CLI output prints. The user name stays (it says which account); a URL
+    that does not even split is shown as its scheme only, never as it came."""
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return url.split(":", 1)[0] + "://(unparsable URL)" if "://" in url else "(unparsable URL)"
+    if "@" not in u.netloc:
+        return url
+    userinfo, host = u.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    return u._replace(netloc=netloc).geturl()
+
+
+def _checked_url(v: str, schemes: tuple[str, ...], expected: str) -> SplitResult:
+    """``urlsplit(v)`` with a scheme of ``schemes``, a host, and a port in 1..65535 if given;
+    raises ValueError naming what was expected (never echoing a password)."""
+    u = urlsplit(v)
+    if u.scheme not in schemes or not u.hostname:
+        raise ValueError(f"expected {expected}")
+    try:
+        port = u.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        shown = u.netloc.rsplit("@", 1)[-1]
+        raise ValueError(f"port of {shown!r} out of range: expected 1..65535 ({expected})")
+    return u
+
+
+# One rule for every file holding a secret (the same as [http] users_file's in gateway/auth.py):
+# no permission bit for group or others. Such a file is readable by every account on the host
+# (or in the group), and a password read once is a password known for good.
+_OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
+
+
+def secret_file_problem(key: str, path: Path) -> str | None:
+    """One line if the secret file ``path`` (config key ``key``) cannot be read or is open to
+    group/others, else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"{key}: cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{key}: {path} is not a regular file"
+    if mode & _OPEN_TO_OTHERS:
+        return (
+            f"{key}: {path} holds a secret and is open to group/others "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
+        )
+    if not os.access(path, os.R_OK):
+        return f"{key}: cannot read {path}: permission denied for this user"
+    return None
 
 
 class _Strict(BaseModel):
@@ -70,6 +128,10 @@ class GatewaySection(_Strict):
     outbox_full_policy: Literal["block", "drop_oldest"] = "block"
     # SQLite synchronous: "full" also survives power loss (one fsync per group commit).
     outbox_sync: Literal["normal", "full"] = "full"
+    # Dead letters kept (gateway/README.md "Dead letters"): beyond either bound the oldest go,
+    # counted (o2chain_deadletters_dropped_total). Payloads are cut at DEADLETTER_PAYLOAD_MAX.
+    deadletter_max_count: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000
+    deadletter_max_mb: Annotated[float, Field(gt=0, le=100_000)] = 50.0
     # The live page as people outside this host reach it: the link in notifications
     # (default http://{http_listen}).
     public_url: str | None = None
@@ -79,9 +141,7 @@ class GatewaySection(_Strict):
     def _public_url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        u = urlsplit(v)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError("expected http://host[:port][/path] or https://...")
+        _checked_url(v, ("http", "https"), "http://host[:port][/path] or https://...")
         return v.rstrip("/")
 
     def live_page_url(self) -> str:
@@ -147,9 +207,7 @@ class MqttSection(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        _checked_url(v, ("mqtt", "mqtts"), "mqtt://host[:port] or mqtts://host[:port]")
         return v
 
     @property
@@ -184,9 +242,7 @@ class InfluxSection(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError("expected http://host:port or https://host:port")
+        _checked_url(v, ("http", "https"), "http://host:port or https://host:port")
         return v.rstrip("/")
 
     @model_validator(mode="after")
@@ -239,8 +295,9 @@ class Device(_Strict):
                 raise ValueError("transport 'modbus' needs url (tcp://host:port or rtu:///dev/..)")
             u = urlsplit(self.url)
             if u.scheme == "tcp":
-                if not u.hostname or not u.port:
-                    raise ValueError(f"url {self.url!r}: expected tcp://host:port")
+                _checked_url(self.url, ("tcp",), "tcp://host:port")
+                if not u.port:
+                    raise ValueError(f"url {redact_url(self.url)!r}: expected tcp://host:port")
             elif u.scheme == "rtu":
                 if not u.path:
                     raise ValueError(f"url {self.url!r}: expected rtu:///dev/ttyX?baudrate=9600")
@@ -416,9 +473,7 @@ class NotifyTarget(_Strict):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None:
-            u = urlsplit(v)
-            if u.scheme not in ("http", "https") or not u.hostname:
-                raise ValueError("expected http://host[:port]/path or https://...")
+            _checked_url(v, ("http", "https"), "http://host[:port]/path or https://...")
         return v
 
     @model_validator(mode="after")
@@ -566,6 +621,54 @@ class GatewayConfig(_Strict):
         return None
 
 
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """What keeps the gateway from keeping its outbox in ``state_dir`` (created at start)."""
+    key = "gateway.state_dir"
+    existing = state_dir
+    while not existing.exists():
+        if existing.is_symlink():
+            return f"{key}: {existing} is a dangling symbolic link"
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == state_dir else f"cannot be created: {existing} is"
+        return f"{key}: {state_dir} {what} a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == state_dir:
+            return f"{key}: {state_dir} is not writable for this user"
+        return f"{key}: {state_dir} cannot be created: {existing} is not writable for this user"
+    return None
+
+
+def preflight(config: GatewayConfig) -> list[str]:
+    """What ``run`` would trip on that the schema cannot see (the file system), one line per
+    problem naming the key: the state directory, TLS CA files, secret files (readable, and
+    open to nobody else). ``o2chain gateway check`` and ``run`` refuse a config with any."""
+    problems: list[str] = []
+    state = _state_dir_problem(config.gateway.state_dir)
+    if state:
+        problems.append(state)
+    secrets: list[tuple[str, Path | None]] = [
+        ("mqtt.password_file", config.mqtt.password_file),
+        ("influx.token_file", config.influx.token_file),
+        ("http.users_file", config.http.users_file),
+    ]
+    for i, target in enumerate(config.notify):
+        for name in ("url_file", "secret_file", "token_file", "password_file"):
+            secrets.append((f"notify[{i}] ({target.id}).{name}", getattr(target, name)))
+    for key, path in secrets:
+        problem = secret_file_problem(key, path) if path is not None else None
+        if problem:
+            problems.append(problem)
+    ca_files = [("mqtt.ca_file", config.mqtt.ca_file)]
+    ca_files += [(f"notify[{i}] ({t.id}).ca_file", t.ca_file) for i, t in enumerate(config.notify)]
+    for key, path in ca_files:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            problems.append(f"{key}: cannot read the CA certificate {path}")
+    return problems
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -573,6 +676,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         loc = re.sub(r"\.\[", "[", loc)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
+        if isinstance(got, str) and "@" in got:
+            got = redact_url(got)  # a URL with a password: the error goes to logs and terminals
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
     return f"{source}: invalid configuration:\n" + "\n".join(lines)

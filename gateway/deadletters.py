@@ -7,6 +7,10 @@ messages again and move those that now pass into the outbox.
 - ``influx`` letters (points InfluxDB refused) are queued again as they are, for when the
   database side was fixed (e.g. a field type conflict resolved by a new database).
 
+A dead letter whose payload was cut when it was kept (longer than
+:data:`gateway.outbox.DEADLETTER_PAYLOAD_MAX`) is never replayed: what is left is not the
+message. It stays, listed in :attr:`ReplayResult.truncated`.
+
 Replayed readings skip the duplicate tracker (the operator asked for them) and, in the CLI, the
 enrichment and alarm stages (they are old; alarms act on the present). Points are idempotent,
 so a replay of something already in InfluxDB overwrites it with the same values.
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig
 from gateway.lineproto import LineEncoder
-from gateway.outbox import DeadLetter, Outbox
+from gateway.outbox import DEADLETTER_PAYLOAD_MAX, DeadLetter, Outbox
 from gateway.readings import Reading
 from gateway.telemetry import Reject, TelemetryDecoder
 
@@ -29,6 +33,18 @@ class ReplayResult:
     replayed: list[int] = field(default_factory=list)  # dead-letter ids, now in the outbox
     points: int = 0
     still_rejected: dict[int, str] = field(default_factory=dict)  # id -> reason now
+    truncated: list[int] = field(default_factory=list)  # ids kept cut: never replayed
+
+    def truncated_line(self) -> str | None:
+        """The one line saying which dead letters were not replayed as cut, or None."""
+        if not self.truncated:
+            return None
+        ids = ", ".join(str(i) for i in self.truncated[:20])
+        more = f" and {len(self.truncated) - 20} more" if len(self.truncated) > 20 else ""
+        return (
+            f"{len(self.truncated)} dead letter(s) not replayed: their payload was kept cut at "
+            f"{DEADLETTER_PAYLOAD_MAX} bytes, it is not the message any more (ids {ids}{more})"
+        )
 
 
 def replay(
@@ -49,6 +65,13 @@ def replay(
         for dl in letters:
             after = dl.id
             if not select(dl):
+                continue
+            if dl.truncated:
+                result.truncated.append(dl.id)
+                result.still_rejected[dl.id] = (
+                    f"truncated: {len(dl.payload)} of {dl.payload_len} bytes kept "
+                    f"(sha256 {dl.payload_sha256}); cannot be replayed as data"
+                )
                 continue
             if dl.source == "influx":
                 lines = [dl.payload.decode()]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import requests
 
-from gateway.config import InfluxSection
+from gateway.config import InfluxSection, redact_url
 
 
 class InfluxWriteError(Exception):
@@ -117,7 +117,9 @@ class InfluxV1Writer:
         except requests.RequestException as exc:
             # A pooled connection may be stale after a server restart: drop the pool.
             self._session.close()
-            raise InfluxUnavailable(f"{self.cfg.url}: {exc.__class__.__name__}: {exc}") from exc
+            raise InfluxUnavailable(
+                f"{redact_url(self.cfg.url)}: {exc.__class__.__name__}: {exc}"
+            ) from exc
 
     def ensure_database(self) -> None:
         """Create the database when missing (idempotent in InfluxDB 1.x)."""
@@ -182,7 +184,9 @@ class InfluxV2Writer:
             )
             raise InfluxUnavailable(f"HTTP {exc.status}: {exc.reason}") from exc
         except (HTTPError, OSError) as exc:
-            raise InfluxUnavailable(f"{self.cfg.url}: {exc.__class__.__name__}: {exc}") from exc
+            raise InfluxUnavailable(
+                f"{redact_url(self.cfg.url)}: {exc.__class__.__name__}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         self._write_api.close()

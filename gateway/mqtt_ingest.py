@@ -31,6 +31,7 @@ import sqlite3
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -41,12 +42,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.alarms import AlarmEvent
-from gateway.config import GatewayConfig, MqttSection
+from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
+from gateway.ratelog import RateLimitedLog
 from gateway.readings import Reading
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
 
@@ -60,6 +62,15 @@ MAX_QUEUED = 4 * MAX_MESSAGES_PER_COMMIT  # messages received and not yet taken 
 PIPELINE_CHUNK = 100
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 2.0
+# Status messages of devices that are not configured: the newest ones kept (the live page's
+# "seen but not configured"), the oldest evicted. Anybody allowed to publish could invent
+# devices without end; the configured ones are always kept.
+MAX_UNKNOWN_DEVICES = 1000
+_LOGGED_TEXT_MAX = 200  # topics and details in log lines (a topic may be 64 KiB)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _LOGGED_TEXT_MAX else text[: _LOGGED_TEXT_MAX - 3] + "..."
 
 
 @dataclass
@@ -80,7 +91,12 @@ class IngestStats:
     redelivered_uncommitted: int = 0
     connects: int = 0
     connected: bool = False
+    # "site/device" -> "online" | "offline" from status messages, configured devices only.
     device_state: dict[str, str] = field(default_factory=dict)
+    # Devices that sent a status and are not configured: "site/device" -> (state, ms), newest
+    # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
+    unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
+    unknown_evicted: int = 0
 
 
 AlarmWriter = Callable[[Sequence[AlarmEvent]], Callable[[sqlite3.Connection], None] | None]
@@ -135,6 +151,11 @@ class MqttIngest:
         self.announce = announce
         self.wall_clock_ms = wall_clock_ms
         self.stats = IngestStats()
+        self._configured = {
+            f"{d.site}/{d.id}" for d in config.device if d.transport is Transport.MQTT
+        }
+        # One WARNING per reject reason, then a summary a minute: stats.rejects stays exact.
+        self.reject_log = RateLimitedLog(log, "rejected MQTT messages")
         self.decoder = TelemetryDecoder(config)
         self.encoder = LineEncoder()
         self.tracker = SeqTracker.from_rows(outbox.seq_rows())
@@ -234,21 +255,23 @@ class MqttIngest:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            log.error("MQTT %s refused the connection: %s", self.config.mqtt.url, reason)
+            log.error(
+                "MQTT %s refused the connection: %s", redact_url(self.config.mqtt.url), reason
+            )
             return
         self.stats.connects += 1
         self.stats.connected = True
         self._connect_failures = 0
         log.info(
             "MQTT connected to %s as %s (session present: %s)",
-            self.config.mqtt.url,
+            redact_url(self.config.mqtt.url),
             self.client_id,
             flags.session_present,
         )
         if self.stats.connects > 1 and not flags.session_present:
             log.warning(
                 "MQTT broker %s lost the gateway's session: messages it had queued are gone",
-                self.config.mqtt.url,
+                redact_url(self.config.mqtt.url),
             )
         self.connected_event.set()
         client.subscribe([(t, 1) for t in self._topics()])
@@ -259,7 +282,7 @@ class MqttIngest:
         if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th ...: visible, not a flood
             log.warning(
                 "MQTT cannot connect to %s (attempt %d); retrying every 1-5 s",
-                self.config.mqtt.url,
+                redact_url(self.config.mqtt.url),
                 n,
             )
 
@@ -293,7 +316,11 @@ class MqttIngest:
         self.connected_event.clear()
         self.subscribed_event.clear()
         if reason.is_failure:
-            log.warning("MQTT disconnected from %s: %s; reconnecting", self.config.mqtt.url, reason)
+            log.warning(
+                "MQTT disconnected from %s: %s; reconnecting",
+                redact_url(self.config.mqtt.url),
+                reason,
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._draining:
@@ -342,8 +369,13 @@ class MqttIngest:
         while True:
             with self._queue_cond:
                 while not self._queue and not self._stopping:
-                    self._queue_cond.wait()
+                    # Idle with reject lines held back: their summary is written on time.
+                    due_s = self.reject_log.due_in_s()
+                    if due_s is None or due_s > 0:
+                        self._queue_cond.wait(due_s)
+                    self.reject_log.flush()
                 if not self._queue:
+                    self.reject_log.flush(force=True)
                     return
                 # A commit stays well under a small outbox bound (about 1 KiB per message).
                 limit = max(1, min(MAX_MESSAGES_PER_COMMIT, self.outbox.max_bytes // 4096))
@@ -369,6 +401,7 @@ class MqttIngest:
         for start in range(0, len(batch), PIPELINE_CHUNK):
             self._process_chunk(batch[start : start + PIPELINE_CHUNK], now_ms, out, dead)
         self._commit_until_done(out, dead)
+        self.reject_log.flush()
         self.stats.readings += len(out.lines)
         self.stats.commits += 1
         self._ack(batch)
@@ -400,7 +433,12 @@ class MqttIngest:
                 decoded = decode(queued.topic, queued.payload, now_ms)
             except Reject as rej:
                 self._reject(dead, queued, rej.reason, rej.detail)
-                log.warning("rejected MQTT message on %s: %s", queued.topic, rej)
+                self.reject_log.log(
+                    rej.reason,
+                    "rejected MQTT message on %s: %s",
+                    _short(queued.topic),
+                    _short(str(rej)),
+                )
                 continue
             except Exception as exc:  # a decoder bug: that message is kept, the rest go on
                 log.exception("decoding failed on a message on %s", queued.topic)
@@ -410,12 +448,13 @@ class MqttIngest:
             # JSON, its index in the detail); the array's good items are stored.
             for item in decoded.rejects:
                 self._reject(dead, queued._replace(payload=item.payload), item.reason, item.detail)
-                log.warning(
+                self.reject_log.log(
+                    item.reason,
                     "rejected item %d of an MQTT message on %s: %s: %s",
                     item.index,
-                    queued.topic,
+                    _short(queued.topic),
                     item.reason,
-                    item.detail,
+                    _short(item.detail),
                 )
             fresh = self._drop_duplicates(decoded.readings)
             if fresh and queued.dup:
@@ -463,7 +502,17 @@ class MqttIngest:
         except Reject:
             return None
         t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
-        self.stats.device_state[f"{t.site}/{t.device}"] = state
+        key = f"{t.site}/{t.device}"
+        if key in self._configured:
+            self.stats.device_state[key] = state
+            return health
+        unknown = self.stats.unknown_devices
+        key = _short(key)
+        unknown.pop(key, None)
+        unknown[key] = (state, now_ms)
+        while len(unknown) > MAX_UNKNOWN_DEVICES:
+            unknown.popitem(last=False)
+            self.stats.unknown_evicted += 1
         return health
 
     def _drop_duplicates(self, readings: list[Reading]) -> list[Reading]:

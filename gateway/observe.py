@@ -394,6 +394,18 @@ class Observer:
                 [({"reason": str(k)}, v) for k, v in sorted(mqtt.rejects.items())],
             )
             out.add(
+                "o2chain_unknown_devices_seen",
+                "gauge",
+                "devices not configured that sent a status (newest 1000 kept)",
+                [({}, len(mqtt.unknown_devices))],
+            )
+            out.add(
+                "o2chain_unknown_devices_evicted_total",
+                "counter",
+                "unknown devices forgotten at the bound",
+                [({}, mqtt.unknown_evicted)],
+            )
+            out.add(
                 "o2chain_duplicates_total",
                 "counter",
                 "duplicate (boot, seq) dropped",
@@ -441,6 +453,18 @@ class Observer:
                 "gauge",
                 "dead letters stored, by reason",
                 [({"reason": k}, v) for k, v in sorted(src.dead_letter_counts().items())],
+            )
+            out.add(
+                "o2chain_deadletters_dropped_total",
+                "counter",
+                "oldest dead letters deleted at deadletter_max_count / deadletter_max_mb",
+                [({}, src.outbox.stats.dead_letters_dropped)],
+            )
+            out.add(
+                "o2chain_deadletters_truncated_total",
+                "counter",
+                "dead letters whose payload was kept cut at 4096 bytes",
+                [({}, src.outbox.stats.dead_letters_truncated)],
             )
         if src.drainer is not None:
             writer = src.drainer.stats

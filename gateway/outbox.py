@@ -26,6 +26,7 @@ drains from worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -50,7 +51,9 @@ CREATE TABLE IF NOT EXISTS deadletter (
     topic TEXT NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,  -- the first DEADLETTER_PAYLOAD_MAX bytes
+    payload_len INTEGER,  -- the whole payload's length (NULL: a row of an older release)
+    payload_sha256 TEXT  -- of the whole payload, to match it with what a board sent
 );
 CREATE TABLE IF NOT EXISTS seqstate (
     device TEXT NOT NULL,
@@ -63,6 +66,13 @@ CREATE TABLE IF NOT EXISTS seqstate (
 
 
 CHUNK_POINTS = 1000  # points per row
+
+# Dead letters are evidence, not a second store of whatever anybody publishes: a payload is kept
+# up to this many bytes (a valid telemetry message is at most 64 KiB, o2chain/schema, and a
+# reading far less), with its whole length and SHA-256. A cut payload cannot be replayed.
+DEADLETTER_PAYLOAD_MAX = 4096
+DEADLETTER_TOPIC_MAX = 256  # valid topics are < 100 bytes (ids of 32, docs/contracts.md)
+DEADLETTER_DETAIL_MAX = 1024
 
 
 class FullPolicy(StrEnum):
@@ -82,7 +92,14 @@ class DeadLetter:
     topic: str
     reason: str
     detail: str
-    payload: bytes
+    payload: bytes  # at most DEADLETTER_PAYLOAD_MAX bytes of it
+    payload_len: int = -1  # the whole payload's length (-1: as ``payload``)
+    payload_sha256: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        """Only the start of the payload was kept: it cannot be replayed as data."""
+        return self.payload_len > len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class OutboxStats:
     dropped_oldest: int = 0  # points deleted at the bound (policy drop_oldest)
     full_refusals: int = 0  # commits refused at the bound (policy block)
     dead_letters: int = 0
+    dead_letters_dropped: int = 0  # oldest deleted at deadletter_max_count / deadletter_max_mb
+    dead_letters_truncated: int = 0  # payloads kept cut at DEADLETTER_PAYLOAD_MAX
 
 
 @dataclass
@@ -121,11 +140,37 @@ def _row_lines(text: str) -> list[str]:
     return [text]  # a row written by the one-point-per-row outbox of release 0.1
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_DeadLetterRow = tuple[int, str, str, str, str, bytes, int, str]
+
+
+def _dead_letter_row(now_ms: int, d: NewDeadLetter) -> _DeadLetterRow:
+    """The row kept for a rejected message: bounded whatever was published."""
+    payload = bytes(d.payload)
+    return (
+        now_ms,
+        d.source,
+        _cut(d.topic, DEADLETTER_TOPIC_MAX),
+        d.reason,
+        _cut(d.detail, DEADLETTER_DETAIL_MAX),
+        payload[:DEADLETTER_PAYLOAD_MAX],
+        len(payload),
+        hashlib.sha256(payload).hexdigest(),
+    )
+
+
 def _rows(lines: Sequence[str]) -> list[tuple[str, int]]:
     return [
         (json.dumps(lines[i : i + CHUNK_POINTS]), len(lines[i : i + CHUNK_POINTS]))
         for i in range(0, len(lines), CHUNK_POINTS)
     ]
+
+
+# What a dead letter counts against deadletter_max_mb: what it holds that a sender chose.
+_DL_SIZE = "LENGTH(payload) + LENGTH(CAST(topic AS BLOB)) + LENGTH(CAST(detail AS BLOB))"
 
 
 class Outbox:
@@ -137,11 +182,15 @@ class Outbox:
         synchronous: str = "NORMAL",
         max_bytes: int = 1 << 30,
         policy: FullPolicy = FullPolicy.BLOCK,
+        deadletter_max_count: int = 10_000,
+        deadletter_max_bytes: int = 50 << 20,
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.policy = policy
+        self.deadletter_max_count = deadletter_max_count
+        self.deadletter_max_bytes = deadletter_max_bytes
         self.stats = OutboxStats()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -156,7 +205,15 @@ class Outbox:
             self._db.execute("ALTER TABLE outbox ADD COLUMN points INTEGER NOT NULL DEFAULT 1")
         if "keep" not in columns:
             self._db.execute("ALTER TABLE outbox ADD COLUMN keep INTEGER NOT NULL DEFAULT 0")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deadletter)")}
+        if "payload_len" not in columns:  # dead letters of a release that kept whole payloads
+            self._db.execute("ALTER TABLE deadletter ADD COLUMN payload_len INTEGER")
+            self._db.execute("ALTER TABLE deadletter ADD COLUMN payload_sha256 TEXT")
         self._recount()
+        with self._lock:  # bounds lowered since the last run apply at once
+            self._db.execute("BEGIN")
+            self._trim_dead_letters()
+            self._db.execute("COMMIT")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -172,6 +229,10 @@ class Outbox:
             "SELECT TOTAL(LENGTH(line)), TOTAL(points) FROM outbox"
         ).fetchone()
         self._bytes, self._points = int(queued), int(points)
+        count, size = self._db.execute(
+            f"SELECT COUNT(*), TOTAL({_DL_SIZE}) FROM deadletter"
+        ).fetchone()
+        self._dl_count, self._dl_bytes = int(count), int(size)
 
     # -- sources -------------------------------------------------------------------------------
 
@@ -218,6 +279,7 @@ class Outbox:
                 raise OutboxFullError(
                     f"outbox {self.path} holds {self._bytes} bytes, bound {self.max_bytes}"
                 )
+            dropped_before, truncated = self.stats.dead_letters_dropped, 0
             self._db.execute("BEGIN")
             try:
                 if lines and self._bytes + size > self.max_bytes:
@@ -230,14 +292,18 @@ class Outbox:
                 if also is not None:
                     also(self._db)
                 if dead_letters:
+                    dl_rows = [_dead_letter_row(now, d) for d in dead_letters]
                     self._db.executemany(
                         "INSERT INTO deadletter (received_ms, source, topic, reason, detail, "
-                        "payload) VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (now, d.source, d.topic, d.reason, d.detail, d.payload)
-                            for d in dead_letters
-                        ],
+                        "payload, payload_len, payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        dl_rows,
                     )
+                    self._dl_count += len(dl_rows)
+                    self._dl_bytes += sum(
+                        len(r[5]) + len(r[2].encode()) + len(r[4].encode()) for r in dl_rows
+                    )
+                    truncated = sum(r[6] > len(r[5]) for r in dl_rows)
+                    self._trim_dead_letters()
                 if seq_rows:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO seqstate (device, boot, max_seq, window) "
@@ -248,7 +314,9 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._recount()
+                self.stats.dead_letters_dropped = dropped_before
                 raise
+            self.stats.dead_letters_truncated += truncated
             self._bytes += size + kept_size
             self._points += len(lines) + len(keep_lines)
             self.stats.committed += len(lines) + len(keep_lines)
@@ -275,6 +343,33 @@ class Outbox:
             self._bytes -= freed
             self._points -= dropped
             self.stats.dropped_oldest += dropped
+
+    def _trim_dead_letters(self) -> None:
+        """Delete the oldest dead letters beyond the count and byte bounds (in a transaction)."""
+        over_count = self._dl_count - self.deadletter_max_count
+        over_bytes = self._dl_bytes - self.deadletter_max_bytes
+        if over_count <= 0 and over_bytes <= 0:
+            return
+        freed = dropped = 0
+        last_id = None
+        cur = self._db.execute(f"SELECT id, {_DL_SIZE} FROM deadletter ORDER BY id")
+        for row_id, size in cur:
+            freed += int(size)
+            dropped += 1
+            last_id = int(row_id)
+            if dropped >= over_count and freed >= over_bytes:
+                break
+        cur.close()
+        if last_id is not None:
+            self._db.execute("DELETE FROM deadletter WHERE id <= ?", (last_id,))
+            self._dl_count -= dropped
+            self._dl_bytes -= freed
+            self.stats.dead_letters_dropped += dropped
+
+    @property
+    def dead_letter_bytes(self) -> int:
+        """What the dead letters hold (payloads as kept, topics, details): the bound's measure."""
+        return self._dl_bytes
 
     def add(self, lines: Iterable[str]) -> int:
         """Commit points (one transaction); durable on return. See :meth:`commit`."""
@@ -366,7 +461,8 @@ class Outbox:
     def dead_letters(self, limit: int = 1000, after_id: int = 0) -> list[DeadLetter]:
         with self._lock:
             cur = self._db.execute(
-                "SELECT id, received_ms, source, topic, reason, detail, payload "
+                "SELECT id, received_ms, source, topic, reason, detail, payload, "
+                "COALESCE(payload_len, LENGTH(payload)), COALESCE(payload_sha256, '') "
                 "FROM deadletter WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
@@ -403,7 +499,8 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._recount()
+            finally:
+                self._recount()
 
     def close(self) -> None:
         with self._lock:

@@ -562,6 +562,11 @@ HEALTH_FIELDS: dict[str, tuple[float, float]] = {
 }
 
 
+# A board's status is a few hundred bytes; the telemetry schema's bound applies to it as well,
+# so a huge one is never parsed (MQTT itself allows 256 MiB).
+STATUS_MAX_BYTES = 65536
+
+
 def decode_status(
     config: GatewayConfig, topic: str, payload: bytes, received_ms: int
 ) -> tuple[str, Reading | None]:
@@ -585,6 +590,8 @@ def decode_status(
     device = config.find_device(t.site, t.device)
     if device is None or device.transport is not Transport.MQTT:
         return state, None
+    if len(payload) > STATUS_MAX_BYTES:
+        return state, None  # not parsed: a status is a few hundred bytes
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError):

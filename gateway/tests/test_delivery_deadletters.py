@@ -3,6 +3,7 @@ after a config fix."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from gateway.outbox import DEADLETTER_PAYLOAD_MAX
 from gateway.tests.conftest import DB, SITE, count_points, gateway_config, wait_until
 from o2chain.procs import ChildProcess, o2chain_argv
 from o2chain.services import InfluxDB, Mosquitto
@@ -154,7 +156,13 @@ def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
     for (what, topic, payload, reason), letter in zip(CORPUS, letters, strict=True):
         assert (letter["reason"], letter["topic"]) == (reason, topic), what
         expected = ITEM_PAYLOAD.get(what, payload)
-        assert letter["payload"] == expected.decode("utf-8", "backslashreplace"), what
+        # Kept up to 4 KiB (the oversize one and the long array are cut), with the whole
+        # payload's length and hash.
+        kept = expected[:DEADLETTER_PAYLOAD_MAX]
+        assert letter["payload"] == kept.decode("utf-8", "backslashreplace"), what
+        assert letter["payload_len"] == len(expected), what
+        assert letter["payload_sha256"] == hashlib.sha256(expected).hexdigest(), what
+        assert letter["truncated"] is (len(expected) > DEADLETTER_PAYLOAD_MAX), what
     item = next(dl for dl in letters if dl["payload"] == ITEM_PAYLOAD[CORPUS[19][0]].decode())
     assert "item 1 of 2" in item["detail"] and "'boot'" in item["detail"]
     assert count_points(influxdb, "seq", "WHERE seq = 999100") == 1  # the array's good item

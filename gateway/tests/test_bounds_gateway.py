@@ -8,9 +8,11 @@ import hashlib
 import re
 import stat
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.outbox import DEADLETTER_PAYLOAD_MAX
@@ -22,7 +24,10 @@ from o2chain.services import InfluxDB, Mosquitto
 pytestmark = pytest.mark.integration
 
 TOPIC = f"o2/{SITE}/room-000/telemetry"
-BIG = 5 << 20  # what a broken or hostile client may publish: MQTT allows up to 256 MiB
+# Over the schema's 64 KiB, under the broker's max_packet_size (128 KiB): it reaches the gateway
+# and is dead-lettered, cut to DEADLETTER_PAYLOAD_MAX. Bigger packets the broker refuses itself
+# (test_the_broker_refuses_packets_over_its_bound).
+BIG = 120 << 10
 MAX_COUNT = 20
 
 
@@ -98,7 +103,7 @@ def test_big_bad_payloads_and_a_flood_stay_bounded(
         assert letter["payload"] == payload[:DEADLETTER_PAYLOAD_MAX].decode()
         assert letter["payload_len"] == len(payload)
         assert letter["payload_sha256"] == hashlib.sha256(payload).hexdigest()
-    # Two 5 MiB payloads grew the state directory by 20 MB before (measured: 4.4 -> 24.9 MB).
+    # Whole payloads were kept before (two 5 MiB payloads: state dir 4.4 -> 24.9 MB).
     assert grown < 2 << 20, grown
 
     # One full line per reason, the rest summed up (at stop at the latest), not 62 lines.
@@ -132,3 +137,30 @@ def test_big_bad_payloads_and_a_flood_stay_bounded(
     (line,) = out.stderr.splitlines()
     assert "2 dead letter(s) not replayed: their payload was kept cut at 4096 bytes" in line
     assert '"replayed": 0' in out.stdout and '"truncated": 2' in out.stdout
+
+
+def test_the_broker_refuses_packets_over_its_bound(mosquitto: Mosquitto) -> None:
+    """A 5 MiB publish (MQTT allows 256 MiB) ends the sender's connection at the broker
+    (max_packet_size in o2chain's broker configs) and never reaches a subscriber."""
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bound-sub")
+    sub.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(f"o2/{SITE}/#", qos=1)
+    sub.loop_start()
+    dropped = threading.Event()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bound-pub")
+    pub.on_disconnect = lambda *args: dropped.set()
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        pub.publish(TOPIC, b"x" * (5 << 20), qos=1)
+        assert dropped.wait(10), "the broker kept a 5 MiB publisher connected"
+        marker = pub if pub.is_connected() else sub
+        marker.publish(TOPIC, b"after", qos=1).wait_for_publish(timeout=10)
+        wait_until(lambda: b"after" in got, 10, "the marker message")
+        assert all(len(p) < 1 << 20 for p in got)
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()

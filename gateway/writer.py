@@ -17,6 +17,7 @@ from gateway.influx import (
     InfluxUnavailable,
 )
 from gateway.outbox import Outbox
+from gateway.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class OutboxDrainer:
         self.max_backoff_s = max_backoff_s
         self.clock = clock
         self.stats = WriterStats()
+        # A stream of points InfluxDB refuses must not become a stream of log lines.
+        self.reject_log = RateLimitedLog(log, "points InfluxDB rejected", level=logging.ERROR)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,8 +85,15 @@ class OutboxDrainer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        try:
+            await self._drain(stop)
+        finally:
+            self.reject_log.flush(force=True)
+
+    async def _drain(self, stop: asyncio.Event) -> None:
         backoff = 0.25
         while not stop.is_set():
+            self.reject_log.flush()  # summaries of rejects held back, once their interval is over
             batch = await asyncio.to_thread(self.outbox.peek_batch, self.batch_size)
             if not batch:
                 await self._wait(stop, self.flush_interval_s)
@@ -136,7 +146,9 @@ class OutboxDrainer:
             status = exc.status
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
             if len(lines) == 1:
-                log.error("InfluxDB rejected a point (%s): %s", exc, lines[0][:200])
+                self.reject_log.log(
+                    f"http_{status}", "InfluxDB rejected a point (%s): %s", exc, lines[0][:200]
+                )
                 await asyncio.to_thread(
                     self.outbox.add_dead_letter,
                     "influx",

@@ -273,3 +273,18 @@ def test_an_auth_error_keeps_every_point_waiting_and_none_dead_lettered(
     assert outbox.dead_letters() == [] and twin.written == lines
     refused = [r for r in twin.requests if r.path == "/write" and not r.accepted]
     assert len(refused) == 3 and all(len(r.body.splitlines()) == 6 for r in refused)
+
+
+def test_a_run_of_rejected_points_logs_one_line_and_a_summary(
+    twin: Twin, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    twin.reject_marker = "poison"
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.commit([f"m poison={i} {i}" for i in range(8)] + ["m v=1 100"])
+    writer = InfluxV1Writer(section(twin, tmp_path))
+    with caplog.at_level("ERROR", logger="gateway.writer"):
+        asyncio.run(drain_all(outbox, writer, batch_size=100, timeout_s=10))
+    assert len(outbox.dead_letters()) == 8 and twin.written == ["m v=1 100"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.writer"]
+    assert len(lines) == 2, lines  # the first in full, then one summary of the 7 held back
+    assert "InfluxDB rejected a point" in lines[0] and "7 more" in lines[1]

@@ -91,11 +91,13 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged over ``base``: the inventory's rule, ``[devices.<id>]`` over
+    ``[defaults]`` (o2chain provision reads inventories the same way)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out
@@ -113,7 +115,7 @@ def device_config(inventory: Path, device: str) -> dict[str, Any]:
     if device not in devices:
         known = ", ".join(sorted(devices)) or "none"
         raise FirmwareError(f"{inventory}: no [devices.{device}] (known: {known})")
-    cfg = _merge(doc.get("defaults", {}), devices[device])
+    cfg = merge_tables(doc.get("defaults", {}), devices[device])
     cfg["device"] = device
     schema = load_firmware_file("config")
     try:

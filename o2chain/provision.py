@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.passwords import hash_password
+from o2chain.firmware_cli import merge_tables
 
 GATEWAY_USER = "gateway"
 OPERATOR_USER = "operator"
@@ -257,7 +258,7 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
     prefixes = set()
     schema = load_firmware_file("config")
     for device in devices:
-        cfg = _merge(_table(doc, "defaults", inventory), _table(devices, device, inventory))
+        cfg = merge_tables(_table(doc, "defaults", inventory), _table(devices, device, inventory))
         cfg["device"] = device
         # What `o2chain firmware config` does per device, with the file parsed once for all.
         try:
@@ -304,17 +305,6 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         topic_prefix=prefixes.pop(),
     )
     return boards, settings
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` deep-merged over ``base`` (inventory rule: [devices.<id>] over [defaults])."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _is_name(v: str) -> bool:

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,7 +57,15 @@ def register(sub: Any) -> None:
     )
     flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     flash.add_argument("--device", required=True, help="device id in the inventory")
-    flash.add_argument("--inventory", type=Path, required=True, help="inventory TOML")
+    source = flash.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inventory", type=Path, help="inventory TOML (config without secrets)")
+    source.add_argument(
+        "--provision",
+        type=Path,
+        help="the site's `o2chain provision` output: the board's own config.json (its MQTT "
+        "account, command key) and CA come from DIR/boards/DEVICE/",
+    )
+    flash.add_argument("--ca", type=Path, help="CA certificate for mqtt.tls.ca_file (--inventory)")
     flash.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
     flash.add_argument(
         "--resume",
@@ -141,23 +150,73 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def flash_argv(port: str, build: Path, config_file: Path, resume: bool, reset: bool) -> list[str]:
-    """The mpremote command line that copies a build and a config.json onto a board."""
+def flash_argv(
+    port: str,
+    build: Path,
+    config_file: Path,
+    resume: bool,
+    reset: bool,
+    extra: Sequence[tuple[Path, str]] = (),
+) -> list[str]:
+    """The mpremote command line that copies a build, a config.json and ``extra`` files
+    (local path, board path) onto a board."""
     argv = [find_tool("mpremote"), "connect", port]
     if resume:
         argv.append("resume")
     argv += ["fs", "cp", "-r", str(build / "lib"), ":"]
     for name in ("boot.py", "main.py"):
         argv += ["+", "fs", "cp", str(build / name), f":{name}"]
+    for local, on_board in extra:
+        argv += ["+", "fs", "cp", str(local), f":{on_board.lstrip('/')}"]
     argv += ["+", "fs", "cp", str(config_file), ":config.json"]
     if reset:
         argv += ["+", "reset"]
     return argv
 
 
+def flash_files(args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
+    """The board's config and the files it refers to (local path, path on the board), from
+    the provision dir or the inventory; raises FirmwareError naming what is missing."""
+    if args.provision is not None:
+        board_dir = args.provision / "boards" / args.device
+        config_file = board_dir / "config.json"
+        if not config_file.is_file():
+            raise FirmwareError(
+                f"{config_file}: no provisioned config for {args.device}; run `o2chain provision "
+                f"-i INVENTORY -o {args.provision}` with the device in the inventory first"
+            )
+        try:
+            cfg: dict[str, Any] = json.loads(config_file.read_text())
+        except (OSError, ValueError) as e:
+            raise FirmwareError(f"{config_file}: {e}") from e
+        schema = load_firmware_file("config")
+        try:
+            schema.validate(cfg)
+        except schema.ConfigError as e:
+            raise FirmwareError(f"{config_file}: {e}") from e
+    else:
+        cfg = device_config(args.inventory, args.device)
+    extra: list[tuple[Path, str]] = []
+    ca_on_board = cfg.get("mqtt", {}).get("tls", {}).get("ca_file")
+    if ca_on_board:
+        if args.ca is not None:
+            ca = args.ca
+        elif args.provision is not None:
+            ca = args.provision / "boards" / args.device / Path(ca_on_board).name
+        else:
+            raise FirmwareError(
+                f"device {args.device}: mqtt.tls.ca_file = {ca_on_board} must be on the board: "
+                "give --provision DIR (what `o2chain provision` wrote) or --ca FILE"
+            )
+        if not ca.is_file():
+            raise FirmwareError(f"{ca}: the CA for mqtt.tls.ca_file is missing")
+        extra.append((ca, ca_on_board))
+    return cfg, extra
+
+
 def _flash(args: argparse.Namespace) -> int:
     try:
-        cfg = device_config(args.inventory, args.device)
+        cfg, extra = flash_files(args)
     except FirmwareError as e:
         print(f"firmware flash: {e}", file=sys.stderr)
         return 2
@@ -169,7 +228,7 @@ def _flash(args: argparse.Namespace) -> int:
                 build_firmware(build)
             config_file = Path(tmp) / "config.json"
             config_file.write_text(json.dumps(cfg, indent=2) + "\n")
-            argv = flash_argv(args.port, build, config_file, args.resume, not args.no_reset)
+            argv = flash_argv(args.port, build, config_file, args.resume, not args.no_reset, extra)
         except FirmwareError as e:
             print(f"firmware flash: {e}", file=sys.stderr)
             return 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,8 +32,26 @@ def test_config_from_inventory(tmp_path: Path) -> None:
         device_config(bad, "r9")
 
 
+def test_flash_without_the_boards_ca_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The example inventory's boards use TLS with /ca.pem: flashing the config alone would
+    leave a board that cannot connect, so flash wants the CA (or the provisioned site)."""
+    o2chain = str(Path(find_tool("micropython")).parent / "o2chain")
+    result = subprocess.run(
+        [o2chain, "firmware", "flash", "--port", "/dev/null", "--device", "room-101",
+         "--inventory", str(INVENTORY)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--provision DIR" in result.stderr
+    missing = subprocess.run(
+        [o2chain, "firmware", "flash", "--port", "/dev/null", "--device", "room-101",
+         "--provision", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "o2chain provision" in missing.stderr
+
+
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
 def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
     board_dir = tmp_path / "board"
     board_dir.mkdir()
@@ -56,17 +73,28 @@ def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
         while not link.exists():
             assert socat.poll() is None and time.monotonic() < deadline, "socat did not start"
             time.sleep(0.05)
+        o2chain = str(Path(find_tool("micropython")).parent / "o2chain")
+        # The site's secrets come from provisioning: the board's own account, key and CA.
+        site = tmp_path / "site"
+        provisioned = subprocess.run(
+            [o2chain, "provision", "-i", str(INVENTORY), "-o", str(site)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
         result = subprocess.run(
             [
-                str(Path(find_tool("micropython")).parent / "o2chain"),
+                o2chain,
                 "firmware",
                 "flash",
                 "--port",
                 str(link),
                 "--device",
                 "room-101",
-                "--inventory",
-                str(INVENTORY),
+                "--provision",
+                str(site),
                 "--build",
                 str(firmware_build),
                 "--resume",
@@ -84,6 +112,13 @@ def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
         assert not list((board_dir / "lib").rglob("*.py")), "only compiled modules on the board"
         cfg = json.loads((board_dir / "config.json").read_text())
         assert cfg["device"] == "room-101" and cfg["kind"] == "room"
+        provisioned_cfg = json.loads((site / "boards" / "room-101" / "config.json").read_text())
+        assert cfg["mqtt"]["password"] == provisioned_cfg["mqtt"]["password"]
+        assert len(cfg["command_key"]) == 64
+        ca_path = cfg["mqtt"]["tls"]["ca_file"].lstrip("/")
+        assert (board_dir / ca_path).read_bytes() == (
+            site / "boards" / "room-101" / "ca.pem"
+        ).read_bytes()
     finally:
         os.killpg(socat.pid, 15)
         socat.wait(5)

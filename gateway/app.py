@@ -23,10 +23,11 @@ from gateway.lineproto import LineEncoder
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.notify import Notifier, NotifyQueue
-from gateway.observe import Observer, Sources, link_state_from
+from gateway.observe import Observer
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
 from gateway.readings import Reading
+from gateway.sources import Sources, link_state_from
 from gateway.state_store import StateStore
 from gateway.writer import OutboxDrainer
 from o2chain.registers import load_profile

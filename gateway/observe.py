@@ -3,13 +3,12 @@
 :class:`Observer` is the last pipeline stage. It remembers each device's last values, counts
 readings per source, proves the pipeline alive (the periodic tick passes through it), and every
 ``[gateway] metrics_interval_s`` adds one point of measurement ``gateway`` (tag ``gw``) with the
-self-metrics. From the same state it renders ``/healthz``, ``/metrics`` (Prometheus text
-format 0.0.4) and ``/api/status`` (gateway/http.py serves them; gateway/README.md documents
-the JSON).
+self-metrics. From the same state it answers ``/healthz`` and ``/api/status`` (gateway/http.py
+serves them; gateway/README.md documents the JSON); ``/metrics`` is rendered by
+gateway/metrics.py.
 
 The delivery side (outbox, writer, MQTT ingest, Modbus pollers) belongs to other modules; this
-one only reads their public ``stats``/``health`` attributes, defensively (``getattr`` with a
-default), so their evolution never breaks observation.
+one reads their stats through the typed views of gateway/sources.py.
 """
 
 from __future__ import annotations
@@ -18,20 +17,18 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from gateway import oxygen
 from gateway.alarms import AlarmEngine
-from gateway.config import AlarmKind, Device, GatewayConfig
+from gateway.config import AlarmKind, GatewayConfig
 from gateway.enrich import Enricher
-from gateway.modbus import DeviceHealth
-from gateway.mqtt_ingest import IngestStats
-from gateway.outbox import OutboxStats
+from gateway.metrics import render_prometheus
 from gateway.readings import FieldValue, Reading
+from gateway.sources import LinkState, Sources, link_state_from
 from gateway.telemetry import RejectReason
-from gateway.writer import WriterStats
 
 DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
@@ -41,95 +38,10 @@ TREND_FIELDS = frozenset({
 })  # fmt: skip
 HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the default 10 s
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
-LinkState = Callable[[str, str], bool | None]
-
-
-class OutboxSource(Protocol):
-    stats: OutboxStats
-
-    @property
-    def queued_bytes(self) -> int: ...
-    def depth(self) -> int: ...
-    def oldest_age_s(self) -> float: ...
-    def dead_letter_counts(self) -> dict[str, int]: ...
-
-
-class IngestSource(Protocol):
-    stats: IngestStats
-
-
-class DrainerSource(Protocol):
-    stats: WriterStats
-
-
-class PollerSource(Protocol):
-    device: Device
-    health: DeviceHealth
-
-
-class NotifierSource(Protocol):
-    def metrics(self) -> dict[str, Any]: ...
-    def health_warnings(self) -> list[str]: ...
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass
-class Sources:
-    """The delivery side's objects (any of them may be absent in tests)."""
-
-    # Typed: a renamed stat fails the type check instead of reading 0 forever.
-    outbox: OutboxSource | None = None
-    drainer: DrainerSource | None = None
-    mqtt: IngestSource | None = None
-    pollers: list[PollerSource] = field(default_factory=list)
-    extra: dict[str, Callable[[], float]] = field(default_factory=dict)  # more gauges
-    notifier: NotifierSource | None = None  # gateway/notify/worker.py
-
-    def outbox_depth(self) -> int:
-        return 0 if self.outbox is None else self.outbox.depth()
-
-    def outbox_age_s(self) -> float:
-        return 0.0 if self.outbox is None else self.outbox.oldest_age_s()
-
-    def dead_letter_counts(self) -> dict[str, int]:
-        return {} if self.outbox is None else dict(self.outbox.dead_letter_counts())
-
-    @property
-    def ingest_stats(self) -> IngestStats:
-        """The MQTT ingest's counters (zeros without an ingest)."""
-        return IngestStats() if self.mqtt is None else self.mqtt.stats
-
-    @property
-    def writer_stats(self) -> WriterStats:
-        """The InfluxDB writer's counters (zeros without a writer)."""
-        return WriterStats() if self.drainer is None else self.drainer.stats
-
-
-def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monotonic) -> LinkState:
-    """Online (True) / offline (False) / unknown (None) per device from the ingest's retained
-    status messages (last will) and the Modbus pollers' health. A Modbus device counts as
-    offline after two poll intervals without an answer, so one lost poll does not flap."""
-    pollers = {(p.device.site, p.device.id): p for p in sources.pollers}
-
-    def state(site: str, device: str) -> bool | None:
-        poller = pollers.get((site, device))
-        if poller is not None:
-            health = poller.health
-            if not health.polls:
-                return None
-            if health.online:
-                return True
-            last_ok = health.last_ok_monotonic
-            interval = poller.device.interval_s
-            # Not answering, but the last answer is recent: one lost poll is not "offline".
-            return not (last_ok is None or clock_s() - last_ok > 2 * interval)
-        status = sources.ingest_stats.device_state.get(f"{site}/{device}")
-        return None if status is None else status == "online"
-
-    return state
 
 
 @dataclass
@@ -291,6 +203,12 @@ class Observer:
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
     # ----------------------------------------------------------------- metrics
+    def snapshot(self, now: int) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+        """Readings per source, one row per device, and the last pipeline pass (ms), taken
+        together under the lock (gateway/metrics.py)."""
+        with self._lock:
+            return dict(self.readings_by_source), self._device_rows(now), self.last_pass_ms
+
     def _device_rows(self, now: int) -> list[dict[str, Any]]:
         rows = []
         for d in self.config.device:
@@ -346,237 +264,8 @@ class Observer:
         return Reading("gateway", {"gw": self.config.gateway.id}, fields, now)
 
     def prometheus(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        now = self.clock_ms()
-        src = self.sources
-        out = _Prom()
-        with self._lock:
-            by_source = dict(self.readings_by_source)
-            rows = self._device_rows(now)
-            last_pass = self.last_pass_ms
-        out.add("o2chain_up", "gauge", "1 while the gateway runs", [({}, 1)])
-        out.add(
-            "o2chain_uptime_seconds",
-            "gauge",
-            "since start",
-            [({}, (now - self.started_ms) / 1000.0)],
-        )
-        out.add(
-            "o2chain_pipeline_last_pass_age_seconds",
-            "gauge",
-            "since the pipeline last ran (the tick runs it every second)",
-            [({}, (now - last_pass) / 1000.0)],
-        )
-        out.add(
-            "o2chain_readings_total",
-            "counter",
-            "device readings through the pipeline",
-            [({"source": k}, v) for k, v in sorted(by_source.items())],
-        )
-        if src.mqtt is not None:
-            mqtt = src.mqtt.stats
-            out.add(
-                "o2chain_mqtt_messages_total",
-                "counter",
-                "MQTT messages received",
-                [({}, mqtt.messages)],
-            )
-            out.add(
-                "o2chain_mqtt_connected",
-                "gauge",
-                "1 when connected to the broker",
-                [({}, int(mqtt.connected))],
-            )
-            out.add(
-                "o2chain_rejects_total",
-                "counter",
-                "messages rejected, by reason",
-                [({"reason": str(k)}, v) for k, v in sorted(mqtt.rejects.items())],
-            )
-            out.add(
-                "o2chain_unknown_devices_seen",
-                "gauge",
-                "devices not configured that sent a status (newest 1000 kept)",
-                [({}, len(mqtt.unknown_devices))],
-            )
-            out.add(
-                "o2chain_unknown_devices_evicted_total",
-                "counter",
-                "unknown devices forgotten at the bound",
-                [({}, mqtt.unknown_evicted)],
-            )
-            out.add(
-                "o2chain_duplicates_total",
-                "counter",
-                "duplicate (boot, seq) dropped",
-                [({}, mqtt.duplicates)],
-            )
-            out.add(
-                "o2chain_seq_gaps_total",
-                "counter",
-                "gaps in board sequence numbers",
-                [({}, mqtt.gaps)],
-            )
-        out.add(
-            "o2chain_outbox_depth",
-            "gauge",
-            "points waiting for InfluxDB",
-            [({}, src.outbox_depth())],
-        )
-        out.add(
-            "o2chain_outbox_oldest_age_seconds",
-            "gauge",
-            "age of the oldest waiting point",
-            [({}, src.outbox_age_s())],
-        )
-        if src.outbox is not None:
-            out.add(
-                "o2chain_outbox_bytes",
-                "gauge",
-                "queued line protocol",
-                [({}, src.outbox.queued_bytes)],
-            )
-            out.add(
-                "o2chain_outbox_dropped_total",
-                "counter",
-                "points dropped at the bound",
-                [({}, src.outbox.stats.dropped_oldest)],
-            )
-            out.add(
-                "o2chain_outbox_full_refusals_total",
-                "counter",
-                "commits refused at the bound",
-                [({}, src.outbox.stats.full_refusals)],
-            )
-            out.add(
-                "o2chain_deadletters",
-                "gauge",
-                "dead letters stored, by reason",
-                [({"reason": k}, v) for k, v in sorted(src.dead_letter_counts().items())],
-            )
-            out.add(
-                "o2chain_deadletters_dropped_total",
-                "counter",
-                "oldest dead letters deleted at deadletter_max_count / deadletter_max_mb",
-                [({}, src.outbox.stats.dead_letters_dropped)],
-            )
-            out.add(
-                "o2chain_deadletters_truncated_total",
-                "counter",
-                "dead letters whose payload was kept cut at 4096 bytes",
-                [({}, src.outbox.stats.dead_letters_truncated)],
-            )
-        if src.drainer is not None:
-            writer = src.drainer.stats
-            out.add(
-                "o2chain_influx_points_written_total",
-                "counter",
-                "points InfluxDB accepted",
-                [({}, writer.written)],
-            )
-            out.add(
-                "o2chain_influx_batches_total",
-                "counter",
-                "batches written",
-                [({}, writer.batches)],
-            )
-            out.add(
-                "o2chain_influx_write_failures_total",
-                "counter",
-                "failed write attempts",
-                [({}, writer.failures)],
-            )
-            out.add(
-                "o2chain_influx_rejected_total",
-                "counter",
-                "points InfluxDB rejected",
-                [({}, writer.rejected)],
-            )
-            out.add(
-                "o2chain_influx_misconfigured",
-                "gauge",
-                "1 while InfluxDB refuses the gateway (credentials, database, redirect)",
-                [({}, int(writer.misconfigured))],
-            )
-            out.add(
-                "o2chain_influx_write_latency_seconds",
-                "gauge",
-                "last batch write time",
-                [({}, writer.last_latency_s)],
-            )
-        if src.notifier is not None:
-            nm = src.notifier.metrics()
-            out.add(
-                "o2chain_notify_attempts_total",
-                "counter",
-                "notification delivery attempts by target and result",
-                [({"target": t, "result": r}, v) for (t, r), v in sorted(nm["attempts"].items())],
-            )
-            for key, name, help_text in (
-                ("depth", "o2chain_notify_queue_depth", "notifications waiting, by target"),
-                ("oldest_age_s", "o2chain_notify_oldest_age_seconds", "longest wait of a due one"),
-                ("failing", "o2chain_notify_target_failing", "1 while a target fails"),
-            ):
-                out.add(
-                    name,
-                    "gauge",
-                    help_text,
-                    [({"target": t}, v) for t, v in sorted(nm[key].items())],
-                )
-        for name, fn in sorted(src.extra.items()):
-            out.add(f"o2chain_{name}", "gauge", name, [({}, fn())])
-        link_value = {"online": 1, "offline": 0, "unknown": -1}
-        out.add(
-            "o2chain_device_online",
-            "gauge",
-            "1 online, 0 offline, -1 unknown",
-            [
-                (
-                    {"site": r["site"], "device": r["device"], "transport": r["transport"]},
-                    link_value[r["link"]],
-                )
-                for r in rows
-            ],
-        )
-        out.add(
-            "o2chain_device_last_seen_age_seconds",
-            "gauge",
-            "since the last reading",
-            [
-                ({"site": r["site"], "device": r["device"]}, r["age_s"])
-                for r in rows
-                if r["age_s"] is not None
-            ],
-        )
-        polls = []
-        for p in src.pollers:
-            labels = {"site": p.device.site, "device": p.device.id}
-            for what in (
-                *("polls", "ok", "timeouts", "exceptions", "io_errors"),
-                *("decode_errors", "other_errors"),  # short/undecodable answers, surprises
-            ):
-                polls.append(({**labels, "result": what}, getattr(p.health, what)))
-        if polls:
-            out.add("o2chain_modbus_polls_total", "counter", "Modbus polls by result", polls)
-        if self.engine is not None:
-            c = self.engine.counts()
-            out.add(
-                "o2chain_alarms_active",
-                "gauge",
-                "active alarms by severity",
-                [({"severity": k}, v) for k, v in c["by_severity"].items()],
-            )
-            out.add(
-                "o2chain_alarms_unacked", "gauge", "active, not acknowledged", [({}, c["unacked"])]
-            )
-            out.add("o2chain_alarms_shelved", "gauge", "shelved alarms", [({}, c["shelved"])])
-            out.add(
-                "o2chain_alarm_events_total",
-                "counter",
-                "alarm events by kind",
-                [({"event": k}, v) for k, v in sorted(c["events"].items())],
-            )
-        return out.text()
+        """Prometheus text exposition format 0.0.4 (gateway/metrics.py)."""
+        return render_prometheus(self)
 
     # ----------------------------------------------------------------- status
     def _device_thresholds(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -685,34 +374,3 @@ class Observer:
             "alarms": active,
             "sites": sites,
         }
-
-
-class _Prom:
-    """Prometheus text format: ``# HELP``, ``# TYPE``, then ``name{labels} value`` lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    @staticmethod
-    def _label(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    def add(
-        self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], Any]]
-    ) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            v = float(value)
-            if math.isnan(v) or math.isinf(v):
-                text = "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")
-            else:
-                text = str(int(v)) if v.is_integer() else repr(v)
-            if labels:
-                inner = ",".join(f'{k}="{self._label(str(x))}"' for k, x in labels.items())
-                self.lines.append(f"{name}{{{inner}}} {text}")
-            else:
-                self.lines.append(f"{name} {text}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"

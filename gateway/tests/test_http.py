@@ -19,11 +19,12 @@ from gateway.enrich import Enricher
 from gateway.http import HttpPolicy, StatusServer, parse_listen
 from gateway.modbus import DeviceHealth
 from gateway.mqtt_ingest import IngestStats
-from gateway.observe import Observer, Sources, link_state_from
+from gateway.observe import Observer
 from gateway.outbox import OutboxStats
 from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
+from gateway.sources import Sources, link_state_from
 from gateway.state_store import StateStore
 from gateway.writer import WriterStats
 

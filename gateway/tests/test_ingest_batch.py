@@ -17,9 +17,10 @@ import pytest
 from gateway.config import GatewayConfig, parse_config
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_ingest import PIPELINE_CHUNK, MqttIngest, _Queued
-from gateway.observe import Observer, Sources
+from gateway.observe import Observer
 from gateway.outbox import Outbox
 from gateway.readings import FieldValue, Reading
+from gateway.sources import Sources
 from gateway.telemetry import Decoded, Reject, RejectReason, TelemetryDecoder, _loads
 
 NOW_MS = 1_795_000_000_000

@@ -12,9 +12,10 @@ import pytest
 from gateway.alarms import AlarmEngine
 from gateway.config import parse_config
 from gateway.http import EVICTED_FRAME, EventHub, StatusServer, sse_frame
-from gateway.observe import HISTORY_POINTS, Observer, Sources
+from gateway.observe import HISTORY_POINTS, Observer
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
+from gateway.sources import Sources
 from gateway.state_store import StateStore
 
 T0 = 1_700_000_000_000

@@ -19,8 +19,9 @@ from gateway import modbus
 from gateway.alarms import AlarmEngine, AlarmEvent, LocalAlarmEngine
 from gateway.config import Device, parse_config
 from gateway.modbus import DevicePoller, modbus_runners, tcp_client_factory
-from gateway.observe import Observer, Sources
+from gateway.observe import Observer
 from gateway.readings import Reading, invalid_fields
+from gateway.sources import Sources
 from gateway.state_store import StateStore
 from o2chain.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice

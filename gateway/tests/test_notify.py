@@ -443,7 +443,8 @@ def test_robot_urls_are_redacted_and_wecom_markdown_is_bounded() -> None:
 
 
 def test_healthz_warns_and_metrics_show_the_queue() -> None:
-    from gateway.observe import Observer, Sources
+    from gateway.observe import Observer
+    from gateway.sources import Sources
 
     now = shanghai_ms(2026, 12, 3, 12)
     h = Harness(base_config([hook("down", fail_alarm_after_s=30)]), now)

@@ -1,0 +1,102 @@
+"""What the observer reads of the delivery side: typed views of the ingest's, writer's, outbox's
+and pollers' own stats (a renamed counter fails the type check instead of reading 0 forever),
+and each device's link state from the boards' status messages and the pollers' health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.config import Device
+from gateway.modbus import DeviceHealth
+from gateway.mqtt_ingest import IngestStats
+from gateway.outbox import OutboxStats
+from gateway.writer import WriterStats
+
+LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
+
+
+class OutboxSource(Protocol):
+    stats: OutboxStats
+
+    @property
+    def queued_bytes(self) -> int: ...
+    def depth(self) -> int: ...
+    def oldest_age_s(self) -> float: ...
+    def dead_letter_counts(self) -> dict[str, int]: ...
+
+
+class IngestSource(Protocol):
+    stats: IngestStats
+
+
+class DrainerSource(Protocol):
+    stats: WriterStats
+
+
+class PollerSource(Protocol):
+    device: Device
+    health: DeviceHealth
+
+
+class NotifierSource(Protocol):
+    def metrics(self) -> dict[str, Any]: ...
+    def health_warnings(self) -> list[str]: ...
+
+
+@dataclass
+class Sources:
+    """The delivery side's objects (any of them may be absent in tests)."""
+
+    # Typed: a renamed stat fails the type check instead of reading 0 forever.
+    outbox: OutboxSource | None = None
+    drainer: DrainerSource | None = None
+    mqtt: IngestSource | None = None
+    pollers: list[PollerSource] = field(default_factory=list)
+    extra: dict[str, Callable[[], float]] = field(default_factory=dict)  # more gauges
+    notifier: NotifierSource | None = None  # gateway/notify/worker.py
+
+    def outbox_depth(self) -> int:
+        return 0 if self.outbox is None else self.outbox.depth()
+
+    def outbox_age_s(self) -> float:
+        return 0.0 if self.outbox is None else self.outbox.oldest_age_s()
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {} if self.outbox is None else dict(self.outbox.dead_letter_counts())
+
+    @property
+    def ingest_stats(self) -> IngestStats:
+        """The MQTT ingest's counters (zeros without an ingest)."""
+        return IngestStats() if self.mqtt is None else self.mqtt.stats
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        """The InfluxDB writer's counters (zeros without a writer)."""
+        return WriterStats() if self.drainer is None else self.drainer.stats
+
+
+def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monotonic) -> LinkState:
+    """Online (True) / offline (False) / unknown (None) per device from the ingest's retained
+    status messages (last will) and the Modbus pollers' health. A Modbus device counts as
+    offline after two poll intervals without an answer, so one lost poll does not flap."""
+    pollers = {(p.device.site, p.device.id): p for p in sources.pollers}
+
+    def state(site: str, device: str) -> bool | None:
+        poller = pollers.get((site, device))
+        if poller is not None:
+            health = poller.health
+            if not health.polls:
+                return None
+            if health.online:
+                return True
+            last_ok = health.last_ok_monotonic
+            interval = poller.device.interval_s
+            # Not answering, but the last answer is recent: one lost poll is not "offline".
+            return not (last_ok is None or clock_s() - last_ok > 2 * interval)
+        status = sources.ingest_stats.device_state.get(f"{site}/{device}")
+        return None if status is None else status == "online"
+
+    return state

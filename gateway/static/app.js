@@ -507,12 +507,34 @@
     }
     for (const li of existing.values()) li.remove();
   }
+  // A notification links to `#alarm/{site}/{device}/{rule}`: mark that alarm and bring it
+  // into view once, so the person who was called finds it (and its Acknowledge button) at once.
+  let linkedShown = "";
+  function linkedKey() {
+    const m = /^#alarm\/([a-z0-9-]+)\/([a-z0-9-]+)\/([a-z0-9-]+)$/.exec(location.hash);
+    return m ? `${m[1]}/${m[2]}/${m[3]}` : "";
+  }
+  function markLinked() {
+    const key = linkedKey();
+    for (const li of document.querySelectorAll(".alarm-list > li")) {
+      li.dataset.linked = String(key !== "" && li.dataset.key === key);
+      if (key && li.dataset.key === key && linkedShown !== key) {
+        linkedShown = key;
+        li.scrollIntoView({ block: "center" });
+      }
+    }
+  }
+  window.addEventListener("hashchange", () => {
+    linkedShown = "";
+    markLinked();
+  });
   function renderAlarms(doc) {
     const all = doc.alarms || [];
     const open = all.filter((a) => !a.shelved);
     const shelved = all.filter((a) => a.shelved);
     syncList($("alarm-list"), open);
     syncList($("shelved-list"), shelved);
+    markLinked();
     const unacked = open.filter((a) => !a.acked).length;
     setText($("alarm-count"), String(open.length));
     $("alarm-count").setAttribute("aria-label", `${open.length} active, ${unacked} unacknowledged`);

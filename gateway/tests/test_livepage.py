@@ -472,6 +472,22 @@ def test_a_viewer_sees_but_cannot_act(live: LiveGateway, browser_context: Any) -
     page.close()
 
 
+def test_a_notification_link_marks_its_alarm(live: LiveGateway, browser_context: Any) -> None:
+    """Notifications link to ``#alarm/{site}/{device}/{rule}``: the page marks that alarm."""
+    expect = _pw().expect
+    page = browser_context.new_page()
+    page.goto(live.url + "/#alarm/" + OFFLINE_KEY)
+    linked = page.locator(f'li.alarm[data-key="{OFFLINE_KEY}"]')
+    expect(linked).to_have_attribute("data-linked", "true", timeout=15_000)
+    expect(page.locator('li.alarm[data-linked="true"]')).to_have_count(1)
+    page.evaluate(f"location.hash = '#alarm/{HIGH_O2_KEY}'")
+    expect(page.locator(f'li.alarm[data-key="{HIGH_O2_KEY}"]')).to_have_attribute(
+        "data-linked", "true", timeout=15_000
+    )
+    expect(linked).to_have_attribute("data-linked", "false")
+    page.close()
+
+
 def test_polling_fallback_without_event_source(live: LiveGateway, browser_context: Any) -> None:
     """A browser (or proxy) without server-sent events still gets live values by polling."""
     expect = _pw().expect

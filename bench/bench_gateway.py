@@ -191,7 +191,12 @@ def broker_ceiling(broker: Mosquitto, files: list[Path], total: int, timeout_s: 
 
 
 def gateway_config(
-    tmp: Path, services: Services, boards: int, name: str, naming: str = "room-{n:03d}"
+    tmp: Path,
+    services: Services,
+    boards: int,
+    name: str,
+    naming: str = "room-{n:03d}",
+    mqtt_extra: dict[str, Any] | None = None,
 ) -> Path:
     cfg = {
         "gateway": {
@@ -199,7 +204,7 @@ def gateway_config(
             "state_dir": str(tmp / f"state-{name}"),
             "http_listen": "127.0.0.1:0",
         },
-        "mqtt": {"url": services.mosquitto.url},
+        "mqtt": {"url": services.mosquitto.url, **(mqtt_extra or {})},
         "influx": {"url": services.influxdb.url, "database": DB, "batch_size": 10000},
         "site": [{"id": SITE, "altitude_m": 3650}],
         "device": [
@@ -279,12 +284,21 @@ def _has_established(pid: int) -> bool:
 
 
 def latency(
-    tmp: Path, services: Services, rate: float, seconds: float, boards: int
+    tmp: Path,
+    services: Services,
+    rate: float,
+    seconds: float,
+    boards: int,
+    name: str = "latency",
+    mqtt_extra: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Probe readings every 20 ms among a paced fleet; p50/p99 of ts -> first seen queryable."""
+    """Probe readings every 20 ms among a paced fleet; p50/p99 of ts -> first seen queryable,
+    and the gateway's CPU time per reading (/proc)."""
     drop_db(services.influxdb)
     # o2chain sim fleet numbers its boards room-0001, room-0002, ...
-    cfg = gateway_config(tmp, services, boards + 1, "latency", naming="room-{n:04d}")
+    cfg = gateway_config(
+        tmp, services, boards + 1, name, naming="room-{n:04d}", mqtt_extra=mqtt_extra
+    )
     fleet_argv = o2chain_argv(
         "sim",
         "fleet",
@@ -301,7 +315,7 @@ def latency(
         "--seed",
         "1",
     )
-    with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp / "gw-latency.log") as gw:
+    with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp / f"gw-{name}.log") as gw:
         gw.wait_for_log("MQTT subscribed", timeout_s=20)
         pid = gw.pid or 0
         probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-probe")
@@ -335,7 +349,7 @@ def latency(
                 stop.wait(0.01)
 
         poller = threading.Thread(target=poll, daemon=True)
-        with ChildProcess(fleet_argv, tmp / "fleet-latency.log") as fleet:
+        with ChildProcess(fleet_argv, tmp / f"fleet-{name}.log") as fleet:
             poller.start()
             cpu0, t0 = cpu_s(pid), time.monotonic()
             seq = 0
@@ -366,6 +380,7 @@ def latency(
         "lost_probes": len(sent) - len(lat),
         "rate": summary["readings_sent"] / summary["elapsed_s"],
         "cpu_pct": 100 * cpu / elapsed,
+        "cpu_ms_per_reading": 1000 * cpu / max(1, summary["readings_sent"] + len(sent)),
     }
 
 
@@ -729,6 +744,24 @@ def mqtt_rows(tmp: Path, args: argparse.Namespace) -> list[Row]:
                 f"gateway CPU {lat.get('cpu_pct', 0):.0f} %",
             )
         )
+        # Light load, what a facility has: CPU per reading with group commit (the default
+        # commit_linger_ms) against committing every few messages at once, in the same run.
+        light = latency(tmp, services, 500.0, args.light_s, boards=20, name="light")
+        eager = latency(
+            tmp, services, 500.0, args.light_s, boards=20, name="light-eager",
+            mqtt_extra={"commit_linger_ms": 0},
+        )  # fmt: skip
+        rows.append(
+            Row(
+                "gateway CPU at 500 readings/s",
+                f"{light['cpu_ms_per_reading']:.3f} ms/reading",
+                f"default group commit; committing at once (commit_linger_ms 0): "
+                f"{eager['cpu_ms_per_reading']:.3f} ms/reading "
+                f"({eager['cpu_ms_per_reading'] / light['cpu_ms_per_reading']:.1f}x); "
+                f"p99 board ts -> queryable {light['p99'] * 1000:.0f} ms "
+                f"(at once: {eager['p99'] * 1000:.0f} ms)",
+            )
+        )
         naive = naive_baseline(services, files, seconds=5.0)
         rows.append(Row("naive baseline (1 HTTP write/msg)", f"{naive:,.0f} readings/s", ""))
     return rows
@@ -773,13 +806,14 @@ def main() -> int:
     ap.add_argument("--boards", type=int, default=8, help="publishers for the throughput load")
     ap.add_argument("--latency-rate", type=float, default=5000.0)
     ap.add_argument("--latency-s", type=float, default=10.0)
+    ap.add_argument("--light-s", type=float, default=20.0, help="each light-load run (500/s)")
     ap.add_argument("--quick", action="store_true", help="small loads, for a smoke run")
     ap.add_argument("--skip-modbus", action="store_true")
     ap.add_argument("--only-modbus", action="store_true")
     ap.add_argument("--stages-only", action="store_true", help="only the in-process rows")
     args = ap.parse_args()
     if args.quick:
-        args.readings, args.latency_s = 40_000, 4.0
+        args.readings, args.latency_s, args.light_s = 40_000, 4.0, 8.0
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="o2bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -9,6 +9,8 @@ import enum
 import json
 import math
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.lineproto import LineEncoder
-from gateway.mqtt_ingest import PIPELINE_CHUNK, MqttIngest, _Queued
+from gateway.mqtt_ingest import LINGER_FILL, PIPELINE_CHUNK, MqttIngest, _Queued
 from gateway.observe import Observer
 from gateway.outbox import Outbox
 from gateway.readings import FieldValue, Reading
@@ -26,8 +28,9 @@ from gateway.telemetry import Decoded, Reject, RejectReason, TelemetryDecoder, _
 NOW_MS = 1_795_000_000_000
 
 
-def config() -> GatewayConfig:
+def config(**mqtt: Any) -> GatewayConfig:
     return parse_config({
+        "mqtt": mqtt,
         "site": [{"id": "lhasa", "altitude_m": 3650}],
         "device": [{"id": f"room-{n}", "site": "lhasa", "kind": "room", "transport": "mqtt"}
                    for n in range(3)],
@@ -42,13 +45,13 @@ def message(mid: int, device: str, seq: int, **extra: Any) -> _Queued:
 class Rig:
     """An ingest on a real outbox, without a broker: batches are handed to it directly."""
 
-    def __init__(self, tmp_path: Path, fail_on: str | None = None):
+    def __init__(self, tmp_path: Path, fail_on: str | None = None, **mqtt: Any):
         self.outbox = Outbox(tmp_path / "outbox.sqlite")
         self.calls: list[int] = []
         self.acked: list[list[int]] = []
         self.fail_on = fail_on
         self.ingest = MqttIngest(
-            config(), self.outbox, process=self.process, wall_clock_ms=lambda: NOW_MS
+            config(**mqtt), self.outbox, process=self.process, wall_clock_ms=lambda: NOW_MS
         )
         self.ingest._ack = self.ack  # type: ignore[method-assign]
 
@@ -253,3 +256,34 @@ def test_failed_acknowledgements_are_counted_and_logged_not_swallowed(
     ingest._ack([message(1, "room-1", 1), message(2, "room-1", 2)])
     assert (ingest.stats.acked, ingest.stats.ack_failures) == (0, 2)
     assert "MQTT acknowledgements failed" in caplog.text and "_packet_queue" in caplog.text
+
+
+def test_light_load_lingers_into_one_commit_and_a_full_queue_goes_at_once(
+    tmp_path: Path,
+) -> None:
+    """Group commit at light load: messages that trickle in share one commit (one fsync, one
+    InfluxDB write) instead of one commit each, in arrival order."""
+    rig = Rig(tmp_path, commit_linger_ms=1000)
+    committer = threading.Thread(target=rig.ingest._commit_loop, daemon=True)
+    committer.start()
+    cond = rig.ingest._queue_cond
+
+    def enqueue(messages: list[_Queued]) -> None:
+        with cond:
+            rig.ingest._queue += messages
+            cond.notify_all()
+
+    first = [message(n, "room-0", n) for n in range(1, 11)]
+    enqueue(first)  # a trickle: the committer waits for more
+    rest = [message(n, "room-1", n) for n in range(11, LINGER_FILL + 1)]
+    enqueue(rest)  # the queue reaches LINGER_FILL: committed
+    started = time.monotonic()
+    while not rig.acked and time.monotonic() - started < 30:
+        with cond:
+            cond.wait(0.05)
+    assert rig.acked == [[q.mid for q in first + rest]]  # one commit, in arrival order
+    with cond:
+        rig.ingest._stopping = True
+        cond.notify_all()
+    committer.join(10)
+    assert not committer.is_alive()

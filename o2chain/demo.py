@@ -53,6 +53,8 @@ REPORT_EVERY_S = 10.0
 # The demo acknowledges its first alarm (severity alarm or critical) this long after it rose,
 # as the operator, so the story shows an acknowledgement within minutes.
 AUTO_ACK_AFTER_S = 15.0
+# More events of one kind and rule than this within one poll print as one line.
+FLOOD_LINES = 3
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -60,7 +62,7 @@ def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the whole simulated facility until Ctrl-C")
     demo.add_argument(
         "--duration", type=float, default=None, metavar="SECONDS",
-        help="stop by itself after this many real seconds (for scripts)",
+        help="stop by itself after running this many real seconds (for scripts)",
     )  # fmt: skip
     demo.add_argument(
         "--data-dir", type=Path, default=None,
@@ -315,7 +317,11 @@ def format_status(status: dict[str, Any]) -> list[str]:
                 if crossed:
                     worst = max(crossed, key=lambda t: _SEVERITY_RANK.get(t.get("severity"), 0))
                     alarm = alarms.get(worst.get("rule"))
-                    what = _alarm_word(alarm) if alarm else f"{worst.get('rule')}, pending"
+                    what = (
+                        _alarm_word(alarm)
+                        if alarm
+                        else f"{worst.get('rule')} {worst.get('severity')}, not raised yet"
+                    )
                     out_of_band.append(f"{dev['id']} {o2:.1f} % ({what})")
             elif dev.get("kind") in ("plant", "concentrator") and "purity_pct" in values:
                 purity = float(values["purity_pct"]["value"])
@@ -375,12 +381,26 @@ class Narrator:
             events = self.client.log(200)
         except RunError:
             return  # the gateway restarts or is busy: the next poll catches up
-        for event in reversed(events):  # oldest first
-            if _event_id(event) in self.seen:
-                continue
+        fresh = [e for e in reversed(events) if _event_id(e) not in self.seen]  # oldest first
+        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for event in fresh:
             self.seen.add(_event_id(event))
             self.events[str(event.get("event"))] = self.events.get(str(event.get("event")), 0) + 1
-            print(format_event(event), flush=True)
+            key = (str(event.get("event")), str(event.get("rule")), str(event.get("severity")))
+            groups.setdefault(key, []).append(event)
+        for (kind, rule, severity), group in groups.items():
+            if len(group) > FLOOD_LINES:  # a flood (all boards at a broker restart): one line
+                word = _EVENT_WORDS.get(kind, kind.upper())
+                devices = _few([str(e.get("device")) for e in group], limit=8)
+                print(
+                    f"[{_stamp()}] alarm {word:<12} {severity:<8} {rule} on {len(group)} "
+                    f"devices: {devices}",
+                    flush=True,
+                )
+            else:
+                for event in group:
+                    print(format_event(event), flush=True)
+        for event in fresh:
             serious = _SEVERITY_RANK.get(str(event.get("severity")), 0) >= 2
             if self.auto_ack and event.get("event") == "raise" and serious and not self.ack_due:
                 self.ack_due = (time.monotonic() + AUTO_ACK_AFTER_S, str(event.get("key")))
@@ -679,10 +699,11 @@ def _run(args: argparse.Namespace) -> int:
         narrator = Narrator(page, operator, auto_ack=not args.no_auto_ack)
         scenario_log = LogTail(sim.log_path, from_end=False)
         restarts: list[threading.Thread] = []
-        next_report = time.monotonic() + REPORT_EVERY_S
+        up_since = time.monotonic()  # --duration counts from here: start-up time varies
+        next_report = up_since + REPORT_EVERY_S
         next_poll = time.monotonic()
         while not stop.is_set():
-            if args.duration is not None and time.monotonic() - started >= args.duration:
+            if args.duration is not None and time.monotonic() - up_since >= args.duration:
                 break
             dead = [" ".join(c.argv[3:5]) for c in state.children if not c.running]
             if dead:
@@ -710,6 +731,8 @@ def _run(args: argparse.Namespace) -> int:
             stop.wait(0.2)
         for thread in restarts:
             thread.join(timeout=30)
+        narrator.poll()
+        print("\n".join(narrator.report()), flush=True)  # where the story stands at the end
         summary["counts"] = _counts(services)
         summary["alarm_events"] = narrator.events
         summary["acknowledged"] = narrator.acked
@@ -718,8 +741,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if running:  # Ctrl-C is how a running demo ends
             return 0
-        print("o2chain demo: interrupted during start-up; stopping what started", flush=True)
-        raise
+        raise  # o2chain.cli prints the one line and exits 130
     finally:
         for b in state.boards:
             b.stop()

@@ -237,3 +237,36 @@ def test_sim_fleet_ctrl_c_is_one_line_and_exit_130(mosquitto: object, tmp_path: 
     log = fleet.log_text()
     assert code == 130, log
     assert "Traceback" not in log and log.count("o2chain sim fleet: interrupted") == 1
+
+
+def test_demo_ports_are_fixed_and_a_taken_one_moves_with_a_note() -> None:
+    import argparse
+
+    from o2chain.demo import _ports
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        args = argparse.Namespace(http_port=taken, bind="127.0.0.1", mqtt_port=0, influx_port=0)
+        ports, notes = _ports(args)
+    assert ports["live page"] != taken
+    assert notes == [f"port {taken} is taken: the live page runs on {ports['live page']} instead"]
+    assert len(set(ports.values())) == len(ports)  # no two services on one port
+
+
+@pytest.mark.integration
+def test_sim_run_with_somebody_elses_broker_announces_broker_restart(mosquitto: object) -> None:
+    """`broker_restart` is not skipped: with --mqtt the run prints a line for the broker's
+    owner (the demo restarts its broker on it)."""
+    from o2chain.services import Mosquitto
+
+    assert isinstance(mosquitto, Mosquitto)
+    # lhasa-hotel restarts the broker at 1200 simulated s: 1.2 s at 1000x.
+    done = run("sim", "run", "lhasa-hotel", "--mqtt", mosquitto.url, "--speed", "1000",
+               "--sim-duration", "1300", timeout_s=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    restart = [x for x in lines if x.get("broker_restart")]
+    assert restart == [{"broker_restart": True, "t_s": 1200.0, "mqtt": mosquitto.url}]
+    assert ("broker_restart skipped") not in done.stderr

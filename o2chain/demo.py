@@ -386,11 +386,11 @@ class Narrator:
         for event in fresh:
             self.seen.add(_event_id(event))
             self.events[str(event.get("event"))] = self.events.get(str(event.get("event")), 0) + 1
-            key = (str(event.get("event")), str(event.get("rule")), str(event.get("severity")))
-            groups.setdefault(key, []).append(event)
-        for (kind, rule, severity), group in groups.items():
+            kind = (str(event.get("event")), str(event.get("rule")), str(event.get("severity")))
+            groups.setdefault(kind, []).append(event)
+        for (what, rule, severity), group in groups.items():
             if len(group) > FLOOD_LINES:  # a flood (all boards at a broker restart): one line
-                word = _EVENT_WORDS.get(kind, kind.upper())
+                word = _EVENT_WORDS.get(what, what.upper())
                 devices = _few([str(e.get("device")) for e in group], limit=8)
                 print(
                     f"[{_stamp()}] alarm {word:<12} {severity:<8} {rule} on {len(group)} "
@@ -405,8 +405,8 @@ class Narrator:
             if self.auto_ack and event.get("event") == "raise" and serious and not self.ack_due:
                 self.ack_due = (time.monotonic() + AUTO_ACK_AFTER_S, str(event.get("key")))
         if self.ack_due and time.monotonic() >= self.ack_due[0] and self.login:
-            key, self.ack_due, self.auto_ack = self.ack_due[1], None, False
-            self._ack(key)
+            alarm_key, self.ack_due, self.auto_ack = self.ack_due[1], None, False
+            self._ack(alarm_key)
 
     def _ack(self, key: str) -> None:
         from o2chain.errors import RunError

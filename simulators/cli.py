@@ -196,7 +196,7 @@ def mqtt_url(text: str, provision: Path | None) -> SplitResult:
     """Check a broker URL for the simulated boards; UsageError naming what was expected."""
     url = urlsplit(text)
     if url.scheme not in _MQTT_PORTS or not url.hostname:
-        raise UsageError(f"--mqtt {text!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        raise UsageError(f"--mqtt {text!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     try:
         url.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:

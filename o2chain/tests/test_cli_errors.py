@@ -179,7 +179,7 @@ def test_sim_fleet_wrong_port_fails_fast() -> None:
     ("args", "code", "needle"),
     [
         (["fleet", "--mqtt", "http://x", "--site", "s", "--boards", "1", "--interval-s", "1",
-          "--readings", "1"], 2, "expected mqtt://HOST[:PORT] or mqtts://"),
+          "--readings", "1"], 2, "expected mqtt://HOST:PORT or mqtts://"),
         (["fleet", "--mqtt", "mqtts://127.0.0.1:8883", "--site", "s", "--boards", "1",
           "--interval-s", "1", "--readings", "1"], 2, "needs --provision DIR"),
         (["run", "lhasa-hotel"], 2, "give --mqtt URL or --own-broker, or --no-boards"),

@@ -600,8 +600,15 @@ def _run(args: argparse.Namespace) -> int:
         inventory = _inventory(
             scenario, services, provision_dir / "inventory.toml", args.interval_s
         )
+        fresh = not (provision_dir / "broker").is_dir()
+        print(
+            "o2chain demo: provisioning the site: CA, broker accounts, board configs"
+            + (" (the first run takes a while: a password hash per account)" if fresh else ""),
+            flush=True,
+        )
         provision(inventory, provision_dir)
         check_stop()
+        print("o2chain demo: starting the broker and InfluxDB, then equipment, boards, gateway")
         services.start()
         check_stop()
         state.pids += [p for p in (services.mosquitto.pid, services.influxdb.pid) if p]

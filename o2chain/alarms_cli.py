@@ -1,4 +1,4 @@
-"""`o2chain alarms list|ack|shelve`: an operator's alarm actions against a running gateway.
+"""`o2chain alarms list|ack|shelve|unshelve`: an operator's alarm actions against a running gateway.
 
 Talks to the gateway's HTTP API (gateway/README.md, "HTTP endpoints"): with ``--token-file`` as
 a tool does (``Authorization: Bearer``), with ``--user``/``--password-file`` as the page does
@@ -154,6 +154,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     shelve.add_argument("--reason", required=True, help="why (1-200 characters, kept in the log)")
     shelve.set_defaults(handler=_shelve)
+    unshelve = alarms_sub.add_parser("unshelve", help="show shelved alarms again")
+    common(unshelve)
+    unshelve.add_argument("keys", nargs="+", metavar="KEY")
+    unshelve.set_defaults(handler=_unshelve)
 
 
 def client_from_args(args: argparse.Namespace, *, act: bool) -> AlarmsClient:
@@ -244,3 +248,7 @@ def _shelve(args: argparse.Namespace) -> int:
     if not 1 <= len(args.reason) <= 200:
         raise UsageError("--reason: expected 1-200 characters")
     return _act(args, "shelved", lambda c, k: c.shelve(k, args.duration_s, args.reason))
+
+
+def _unshelve(args: argparse.Namespace) -> int:
+    return _act(args, "unshelved", lambda c, k: c.unshelve(k))

@@ -120,6 +120,11 @@ def test_list_ack_shelve_from_the_shell(gateway: Gateway) -> None:
     log = alarms("list", "--url", gateway.url, "--log", "5").stdout
     assert f"shelve    {KEY} by {OPERATOR}" in log and f"ack       {KEY} by {OPERATOR}" in log
 
+    back = alarms("unshelve", KEY, "--url", gateway.url, "--token-file", str(token))
+    assert back.returncode == 0 and back.stdout.strip().startswith(f"{KEY}: unshelved")
+    again = alarms("unshelve", KEY, "--url", gateway.url, "--token-file", str(token))
+    assert again.returncode == 1 and "409" in again.stderr  # not shelved any more
+
 
 def test_mistakes_get_one_line(gateway: Gateway, tmp_path: Path) -> None:
     cases = [

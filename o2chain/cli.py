@@ -6,8 +6,16 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from o2chain import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from o2chain import alarms_cli, demo, firmware_cli, provision
     from simulators import cli as sim_cli
 
-    parser = argparse.ArgumentParser(
-        prog="o2chain", description="Monitoring of the high-altitude oxygen chain."
-    )
+    parser = _Parser(prog="o2chain", description="Monitoring of the high-altitude oxygen chain.")
     parser.add_argument("--version", action="version", version=f"o2chain {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error instead of one line"

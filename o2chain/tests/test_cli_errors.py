@@ -96,6 +96,18 @@ def test_demo_refuses_a_data_dir_in_use_naming_the_other_pid(tmp_path: Path) -> 
     assert not (data / "services").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["demo", "--speed", "fast"], "o2chain demo: argument --speed: invalid float value"),
+        (["sim", "concentrator"], "the following arguments are required: --profile"),
+        (["alarms", "ack"], "o2chain alarms ack: the following arguments are required: KEY"),
+    ],
+)
+def test_argparse_mistakes_are_one_line_too(args: list[str], needle: str) -> None:
+    one_line(run(*args), 2, needle, "--help")
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     done = run("demo", "--speed", "0", "--debug")
     assert done.returncode != 0 and "Traceback" in done.stderr and "UsageError" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -56,8 +57,9 @@ def _one_line(exc: BaseException) -> str:
     """The exception's message on one line (a service's log tail stays in its log file)."""
     text = str(exc).strip() or type(exc).__name__
     first, _, rest = text.partition("\n")
-    if rest and "--- last" in rest:  # ServiceError carries the log tail after its first line
-        return first
+    tail = re.search(r"--- last \d+ lines of (\S+) ---", rest)
+    if tail:  # ServiceError carries the log's tail after its first line: name the log instead
+        return f"{first} (see {tail.group(1)})"
     return " ".join(text.split()) if len(text) < 400 else first
 
 

@@ -282,3 +282,18 @@ def test_sim_run_with_somebody_elses_broker_announces_broker_restart(mosquitto: 
     restart = [x for x in lines if x.get("broker_restart")]
     assert restart == [{"broker_restart": True, "t_s": 1200.0, "mqtt": mosquitto.url}]
     assert ("broker_restart skipped") not in done.stderr
+
+
+def test_a_service_failure_names_its_log_instead_of_pasting_it() -> None:
+    from o2chain.cli import _exit_code, _one_line
+    from o2chain.services import ServiceError
+
+    exc = ServiceError(
+        "mosquitto exited with code 3 before it was ready\n"
+        "--- last 40 lines of /data/services/mosquitto/mosquitto.log ---\nError: ...\nmore"
+    )
+    assert _one_line(exc) == (
+        "mosquitto exited with code 3 before it was ready "
+        "(see /data/services/mosquitto/mosquitto.log)"
+    )
+    assert _exit_code(exc) == 1

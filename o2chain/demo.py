@@ -363,9 +363,14 @@ class Narrator:
     """Prints the gateway's alarm events as they happen and acknowledges the first serious
     alarm as the provisioned operator (through the API, the way the page does)."""
 
-    def __init__(self, page: str, login: tuple[str, str] | None, auto_ack: bool) -> None:
+    def __init__(
+        self, page: str, login: tuple[str, str] | None, auto_ack: bool, since_ms: float = 0.0
+    ) -> None:
         from o2chain.alarms_cli import AlarmsClient
 
+        # Events before this (a data dir's earlier runs: the gateway keeps its alarm log) are
+        # history, not news.
+        self.since_ms = since_ms
         self.client = AlarmsClient(page, timeout_s=3.0)
         self.login = login
         self.auto_ack = auto_ack and login is not None
@@ -381,7 +386,11 @@ class Narrator:
             events = self.client.log(200)
         except RunError:
             return  # the gateway restarts or is busy: the next poll catches up
-        fresh = [e for e in reversed(events) if _event_id(e) not in self.seen]  # oldest first
+        fresh = [  # oldest first
+            e
+            for e in reversed(events)
+            if _event_id(e) not in self.seen and float(e.get("ts") or 0) >= self.since_ms
+        ]
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for event in fresh:
             self.seen.add(_event_id(event))
@@ -615,6 +624,9 @@ def _run(args: argparse.Namespace) -> int:
         # The boards' TLS and accounts come from the provisioned configs (--provision). The
         # demo owns the broker: `sim run` prints a line at each broker_restart, the demo
         # restarts it (below).
+        # This run's lines only: the log is appended to across runs on one data dir.
+        scenario_log = LogTail(data_dir / "logs" / "scenario.log", from_end=True)
+        sim_started_ms = time.time() * 1000.0
         sim = ChildProcess(
             o2chain_argv(
                 "sim", "run", args.scenario, "--mqtt", services.mosquitto.url,
@@ -703,8 +715,7 @@ def _run(args: argparse.Namespace) -> int:
             else f"Running for {args.duration:.0f} s.",
             flush=True,
         )
-        narrator = Narrator(page, operator, auto_ack=not args.no_auto_ack)
-        scenario_log = LogTail(sim.log_path, from_end=False)
+        narrator = Narrator(page, operator, auto_ack=not args.no_auto_ack, since_ms=sim_started_ms)
         restarts: list[threading.Thread] = []
         up_since = time.monotonic()  # --duration counts from here: start-up time varies
         next_report = up_since + REPORT_EVERY_S

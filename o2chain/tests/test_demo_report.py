@@ -68,3 +68,47 @@ def test_event_lines_say_who_and_what() -> None:
     assert clear.endswith(
         "alarm CLEARED      critical lhasa-hotel/room-104/room-o2-high: back to normal"
     )
+
+
+class _Log:
+    """A stand-in for the gateway's alarm log (``AlarmsClient.log``), newest first."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(reversed(self.events))
+
+
+def test_a_reused_data_dir_does_not_replay_earlier_runs(capsys: Any) -> None:
+    """The gateway keeps its alarm log across runs on one data dir: only this run's events are
+    news, and floods of one rule print as one line."""
+    from o2chain.demo import Narrator
+
+    old = {**_alarm("conc-4", "device-offline", "alarm"), "event": "raise", "ts": 1000}
+    flood = [
+        {**_alarm(f"room-{n}", "device-offline", "alarm"), "event": "raise", "ts": 5000 + n}
+        for n in range(101, 106)
+    ]
+    narrator = Narrator("http://127.0.0.1:1", None, auto_ack=False, since_ms=2000)
+    narrator.client = _Log([old, *flood])  # type: ignore[assignment]
+    narrator.poll()
+    narrator.poll()  # nothing twice
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1, out
+    assert "alarm RAISED       alarm    device-offline on 5 devices: room-101; room-102" in out[0]
+    assert "conc-4" not in out[0]
+
+
+def test_log_tail_from_end_skips_what_earlier_runs_wrote(tmp_path: Any) -> None:
+    from o2chain.procs import LogTail
+
+    log = tmp_path / "scenario.log"
+    log.write_text('{"broker_restart": true, "t_s": 1200.0}\n')  # the previous run's
+    tail = LogTail(log, from_end=True)
+    with log.open("a") as f:
+        f.write("--- start o2chain sim run\npartial")
+    assert tail.lines() == ["--- start o2chain sim run"]
+    with log.open("a") as f:
+        f.write(" line\n")
+    assert tail.lines() == ["partial line"]

@@ -114,6 +114,7 @@ class DemoState:
     children: list[ChildProcess] = field(default_factory=list)
     boards: list[Any] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    restarts: list[threading.Thread] = field(default_factory=list)
 
 
 def _inventory(scenario: Any, services: Services, path: Path, interval_s: float) -> Path:
@@ -716,7 +717,6 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         narrator = Narrator(page, operator, auto_ack=not args.no_auto_ack, since_ms=sim_started_ms)
-        restarts: list[threading.Thread] = []
         up_since = time.monotonic()  # --duration counts from here: start-up time varies
         next_report = up_since + REPORT_EVERY_S
         next_poll = time.monotonic()
@@ -730,16 +730,18 @@ def _run(args: argparse.Namespace) -> int:
                 raise RunError(f"{', '.join(dead)} stopped unexpectedly; see {data_dir / 'logs'}")
             for line in scenario_log.lines():
                 if '"broker_restart"' in line:
+                    if any(t.is_alive() for t in state.restarts):
+                        continue  # one restart at a time: two would start two brokers
                     print(
                         f"[{_stamp()}] timeline: restarting the MQTT broker; boards and the "
                         "gateway reconnect and replay what they buffered",
                         flush=True,
                     )
                     thread = threading.Thread(
-                        target=_restart_broker, args=(services,), name="demo-broker-restart"
+                        target=_restart_broker, args=(services, state), name="demo-broker-restart"
                     )
                     thread.start()
-                    restarts.append(thread)
+                    state.restarts.append(thread)
             if time.monotonic() >= next_poll:
                 narrator.poll()
                 next_poll = time.monotonic() + 1.0
@@ -747,8 +749,6 @@ def _run(args: argparse.Namespace) -> int:
                 print("\n".join(narrator.report()), flush=True)
                 next_report += REPORT_EVERY_S
             stop.wait(0.2)
-        for thread in restarts:
-            thread.join(timeout=30)
         narrator.poll()
         print("\n".join(narrator.report()), flush=True)  # where the story stands at the end
         summary["counts"] = _counts(services)
@@ -761,6 +761,8 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         raise  # o2chain.cli prints the one line and exits 130
     finally:
+        for thread in state.restarts:  # a restart under way would leave its broker behind
+            thread.join(timeout=60)
         for b in state.boards:
             b.stop()
         for child in reversed(state.children):
@@ -774,9 +776,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"o2chain demo: stopped; data kept in {data_dir}", flush=True)
 
 
-def _restart_broker(services: Services) -> None:
+def _restart_broker(services: Services, state: DemoState) -> None:
     try:
         services.mosquitto.restart()
+        if services.mosquitto.pid:  # the summary's PIDs: none may outlive the demo
+            state.pids.append(services.mosquitto.pid)
     except Exception as exc:  # the demo goes on; the boards keep buffering
         print(f"[{_stamp()}] o2chain demo: broker restart failed: {str(exc).splitlines()[0]}")
     else:

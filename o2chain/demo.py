@@ -693,6 +693,9 @@ def _run(args: argparse.Namespace) -> int:
         for note in port_notes:
             print(f"  note            {note}")
         print(f"  live page       {page}/")
+        if args.bind not in LOOPBACK:
+            lan_port = page.rsplit(":", 1)[1]
+            print(f"  on the LAN      http://{socket.getfqdn()}:{lan_port}/ (log in to read)")
         print(f"  data dir        {data_dir}")
         print(
             f"  MQTT broker     {services.mosquitto.url} (TLS, a password and an ACL per "
@@ -717,6 +720,9 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         narrator = Narrator(page, operator, auto_ack=not args.no_auto_ack, since_ms=sim_started_ms)
+        if args.bind not in LOOPBACK and operator is not None:
+            # Beyond loopback nobody reads anonymously (gateway/README.md, "Who may do what").
+            narrator.client.login(*operator)
         up_since = time.monotonic()  # --duration counts from here: start-up time varies
         next_report = up_since + REPORT_EVERY_S
         next_poll = time.monotonic()

@@ -34,8 +34,19 @@ def test_demo_prints_where_everything_runs(demo_run: DemoRun) -> None:
                      f"web logins in   {demo_run.data_dir}/provision/operator/",
                      "InfluxDB        http://127.0.0.1:", "Modbus tcp://127.0.0.1:",
                      "24 simulated boards", "room-401        MicroPython firmware",
+                     "broker_restart", "o2chain alarms list --url http://127.0.0.1:",
                      str(demo_run.data_dir)):  # fmt: skip
         assert expected in demo_run.stdout
+
+
+def test_demo_prints_alarm_events_as_they_happen(demo_run: DemoRun) -> None:
+    """conc-4's lost Modbus link shows as an event line read from the gateway's API, and the
+    periodic summary names the offline device with its alarm's severity and state."""
+    lines = demo_run.stdout.splitlines()
+    raised = [x for x in lines if "alarm RAISED" in x and "lhasa-hotel/conc-4/device-offline" in x]
+    assert raised, demo_run.stdout[-3000:]
+    assert any(x.strip().startswith("offline      conc-4 (device-offline alarm, ") for x in lines)
+    assert demo_run.summary["alarm_events"].get("raise", 0) >= 1
 
 
 def test_demo_leaves_data_and_no_process(demo_run: DemoRun) -> None:

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -76,11 +77,19 @@ class ChildProcess:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def wait_for_log(self, pattern: str, timeout_s: float = 15.0) -> re.Match[str]:
-        """Return the first match of ``pattern`` in the log since start; raises ProcessError."""
+    def wait_for_log(
+        self, pattern: str, timeout_s: float = 15.0, cancel: threading.Event | None = None
+    ) -> re.Match[str]:
+        """Return the first match of ``pattern`` in the log since start; raises ProcessError.
+
+        ``cancel`` set (a Ctrl-C caught by the caller's signal handler) ends the wait with
+        KeyboardInterrupt, so a start-up can be interrupted between two polls.
+        """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
         while True:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
             text = self.log_text()
             last_start = text.rfind("--- start ")
             match = regex.search(text, max(0, last_start))
@@ -96,7 +105,10 @@ class ChildProcess:
                     f"{self.argv[:4]} did not print {pattern!r} within {timeout_s} s:\n"
                     f"{self.log_tail()}"
                 )
-            time.sleep(0.02)  # polling a file: there is no event to wait on
+            if cancel is not None:
+                cancel.wait(0.02)  # polling a file: there is no event to wait on
+            else:
+                time.sleep(0.02)
 
     def signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -137,6 +149,30 @@ class ChildProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LogTail:
+    """New complete lines of a log file since the last call (a child's stdout, read live)."""
+
+    def __init__(self, path: Path, *, from_end: bool = False) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        if from_end:
+            with contextlib.suppress(OSError):
+                self._offset = path.stat().st_size
+
+    def lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        return [line.decode(errors="replace") for line in complete]
 
 
 # Children still running when the interpreter exits (a test that failed before its cleanup, an

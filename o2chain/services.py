@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
@@ -49,6 +49,8 @@ __all__ = [
     "free_ports",
     "mqtt_connect_packet",
     "mqtt_handshake",
+    "port_is_free",
+    "preferred_port",
     "quote_identifier",
 ]
 
@@ -83,6 +85,31 @@ def free_ports(count: int = 1) -> list[int]:
             sock.bind((HOST, 0))
             ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True if a TCP listener could bind ``host:port`` a moment ago (nobody listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the daemons bind: SO_REUSEADDR, so a port in TIME_WAIT after our last run counts
+        # as free, and a port with a live listener does not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def preferred_port(port: int, host: str = HOST, avoid: Sequence[int] = ()) -> int:
+    """``port`` if it is free on ``host`` (0: any), else a free one not in ``avoid``.
+
+    The demo runs on fixed, documented ports so bookmarks and provisioned dashboards keep
+    working across runs; a port already taken (a system InfluxDB on 8086) moves, it does not
+    stop the demo. The caller says so.
+    """
+    if port and port not in avoid and port_is_free(port, host):
+        return port
+    return next(p for p in free_ports(len(avoid) + 1) if p not in avoid)
 
 
 def mqtt_connect_packet(client_id: str, keepalive_s: int = 10) -> bytes:
@@ -751,11 +778,16 @@ class Services:
         mqtt_port: int | None = None,
         influx_port: int | None = None,
         provision_dir: Path | None = None,
+        mqtt_gateway_port: int | None = None,
+        influx_rpc_port: int | None = None,
     ) -> None:
-        """``provision_dir``: run the broker with that provisioned site's security."""
+        """``provision_dir``: run the broker with that provisioned site's security. A port left
+        None is picked free (the demo passes fixed ones, see :func:`preferred_port`)."""
         self.base_dir = Path(base_dir)
-        self.mosquitto = Mosquitto(self.base_dir, mqtt_port, provision_dir=provision_dir)
-        self.influxdb = InfluxDB(self.base_dir, influx_port)
+        self.mosquitto = Mosquitto(
+            self.base_dir, mqtt_port, provision_dir=provision_dir, gateway_port=mqtt_gateway_port
+        )
+        self.influxdb = InfluxDB(self.base_dir, influx_port, rpc_port=influx_rpc_port)
 
     def __iter__(self) -> Iterator[ManagedService]:
         return iter((self.mosquitto, self.influxdb))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
+from o2chain.errors import RunError, UsageError
 from o2chain.registers import ProfileError, load_profile, profile_names
 
 
@@ -26,7 +30,11 @@ def register(sub: Any) -> None:
     conc = sim_sub.add_parser(
         "concentrator", help="serve one concentrator or PSA plant over Modbus until killed"
     )
-    conc.add_argument("--profile", required=True, help="device profile name (see `sim profiles`)")
+    conc.add_argument(
+        "--profile",
+        required=True,
+        help="a bundled profile name (see `sim profiles`) or the path of a profile .toml",
+    )
     conc.add_argument(
         "--listen",
         default="tcp://127.0.0.1:5020",
@@ -56,7 +64,17 @@ def register(sub: Any) -> None:
         "fleet",
         help="many virtual room boards publishing telemetry over MQTT, then a JSON summary",
     )
-    fleet.add_argument("--mqtt", required=True, help="broker URL mqtt://HOST:PORT")
+    fleet.add_argument(
+        "--mqtt", required=True, help="broker URL mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    )
+    fleet.add_argument(
+        "--provision",
+        type=Path,
+        default=_env_path("O2CHAIN_PROVISION_DIR"),
+        metavar="DIR",
+        help="a provisioned site (`o2chain provision`): each board logs in with the account, "
+        "CA and TLS of DIR/boards/DEVICE/config.json (default $O2CHAIN_PROVISION_DIR)",
+    )
     fleet.add_argument("--site", required=True, help="site id ([a-z0-9-]{1,32})")
     fleet.add_argument("--boards", type=int, required=True, help="number of boards")
     fleet.add_argument(
@@ -97,13 +115,42 @@ def register(sub: Any) -> None:
         help="simulated seconds per second (default: the scenario's `speed`, else 1)",
     )
     run.add_argument(
-        "--duration", type=float, default=None, help="stop after this many simulated seconds"
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many real seconds (like `o2chain demo --duration`)",
     )
-    run.add_argument("--mqtt", default=None, help="broker for the room boards, mqtt://HOST:PORT")
+    run.add_argument(
+        "--sim-duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many simulated seconds (default: the scenario's duration_s)",
+    )
+    run.add_argument(
+        "--mqtt",
+        default=None,
+        help="broker for the room boards, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; its "
+        "broker_restart events print a line for whoever runs that broker",
+    )
+    run.add_argument(
+        "--provision",
+        type=Path,
+        default=_env_path("O2CHAIN_PROVISION_DIR"),
+        metavar="DIR",
+        help="a provisioned site: every board logs in with its own account and TLS "
+        "(default $O2CHAIN_PROVISION_DIR)",
+    )
     run.add_argument(
         "--own-broker",
         action="store_true",
-        help="start a private Mosquitto (needed for broker_restart events without --mqtt)",
+        help="start a private Mosquitto for the boards (restarted at broker_restart events)",
+    )
+    run.add_argument(
+        "--no-boards",
+        action="store_true",
+        help="run the Modbus equipment only, without the room boards (no broker needed)",
     )
     run.set_defaults(handler=_run)
 
@@ -138,27 +185,68 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 _SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
+_MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def mqtt_url(text: str, provision: Path | None) -> SplitResult:
+    """Check a broker URL for the simulated boards; UsageError naming what was expected."""
+    url = urlsplit(text)
+    if url.scheme not in _MQTT_PORTS or not url.hostname:
+        raise UsageError(f"--mqtt {text!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    try:
+        url.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise UsageError(f"--mqtt {text!r}: the port is not a number in 1..65535") from None
+    if url.scheme == "mqtts" and provision is None:
+        raise UsageError(
+            f"--mqtt {text!r}: a TLS broker needs --provision DIR (each board's account and CA "
+            "from `o2chain provision`)"
+        )
+    if provision is not None and not (provision / "boards").is_dir():
+        raise UsageError(f"--provision {provision}: no boards/ in it (`o2chain provision -o DIR`)")
+    return url
+
+
+def check_broker(url: SplitResult, provision: Path | None, timeout_s: float = 5.0) -> None:
+    """RunError at once when nothing answers MQTT at ``url`` (instead of boards that retry in
+    silence). A CONNACK refusing the anonymous probe counts: the broker is there."""
+    import ssl
+
+    from o2chain.services import mqtt_handshake
+
+    host, port = url.hostname or "127.0.0.1", url.port or _MQTT_PORTS[url.scheme]
+    context = None
+    if url.scheme == "mqtts":
+        # Only "is a broker there": the boards check the certificate with their own CA.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if not mqtt_handshake(host, port, timeout_s, ssl_context=context, refused_is_answer=True):
+        raise RunError(
+            f"no MQTT broker answers at {url.scheme}://{host}:{port} within {timeout_s:g} s "
+            "(wrong port, or mqtt:// for a TLS listener?)"
+        )
 
 
 def _fleet(args: argparse.Namespace) -> int:
     from simulators.fleet import Fleet, FleetConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    _err = sys.stderr
-    url = urlsplit(args.mqtt)
-    if url.scheme != "mqtt" or not url.hostname:
-        print(f"o2chain sim fleet: --mqtt {args.mqtt!r}: expected mqtt://HOST:PORT", file=_err)
-        return 2
+    url = mqtt_url(args.mqtt, args.provision)
     if not _SITE_RE.fullmatch(args.site):
-        print(f"o2chain sim fleet: --site {args.site!r}: expected [a-z0-9-]{{1,32}}", file=_err)
-        return 2
+        raise UsageError(f"--site {args.site!r}: expected [a-z0-9-]{{1,32}}")
     timeout_s = args.timeout_s
     if timeout_s is None:
         # Real-time runs last readings x interval; leave room for connections and a slow broker.
         timeout_s = 120.0 + args.readings * args.interval_s * 1.5 + args.boards * 0.01
     config = FleetConfig(
-        host=url.hostname,
-        port=url.port or 1883,
+        host=url.hostname or "127.0.0.1",
+        port=url.port or _MQTT_PORTS[url.scheme],
         site=args.site,
         boards=args.boards,
         interval_s=args.interval_s,
@@ -172,12 +260,13 @@ def _fleet(args: argparse.Namespace) -> int:
         window=args.window,
         buffer_max=args.buffer_max,
         timeout_s=timeout_s,
+        provision_dir=str(args.provision) if args.provision else None,
     )
     try:
         config.validate()
     except ValueError as exc:
-        print(f"o2chain sim fleet: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
+    check_broker(url, args.provision)
     summary = asyncio.run(Fleet(config).run())
     print(summary.to_json(), flush=True)
     return 0 if summary.complete else 1
@@ -239,41 +328,67 @@ def _run(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
-        print(f"o2chain sim run: {exc}", file=sys.stderr)
-        return 2
-    if args.mqtt is not None:
-        url = urlsplit(args.mqtt)
-        if url.scheme != "mqtt" or not url.hostname:
-            print(
-                f"o2chain sim run: --mqtt {args.mqtt!r}: expected mqtt://HOST:PORT", file=sys.stderr
-            )
-            return 2
+        raise UsageError(str(exc)) from None
     if args.speed is not None and args.speed <= 0:
-        print(f"o2chain sim run: --speed {args.speed}: expected > 0", file=sys.stderr)
-        return 2
+        raise UsageError(f"--speed {args.speed:g}: expected > 0")
+    if args.duration is not None and args.sim_duration is not None:
+        raise UsageError("give --duration (real seconds) or --sim-duration, not both")
+    for name in ("duration", "sim_duration"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} {value:g}: expected seconds > 0")
+    boards = len(scenario.room) + sum(c.transport == "mqtt" for c in scenario.concentrator)
+    if args.no_boards and (args.mqtt or args.own_broker):
+        raise UsageError("--no-boards runs without a broker: drop --mqtt / --own-broker")
+    if args.mqtt is not None and args.own_broker:
+        raise UsageError("give --mqtt URL or --own-broker, not both")
+    if boards and args.mqtt is None and not args.own_broker and not args.no_boards:
+        raise UsageError(
+            f"scenario {scenario.scenario.name!r} has {boards} boards that publish over MQTT: "
+            "give --mqtt URL or --own-broker, or --no-boards for the Modbus equipment only"
+        )
+    if args.mqtt is not None:
+        check_broker(mqtt_url(args.mqtt, args.provision), args.provision)
     return asyncio.run(_run_scenario(scenario, args))
 
 
 async def _run_scenario(scenario: Any, args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
     from simulators.scenario import ScenarioRunner
 
+    hooks = {}
+    if args.mqtt is not None:
+        # Somebody else runs this broker (the demo does): say when the timeline restarts it.
+        def broker_restart() -> None:
+            line = {"broker_restart": True, "t_s": round(runner.sim_time_s, 1), "mqtt": args.mqtt}
+            print(json.dumps(line), flush=True)
+
+        hooks["broker_restart"] = broker_restart
     with tempfile.TemporaryDirectory(prefix="o2chain-scenario-") as tmp:
         runner = ScenarioRunner(
             scenario,
-            mqtt_url=args.mqtt,
+            mqtt_url=None if args.no_boards else args.mqtt,
             speed=args.speed,
-            own_broker_dir=Path(tmp) if args.own_broker and args.mqtt is None else None,
+            hooks=hooks,
+            own_broker_dir=Path(tmp) if args.own_broker else None,
+            provision_dir=args.provision,
         )
-        endpoints = await runner.start()
+        if args.duration is not None:  # real seconds -> the runner's simulated ones
+            sim_duration = args.duration * runner.speed
+        else:
+            sim_duration = args.sim_duration
+        try:
+            endpoints = await runner.start()
+        except OSError as exc:
+            await runner.stop()
+            raise RunError(f"cannot start the scenario's equipment: {exc}") from None
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print(endpoints.to_json(), flush=True)
-        run = asyncio.create_task(runner.run(args.duration))
+        run = asyncio.create_task(runner.run(sim_duration))
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -310,35 +425,46 @@ def parse_fault(text: str) -> tuple[int, str, float | None]:
 
 def _concentrator(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    err = "o2chain sim concentrator:"
     try:
-        profile = load_profile(args.profile)
+        load_profile(args.profile)
     except ProfileError as exc:
-        print(f"{err} {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--profile: {exc}") from None
+    except OSError as exc:  # a profile path that is not there or not readable
+        raise UsageError(f"--profile {args.profile}: {exc.strerror or exc}") from None
     url = urlsplit(args.listen)
-    if not ((url.scheme == "tcp" and url.hostname) or (url.scheme == "rtu" and url.path)):
-        print(
-            f"{err} --listen {args.listen!r}: expected tcp://HOST:PORT or "
-            "rtu:///dev/ttyX?baudrate=9600[&parity=N&stopbits=1]",
-            file=sys.stderr,
+    port_ok = True
+    try:
+        url.port  # noqa: B018  (raises ValueError: tcp://127.0.0.1:99999)
+    except ValueError:
+        port_ok = False
+    if not port_ok or not (
+        (url.scheme == "tcp" and url.hostname) or (url.scheme == "rtu" and url.path)
+    ):
+        raise UsageError(
+            f"--listen {args.listen!r}: expected tcp://HOST:PORT or "
+            "rtu:///dev/ttyX?baudrate=9600[&parity=N&stopbits=1]"
         )
-        return 2
+    if url.scheme == "tcp" and url.port:
+        from o2chain.services import port_is_free
+
+        # Checked here: pymodbus logs a bind error and raises a bare RuntimeError.
+        if not port_is_free(url.port, url.hostname or "127.0.0.1"):
+            raise RunError(f"cannot listen on {args.listen}: address already in use")
+    if url.scheme == "rtu" and not os.path.exists(url.path):
+        raise UsageError(f"--listen {args.listen!r}: no serial device {url.path}")
     units = args.unit or [1]
     if any(not 1 <= u <= 247 for u in units) or len(set(units)) != len(units):
-        print(f"{err} --unit {units}: expected distinct ids in 1..247", file=sys.stderr)
-        return 2
+        raise UsageError(f"--unit {units}: expected distinct ids in 1..247")
     try:
         faults = [parse_fault(f) for f in args.fault]
     except ValueError as exc:
-        print(f"{err} {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     if any(unit not in units for unit, _, _ in faults):
-        print(f"{err} --fault names a unit that is not served ({units})", file=sys.stderr)
-        return 2
+        raise UsageError(f"--fault names a unit that is not served ({units})")
     return asyncio.run(
         serve_concentrator(
-            profile_name=profile.name,
+            # The name or path as given: the server loads it again (a path stays a path).
+            profile_name=args.profile,
             listen=args.listen,
             units=units,
             seed=args.seed,
@@ -391,7 +517,13 @@ async def serve_concentrator(
             parity=query.get("parity", ["N"])[0],
             stopbits=int(query.get("stopbits", ["1"])[0]),
         )
-    await server.start()
+    try:
+        await server.start()
+    except (OSError, RuntimeError) as exc:  # a port in use, a tty that cannot be opened
+        with contextlib.suppress(Exception):
+            await server.stop()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise RunError(f"cannot listen on {listen}: {reason}") from None
     loop = asyncio.get_running_loop()
     for unit, kind, value in faults or []:
         f = server.device(unit).faults

@@ -468,6 +468,7 @@ class ScenarioRunner:
         speed: float | None = None,
         hooks: Mapping[str, Hook] | None = None,
         own_broker_dir: Path | None = None,
+        provision_dir: Path | None = None,
         tick_s: float = 0.1,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -481,6 +482,9 @@ class ScenarioRunner:
         self.speed = speed
         self.hooks = dict(hooks or {})
         self.own_broker_dir = own_broker_dir
+        # A provisioned site: each board logs in with its own account and TLS (fleet.py);
+        # None leaves FleetConfig's default ($O2CHAIN_PROVISION_DIR).
+        self.provision_dir = provision_dir
         self.tick_s = tick_s
         self.monotonic = monotonic
         self.devices: dict[str, SimulatedDevice] = {}
@@ -588,9 +592,12 @@ class ScenarioRunner:
             if duration is None
             else math.ceil(duration / sc.boards.interval_s) + 1  # stop() ends it earlier
         )
+        extra: dict[str, Any] = {}
+        if self.provision_dir is not None:
+            extra["provision_dir"] = str(self.provision_dir)
         config = FleetConfig(
             host=url.hostname or "127.0.0.1",
-            port=url.port or 1883,
+            port=url.port or (8883 if url.scheme == "mqtts" else 1883),
             site=sites.pop(),
             boards=len(ids),
             interval_s=sc.boards.interval_s / self.speed,
@@ -599,6 +606,7 @@ class ScenarioRunner:
             prefix=sc.boards.prefix,
             client_prefix=f"o2scenario-{sc.scenario.name}",
             timeout_s=1e9,
+            **extra,
         )
         self.fleet = Fleet(config, sources, device_ids=ids)
         self._tasks.append(asyncio.create_task(self.fleet.run()))

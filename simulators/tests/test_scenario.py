@@ -240,7 +240,7 @@ def test_cli_rejects_an_unknown_scenario() -> None:
 def test_cli_runs_a_time_compressed_scenario_at_its_own_speed() -> None:
     """lhasa-dryer declares speed = 3600: two simulated hours take about two real seconds."""
     done = subprocess.run(
-        o2chain_argv("sim", "run", "lhasa-dryer", "--own-broker", "--duration", "7200"),
+        o2chain_argv("sim", "run", "lhasa-dryer", "--own-broker", "--sim-duration", "7200"),
         capture_output=True,
         text=True,
         timeout=120,

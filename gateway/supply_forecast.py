@@ -1,0 +1,162 @@
+"""Days of oxygen supply left, forecast from each supply device's consumption trend.
+
+A pipeline stage (:class:`SupplyForecast`, placed before the alarm engine) that adds the field
+``days_left`` to every ``supply`` reading of a configured supply device whose stock it can
+measure, so the alarm engine judges it like any other number (rules ``supply-days-left`` and
+``supply-days-left-low`` in gateway/supply_rules.py).
+
+The stock is the per cent of usable supply left, read from the reading itself:
+
+- ``lox_level_pct`` (liquid-oxygen tank) or ``level_pct`` (buffer tank): the level as is;
+- ``bank_left_kpa`` + ``bank_right_kpa`` (cylinder manifold): the gas both banks hold above
+  the empty pressure, in % of two full banks, ``(L + R - 2 E) / (2 (F - E))``, with F the
+  profile's ``[nominal] bank_full_kpa`` (default 15,000 kPa) and E its ``bank_empty_kpa``
+  (default 1,000 kPa). Gauge pressure is proportional to the gas content (ideal gas, constant
+  temperature) closely enough for a forecast.
+
+The consumption rate is the least-squares slope of the stock over the last ``window_s`` of
+readings (their own timestamps, so replays and simulated time give the same answer). Pure
+arithmetic (:func:`days_left`); the class only keeps a bounded window per device:
+
+- fewer than ``min_span_s`` of history: no ``days_left`` (no claim yet);
+- the stock rising by more than ``refill_jump_pct`` between two readings (a tanker delivery,
+  cylinders replaced): the window restarts from that reading;
+- stock flat or rising: ``days_left`` = :data:`DAYS_LEFT_MAX` (nothing is being used up);
+- otherwise ``stock / consumption``, capped at :data:`DAYS_LEFT_MAX`.
+
+Kept in memory: after a gateway restart the forecast needs ``min_span_s`` of readings again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.config import DeviceKind, GatewayConfig
+from gateway.readings import FieldValue, Reading
+from gateway.rules import nominal
+
+DAYS_LEFT_MAX = 365.0  # "not running out": a number, so the alarm clears
+WINDOW_S = 6 * 3600.0  # a LOX tank's level falls ~0.5 %/h at typical hospital draw: clean slope
+MIN_SPAN_S = 1800.0
+REFILL_JUMP_PCT = 5.0
+MAX_SAMPLES = 720  # per device: one sample every window / 720 at most (30 s for 6 h)
+BANK_FULL_KPA = 15000.0  # the common 15 MPa cylinder filling pressure
+BANK_EMPTY_KPA = 1000.0  # supply_rules.BANK_EMPTY_KPA
+
+
+def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Days until the stock reaches 0 % from ``(t_s, stock_pct)`` samples (time ascending):
+    the last stock over the least-squares consumption rate. ``None`` with fewer than two
+    distinct times; :data:`DAYS_LEFT_MAX` when the stock is not falling."""
+    n = len(samples)
+    if n < 2:
+        return None
+    mean_t = sum(t for t, _ in samples) / n
+    mean_s = sum(s for _, s in samples) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var_t <= 0.0:
+        return None
+    slope_pct_per_s = sum((t - mean_t) * (s - mean_s) for t, s in samples) / var_t
+    stock = max(0.0, samples[-1][1])
+    if slope_pct_per_s >= 0.0:
+        return DAYS_LEFT_MAX
+    days = stock / (-slope_pct_per_s * 86400.0)
+    return min(DAYS_LEFT_MAX, days)
+
+
+def _num(fields: dict[str, FieldValue], name: str) -> float | None:
+    value = fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass
+class _Trend:
+    samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+
+
+class SupplyForecast:
+    """Pipeline stage adding ``days_left`` to supply readings (module docstring)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        window_s: float = WINDOW_S,
+        min_span_s: float = MIN_SPAN_S,
+        refill_jump_pct: float = REFILL_JUMP_PCT,
+    ):
+        if not 0 < min_span_s <= window_s:
+            raise ValueError(
+                f"supply forecast: min_span_s {min_span_s} must be > 0 and <= window_s {window_s}"
+            )
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self.refill_jump_pct = refill_jump_pct
+        self._spacing_s = window_s / MAX_SAMPLES
+        # Only configured supply devices: the number of trends is bounded by the config.
+        self._banks: dict[tuple[str, str], tuple[float, float]] = {}
+        for dev in config.device:
+            if dev.kind is DeviceKind.SUPPLY:
+                full = nominal(dev, "bank_full_kpa") or BANK_FULL_KPA
+                empty = nominal(dev, "bank_empty_kpa") or BANK_EMPTY_KPA
+                self._banks[(dev.site, dev.id)] = (full, empty)
+        self._trends: dict[tuple[str, str], _Trend] = {}
+
+    def stock_pct(self, key: tuple[str, str], fields: dict[str, FieldValue]) -> float | None:
+        """Per cent of usable supply left, from whichever stock field the reading carries."""
+        for name in ("lox_level_pct", "level_pct"):
+            level = _num(fields, name)
+            if level is not None:
+                return level
+        left, right = _num(fields, "bank_left_kpa"), _num(fields, "bank_right_kpa")
+        if left is None or right is None:
+            return None
+        full, empty = self._banks[key]
+        usable = max(0.0, left - empty) + max(0.0, right - empty)
+        return 100.0 * usable / (2.0 * (full - empty))
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        for r in readings:
+            if r.measurement != "supply":
+                continue
+            key = (r.tags.get("site", ""), r.tags.get("device", ""))
+            if key not in self._banks:
+                continue
+            stock = self.stock_pct(key, r.fields)
+            if stock is None:
+                continue
+            days = self._observe(key, r.ts_ms / 1000.0, stock)
+            if days is not None:
+                r.fields["days_left"] = round(days, 3)
+        return readings
+
+    def _observe(self, key: tuple[str, str], t_s: float, stock: float) -> float | None:
+        trend = self._trends.setdefault(key, _Trend())
+        samples = trend.samples
+        if samples:
+            last_t, last_stock = samples[-1]
+            if t_s <= last_t:
+                return self._judge(samples)  # a replay or out of order: nothing new
+            if stock - last_stock > self.refill_jump_pct:
+                samples.clear()  # refilled: the old slope says nothing about the new stock
+            elif t_s - last_t < self._spacing_s:
+                return self._judge(samples, (t_s, stock))
+        samples.append((t_s, stock))
+        while samples and t_s - samples[0][0] > self.window_s:
+            samples.popleft()
+        return self._judge(samples)
+
+    def _judge(
+        self, samples: deque[tuple[float, float]], latest: tuple[float, float] | None = None
+    ) -> float | None:
+        if not samples:
+            return None
+        points: Sequence[tuple[float, float]] = samples
+        if latest is not None:
+            points = [*samples, latest]
+        if points[-1][0] - points[0][0] < self.min_span_s:
+            return None
+        return days_left(points)

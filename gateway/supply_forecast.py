@@ -10,9 +10,9 @@ The stock is the per cent of usable supply left, read from the reading itself:
 - ``lox_level_pct`` (liquid-oxygen tank) or ``level_pct`` (buffer tank): the level as is;
 - ``bank_left_kpa`` + ``bank_right_kpa`` (cylinder manifold): the gas both banks hold above
   the empty pressure, in % of two full banks, ``(L + R - 2 E) / (2 (F - E))``, with F the
-  profile's ``[nominal] bank_full_kpa`` (default 15,000 kPa) and E its ``bank_empty_kpa``
-  (default 1,000 kPa). Gauge pressure is proportional to the gas content (ideal gas, constant
-  temperature) closely enough for a forecast.
+  profile's ``[nominal] bank_full_kpa`` (default 15,000 kPa) and E its ``changeover_kpa``
+  (the manifold leaves a bank there; default 1,000 kPa). Gauge pressure is proportional to
+  the gas content (ideal gas, constant temperature) closely enough for a forecast.
 
 The consumption rate is the least-squares slope of the stock over the last ``window_s`` of
 readings (their own timestamps, so replays and simulated time give the same answer). Pure
@@ -43,7 +43,7 @@ MIN_SPAN_S = 1800.0
 REFILL_JUMP_PCT = 5.0
 MAX_SAMPLES = 720  # per device: one sample every window / 720 at most (30 s for 6 h)
 BANK_FULL_KPA = 15000.0  # the common 15 MPa cylinder filling pressure
-BANK_EMPTY_KPA = 1000.0  # supply_rules.BANK_EMPTY_KPA
+CHANGEOVER_KPA = 1000.0  # physics/supply.py ManifoldParams.changeover_kpa
 
 
 def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
@@ -101,7 +101,7 @@ class SupplyForecast:
         for dev in config.device:
             if dev.kind is DeviceKind.SUPPLY:
                 full = nominal(dev, "bank_full_kpa") or BANK_FULL_KPA
-                empty = nominal(dev, "bank_empty_kpa") or BANK_EMPTY_KPA
+                empty = nominal(dev, "changeover_kpa") or CHANGEOVER_KPA
                 self._banks[(dev.site, dev.id)] = (full, empty)
         self._trends: dict[tuple[str, str], _Trend] = {}
 

@@ -22,7 +22,7 @@ from gateway.rules import Rule, ThresholdFn, nominal
 # NFPA 99 (2012) area alarms: a rise or fall of 20 % from the normal line pressure.
 PRESSURE_BAND = 0.20
 ZONES = 4  # zone1_kpa .. zone4_kpa of area alarm panels / zone valve boxes
-BANK_EMPTY_KPA = 1000.0  # project choice: the manifold changes over around 1 MPa
+BANK_EMPTY_KPA = 1500.0  # project choice: 10 % of a 15 MPa fill (changeover is near 1 MPa)
 LOX_LEVEL_LOW_PCT = 20.0  # project choice: order the tanker at a fifth of the tank
 LEVEL_LOW_PCT = 20.0  # project choice: buffer tank usable gas
 DAYS_LEFT_WARN = 3.0  # project choice: a weekend plus a delivery day
@@ -85,13 +85,13 @@ def supply_rules(config: GatewayConfig) -> list[Rule]:
           value_fn=_nominal_or("bank_empty_kpa", BANK_EMPTY_KPA), hysteresis=100.0,
           on_delay_s=60, off_delay_s=60, device_kind=supply,
           message="{device}: left bank empty ({value:.0f} kPa)",
-          doc="cylinder bank below bank_empty_kpa (default 1,000 kPa, project choice: "
-              "manifolds change over around 1 MPa)"),
+          doc="cylinder bank below bank_empty_kpa (default 1,500 kPa = 10 % of a 15 MPa "
+              "fill, project choice: the bank is about to change over or has; replace it)"),
         B("supply-bank-right-empty", th, sev.WARNING, "bank_right_kpa", "<",
           value_fn=_nominal_or("bank_empty_kpa", BANK_EMPTY_KPA), hysteresis=100.0,
           on_delay_s=60, off_delay_s=60, device_kind=supply,
           message="{device}: right bank empty ({value:.0f} kPa)",
-          doc="cylinder bank below bank_empty_kpa (default 1,000 kPa, project choice)"),
+          doc="cylinder bank below bank_empty_kpa (default 1,500 kPa, project choice)"),
         B("supply-lox-level-low", th, sev.ALARM, "lox_level_pct", "<",
           value_fn=_nominal_or("lox_level_low_pct", LOX_LEVEL_LOW_PCT), hysteresis=1.0,
           on_delay_s=60, off_delay_s=60, device_kind=supply,

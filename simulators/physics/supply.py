@@ -112,6 +112,20 @@ class SupplyModel:
         return self._rng.gauss(0.0, sigma) if sigma > 0 else 0.0
 
 
+# The controllers' own alarm outputs (their status words): line pressure outside +-20 % of the
+# regulator setpoint (the NFPA 99 area alarm band, docs/domain.md "Medical gas supply") and the
+# vessel within 100 kPa of its safety valve.
+LINE_ALARM_BAND = 0.20
+TANK_HIGH_MARGIN_KPA = 100.0
+
+
+def _line_alarms(line_kpa: float, setpoint_kpa: float) -> tuple[bool, bool]:
+    return (
+        line_kpa < setpoint_kpa * (1.0 - LINE_ALARM_BAND),
+        line_kpa > setpoint_kpa * (1.0 + LINE_ALARM_BAND),
+    )
+
+
 # --------------------------------------------------------------------------- buffer tank
 @dataclass
 class BufferTankParams:
@@ -184,6 +198,8 @@ class BufferTankModel(SupplyModel):
             "level_pct": max(0.0, min(100.0, level)),
             "flow_m3h": max(0.0, drawn * share + self._noise(0.02 * p.demand.demand_m3h)),
             "filling": self.filling and not self.plant_failed,
+            "alarm_line_low": _line_alarms(line, reg.setpoint_kpa)[0],
+            "alarm_tank_high": self.tank_kpa > p.relief_kpa - TANK_HIGH_MARGIN_KPA,
         }
 
 
@@ -269,6 +285,8 @@ class ManifoldModel(SupplyModel):
             "reserve_in_use": int(self.reserve_in_use),
             "pressure_kpa": max(0.0, line + self._noise(0.5)),
             "flow_m3h": max(0.0, drawn + self._noise(0.02 * p.demand.demand_m3h)),
+            "alarm_line_low": _line_alarms(line, p.regulator.setpoint_kpa)[0],
+            "alarm_line_high": _line_alarms(line, p.regulator.setpoint_kpa)[1],
         }
 
 
@@ -366,6 +384,8 @@ class LoxTankModel(SupplyModel):
             "vaporiser_out_c": out_c + self._noise(0.2),
             "pressure_kpa": max(0.0, line + self._noise(0.5)),
             "flow_m3h": max(0.0, metered + self._noise(0.02 * p.demand.demand_m3h)),
+            "alarm_line_low": _line_alarms(line, p.regulator.setpoint_kpa)[0],
+            "alarm_tank_high": self.tank_kpa > p.relief_kpa - TANK_HIGH_MARGIN_KPA,
         }
 
 

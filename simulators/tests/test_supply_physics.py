@@ -25,7 +25,7 @@ HOUR = 3600.0
 DAY = 86400.0
 
 
-def run_until(model, condition, step_s: float, limit_s: float) -> float:  # type: ignore[no-untyped-def]
+def run_until(model, condition, step_s: float, limit_s: float) -> float:
     t = 0.0
     while not condition() and t < limit_s:
         model.advance(step_s)

@@ -19,7 +19,7 @@ from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
 from o2chain.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice, model_for
-from simulators.physics.supply import AreaPanelModel, LoxTankModel, ManifoldModel
+from simulators.physics.supply import LOX_NM3_PER_L, AreaPanelModel, LoxTankModel, ManifoldModel
 
 T0 = 1_700_000_000_000
 SUPPLY_PROFILES = ("buffer-tank", "cylinder-manifold", "lox-tank", "area-alarm-panel")
@@ -202,8 +202,8 @@ def test_supply_alarms_on_polled_values(tmp_path: Path) -> None:
 
 
 def test_days_left_forecast_from_polled_lox_level_raises_the_alarm(tmp_path: Path) -> None:
-    """A VIE tank drawn at 20 m3/h loses ~12.45 % a day (11.95 % drawn + 0.5 % boil-off): from
-    45 % (3.6 days) over a simulated day the forecast follows the true days left and the
+    """A VIE tank drawn at 20 m3/h loses ~12.2 % a day (11.7 % drawn + 0.5 % boil-off): from
+    45 % (3.7 days) over a simulated day the forecast follows the true days left and the
     warning rises once they fall below 3; the reading carries ``days_left``."""
     devices = [device("lox", "lox-tank", 1), device("manifold", "cylinder-manifold", 2)]
     sims = [sim("lox-tank", 1), sim("cylinder-manifold", 2)]
@@ -218,7 +218,7 @@ def test_days_left_forecast_from_polled_lox_level_raises_the_alarm(tmp_path: Pat
     eng = engine(tmp_path, config, now)
     events: list[AlarmEvent] = []
     eng.listeners.append(events.append)
-    rate_pct_per_day = 20.0 * (1 - 0.5 * 20.0 / 400.0) * 24 / 0.7827 / 5000 * 100 + 0.5
+    rate_pct_per_day = 20.0 * (1 - 0.5 * 20.0 / 400.0) * 24 / LOX_NM3_PER_L / 5000 * 100 + 0.5
     raised_at_true_days: float | None = None
     manifold_days_2h = 0.0
     for n, readings in enumerate(rounds):

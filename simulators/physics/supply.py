@@ -19,10 +19,10 @@ Shared physics:
   when the fault began (the transmitter froze; the physics goes on).
 
 Numbers (sources in docs/domain.md, "Limits and alarms", "Medical gas supply"):
-nominal oxygen line pressure 400 kPa (HTM 02-01); 1 L of liquid oxygen gives about 0.84 m3 of
-gas at 1 atm and 20 degC, i.e. 0.80 Nm3 at 0 degC; a VIE tank with nothing drawn warms until it
-blows off through its safety valve after about a week; the boil-off of a VIE tank (0.5 % of its
-capacity a day by default) is a project choice in the range vendors quote.
+nominal oxygen line pressure 400 kPa (project default; NFPA 99 pipelines run at 345-380 kPa);
+1 L of liquid oxygen (1.141 kg) gives 0.80 Nm3 of gas; a VIE tank with nothing drawn warms until
+it blows off through its safety valve after about a week; the boil-off of a VIE tank (0.5 % of
+its capacity a day) is a project choice.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
-# 1 L LOX = 840 L of gas at 1 atm and 20 degC (density 1141 kg/L at the boiling point);
-# at 0 degC that is 840 x 273.15 / 293.15 = 783 L: normal m3 of gas per litre of liquid.
-LOX_NM3_PER_L = 0.840 * 273.15 / 293.15
+# Normal m3 of gas per litre of liquid: 1.141 kg/L at the boiling point (docs/domain.md,
+# "Medical gas supply") / 31.999 g/mol x 22.414 L/mol (ideal gas at 0 degC, 101.325 kPa).
+LOX_NM3_PER_L = 1.141 / 31.999 * 22.414
 ATM_KPA = 101.325
 Value = float | int | bool
 
@@ -309,7 +309,7 @@ class LoxTankParams:
 
 
 class LoxTankModel(SupplyModel):
-    """VIE tank: the liquid falls with consumption (0.78 Nm3 of gas per litre) plus boil-off.
+    """VIE tank: the liquid falls with consumption (0.80 Nm3 of gas per litre) plus boil-off.
 
     While gas is drawn the economiser uses the boil-off and the pressure-building circuit holds
     ``operating_kpa``; with a draw below the boil-off the surplus raises the pressure

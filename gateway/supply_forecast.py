@@ -29,6 +29,7 @@ Kept in memory: after a gateway restart the forecast needs ``min_span_s`` of rea
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,10 +47,9 @@ BANK_FULL_KPA = 15000.0  # the common 15 MPa cylinder filling pressure
 CHANGEOVER_KPA = 1000.0  # physics/supply.py ManifoldParams.changeover_kpa
 
 
-def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
-    """Days until the stock reaches 0 % from ``(t_s, stock_pct)`` samples (time ascending):
-    the last stock over the least-squares consumption rate. ``None`` with fewer than two
-    distinct times; :data:`DAYS_LEFT_MAX` when the stock is not falling."""
+def slope_pct_per_s(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(t_s, stock_pct)`` samples; ``None`` without two distinct
+    times."""
     n = len(samples)
     if n < 2:
         return None
@@ -58,12 +58,23 @@ def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
     var_t = sum((t - mean_t) ** 2 for t, _ in samples)
     if var_t <= 0.0:
         return None
-    slope_pct_per_s = sum((t - mean_t) * (s - mean_s) for t, s in samples) / var_t
-    stock = max(0.0, samples[-1][1])
-    if slope_pct_per_s >= 0.0:
+    return sum((t - mean_t) * (s - mean_s) for t, s in samples) / var_t
+
+
+def days_from(stock_pct: float, slope: float) -> float:
+    """Days until ``stock_pct`` reaches 0 % at ``slope`` (%/s), capped at
+    :data:`DAYS_LEFT_MAX`, which is also the answer when the stock is not falling."""
+    if slope >= 0.0:
         return DAYS_LEFT_MAX
-    days = stock / (-slope_pct_per_s * 86400.0)
-    return min(DAYS_LEFT_MAX, days)
+    return min(DAYS_LEFT_MAX, max(0.0, stock_pct) / (-slope * 86400.0))
+
+
+def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Days until the stock reaches 0 % from ``(t_s, stock_pct)`` samples (time ascending):
+    the last stock over the least-squares consumption rate. ``None`` with fewer than two
+    distinct times; :data:`DAYS_LEFT_MAX` when the stock is not falling."""
+    slope = slope_pct_per_s(samples)
+    return None if slope is None else days_from(samples[-1][1], slope)
 
 
 def _num(fields: dict[str, FieldValue], name: str) -> float | None:
@@ -76,6 +87,8 @@ def _num(fields: dict[str, FieldValue], name: str) -> float | None:
 @dataclass
 class _Trend:
     samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    slope: float | None = None  # %/s over the window; None: not enough history for a claim
+    last_t_s: float = -math.inf  # the newest reading seen (kept or not)
 
 
 class SupplyForecast:
@@ -134,29 +147,22 @@ class SupplyForecast:
         return readings
 
     def _observe(self, key: tuple[str, str], t_s: float, stock: float) -> float | None:
+        """Record one reading's stock; the forecast for it. The regression is refitted only
+        when a sample is kept (at most every ``window_s / MAX_SAMPLES``); readings in between
+        use the last fit with their own stock."""
         trend = self._trends.setdefault(key, _Trend())
         samples = trend.samples
-        if samples:
-            last_t, last_stock = samples[-1]
-            if t_s <= last_t:
-                return self._judge(samples)  # a replay or out of order: nothing new
-            if stock - last_stock > self.refill_jump_pct:
-                samples.clear()  # refilled: the old slope says nothing about the new stock
-            elif t_s - last_t < self._spacing_s:
-                return self._judge(samples, (t_s, stock))
-        samples.append((t_s, stock))
-        while samples and t_s - samples[0][0] > self.window_s:
-            samples.popleft()
-        return self._judge(samples)
-
-    def _judge(
-        self, samples: deque[tuple[float, float]], latest: tuple[float, float] | None = None
-    ) -> float | None:
-        if not samples:
-            return None
-        points: Sequence[tuple[float, float]] = samples
-        if latest is not None:
-            points = [*samples, latest]
-        if points[-1][0] - points[0][0] < self.min_span_s:
-            return None
-        return days_left(points)
+        if t_s <= trend.last_t_s:
+            # A replay or out of order: nothing new; the forecast of the newest stock.
+            return None if trend.slope is None else days_from(samples[-1][1], trend.slope)
+        trend.last_t_s = t_s
+        if samples and stock - samples[-1][1] > self.refill_jump_pct:
+            samples.clear()  # refilled: the old slope says nothing about the new stock
+            trend.slope = None
+        if not samples or t_s - samples[-1][0] >= self._spacing_s:
+            samples.append((t_s, stock))
+            while t_s - samples[0][0] > self.window_s:
+                samples.popleft()
+            span_ok = samples[-1][0] - samples[0][0] >= self.min_span_s
+            trend.slope = slope_pct_per_s(samples) if span_ok else None
+        return None if trend.slope is None else days_from(stock, trend.slope)

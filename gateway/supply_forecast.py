@@ -25,6 +25,10 @@ arithmetic (:func:`days_left`); the class only keeps a bounded window per device
 - otherwise ``stock / consumption``, capped at :data:`DAYS_LEFT_MAX`.
 
 Kept in memory: after a gateway restart the forecast needs ``min_span_s`` of readings again.
+
+``speed`` (1 in production) is for demos whose simulators run ``speed`` times faster than the
+wall clock the gateway stamps readings with: reading times are multiplied by it, so windows and
+``days_left`` are in simulated time, as the operator of the simulated site would see them.
 """
 
 from __future__ import annotations
@@ -100,11 +104,15 @@ class SupplyForecast:
         window_s: float = WINDOW_S,
         min_span_s: float = MIN_SPAN_S,
         refill_jump_pct: float = REFILL_JUMP_PCT,
+        speed: float = 1.0,
     ):
         if not 0 < min_span_s <= window_s:
             raise ValueError(
                 f"supply forecast: min_span_s {min_span_s} must be > 0 and <= window_s {window_s}"
             )
+        if not speed > 0:
+            raise ValueError(f"supply forecast: speed {speed} must be > 0")
+        self.speed = speed
         self.window_s = window_s
         self.min_span_s = min_span_s
         self.refill_jump_pct = refill_jump_pct
@@ -141,7 +149,7 @@ class SupplyForecast:
             stock = self.stock_pct(key, r.fields)
             if stock is None:
                 continue
-            days = self._observe(key, r.ts_ms / 1000.0, stock)
+            days = self._observe(key, r.ts_ms / 1000.0 * self.speed, stock)
             if days is not None:
                 r.fields["days_left"] = round(days, 3)
         return readings

@@ -134,3 +134,19 @@ def test_sim_profiles_lists_the_supply_profiles() -> None:
         o2chain_argv("sim", "profiles"), capture_output=True, text=True, timeout=60, check=True
     ).stdout.split()
     assert {"buffer-tank", "cylinder-manifold", "lox-tank", "area-alarm-panel"} <= set(out)
+
+
+def test_demo_speed_counts_reading_time_as_simulated_time() -> None:
+    """Simulators at 10x: 10 wall minutes of readings are 100 simulated minutes."""
+    cfg = config(("lox", "supply", "lox-tank"))
+    real = SupplyForecast(cfg, window_s=6 * HOUR, min_span_s=HOUR)
+    demo = SupplyForecast(cfg, window_s=6 * HOUR, min_span_s=HOUR, speed=10.0)
+    for minute in range(0, 11):
+        t_wall = minute * 60.0
+        level = 60.0 - 0.5 * (10.0 * t_wall) / HOUR  # 12 %/simulated day
+        [r] = real([reading("lox", t_wall, lox_level_pct=level)])
+        [d] = demo([reading("lox", t_wall, lox_level_pct=level)])
+    assert "days_left" not in r.fields  # 10 min of history: not enough at 1x
+    assert d.fields["days_left"] == pytest.approx(level / 12.0, abs=1e-3)
+    with pytest.raises(ValueError, match="speed"):
+        SupplyForecast(cfg, speed=0.0)

@@ -316,6 +316,7 @@ class LoxTankModel(SupplyModel):
     (``rise_kpa_per_day`` at zero draw) up to the safety valve, which vents it.
     The vaporiser outlet is the ambient less a drop growing with the load on the vaporiser
     (about 10 K at its rating; an overloaded or iced vaporiser lets cold gas through).
+    Run dry (level 0 %), the tank pressure and the line collapse within minutes.
     Faults: ``pressure_builder_failed`` (the tank pressure decays toward what the line needs
     as the liquid is drawn), ``vaporiser_iced`` (outlet 30 K colder), the demand's
     ``leak_m3h``, the regulator's drift, ``stuck``.
@@ -348,10 +349,13 @@ class LoxTankModel(SupplyModel):
     def _step(self, dt_s: float) -> None:
         p = self.params
         p.regulator.advance(dt_s)
+        if self.liquid_l <= 0.0:
+            if p.demand.metered_m3h(self.sim_time_s) + p.demand.leak_m3h > 0.0:
+                # Run dry: the consumers draw the vapour space down within minutes.
+                self.tank_kpa *= math.exp(-dt_s / 600.0)
+            return
         drawn_l = self._drawn_m3h() * dt_s / 3600.0 / LOX_NM3_PER_L
         boil_l = p.capacity_l * p.boil_off_pct_per_day / 100.0 * dt_s / 86400.0
-        if self.liquid_l <= 0.0:
-            boil_l = 0.0
         # Gas drawn takes the boil-off with it (economiser); the rest builds pressure.
         surplus = max(0.0, 1.0 - drawn_l / boil_l) if boil_l > 0 else 0.0
         if self.pressure_builder_failed:

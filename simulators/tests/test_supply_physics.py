@@ -86,6 +86,11 @@ def test_lox_level_falls_with_consumption_plus_boil_off() -> None:
     expected = 80.0 - 100.0 * drawn_l / 5000.0 - 0.5
     assert lox.level_pct == pytest.approx(expected, abs=0.05)  # about 12.2 % a day
     assert lox.tank_kpa == pytest.approx(1000.0, abs=1.0)  # the economiser holds it
+    # Run dry: no more gas, the tank pressure and the line collapse within the hour.
+    run_until(lox, lambda: lox.level_pct <= 0.0, 600.0, 10 * DAY)
+    assert lox.values()["flow_m3h"] < 1.0
+    lox.advance(HOUR)
+    assert lox.values()["pressure_kpa"] < 1.0 and lox.tank_kpa < 50.0
     lox.refill(95.0)
     assert lox.level_pct == pytest.approx(95.0)
 

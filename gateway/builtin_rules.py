@@ -12,6 +12,7 @@ from gateway import oxygen
 from gateway.config import AlarmKind, Device, DeviceKind, GatewayConfig, Severity, Site
 from gateway.equipment_rules import equipment_rules
 from gateway.rules import Rule, nominal, site_pb
+from gateway.supply_rules import supply_rules
 
 
 def builtin_rules(config: GatewayConfig) -> list[Rule]:
@@ -97,6 +98,7 @@ def builtin_rules(config: GatewayConfig) -> list[Rule]:
         B("purity-stale", AlarmKind.STALE, sev.WARNING, "purity_pct", value_fn=stale_after,
           device_kind=conc | plant, doc="the unit reports but no purity for 5 intervals"),
         *equipment_rules(config),  # gateway/equipment_rules.py
+        *supply_rules(config),  # gateway/supply_rules.py
     ]  # fmt: skip
 
 

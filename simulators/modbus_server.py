@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
@@ -35,13 +36,36 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from o2chain.registers import Profile, Register, RegType, Table, Value
-from simulators.physics.concentrator import ConcentratorModel
+from simulators.physics.concentrator import ConcentratorModel, params_from_profile
+from simulators.physics.supply import model_for_profile
 
 log = logging.getLogger(__name__)
 # pymodbus logs every frame at its default level; the simulator's own log is enough.
 logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 _FC_TABLE = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
+
+
+class DeviceModel(Protocol):
+    """What a served device needs of its physics: a concentrator / plant
+    (physics/concentrator.py) or a supply device (physics/supply.py)."""
+
+    @property
+    def powered(self) -> bool: ...
+
+    def power_on(self, on: bool) -> None: ...
+
+    def advance(self, dt_s: float) -> None: ...
+
+    def values(self) -> dict[str, float | int | bool]: ...
+
+
+def model_for(profile: Profile, seed: int = 0) -> DeviceModel:
+    """The physics a profile's device kind needs: ``kind = "supply"`` profiles name their
+    model in ``[nominal] model`` (physics/supply.py), the others are concentrators / plants."""
+    if profile.kind == "supply":
+        return model_for_profile(profile.nominal, seed=seed)
+    return ConcentratorModel(params_from_profile(profile.nominal), seed=seed)
 
 
 @dataclass
@@ -73,7 +97,7 @@ class SimulatedDevice:
     """
 
     profile: Profile
-    model: ConcentratorModel
+    model: DeviceModel
     unit: int = 1
     clock: Callable[[], float] = time.monotonic
     speed: float = 1.0  # simulated seconds per clock second

@@ -29,6 +29,7 @@ from gateway.pipeline import Output, Pipeline
 from gateway.readings import Reading
 from gateway.sources import Sources, link_state_from
 from gateway.state_store import StateStore
+from gateway.supply_forecast import SupplyForecast
 from gateway.writer import OutboxDrainer
 from o2chain.registers import load_profile
 
@@ -117,7 +118,9 @@ class Gateway:
         self.alarms.listeners.append(self.notifier.listener)
         self.sources.notifier = self.notifier
         self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
-        self.pipeline = Pipeline([self.enricher, self.alarms, self.observer])
+        # Supply stock trends give `days_left` before the alarm engine judges it.
+        self.forecast = SupplyForecast(config)
+        self.pipeline = Pipeline([self.enricher, self.forecast, self.alarms, self.observer])
         self.http = StatusServer(
             config.gateway.http_listen,
             self.observer,

@@ -250,7 +250,8 @@ class Enricher:
         normal = basis.lpm_is_normal
         if flow is None:
             if (m3h := _num(fields, "flow_m3h")) is not None:
-                flow, normal = m3h * M3H_TO_LPM, False
+                # Supply meters state their basis like flow_lpm ([nominal] flow_basis).
+                flow = m3h * M3H_TO_LPM
             elif (nm3h := _num(fields, "flow_nm3h")) is not None:
                 flow, normal = nm3h * M3H_TO_LPM, True
             else:

@@ -492,17 +492,23 @@ async def serve_concentrator(
     from urllib.parse import parse_qs
 
     from simulators.modbus_server import (
+        DeviceModel,
         ModbusRtuSimulator,
         ModbusTcpSimulator,
         SimulatedDevice,
+        model_for,
     )
     from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 
     profile = load_profile(profile_name)
     devices = []
     for n, unit in enumerate(units):
-        params = params_from_profile(profile.nominal)
-        model = ConcentratorModel(params, seed=seed + n, flow_lpm=flow_lpm)
+        model: DeviceModel
+        if profile.kind == "supply":  # tanks, manifolds, panels: their own physics
+            model = model_for(profile, seed=seed + n)
+        else:
+            params = params_from_profile(profile.nominal)
+            model = ConcentratorModel(params, seed=seed + n, flow_lpm=flow_lpm)
         devices.append(SimulatedDevice(profile, model, unit=unit, speed=speed))
     url = urlsplit(listen)
     server: ModbusTcpSimulator | ModbusRtuSimulator

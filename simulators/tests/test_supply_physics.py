@@ -4,6 +4,8 @@ regulator, and each fault shows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from o2chain.registers import load_profile
@@ -182,3 +184,34 @@ def test_same_seed_same_values_and_models_chosen_by_profile() -> None:
         model_for_profile({"model": "silo"})
     with pytest.raises(ValueError, match=r"\[nominal\] demand_m3h = 'lots'"):
         model_for_profile({"model": "manifold", "demand_m3h": "lots"})
+
+
+@pytest.mark.integration
+def test_sim_concentrator_serves_a_supply_profile_with_its_physics(tmp_path: Path) -> None:
+    """`o2chain sim concentrator --profile lox-tank` serves the tank's physics, not zeros."""
+    import asyncio
+    import json
+
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from o2chain.procs import ChildProcess, o2chain_argv
+    from o2chain.registers import load_profile
+    from simulators.tests.test_modbus import read_row
+
+    profile = load_profile("lox-tank")
+    level = next(r for r in profile.registers if r.name == "lox_level_pct")
+    argv = o2chain_argv("sim", "concentrator", "--profile", "lox-tank", "--listen",
+                        "tcp://127.0.0.1:0")  # fmt: skip
+    with ChildProcess(argv, tmp_path / "sim.log") as sim:
+        line = sim.wait_for_log(r"\{\"listening\": \"tcp://[^\n]*\}")
+        port = int(json.loads(line.group(0))["listening"].rsplit(":", 1)[1])
+
+        async def read() -> float:
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
+            try:
+                assert await client.connect()
+                return float(await read_row(client, level, unit=1))
+            finally:
+                client.close()
+
+        assert 0.0 < asyncio.run(read()) <= 100.0

@@ -82,6 +82,11 @@ def test_demo_leaves_data_and_no_process(demo_run: DemoRun) -> None:
             db="o2chain",
         )
         assert len(polled) == 3 and all(p["count"] >= 5 for p in polled), polled
+        # The supply link is in the demo: the manifold and the LOX tank polled over Modbus.
+        supply = influx.query_points(
+            "SELECT count(pressure_kpa) FROM supply GROUP BY device", db="o2chain"
+        )
+        assert {p["device"] for p in supply} == {"manifold-1", "lox-1"}, supply
 
 
 def test_demo_broker_takes_only_each_accounts_own_login(demo_run: DemoRun) -> None:

@@ -47,6 +47,7 @@ from simulators.modbus_server import (
     ModbusRtuSimulator,
     ModbusTcpSimulator,
     SimulatedDevice,
+    model_for,
 )
 from simulators.physics.atmosphere import Weather
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
@@ -132,6 +133,23 @@ class EquipmentSpec(_Strict):
     degradation_pct_per_day: float = 0.0
 
 
+class SupplySpec(_Strict):
+    """Supply equipment served over Modbus (``kind = "supply"`` profiles: buffer tank, cylinder
+    manifold, LOX tank, area alarm panel), with its own physics (simulators/physics/supply.py)
+    stepped at the runner's speed, and the state it starts in."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    site: str
+    profile: str
+    listen: str = "tcp://127.0.0.1:0"
+    unit: int = Field(default=1, ge=1, le=247)
+    demand_m3h: float | None = Field(default=None, ge=0)  # normal m3/h drawn
+    left_bank_kpa: float | None = Field(default=None, ge=0)  # manifold: the bank in service
+    level_pct: float | None = Field(default=None, ge=0, le=100)  # LOX tank at the start
+    changeover_failed: bool = False  # manifold fault
+    regulator_drift_kpa_per_h: float = 0.0  # a failing line regulator
+
+
 class RoomSpec(_Strict):
     """A room; unset sizes come from its ``kind`` (simulators.physics.room.ROOM_KINDS)."""
 
@@ -187,6 +205,7 @@ class Scenario(_Strict):
     plant: list[EquipmentSpec] = []
     concentrator: list[EquipmentSpec] = []
     room: list[RoomSpec] = []
+    supply: list[SupplySpec] = []
     boards: BoardsSpec = BoardsSpec()
     event: list[EventSpec] = []
 
@@ -196,8 +215,16 @@ class Scenario(_Strict):
         equipment = {e.id: e for e in [*self.plant, *self.concentrator]}
         rooms = {r.id for r in self.room}
         ids = [e.id for e in [*self.plant, *self.concentrator]] + [r.id for r in self.room]
+        ids += [s.id for s in self.supply]
         if len(set(ids)) != len(ids):
-            raise ValueError("plant, concentrator and room ids must be unique")
+            raise ValueError("plant, concentrator, supply and room ids must be unique")
+        for sup in self.supply:
+            if sup.site not in sites:
+                raise ValueError(f"{sup.id}: unknown site {sup.site!r}")
+            if load_profile(sup.profile).kind != "supply":
+                raise ValueError(
+                    f"supply {sup.id}: profile {sup.profile!r} is not a supply profile"
+                )
         placed: list[tuple[str, str]] = [(e.id, e.site) for e in [*self.plant, *self.concentrator]]
         for thing_id, site in placed + [(r.id, r.site) for r in self.room]:
             if site not in sites:
@@ -270,6 +297,14 @@ def _equipment_model(spec: EquipmentSpec, seed: int) -> ConcentratorModel:
         overrides["rated_flow_lpm"] = spec.rated_flow_lpm
     params = params_from_profile(profile.nominal, **overrides)
     return ConcentratorModel(params, seed=seed, flow_lpm=spec.flow_lpm)
+
+
+def _demands(model: Any) -> list[Any]:
+    """The flow demands of a supply model (one, or one per zone of an area panel)."""
+    params: Any = getattr(model, "params", None)
+    if hasattr(params, "demand"):
+        return [params.demand]
+    return [z.demand for z in getattr(params, "zones", [])]
 
 
 class World:
@@ -522,8 +557,32 @@ class ScenarioRunner:
         self._tasks.append(asyncio.create_task(self._clock()))
         return endpoints
 
+    def _supply_device(self, spec: SupplySpec, seed: int) -> SimulatedDevice:
+        profile = load_profile(spec.profile)
+        model: Any = model_for(profile, seed=seed)
+        if spec.demand_m3h is not None:
+            for demand in _demands(model):
+                demand.demand_m3h = spec.demand_m3h
+        if spec.left_bank_kpa is not None and hasattr(model, "bank_kpa"):
+            model.bank_kpa[model.in_service] = spec.left_bank_kpa
+        if spec.level_pct is not None and hasattr(model, "liquid_l"):
+            model.liquid_l = model.params.capacity_l * spec.level_pct / 100.0
+        if spec.changeover_failed:
+            model.changeover_failed = True
+        regulator = getattr(getattr(model, "params", None), "regulator", None)
+        if regulator is not None:
+            regulator.drift_kpa_per_h = spec.regulator_drift_kpa_per_h
+        # The device steps its own physics at the runner's speed (not the room world's clock).
+        return SimulatedDevice(profile, model, unit=spec.unit, speed=self.speed)
+
     async def _start_modbus(self, endpoints: Endpoints) -> None:
-        groups: dict[tuple[str, str, int, str], list[tuple[EquipmentSpec, SimulatedDevice]]] = {}
+        groups: dict[tuple[str, str, int, str], list[tuple[Any, SimulatedDevice]]] = {}
+        for n, sup in enumerate(self.scenario.supply):
+            device = self._supply_device(sup, self.scenario.scenario.seed * 1000 + 500 + n)
+            self.devices[sup.id] = device
+            scheme, where, port, _query = _listen_key(sup.listen)
+            key = (scheme, where, port, sup.id if scheme == "tcp" and port == 0 else "")
+            groups.setdefault(key, []).append((sup, device))
         for spec in [*self.scenario.plant, *self.scenario.concentrator]:
             if spec.transport != "modbus":
                 continue
@@ -555,7 +614,13 @@ class ScenarioRunner:
                     "url": server.url,
                     "unit": device.unit,
                     "profile": spec.profile,
-                    "kind": "plant" if spec.id in self.world.plants else "concentrator",
+                    "kind": (
+                        "supply"
+                        if isinstance(spec, SupplySpec)
+                        else "plant"
+                        if spec.id in self.world.plants
+                        else "concentrator"
+                    ),
                     "site": spec.site,
                 }
 

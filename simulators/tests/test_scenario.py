@@ -199,7 +199,11 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
 
     doc = asyncio.run(main())
     assert doc["ready"] and doc["mqtt"] == mosquitto.url
-    assert set(doc["modbus"]) == {"psa-1", "conc-1", "conc-2", "conc-3", "conc-4"}
+    assert set(doc["modbus"]) == {
+        *("psa-1", "conc-1", "conc-2", "conc-3", "conc-4"),
+        *("manifold-1", "lox-1"),
+    }
+    assert doc["modbus"]["lox-1"]["kind"] == "supply"
     assert len(doc["boards"]) == 24
     assert [e.action for _, e in runner.fired][:4] == [
         Action.MODBUS_SILENT,  # conc-4's link, at 120 s

@@ -115,7 +115,70 @@ MUTANTS: list[Mutant] = [
         (INGEST_UNIT, G_INGEST),
         "a (boot, seq) already committed stored again",
     ),
+    Mutant(
+        "ingest-announce-before-commit",
+        "gateway/mqtt_ingest.py",
+        "                self.outbox.commit(\n"
+        "                    out.lines,\n"
+        "                    dead,\n"
+        "                    seq_rows,\n"
+        "                    keep_lines=keep_lines,\n"
+        "                    also=self.alarm_writer(events) if events else None,\n"
+        "                )\n"
+        "                if reported:\n"
+        '                    log.info("outbox accepts again")\n'
+        "                if events:\n"
+        "                    self.announce(events)\n",
+        "                if events:\n"
+        "                    self.announce(events)\n"
+        "                self.outbox.commit(\n"
+        "                    out.lines,\n"
+        "                    dead,\n"
+        "                    seq_rows,\n"
+        "                    keep_lines=keep_lines,\n"
+        "                    also=self.alarm_writer(events) if events else None,\n"
+        "                )\n"
+        "                if reported:\n"
+        '                    log.info("outbox accepts again")\n',
+        (INGEST_UNIT, ALARM_DELIVERY, G_INGEST),
+        "an alarm announced (MQTT, live page) before its point and state are committed",
+    ),
+    Mutant(
+        "ingest-announce-before-commit-at-full",
+        "gateway/mqtt_ingest.py",
+        "                    self.outbox.commit([], keep_lines=keep_lines, also=also)\n"
+        "                    if events:\n"
+        "                        self.announce(events)\n",
+        "                    if events:\n"
+        "                        self.announce(events)\n"
+        "                    self.outbox.commit([], keep_lines=keep_lines, also=also)\n",
+        (INGEST_UNIT, ALARM_DELIVERY, G_INGEST),
+        "at a full outbox, an alarm announced before its point and state are committed",
+    ),
     # -- outbox.py: rows leave only after InfluxDB accepted them; the bound; alarm rows ---------
+    Mutant(
+        "outbox-seq-state-not-committed",
+        "gateway/outbox.py",
+        "                if seq_rows:\n"
+        "                    self._db.executemany(\n"
+        '                        "INSERT OR REPLACE INTO seqstate '
+        '(device, boot, max_seq, window) "\n'
+        '                        "VALUES (?, ?, ?, ?)",\n'
+        "                        seq_rows,\n"
+        "                    )\n"
+        '                self._db.execute("COMMIT")\n',
+        '                self._db.execute("COMMIT")\n',
+        (DEDUP_UNIT, INGEST_UNIT, G_INGEST, G_DEDUP),
+        "the duplicate tracker's state not committed with the readings",
+    ),
+    Mutant(
+        "outbox-big-batch-waits-forever",
+        "gateway/outbox.py",
+        "            full = self._bytes > 0 and self._bytes + size > self.max_bytes\n",
+        "            full = self._bytes + size > self.max_bytes\n",
+        (DEDUP_UNIT, ALARM_DELIVERY, G_OUTBOX),
+        "a batch bigger than the whole bound refused even by an empty outbox: ingest stalls",
+    ),
     Mutant(
         "outbox-remove-through-keeps-last",
         "gateway/outbox.py",

@@ -5,7 +5,9 @@ in process on a real SQLite outbox, with the paho client's acknowledgement calls
   tracker's state are committed, as *another* SQLite connection sees them (what survives the
   gateway being killed right after the acknowledgement);
 - while commits fail nothing is acknowledged, and a stop then leaves everything to the broker;
-- a packet id is acknowledged only on the connection it arrived on.
+- a packet id is acknowledged only on the connection it arrived on;
+- an alarm a message raises is announced only once its point and state are committed, also
+  at a full outbox, where the alarm goes out and the message stays unacknowledged.
 
 Each test kills a mutant of ``scripts/mutants.py`` that the older tests let live."""
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.alarms import AlarmEngine, AlarmEvent
 from gateway.config import GatewayConfig, parse_config
 from gateway.mqtt_ingest import MqttIngest, _Abandoned, _Queued
-from gateway.outbox import Outbox
+from gateway.outbox import FullPolicy, Outbox
+from gateway.state_store import StateStore
 
 NOW_MS = 1_795_000_000_000
 
@@ -33,11 +38,14 @@ def config() -> GatewayConfig:
     return parse_config({
         "site": [{"id": "lhasa", "altitude_m": 3650}],
         "device": [{"id": "room-0", "site": "lhasa", "kind": "room", "transport": "mqtt"}],
+        "alarm": [{"id": "o2-high", "field": "o2_pct", "op": ">", "value": 27.0,
+                   "severity": "critical"}],
+        "alarm_engine": {"builtin": False},
     })  # fmt: skip
 
 
-def message(mid: int, seq: int, connection: int = 0) -> _Queued:
-    body = {"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 1000 + seq, "o2_pct": 24.0}
+def message(mid: int, seq: int, connection: int = 0, o2_pct: float = 24.0) -> _Queued:
+    body = {"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 1000 + seq, "o2_pct": o2_pct}
     return _Queued(connection, mid, 1, "o2/lhasa/room-0/telemetry", json.dumps(body).encode())
 
 
@@ -159,3 +167,71 @@ def test_packet_ids_of_an_earlier_connection_are_never_acknowledged(tmp_path: Pa
     assert ingest.stats.unacked_stale == 3 and ingest.stats.acked == 2
     for _mids, (lines, _, _) in recorder.acks:
         assert all(seq_in(lines, n) for n in range(5))  # all committed; the old come again
+
+
+class AlarmRig:
+    """The gateway's wiring of ingest, alarm engine and state store (gateway/app.py), with a
+    listener that records, when it hears of an event, what a second connection finds."""
+
+    def __init__(self, path: Path, outbox: Outbox):
+        self.path = path
+        store = StateStore.sharing(outbox.db, outbox.lock)
+        self.engine = AlarmEngine(config(), store, clock_ms=lambda: NOW_MS)
+        self.ingest = MqttIngest(
+            config(),
+            outbox,
+            process=self.engine,
+            wall_clock_ms=lambda: NOW_MS,
+            alarm_writer=store.writer,
+            announce=self.engine.notify,
+        )
+        self.recorder = Recorder(Committed(path))
+        client: Any = self.ingest.client
+        client.ack_many, client.ack = self.recorder.ack_many, self.recorder.ack
+        self.heard: list[tuple[str, bool, bool]] = []
+        self.announced = threading.Event()
+        self.engine.listeners.append(self.listener)
+
+    def listener(self, event: AlarmEvent) -> None:
+        lines, _, _ = Committed(self.path).read()
+        with closing(sqlite3.connect(self.path)) as db:
+            states = db.execute("SELECT key FROM alarm_state").fetchall()
+        point = any(line.startswith("alarm,") and "rule=o2-high" in line for line in lines)
+        self.heard.append((event.state, point, states == [("lhasa/room-0/o2-high",)]))
+        self.announced.set()
+
+
+def test_an_alarm_is_announced_only_after_its_point_and_state_are_committed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite"
+    rig = AlarmRig(path, Outbox(path))
+    rig.ingest._commit_batch([message(1, 0, o2_pct=29.0)])
+    assert rig.heard == [("raise", True, True)]
+    assert rig.recorder.mids() == [1]
+
+
+def test_at_a_full_outbox_the_alarm_goes_out_and_its_message_waits(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, max_bytes=500, policy=FullPolicy.BLOCK)
+    outbox.commit(["room,device=filler o2_pct=1 1" + " " * 600])  # at the bound
+    rig = AlarmRig(path, outbox)
+    abandoned = threading.Event()
+
+    def committer() -> None:
+        try:
+            rig.ingest._commit_batch([message(1, 0, o2_pct=29.0)])
+        except _Abandoned:
+            abandoned.set()
+
+    thread = threading.Thread(target=committer)
+    thread.start()
+    assert rig.announced.wait(30), "the alarm must not wait for room"
+    with rig.ingest._queue_cond:  # stop: the reading was never committed
+        rig.ingest._stopping = True
+        rig.ingest._queue_cond.notify_all()
+    thread.join(30)
+    assert abandoned.is_set() and rig.recorder.acks == []  # the broker keeps the message
+    assert rig.heard == [("raise", True, True)]
+    lines, _, _ = Committed(path).read()
+    assert not any(line.startswith("room,device=room-0") for line in lines)

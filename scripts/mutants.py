@@ -490,6 +490,22 @@ MUTANTS: list[Mutant] = [
         (WRITER_UNIT, WRITERS_HTTP, G_OUTBOX),
         "rows deleted before InfluxDB accepted them",
     ),
+    Mutant(
+        "writer-ignores-retry-after",
+        "gateway/writer.py",
+        "                delay = exc.retry_after_s if exc.retry_after_s is not None else backoff\n",
+        "                delay = backoff\n",
+        (WRITER_UNIT, WRITERS_HTTP),
+        "InfluxDB's Retry-After ignored: a busy server is hammered",
+    ),
+    Mutant(
+        "writer-retry-after-uncapped",
+        "gateway/writer.py",
+        "                delay = min(delay, MAX_RETRY_AFTER_S)  # a silly Retry-After is capped\n",
+        "",
+        (WRITER_UNIT, WRITERS_HTTP),
+        "a silly Retry-After stops delivery for as long as it says",
+    ),
     # -- state_store.py: the alarm's state and log in the point's transaction ----------------
     Mutant(
         "state-writer-skips-log",

@@ -48,6 +48,7 @@ G_OUTBOX = "gateway/tests/test_guarantees_outbox.py"
 G_DEDUP = "gateway/tests/test_guarantees_dedup.py"
 G_ALARMS = "gateway/tests/test_guarantees_alarms.py"
 G_VALIDATION = "gateway/tests/test_guarantees_validation.py"
+G_POWER = "gateway/tests/test_guarantees_power_loss.py"  # needs root: loop devices
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,14 @@ MUTANTS: list[Mutant] = [
         "            self._bytes += size\n",
         (ALARM_DELIVERY, DEDUP_UNIT, G_OUTBOX),
         "alarm rows left out of the bound's byte count",
+    ),
+    Mutant(
+        "outbox-sync-setting-ignored",
+        "gateway/outbox.py",
+        '        self._db.execute(f"PRAGMA synchronous={synchronous}")\n',
+        '        self._db.execute("PRAGMA synchronous=NORMAL")\n',
+        (WRITER_UNIT, DEDUP_UNIT, G_POWER),
+        "outbox_sync = full not applied: commits that returned are lost in a power cut",
     ),
     # -- dedup.py: (device, boot, seq) ------------------------------------------------------
     Mutant(

@@ -263,6 +263,14 @@ MUTANTS: list[Mutant] = [
         (WRITER_UNIT, DEDUP_UNIT, G_POWER),
         "outbox_sync = full not applied: commits that returned are lost in a power cut",
     ),
+    Mutant(
+        "app-outbox-sync-not-passed",
+        "gateway/app.py",
+        "            synchronous=config.gateway.outbox_sync.upper(),\n",
+        "",
+        (ALARM_DELIVERY, G_OUTBOX),
+        "the gateway's outbox_sync setting never reaches SQLite",
+    ),
     # -- dedup.py: (device, boot, seq) ------------------------------------------------------
     Mutant(
         "dedup-window-off-by-one",

@@ -1,7 +1,8 @@
 """The outbox's bound, measured in the file (gateway/README.md, "Outbox bound"): the bytes the
 outbox believes it holds are the bytes a fresh connection finds, so ``drop_oldest`` keeps the
 file within ``outbox_max_mb`` and ``block`` refuses at the right moment, alarm rows included
-(they pass the bound and are never dropped, but they take room).
+(they pass the bound and are never dropped, but they take room); and the gateway's own outbox
+has the ``outbox_sync``, bound and policy of its config.
 
 Each test kills a mutant of ``scripts/mutants.py`` that the older tests let live."""
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
+from gateway.config import parse_config
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 
 
@@ -56,3 +59,25 @@ def test_alarm_rows_count_towards_a_blocking_bound(tmp_path: Path) -> None:
         box.commit(["room o2_pct=2 2"])
     box.remove_through(box.peek_batch(100).ids[-1])
     assert box.queued_bytes == in_file(path)[0] == 0 and box.has_room()
+
+
+@pytest.mark.parametrize(
+    ("sync", "pragma", "policy"), [("full", 2, "block"), ("normal", 1, "drop_oldest")]
+)
+def test_the_gateway_outbox_has_the_configured_sync_bound_and_policy(
+    tmp_path: Path, sync: str, pragma: int, policy: str
+) -> None:
+    config = parse_config({
+        "gateway": {"state_dir": str(tmp_path / "state"), "http_listen": "127.0.0.1:0",
+                    "outbox_sync": sync, "outbox_max_mb": 2, "outbox_full_policy": policy},
+        "mqtt": {"url": "mqtt://127.0.0.1:1"},
+        "influx": {"url": "http://127.0.0.1:1", "database": "t"},
+        "site": [{"id": "lhasa", "altitude_m": 3650}],
+    })  # fmt: skip
+    gw = Gateway(config)
+    try:
+        # SQLite's numbers: 1 NORMAL, 2 FULL (https://sqlite.org/pragma.html#pragma_synchronous)
+        assert gw.outbox.db.execute("PRAGMA synchronous").fetchone() == (pragma,)
+        assert (gw.outbox.max_bytes, gw.outbox.policy) == (2 << 20, FullPolicy(policy))
+    finally:
+        gw.outbox.close()

@@ -219,6 +219,7 @@ class Outbox:
                     f"outbox {self.path} holds {self._bytes} bytes, bound {self.max_bytes}"
                 )
             self._db.execute("BEGIN")
+            dropped_before = self.stats.dropped_oldest
             try:
                 if lines and self._bytes + size > self.max_bytes:
                     self._drop_oldest(self._bytes + size - self.max_bytes)
@@ -248,6 +249,9 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._recount()
+                # The dropped rows are back: a commit retried through a full disk must not
+                # report a loss on every try (o2chain_outbox_dropped_total).
+                self.stats.dropped_oldest = dropped_before
                 raise
             self._bytes += size + kept_size
             self._points += len(lines) + len(keep_lines)

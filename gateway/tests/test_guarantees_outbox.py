@@ -81,3 +81,21 @@ def test_the_gateway_outbox_has_the_configured_sync_bound_and_policy(
         assert (gw.outbox.max_bytes, gw.outbox.policy) == (2 << 20, FullPolicy(policy))
     finally:
         gw.outbox.close()
+
+
+def test_a_failed_commit_that_dropped_rows_leaves_the_counts_true(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_bytes=600, policy=FullPolicy.DROP_OLDEST)
+    for n in range(10):
+        box.commit([f"room o2_pct={n} {n}" + " " * 40])
+
+    def disk_error(db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    assert box.stats.dropped_oldest == 0 and in_file(path)[1] == 10
+    with pytest.raises(sqlite3.OperationalError):  # drop_oldest ran, then it rolled back
+        box.commit(["room o2_pct=99 99" + " " * 300], also=disk_error)
+    size, points, _alarms = in_file(path)
+    assert points == 10 and (box.queued_bytes, box.depth()) == (size, points)
+    # Nothing was lost, so none is reported lost (o2chain_outbox_dropped_total).
+    assert box.stats.dropped_oldest == 0

@@ -271,6 +271,24 @@ MUTANTS: list[Mutant] = [
         (ALARM_DELIVERY, G_OUTBOX),
         "the gateway's outbox_sync setting never reaches SQLite",
     ),
+    Mutant(
+        "outbox-rollback-keeps-byte-count",
+        "gateway/outbox.py",
+        '                self._db.execute("ROLLBACK")\n'
+        "                self._recount()\n"
+        "                # The dropped rows are back",
+        '                self._db.execute("ROLLBACK")\n                # The dropped rows are back',
+        (DEDUP_UNIT, ALARM_DELIVERY, G_OUTBOX),
+        "after a failed commit that dropped rows, the outbox counts bytes it still holds as gone",
+    ),
+    Mutant(
+        "outbox-rollback-keeps-drop-count",
+        "gateway/outbox.py",
+        "                self.stats.dropped_oldest = dropped_before\n",
+        "",
+        (DEDUP_UNIT, ALARM_DELIVERY, G_OUTBOX),
+        "points reported dropped by a commit that rolled back (and again on every retry)",
+    ),
     # -- dedup.py: (device, boot, seq) ------------------------------------------------------
     Mutant(
         "dedup-window-off-by-one",
@@ -392,6 +410,14 @@ MUTANTS: list[Mutant] = [
         "    return value > threshold - hysteresis\n",
         (ALARMS_UNIT, PHYSICS, G_ALARMS),
         "a low alarm clears inside its hysteresis band",
+    ),
+    Mutant(
+        "rules-hysteresis-ge-as-low",
+        "gateway/rules.py",
+        '    if op in (">", ">="):\n',
+        '    if op == ">":\n',
+        (ALARMS_UNIT, PHYSICS, G_ALARMS),
+        "a >= rule with hysteresis clears as if it were a low alarm",
     ),
     Mutant(
         "rules-zero-hysteresis-on-threshold",

@@ -82,11 +82,19 @@ def test_operators_and_the_clear_condition_without_hysteresis(
         assert back_inside(op, value, 27.0, 0.0) is not raises, (op, value)
 
 
-@pytest.mark.parametrize(("op", "inside", "outside"), [(">", 26.6, 26.4), ("<", 27.4, 27.6)])
-def test_the_clear_condition_with_hysteresis(op: str, inside: float, outside: float) -> None:
-    assert not back_inside(op, inside, 27.0, 0.5) and not exceeds(op, inside, 27.0)
+@pytest.mark.parametrize(
+    ("op", "inside", "edge", "outside"),
+    [(">", 26.6, 26.5, 26.4), (">=", 26.6, 26.5, 26.4),
+     ("<", 27.4, 27.5, 27.6), ("<=", 27.4, 27.5, 27.6)],
+)  # fmt: skip
+def test_the_clear_condition_with_hysteresis(
+    op: str, inside: float, edge: float, outside: float
+) -> None:
+    # Inside the band: neither raises nor clears (an active alarm stays); the edge belongs to it.
+    for value in (inside, edge):
+        assert not back_inside(op, value, 27.0, 0.5) and not exceeds(op, value, 27.0), value
     assert back_inside(op, outside, 27.0, 0.5)
-    assert not back_inside(op, 27.0 - 0.5 if op == ">" else 27.0 + 0.5, 27.0, 0.5)  # the edge
+    assert not back_inside(op, 27.0, 27.0, 0.5)  # on the threshold: not clear either
 
 
 def test_a_pending_strict_rule_is_cancelled_by_a_value_on_the_threshold(tmp_path: Path) -> None:

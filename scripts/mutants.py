@@ -15,7 +15,8 @@ its ``git status`` and the mutated files' hashes are compared before and after, 
 difference is an error (exit 2). A survivor makes the exit status 1.
 
 A snippet that no longer occurs exactly once is reported as ``stale``: the code moved, the
-mutant must follow it.
+mutant must follow it. The power-cut test needs root (loop devices); without it that test
+skips and ``outbox-sync-setting-ignored`` survives.
 """
 
 from __future__ import annotations

@@ -96,6 +96,15 @@ MUTANTS: list[Mutant] = [
         "a packet id of an earlier connection acknowledged on the new one",
     ),
     Mutant(
+        "ingest-disconnect-keeps-connection",
+        "gateway/mqtt_ingest.py",
+        "            self._connection += 1  # packet ids of the old connection mean "
+        "nothing any more\n",
+        "            pass\n",
+        (INGEST_UNIT, G_INGEST),
+        "a reconnect not noticed: the old connection's packet ids acknowledged on the new one",
+    ),
+    Mutant(
         "ingest-acked-counted-on-failure",
         "gateway/mqtt_ingest.py",
         '                    log.error("MQTT acknowledgements failed (%d so far)", '

@@ -25,8 +25,10 @@ REQUIRED_TOOLS = {
     "openssl": "TLS tests (certificates)",
     "micropython": "the firmware on the real MicroPython interpreter",
     "mpy-cross": "compiling the firmware as it ships",
+    "losetup": "the power-cut test (a loop device whose page cache is lost)",
+    "mkfs.ext4": "the power-cut test's file system",
 }
-_SBIN = ("/usr/sbin", "/usr/bin")
+_SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
 
 
 def _found(tool: str) -> bool:

@@ -279,8 +279,9 @@ class Outbox:
                 raise OutboxFullError(
                     f"outbox {self.path} holds {self._bytes} bytes, bound {self.max_bytes}"
                 )
-            dropped_before, truncated = self.stats.dead_letters_dropped, 0
+            letters_dropped_before, truncated = self.stats.dead_letters_dropped, 0
             self._db.execute("BEGIN")
+            points_dropped_before = self.stats.dropped_oldest
             try:
                 if lines and self._bytes + size > self.max_bytes:
                     self._drop_oldest(self._bytes + size - self.max_bytes)
@@ -314,7 +315,10 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._recount()
-                self.stats.dead_letters_dropped = dropped_before
+                # The dropped rows are back: a commit retried through a full disk must not
+                # report a loss on every try (o2chain_outbox_dropped_total).
+                self.stats.dead_letters_dropped = letters_dropped_before
+                self.stats.dropped_oldest = points_dropped_before
                 raise
             self.stats.dead_letters_truncated += truncated
             self._bytes += size + kept_size

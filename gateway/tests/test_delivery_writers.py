@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from gateway import writer as writer_module
 from gateway.config import InfluxSection
 from gateway.influx import (
     InfluxMisconfigured,
@@ -27,7 +29,7 @@ from gateway.influx import (
     parse_retry_after,
 )
 from gateway.outbox import Outbox
-from gateway.writer import OutboxDrainer
+from gateway.writer import MAX_RETRY_AFTER_S, OutboxDrainer
 
 
 @dataclass
@@ -235,14 +237,40 @@ def test_drainer_splits_on_413_and_keeps_order(twin: Twin, tmp_path: Path) -> No
     assert outbox.dead_letters() == []
 
 
-def test_drainer_honours_retry_after(twin: Twin, tmp_path: Path) -> None:
+class RecordedWaits:
+    """``asyncio`` as the drainer sees it, except that ``wait_for`` records its timeout and
+    times out at once: the retry delays the drainer chose become a list the test reads, in
+    order, instead of seconds measured on a busy machine."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def wait_for(self, aw: Any, timeout: float) -> None:
+        self.timeouts.append(timeout)
+        aw.close()  # the stop.wait() coroutine, never awaited
+        raise TimeoutError
+
+
+def test_drainer_honours_retry_after(
+    twin: Twin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits = RecordedWaits()
+    monkeypatch.setattr(writer_module, "asyncio", waits)
     outbox = Outbox(tmp_path / "o.sqlite")
     outbox.commit(["m v=1 1"])
-    twin.script += [(204, {}), (429, {"Retry-After": "1"})]
+    # CREATE DATABASE, then: asked to wait 30 s; a 503 without a date; asked for a day.
+    twin.script += [(204, {}), (429, {"Retry-After": "30"}), (503, {}),
+                    (429, {"Retry-After": "86400"})]  # fmt: skip
     writer = InfluxV1Writer(section(twin, tmp_path))
     asyncio.run(drain_all(outbox, writer, batch_size=10, timeout_s=10))
-    first, second = [r for r in twin.requests if r.path == "/write"]
-    assert second.at - first.at >= 0.95  # not the 0.25 s of its own backoff
+    writes = [r for r in twin.requests if r.path == "/write"]
+    assert [r.accepted for r in writes] == [False, False, False, True]
+    # One wait after each refusal, before the next attempt: what InfluxDB asked for, not the
+    # drainer's own backoff (0.25 s, capped at max_backoff_s = 0.05 here), at most 300 s.
+    assert waits.timeouts == [30.0, 0.05, MAX_RETRY_AFTER_S]
     assert twin.written == ["m v=1 1"]
 
 

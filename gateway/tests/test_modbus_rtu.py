@@ -157,7 +157,8 @@ def test_serial_line_from_url() -> None:
     assert line.char_s == pytest.approx(11 / 9600)
     assert line.frame_gap_s == pytest.approx(3.5 * 11 / 9600)
     assert SerialLine.from_url("rtu:///dev/x?baudrate=115200").frame_gap_s == 0.00175
-    assert RtuBus.__doc__
+    with pytest.raises(ValueError, match="parity must be N, E or O"):
+        SerialLine.from_url("rtu:///dev/ttyUSB0?parity=Q")
 
 
 def watch_polls(pollers: list[DevicePoller]) -> asyncio.Event:

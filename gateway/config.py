@@ -282,6 +282,21 @@ class Device(_Strict):
     kind: DeviceKind
     transport: Transport
     room: str | None = None  # `room` tag for room boards (default: the device id)
+    # `point` tag of supply devices: where in the supply they measure, e.g. "lox-tank",
+    # "zone-2" (docs/contracts.md; default: the device id).
+    point: str | None = None
+
+    def tags(self, source: str) -> dict[str, str]:
+        """The InfluxDB tags of this device's readings (docs/contracts.md, InfluxDB schema)."""
+        tags = {"site": self.site, "device": self.id}
+        if self.kind is DeviceKind.ROOM:
+            tags["room"] = self.room or self.id
+            return tags
+        tags["source"] = source
+        if self.kind is DeviceKind.SUPPLY:
+            tags["point"] = self.point or self.id
+        return tags
+
     # Room boards: outdoor-air ventilation, for the chain balance's O2 demand estimate.
     ventilation_m3h: Annotated[float, Field(ge=0, le=100_000)] | None = None
     url: str | None = None  # Modbus: tcp://host:port or rtu:///dev/ttyX?baudrate=..

@@ -451,7 +451,7 @@ class DevicePoller:
         self.derive(fields)
         return Reading(
             measurement_for(self.device.kind),
-            {"site": self.device.site, "device": self.device.id, "source": "modbus"},
+            self.device.tags("modbus"),
             fields,
             self.wall_clock_ms(),
         )

@@ -248,10 +248,9 @@ class TelemetryDecoder:
                 continue
             if device.kind is DeviceKind.ROOM:
                 measurement = "room"
-                tags = {"site": device.site, "device": device.id, "room": device.room or device.id}
             else:
                 measurement = "concentrator" if device.kind is not DeviceKind.SUPPLY else "supply"
-                tags = {"site": device.site, "device": device.id, "source": "sensor"}
+            tags = device.tags("sensor")
             self._devices[(device.site, device.id)] = (measurement, tags)
             if device.site in altitude:
                 band = baro_band_kpa(altitude[device.site])

@@ -116,7 +116,9 @@ def test_every_supply_profile_polled_into_canonical_fields() -> None:
     [readings] = poll(list(zip(devices, sims, strict=True)))
     for cfg, s, r in zip(devices, sims, readings, strict=True):
         assert r.measurement == "supply"
-        assert r.tags == {"site": "lhasa", "device": cfg["id"], "source": "modbus"}
+        assert r.tags == {
+            "site": "lhasa", "device": cfg["id"], "source": "modbus", "point": cfg["id"]
+        }  # fmt: skip
         assert set(r.fields) == CANONICAL[cfg["profile"]], cfg["profile"]
         assert "invalid" not in r.fields
         served = s.values()

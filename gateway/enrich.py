@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
-from gateway.readings import FieldValue, Reading
+from gateway.readings import FieldValue, Reading, number
 from gateway.state_store import StateStore
 from o2chain.registers import ProfileError, load_profile
 
@@ -81,13 +81,6 @@ class FlowBasis:
             normal_kpa=float(nominal.get("flow_normal_kpa", oxygen.NORMAL_KPA)),
             normal_temp_c=float(nominal.get("flow_normal_temp_c", oxygen.NORMAL_TEMP_C)),
         )
-
-
-def _num(fields: dict[str, FieldValue], name: str) -> float | None:
-    value = fields.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 @dataclass
@@ -246,13 +239,13 @@ class Enricher:
         """The device's flow in L/min at the site's conditions (``flow_lpm``, ``flow_m3h`` or
         ``flow_nm3h``, converted by the device's :class:`FlowBasis`); None without one."""
         basis = self._flow_basis.get((dev.site, dev.id)) or FlowBasis()
-        flow = _num(fields, "flow_lpm")
+        flow = number(fields, "flow_lpm")
         normal = basis.lpm_is_normal
         if flow is None:
-            if (m3h := _num(fields, "flow_m3h")) is not None:
+            if (m3h := number(fields, "flow_m3h")) is not None:
                 # Supply meters state their basis like flow_lpm ([nominal] flow_basis).
                 flow = m3h * M3H_TO_LPM
-            elif (nm3h := _num(fields, "flow_nm3h")) is not None:
+            elif (nm3h := number(fields, "flow_nm3h")) is not None:
                 flow, normal = nm3h * M3H_TO_LPM, True
             else:
                 return None
@@ -267,7 +260,7 @@ class Enricher:
         fields = r.fields
         o2 = fields.get("o2_pct")
         if o2.__class__ is not float:  # the decoder's floats skip _num's type checks
-            o2 = _num(fields, "o2_pct")
+            o2 = number(fields, "o2_pct")
             if o2 is None:
                 if "ppo2_kpa" not in fields and "eq_alt_m" not in fields:
                     return r
@@ -276,7 +269,7 @@ class Enricher:
                 return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
         baro = fields.get("baro_kpa")
         if baro is not None and baro.__class__ is not float:
-            baro = _num(fields, "baro_kpa")
+            baro = number(fields, "baro_kpa")
         fields = dict(fields)
         low, high = self._baro_band[dev.site]
         if baro is not None and low <= baro <= high:
@@ -301,7 +294,7 @@ class Enricher:
             fields.pop("eq_alt_m", None)
         temp = fields.get("temp_c")
         if temp is not None and temp.__class__ is not float:
-            temp = _num(fields, "temp_c")
+            temp = number(fields, "temp_c")
         room = self._rooms.get(key)
         if room is None:
             self._rooms[key] = _Room(o2, eq_alt, now, sensor_kpa, temp)
@@ -312,7 +305,7 @@ class Enricher:
 
     def _enrich_producer(self, dev: Device, r: Reading, now: int) -> Reading:
         flow = self._flow_lpm(dev, r.fields, now)
-        purity = _num(r.fields, "purity_pct")
+        purity = number(r.fields, "purity_pct")
         if flow is None or purity is None:
             return r
         if r.fields.get("state") is False:

@@ -37,6 +37,14 @@ class Reading:
         return line
 
 
+def number(fields: dict[str, FieldValue], name: str) -> float | None:
+    """Field ``name`` as a float, or None when it is missing or not a number (bools are not)."""
+    value = fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 # A field the gateway will not use as a number (out of its plausible range, not finite, a
 # Modbus "no value" sentinel, the wrong type) is not stored under its own name: its raw value
 # goes to ``{name}_raw`` (when it is a finite number) and the string field ``invalid`` lists

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import DeviceKind, GatewayConfig
-from gateway.readings import FieldValue, Reading
+from gateway.readings import FieldValue, Reading, number
 from gateway.rules import nominal
 
 DAYS_LEFT_MAX = 365.0  # "not running out": a number, so the alarm clears
@@ -79,13 +79,6 @@ def days_left(samples: Sequence[tuple[float, float]]) -> float | None:
     distinct times; :data:`DAYS_LEFT_MAX` when the stock is not falling."""
     slope = slope_pct_per_s(samples)
     return None if slope is None else days_from(samples[-1][1], slope)
-
-
-def _num(fields: dict[str, FieldValue], name: str) -> float | None:
-    value = fields.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 @dataclass
@@ -129,10 +122,10 @@ class SupplyForecast:
     def stock_pct(self, key: tuple[str, str], fields: dict[str, FieldValue]) -> float | None:
         """Per cent of usable supply left, from whichever stock field the reading carries."""
         for name in ("lox_level_pct", "level_pct"):
-            level = _num(fields, name)
+            level = number(fields, name)
             if level is not None:
                 return level
-        left, right = _num(fields, "bank_left_kpa"), _num(fields, "bank_right_kpa")
+        left, right = number(fields, "bank_left_kpa"), number(fields, "bank_right_kpa")
         if left is None or right is None:
             return None
         full, empty = self._banks[key]

@@ -17,16 +17,10 @@ from __future__ import annotations
 import random
 
 from simulators.wire.faults import WireFaults
+from simulators.wire.winsen import READ_CMD, checksum, take_commands
 
-FRAME_LEN = 9
 READ_QUERY = bytes.fromhex("ff0186000000000079")
-READ_CMD = 0x86
 MAX_PPM = 0xFFFF
-
-
-def checksum(frame: bytes | bytearray) -> int:
-    """``(~(b1 + ... + b7) + 1) & 0xFF``."""
-    return (~sum(frame[1:8]) + 1) & 0xFF
 
 
 def read_reply(co2_ppm: float, temp_c: float = 21.0) -> bytes:
@@ -65,20 +59,9 @@ class MHZ19Wire:
         buf = self._buf
         buf += data
         out = b""
-        while True:
-            start = buf.find(b"\xff")
-            if start < 0:
-                buf.clear()
-                break
-            del buf[:start]
-            if len(buf) < FRAME_LEN:
-                break
-            frame = bytes(buf[:FRAME_LEN])
-            if frame[1] != 0x01 or frame[8] != checksum(frame):
-                self.bad_frames += 1
-                del buf[:1]
-                continue
-            del buf[:FRAME_LEN]
+        frames, bad = take_commands(buf)
+        self.bad_frames += bad
+        for frame in frames:
             if frame[2] == READ_CMD:
                 self.queries += 1
                 out += self.frame(now_s)

@@ -24,17 +24,11 @@ import sys
 import threading
 
 from simulators.wire.faults import PtySensor
+from simulators.wire.winsen import READ_CMD, checksum, take_commands
 
-FRAME_LEN = 9
 QUERY = bytes.fromhex("ff0186000000000079")
 MODE_CMD = 0x78
-READ_CMD = 0x86
 CAL_KPA = 101.325  # factory calibration in sea-level air
-
-
-def checksum(frame: bytes | bytearray) -> int:
-    """ZE03 checksum of bytes 1..7: ``(~sum + 1) & 0xFF``."""
-    return (~sum(frame[1:8]) + 1) & 0xFF
 
 
 def reply_frame(o2_pct: float) -> bytes:
@@ -82,21 +76,9 @@ class ZE03Wire:
         buf = self._buf
         buf += data
         out = b""
-        # Resync on the start byte; a command is 9 bytes with a valid checksum.
-        while len(buf) >= FRAME_LEN:
-            start = buf.find(b"\xff")
-            if start < 0:
-                buf.clear()
-                break
-            del buf[:start]
-            if len(buf) < FRAME_LEN:
-                break
-            frame = bytes(buf[:FRAME_LEN])
-            if frame[1] != 0x01 or frame[8] != checksum(frame):
-                self.bad_frames += 1
-                del buf[:1]
-                continue
-            del buf[:FRAME_LEN]
+        frames, bad = take_commands(buf)
+        self.bad_frames += bad
+        for frame in frames:
             if frame[2] == READ_CMD:
                 out += self.answer()
                 self.queries += 1

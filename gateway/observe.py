@@ -37,6 +37,7 @@ TREND_FIELDS = frozenset({
     "flow_m3h", "level_pct",
 })  # fmt: skip
 HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the default 10 s
+UNKNOWN_LISTED = 50  # unknown devices listed on the live page (newest first)
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
 
 
@@ -373,4 +374,12 @@ class Observer:
             "alarm_counts": counts,
             "alarms": active,
             "sites": sites,
+            # Boards that announce themselves (status) but are not in the config: their data
+            # are refused as unknown_device until someone adds them.
+            "unknown_devices": [
+                {"key": key, "state": state, "seen_ms": seen_ms}
+                for key, (state, seen_ms) in list(
+                    reversed(self.sources.ingest_stats.unknown_devices.items())
+                )[:UNKNOWN_LISTED]
+            ],
         }

@@ -601,9 +601,17 @@
     h.title = [...gw.health.reasons, ...gw.health.warnings].join("\n") || "no problems";
   }
 
+  function renderUnknown(doc) {
+    const list = doc.unknown_devices || [];
+    $("unknown").hidden = list.length === 0;
+    const ul = $("unknown-list");
+    ul.replaceChildren(...list.map((u) => el("li", "", `${u.key} · ${u.state}`)));
+  }
+
   function render(doc) {
     renderHeader(doc);
     renderAlarms(doc);
+    renderUnknown(doc);
     const root = $("sites");
     const seen = new Set();
     for (const site of doc.sites) {

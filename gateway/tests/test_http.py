@@ -257,8 +257,13 @@ def test_routes_status_metrics_and_alarm_actions(
             assert answer.json()["status"] == "ok"
 
             # Reading on loopback needs no login (the demo's page stays visible).
+            r.mqtt.stats.unknown_devices["lhasa/ghost-1"] = ("online", T0)
             answer = await request(url, "/api/status")
             doc = answer.json()
+            # A board the config does not know is listed, so someone can add it.
+            assert doc["unknown_devices"] == [
+                {"key": "lhasa/ghost-1", "state": "online", "seen_ms": T0}
+            ]
             assert answer.status == 200 and doc["gateway"]["id"] == "gw-t"
             (site,) = doc["sites"]
             assert site["id"] == "lhasa" and site["limits"]["o2_high_alarm_pct"] == 27.89

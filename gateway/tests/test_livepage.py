@@ -99,6 +99,7 @@ class Boards(threading.Thread):
             self._pub(device, "status", {"state": "online", "fw": "test", "boot": 1}, retain=True)
         self._pub("conc-1", "status", {"state": "online", "fw": "test", "boot": 1}, retain=True)
         self._pub("room-104", "status", {"state": "offline"}, retain=True)
+        self._pub("ghost-9", "status", {"state": "online", "fw": "test"}, retain=True)
         seq = 0
         while not self.stop_event.is_set():
             seq += 1
@@ -469,6 +470,18 @@ def test_a_viewer_sees_but_cannot_act(live: LiveGateway, browser_context: Any) -
     assert status == 403
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("User name")).to_be_visible()
+    page.close()
+
+
+def test_boards_not_in_the_config_are_listed_with_how_to_add_them(
+    live: LiveGateway, browser_context: Any
+) -> None:
+    expect = _pw().expect
+    page = browser_context.new_page()
+    page.goto(live.url + "/")
+    expect(page.locator("#unknown")).to_be_visible(timeout=15_000)
+    expect(page.locator("#unknown-list")).to_contain_text("ghost-9")
+    expect(page.locator("#unknown .hint")).to_contain_text("[[device]]")
     page.close()
 
 

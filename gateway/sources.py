@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config import Device
-from gateway.modbus import DeviceHealth
+from gateway.modbus import OFFLINE_AFTER, DeviceHealth
 from gateway.mqtt_ingest import IngestStats
 from gateway.outbox import OutboxStats
 from gateway.writer import WriterStats
@@ -88,11 +88,13 @@ def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monoto
         poller = pollers.get((site, device))
         if poller is not None:
             health = poller.health
-            if not health.polls:
-                return None
             if health.online:
                 return True
             last_ok = health.last_ok_monotonic
+            if last_ok is None and health.consecutive_failures < OFFLINE_AFTER:
+                # Not polled yet, or the first polls are still under way: unknown, not offline
+                # (every gateway start would otherwise alarm every Modbus device for a moment).
+                return None
             interval = poller.device.interval_s
             # Not answering, but the last answer is recent: one lost poll is not "offline".
             return not (last_ok is None or clock_s() - last_ok > 2 * interval)

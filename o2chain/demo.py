@@ -233,6 +233,7 @@ def _counts(services: Services) -> dict[str, int]:
         ("concentrator", "purity_pct"),
         ("alarm", "state"),
         ("device_health", "online"),
+        ("supply", "pressure_kpa"),
         ("chain", "produced_o2_lpm"),
         ("gateway", "outbox_depth"),
     ):
@@ -411,6 +412,12 @@ class Narrator:
                 for event in group:
                     print(format_event(event), flush=True)
         for event in fresh:
+            if (
+                self.ack_due
+                and event.get("event") == "clear"
+                and event.get("key") == self.ack_due[1]
+            ):
+                self.ack_due = None  # cleared before it was acknowledged: wait for the next one
             serious = _SEVERITY_RANK.get(str(event.get("severity")), 0) >= 2
             if self.auto_ack and event.get("event") == "raise" and serious and not self.ack_due:
                 self.ack_due = (time.monotonic() + AUTO_ACK_AFTER_S, str(event.get("key")))

@@ -112,3 +112,29 @@ def test_log_tail_from_end_skips_what_earlier_runs_wrote(tmp_path: Any) -> None:
     with log.open("a") as f:
         f.write(" line\n")
     assert tail.lines() == ["partial line"]
+
+
+def test_auto_ack_skips_an_alarm_that_cleared_before_it_was_due(monkeypatch: Any) -> None:
+    """The demo acknowledges the first serious alarm still standing, not one that cleared
+    while the demo waited (the gateway answers 409 to that)."""
+    from o2chain import demo
+
+    monkeypatch.setattr(demo, "AUTO_ACK_AFTER_S", 0.0)
+    brief = _alarm("conc-1", "device-offline", "alarm")
+    lasting = _alarm("conc-4", "device-offline", "alarm")
+    log = _Log(
+        [
+            {**brief, "event": "raise", "ts": 1000},
+            {**brief, "event": "clear", "ts": 1001},
+            {**lasting, "event": "raise", "ts": 1002},
+        ]
+    )
+    acked: list[str] = []
+    log.ack = acked.append  # type: ignore[attr-defined]
+    log.user = "operator"  # type: ignore[attr-defined]
+    narrator = demo.Narrator("http://127.0.0.1:1", ("operator", "pw"), auto_ack=True)
+    narrator.client = log  # type: ignore[assignment]
+    narrator.poll()
+    narrator.poll()
+    assert acked == ["lhasa-hotel/conc-4/device-offline"]
+    assert narrator.acked == acked

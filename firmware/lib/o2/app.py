@@ -102,6 +102,9 @@ class Board:
         self.buzzer, self.led = pins
         self._wdt_factory = wdt_factory
         self.reset_cause = reset_cause
+        # A config error (o2.config.salvage): the local alarm runs, no telemetry, the status
+        # says config_error with the reason.
+        self.error = cfg.get("error")
         self.room = cfg["kind"] == "room"
         self.fields = telemetry.ROOM_FIELDS if self.room else telemetry.CONCENTRATOR_FIELDS
         # Galvanic cells (ZE03, ADS1115) measure partial pressure: always pressure-corrected.
@@ -171,13 +174,14 @@ class Board:
             self.alarms.flag(_FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
             self._alarm_changed()
         self._drive_pins()
-        asyncio.create_task(self.wifi.run())
-        if self.cfg["ntp.host"]:
-            asyncio.create_task(
-                keep_time(self.wifi, self.clock, self.cfg["ntp.host"], self.cfg["ntp.port"])
-            )
-        asyncio.create_task(self.mqtt.run(self.wifi.up))
-        asyncio.create_task(self.send_loop())
+        if self.cfg["mqtt.host"] and self.cfg["site"] and self.cfg["device"]:
+            asyncio.create_task(self.wifi.run())
+            if self.cfg["ntp.host"]:
+                asyncio.create_task(
+                    keep_time(self.wifi, self.clock, self.cfg["ntp.host"], self.cfg["ntp.port"])
+                )
+            asyncio.create_task(self.mqtt.run(self.wifi.up))
+            asyncio.create_task(self.send_loop())
         await self.sample_loop()
 
     async def sample_loop(self) -> None:
@@ -192,7 +196,7 @@ class Board:
             t0 = time.ticks_us()
             await self.sample_once()
             now = time.ticks_ms()
-            if time.ticks_diff(now, next_reading) >= 0:
+            if time.ticks_diff(now, next_reading) >= 0 and not self.error:
                 await self.reading_once()
                 busy_us = time.ticks_diff(time.ticks_us(), t0)
                 next_reading = time.ticks_add(next_reading, self.interval_ms)
@@ -472,6 +476,10 @@ class Board:
         Formatted in one step (no dict, no bytes copy): the smallest transient allocation,
         taken every health period next to the running board."""
         extra = ""
+        state = "online"
+        if self.error:
+            state = "config_error"
+            extra += ',"error":%s,"local_alarm":"armed"' % json.dumps(self.error)
         if self.boot_recovered:
             extra += ',"boot_recovered":' + json.dumps(self.boot_recovered)
         if self.warmup_ms:
@@ -479,10 +487,11 @@ class Board:
         if not self.cfg["command_key"]:
             extra += ',"commands":"disabled: no command_key"'
         return (
-            '{"state":"online","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
+            '{"state":"%s","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
             '"heap_free_b":%d,"rssi_dbm":%s,"buffered":%d,"dropped":%d,"spool_torn":%d,'
             '"reset_cause":"%s","alarms":%s,"ts":%d%s}'
         ) % (
+            state,
             FW_VERSION,
             self.boot,
             self.cfg["kind"],
@@ -590,7 +599,14 @@ def run(ready) -> None:
     if len(batch) < 128 + cfg["spool.batch_kb"] * 1024:
         batch = bytearray(128 + cfg["spool.batch_kb"] * 1024)
     wiring.load_modules(cfg)
-    board = wiring.build(cfg, boot, spool, batch)
+    try:
+        board = wiring.build(cfg, boot, spool, batch)
+    except Exception as e:  # noqa: BLE001 -- a pin, UART or CA file the hardware refuses
+        print("config error: wiring: %r" % (e,))
+        from o2.safemode import safe_mode
+
+        asyncio.run(safe_mode(cfg, "config error: wiring: %r" % (e,)))
+        return
     del wiring, ready
     forget_module("wiring")
     print("reset cause: %s; heap free %d" % (board.reset_cause, gc.mem_free()))

@@ -27,8 +27,16 @@ async def safe_mode(cfg: dict, reason: str) -> None:
     client = make_mqtt(cfg)
     wifi = Wifi(network.WLAN(network.STA_IF), cfg["wifi.ssid"], cfg["wifi.password"])
     prefix = "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
+    # The local alarm does not run here: its sensor, thresholds or pins were unusable, or the
+    # board is crash-looping.
     status = json.dumps(
-        {"state": what, "fw": FW_VERSION, "error": reason, "reset_cause": reset_cause()}
+        {
+            "state": what,
+            "fw": FW_VERSION,
+            "error": reason,
+            "reset_cause": reset_cause(),
+            "local_alarm": "off",
+        }
     )
     reboot = asyncio.Event()
     inbox: list = []

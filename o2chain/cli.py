@@ -47,7 +47,13 @@ def _prefix(args: argparse.Namespace | None) -> str:
     """``o2chain demo``, ``o2chain sim concentrator``: who speaks in an error line."""
     words = ["o2chain"]
     if args is not None:
-        for attr in ("command", "sim_command", "alarms_command", "gateway_command"):
+        for attr in (
+            "command",
+            "sim_command",
+            "alarms_command",
+            "gateway_command",
+            "firmware_command",
+        ):
             value = getattr(args, attr, None)
             if isinstance(value, str):
                 words.append(value)

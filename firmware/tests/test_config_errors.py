@@ -133,7 +133,9 @@ def test_unknown_key_is_a_retained_config_error_and_the_alarm_stays_armed(
         assert "intervall_s: unknown key" in status["error"] and status["local_alarm"] == "armed"
         board.set_o2_pct(26.0)  # over the board's 24 % high alarm
         board.wait_for_log(rf"^pin {BUZZER}=1 ", timeout_s=10)
-        rec.wait_message("alarm event", lambda t, d, r: t == PREFIX + "alarm" and d["state"] == "raise")
+        rec.wait_message(
+            "alarm event", lambda t, d, r: t == PREFIX + "alarm" and d["state"] == "raise"
+        )
         assert not [t for t, _, _ in rec.messages if t.endswith("/telemetry")]
         assert "reading seq=" not in board.log_text()
     finally:

@@ -697,8 +697,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         if isinstance(got, str) and "@" in got:
             got = redact_url(got)  # a URL with a password: the error goes to logs and terminals
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
-    return f"{source}: invalid configuration:\n" + "\n".join(lines)
+        lines.append(f"{loc or '(top level)'}: {msg}{shown}")
+    # One line, every problem in it (a terminal, a log line, a CI annotation).
+    return f"{source}: invalid configuration: " + "; ".join(lines)
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:

@@ -99,7 +99,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "check",
             "-c",
             _gateway_toml(t, _file(t, "afile"), "mqtt://127.0.0.1:99999"),
-        ],  # fmt: skip
+        ],
         2,
         ["mqtt.url: port of '127.0.0.1:99999' out of range"],
     ),
@@ -118,7 +118,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "medical-concentrator",
             "--listen",
             f"tcp://127.0.0.1:{_busy_port()}",
-        ],  # fmt: skip
+        ],
         1,
         ["o2chain sim concentrator:", "cannot listen on tcp://127.0.0.1:", "in use"],
     ),
@@ -131,7 +131,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "medical-concentrator",
             "--listen",
             "rtu:///dev/ttyNOPE0?baudrate=9600",
-        ],  # fmt: skip
+        ],
         2,
         ["no serial device /dev/ttyNOPE0"],
     ),
@@ -150,7 +150,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "1",
             "--readings",
             "3",
-        ],  # fmt: skip
+        ],
         1,
         ["o2chain sim fleet:", "no MQTT broker answers at mqtt://127.0.0.1:"],
     ),
@@ -165,14 +165,14 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "room-1",
             "--inventory",
             _inventory(t, 'kind = "room"'),
-        ],  # fmt: skip
+        ],
         2,
         [
             "o2chain firmware flash:",
             "--port /dev/ttyUSB-NOPE: no such serial port",
             "o2chain firmware ports",
         ],
-    ),  # fmt: skip
+    ),
     (
         "firmware flash with a --build that is not there",
         lambda t: [
@@ -186,7 +186,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             _inventory(t, 'kind = "room"'),
             "--build",
             str(t / "none"),
-        ],  # fmt: skip
+        ],
         2,
         ["--build", "no such directory", "o2chain firmware build"],
     ),
@@ -201,7 +201,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "room-1",
             "--inventory",
             _inventory(t, 'kind = "room"'),
-        ],  # fmt: skip
+        ],
         1,
         ["o2chain firmware flash: cannot open /dev/null"],
     ),
@@ -216,7 +216,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
             "room-2",
             "--inventory",
             _inventory(t, 'kind = "room"'),
-        ],  # fmt: skip
+        ],
         2,
         ["no [devices.room-2] (known: room-1)"],
     ),
@@ -243,7 +243,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
                     ),
                 )
             ),
-        ],  # fmt: skip
+        ],
         2,
         ["o2chain firmware run:", "intervall_s: unknown key (did you mean interval_s?)"],
     ),
@@ -259,7 +259,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
         ],
         2,
         ["device room-1: mqtt.host: expected a broker IP address (not empty), got ''"],
-    ),  # fmt: skip
+    ),
     (
         "board config buzzer on GPIO 34",
         lambda t: [
@@ -272,7 +272,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
         ],
         2,
         ["alarm.pin: expected a GPIO that can drive an output (34-39 are input-only), got 34"],
-    ),  # fmt: skip
+    ),
     (
         "board config tx = 40",
         lambda t: [
@@ -285,7 +285,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
         ],
         2,
         ["sensors.o2.tx: expected an ESP32 GPIO (0-19, 21-23, 25-27, 32-39), got 40"],
-    ),  # fmt: skip
+    ),
     (
         "board config with a misspelt key",
         lambda t: [
@@ -298,7 +298,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
         ],
         2,
         ["alarm.o2_hihg_alarm_pct: unknown key (did you mean alarm.o2_high_alarm_pct?)"],
-    ),  # fmt: skip
+    ),
     (
         "flash a board config with a pin used twice",
         lambda t: [
@@ -313,7 +313,7 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
         ],
         2,
         ["alarm.pin: expected a GPIO of its own, got 17 (also sensors.o2.tx)"],
-    ),  # fmt: skip
+    ),
 ]
 
 

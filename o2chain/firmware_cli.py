@@ -695,9 +695,20 @@ def _run(args: argparse.Namespace) -> int:
         schema.validate(json.loads(json.dumps(config)))
     except schema.ConfigError as e:
         raise UsageError(f"{args.config}: {e}") from None
+    files: dict[str, bytes] = {}
+    ca = ((config.get("mqtt") or {}).get("tls") or {}).get("ca_file")
+    if ca:  # a provisioned board's CA lies beside its config.json (`o2chain provision`)
+        beside = args.config.parent / Path(ca).name
+        if not beside.is_file():
+            raise UsageError(
+                f"{args.config}: mqtt.tls.ca_file = {ca} must be on the board: no {beside}"
+            )
+        files[ca.lstrip("/")] = beside.read_bytes()
     with tempfile.TemporaryDirectory(prefix="o2chain-board-") as tmp:
         work_dir = args.work_dir or Path(tmp)
-        board = BoardRunner(config, work_dir, args.heap, args.o2_pct, build_dir=args.build)
+        board = BoardRunner(
+            config, work_dir, args.heap, args.o2_pct, build_dir=args.build, files=files
+        )
         return _run_board(board, args.duration)
 
 

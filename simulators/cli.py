@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.mqtt is not None:
         check_broker(mqtt_url(args.mqtt, args.provision), args.provision)
+    if args.no_boards and boards:
+        print(
+            f"o2chain sim run: running without boards (--no-boards): the {boards} boards of "
+            f"{scenario.scenario.name!r} are not simulated, the Modbus equipment is",
+            file=sys.stderr,
+            flush=True,
+        )
     return asyncio.run(_run_scenario(scenario, args))
 
 

@@ -365,3 +365,13 @@ def test_sim_concentrator_serves_a_profile_copied_next_to_the_user(tmp_path: Pat
         sim.send_signal(signal.SIGTERM)
         code = sim.wait(timeout=30)
     assert code == 0
+
+
+def test_sim_run_says_when_it_runs_without_boards() -> None:
+    done = subprocess.run(
+        o2chain_argv("sim", "run", "lhasa-hotel", "--no-boards", "--speed", "100",
+                     "--sim-duration", "50"),
+        capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "o2chain sim run: running without boards (--no-boards): the 24 boards of" in done.stderr

@@ -282,3 +282,23 @@ def test_esptool_commands_exist_and_are_called_in_order(
             ["--chip", chip, "--port", "/dev/ttyUSB0", "--baud", "460800", "write-flash", "-z",
              offset, str(image)],
         ]  # fmt: skip
+
+
+def test_list_ports_shows_description_and_usb_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit test: what pyserial's list_ports reports becomes one row per port (USB ids as
+    VID:PID in hex, no ids for a plain UART, pyserial's "n/a" dropped)."""
+    from serial.tools import list_ports
+    from serial.tools.list_ports_common import ListPortInfo
+
+    from o2chain.board_serial import PortInfo
+    from o2chain.board_serial import list_ports as o2_list_ports
+
+    usb = ListPortInfo("/dev/ttyUSB0", skip_link_detection=True)
+    usb.description, usb.vid, usb.pid = "CP2102 USB to UART Bridge Controller", 0x10C4, 0xEA60
+    uart = ListPortInfo("/dev/ttyAMA0", skip_link_detection=True)
+    uart.description = "n/a"
+    monkeypatch.setattr(list_ports, "comports", lambda: [usb, uart])
+    assert o2_list_ports() == [
+        PortInfo("/dev/ttyAMA0", "", ""),
+        PortInfo("/dev/ttyUSB0", "CP2102 USB to UART Bridge Controller", "10c4:ea60"),
+    ]

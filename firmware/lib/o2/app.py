@@ -193,10 +193,11 @@ class Board:
             t0 = time.ticks_us()
             await self.sample_once()
             now = time.ticks_ms()
-            # cfg["error"]: a config error (o2.config.salvage): the local alarm runs, no
-            # telemetry; the status says config_error with the reason. (Not an attribute: one
-            # more would double the Board's attribute table on the heap.)
-            if time.ticks_diff(now, next_reading) >= 0 and "error" not in self.cfg:
+            # cfg["config_error"]: a config error (o2.config.salvage): the local alarm runs,
+            # no telemetry; the status says config_error with the reason. (Not an attribute:
+            # one more would double the Board's attribute table; a key of more than 10
+            # characters: not one more qstr for good.)
+            if time.ticks_diff(now, next_reading) >= 0 and "config_error" not in self.cfg:
                 await self.reading_once()
                 busy_us = time.ticks_diff(time.ticks_us(), t0)
                 next_reading = time.ticks_add(next_reading, self.interval_ms)
@@ -476,22 +477,19 @@ class Board:
         Formatted in one step (no dict, no bytes copy): the smallest transient allocation,
         taken every health period next to the running board."""
         extra = ""
-        state = "online"
-        if "error" in self.cfg:
-            state = "config_error"
-            extra += ',"error":%s,"local_alarm":"armed"' % json.dumps(self.cfg["error"])
+        if "config_error" in self.cfg:
+            extra += ',"error":%s,"local_alarm":"armed"' % json.dumps(self.cfg["config_error"])
         if self.boot_recovered:
             extra += ',"boot_recovered":' + json.dumps(self.boot_recovered)
         if self.warmup_ms:
             extra += ',"warming_up":true'
         if not self.cfg["command_key"]:
             extra += ',"commands":"disabled: no command_key"'
-        return (
-            '{"state":"%s","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
+        text = (
+            '{"state":"online","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
             '"heap_free_b":%d,"rssi_dbm":%s,"buffered":%d,"dropped":%d,"spool_torn":%d,'
             '"reset_cause":"%s","alarms":%s,"ts":%d%s}'
         ) % (
-            state,
             FW_VERSION,
             self.boot,
             self.cfg["kind"],
@@ -506,6 +504,9 @@ class Board:
             self.clock.epoch_ms(),
             extra,
         )
+        if "config_error" in self.cfg:
+            text = text.replace('{"state":"online"', '{"state":"config_error"', 1)
+        return text
 
     def shutdown(self) -> None:
         """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.

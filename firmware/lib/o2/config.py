@@ -42,25 +42,23 @@ def _range(lo, hi):
     return check
 
 
-def _gpio(out, off=False):
+def _gpio(lo, hi=0):
     # ESP32 (WROOM/WROVER) pads: 0-19, 21-23, 25-27, 32-39. 6-11 drive the module's flash
     # chip; 34-39 have no output driver (a buzzer, LED, UART TX or I2C line needs one).
+    # ``lo``: the board drives this pin; ``hi``: -1 (no pin) is allowed. (Parameter names
+    # reused from _range: every new name is a qstr kept for good on the board.)
     def check(v):
-        if off and v == -1:
+        if hi and v == -1:
             return ""
         if not 0 <= v <= 39 or v in (20, 24, 28, 29, 30, 31):
-            return "an ESP32 GPIO (0-19, 21-23, 25-27, 32-39%s)" % (", -1 = none" if off else "")
+            return "an ESP32 GPIO (0-19, 21-23, 25-27, 32-39%s)" % (", -1 = none" if hi else "")
         if 6 <= v <= 11:
             return "a GPIO other than 6-11 (they are wired to the flash chip)"
-        if out and v > 33:
+        if lo and v > 33:
             return "a GPIO that can drive an output (34-39 are input-only)"
         return ""
 
     return check
-
-
-def _text(v):
-    return "" if v else "a broker IP address (not empty)"
 
 
 def _one_of(*choices):
@@ -107,7 +105,7 @@ SCHEMA = (
     ("alarm.warmup_s", float, 600.0, _range(0, 3600)),
     ("alarm.off_delay_s", float, 5.0, _range(0, 600)),
     ("alarm.fault_delay_s", float, 3.0, _range(0.5, 600)),
-    ("mqtt.host", str, REQUIRED, _text),
+    ("mqtt.host", str, REQUIRED, lambda v: "" if v else "a broker IP address (not empty)"),
     ("mqtt.port", int, 1883, _range(1, 65535)),
     ("mqtt.topic_prefix", str, "o2", None),
     ("mqtt.keepalive_s", int, 30, _range(2, 65535)),
@@ -180,27 +178,24 @@ def _check_one(raw: dict, key: str, kind, default, check):
     return v
 
 
-def _edits(a: str, b: str) -> int:
-    # Levenshtein distance, two rows: names the known key closest to a typo.
-    row = list(range(len(b) + 1))
-    for i in range(len(a)):
-        prev = row[0]
-        row[0] = i + 1
-        for j in range(len(b)):
-            cur = row[j + 1]
-            row[j + 1] = min(cur + 1, row[j] + 1, prev + (a[i] != b[j]))
-            prev = cur
-    return row[-1]
-
-
 def _near(key: str) -> str:
-    # " (did you mean alarm.o2_high_alarm_pct?)": a key within 2 edits, or the same name in
-    # another table (mqtt.ssid -> wifi.ssid).
+    # " (did you mean alarm.o2_high_alarm_pct?)": a known key within 2 edits (Levenshtein),
+    # or the same name in another table (mqtt.ssid -> wifi.ssid).
     best = ""
     n = 3
     leaf = "." + key.split(".")[-1]
     for k in KEYS:
-        d = _edits(key, k) if -3 < len(k) - len(key) < 3 else 9
+        d = 9
+        if -3 < len(k) - len(key) < 3:
+            row = list(range(len(k) + 1))
+            for i in range(len(key)):
+                prev = row[0]
+                row[0] = i + 1
+                for j in range(len(k)):
+                    cur = row[j + 1]
+                    row[j + 1] = min(cur + 1, row[j] + 1, prev + (key[i] != k[j]))
+                    prev = cur
+            d = row[-1]
         if d > 1 and ("." + k).endswith(leaf):
             d = 1
         if d < n:
@@ -261,7 +256,7 @@ def _cross_check(cfg: dict) -> None:
     if cfg["sensors.co2.type"] != "none":
         keys += ["sensors.co2.tx", "sensors.co2.rx"]
     keys += ["alarm.pin", "alarm.warn_pin"]
-    used = {}
+    used: dict = {}
     for k in keys:
         v = cfg[k]
         if v in used:
@@ -341,36 +336,36 @@ def salvage(raw):
     if not isinstance(raw, dict):
         return None
     out = {}
+    bad = []
     for key, kind, default, check in SCHEMA:
         try:
             out[key] = _check_one(raw, key, kind, default, check)
         except ConfigError:
             out[key] = None if default is REQUIRED else default
-            if not _off(out, key):
-                return None
+            bad.append(key)
     for _ in range(8):
+        # Switch off what each bad key configures; None when the alarm cannot do without it.
+        for key in bad:
+            if key in ("alarm.pin", "alarm.warn_pin"):
+                out[key] = -1
+            elif (
+                key[:6] == "alarm."
+                or key[:11] == "sensors.o2."
+                or key in ("kind", "site_altitude_m")
+            ):
+                return None
+            elif key[:12] == "sensors.co2.":
+                out["sensors.co2.type"] = "none"
+            elif key[:12] == "sensors.env.":
+                if out["sensors.o2.type"] == "ads1115":  # the cell's ADC is on that I2C bus
+                    return None
+                out["sensors.env.type"] = "none"
         try:
             _cross_check(out)
             return out
         except ConfigError as e:
-            if not _off(out, str(e).split(":")[0]):
-                return None
+            bad = [str(e).split(":")[0]]
     return None
-
-
-def _off(cfg: dict, key: str) -> bool:
-    # Switch off what ``key`` configures; False when the local alarm cannot do without it.
-    if key in ("alarm.pin", "alarm.warn_pin"):
-        cfg[key] = -1
-    elif key[:6] == "alarm." or key[:11] == "sensors.o2." or key in ("kind", "site_altitude_m"):
-        return False
-    elif key[:12] == "sensors.co2.":
-        cfg["sensors.co2.type"] = "none"
-    elif key[:12] == "sensors.env.":
-        if cfg["sensors.o2.type"] == "ads1115":  # the cell's ADC is on the same I2C bus
-            return False
-        cfg["sensors.env.type"] = "none"
-    return True
 
 
 def network_only(raw):

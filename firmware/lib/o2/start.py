@@ -55,7 +55,7 @@ def prepare(config_path: str = "/config.json"):
 
                 asyncio.run(safe_mode(net_cfg, "config error: %s" % e))
             return None
-        cfg["error"] = "config error: %s" % e
+        cfg["config_error"] = "config error: %s" % e
         print("local alarm armed; no telemetry until the config is fixed")
     print(config.describe(cfg))
     del config, raw

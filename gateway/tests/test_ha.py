@@ -9,6 +9,7 @@ raised once (one ``raise`` point), not be raised again by the member that took o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -54,7 +55,7 @@ class Group:
     members: dict[str, ChildProcess] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
 
-    def start(self, name: str) -> ChildProcess:
+    def start(self, name: str, wait: bool = True) -> ChildProcess:
         cfg = gateway_config(
             self.tmp_path / f"{name}.toml",
             self.mosquitto,
@@ -74,8 +75,16 @@ class Group:
             o2chain_argv("gateway", "run", "-c", str(cfg)), self.tmp_path / f"{name}.log"
         )
         self.members[name] = gw.start()
-        gw.wait_for_log(rf"HA {GROUP}: {name} in sync", timeout_s=30)
+        if wait:
+            gw.wait_for_log(rf"HA {GROUP}: {name} in sync", timeout_s=30)
         return gw
+
+    def start_all(self, *names: str) -> None:
+        """Start members side by side (a Python start takes seconds on a loaded machine)."""
+        for name in names:
+            self.start(name, wait=False)
+        for name in names:
+            self.members[name].wait_for_log(rf"HA {GROUP}: {name} in sync", timeout_s=30)
 
     def terms(self) -> list[tuple[int, str]]:
         """Every term begun so far, (term, member), in order."""
@@ -164,11 +173,26 @@ def assert_retained_alarms(mosquitto: Mosquitto, boards: int) -> None:
     assert {json.loads(m[1])["state"] for m in retained} == {"raised"}
 
 
-def undrained_rows(state_dir: Path) -> int:
-    """Points a killed member had committed and not yet written: only the group's
-    session (never acknowledged) brings them to InfluxDB."""
-    with sqlite3.connect(state_dir / "outbox.sqlite") as db:
-        return int(db.execute("SELECT TOTAL(points) FROM outbox").fetchone()[0])
+def undrained(state_dir: Path) -> int:
+    """Points a member has committed and not yet written (read from its outbox file, which
+    SQLite's WAL lets another process read while the member runs)."""
+    try:
+        with contextlib.closing(sqlite3.connect(state_dir / "outbox.sqlite")) as db:
+            return int(db.execute("SELECT TOTAL(points) FROM outbox").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def kill_holding_work(g: Group, name: str, influxdb: InfluxDB, points: int = 500) -> None:
+    """SIGKILL member ``name`` while it holds at least ``points`` committed and unwritten
+    (InfluxDB stalled meanwhile), so it certainly dies with messages unacknowledged."""
+    influxdb.freeze()
+    try:
+        wait_until(lambda: undrained(g.tmp_path / name) >= points, 30, f"work held by {name}")
+        g.kill(name)
+    finally:
+        influxdb.thaw()
+    assert undrained(g.tmp_path / name) >= points
 
 
 def redelivered_to(gw: ChildProcess) -> int:
@@ -185,13 +209,18 @@ def test_active_killed_for_good_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     boards, per_board = 20, 1000
     g = group(boards)
-    for name in ("gw-a", "gw-b", "gw-c"):
-        g.start(name)
+    g.start_all("gw-a", "gw-b", "gw-c")
     term, first = g.wait_for_term(0)
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.005)  # 4,000/s
     wait_until(lambda: count_points(influxdb) >= boards * per_board // 4, 30, "a quarter")
-    g.kill(first)
+    # InfluxDB stalls, so the active holds committed points it cannot write, and the messages
+    # they came from unacknowledged: the kill then certainly catches work in flight.
     killed_at = count_points(influxdb)
+    influxdb.freeze()
+    wait_until(lambda: undrained(g.tmp_path / first) >= 1000, 30, "work held by the active")
+    g.kill(first)
+    influxdb.thaw()
+    held = undrained(g.tmp_path / first)
     g.start("gw-d")  # the replacement: a new id, no manual step
     _, second = g.wait_for_term(term)
     assert second != first
@@ -207,12 +236,14 @@ def test_active_killed_for_good_mid_stream_loses_and_doubles_nothing(
     log = successor.log_text()
     assert f"{boards} active alarms restored" in log, log[-3000:]
     assert "session present: True" in log  # it inherited the group's session
-    # The killed member had work in flight: messages it had received and not acknowledged
-    # came to its successor again (and its own outbox may still hold what it committed).
+    # The killed member had work in flight: points committed to its outbox and not written
+    # (they stay there for good), from messages it had not acknowledged: they came to its
+    # successor again.
+    assert held >= 1000
     assert redelivered_to(successor) > 0, log[-3000:]
     print(
-        f"killed {first} at {killed_at} points; {undrained_rows(g.tmp_path / first)} points "
-        f"left in its outbox; {redelivered_to(successor)} messages redelivered to {second}"
+        f"killed {first} at {killed_at} points in InfluxDB, {held} points in its outbox; "
+        f"{redelivered_to(successor)} messages redelivered to {second}"
     )
 
 
@@ -224,8 +255,7 @@ def test_standby_killed_changes_nothing(
 ) -> None:
     boards, per_board = 10, 600
     g = group(boards)
-    for name in ("gw-a", "gw-b", "gw-c"):
-        g.start(name)
+    g.start_all("gw-a", "gw-b", "gw-c")
     term, active = g.wait_for_term(0)
     standby = next(n for n in g.members if n != active)
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.005)
@@ -248,17 +278,16 @@ def test_active_killed_twice_in_a_row(
 ) -> None:
     boards, per_board = 10, 1000
     g = group(boards)
-    for name in ("gw-a", "gw-b", "gw-c"):
-        g.start(name)
+    g.start_all("gw-a", "gw-b", "gw-c")
     term, first = g.wait_for_term(0)
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.01)  # 1,000/s, 10 s
     wait_until(lambda: count_points(influxdb) >= boards * per_board // 5, 30, "a fifth")
-    g.kill(first)
+    kill_holding_work(g, first, influxdb)
     first_kill = count_points(influxdb)
     term, second = g.wait_for_term(term)
     # The second kill lands while the successor catches up with what queued in the session.
     wait_until(lambda: count_points(influxdb) > first_kill + 200, 30, "the catch-up")
-    g.kill(second)
+    kill_holding_work(g, second, influxdb)
     second_kill = count_points(influxdb)
     g.start("gw-d")  # a replacement joins meanwhile
     term, third = g.wait_for_term(term)
@@ -282,8 +311,7 @@ def test_soak_active_killed_again_and_again(
     boards, per_board = 20, 5000
     g = group(boards)
     names = iter(f"gw-{chr(c)}" for c in range(ord("a"), ord("z") + 1))
-    for _ in range(3):
-        g.start(next(names))
+    g.start_all(*(next(names) for _ in range(3)))
     term, active = g.wait_for_term(0)
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.01)  # 2,000/s, 50 s
     for kill in range(6):

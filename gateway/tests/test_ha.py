@@ -316,8 +316,12 @@ def test_soak_active_killed_again_and_again(
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.01)  # 2,000/s, 50 s
     for kill in range(6):
         target = boards * per_board * (kill + 1) // 8
-        wait_until(lambda t=target: count_points(influxdb) >= t, 60, f"kill {kill + 1}")
-        g.kill(active)
+
+        def reached(t: int = target) -> bool:
+            return count_points(influxdb) >= t
+
+        wait_until(reached, 60, f"kill {kill + 1}")
+        kill_holding_work(g, active, influxdb)
         g.start(next(names))
         term, active = g.wait_for_term(term, timeout_s=60)
     fleet_done(pub, boards * per_board, 120)

@@ -199,14 +199,33 @@ def _find_binary(name: str, fallback: Path, package: str) -> Path:
 
 
 def _render_template(name: str, **values: object) -> str:
-    """Substitute ``values`` into the package template ``o2chain/templates/<name>``."""
-    text = (resources.files("o2chain") / "templates" / name).read_text(encoding="utf-8")
+    """Substitute ``values`` into the package template ``o2base/templates/<name>``."""
+    text = (resources.files("o2base") / "templates" / name).read_text(encoding="utf-8")
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
 def _toml_string(value: str | Path) -> str:
     """Quote ``value`` as a TOML basic string (JSON string escapes are valid TOML ones)."""
     return json.dumps(str(value), ensure_ascii=False)
+
+
+def broker_conf(
+    files_dir: Path, *, port: int, bind: str, gateway_port: int, gateway_bind: str
+) -> str:
+    """The Mosquitto listener block using the files of ``files_dir`` (a provisioned
+    ``broker/`` directory, where the broker will read them). Empty ``bind`` = every interface."""
+    text = (resources.files("o2base") / "templates" / "mosquitto-security.conf.tmpl").read_text()
+    return string.Template(text).substitute(
+        device_listener=f"listener {port} {bind}".rstrip(),
+        gateway_listener=f"listener {gateway_port} {gateway_bind}".rstrip(),
+        gateway_bind=gateway_bind or "every interface",
+        cert_file=files_dir / "server.pem",
+        key_file=files_dir / "server.key",
+        devices_password_file=files_dir / "devices.passwd",
+        devices_acl_file=files_dir / "devices.acl",
+        gateway_password_file=files_dir / "gateway.passwd",
+        gateway_acl_file=files_dir / "gateway.acl",
+    )
 
 
 def _process_state(pid: int) -> str | None:
@@ -601,8 +620,6 @@ class Mosquitto(ManagedService):
                 "127.0.0.1.\n"
                 f"listener {self._port} {HOST}\nallow_anonymous true"
             )
-        from o2chain.provision import broker_conf
-
         broker_dir = self.provision_dir / "broker"
         if not (broker_dir / "devices.passwd").is_file():
             raise ServiceError(f"{broker_dir}: not a provisioned broker dir (o2chain provision)")

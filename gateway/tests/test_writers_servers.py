@@ -36,7 +36,7 @@ from gateway.lineproto import LineEncoder
 from gateway.outbox import Outbox
 from gateway.readings import Reading
 from gateway.writer import OutboxDrainer
-from o2chain.services import VictoriaMetrics
+from o2base.services import VictoriaMetrics
 
 TOKEN = "s3cret-token"
 

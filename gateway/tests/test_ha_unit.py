@@ -94,7 +94,7 @@ def test_of_two_claims_the_lower_one_proceeds(tmp_path: Path) -> None:
 
 
 def test_a_retained_alarm_rebuilds_the_very_point_its_raise_wrote() -> None:
-    alarm = {
+    alarm: dict[str, Any] = {
         "key": "lhasa/room-104/room-o2-high", "site": "lhasa", "device": "room-104",
         "rule": "room-o2-high", "kind": "threshold", "severity": "alarm", "field": "o2_pct",
         "state": "raised", "active": True, "acked": False, "acked_ms": None, "acked_by": None,

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from o2chain.errors import RunError, UsageError
+from o2base.errors import RunError, UsageError
 from o2chain.firmware_runner import (
     FIRMWARE_DIR,
     BoardRunner,

@@ -19,7 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from o2chain.services import Mosquitto
+from o2base.services import Mosquitto
 
 TESTS = Path(__file__).resolve().parent
 

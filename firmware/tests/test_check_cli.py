@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
-from o2chain.services import Mosquitto
 
 from .test_flash_cli import o2chain_cmd, plain_inventory
 

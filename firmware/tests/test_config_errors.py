@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner, load_firmware_file
-from o2chain.services import Mosquitto
 
 from .board_helpers import Recorder
 from .test_acceptance import BUZZER, LED, PREFIX, board_config

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_cli import device_config
 from o2chain.firmware_runner import FIRMWARE_DIR, FirmwareError, find_tool
-from o2chain.services import Mosquitto
 
 from .board_helpers import SerialBoard
 from .conftest import TESTS_DIR
@@ -130,7 +130,7 @@ def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
 
 
 def o2chain_cmd(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    from o2chain.procs import o2chain_argv
+    from o2base.procs import o2chain_argv
 
     return subprocess.run(
         o2chain_argv(*args), capture_output=True, text=True, timeout=timeout_s, check=False

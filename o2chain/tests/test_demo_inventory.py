@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from o2base.procs import ChildProcess, o2chain_argv
 from o2chain.firmware_runner import BoardRunner
-from o2chain.procs import ChildProcess, o2chain_argv
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from o2chain.procs import o2chain_argv
+from o2base.procs import o2chain_argv
 
 TIMEOUT_S = 60
 Setup = Callable[[Path], list[str]]
@@ -347,7 +347,7 @@ def test_one_line_and_an_exit_code(
 
 def test_sim_concentrator_serves_a_profile_copied_next_to_the_user(tmp_path: Path) -> None:
     """Not a mistake: `--profile ./my.toml` (relative, from the current directory) serves it."""
-    bundled = Path(str(resources.files("o2chain") / "profiles" / "medical-concentrator.toml"))
+    bundled = Path(str(resources.files("o2base") / "profiles" / "medical-concentrator.toml"))
     text = bundled.read_text().replace('name = "medical-concentrator"', 'name = "my"', 1)
     _file(tmp_path, "my.toml", text)
     sim = subprocess.Popen(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from o2chain.registers import (
+from o2base.registers import (
     ProfileError,
     Register,
     RegType,
@@ -114,7 +114,7 @@ def test_unknown_profile_lists_the_available_ones() -> None:
 def _my_profile(folder: Path, name: str) -> Path:
     from importlib import resources
 
-    bundled = Path(str(resources.files("o2chain") / "profiles" / "psa-plant.toml")).read_text()
+    bundled = Path(str(resources.files("o2base") / "profiles" / "psa-plant.toml")).read_text()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.toml"
     path.write_text(bundled.replace('name = "psa-plant"', f'name = "{name}"', 1))
@@ -126,8 +126,8 @@ def test_profile_search_path_and_paths(tmp_path: Path, monkeypatch: pytest.Monke
     value is a path (from the current directory, or beside the scenario file that names it)."""
     import subprocess
 
-    from o2chain.procs import o2chain_argv
-    from o2chain.registers import ProfileError, load_profile
+    from o2base.procs import o2chain_argv
+    from o2base.registers import ProfileError, load_profile
     from simulators.scenario import load_scenario
 
     _my_profile(tmp_path / "site-profiles", "our-plant")
@@ -145,7 +145,9 @@ def test_profile_search_path_and_paths(tmp_path: Path, monkeypatch: pytest.Monke
 
     scenario_dir = tmp_path / "scenarios"
     _my_profile(scenario_dir, "beside")
-    bundled = Path(str(resources.files("o2chain") / "scenarios" / "lhasa-hotel.toml")).read_text()
+    bundled = Path(
+        str(resources.files("simulators") / "scenarios" / "lhasa-hotel.toml")
+    ).read_text()
     text = bundled.replace('profile = "psa-plant"', 'profile = "beside.toml"', 1)
     (scenario_dir / "mine.toml").write_text(text)
     monkeypatch.chdir(tmp_path)  # not the scenario's folder

@@ -322,6 +322,10 @@ class BoardRunner:
     def returncode(self) -> int | None:
         return None if self._child is None else self._child.returncode
 
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Until the firmware exits by itself (``machine.reset()`` exits 75); its exit code."""
+        return None if self._child is None else self._child.wait(timeout_s)
+
     def start(self) -> BoardRunner:
         """Prepare the board filesystem and sensors, then boot the firmware (non-blocking)."""
         if self.running:

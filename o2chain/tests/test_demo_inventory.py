@@ -79,9 +79,8 @@ def test_inventory_board_joins_the_demo_and_is_stored(tmp_path: Path) -> None:
         if board is not None:
             board.stop()
         demo.signal(signal.SIGINT)  # Ctrl-C: the demo stops everything it started
-        assert demo._proc is not None
         try:
-            code = demo._proc.wait(timeout=90)
+            code = demo.wait(90)
         finally:
             demo.stop()
     assert code == 0, demo.log_tail()

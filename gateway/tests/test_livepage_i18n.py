@@ -11,6 +11,9 @@ Screenshots go to ``test-artifacts/`` (livepage-en.png, livepage-zh-CN.png,
 livepage-zh-CN-phone.png); docs/img/livepage-zh-CN.png is one of them.
 """
 
+# The Chinese texts use full-width colons and commas, as Chinese does.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import json
@@ -102,7 +105,8 @@ def english_left_over(page: Any) -> list[str]:
     text = page.evaluate(
         """() => {
             const body = document.body.cloneNode(true);
-            body.querySelectorAll(".alarm-msg, template, code, option[lang]").forEach((n) => n.remove());
+            body.querySelectorAll(".alarm-msg, template, code, option[lang]")
+                .forEach((n) => n.remove());
             return body.innerText + " " + document.title;
         }"""
     )

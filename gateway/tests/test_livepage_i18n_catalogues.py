@@ -86,7 +86,9 @@ def test_every_lookup_in_app_js_names_its_key() -> None:
         rest = code[call.end() : call.end() + 60]
         if not rest.startswith('"') and not rest.startswith(PASSED_ON):
             line = code[: call.start()].count("\n") + 1
-            raise AssertionError(f"app.js: a key that is not literal: {code.splitlines()[line - 1]}")
+            raise AssertionError(
+                f"app.js: a key that is not literal: {code.splitlines()[line - 1]}"
+            )
     dynamic = re.findall(r"\btk\(\s*`([^`]*)`", APP_JS)
     assert dynamic == ["rule.${rule}"], f"tk() with a built key: {dynamic}"
 

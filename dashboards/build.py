@@ -39,7 +39,7 @@ from gateway import oxygen
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, Severity, parse_config
 from gateway.telemetry import RejectReason
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 
 GENERATED = Path(__file__).parent / "generated"
 I18N = Path(__file__).parent / "i18n"

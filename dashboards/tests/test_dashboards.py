@@ -22,7 +22,7 @@ from dashboards.build import (
     out_dir_for,
     render,
 )
-from o2chain.services import InfluxDB
+from o2base.services import InfluxDB
 from o2chain.testing import DemoRun
 
 PROVISIONING = Path(__file__).parents[1] / "provisioning"

@@ -512,7 +512,7 @@
   function renderChain(box, chain, site) {
     box.replaceChildren();
     if (!chain) {
-      box.append(el("div", "muted", "Oxygen chain: waiting for the first balance point (every [enrich] chain_interval_s)."));
+      box.append(el("div", "muted", t("chain.waiting")));
       return;
     }
     const produced = chain.produced_o2_lpm, delivered = chain.delivered_o2_lpm;
@@ -525,28 +525,28 @@
       return box2;
     };
     row.append(
-      kv("O₂ produced", num(produced, 2), "L/min"),
-      kv("O₂ delivered to rooms", chain.rooms_estimated ? num(delivered, 2) : "—", "L/min"),
-      kv("Balance", chain.rooms_estimated ? num(chain.balance_o2_lpm, 2) : "—", "L/min"),
-      kv("Producers reporting", `${chain.producers_reporting ?? 0}/${chain.producers ?? 0}`),
-      kv("Rooms reporting", `${chain.rooms_reporting ?? 0}/${chain.rooms ?? 0}`),
-      kv("Produced total", num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
+      kv(t("chain.produced"), num(produced, 2), "L/min"),
+      kv(t("chain.delivered"), chain.rooms_estimated ? num(delivered, 2) : "—", "L/min"),
+      kv(t("chain.balance"), chain.rooms_estimated ? num(chain.balance_o2_lpm, 2) : "—", "L/min"),
+      kv(t("chain.producers_reporting"), `${chain.producers_reporting ?? 0}/${chain.producers ?? 0}`),
+      kv(t("chain.rooms_reporting"), `${chain.rooms_reporting ?? 0}/${chain.rooms ?? 0}`),
+      kv(t("chain.produced_total"), num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
     );
-    box.append(el("h3", "", "Oxygen chain: produce → use"), row);
+    box.append(el("h3", "", t("chain.title")), row);
     if (chain.rooms_estimated && produced > 0) {
       const share = delivered / produced;
       const bar = el("div", share > 1 ? "bar over" : "bar");
       bar.setAttribute("role", "meter");
-      bar.setAttribute("aria-label", "share of produced oxygen delivered to rooms");
+      bar.setAttribute("aria-label", t("chain.share_aria"));
       bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
       bar.setAttribute("aria-valuemin", "0");
       bar.setAttribute("aria-valuemax", "100");
       const fill = el("span");
       fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
       bar.append(fill);
-      box.append(bar, el("div", "muted", `${num(share * 100, 0)} % of the produced oxygen goes to the rooms' enrichment (estimate from ventilation).`));
+      box.append(bar, el("div", "muted", t("chain.share", { pct: num(share * 100, 0) })));
     } else {
-      box.append(el("div", "muted", "Delivered oxygen is estimated for rooms with ventilation_m3h in the gateway config."));
+      box.append(el("div", "muted", t("chain.no_estimate")));
     }
   }
 

@@ -9,6 +9,7 @@ none missing, and one language option per catalogue.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 
 from gateway.builtin_rules import builtin_rules
 from gateway.config import parse_config
-from gateway.http import STATIC_NAME, static_file
+from gateway.http import SECURITY_HEADERS, STATIC_NAME, StatusServer, static_file
+from gateway.tests.test_livepage_server import get, rig
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CATALOGUES = {p.stem: p for p in sorted((STATIC / "i18n").glob("*.json"))}
@@ -146,3 +148,28 @@ def test_catalogues_are_served_like_the_other_static_files(lang: str) -> None:
 )  # fmt: skip
 def test_nothing_else_is_served_from_the_catalogue_folder(name: str) -> None:
     assert STATIC_NAME.match(name) is None
+
+
+def test_the_server_sends_catalogues_with_the_page_headers(tmp_path: Path) -> None:
+    """Over HTTP: JSON, and the same Content-Security-Policy and other headers as the page."""
+    _, engine, observer, _ = rig(tmp_path)
+
+    async def scenario() -> None:
+        server = StatusServer("127.0.0.1:0", observer, engine)
+        url = await server.start(required=True)
+        try:
+            _, page_headers, _ = await get(url, "/")
+            for lang in CATALOGUES:
+                status, headers, body = await get(url, f"/static/i18n/{lang}.json")
+                assert status == 200 and headers["content-type"] == "application/json"
+                assert json.loads(body) == load(lang)
+                for name, value in SECURITY_HEADERS:
+                    assert headers[name.lower()] == page_headers[name.lower()] == value, name
+            for bad in ("/static/i18n/../app.js", "/static/i18n/%2e%2e/app.js",
+                        "/static/i18n/xx.json", "/static/i18n/", "/static/i18n"):  # fmt: skip
+                status, _, _ = await get(url, bad)
+                assert status == 404, bad
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

@@ -742,6 +742,8 @@
     const parts = [t("gw.id", { id: gw.id }), t("gw.up", { for: duration(gw.uptime_s) }),
       gw.mqtt_connected ? t("gw.mqtt_up") : t("gw.mqtt_down"),
       t("gw.outbox", { n: gw.outbox.depth }), t("gw.updated", { time: clock(gw.now_ms) })];
+    // Messages the broker dropped at its queue limits (shown once it has dropped any).
+    if (gw.broker_dropped) parts.splice(3, 0, t("gw.broker_dropped", { n: gw.broker_dropped }));
     setText($("gw-line"), parts.join(" · "));
     const h = $("health");
     h.hidden = false;

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from gateway.tests.test_livepage import (
     ARTIFACTS,
@@ -99,17 +100,22 @@ def wait_for_data(page: Any) -> None:
     )
 
 
+# The text a person sees (innerText of the rendered page: hidden elements left out), less what
+# the gateway sends as text (alarm messages), config syntax (<code>) and the language menu's
+# native names.
+VISIBLE_TEXT = """() => {
+    let text = document.body.innerText;
+    for (const n of document.querySelectorAll(".alarm-msg, code, #lang")) {
+        if (n.innerText) text = text.split(n.innerText).join(" ");
+    }
+    return text;
+}"""
+
+
 def english_left_over(page: Any) -> list[str]:
     """Texts of the English catalogue still on the page (whole words or phrases, each part
     between placeholders), leaving out what the gateway sends as text (alarm messages)."""
-    text = page.evaluate(
-        """() => {
-            const body = document.body.cloneNode(true);
-            body.querySelectorAll(".alarm-msg, template, code, option[lang]")
-                .forEach((n) => n.remove());
-            return body.innerText + " " + document.title;
-        }"""
-    )
+    text = page.evaluate(VISIBLE_TEXT) + " " + page.title()
     chinese = catalogue("zh-CN")
     found = []
     for key, english in catalogue("en").items():
@@ -122,6 +128,31 @@ def english_left_over(page: Any) -> list[str]:
             if re.search(rf"(?<![\w-]){re.escape(part)}(?![\w-])", text):
                 found.append(f"{key}: {part!r}")
     return found
+
+
+# Latin words a Chinese page may show: names of protocols, standards and units, the footer's
+# link to docs/domain.md "Limits and alarms", and config names in hints ([enrich] ...).
+LATIN_OK = {
+    "o2chain", "MQTT", "mqtt", "modbus", "Modbus", "ISA", "NFPA", "PSA", "kPa", "ppm", "CO",
+    "min",
+    "docs", "domain", "md", "Limits", "and", "alarms", "api", "status", "enrich",
+    "chain_interval_s", "ventilation_m3h", "users_file", "http",
+}  # fmt: skip
+
+
+def latin_words_left(page: Any, url: str) -> list[str]:
+    """Latin words on the page that are neither names from the gateway (sites, devices, the
+    gateway's id) nor in LATIN_OK: English the page wrote without its catalogue."""
+    text = page.evaluate(VISIBLE_TEXT)
+    doc = requests.get(url + "/api/status", timeout=5).json()
+    names = [doc["gateway"]["id"]]
+    for site in doc["sites"]:
+        names += [site["id"], site.get("name") or ""]
+        names += [d["id"] for d in site["devices"]]
+    names += [u["key"] for u in doc.get("unknown_devices", [])]
+    ok = LATIN_OK | {w for n in names for w in re.findall(r"[A-Za-z][\w-]*", n)}
+    words = re.findall(r"[A-Za-z][A-Za-z0-9_-]*", text)
+    return sorted({w for w in words if len(w) > 1 and w not in ok and not re.search(r"\d", w)})
 
 
 def test_an_english_browser_gets_english(live: LiveGateway, browser: Any) -> None:
@@ -183,6 +214,7 @@ def test_a_chinese_browser_gets_chinese(live: LiveGateway, browser: Any) -> None
             re.compile(r"^\d+\.\d\d kPa$")
         )
         assert not english_left_over(page), english_left_over(page)
+        assert not latin_words_left(page, live.url), latin_words_left(page, live.url)
         page.screenshot(path=str(ARTIFACTS / "livepage-zh-CN.png"), full_page=False)
         page.screenshot(path=str(ARTIFACTS / "livepage-zh-CN-full.png"), full_page=True)
         # Chinese glyphs are drawn from a CJK font, not as boxes (tofu).

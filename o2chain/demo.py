@@ -349,6 +349,10 @@ def format_status(status: dict[str, Any]) -> list[str]:
         lines.append("  rooms        (no readings yet)")
     if producers:
         lines.append(f"  oxygen       {'; '.join(producers)}")
+    for site in status.get("sites", []):
+        chain = format_chain(site.get("chain") or {})
+        if chain:
+            lines.append(f"  O2 chain     {chain}")
     lines.append("  out of band  " + (_few(out_of_band) or "none"))
     lines.append("  offline      " + (_few(offline) or "none"))
     counts = status.get("alarm_counts", {})
@@ -363,6 +367,30 @@ def format_status(status: dict[str, Any]) -> list[str]:
         + f", {counts.get('unacked', 0)} unacknowledged, {counts.get('shelved', 0)} shelved"
     )
     return lines
+
+
+def format_chain(chain: dict[str, Any]) -> str:
+    """The site's chain balance in one line: produced, stored, delivered, used, loss, days."""
+
+    def lpm(key: str) -> str | None:
+        value = chain.get(key)
+        return f"{float(value):.0f} L/min" if isinstance(value, int | float) else None
+
+    stored = chain.get("stored_o2_l")
+    days = chain.get("days_left")
+    parts = []
+    for label, text in (
+        ("produced", lpm("produced_o2_lpm")),
+        ("stored", f"{float(stored) / 1000:.0f} m3" if isinstance(stored, int | float) else None),
+        ("stored change", lpm("stored_change_o2_lpm")),
+        ("delivered (metered)", lpm("delivered_metered_o2_lpm")),
+        ("used (rooms)", lpm("used_o2_lpm")),
+        ("loss", lpm("loss_o2_lpm")),
+        ("days of O2 left", f"{float(days):.1f}" if isinstance(days, int | float) else None),
+    ):  # fmt: skip
+        if text is not None:
+            parts.append(f"{label} {text}")
+    return ", ".join(parts)
 
 
 def _few(items: list[str], limit: int = 6) -> str:

@@ -136,8 +136,9 @@ def test_demo_chain_balance_has_the_supply(demo_run: DemoRun) -> None:
     # The zone valve box (43.2 Nm3/h of plant product), the LOX tank's 20 and the manifold's
     # 3 Nm3/h, at Lhasa's pressure: about 1,770 L/min of O2.
     assert 1600 < last["metered"] < 1900 and 900 < last["used"] < 1400, last
-    # The LOX tank's boil-off (~23 L/min), and the riser leak (~78 L/min) once it started.
-    assert -60 < last["loss"] < 200, last
+    # The LOX tank's boil-off (~23 L/min), and the riser leak (~78 L/min) once it started,
+    # give or take the short trend's noise; a unit slip would be hundreds off.
+    assert -150 < last["loss"] < 300, last
     assert 1.8 < last["days"] < 2.7, last  # mostly the LOX tank at 30 % drawing 20 Nm3/h
 
 

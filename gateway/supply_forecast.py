@@ -15,10 +15,11 @@ The stock is the per cent of usable supply left, read from the reading itself:
   the gas content (ideal gas, constant temperature) closely enough for a forecast.
 
 The consumption rate is the least-squares slope of the stock over the last ``window_s`` of
-readings (their own timestamps, so replays and simulated time give the same answer). Pure
-arithmetic (:func:`days_left`); the class only keeps a bounded window per device:
+readings (``[forecast] window_s``, 6 h; their own timestamps, so replays and simulated time give
+the same answer). Pure arithmetic (:func:`days_left`); a :class:`StockTrend` per device keeps a
+bounded window (the chain balance, gateway/supply_chain.py, uses the same class per store):
 
-- fewer than ``min_span_s`` of history: no ``days_left`` (no claim yet);
+- fewer than ``min_span_s`` (``[forecast] min_span_s``, 30 min) of history: no ``days_left``;
 - the stock rising by more than ``refill_jump_pct`` between two readings (a tanker delivery,
   cylinders replaced): the window restarts from that reading;
 - stock flat or rising: ``days_left`` = :data:`DAYS_LEFT_MAX` (nothing is being used up);
@@ -26,7 +27,7 @@ arithmetic (:func:`days_left`); the class only keeps a bounded window per device
 
 Kept in memory: after a gateway restart the forecast needs ``min_span_s`` of readings again.
 
-``speed`` (1 in production) is for demos whose simulators run ``speed`` times faster than the
+``speed`` (``[enrich] speed``, 1 in production) is for demos whose simulators run ``speed`` times faster than the
 wall clock the gateway stamps readings with: reading times are multiplied by it, so windows and
 ``days_left`` are in simulated time, as the operator of the simulated site would see them.
 """

@@ -27,9 +27,10 @@ bounded window (the chain balance, gateway/supply_chain.py, uses the same class 
 
 Kept in memory: after a gateway restart the forecast needs ``min_span_s`` of readings again.
 
-``speed`` (``[enrich] speed``, 1 in production) is for demos whose simulators run ``speed`` times faster than the
-wall clock the gateway stamps readings with: reading times are multiplied by it, so windows and
-``days_left`` are in simulated time, as the operator of the simulated site would see them.
+``speed`` (``[enrich] speed``, 1 in production) is for demos whose simulators run ``speed``
+times faster than the wall clock the gateway stamps readings with: reading times are multiplied
+by it, so windows and ``days_left`` are in simulated time, as the simulated site's operator
+would see them.
 """
 
 from __future__ import annotations

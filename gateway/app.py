@@ -31,7 +31,7 @@ from gateway.sources import Sources, link_state_from
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
 from gateway.writer import OutboxDrainer
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 
 log = logging.getLogger(__name__)
 

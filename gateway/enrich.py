@@ -42,7 +42,7 @@ from gateway.readings import FieldValue, Reading, number
 from gateway.state_store import StateStore
 from gateway.supply_chain import SupplyChain
 from gateway.supply_forecast import SupplyForecast
-from o2chain.registers import ProfileError, load_profile
+from o2base.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from gateway.supply_forecast import (
     SupplyForecast,
     days_from,
 )
-from o2chain.registers import ProfileError, load_profile
+from o2base.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 

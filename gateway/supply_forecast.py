@@ -44,7 +44,7 @@ from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
 from gateway.readings import FieldValue, Reading, number
 from gateway.rules import nominal
-from o2chain.registers import ProfileError, load_profile
+from o2base.registers import ProfileError, load_profile
 
 DAYS_LEFT_MAX = 365.0  # "not running out": a number, so the alarm clears
 WINDOW_S = 6 * 3600.0  # a LOX tank's level falls ~0.5 %/h at typical hospital draw: clean slope

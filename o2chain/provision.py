@@ -55,7 +55,6 @@ import sys
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.passwords import hash_password
+from o2base.services import broker_conf
 from o2chain.firmware_cli import merge_tables
 
 GATEWAY_USER = "gateway"
@@ -767,25 +767,6 @@ def _acl(accounts: list[tuple[str, str, list[str]]]) -> str:
     for user, _, rules in accounts:
         out += ["", f"user {user}", *rules]
     return "\n".join(out) + "\n"
-
-
-def broker_conf(
-    files_dir: Path, *, port: int, bind: str, gateway_port: int, gateway_bind: str
-) -> str:
-    """The Mosquitto listener block using the files of ``files_dir`` (a provisioned
-    ``broker/`` directory, where the broker will read them). Empty ``bind`` = every interface."""
-    text = (resources.files("o2chain") / "templates" / "mosquitto-security.conf.tmpl").read_text()
-    return string.Template(text).substitute(
-        device_listener=f"listener {port} {bind}".rstrip(),
-        gateway_listener=f"listener {gateway_port} {gateway_bind}".rstrip(),
-        gateway_bind=gateway_bind or "every interface",
-        cert_file=files_dir / "server.pem",
-        key_file=files_dir / "server.key",
-        devices_password_file=files_dir / "devices.passwd",
-        devices_acl_file=files_dir / "devices.acl",
-        gateway_password_file=files_dir / "gateway.passwd",
-        gateway_acl_file=files_dir / "gateway.acl",
-    )
 
 
 def _broker_host(settings: BrokerSettings, boards: list[Board]) -> tuple[str, str | None]:

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import (
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import (
     HOST,
     LOG_TAIL_LINES,
     InfluxDB,

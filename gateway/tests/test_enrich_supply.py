@@ -269,7 +269,7 @@ def test_a_profile_without_capacity_is_reported_and_left_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     lox = tmp_path / "lox-nocap.toml"
-    text = (resources.files("o2chain") / "profiles" / "lox-tank.toml").read_text()
+    text = (resources.files("o2base") / "profiles" / "lox-tank.toml").read_text()
     lox.write_text(
         text.replace('name = "lox-tank"', 'name = "lox-nocap"').replace(
             "capacity_l = 5000.0", "# capacity unknown"

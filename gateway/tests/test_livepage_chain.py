@@ -20,9 +20,9 @@ import pytest
 import requests
 import tomli_w
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
-from simulators.scenario import gateway_devices
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
+from o2chain.facility import gateway_devices
 
 pytestmark = pytest.mark.integration
 

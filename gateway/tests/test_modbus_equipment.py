@@ -18,7 +18,7 @@ from gateway.equipment_rules import EquipmentFields
 from gateway.modbus import DevicePoller, tcp_client_factory
 from gateway.readings import Reading
 from gateway.state_store import StateStore
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.passwords import verify_password
+from o2base.services import HOST, Mosquitto, ServiceError, free_ports, mqtt_handshake
 from o2chain.cli import main
 from o2chain.provision import (
     ProvisionError,
@@ -27,7 +28,6 @@ from o2chain.provision import (
     mosquitto_verify,
     provision,
 )
-from o2chain.services import HOST, Mosquitto, ServiceError, free_ports, mqtt_handshake
 from o2chain.testing import MqttProbe, ProvisionedSite, write_site_inventory
 
 INVENTORY = Path(__file__).resolve().parents[2] / "firmware" / "inventory.example.toml"
@@ -522,7 +522,7 @@ def test_broker_snippet_works_from_a_debian_style_include_dir(tmp_path: Path) ->
     main_conf = tmp_path / "mosquitto.conf"
     main_conf.write_text(
         # Debian's /etc/mosquitto/mosquitto.conf, with our paths (and `user root` as in
-        # o2chain/templates/mosquitto.conf.tmpl, so a root test run can read its temp dir).
+        # o2base/templates/mosquitto.conf.tmpl, so a root test run can read its temp dir).
         f"persistence true\npersistence_location {tmp_path}/\nlog_dest stderr\n"
         f"{'user root' if os.geteuid() == 0 else ''}\ninclude_dir {conf_d}\n"
     )

@@ -3,7 +3,7 @@
 scales and word orders giving the engineering values the profile's [nominal] data lead to,
 within the declared ranges, healthy status bits, and nothing served past the declared rows.
 
-The profile files are read here with tomllib, not with o2chain.registers, and the words are
+The profile files are read here with tomllib, not with o2base.registers, and the words are
 decoded by this test (16-bit) or by mbpoll itself (float32): a mistake in the shared decoder
 would show up as a disagreement.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from o2chain.procs import ChildProcess, o2chain_argv
+from o2base.procs import ChildProcess, o2chain_argv
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ WORDS = {"bool": 1, "bits": 1, "uint16": 1, "int16": 1, "float32": 2}
 
 
 def profile_doc(name: str) -> dict[str, Any]:
-    text = (resources.files("o2chain") / "profiles" / f"{name}.toml").read_text()
+    text = (resources.files("o2base") / "profiles" / f"{name}.toml").read_text()
     return tomllib.loads(text)
 
 

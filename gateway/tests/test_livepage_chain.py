@@ -160,4 +160,6 @@ def test_chain_panel_shows_produce_store_deliver_use_losses_and_days_left(
     lefts = {round(b["x"]) for b in boxes if b is not None}
     assert len(lefts) == 1, f"stages side by side on a phone: {lefts}"
     chain.screenshot(path=str(ARTIFACTS / "livepage-chain-phone.png"))
+    page.locator(".site-head").first.evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=str(ARTIFACTS / "livepage-chain-phone-view.png"), full_page=False)
     page.set_viewport_size({"width": 1280, "height": 900})

@@ -29,6 +29,7 @@ REQUIRED_TOOLS = {
     "mpy-cross": "compiling the firmware as it ships",
     "losetup": "the power-cut test (a loop device whose page cache is lost)",
     "mkfs.ext4": "the power-cut test's file system",
+    "mbpoll": "reading the simulated Modbus equipment with an independent client",
 }
 # Fonts (fontconfig patterns) -> what needs them; scripts/bootstrap.sh installs them too.
 REQUIRED_FONTS = {

@@ -35,7 +35,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
-from gateway import oxygen
+from gateway import oxygen, supply_rules
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, Severity, parse_config
 from gateway.telemetry import RejectReason
@@ -415,9 +415,11 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
         ts_panel(tr("facility.chain"), "suffix: L/min", tr("facility.chain.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("produced_o2_lpm") {tr.col("facility.chain.produced")}, '
-            f'mean("delivered_o2_lpm") {tr.col("facility.chain.delivered")} '
+            f'mean("delivered_o2_lpm") {tr.col("facility.chain.used")} '
             f'FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
             "fill(none)").alias("$tag_site $col")), w=12, h=8))  # fmt: skip
+    for panel, w, h in chain_panels(in_range, tr):
+        d.with_panel(layout.place(panel, w=w, h=h))
     d.with_panel(layout.place(
         bargauge.Panel().title(tr("facility.bands")).unit("percent").datasource(DATASOURCE)
         .description(tr("facility.bands.desc", deficient=ROOM_DEFICIENT_PCT,
@@ -462,6 +464,72 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
 # gateway/config.py Severity): the active alarms table shows them through the catalogue.
 ALARM_EVENTS = ["raise", "ack", "shelve", "unshelve", "clear"]
 SEVERITIES = [s.value for s in Severity]
+
+
+# The oxygen chain with the supply (gateway/supply_chain.py, gateway/README.md "Enrichment"):
+# (field of the chain point, its name in the table's query, unit); the names shown and what
+# each is come from the catalogue (chain.<name>, chain.<name>.what).
+CHAIN_FIELDS = (
+    ("produced_o2_lpm", "produced", "suffix: L/min"),
+    ("stored_o2_l", "stored", "litre"),
+    ("stored_change_o2_lpm", "stored change", "suffix: L/min"),
+    ("delivered_metered_o2_lpm", "delivered", "suffix: L/min"),
+    ("used_o2_lpm", "used", "suffix: L/min"),
+    ("loss_o2_lpm", "loss", "suffix: L/min"),
+    ("days_left", "days left", "d"),
+)  # fmt: skip
+DAYS_LEFT_WARN = supply_rules.DAYS_LEFT_WARN  # the supply devices' days-left alarms
+DAYS_LEFT_ALARM = supply_rules.DAYS_LEFT_ALARM
+
+
+def chain_key(name: str) -> str:
+    return "chain." + name.replace(" ", "_")
+
+
+def chain_panels(in_range: str, tr: Texts) -> list[tuple[Any, int, int]]:
+    """The facility's chain panels: a table per site, the flows over time, days of O2 left."""
+    columns = ", ".join(f'last("{f}") AS "{name}"' for f, name, _ in CHAIN_FIELDS)
+    described = tr("list.semicolon").join(
+        tr("chain.item", name=tr(chain_key(name)), what=tr(chain_key(name) + ".what"))
+        for _, name, _ in CHAIN_FIELDS
+    )
+    by_site = (
+        table.Panel().title(tr("facility.chain_by_site"))
+        .unit("suffix: L/min").datasource(DATASOURCE)
+        .description(tr("facility.chain_by_site.desc", described=described))
+        .with_target(InfluxQL(
+            f'SELECT {columns} FROM "chain" WHERE {in_range} GROUP BY "site"').table())
+    )  # fmt: skip
+    # The table's columns keep the query's names; Grafana shows the catalogue's.
+    by_site.override_by_name(
+        "site", [dm.DynamicConfigValue(id_val="displayName", value=tr("col.site"))]
+    )
+    for _, name, unit in CHAIN_FIELDS:
+        by_site.override_by_name(name, [
+            dm.DynamicConfigValue(id_val="displayName", value=tr(chain_key(name))),
+            dm.DynamicConfigValue(id_val="unit", value=unit),
+        ])  # fmt: skip
+    flows = [(f, name) for f, name, unit in CHAIN_FIELDS if unit == "suffix: L/min"]
+    flow_columns = ", ".join(f'mean("{f}") {tr.col(chain_key(name))}' for f, name in flows)
+    over_time = (
+        ts_panel(tr("facility.chain_over_time"), "suffix: L/min",
+                 tr("facility.chain_over_time.desc", described=described))
+        .with_target(InfluxQL(
+            f'SELECT {flow_columns} FROM "chain" WHERE {in_range} '
+            'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site $col"))
+    )  # fmt: skip
+    days = (
+        stat.Panel().title(tr("facility.days_left")).unit("d").datasource(DATASOURCE)
+        .description(tr("facility.days_left.desc", alarm=DAYS_LEFT_ALARM, warn=DAYS_LEFT_WARN))
+        .graph_mode(cm.BigValueGraphMode.AREA).reduce_options(last_value())
+        .thresholds(steps((None, "red"), (DAYS_LEFT_ALARM, "orange"), (DAYS_LEFT_WARN, "green")))
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .with_target(InfluxQL(
+            f'SELECT last("days_left") FROM "chain" WHERE {in_range} '
+            'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site"))
+    )  # fmt: skip
+    return [(days, 12, 8), (by_site, 24, 8), (over_time, 24, 8)]
+
 
 # The last event of each alarm (site, device, rule) in the last 30 days, kept when it left the
 # alarm active. Not limited to the dashboard's range: an alarm raised yesterday is still active.
@@ -627,7 +695,7 @@ def gateway_dashboard(tr: Texts | None = None) -> gd.Dashboard:
     return d
 
 
-DASHBOARDS: dict[str, Callable[[Texts], gd.Dashboard]] = {
+DASHBOARDS: dict[str, Callable[..., gd.Dashboard]] = {  # (tr: Texts = English)
     "facility": facility,
     "rooms": rooms,
     "concentrators": concentrators,

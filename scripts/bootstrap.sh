@@ -35,6 +35,9 @@ if [ "${1:-}" = "--test-tools" ]; then
   # The power-cut test formats a loop device (gateway/tests/test_guarantees_power_loss.py).
   [ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need_debs+=(e2fsprogs)
   [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || need_debs+=(mount)
+  # An independent Modbus client, to read the simulators as a third party would
+  # (simulators/tests/test_mbpoll.py).
+  command -v mbpoll >/dev/null 2>&1 || need_debs+=(mbpoll)
 fi
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then

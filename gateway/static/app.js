@@ -515,24 +515,132 @@
       box.append(el("div", "muted", t("chain.waiting")));
       return;
     }
-    const produced = chain.produced_o2_lpm, delivered = chain.delivered_o2_lpm;
-    const row = el("div", "chain-row");
-    const kv = (k, v, unit) => {
+    const known = (key) => typeof chain[key] === "number" && Number.isFinite(chain[key]);
+    const group = (v) => (typeof v === "number" && Number.isFinite(v) ? num(Math.round(v), 0) : "—");
+    // Flows: whole litres from 100 L/min up, else one or two decimals.
+    const lpm = (v) => (Math.abs(v) >= 100 ? group(v) : num(v, Math.abs(v) >= 10 ? 1 : 2));
+    // Stock: litres of O2 at the site's conditions; cubic metres from 10,000 L up.
+    const stock = (l) => (l >= 10000 ? [group(l / 1000), "m³ O₂"] : [group(l), "L O₂"]);
+    const signed = (v) => (v > 0 ? "+" : v < 0 ? "−" : "") + lpm(Math.abs(v));
+    const kv = (label, v, unit) => {
       const box2 = el("div", "kv");
       const vv = el("span", "v", v);
       if (unit) vv.append(el("small", "", ` ${unit}`));
-      box2.append(el("span", "k", k), vv);
+      box2.append(el("span", "k", label), vv);
       return box2;
     };
+    const count = (a, b) => `${chain[a] ?? 0}/${chain[b] ?? 0}`;
+    const produced = chain.produced_o2_lpm, delivered = chain.delivered_o2_lpm;
+    // The middle of the chain shows once the site has supply devices with a stock or a meter.
+    const supply = (chain.stores ?? 0) > 0 || (chain.meters ?? 0) > 0;
+
+    // The chain's stages, left to right: produce -> store -> deliver -> use.
+    const stage = (name, cls, valueKv, notes) => {
+      const card = el("div", `stage ${cls}`);
+      card.setAttribute("role", "group");
+      card.setAttribute("aria-label", name);
+      card.append(el("div", "stage-name", name), valueKv);
+      for (const n of notes) if (n) card.append(el("div", "stage-note", n));
+      return card;
+    };
+    const arrow = () => {
+      const a = el("div", "stage-arrow", "→");
+      a.setAttribute("aria-hidden", "true");
+      return a;
+    };
+    const flow = el("div", "chain-flow");
+    flow.append(stage(t("chain.stage_produce"), "produce", kv(t("chain.produced"), lpm(produced), "L/min"),
+      [t("chain.producers_reporting_n", { n: count("producers_reporting", "producers") })]));
+    if (supply) {
+      let storeKv, storeNotes = [];
+      if ((chain.stores ?? 0) === 0) {
+        storeKv = kv(t("chain.stored"), "—");
+        storeNotes = [t("chain.no_stores")];
+      } else if (known("stored_o2_l")) {
+        const [v, unit] = stock(chain.stored_o2_l);
+        storeKv = kv(t("chain.stored"), v, unit);
+        if (known("stored_capacity_o2_l") && chain.stored_capacity_o2_l > 0) {
+          const share = chain.stored_o2_l / chain.stored_capacity_o2_l;
+          const bar = el("div", "bar stock");
+          bar.setAttribute("role", "meter");
+          bar.setAttribute("aria-label", t("chain.stock_aria"));
+          bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
+          bar.setAttribute("aria-valuemin", "0");
+          bar.setAttribute("aria-valuemax", "100");
+          const fill = el("span");
+          fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
+          bar.append(fill);
+          storeKv.append(bar);
+          storeNotes.push(t("chain.stock_share", { pct: num(share * 100, 0) }));
+        }
+        storeNotes.push(known("stored_change_o2_lpm")
+          ? (chain.stored_change_o2_lpm < 0 ? t("chain.stock_out", { lpm: signed(chain.stored_change_o2_lpm) })
+            : t("chain.stock_in", { lpm: signed(chain.stored_change_o2_lpm) }))
+          : t("chain.stock_change_waiting"));
+      } else {
+        storeKv = kv(t("chain.stored"), "—");
+        storeNotes = [t("chain.stock_incomplete")];
+      }
+      storeNotes.push(t("chain.stores_reporting_n", { n: count("stores_reporting", "stores") }));
+      flow.append(arrow(), stage(t("chain.stage_store"), "store", storeKv, storeNotes));
+      const metered = known("delivered_metered_o2_lpm");
+      flow.append(arrow(), stage(t("chain.stage_deliver"), "deliver",
+        kv(t("chain.delivered_metered"), metered ? lpm(chain.delivered_metered_o2_lpm) : "—", "L/min"),
+        [(chain.meters ?? 0) > 0 ? t("chain.meters_reporting_n", { n: count("meters_reporting", "meters") })
+          : t("chain.bedside_only"), t("chain.deliver_note")]));
+    }
+    flow.append(arrow(), stage(t("chain.stage_use"), "use",
+      kv(t("chain.used"), chain.rooms_estimated ? lpm(delivered) : "—", "L/min"),
+      [t("chain.rooms_reporting_n", { n: count("rooms_reporting", "rooms") }),
+        chain.rooms_estimated ? t("chain.estimate_ventilation") : t("chain.needs_ventilation")]));
+    box.append(el("h3", "", supply ? t("chain.title_supply") : t("chain.title")), flow);
+
+    // Losses and days of oxygen left.
+    if (supply) {
+      const out = el("div", "chain-outcome");
+      const loss = el("div", "outcome loss");
+      if (known("loss_o2_lpm")) {
+        const supplied = (chain.delivered_metered_o2_lpm ?? 0) + Math.max(0, chain.loss_o2_lpm);
+        const share = supplied > 0 ? chain.loss_o2_lpm / supplied : 0;
+        // A project choice for the colour only: above 5 % of the supply someone should look.
+        loss.dataset.level = share > 0.05 ? "warning" : "ok";
+        loss.append(kv(t("chain.losses"), lpm(chain.loss_o2_lpm), "L/min"), el("div", "stage-note", chain.loss_o2_lpm < 0
+          ? t("chain.loss_negative")
+          : t("chain.loss_share", { pct: num(share * 100, 1) })));
+      } else {
+        loss.dataset.level = "unknown";
+        const missing = [];
+        if ((chain.producers_reporting ?? 0) < (chain.producers ?? 0)) missing.push(t("chain.missing_producer"));
+        if ((chain.stores_reporting ?? 0) < (chain.stores ?? 0)) missing.push(t("chain.missing_store"));
+        if ((chain.meters_reporting ?? 0) < (chain.meters ?? 0)) missing.push(t("chain.missing_meter"));
+        if (!(chain.meters > 0)) missing.push(t("chain.missing_meter_config"));
+        if ((chain.stores ?? 0) > 0 && !known("stored_change_o2_lpm")) missing.push(t("chain.missing_trend"));
+        loss.append(kv(t("chain.losses"), "—"), el("div", "stage-note",
+          t("chain.loss_not_computed", { why: missing.length ? missing.join(t("list.sep")) : t("chain.loss_waiting") })));
+      }
+      const days = el("div", "outcome days");
+      if (known("days_left")) {
+        // The same limits as the supply devices' days-left alarms (gateway/supply_rules.py).
+        days.dataset.level = chain.days_left < 1 ? "alarm" : chain.days_left < 3 ? "warning" : "ok";
+        const running = chain.days_left < 365;
+        days.append(kv(t("chain.days_left"), running ? num(chain.days_left, 1) : "365+", running ? t("chain.days_unit") : ""),
+          el("div", "stage-note", running ? t("chain.days_note") : t("chain.days_not_running_down")));
+      } else {
+        days.dataset.level = "unknown";
+        days.append(kv(t("chain.days_left"), "—"), el("div", "stage-note",
+          (chain.stores ?? 0) > 0 ? t("chain.days_waiting") : t("chain.no_stores_configured")));
+      }
+      out.append(loss, days);
+      box.append(out);
+    }
+
+    // The balance against the rooms' estimate, as before.
+    const row = el("div", "chain-row");
     row.append(
-      kv(t("chain.produced"), num(produced, 2), "L/min"),
-      kv(t("chain.delivered"), chain.rooms_estimated ? num(delivered, 2) : "—", "L/min"),
-      kv(t("chain.balance"), chain.rooms_estimated ? num(chain.balance_o2_lpm, 2) : "—", "L/min"),
-      kv(t("chain.producers_reporting"), `${chain.producers_reporting ?? 0}/${chain.producers ?? 0}`),
-      kv(t("chain.rooms_reporting"), `${chain.rooms_reporting ?? 0}/${chain.rooms ?? 0}`),
+      kv(t("chain.balance"), chain.rooms_estimated ? lpm(chain.balance_o2_lpm) : "—", "L/min"),
       kv(t("chain.produced_total"), num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
     );
-    box.append(el("h3", "", t("chain.title")), row);
+    box.append(row);
     if (chain.rooms_estimated && produced > 0) {
       const share = delivered / produced;
       const bar = el("div", share > 1 ? "bar over" : "bar");
@@ -547,6 +655,9 @@
       box.append(bar, el("div", "muted", t("chain.share", { pct: num(share * 100, 0) })));
     } else {
       box.append(el("div", "muted", t("chain.no_estimate")));
+    }
+    if (!supply) {
+      box.append(el("div", "muted", t("chain.supply_hint")));
     }
   }
 

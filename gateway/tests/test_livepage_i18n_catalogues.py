@@ -26,8 +26,9 @@ CATALOGUES = {p.stem: p for p in sorted((STATIC / "i18n").glob("*.json"))}
 APP_JS = (STATIC / "app.js").read_text(encoding="utf-8")
 INDEX = (STATIC / "index.html").read_text(encoding="utf-8")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
-# Texts that are the same in every language (symbols and SI units).
+# Texts that are the same in every language (symbols and SI units), and punctuation only.
 SAME_EVERYWHERE = {"fact.co2", "unit.o2_pct"}
+PUNCTUATION = {"list.sep"}
 
 
 def load(lang: str) -> dict[str, str]:
@@ -99,9 +100,12 @@ def test_chinese_is_translated() -> None:
     english, chinese = load("en"), load("zh-CN")
     han = re.compile(r"[\u4e00-\u9fff]")
     untranslated = sorted(
-        k for k, v in chinese.items() if k not in SAME_EVERYWHERE and not han.search(v)
+        k
+        for k, v in chinese.items()
+        if k not in SAME_EVERYWHERE | PUNCTUATION and not han.search(v)
     )
     assert not untranslated, f"zh-CN.json: no Chinese in {untranslated}"
+    assert chinese["list.sep"] == "、" != english["list.sep"]
     for key in SAME_EVERYWHERE:
         assert chinese[key] == english[key]
 

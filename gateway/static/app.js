@@ -657,7 +657,9 @@
       box.append(el("div", "muted", t("chain.no_estimate")));
     }
     if (!supply) {
-      box.append(el("div", "muted", t("chain.supply_hint")));
+      const hint = el("div", "muted");
+      hint.append(...tParts("chain.supply_hint", { kind: el("code", "", 'kind = "supply"') }));
+      box.append(hint);
     }
   }
 

@@ -323,7 +323,8 @@ class BoardRunner:
         return None if self._child is None else self._child.returncode
 
     def wait(self, timeout_s: float | None = None) -> int | None:
-        """Until the firmware exits by itself (``machine.reset()`` exits 75); its exit code."""
+        """The exit code once the firmware process ended (a reset exits it), or None after
+        ``timeout_s``."""
         return None if self._child is None else self._child.wait(timeout_s)
 
     def start(self) -> BoardRunner:
@@ -338,7 +339,12 @@ class BoardRunner:
         if self._sntp is None and "ntp" not in self.config:
             self._sntp = SntpServer()
         self._install(build)
-        self.start_hardware()
+        self._prepare_standins()
+        if self._sensor is not None:
+            self._sensor.start()
+        if self._co2_sensor is not None:
+            self._co2_sensor.start()
+        self._write_sim()
         argv = [
             find_tool("micropython"),
             "-X",
@@ -350,20 +356,6 @@ class BoardRunner:
         self._child = ChildProcess(argv, self.log_path, cwd=self.work_dir, stop_signal=SIGINT)
         self._child.start()
         return self
-
-    def start_hardware(self) -> Path:
-        """The simulated hardware without the firmware: stand-ins compiled, sensors started
-        on their pseudo-terminals, ``sim.json`` written. Returns the stand-ins directory (a
-        board behind a serial port runs from it: firmware/tests/board_helpers.SerialBoard).
-        ``stop()`` / ``kill()`` stop the sensors."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare_standins()
-        if self._sensor is not None:
-            self._sensor.start()
-        if self._co2_sensor is not None:
-            self._co2_sensor.start()
-        self._write_sim()
-        return self.standins_dir
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Orderly stop: SIGINT (the firmware publishes offline and disconnects), then SIGKILL."""

@@ -339,12 +339,7 @@ class BoardRunner:
         if self._sntp is None and "ntp" not in self.config:
             self._sntp = SntpServer()
         self._install(build)
-        self._prepare_standins()
-        if self._sensor is not None:
-            self._sensor.start()
-        if self._co2_sensor is not None:
-            self._co2_sensor.start()
-        self._write_sim()
+        self.start_hardware()
         argv = [
             find_tool("micropython"),
             "-X",
@@ -356,6 +351,20 @@ class BoardRunner:
         self._child = ChildProcess(argv, self.log_path, cwd=self.work_dir, stop_signal=SIGINT)
         self._child.start()
         return self
+
+    def start_hardware(self) -> Path:
+        """The simulated hardware without the firmware: stand-ins compiled, sensors started
+        on their pseudo-terminals, ``sim.json`` written. Returns the stand-ins directory (a
+        board behind a serial port runs from it: firmware/tests/board_helpers.SerialBoard).
+        ``stop()`` / ``kill()`` stop the sensors."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_standins()
+        if self._sensor is not None:
+            self._sensor.start()
+        if self._co2_sensor is not None:
+            self._co2_sensor.start()
+        self._write_sim()
+        return self.standins_dir
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Orderly stop: SIGINT (the firmware publishes offline and disconnects), then SIGKILL."""

@@ -19,12 +19,13 @@ import time
 import machine
 from micropython import const
 
-from o2 import FW_VERSION, alarm, oxygen, telemetry
-from o2 import mqtt_codec as codec
+from o2 import FW_VERSION, alarm, telemetry
 from o2.clock import Clock
 from o2.mqtt import MQTTClient
 from o2.net import Wifi, keep_time
 from o2.spool import Spool
+from o2core import mqtt_codec as codec
+from o2core import oxygen
 
 _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)

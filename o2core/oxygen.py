@@ -101,7 +101,7 @@ def o2_for_equivalent_altitude_pct(target_alt_m: float, baro_kpa: float) -> floa
     )
 
 
-def nfpa_burn_limit_pct(baro_kpa: float) -> float:
+def nfpa_burn_limit_pct(baro_kpa: object) -> float:
     """O2 % above which materials burn faster than in sea-level air: ``23.45 / sqrt(PB/P0)``
     (NFPA 99; Lhasa, 64.5 kPa: 29.4 %).
 
@@ -115,7 +115,7 @@ def nfpa_burn_limit_pct(baro_kpa: float) -> float:
 
 
 def room_thresholds(
-    baro_kpa: float, high_alarm: float | None = None, high_warn: float | None = None
+    baro_kpa: object, high_alarm: float | None = None, high_warn: float | None = None
 ) -> tuple[float, float]:
     """``(high_alarm_pct, high_warn_pct)`` of a room at ``baro_kpa``: the NFPA limit - 1.5 and
     ``min(27, NFPA limit - 3)`` (Lhasa: 27.9 % and 26.4 %); explicit values (a site's

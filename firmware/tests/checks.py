@@ -428,7 +428,7 @@ def reading(seq, boot=1):
 def drain(sp, size=1200, max_records=5):
     # Every pending reading through peek_batch/release, as parsed JSON objects.
     buf = bytearray(size)
-    out = []
+    out: list = []
     while True:
         end = sp.peek_batch(buf, 0, max_records)
         if end == 0:
@@ -588,7 +588,7 @@ def check_config_defaults_and_errors():
     )
     equal((cfg["kind"], cfg["mqtt.port"], cfg["interval_s"]), ("room", 1883, 10.0), "defaults")
     equal(cfg["sensors.env.addr"], 0x76, "BME280 address")
-    bad = (
+    bad: tuple = (
         ({"device": "d", "site_altitude_m": 0, "mqtt": {"host": "h"}}, "site: missing"),
         ({"site": "Lhasa", "device": "d", "mqtt": {"host": "h"}}, "site: expected a name"),
         (

@@ -199,7 +199,7 @@ class Alarms:
         return out
 
 
-def room_rules(baro_kpa: float, cfg: dict) -> list:
+def room_rules(baro_kpa: object, cfg: dict) -> list:
     """The four room rules at pressure ``baro_kpa`` (config keys ``alarm.*`` override)."""
     high_alarm, high_warn = oxygen.room_thresholds(
         baro_kpa, cfg.get("alarm.o2_high_alarm_pct"), cfg.get("alarm.o2_high_warn_pct")
@@ -221,7 +221,7 @@ def concentrator_rules(cfg: dict) -> list:
     return rules
 
 
-def update_room_thresholds(alarms: Alarms, baro_kpa: float, cfg: dict) -> None:
+def update_room_thresholds(alarms: Alarms, baro_kpa: object, cfg: dict) -> None:
     """Follow the measured pressure (weather moves PB by a few kPa)."""
     high_alarm, high_warn = oxygen.room_thresholds(
         baro_kpa, cfg.get("alarm.o2_high_alarm_pct"), cfg.get("alarm.o2_high_warn_pct")

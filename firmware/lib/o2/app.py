@@ -19,7 +19,7 @@ import time
 import machine
 from micropython import const
 
-from o2 import FW_VERSION, alarm, telemetry
+from o2 import FW_VERSION, OFFLINE, alarm, command_id, telemetry, topic_prefix
 from o2.clock import Clock
 from o2.mqtt import MQTTClient
 from o2.net import Wifi, keep_time
@@ -38,7 +38,6 @@ _Q_CO2 = const(0x400)  # CO2 sensor: no reply / bad frame
 _FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated at sea level
 # The ZE03 reads 0-25 % of sea-level partial pressure: a raw reading there is a lower bound.
 _ZE03_FULL_SCALE_PCT = const(25.0)
-OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
 _FLAG_BARO = const(2)  # alarm.Alarms.flags indices
 _FLAG_WARMUP = const(3)
@@ -63,11 +62,6 @@ def load_calibration():
 
     cal = Calibration()
     return cal if cal.load() else None
-
-
-def topic_prefix(cfg: dict) -> str:
-    """``{prefix}/{site}/{device}/`` (docs/contracts.md)."""
-    return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 
 class Board:
@@ -555,14 +549,6 @@ class Board:
         await self._publish_acked(self.topic_ack, ack)
 
 
-def command_id(payload):
-    """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
-    try:
-        return json.loads(json.loads(payload)["body"])["id"]
-    except Exception:  # noqa: BLE001 -- unreadable: no id
-        return None
-
-
 def mark_stable() -> None:
     """The run was not part of a crash loop (o2.state, loaded only for this)."""
     from o2 import state
@@ -591,7 +577,7 @@ def run(ready) -> None:
     if len(batch) < 128 + cfg["spool.batch_kb"] * 1024:
         batch = bytearray(128 + cfg["spool.batch_kb"] * 1024)
     wiring.load_modules(cfg)
-    board = wiring.build(cfg, boot, spool, batch)
+    board = wiring.build(Board, cfg, boot, spool, batch)
     del wiring, ready
     forget_module("wiring")
     print("reset cause: %s; heap free %d" % (board.reset_cause, gc.mem_free()))

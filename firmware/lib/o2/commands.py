@@ -38,8 +38,7 @@ _FRESH_AIR_PCT = const(20.95)
 
 def handle(board, payload, retain: bool = False) -> str:
     """The JSON ack for one message on the cmd topic. Every refusal says why; never raises."""
-    from o2 import auth
-    from o2.app import command_id
+    from o2 import auth, command_id
 
     cmd_id = command_id(payload)
     name = None

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
-from gateway.readings import FieldValue, Reading, number
+from gateway.readings import FieldValue, Reading, number, wall_ms
 from gateway.state_store import StateStore
 from o2base.registers import ProfileError, load_profile
 
@@ -122,7 +121,7 @@ class Enricher:
         self,
         config: GatewayConfig,
         store: StateStore | None = None,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = wall_ms,
     ):
         self.config = config
         self.store = store

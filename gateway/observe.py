@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +25,10 @@ from gateway.alarms import AlarmEngine
 from gateway.config import AlarmKind, GatewayConfig
 from gateway.enrich import Enricher
 from gateway.metrics import render_prometheus
-from gateway.readings import FieldValue, Reading
+from gateway.readings import DEVICE_MEASUREMENTS, FieldValue, Reading, wall_ms
 from gateway.sources import LinkState, Sources, link_state_from
 from gateway.telemetry import RejectReason
 
-DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
 TREND_FIELDS = frozenset({
     "o2_pct", "eq_alt_m", "ppo2_kpa", "purity_pct", "flow_lpm", "outlet_kpa", "pressure_kpa",
@@ -39,10 +37,6 @@ TREND_FIELDS = frozenset({
 HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the default 10 s
 UNKNOWN_LISTED = 50  # unknown devices listed on the live page (newest first)
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -115,7 +109,7 @@ class Observer:
         engine: AlarmEngine | None = None,
         enricher: Enricher | None = None,
         link_state: LinkState | None = None,
-        clock_ms: Callable[[], int] = _wall_ms,
+        clock_ms: Callable[[], int] = wall_ms,
     ):
         self.config = config
         self.sources = sources

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.alarms import LinkState
 from gateway.config import Device
 from gateway.modbus import OFFLINE_AFTER, DeviceHealth
 from gateway.mqtt_ingest import IngestStats
 from gateway.outbox import OutboxStats
 from gateway.writer import WriterStats
-
-LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
 class OutboxSource(Protocol):

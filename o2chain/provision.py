@@ -13,6 +13,8 @@ two optional tables of its own are read here::
     gateway_bind = "127.0.0.1"           # ... on the broker's host by default
     [gateway]
     id = "gw-1"                          # [gateway] id of the gateway config: its alarm topics
+    group = "lhasa-gws"                  # optional: [mqtt] shared_group of a group of gateways
+                                         # (they share the account; docs/scaling.md)
 
 What ``DIR`` holds afterwards (directories 0700, files 0600)::
 
@@ -49,6 +51,7 @@ import ipaddress
 import json
 import os
 import pwd
+import re
 import secrets
 import string
 import sys
@@ -183,6 +186,7 @@ class BrokerSettings:
     gateway_bind: str
     gateway_id: str
     topic_prefix: str
+    gateway_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,14 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
             f"{inventory}: [gateway] id: expected a name of 1..32 characters [a-z0-9-], "
             f"got {gateway_id!r}"
         )
+    group = gateway.get("group")
+    if group is not None and not (
+        isinstance(group, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", group)
+    ):
+        raise ProvisionError(
+            f"{inventory}: [gateway] group: expected a name of 1..64 characters "
+            f"[A-Za-z0-9_-] (the gateways' [mqtt] shared_group), got {group!r}"
+        )
     boards: list[Board] = []
     prefixes = set()
     schema = load_firmware_file("config")
@@ -302,6 +314,7 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         gateway_port=gateway_port,
         gateway_bind=str(broker.get("gateway_bind", "127.0.0.1")),
         gateway_id=gateway_id,
+        gateway_group=group,
         topic_prefix=prefixes.pop(),
     )
     return boards, settings
@@ -588,7 +601,16 @@ def provision(
             [
                 f"topic read {prefix}/#",
                 f"topic write {prefix}/+/gateway/{settings.gateway_id}/alarm/#",
-            ],
+            ]
+            # A group: its alarms, its members' presence and markers (gateway/ha.py).
+            + (
+                [
+                    f"topic write {prefix}/+/gateway/{settings.gateway_group}/alarm/#",
+                    f"topic write {prefix}/_group/{settings.gateway_group}/#",
+                ]
+                if settings.gateway_group
+                else []
+            ),
         )
     ]
     _passwd(run, "broker/devices.passwd", device_accounts)
@@ -787,6 +809,8 @@ def _client_files(run: _Run, settings: BrokerSettings, boards: list[Board]) -> N
         },
         "http": {"users_file": str(run.gateway_path / "users.toml")},
     }
+    if settings.gateway_group:
+        gateway_doc["mqtt"]["shared_group"] = settings.gateway_group
     head = (
         "# The gateway's [mqtt] and [http] lines for this site, written by `o2chain provision`:\n"
         "# merge them into the gateway config (gateway/README.md).\n"

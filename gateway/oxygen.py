@@ -21,7 +21,6 @@ from o2core.oxygen import (
     isa_altitude_m,
     isa_pressure_kpa,
     nfpa_burn_limit_pct,
-    o2_for_equivalent_altitude_pct,
     pio2_kpa,
     ppo2_kpa,
     room_thresholds,
@@ -72,6 +71,16 @@ def baro_band_kpa(alt_m: float) -> tuple[float, float]:
     as two numbers for a fast comparison and for messages)."""
     isa = isa_pressure_kpa(alt_m)
     return isa * (1.0 - BARO_SITE_TOLERANCE), isa * (1.0 + BARO_SITE_TOLERANCE)
+
+
+def o2_for_equivalent_altitude_pct(target_alt_m: float, baro_kpa: float) -> float:
+    """O2 % needed at ``baro_kpa`` for the equivalent altitude ``target_alt_m`` (West's
+    definition solved for the room's fraction; sizing, so not on the boards)."""
+    return (
+        AIR_O2_PCT
+        * (isa_pressure_kpa(target_alt_m) - AIRWAY_WATER_KPA)
+        / (baro_kpa - AIRWAY_WATER_KPA)
+    )
 
 
 def room_high_alarm_pct(baro_kpa: float) -> float:

@@ -92,15 +92,6 @@ def equivalent_altitude_m(o2_pct: float, baro_kpa: float, definition: str = "wes
     return isa_altitude_m(p_eq)
 
 
-def o2_for_equivalent_altitude_pct(target_alt_m: float, baro_kpa: float) -> float:
-    """O2 % needed at ``baro_kpa`` for the equivalent altitude ``target_alt_m`` (West)."""
-    return (
-        _AIR_O2_PCT
-        * (isa_pressure_kpa(target_alt_m) - _AIRWAY_WATER_KPA)
-        / (baro_kpa - _AIRWAY_WATER_KPA)
-    )
-
-
 def nfpa_burn_limit_pct(baro_kpa: object) -> float:
     """O2 % above which materials burn faster than in sea-level air: ``23.45 / sqrt(PB/P0)``
     (NFPA 99; Lhasa, 64.5 kPa: 29.4 %).

@@ -252,10 +252,6 @@ def check_oxygen_partial_pressure():
     for c in v["cases"]:
         close(oxygen.ppo2_kpa(c["o2_pct"], c["baro_kpa"]), c["ppo2_kpa"], v["tol_kpa"], "ppO2")
         close(oxygen.pio2_kpa(c["o2_pct"], c["baro_kpa"]), c["pio2_kpa"], v["tol_kpa"], "PIO2")
-    v = vectors("o2_for_equivalent_altitude")
-    for c in v["cases"]:
-        got = oxygen.o2_for_equivalent_altitude_pct(c["target_alt_m"], c["baro_kpa"])
-        close(got, c["o2_pct"], v["tol_pct"], "O2 for %r m" % c["target_alt_m"])
 
 
 def check_oxygen_fire_limits():

@@ -9,8 +9,6 @@ side then imports the other (safe mode must not load the application and its spo
 they cost no module of their own.
 """
 
-import json
-
 FW_VERSION = "0.1.0"
 OFFLINE = b'{"state":"offline"}'  # the last will, and what an orderly stop publishes
 
@@ -22,6 +20,8 @@ def topic_prefix(cfg: dict) -> str:
 
 def command_id(payload):
     """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
+    import json
+
     try:
         return json.loads(json.loads(payload)["body"])["id"]
     except Exception:  # noqa: BLE001 -- unreadable: no id

@@ -30,9 +30,13 @@ __all__ = [
     "AIRWAY_WATER_KPA",
     "AIR_O2_PCT",
     "BARO_SITE_TOLERANCE",
+    "LOX_GAS_NL_PER_L",
+    "LOX_KG_PER_L",
     "NFPA_BURN_PCT_AT_P0",
     "NORMAL_KPA",
+    "NORMAL_L_PER_MOL",
     "NORMAL_TEMP_C",
+    "O2_G_PER_MOL",
     "P0_KPA",
     "ROOM_HIGH_ALARM_MARGIN_PCT",
     "EqAltDefinition",
@@ -63,6 +67,13 @@ ZERO_C_K = 273.15
 # 0 degC, 101.325 kPa; some vendors quote 15 or 20 degC, hence the profile keys).
 NORMAL_TEMP_C = 0.0
 NORMAL_KPA = P0_KPA
+# Liquid oxygen: 1.141 kg/L at its boiling point; O2 31.999 g/mol; an ideal gas mole is
+# 22.414 normal litres: one litre of liquid gives about 799 normal litres of gas
+# (docs/domain.md, "Medical gas supply").
+LOX_KG_PER_L = 1.141
+O2_G_PER_MOL = 31.999
+NORMAL_L_PER_MOL = 22.414
+LOX_GAS_NL_PER_L = LOX_KG_PER_L * 1000.0 / O2_G_PER_MOL * NORMAL_L_PER_MOL
 
 
 def baro_band_kpa(alt_m: float) -> tuple[float, float]:

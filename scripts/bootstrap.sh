@@ -25,6 +25,8 @@ if [ "${1:-}" = "--test-tools" ]; then
   # Headless browser for the live page's test (gateway/tests/test_livepage.py drives it), and
   # mosquitto_sub, the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
   [ -x /usr/bin/chromium ] || need_debs+=(chromium)
+  # Chinese glyphs for the live page in zh-CN (its browser tests check and photograph it).
+  fc-list :lang=zh-cn family 2>/dev/null | grep -q . || need_debs+=(fonts-noto-cjk)
   command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
   # Certificates for the TLS tests (firmware/tests/test_tls.py).
   command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
@@ -33,6 +35,9 @@ if [ "${1:-}" = "--test-tools" ]; then
   # The power-cut test formats a loop device (gateway/tests/test_guarantees_power_loss.py).
   [ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need_debs+=(e2fsprogs)
   [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || need_debs+=(mount)
+  # An independent Modbus client, to read the simulators as a third party would
+  # (simulators/tests/test_mbpoll.py).
+  command -v mbpoll >/dev/null 2>&1 || need_debs+=(mbpoll)
 fi
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then

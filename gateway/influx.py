@@ -60,8 +60,10 @@ class InfluxRejected(InfluxWriteError):
 
 
 class LineWriter(Protocol):
+    """What the outbox drainer writes line protocol through (gateway/writer.py): one of the
+    writers below, or a test's twin."""
+
     def write(self, lines: list[str]) -> None: ...
-    def close(self) -> None: ...
 
 
 def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
@@ -193,7 +195,7 @@ class InfluxV2Writer:
         self._client.close()
 
 
-def make_writer(cfg: InfluxSection) -> LineWriter:
+def make_writer(cfg: InfluxSection) -> InfluxV1Writer | InfluxV2Writer:
     """The writer for ``[influx] api``."""
     if cfg.api == "v2":
         return InfluxV2Writer(cfg)

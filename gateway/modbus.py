@@ -50,7 +50,7 @@ from pymodbus.exceptions import ModbusException
 
 from gateway.config import Device, DeviceKind
 from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
-from gateway.readings import FieldValue, Reading, flag_invalid
+from gateway.readings import FieldValue, Reading, flag_invalid, wall_ms
 from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class DevicePoller:
         client_factory: ClientFactory,
         emit: Callable[[Reading], None],
         gap_fill: int = 8,
-        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_clock_ms: Callable[[], int] = wall_ms,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.device = device

@@ -37,6 +37,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from o2core.mqtt_codec import MQTTError, read_varint
+
 log = logging.getLogger(__name__)
 
 _PUBACK = struct.Struct("!BBH")  # MQTT 5 section 3.4: PUBACK, remaining length 2, packet id
@@ -131,17 +133,9 @@ class FastClient(mqtt.Client):
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
         batch: list[RawPublish] = []
         while pos < end and (buf[pos] & _PUBLISH_QOS1_MASK) == _PUBLISH_QOS1:
-            # MQTT 5 section 1.5.5: remaining length, 1 to 4 bytes, 7 bits each, LSB first.
-            length = shift = 0
-            i = pos + 1
-            while i < end and i - pos <= 4:
-                byte = buf[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            else:
+            try:  # the remaining length (MQTT 5 section 1.5.5, the same as 3.1.1's)
+                length, i = read_varint(buf, pos + 1)
+            except MQTTError:
                 break  # cut by the buffer's end, or malformed: paho's code decides
             stop = i + length
             if stop > end or length < 5:

@@ -56,7 +56,7 @@ from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
 from gateway.ratelog import RateLimitedLog
-from gateway.readings import Reading
+from gateway.readings import Reading, wall_ms
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class MqttIngest:
         outbox: Outbox,
         on_committed: Callable[[], None] = lambda: None,
         process: Callable[[list[Reading]], list[Reading]] = lambda readings: readings,
-        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_clock_ms: Callable[[], int] = wall_ms,
         alarm_writer: AlarmWriter = lambda events: None,
         announce: Callable[[list[AlarmEvent]], None] = lambda events: None,
     ):

@@ -8,13 +8,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from gateway.influx import (
     InfluxMisconfigured,
     InfluxRejected,
     InfluxTooLarge,
     InfluxUnavailable,
+    LineWriter,
 )
 from gateway.outbox import Outbox
 from gateway.ratelog import RateLimitedLog
@@ -22,10 +22,6 @@ from gateway.ratelog import RateLimitedLog
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 300.0
-
-
-class LineWriter(Protocol):
-    def write(self, lines: list[str]) -> None: ...
 
 
 @dataclass

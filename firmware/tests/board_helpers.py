@@ -39,7 +39,7 @@ class Recorder:
             client_id=f"recorder-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)  # paho takes whole seconds
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)

@@ -111,6 +111,7 @@ def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert (board_dir / "main.py").read_bytes() == (firmware_build / "main.py").read_bytes()
         assert (board_dir / "lib" / "o2" / "app.mpy").exists()
+        assert (board_dir / "lib" / "o2core" / "oxygen.mpy").exists()  # the shared core too
         assert not list((board_dir / "lib").rglob("*.py")), "only compiled modules on the board"
         cfg = json.loads((board_dir / "config.json").read_text())
         assert cfg["device"] == "room-101" and cfg["kind"] == "room"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
 import time
+from importlib.resources import files
 
 import pytest
 
+from simulators.wire import winsen
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import READ_QUERY, GasboardWire, read_reply
 from simulators.wire.luminox import LuminOxWire, line
@@ -256,3 +259,12 @@ def test_cli_serves_a_ze03_on_a_pty_with_its_faults(tmp_path) -> None:
     first = answers[0]
     assert first[:2] == b"\xff\x86" and (-sum(first[1:8])) & 0xFF == first[8]
     assert abs((first[2] * 256 + first[3]) / 10 - 24 * 65.2 / 101.325) <= 0.2
+
+
+def test_winsen_checksum_oracle_answers_the_shared_vectors() -> None:
+    """The simulators' Winsen checksum is the oracle of o2core.winsen (written independently):
+    both answer o2core/vectors.json."""
+    vectors = json.loads(files("o2core").joinpath("vectors.json").read_text())
+    for case in vectors["winsen_checksum"]["cases"]:
+        frame = bytes.fromhex(case["hex"])
+        assert winsen.checksum(frame) == frame[8], case["what"]

@@ -19,12 +19,13 @@ import time
 import machine
 from micropython import const
 
-from o2 import FW_VERSION, alarm, oxygen, telemetry
-from o2 import mqtt_codec as codec
+from o2 import FW_VERSION, OFFLINE, alarm, command_id, telemetry, topic_prefix
 from o2.clock import Clock
 from o2.mqtt import MQTTClient
 from o2.net import Wifi, keep_time
 from o2.spool import Spool
+from o2core import mqtt_codec as codec
+from o2core import oxygen
 
 _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
@@ -37,7 +38,6 @@ _Q_CO2 = const(0x400)  # CO2 sensor: no reply / bad frame
 _FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated at sea level
 # The ZE03 reads 0-25 % of sea-level partial pressure: a raw reading there is a lower bound.
 _ZE03_FULL_SCALE_PCT = const(25.0)
-OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
 _FLAG_BARO = const(2)  # alarm.Alarms.flags indices
 _FLAG_WARMUP = const(3)
@@ -62,11 +62,6 @@ def load_calibration():
 
     cal = Calibration()
     return cal if cal.load() else None
-
-
-def topic_prefix(cfg: dict) -> str:
-    """``{prefix}/{site}/{device}/`` (docs/contracts.md)."""
-    return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 
 class Board:
@@ -564,14 +559,6 @@ class Board:
         await self._publish_acked(self.topic_ack, ack)
 
 
-def command_id(payload):
-    """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
-    try:
-        return json.loads(json.loads(payload)["body"])["id"]
-    except Exception:  # noqa: BLE001 -- unreadable: no id
-        return None
-
-
 def mark_stable() -> None:
     """The run was not part of a crash loop (o2.state, loaded only for this)."""
     from o2 import state
@@ -601,7 +588,7 @@ def run(ready) -> None:
         batch = bytearray(128 + cfg["spool.batch_kb"] * 1024)
     wiring.load_modules(cfg)
     try:
-        board = wiring.build(cfg, boot, spool, batch)
+        board = wiring.build(Board, cfg, boot, spool, batch)
     except Exception as e:  # noqa: BLE001 -- a pin, UART or CA file the hardware refuses
         print("config error: wiring: %r" % (e,))
         from o2.safemode import safe_mode

@@ -537,7 +537,7 @@ MUTANTS: list[Mutant] = [
         "gateway/writer.py",
         "            try:\n"
         "                for start in range(0, len(batch.lines), self.batch_size):\n",
-        "            await asyncio.to_thread(self.outbox.remove_through, batch.ids[-1])\n"
+        "            self.outbox.remove_through(batch.ids[-1])\n"
         "            try:\n"
         "                for start in range(0, len(batch.lines), self.batch_size):\n",
         (WRITER_UNIT, WRITERS_HTTP, G_OUTBOX),

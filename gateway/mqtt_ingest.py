@@ -70,6 +70,10 @@ _RETRY_MAX_S = 2.0
 # "seen but not configured"), the oldest evicted. Anybody allowed to publish could invent
 # devices without end; the configured ones are always kept.
 MAX_UNKNOWN_DEVICES = 1000
+# Mosquitto's count of the PUBLISH messages it dropped at its queue limits
+# (max_queued_messages, max_queued_bytes; mosquitto(8), "$SYS topics"), every sys_interval.
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+_BROKER_DROPPED = BROKER_DROPPED_TOPIC.encode()
 _LOGGED_TEXT_MAX = 200  # topics and details in log lines (a topic may be 64 KiB)
 
 
@@ -101,6 +105,10 @@ class IngestStats:
     # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
     unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
     unknown_evicted: int = 0
+    # Messages the broker dropped at its queue limits, all clients (BROKER_DROPPED_TOPIC), and
+    # when it said so; None while the broker has not told (no $SYS access, not yet published).
+    broker_dropped: int | None = None
+    broker_dropped_ms: int = 0
 
 
 AlarmWriter = Callable[[Sequence[AlarmEvent]], Callable[[sqlite3.Connection], None] | None]
@@ -198,6 +206,8 @@ class MqttIngest:
         self.client = client
         self._connect_failures = 0
         self._ack_errors = 0
+        self._sys_mid: int | None = None
+        self._sys_refused = False
 
     @property
     def sequence(self) -> dict[str, DeviceCounters]:
@@ -285,6 +295,8 @@ class MqttIngest:
             )
         self.connected_event.set()
         client.subscribe([(t, 1) for t in self._topics()])
+        # Apart, so that a broker refusing $SYS (an ACL) refuses only this one.
+        self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)[1]
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._connect_failures += 1
@@ -305,6 +317,16 @@ class MqttIngest:
         properties: Properties | None,
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if mid == self._sys_mid:
+            if failed and not self._sys_refused:
+                self._sys_refused = True
+                log.info(
+                    "MQTT broker refuses %s (%s): messages it drops at its queue limits "
+                    "are not counted",
+                    BROKER_DROPPED_TOPIC,
+                    ", ".join(failed),
+                )
+            return
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(failed))
             return
@@ -333,6 +355,9 @@ class MqttIngest:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg._topic == _BROKER_DROPPED:
+            self._broker_dropped(msg.payload)
+            return
         if self._draining:
             return  # not acknowledged: the broker keeps it for the next run
         try:
@@ -343,6 +368,22 @@ class MqttIngest:
             self._connection, msg.mid, msg.qos, topic, bytes(msg.payload), bool(msg.dup)
         )
         self._enqueue([queued])
+
+    def _broker_dropped(self, payload: bytes | bytearray) -> None:
+        """The broker's dropped-message count ($SYS, QoS 0: no acknowledgement)."""
+        try:
+            count = int(payload)
+        except ValueError:
+            log.warning("MQTT %s: %r is not a count", BROKER_DROPPED_TOPIC, payload[:40])
+            return
+        stats = self.stats
+        if stats.broker_dropped is not None and count > stats.broker_dropped:
+            log.warning(
+                "MQTT broker dropped %d more messages at its queue limits (%d since it started)",
+                count - stats.broker_dropped,
+                count,
+            )
+        stats.broker_dropped, stats.broker_dropped_ms = count, self.wall_clock_ms()
 
     def _on_messages(self, batch: list[RawPublish]) -> None:
         """:meth:`_on_message` for a run of QoS 1 messages cut out of one socket read."""

@@ -369,6 +369,9 @@ class Observer:
                     "oldest_age_s": round(self.sources.outbox_age_s(), 3),
                 },
                 "mqtt_connected": self.sources.ingest_stats.connected,
+                # Messages the broker dropped at its queue limits (all its clients) since it
+                # started, as it last told ($SYS); None when it does not tell.
+                "broker_dropped": self.sources.ingest_stats.broker_dropped,
                 "readings": dict(self.readings_by_source),
             },
             "alarm_counts": counts,

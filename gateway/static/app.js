@@ -593,6 +593,8 @@
     const parts = [`gateway ${gw.id}`, `up ${duration(gw.uptime_s)}`,
       gw.mqtt_connected ? "MQTT connected" : "MQTT disconnected",
       `outbox ${gw.outbox.depth}`, `updated ${new Date(gw.now_ms).toLocaleTimeString()}`];
+    // Messages the broker dropped at its queue limits (shown once it has dropped any).
+    if (gw.broker_dropped) parts.splice(3, 0, `broker dropped ${gw.broker_dropped}`);
     setText($("gw-line"), parts.join(" · "));
     const h = $("health");
     h.hidden = false;

@@ -299,7 +299,11 @@ def drop_db(influx: InfluxDB) -> None:
 
 
 def count_window(influx: InfluxDB, first_ms: int, last_ms: int) -> int:
-    return count_points(influx, f"WHERE time >= {first_ms}ms AND time <= {last_ms}ms")
+    """Readings of the boards (not the probes) with board times in [first_ms, last_ms]."""
+    return count_points(
+        influx,
+        f"WHERE time >= {first_ms}ms AND time <= {last_ms}ms AND device != 'room-probe'",
+    )
 
 
 def distinct_readings(influx: InfluxDB) -> int:
@@ -970,67 +974,101 @@ def mqtt_rows(tmp: Path, args: argparse.Namespace) -> list[Row]:
     per_board = args.backlog // boards
     with Services(tmp / "services") as services:
         services.influxdb.create_database(DB)
-        bl = backlog(tmp, services, boards, per_board)
-        once = bl["gw_count"] == bl["gw_distinct"] == bl["total"]
-        rows.append(Row(
-            f"backlog drain, {bl['total']:,} readings",
-            f"{bl['gw_rate']:,.0f} readings/s",
-            f"{bl['gw_rate'] / bl['c_rate']:.2f}x mosquitto_sub -q 1 ({bl['c_rate']:,.0f} msg/s, "
-            f"{bl['c_got']:,} received) on the same backlog; "
-            f"{'exactly once' if once else 'NOT exactly once'}: {bl['gw_count']:,} points, "
-            f"{bl['gw_distinct']:,} distinct (device, seq) in InfluxDB; gateway CPU "
-            f"{bl['gw_cpu_pct']:.0f} % of a core, peak RSS {bl['gw_rss_mb']:.0f} MB",
-        ))  # fmt: skip
-        rows.append(Row(
-            "Python baseline (naive bridge)",
-            f"{bl['naive_rate']:,.0f} readings/s",
-            f"{bl['naive_rate'] / bl['c_rate']:.3f}x mosquitto_sub; paho auto-ack, one HTTP "
-            "write per message, no outbox (the same backlog, 5 s window)",
-        ))  # fmt: skip
-        light = light_load(tmp, services, args.light_s, "light", None)
-        eager = light_load(tmp, services, args.light_s, "eager", {"commit_linger_ms": 0})
-        rows.append(Row(
-            "gateway CPU at 500 readings/s",
-            f"{light['cpu_ms']:.3f} ms/reading",
-            f"20 boards x 25/s paced; p99 board ts -> queryable {light['p99'] * 1000:.0f} ms "
-            f"(p50 {light['p50'] * 1000:.0f}, {light['probes']:.0f} probes, "
-            f"{light['unseen']:.0f} unseen, {light['lost']:.0f} lost); mosquitto_sub on the "
-            f"same load {light['c_cpu_ms']:.4f} ms/reading "
-            f"({light['cpu_ms'] / max(light['c_cpu_ms'], 1e-6):.0f}x); committing at once "
-            f"(commit_linger_ms 0): {eager['cpu_ms']:.3f} ms/reading, p99 "
-            f"{eager['p99'] * 1000:.0f} ms",
-        ))  # fmt: skip
-        rates = [1000.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0]
-        steps = paced_steps(tmp, services, rates[: 3 if args.quick else None], args.step_s)
-        held = [st for st in steps if st["gw_held"]]
-        best = max((st["achieved"] for st in held), default=0.0)
-        c_best = max((st["achieved"] for st in steps if st["c_held"]), default=0.0)
-        last = steps[-1]
-        why = (
-            "the load generator's limit" if not last["gen_ok"]
-            else f"the gateway fell behind at {last['target']:,.0f}/s" if not last["gw_held"]
-            else "the last step tried"
-        )  # fmt: skip
-        stepped = ", ".join(f"{st['target'] / 1000:g}k" for st in steps)
-        rows.append(Row(
-            "paced sustained, zero loss",
-            f"{best:,.0f} readings/s",
-            f"stepped {stepped}; held = every "
-            f"reading in InfluxDB within 2 s of the load's end; stopped at {why}; mosquitto_sub "
-            f"held every step up to {c_best:,.0f}/s ({best / c_best if c_best else 0:.2f}x); "
-            f"lost after the steps: {sum(st['gw_lost'] for st in steps):.0f}",
-        ))  # fmt: skip
-        if best > 0:
-            ov = overload(tmp, services, 2 * best, args.overload_s, queue_limit=20_000)
-            rows.append(Row(
-                f"overload at 2x ({ov['offered']:,.0f}/s offered)",
-                f"{ov['delivered']:,.0f} readings/s",
-                f"{100 * ov['delivered'] / best:.0f} % of the best sustained; mosquitto_sub "
-                f"took {ov['c_delivered']:,.0f}/s; broker max_queued_messages 20,000: dropped "
-                f"{ov['dropped_metric']:,.0f} (gateway /metrics "
-                f"o2chain_broker_dropped_messages_total; /api/status broker_dropped "
-                f"{ov['dropped_status']}); gateway CPU {ov['gw_cpu_pct']:.0f} %",
-            ))  # fmt: skip
+        phases = set(args.phases.split(","))
+        if "backlog" in phases:
+            rows += backlog_rows(tmp, services, boards, per_board)
+        if "light" in phases:
+            rows += light_rows(tmp, services, args)
+        best = 0.0
+        if "steps" in phases:
+            step_rows, best = steps_rows(tmp, services, args)
+            rows += step_rows
+        if "overload" in phases and (best or args.overload_rate):
+            rows += overload_rows(tmp, services, args, best)
+    return rows
+
+
+def backlog_rows(tmp: Path, services: Services, boards: int, per_board: int) -> list[Row]:
+    rows = []
+    bl = backlog(tmp, services, boards, per_board)
+    once = bl["gw_count"] == bl["gw_distinct"] == bl["total"]
+    rows.append(Row(
+        f"backlog drain, {bl['total']:,} readings",
+        f"{bl['gw_rate']:,.0f} readings/s",
+        f"{bl['gw_rate'] / bl['c_rate']:.2f}x mosquitto_sub -q 1 ({bl['c_rate']:,.0f} msg/s, "
+        f"{bl['c_got']:,} received) on the same backlog; "
+        f"{'exactly once' if once else 'NOT exactly once'}: {bl['gw_count']:,} points, "
+        f"{bl['gw_distinct']:,} distinct (device, seq) in InfluxDB; gateway CPU "
+        f"{bl['gw_cpu_pct']:.0f} % of a core, peak RSS {bl['gw_rss_mb']:.0f} MB",
+    ))  # fmt: skip
+    rows.append(Row(
+        "Python baseline (naive bridge)",
+        f"{bl['naive_rate']:,.0f} readings/s",
+        f"{bl['naive_rate'] / bl['c_rate']:.3f}x mosquitto_sub; paho auto-ack, one HTTP "
+        "write per message, no outbox (the same backlog, 5 s window)",
+    ))  # fmt: skip
+    return rows
+
+
+def light_rows(tmp: Path, services: Services, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    light = light_load(tmp, services, args.light_s, "light", None)
+    eager = light_load(tmp, services, args.light_s, "eager", {"commit_linger_ms": 0})
+    rows.append(Row(
+        "gateway CPU at 500 readings/s",
+        f"{light['cpu_ms']:.3f} ms/reading",
+        f"20 boards x 25/s paced; p99 board ts -> queryable {light['p99'] * 1000:.0f} ms "
+        f"(p50 {light['p50'] * 1000:.0f}, {light['probes']:.0f} probes, "
+        f"{light['unseen']:.0f} unseen, {light['lost']:.0f} lost); mosquitto_sub on the "
+        f"same load {light['c_cpu_ms']:.4f} ms/reading "
+        f"({light['cpu_ms'] / max(light['c_cpu_ms'], 1e-6):.0f}x); committing at once "
+        f"(commit_linger_ms 0): {eager['cpu_ms']:.3f} ms/reading, p99 "
+        f"{eager['p99'] * 1000:.0f} ms",
+    ))  # fmt: skip
+    return rows
+
+
+def steps_rows(tmp: Path, services: Services, args: argparse.Namespace) -> tuple[list[Row], float]:
+    rows = []
+    rates = [1000.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0]
+    steps = paced_steps(tmp, services, rates[: 3 if args.quick else None], args.step_s)
+    held = [st for st in steps if st["gw_held"]]
+    best = max((st["achieved"] for st in held), default=0.0)
+    c_best = max((st["achieved"] for st in steps if st["c_held"]), default=0.0)
+    last = steps[-1]
+    why = (
+        "the load generator's limit" if not last["gen_ok"]
+        else f"the gateway fell behind at {last['target']:,.0f}/s" if not last["gw_held"]
+        else "the last step tried"
+    )  # fmt: skip
+    stepped = ", ".join(f"{st['target'] / 1000:g}k" for st in steps)
+    rows.append(Row(
+        "paced sustained, zero loss",
+        f"{best:,.0f} readings/s",
+        f"stepped {stepped}; held = every "
+        f"reading in InfluxDB within 2 s of the load's end; stopped at {why}; mosquitto_sub "
+        f"held every step up to {c_best:,.0f}/s ({best / c_best if c_best else 0:.2f}x); "
+        f"lost after the steps: {sum(st['gw_lost'] for st in steps):.0f}",
+    ))  # fmt: skip
+    return rows, best
+
+
+def overload_rows(
+    tmp: Path, services: Services, args: argparse.Namespace, best: float
+) -> list[Row]:
+    rows = []
+    rate = args.overload_rate or 2 * best
+    ov = overload(tmp, services, rate, args.overload_s, queue_limit=20_000)
+    rows.append(Row(
+        f"overload at 2x ({ov['offered']:,.0f}/s offered)",
+        f"{ov['delivered']:,.0f} readings/s",
+        f"{100 * ov['delivered'] / best if best else 0:.0f} % of the best sustained "
+        f"({best:,.0f}/s); mosquitto_sub "
+        f"took {ov['c_delivered']:,.0f}/s; broker max_queued_messages 20,000: dropped "
+        f"{ov['dropped_metric']:,.0f} (gateway /metrics "
+        f"o2chain_broker_dropped_messages_total; /api/status broker_dropped "
+        f"{ov['dropped_status']}); gateway CPU {ov['gw_cpu_pct']:.0f} %",
+    ))  # fmt: skip
     return rows
 
 
@@ -1075,21 +1113,31 @@ def main() -> int:
     ap.add_argument("--light-s", type=float, default=20.0, help="each light-load run (500/s)")
     ap.add_argument("--step-s", type=float, default=8.0, help="each paced step")
     ap.add_argument("--overload-s", type=float, default=15.0)
+    ap.add_argument(
+        "--phases", default="backlog,light,steps,overload", help="MQTT phases to run (comma list)"
+    )
+    ap.add_argument("--overload-rate", type=float, default=0.0, help="instead of 2x the best")
     ap.add_argument("--quick", action="store_true", help="small loads, for a smoke run")
     ap.add_argument("--skip-modbus", action="store_true")
     ap.add_argument("--only-modbus", action="store_true")
     ap.add_argument("--stages-only", action="store_true", help="only the in-process rows")
+    ap.add_argument("--skip-stages", action="store_true", help="without the in-process rows")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) and say where")
     args = ap.parse_args()
     if args.quick:
         args.backlog, args.light_s, args.step_s, args.overload_s = 20_000, 8.0, 4.0, 8.0
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="o2bench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = Path(tempfile.mkdtemp(prefix="o2bench-"))
+            print(f"logs in {tmp}", file=sys.stderr)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="o2bench-")))
         if not args.only_modbus and not args.stages_only:
             rows += mqtt_rows(tmp, args)
         if not args.skip_modbus and not args.stages_only:
             rows += modbus_rows(tmp, args)
-        if not args.only_modbus:
+        if not args.only_modbus and not args.skip_stages:
             rows += stage_rows(tmp, args)
     width = max(len(r.name) for r in rows)
     rate_w = max(len(r.rate) for r in rows)

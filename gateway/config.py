@@ -205,7 +205,7 @@ class MqttSection(_Strict):
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 5000
     # Group commit at light load: a commit that would carry few messages waits up to this long
     # for more, so one fsync and one InfluxDB write serve many readings (0: commit at once).
-    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 200
 
     @field_validator("url")
     @classmethod

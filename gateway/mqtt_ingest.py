@@ -179,6 +179,7 @@ class MqttIngest:
         # paho's thread reads this long before a lingering commit's deadline (_read_pause).
         self._read_ahead_s = min(READ_AHEAD_S, self._linger_s / 4)
         self._first_at: float | None = None  # monotonic arrival of the queue's first message
+        self._lingering = False  # the committer waits for the commit to fill (_read_pause)
         self._read_wake = threading.Event()
         self._ack_lock = threading.Lock()
         self._connection = 0
@@ -418,13 +419,16 @@ class MqttIngest:
                 self._queue += queued
                 if len(self._queue) >= LINGER_FILL:
                     cond.notify_all()
-            lingering = self._linger_s > 0 and len(self._queue) < LINGER_FILL
+            # Only while the committer waits for this commit to fill: while it is busy with the
+            # previous one, what arrives must be read (and queued) for the next.
+            lingering = self._lingering and len(self._queue) < LINGER_FILL
             deadline = (self._first_at or 0.0) + self._linger_s
         if lingering:
             self._read_pause(deadline)
 
     def _read_pause(self, deadline: float) -> None:
-        """Light load: paho's thread sleeps until just before the lingering commit's deadline,
+        """Light load: while the committer waits for a commit to fill, paho's thread sleeps
+        until just before the commit's deadline,
         so what arrives meanwhile waits in the socket and is read (and queued) in one go; one
         wake-up of each thread per commit instead of one per message. Woken early by
         :meth:`stop` and by acknowledgements to send (they wait for this thread)."""
@@ -457,11 +461,13 @@ class MqttIngest:
                     if self._first_at is None:
                         self._first_at = time.monotonic()
                     deadline = self._first_at + linger_s
+                    self._lingering = True
                     while len(self._queue) < LINGER_FILL and not self._stopping:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
                         self._queue_cond.wait(remaining)
+                    self._lingering = False
                 # A commit stays well under a small outbox bound (about 1 KiB per message).
                 limit = max(1, min(MAX_MESSAGES_PER_COMMIT, self.outbox.max_bytes // 4096))
                 batch = self._queue[:limit]

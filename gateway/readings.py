@@ -10,7 +10,7 @@ from influxdb_client import Point, WritePrecision
 FieldValue = float | int | bool | str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built and read for every reading
 class Reading:
     """One point: measurement, tags, fields and the reading's time in ms since the epoch (UTC).
 

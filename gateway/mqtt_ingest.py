@@ -180,6 +180,18 @@ class MqttIngest:
         self._read_ahead_s = min(READ_AHEAD_S, self._linger_s / 4)
         self._first_at: float | None = None  # monotonic arrival of the queue's first message
         self._lingering = False  # the committer waits for the commit to fill (_read_pause)
+        # At most half the broker's window (Receive Maximum) a commit: the other half keeps
+        # arriving while it is stored (a commit of the whole window leaves the broker nothing to
+        # send until its acknowledgements go out). And well under a small outbox bound (about
+        # 1 KiB per message).
+        self._commit_limit = max(
+            1,
+            min(
+                MAX_MESSAGES_PER_COMMIT,
+                config.mqtt.receive_maximum // 2,
+                outbox.max_bytes // 4096,
+            ),
+        )
         self._read_wake = threading.Event()
         self._ack_lock = threading.Lock()
         self._connection = 0
@@ -468,8 +480,7 @@ class MqttIngest:
                             break
                         self._queue_cond.wait(remaining)
                     self._lingering = False
-                # A commit stays well under a small outbox bound (about 1 KiB per message).
-                limit = max(1, min(MAX_MESSAGES_PER_COMMIT, self.outbox.max_bytes // 4096))
+                limit = self._commit_limit
                 batch = self._queue[:limit]
                 del self._queue[:limit]
                 # What is left (a full queue) starts the next commit's linger now.

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner, FirmwareError, build_firmware, find_tool
-from o2chain.services import Mosquitto
 
 SPOOL_BENCH = """
 import time, os

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_fleet.py --boards 2000 --readings 2
 
 Runs the fleet in this process (CPU time from time.process_time, i.e. getrusage of this
-process) against a private broker (o2chain.services.Mosquitto, CPU from /proc/PID/stat), and
+process) against a private broker (o2base.services.Mosquitto, CPU from /proc/PID/stat), and
 prints a table:
 
 1. *connect only*: N boards connect, publish their birth, say goodbye (readings = 0);
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from o2chain.services import Mosquitto
+from o2base.services import Mosquitto
 from simulators.fleet import Fleet, FleetConfig, FleetSummary
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

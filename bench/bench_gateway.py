@@ -55,8 +55,8 @@ import paho.mqtt.client as mqtt
 import requests
 import tomli_w
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto, Services
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto, Services
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -708,7 +708,7 @@ async def _raw_pymodbus(ports: list[int], seconds: float) -> dict[str, float]:
     profile's read blocks back to back, no decoding, no pipeline."""
     from pymodbus.client import AsyncModbusTcpClient
 
-    from o2chain.registers import Table, load_profile
+    from o2base.registers import Table, load_profile
 
     blocks = load_profile("medical-concentrator").plan_reads()  # as DevicePoller plans them
     polls = 0
@@ -746,7 +746,7 @@ async def _raw_pymodbus(ports: list[int], seconds: float) -> dict[str, float]:
 async def _poll_farm(ports: list[int], seconds: float) -> dict[str, float]:
     from gateway.config import Device
     from gateway.modbus import DevicePoller, tcp_client_factory
-    from o2chain.registers import load_profile
+    from o2base.registers import load_profile
 
     profile = load_profile("medical-concentrator")
     readings = 0
@@ -842,7 +842,7 @@ async def _saturate_bus(pollers: list[Any], seconds: float) -> float:
 def rtu_line_share(tmp: Path, baud: int, seconds: float) -> dict[str, float]:
     from gateway.config import Device
     from gateway.modbus import DevicePoller, SerialLine
-    from o2chain.registers import load_profile
+    from o2base.registers import load_profile
 
     a, b = tmp / f"rtu-{baud}-a", tmp / f"rtu-{baud}-b"
     with ChildProcess(

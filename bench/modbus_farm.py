@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sys
 
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 

@@ -31,7 +31,7 @@ from gateway import oxygen
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, parse_config
 from gateway.telemetry import RejectReason
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 
 GENERATED = Path(__file__).parent / "generated"
 SCHEMA_VERSION = 39  # Grafana 11.x dashboards

@@ -31,7 +31,7 @@ from gateway.sources import Sources, link_state_from
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
 from gateway.writer import OutboxDrainer
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,13 @@ async def run_until_signalled(config: GatewayConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.mqtt.shared_group:
+        # A group of gateways: standby until elected, a Gateway per term (gateway/ha.py).
+        from gateway.ha import run_member
+
+        gc.collect()
+        gc.freeze()
+        return await run_member(config, stop)
     gateway = Gateway(config)
     # Everything built so far (modules, config, pydantic models: ~100,000 objects) lives as long
     # as the process: moved out of the collector's reach, the full collections that the

@@ -18,7 +18,7 @@ from gateway.config import (
     preflight,
     redact_url,
 )
-from o2chain.registers import ProfileError, load_profile
+from o2base.registers import ProfileError, load_profile
 
 
 def register(sub: Any) -> None:

@@ -36,7 +36,7 @@ from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
 from gateway.readings import FieldValue, Reading, number
 from gateway.state_store import StateStore
-from o2chain.registers import ProfileError, load_profile
+from o2base.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ All are ordinary alarm-engine rules (:class:`gateway.rules.Rule`, THRESHOLD kind
 fields the Modbus poller emits:
 
 - one 0/1 field per canonical device alarm a profile names in ``[[alarm_bit]]``
-  (``o2chain.registers.CANONICAL_ALARMS``), judged by ``equipment-<name>``;
+  (``o2base.registers.CANONICAL_ALARMS``), judged by ``equipment-<name>``;
 - ``outlet_kpa`` against the profile's ``[nominal] outlet_kpa_setpoint`` +-15 % (a profile
   without a setpoint is not judged);
 - ``no_flow_running`` (derived here, :class:`EquipmentFields`: 1 while the unit says it runs but
@@ -28,7 +28,7 @@ from typing import Any
 from gateway.config import AlarmKind, Device, DeviceKind, GatewayConfig, Severity, Site
 from gateway.readings import FieldValue
 from gateway.rules import Rule, nominal
-from o2chain.registers import CANONICAL_ALARMS, Profile
+from o2base.registers import CANONICAL_ALARMS, Profile
 
 # Product pressure band around the setpoint (docs/domain.md, "Limits and alarms").
 PRESSURE_BAND = 0.15

@@ -51,7 +51,7 @@ from pymodbus.exceptions import ModbusException
 from gateway.config import Device, DeviceKind
 from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
 from gateway.readings import FieldValue, Reading, flag_invalid
-from o2chain.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
+from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the poller reports per device

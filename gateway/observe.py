@@ -3,9 +3,9 @@
 :class:`Observer` is the last pipeline stage. It remembers each device's last values, counts
 readings per source, proves the pipeline alive (the periodic tick passes through it), and every
 ``[gateway] metrics_interval_s`` adds one point of measurement ``gateway`` (tag ``gw``) with the
-self-metrics. From the same state it answers ``/healthz`` and ``/api/status`` (gateway/http.py
-serves them; gateway/README.md documents the JSON); ``/metrics`` is rendered by
-gateway/metrics.py.
+self-metrics. From the same state it answers ``/healthz``; ``/api/status`` is built by
+gateway/status.py and ``/metrics`` rendered by gateway/metrics.py (gateway/http.py serves them;
+gateway/README.md documents the JSON).
 
 The delivery side (outbox, writer, MQTT ingest, Modbus pollers) belongs to other modules; this
 one reads their stats through the typed views of gateway/sources.py.
@@ -13,7 +13,6 @@ one reads their stats through the typed views of gateway/sources.py.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -21,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import oxygen
 from gateway.alarms import AlarmEngine
-from gateway.config import AlarmKind, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.enrich import Enricher
 from gateway.metrics import render_prometheus
 from gateway.readings import FieldValue, Reading
@@ -37,7 +35,6 @@ TREND_FIELDS = frozenset({
     "flow_m3h", "level_pct",
 })  # fmt: skip
 HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the default 10 s
-UNKNOWN_LISTED = 50  # unknown devices listed on the live page (newest first)
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
 
 
@@ -132,7 +129,6 @@ class Observer:
         self._interval_ms = int(config.gateway.metrics_interval_s * 1000)
         self._next_metrics_ms = self.started_ms + self._interval_ms
         self._last_counts = (self.started_ms, dict(self.readings_by_source))
-        self._thresholds = self._device_thresholds()
 
     # ----------------------------------------------------------------- the stage
     def __call__(self, readings: list[Reading]) -> list[Reading]:
@@ -268,29 +264,6 @@ class Observer:
         """Prometheus text exposition format 0.0.4 (gateway/metrics.py)."""
         return render_prometheus(self)
 
-    # ----------------------------------------------------------------- status
-    def _device_thresholds(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """Per device, the alarm engine's threshold rules with their resolved values (fixed by
-        config: site altitude, profile), so the page colours values by the engine's limits."""
-        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        if self.engine is None:
-            return out
-        sites = {s.id: s for s in self.config.site}
-        for d in self.config.device:
-            rows = []
-            for rule in self.engine.rules:
-                if rule.kind is not AlarmKind.THRESHOLD or not rule.applies(d):
-                    continue
-                site = sites.get(d.site)
-                value = rule.threshold(d, site) if site is not None else math.nan
-                if math.isfinite(value):
-                    rows.append({
-                        "rule": rule.id, "field": rule.field, "op": rule.op,
-                        "value": round(value, 3), "severity": rule.severity.value,
-                    })  # fmt: skip
-            out[(d.site, d.id)] = rows
-        return out
-
     def history(self) -> dict[str, Any]:
         """``/api/history``: ``{"devices": {"site/device": {"o2_pct": [[ts_ms, v], ...]}}}``,
         the last :data:`HISTORY_POINTS` values of each trend field, oldest first."""
@@ -301,88 +274,19 @@ class Observer:
             }
         return {"v": 1, "now_ms": self.clock_ms(), "points": HISTORY_POINTS, "devices": devices}
 
-    def status(self) -> dict[str, Any]:
-        """``/api/status``: sites -> devices with last values and ages, links, alarms."""
-        now = self.clock_ms()
-        active = self.engine.active() if self.engine is not None else []
-        counts = self.engine.counts() if self.engine is not None else {}
-        chain = self.enricher.status() if self.enricher is not None else {}
+    def device_values(self, now: int) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Per device, its last value of each field with the value's time and age."""
         with self._lock:
-            rows = {(r["site"], r["device"]): r for r in self._device_rows(now)}
-            values = {
+            return {
                 k: {
                     name: {"value": v, "ts_ms": ts, "age_s": round((now - ts) / 1000.0, 3)}
                     for name, (v, ts) in sorted(seen.values.items())
                 }
                 for k, seen in self._devices.items()
             }
-        sites = []
-        for site in self.config.site:
-            pb = oxygen.isa_pressure_kpa(site.altitude_m)
-            devices = []
-            for d in self.config.device:
-                if d.site != site.id:
-                    continue
-                row = rows[(d.site, d.id)]
-                devices.append({
-                    "id": d.id,
-                    "kind": d.kind.value,
-                    "transport": d.transport.value,
-                    "room": (d.room or d.id) if d.kind.value == "room" else None,
-                    "link": row["link"],
-                    "online": {"online": True, "offline": False}.get(row["link"]),
-                    "last_seen_ms": row["last_seen_ms"],
-                    "age_s": row["age_s"],
-                    "interval_s": d.interval_s,
-                    "values": values[(d.site, d.id)],
-                    "thresholds": self._thresholds.get((d.site, d.id), []),
-                    "alarms": [a for a in active if a["device"] == d.id and a["site"] == d.site],
-                })  # fmt: skip
-            site_alarms = [a for a in active if a["site"] == site.id]
-            sites.append({
-                "id": site.id,
-                "name": site.name,
-                "altitude_m": site.altitude_m,
-                "isa_baro_kpa": round(pb, 3),
-                "limits": {
-                    "o2_nfpa_burn_pct": round(oxygen.nfpa_burn_limit_pct(pb), 2),
-                    "o2_high_warn_pct": round(oxygen.room_high_warn_pct(pb), 2),
-                    "o2_high_alarm_pct": round(oxygen.room_high_alarm_pct(pb), 2),
-                },
-                "chain": chain.get(site.id),
-                "alarm_counts": {
-                    "active": len(site_alarms),
-                    "unacked": sum(1 for a in site_alarms if not a["acked"]),
-                },
-                "devices": devices,
-            })  # fmt: skip
-        return {
-            "v": 1,
-            "gateway": {
-                "id": self.config.gateway.id,
-                "now_ms": now,
-                "started_ms": self.started_ms,
-                "uptime_s": round((now - self.started_ms) / 1000.0, 1),
-                "health": self.health(),
-                "outbox": {
-                    "depth": self.sources.outbox_depth(),
-                    "oldest_age_s": round(self.sources.outbox_age_s(), 3),
-                },
-                "mqtt_connected": self.sources.ingest_stats.connected,
-                # Messages the broker dropped at its queue limits (all its clients) since it
-                # started, as it last told ($SYS); None when it does not tell.
-                "broker_dropped": self.sources.ingest_stats.broker_dropped,
-                "readings": dict(self.readings_by_source),
-            },
-            "alarm_counts": counts,
-            "alarms": active,
-            "sites": sites,
-            # Boards that announce themselves (status) but are not in the config: their data
-            # are refused as unknown_device until someone adds them.
-            "unknown_devices": [
-                {"key": key, "state": state, "seen_ms": seen_ms}
-                for key, (state, seen_ms) in list(
-                    reversed(self.sources.ingest_stats.unknown_devices.items())
-                )[:UNKNOWN_LISTED]
-            ],
-        }
+
+    def status(self) -> dict[str, Any]:
+        """``/api/status`` (gateway/status.py builds it)."""
+        from gateway.status import status_document
+
+        return status_document(self)

@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS seqstate (
 CHUNK_POINTS = 1000  # points per row
 
 # Dead letters are evidence, not a second store of whatever anybody publishes: a payload is kept
-# up to this many bytes (a valid telemetry message is at most 64 KiB, o2chain/schema, and a
+# up to this many bytes (a valid telemetry message is at most 64 KiB, o2base/schema, and a
 # reading far less), with its whole length and SHA-256. A cut payload cannot be replayed.
 DEADLETTER_PAYLOAD_MAX = 4096
 DEADLETTER_TOPIC_MAX = 256  # valid topics are < 100 bytes (ids of 32, docs/contracts.md)

@@ -123,10 +123,10 @@ def back_inside(op: str, value: float, threshold: float, hysteresis: float) -> b
 
 
 def nominal(dev: Device, key: str) -> float | None:
-    """A value from the device profile's ``[nominal]`` table (o2chain/profiles/*.toml)."""
+    """A value from the device profile's ``[nominal]`` table (o2base/profiles/*.toml)."""
     if not dev.profile:
         return None
-    from o2chain.registers import ProfileError, load_profile
+    from o2base.registers import ProfileError, load_profile
 
     try:
         value = load_profile(dev.profile).nominal.get(key)

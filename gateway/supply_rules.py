@@ -2,7 +2,7 @@
 tank pressure and days of supply left (devices of kind ``supply``).
 
 All are THRESHOLD rules (:class:`gateway.rules.Rule`) on numeric fields the Modbus poller reads
-through the supply profiles (o2chain/profiles/{buffer-tank,cylinder-manifold,lox-tank,
+through the supply profiles (o2base/profiles/{buffer-tank,cylinder-manifold,lox-tank,
 area-alarm-panel}.toml), plus ``days_left`` which gateway/supply_forecast.py adds. The panel's
 own low/high pressure bits are ``[[alarm_bit]]`` rows judged by the equipment rules
 (``equipment-pressure-low`` / ``-high``, gateway/equipment_rules.py).

@@ -39,7 +39,7 @@ from gateway.readings import (
     Reading,
     flag_invalid,
 )
-from o2chain.schema import telemetry_schema
+from o2base.schema import telemetry_schema
 
 log = logging.getLogger(__name__)
 

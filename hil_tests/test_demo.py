@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.services import InfluxDB, Mosquitto
 from o2chain.testing import DemoRun, MqttProbe
 
 pytestmark = pytest.mark.integration

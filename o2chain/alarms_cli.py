@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from o2chain.errors import RunError, UsageError
+from o2base.errors import RunError, UsageError
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 TIMEOUT_S = 10.0

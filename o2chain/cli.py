@@ -66,10 +66,10 @@ def _one_line(exc: BaseException) -> str:
 
 def _exit_code(exc: BaseException) -> int | None:
     """2 for a usage or configuration mistake, 1 for a runtime failure, None if unexpected."""
-    from o2chain.errors import CliError
-    from o2chain.procs import ProcessError
-    from o2chain.registers import ProfileError
-    from o2chain.services import ServiceError
+    from o2base.errors import CliError
+    from o2base.procs import ProcessError
+    from o2base.registers import ProfileError
+    from o2base.services import ServiceError
 
     if isinstance(exc, CliError):
         return exc.exit_code

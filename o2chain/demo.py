@@ -29,8 +29,8 @@ from typing import Any
 
 import tomli_w
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import Services
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import Services
 
 DATABASE = "o2chain"
 # One more room, with the real firmware on the MicroPython interpreter beside the scenario's
@@ -382,7 +382,7 @@ class Narrator:
         self.events: dict[str, int] = {}
 
     def poll(self) -> None:
-        from o2chain.errors import RunError
+        from o2base.errors import RunError
 
         try:
             events = self.client.log(200)
@@ -426,7 +426,7 @@ class Narrator:
             self._ack(alarm_key)
 
     def _ack(self, key: str) -> None:
-        from o2chain.errors import RunError
+        from o2base.errors import RunError
 
         assert self.login is not None
         user, password = self.login
@@ -444,7 +444,7 @@ class Narrator:
             print(f"[{_stamp()}] o2chain demo: not acknowledged: {exc}", flush=True)
 
     def report(self) -> list[str]:
-        from o2chain.errors import RunError
+        from o2base.errors import RunError
 
         try:
             return format_status(self.client.status())
@@ -457,7 +457,7 @@ class Narrator:
 
 def _data_dir(arg: Path | None) -> Path:
     """The demo's data dir, created; UsageError naming the path when it cannot be."""
-    from o2chain.errors import UsageError
+    from o2base.errors import UsageError
 
     if arg is None:
         return Path(tempfile.mkdtemp(prefix="o2chain-demo-")).resolve()
@@ -487,7 +487,7 @@ class DataDirLock:
     def acquire(self) -> None:
         import fcntl
 
-        from o2chain.errors import RunError, UsageError
+        from o2base.errors import RunError, UsageError
 
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -515,7 +515,7 @@ class DataDirLock:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from o2chain.errors import UsageError
+    from o2base.errors import UsageError
 
     if not args.speed > 0:
         raise UsageError(f"--speed {args.speed:g}: expected simulated seconds per second > 0")
@@ -535,7 +535,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _ports(args: argparse.Namespace) -> tuple[dict[str, int], list[str]]:
     """The ports to use (fixed defaults) and a note for each one that had to move."""
-    from o2chain.services import preferred_port
+    from o2base.services import preferred_port
 
     wanted = {
         "live page": (args.http_port, args.bind),
@@ -564,8 +564,9 @@ def _timeline(scenario: Any, speed: float) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from o2chain.errors import UsageError
-    from simulators.scenario import ScenarioError, gateway_devices, load_scenario
+    from o2base.errors import UsageError
+    from o2chain.facility import gateway_devices
+    from simulators.scenario import ScenarioError, load_scenario
 
     _check_args(args)
     try:  # before the data dir is made: a typo leaves nothing behind
@@ -610,7 +611,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        from o2chain.procs import LogTail, ProcessError
+        from o2base.procs import LogTail, ProcessError
         from o2chain.provision import provision
 
         # A re-run on the same data dir keeps every secret and updates the ports.
@@ -666,7 +667,7 @@ def _run(args: argparse.Namespace) -> int:
             ).group(1)
             gateway.wait_for_log("MQTT subscribed", timeout_s=30, cancel=stop)
         except ProcessError as exc:
-            from o2chain.errors import RunError
+            from o2base.errors import RunError
 
             failed = next((c for c in state.children if not c.running), state.children[-1])
             raise RunError(
@@ -738,7 +739,7 @@ def _run(args: argparse.Namespace) -> int:
                 break
             dead = [" ".join(c.argv[3:5]) for c in state.children if not c.running]
             if dead:
-                from o2chain.errors import RunError
+                from o2base.errors import RunError
 
                 raise RunError(f"{', '.join(dead)} stopped unexpectedly; see {data_dir / 'logs'}")
             for line in scenario_log.lines():

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -38,9 +37,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from signal import SIGINT
 from types import ModuleType, TracebackType
 from typing import Any
 
+from o2base.procs import ChildProcess
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import GasboardWire
 from simulators.wire.luminox import LuminOxWire
@@ -305,22 +306,21 @@ class BoardRunner:
         self._wifi = True
         self._reset_cause = 1  # machine.PWRON_RESET
         self._sntp: SntpServer | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_start = 0
+        self._child: ChildProcess | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.running
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        return None if self._child is None else self._child.returncode
 
     def start(self) -> BoardRunner:
         """Prepare the board filesystem and sensors, then boot the firmware (non-blocking)."""
@@ -347,30 +347,15 @@ class BoardRunner:
             str(self.standins_dir / LAUNCHER),
             str(self.board_dir),
         ]
-        with self.log_path.open("ab") as log:
-            self._log_start = log.tell()
-            log.write(f"--- start {' '.join(argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.work_dir,
-                start_new_session=True,  # our signals only, never the terminal's
-            )
+        # SIGINT stops a board as Ctrl-C at its REPL would: it says goodbye first.
+        self._child = ChildProcess(argv, self.log_path, cwd=self.work_dir, stop_signal=SIGINT)
+        self._child.start()
         return self
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Orderly stop: SIGINT (the firmware publishes offline and disconnects), then SIGKILL."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self._child is not None:
+            self._child.stop(timeout_s)
         self._stop_sensors()
         return self.returncode
 
@@ -387,10 +372,8 @@ class BoardRunner:
 
     def kill(self) -> int | None:
         """Power loss: SIGKILL, no goodbye (the broker publishes the last will)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if self._child is not None:
+            self._child.kill()
         self._stop_sensors()
         return self.returncode
 
@@ -486,7 +469,7 @@ class BoardRunner:
         """Console output of the current (last started) run."""
         try:
             with self.log_path.open("rb") as f:
-                f.seek(self._log_start)
+                f.seek(self._child.log_start if self._child is not None else 0)
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""

@@ -13,6 +13,8 @@ two optional tables of its own are read here::
     gateway_bind = "127.0.0.1"           # ... on the broker's host by default
     [gateway]
     id = "gw-1"                          # [gateway] id of the gateway config: its alarm topics
+    group = "lhasa-gws"                  # optional: [mqtt] shared_group of a group of gateways
+                                         # (they share the account; docs/scaling.md)
 
 What ``DIR`` holds afterwards (directories 0700, files 0600)::
 
@@ -49,13 +51,13 @@ import ipaddress
 import json
 import os
 import pwd
+import re
 import secrets
 import string
 import sys
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.passwords import hash_password
+from o2base.services import broker_conf
 from o2chain.firmware_cli import merge_tables
 
 GATEWAY_USER = "gateway"
@@ -186,6 +189,7 @@ class BrokerSettings:
     gateway_bind: str
     gateway_id: str
     topic_prefix: str
+    gateway_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,14 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
             f"{inventory}: [gateway] id: expected a name of 1..32 characters [a-z0-9-], "
             f"got {gateway_id!r}"
         )
+    group = gateway.get("group")
+    if group is not None and not (
+        isinstance(group, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", group)
+    ):
+        raise ProvisionError(
+            f"{inventory}: [gateway] group: expected a name of 1..64 characters "
+            f"[A-Za-z0-9_-] (the gateways' [mqtt] shared_group), got {group!r}"
+        )
     boards: list[Board] = []
     prefixes = set()
     schema = load_firmware_file("config")
@@ -305,6 +317,7 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         gateway_port=gateway_port,
         gateway_bind=str(broker.get("gateway_bind", "127.0.0.1")),
         gateway_id=gateway_id,
+        gateway_group=group,
         topic_prefix=prefixes.pop(),
     )
     return boards, settings
@@ -593,7 +606,16 @@ def provision(
                 # What the broker dropped at its queue limits: the gateway's metrics show it.
                 f"topic read {BROKER_DROPPED_TOPIC}",
                 f"topic write {prefix}/+/gateway/{settings.gateway_id}/alarm/#",
-            ],
+            ]
+            # A group: its alarms, its members' presence and markers (gateway/ha.py).
+            + (
+                [
+                    f"topic write {prefix}/+/gateway/{settings.gateway_group}/alarm/#",
+                    f"topic write {prefix}/_group/{settings.gateway_group}/#",
+                ]
+                if settings.gateway_group
+                else []
+            ),
         )
     ]
     _passwd(run, "broker/devices.passwd", device_accounts)
@@ -774,25 +796,6 @@ def _acl(accounts: list[tuple[str, str, list[str]]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def broker_conf(
-    files_dir: Path, *, port: int, bind: str, gateway_port: int, gateway_bind: str
-) -> str:
-    """The Mosquitto listener block using the files of ``files_dir`` (a provisioned
-    ``broker/`` directory, where the broker will read them). Empty ``bind`` = every interface."""
-    text = (resources.files("o2chain") / "templates" / "mosquitto-security.conf.tmpl").read_text()
-    return string.Template(text).substitute(
-        device_listener=f"listener {port} {bind}".rstrip(),
-        gateway_listener=f"listener {gateway_port} {gateway_bind}".rstrip(),
-        gateway_bind=gateway_bind or "every interface",
-        cert_file=files_dir / "server.pem",
-        key_file=files_dir / "server.key",
-        devices_password_file=files_dir / "devices.passwd",
-        devices_acl_file=files_dir / "devices.acl",
-        gateway_password_file=files_dir / "gateway.passwd",
-        gateway_acl_file=files_dir / "gateway.acl",
-    )
-
-
 def _broker_host(settings: BrokerSettings, boards: list[Board]) -> tuple[str, str | None]:
     mqtt = boards[0].config["mqtt"]
     return mqtt["host"], mqtt.get("tls", {}).get("server_hostname")
@@ -811,6 +814,8 @@ def _client_files(run: _Run, settings: BrokerSettings, boards: list[Board]) -> N
         },
         "http": {"users_file": str(run.gateway_path / "users.toml")},
     }
+    if settings.gateway_group:
+        gateway_doc["mqtt"]["shared_group"] = settings.gateway_group
     head = (
         "# The gateway's [mqtt] and [http] lines for this site, written by `o2chain provision`:\n"
         "# merge them into the gateway config (gateway/README.md).\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from o2chain.errors import RunError, UsageError
-from o2chain.registers import ProfileError, load_profile, profile_names
+from o2base.errors import RunError, UsageError
+from o2base.registers import ProfileError, load_profile, profile_names
 
 
 def register(sub: Any) -> None:
@@ -217,7 +217,7 @@ def check_broker(url: SplitResult, provision: Path | None, timeout_s: float = 5.
     silence). A CONNACK refusing the anonymous probe counts: the broker is there."""
     import ssl
 
-    from o2chain.services import mqtt_handshake
+    from o2base.services import mqtt_handshake
 
     host, port = url.hostname or "127.0.0.1", url.port or _MQTT_PORTS[url.scheme]
     context = None
@@ -445,7 +445,7 @@ def _concentrator(args: argparse.Namespace) -> int:
             "rtu:///dev/ttyX?baudrate=9600[&parity=N&stopbits=1]"
         )
     if url.scheme == "tcp" and url.port:
-        from o2chain.services import port_is_free
+        from o2base.services import port_is_free
 
         # Checked here: pymodbus logs a bind error and raises a bare RuntimeError.
         if not port_is_free(url.port, url.hostname or "127.0.0.1"):

@@ -35,7 +35,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from o2chain.registers import Profile, Register, RegType, Table, Value
+from o2base.registers import Profile, Register, RegType, Table, Value
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 from simulators.physics.supply import model_for_profile
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from o2chain.registers import CANONICAL_ALARMS, Profile, RegType, load_profile, profile_names
+from o2base.registers import CANONICAL_ALARMS, Profile, RegType, load_profile, profile_names
 
 
 def _number(value: float | None) -> str:

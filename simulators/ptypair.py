@@ -10,12 +10,12 @@ open a serial device by path work unchanged. Needs the Debian package ``socat``.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
+from o2base.procs import ChildProcess
 
 
 class PtyPairError(RuntimeError):
@@ -26,45 +26,31 @@ class PtyPair:
     def __init__(self, directory: Path, name: str = "tty") -> None:
         self.a = str(Path(directory) / f"{name}A")
         self.b = str(Path(directory) / f"{name}B")
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = Path(directory) / f"{name}.socat.log"
+        self._child: ChildProcess | None = None
 
     def start(self, timeout_s: float = 5.0) -> PtyPair:
         socat = shutil.which("socat")
         if socat is None:
             raise PtyPairError("socat not found: apt-get install -y socat")
-        self._proc = subprocess.Popen(
-            [socat, f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        argv = [socat, f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"]
+        child = self._child = ChildProcess(argv, self._log).start()
         deadline = time.monotonic() + timeout_s
         # socat gives no readiness signal but the links themselves: wait for both (bounded).
         while not (Path(self.a).exists() and Path(self.b).exists()):
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise PtyPairError(f"socat exited with {self._proc.returncode}: {err}")
+            if not child.running:
+                code = self.stop()
+                raise PtyPairError(f"socat exited with {code}: {child.log_tail(5)}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise PtyPairError(f"socat did not create {self.a} and {self.b} in {timeout_s} s")
-            time.sleep(0.01)
+            child.wait(0.01)  # returns at once if socat dies
         return self
 
-    def stop(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            with contextlib.suppress(OSError):
-                proc.stderr.close()
-        self._proc = None
+    def stop(self) -> int | None:
+        """Stop socat (the links go with it); returns its exit code."""
+        child, self._child = self._child, None
+        return None if child is None else child.stop(timeout_s=5.0)
 
     def __enter__(self) -> PtyPair:
         return self.start()

@@ -15,9 +15,9 @@ fire at their simulated time, Modbus reads see the present state, boards report 
     await runner.stop()
 
 ``broker_restart`` events need a broker the runner can restart: with ``own_broker_dir`` the
-runner starts its own private Mosquitto (o2chain.services) and restarts it; otherwise a
+runner starts its own private Mosquitto (o2base.services) and restarts it; otherwise a
 ``hooks={"broker_restart": fn}`` callback is called, and without one the event is logged and
-skipped. Bundled scenarios live in ``o2chain/scenarios/*.toml``.
+skipped. Bundled scenarios live in ``simulators/scenarios/*.toml``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.fleet import Fleet, FleetConfig, ReadingSource
 from simulators.modbus_server import (
     DeviceFaults,
@@ -254,7 +254,7 @@ class Scenario(_Strict):
 
 def scenario_names() -> list[str]:
     """Names of the bundled scenarios, sorted."""
-    folder = Path(str(resources.files("o2chain") / "scenarios"))
+    folder = Path(str(resources.files("simulators") / "scenarios"))
     return sorted(p.stem for p in folder.glob("*.toml"))
 
 
@@ -262,7 +262,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     """Load a bundled scenario by name or any scenario file; raises :class:`ScenarioError`."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = Path(str(resources.files("o2chain") / "scenarios" / f"{name_or_path}.toml"))
+        path = Path(str(resources.files("simulators") / "scenarios" / f"{name_or_path}.toml"))
         if not path.exists():
             raise ScenarioError(
                 f"unknown scenario {name_or_path!r}; bundled: {', '.join(scenario_names())}"
@@ -441,33 +441,6 @@ class SensorBoardSource:
 # -- the runner ---------------------------------------------------------------------------------
 
 
-def gateway_devices(
-    modbus: dict[str, dict[str, Any]], boards: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """``[[device]]`` tables for a gateway config, from a runner's endpoints (or the ``modbus``
-    and ``boards`` of the JSON line ``o2chain sim run`` prints once ready)."""
-    out: list[dict[str, Any]] = []
-    for dev_id, ep in modbus.items():
-        out.append(
-            {
-                "id": dev_id,
-                "site": ep["site"],
-                "kind": ep["kind"],
-                "transport": "modbus",
-                "url": ep["url"],
-                "unit": ep["unit"],
-                "profile": ep["profile"],
-            }
-        )
-    for dev_id, ep in boards.items():
-        row = {"id": dev_id, "site": ep["site"], "kind": ep["kind"], "transport": "mqtt"}
-        for key in ("room", "ventilation_m3h"):
-            if key in ep:
-                row[key] = ep[key]
-        out.append(row)
-    return out
-
-
 @dataclass
 class Endpoints:
     """What listens where once a scenario runs (printed as one JSON line by the CLI)."""
@@ -546,7 +519,7 @@ class ScenarioRunner:
         )
         await self._start_modbus(endpoints)
         if self.mqtt_url is None and self.own_broker_dir is not None:
-            from o2chain.services import Mosquitto
+            from o2base.services import Mosquitto
 
             self._broker = Mosquitto(self.own_broker_dir)
             await asyncio.to_thread(self._broker.start)
@@ -751,7 +724,3 @@ class ScenarioRunner:
             await server.stop()
         if self._broker is not None:
             await asyncio.to_thread(self._broker.stop)
-
-    def gateway_devices(self, endpoints: Endpoints) -> list[dict[str, Any]]:
-        """``[[device]]`` tables for a gateway config watching this scenario."""
-        return gateway_devices(endpoints.modbus, endpoints.boards)

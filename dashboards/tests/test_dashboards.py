@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dashboards.build import DASHBOARDS, GENERATED, build_all, render
-from o2chain.services import InfluxDB
+from o2base.services import InfluxDB
 from o2chain.testing import DemoRun
 
 PROVISIONING = Path(__file__).parents[1] / "provisioning"

@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from o2chain.services import Mosquitto
+from o2base.services import Mosquitto
 
 
 class Recorder:

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
-from o2chain.services import Mosquitto
 
 from .board_helpers import Recorder, check_exactly_once_in_order
 

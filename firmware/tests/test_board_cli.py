@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain import board_cli
 from o2chain.cli import main
-from o2chain.services import Mosquitto
 
 from .conftest import load_firmware_module
 

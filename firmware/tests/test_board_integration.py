@@ -13,8 +13,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner, isa_pressure_kpa
-from o2chain.services import Mosquitto
 
 from .conftest import load_firmware_module
 

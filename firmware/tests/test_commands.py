@@ -19,9 +19,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from o2base.procs import o2chain_argv
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
-from o2chain.procs import o2chain_argv
-from o2chain.services import Mosquitto
 
 from .board_helpers import Recorder
 from .test_acceptance import DEVICE, PREFIX, SITE, board_config

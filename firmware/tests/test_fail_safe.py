@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_cli import device_config
 from o2chain.firmware_runner import (
     BME280_CAL_A,
@@ -26,7 +27,6 @@ from o2chain.firmware_runner import (
     isa_pressure_kpa,
     load_firmware_file,
 )
-from o2chain.services import Mosquitto
 
 from .board_helpers import Recorder
 from .test_acceptance import BUZZER, LED, PREFIX, board_config

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
-from o2chain.services import Mosquitto
 
 from .board_helpers import Recorder
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from o2base.services import free_ports
 from o2chain.firmware_runner import BoardRunner
-from o2chain.services import free_ports
 
 pytestmark = pytest.mark.integration
 

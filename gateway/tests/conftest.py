@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import tomli_w
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto, ServiceError
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto, ServiceError
 
 SITE = "fleet-site"
 DB = "o2delivery"

@@ -34,7 +34,7 @@ from gateway.auth import (
 )
 from gateway.config import ConfigError, parse_config
 from gateway.passwords import hash_password
-from o2chain.procs import o2chain_argv
+from o2base.procs import o2chain_argv
 
 PASSWORD = "correct horse battery staple"
 HASH = hash_password(PASSWORD)  # once: scrypt costs tens of ms

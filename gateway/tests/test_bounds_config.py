@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 
 from gateway.config import ConfigError, parse_config, preflight, redact_url
-from o2chain.procs import o2chain_argv
+from o2base.procs import o2chain_argv
 
 SITE = [{"id": "lhasa", "altitude_m": 3650}]
 

@@ -18,8 +18,8 @@ import pytest
 from gateway.outbox import DEADLETTER_PAYLOAD_MAX
 from gateway.tests.conftest import SITE, gateway_config, wait_until
 from gateway.tests.test_delivery_deadletters import deadletters, publish_all
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from gateway.metrics import render_prometheus
 from gateway.mqtt_ingest import BROKER_DROPPED_TOPIC, MqttIngest
 from gateway.outbox import Outbox
 from gateway.tests.conftest import wait_until
+from o2base.services import Mosquitto
 from o2chain import provision
-from o2chain.services import Mosquitto
 
 pytestmark = pytest.mark.integration
 

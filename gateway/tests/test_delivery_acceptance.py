@@ -28,8 +28,8 @@ from gateway.tests.conftest import (
     wait_for_count,
     wait_until,
 )
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 

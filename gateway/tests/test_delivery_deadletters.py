@@ -15,8 +15,8 @@ import pytest
 
 from gateway.outbox import DEADLETTER_PAYLOAD_MAX
 from gateway.tests.conftest import DB, SITE, count_points, gateway_config, wait_until
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 from o2chain.testing import wait_for_points
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 from gateway.config import GatewayConfig, parse_config
 from gateway.readings import invalid_fields
 from gateway.telemetry import TelemetryDecoder
-from o2chain.schema import telemetry_schema
+from o2base.schema import telemetry_schema
 
 NOW_MS = 1_795_000_000_000
 TOPIC = "o2/lhasa/room-1/telemetry"

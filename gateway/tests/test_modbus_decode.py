@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from o2chain.registers import (
+from o2base.registers import (
     CANONICAL_ALARMS,
     Invalid,
     ProfileError,

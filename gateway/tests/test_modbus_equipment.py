@@ -18,12 +18,12 @@ from gateway.equipment_rules import EquipmentFields
 from gateway.modbus import DevicePoller, tcp_client_factory
 from gateway.readings import Reading
 from gateway.state_store import StateStore
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 
 T0 = 1_700_000_000_000
-PROFILES = Path(__file__).resolve().parents[2] / "o2chain" / "profiles"
+PROFILES = Path(__file__).resolve().parents[2] / "o2base" / "profiles"
 
 
 def profile_with_setpoint(tmp_path: Path, setpoint_kpa: float) -> Path:

@@ -23,7 +23,7 @@ from gateway.observe import Observer
 from gateway.readings import Reading, invalid_fields
 from gateway.sources import Sources
 from gateway.state_store import StateStore
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 

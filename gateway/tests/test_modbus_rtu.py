@@ -19,8 +19,8 @@ import pytest
 from gateway.config import Device
 from gateway.modbus import DevicePoller, RtuBus, SerialLine, modbus_runners
 from gateway.readings import Reading
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.registers import load_profile
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.registers import load_profile
 
 pytestmark = [
     pytest.mark.integration,

@@ -26,8 +26,8 @@ import pytest
 import tomli_w
 
 from gateway.tests.notify_helpers import Receiver, Request, Script, wait_until
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 from o2chain.testing import wait_for_points
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from gateway.builtin_rules import effective_rules
 from gateway.config import parse_config
 from gateway.readings import Reading
 from gateway.supply_forecast import DAYS_LEFT_MAX, MAX_SAMPLES, SupplyForecast, days_left
-from o2chain.procs import o2chain_argv
+from o2base.procs import o2chain_argv
 
 HOUR = 3600.0
 T0_MS = 1_700_000_000_000

@@ -17,7 +17,7 @@ from gateway.modbus import DevicePoller, tcp_client_factory
 from gateway.readings import Reading
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice, model_for
 from simulators.physics.supply import LOX_NM3_PER_L, AreaPanelModel, LoxTankModel, ManifoldModel
 

@@ -17,9 +17,9 @@ import tomli_w
 
 from gateway.auth import hash_token
 from gateway.passwords import hash_password
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 from o2chain.alarms_cli import AlarmsClient
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from o2base.procs import ChildProcess, o2chain_argv
 from o2chain.demo import DataDirLock
-from o2chain.procs import ChildProcess, o2chain_argv
 
 TIMEOUT_S = 60
 
@@ -149,7 +149,7 @@ def test_sim_concentrator_on_a_missing_tty() -> None:
 
 def test_sim_concentrator_serves_a_profile_given_by_path(tmp_path: Path) -> None:
     custom = tmp_path / "my-unit.toml"  # [profile] name = the file name
-    bundled = Path(str(resources.files("o2chain") / "profiles" / "medical-concentrator.toml"))
+    bundled = Path(str(resources.files("o2base") / "profiles" / "medical-concentrator.toml"))
     text = bundled.read_text()
     custom.write_text(text.replace('name = "medical-concentrator"', 'name = "my-unit"', 1))
     sim = ChildProcess(
@@ -220,7 +220,7 @@ def test_sim_run_duration_is_real_seconds() -> None:
 
 @pytest.mark.integration
 def test_sim_fleet_ctrl_c_is_one_line_and_exit_130(mosquitto: object, tmp_path: Path) -> None:
-    from o2chain.services import Mosquitto
+    from o2base.services import Mosquitto
     from o2chain.testing import MqttProbe
 
     assert isinstance(mosquitto, Mosquitto)
@@ -264,7 +264,7 @@ def test_demo_ports_are_fixed_and_a_taken_one_moves_with_a_note() -> None:
 def test_sim_run_with_somebody_elses_broker_announces_broker_restart(mosquitto: object) -> None:
     """`broker_restart` is not skipped: with --mqtt the run prints a line for the broker's
     owner (the demo restarts its broker on it)."""
-    from o2chain.services import Mosquitto
+    from o2base.services import Mosquitto
 
     assert isinstance(mosquitto, Mosquitto)
     # lhasa-hotel restarts the broker at 1200 simulated s: 1.2 s at 1000x.
@@ -278,8 +278,8 @@ def test_sim_run_with_somebody_elses_broker_announces_broker_restart(mosquitto: 
 
 
 def test_a_service_failure_names_its_log_instead_of_pasting_it() -> None:
+    from o2base.services import ServiceError
     from o2chain.cli import _exit_code, _one_line
-    from o2chain.services import ServiceError
 
     exc = ServiceError(
         "mosquitto exited with code 3 before it was ready\n"

@@ -101,7 +101,7 @@ def test_a_reused_data_dir_does_not_replay_earlier_runs(capsys: Any) -> None:
 
 
 def test_log_tail_from_end_skips_what_earlier_runs_wrote(tmp_path: Any) -> None:
-    from o2chain.procs import LogTail
+    from o2base.procs import LogTail
 
     log = tmp_path / "scenario.log"
     log.write_text('{"broker_restart": true, "t_s": 1200.0}\n')  # the previous run's

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from o2chain.procs import o2chain_argv
+from o2base.procs import o2chain_argv
 
 pytestmark = pytest.mark.integration
 

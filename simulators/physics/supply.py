@@ -3,7 +3,7 @@ pipeline area alarm panel / zone valve box, stepped in simulated time.
 
 Every model is advanced by the caller (``advance(dt_s)``) so a test or a scenario runs days of
 supply in milliseconds, and reports its canonical fields with ``values()`` (the Modbus server
-encodes them through the device's profile, o2chain/profiles/*.toml). Pressures are gauge kPa;
+encodes them through the device's profile, o2base/profiles/*.toml). Pressures are gauge kPa;
 gas amounts and flows are normal cubic metres (0 degC, 101.325 kPa), as cylinder contents and
 supply contracts state them. ``flow_m3h`` is what the device's own meter shows.
 

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from o2chain.services import Mosquitto
+from o2base.services import Mosquitto
 
 
 class MqttRecorder:

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.telemetry import decode_telemetry
-from o2chain.procs import o2chain_argv
-from o2chain.services import Mosquitto
+from o2base.procs import o2chain_argv
+from o2base.services import Mosquitto
 from simulators.fleet import Fleet, FleetConfig, FleetSummary, default_room_source
 from simulators.physics.atmosphere import Weather
 

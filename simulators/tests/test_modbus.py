@@ -12,8 +12,8 @@ import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from o2chain.procs import ChildProcess, o2chain_argv
-from o2chain.registers import Profile, RegType, Table, load_profile, profile_names
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.registers import Profile, RegType, Table, load_profile, profile_names
 from simulators.modbus_server import (
     ModbusRtuSimulator,
     ModbusTcpSimulator,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from o2chain.procs import o2chain_argv
-from o2chain.registers import load_profile
-from o2chain.services import Mosquitto
+from o2base.procs import o2chain_argv
+from o2base.registers import load_profile
+from o2base.services import Mosquitto
 from simulators.physics.atmosphere import isa_pressure_kpa, room_high_alarm_pct
 from simulators.physics.room import RoomKind
 from simulators.scenario import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from o2chain.registers import load_profile
+from o2base.registers import load_profile
 from simulators.modbus_server import model_for
 from simulators.physics.supply import (
     ATM_KPA,
@@ -194,8 +194,8 @@ def test_sim_concentrator_serves_a_supply_profile_with_its_physics(tmp_path: Pat
 
     from pymodbus.client import AsyncModbusTcpClient
 
-    from o2chain.procs import ChildProcess, o2chain_argv
-    from o2chain.registers import load_profile
+    from o2base.procs import ChildProcess, o2chain_argv
+    from o2base.registers import load_profile
     from simulators.tests.test_modbus import read_row
 
     profile = load_profile("lox-tank")

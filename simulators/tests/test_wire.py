@@ -142,7 +142,7 @@ def test_gasboard_on_a_real_pty() -> None:
 
 
 def test_cli_serves_a_luminox_on_a_pty(tmp_path) -> None:
-    from o2chain.procs import ChildProcess, o2chain_argv
+    from o2base.procs import ChildProcess, o2chain_argv
 
     argv = o2chain_argv("sim", "sensor", "luminox", "--o2-pct", "24.1", "--fault", "drop_every=2")
     with ChildProcess(argv, tmp_path / "luminox.log") as sim:
@@ -204,7 +204,7 @@ def test_mhz19_answers_reads_and_ignores_bad_frames() -> None:
 
 
 def test_cli_serves_an_mhz19_on_a_pty(tmp_path) -> None:
-    from o2chain.procs import ChildProcess, o2chain_argv
+    from o2base.procs import ChildProcess, o2chain_argv
 
     argv = o2chain_argv("sim", "sensor", "mhz19", "--co2-ppm", "1200")
     with ChildProcess(argv, tmp_path / "mhz19.log") as sim:

@@ -1,4 +1,4 @@
-"""Telemetry payload v1 (docs/contracts.md contract; o2chain/schema/telemetry_v1.json).
+"""Telemetry payload v1 (docs/contracts.md contract; o2base/schema/telemetry_v1.json).
 
 ``{"v":1,"boot":B,"seq":S,"ts":ms,<field>:<number>,...}`` -- only fields that have a value
 (a failed sensor leaves its fields out and sets a ``quality`` bit: never a silent zero).

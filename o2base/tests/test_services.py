@@ -1,4 +1,4 @@
-"""Tests of o2chain.services: private Mosquitto and InfluxDB instances and their fixtures."""
+"""Tests of o2base.services: private Mosquitto and InfluxDB instances and their fixtures."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from o2chain import services
-from o2chain.services import (
+from o2base import services
+from o2base.services import (
     InfluxDB,
     Mosquitto,
     ServiceError,

@@ -15,18 +15,14 @@ with the tail of the service's log when the daemon itself is the cause.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import string
-import subprocess
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -39,6 +35,8 @@ from typing import Any, ClassVar, Self
 
 import requests
 
+from o2base.procs import ChildProcess, ProcessError
+
 __all__ = [
     "HOST",
     "InfluxDB",
@@ -46,6 +44,7 @@ __all__ = [
     "Mosquitto",
     "ServiceError",
     "Services",
+    "VictoriaMetrics",
     "free_ports",
     "mqtt_connect_packet",
     "mqtt_handshake",
@@ -199,8 +198,8 @@ def _find_binary(name: str, fallback: Path, package: str) -> Path:
 
 
 def _render_template(name: str, **values: object) -> str:
-    """Substitute ``values`` into the package template ``o2chain/templates/<name>``."""
-    text = (resources.files("o2chain") / "templates" / name).read_text(encoding="utf-8")
+    """Substitute ``values`` into the package template ``o2base/templates/<name>``."""
+    text = (resources.files("o2base") / "templates" / name).read_text(encoding="utf-8")
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
@@ -209,44 +208,23 @@ def _toml_string(value: str | Path) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def _process_state(pid: int) -> str | None:
-    """The one-letter state from /proc/<pid>/stat ('T' = stopped), or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 2 (comm) is parenthesised and may itself contain spaces or ')'.
-    return stat.rpartition(")")[2].split()[0]
-
-
-class _Registry:
-    """Services with a live process, so an interpreter exit does not leave daemons behind."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[int, ManagedService] = {}
-
-    def add(self, service: ManagedService) -> None:
-        with self._lock:
-            self._live[id(service)] = service
-
-    def discard(self, service: ManagedService) -> None:
-        with self._lock:
-            self._live.pop(id(service), None)
-
-    def stop_all(self) -> None:
-        with self._lock:
-            services = list(self._live.values())
-        for service in services:
-            with contextlib.suppress(Exception):
-                service.stop(timeout_s=3.0)
-
-
-_REGISTRY = _Registry()
-# atexit covers normal exits and uncaught exceptions (a pytest-timeout included); a SIGKILL of
-# the test runner cannot be covered from inside it. PR_SET_PDEATHSIG is not used: it fires when
-# the *thread* that forked exits, and Services starts daemons from short-lived worker threads.
-atexit.register(_REGISTRY.stop_all)
+def broker_conf(
+    files_dir: Path, *, port: int, bind: str, gateway_port: int, gateway_bind: str
+) -> str:
+    """The Mosquitto listener block using the files of ``files_dir`` (a provisioned
+    ``broker/`` directory, where the broker will read them). Empty ``bind`` = every interface."""
+    text = (resources.files("o2base") / "templates" / "mosquitto-security.conf.tmpl").read_text()
+    return string.Template(text).substitute(
+        device_listener=f"listener {port} {bind}".rstrip(),
+        gateway_listener=f"listener {gateway_port} {gateway_bind}".rstrip(),
+        gateway_bind=gateway_bind or "every interface",
+        cert_file=files_dir / "server.pem",
+        key_file=files_dir / "server.key",
+        devices_password_file=files_dir / "devices.passwd",
+        devices_acl_file=files_dir / "devices.acl",
+        gateway_password_file=files_dir / "gateway.passwd",
+        gateway_acl_file=files_dir / "gateway.acl",
+    )
 
 
 class ManagedService(ABC):
@@ -269,7 +247,7 @@ class ManagedService(ABC):
         """
         self._instance_dir = Path(base_dir).resolve() / self.name
         self._port = port if port is not None else free_ports(1)[0]
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, pid={self.pid}, dir={self.instance_dir})"
@@ -314,18 +292,17 @@ class ManagedService(ABC):
     @property
     def pid(self) -> int | None:
         """Process id of the running daemon, or None when it is not running."""
-        return self._process.pid if self.running and self._process else None
+        return self._child.pid if self._child is not None and self._child.running else None
 
     @property
     def running(self) -> bool:
         """True while the daemon process exists (ready, starting or frozen)."""
-        return self._process is not None and self._process.poll() is None
+        return self._child is not None and self._child.running
 
     @property
     def frozen(self) -> bool:
         """True while the daemon is stopped by SIGSTOP (see freeze())."""
-        pid = self.pid
-        return pid is not None and _process_state(pid) == "T"
+        return self._child is not None and self._child.frozen
 
     @classmethod
     def find_binary(cls) -> Path:
@@ -349,37 +326,27 @@ class ManagedService(ABC):
         binary = self.find_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._render_config(), encoding="utf-8")
-        env = self._environment()
-        with self.log_path.open("ab") as log:
-            stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-            log.write(f"--- o2chain: starting {self.name} on {self.url} at {stamp} ---\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                [str(binary), *self._arguments()],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self._instance_dir,
-                env=env,
-                # Own session: a Ctrl-C in the terminal does not reach the daemon directly;
-                # the parent decides when it stops.
-                start_new_session=True,
-            )
-        _REGISTRY.add(self)
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._child = ChildProcess(
+            [str(binary), *self._arguments()],
+            self.log_path,
+            self._environment(),
+            cwd=self._instance_dir,
+            banner=f"--- o2chain: starting {self.name} on {self.url} at {stamp} ---",
+        ).start()
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
-        process = self._process
-        if process is None:
+        child = self._child
+        if child is None:
             raise ServiceError(f"{self.name} was not started")
         deadline = time.monotonic() + timeout_s
         interval_s = _POLL_FIRST_S
         while True:
-            if process.poll() is not None:
-                _REGISTRY.discard(self)
+            if not child.running:
+                code = child.stop()  # reaped, and out of the registry
                 raise ServiceError(
-                    f"{self.name} exited with code {process.returncode} before it was ready"
-                    f"{self._log_excerpt()}"
+                    f"{self.name} exited with code {code} before it was ready{self._log_excerpt()}"
                 )
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
@@ -391,8 +358,7 @@ class ManagedService(ABC):
             if self.is_ready(timeout_s=min(remaining_s, _PROBE_TIMEOUT_S)):
                 return
             # Waiting on the process, not sleeping: returns at once if the daemon dies.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=min(interval_s, max(deadline - time.monotonic(), 0.0)))
+            child.wait(min(interval_s, max(deadline - time.monotonic(), 0.0)))
             interval_s = min(interval_s * 2, _POLL_MAX_S)
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -400,27 +366,13 @@ class ManagedService(ABC):
 
         No-op if not running. A frozen daemon is thawed so it can handle the SIGTERM.
         """
-        process = self._process
-        if process is None or process.poll() is not None:
-            _REGISTRY.discard(self)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-            process.send_signal(signal.SIGCONT)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        _REGISTRY.discard(self)
+        if self._child is not None:
+            self._child.stop(timeout_s)
 
     def kill(self) -> None:
         """SIGKILL the daemon and reap it (simulates a crash or power loss); no-op if stopped."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait()
-        _REGISTRY.discard(self)
+        if self._child is not None:
+            self._child.kill()
 
     def restart(self, timeout_s: float = 15.0) -> None:
         """stop() then start(timeout_s): same port, same data. Raises ServiceError like start()."""
@@ -433,28 +385,25 @@ class ManagedService(ABC):
         Its sockets stay open: clients connect at TCP level but get no answer, like a hung
         server. Raises ServiceError if not running or not stopped within ``timeout_s`` seconds.
         """
-        self._signal_and_wait(signal.SIGSTOP, want_frozen=True, timeout_s=timeout_s)
+        try:
+            self._running_child().freeze(timeout_s)
+        except ProcessError as exc:
+            raise ServiceError(f"{self.name}: {exc}") from exc
 
     def thaw(self, timeout_s: float = 5.0) -> None:
         """SIGCONT a frozen daemon and wait until it runs again.
 
         Raises ServiceError like freeze().
         """
-        self._signal_and_wait(signal.SIGCONT, want_frozen=False, timeout_s=timeout_s)
+        try:
+            self._running_child().thaw(timeout_s)
+        except ProcessError as exc:
+            raise ServiceError(f"{self.name}: {exc}") from exc
 
-    def _signal_and_wait(self, sig: signal.Signals, *, want_frozen: bool, timeout_s: float) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
+    def _running_child(self) -> ChildProcess:
+        if self._child is None or not self._child.running:
             raise ServiceError(f"{self.name} is not running")
-        process.send_signal(sig)
-        deadline = time.monotonic() + timeout_s
-        interval_s = _POLL_FIRST_S
-        while self.frozen != want_frozen:
-            if time.monotonic() >= deadline:
-                raise ServiceError(f"{self.name} did not react to {sig.name} in {timeout_s:g} s")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=interval_s)
-            interval_s = min(interval_s * 2, _POLL_MAX_S)
+        return self._child
 
     def __enter__(self) -> Self:
         self.start()
@@ -472,16 +421,7 @@ class ManagedService(ABC):
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the log file ("" if it does not exist yet)."""
-        # Read only the end: a soak run can leave a large log.
-        max_bytes = 256 * lines + 4096
-        try:
-            with self.log_path.open("rb") as log:
-                size = log.seek(0, os.SEEK_END)
-                log.seek(max(size - max_bytes, 0))
-                data = log.read()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+        return ChildProcess([], self.log_path).log_tail(lines)
 
     def _log_excerpt(self) -> str:
         return f"\n--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{self.log_tail()}"
@@ -609,8 +549,6 @@ class Mosquitto(ManagedService):
                 "127.0.0.1.\n"
                 f"listener {self._port} {HOST}\nallow_anonymous true"
             )
-        from o2chain.provision import broker_conf
-
         broker_dir = self.provision_dir / "broker"
         if not (broker_dir / "devices.passwd").is_file():
             raise ServiceError(f"{broker_dir}: not a provisioned broker dir (o2chain provision)")
@@ -768,6 +706,61 @@ class InfluxDB(ManagedService):
         # influxd lets INFLUXDB_<SECTION>_<KEY> variables override the config file: one
         # inherited from the shell could move the port or the data dir of a private instance.
         return {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+
+
+class VictoriaMetrics(ManagedService):
+    """A private VictoriaMetrics single-node server (Debian ``victoria-metrics``): the second
+    time-series database the gateway's writers are tested against. It takes InfluxDB line
+    protocol on ``/write`` (v1) and ``/api/v2/write``; each numeric field becomes a series
+    ``{measurement}_{field}`` labelled with the tags (and ``db`` from ``?db=``).
+
+    Started with ``-dedup.minScrapeInterval=1ms``: a point written twice (a replayed batch)
+    is then one sample, as InfluxDB keeps one point per series and time; without it every
+    replay would add a sample (measured: two).
+    """
+
+    name = "victoria-metrics"
+    binary_name = "victoria-metrics"
+    binary_fallback = Path("/usr/bin/victoria-metrics")
+    debian_package = "victoria-metrics"
+    url_scheme = "http"
+
+    def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if ``GET /health`` answers 200 within ``timeout_s`` seconds."""
+        try:
+            response = requests.get(f"{self.url}/health", timeout=timeout_s)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every sample of the series ``match`` selects (a series selector such as
+        ``{__name__=~"room_.*"}``), once what was written is searchable: ``[{"metric": labels,
+        "values": [...], "timestamps": [ms, ...]}, ...]``. Raises ServiceError."""
+        try:
+            flushed = requests.get(f"{self.url}/internal/force_flush", timeout=10)
+            response = requests.post(
+                f"{self.url}/api/v1/export", data={"match[]": match}, timeout=30
+            )
+        except requests.RequestException as exc:
+            raise ServiceError(f"{self.name} on {self.url}: {exc}") from exc
+        if flushed.status_code != 200 or response.status_code != 200:
+            raise ServiceError(
+                f"{self.name}: export answered {response.status_code}: {response.text[:300]}"
+            )
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+    def _render_config(self) -> str:
+        return "# victoria-metrics takes its settings as flags (see the command line)\n"
+
+    def _arguments(self) -> list[str]:
+        return [
+            f"-httpListenAddr={HOST}:{self._port}",
+            f"-storageDataPath={self.data_dir}",
+            "-dedup.minScrapeInterval=1ms",
+            "-retentionPeriod=100y",  # tests write points of any age
+            "-loggerLevel=WARN",
+        ]
 
 
 def quote_identifier(name: str) -> str:

@@ -2,7 +2,7 @@
 
 A profile is a table of rows (field, table, address, type, word order, scale, unit) rendered by
 one generic codec, shared by the simulators (encode) and the gateway (plan + decode). Pure: no
-sockets, no clocks. Profile files live in ``o2chain/profiles/*.toml``, one per equipment model.
+sockets, no clocks. Profile files live in ``o2base/profiles/*.toml``, one per equipment model.
 
 Address convention: ``address`` in a profile is the number printed in the vendor's manual;
 the profile's ``address_base`` says what that number means (0: PDU address; 1: 1-based
@@ -553,7 +553,7 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
 
 
 def _profile_dir() -> Path:
-    return Path(str(resources.files("o2chain") / "profiles"))
+    return Path(str(resources.files("o2base") / "profiles"))
 
 
 def profile_names() -> list[str]:

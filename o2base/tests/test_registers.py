@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from o2chain.registers import (
+from o2base.registers import (
     ProfileError,
     Register,
     RegType,

@@ -11,6 +11,6 @@ from typing import Any
 @cache
 def telemetry_schema() -> dict[str, Any]:
     """The parsed ``telemetry_v1.json`` (fields, their types, units and plausible ranges)."""
-    text = (resources.files("o2chain.schema") / "telemetry_v1.json").read_text()
+    text = (resources.files("o2base.schema") / "telemetry_v1.json").read_text()
     schema: dict[str, Any] = json.loads(text)
     return schema

@@ -202,10 +202,10 @@ class MqttSection(_Strict):
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
     # MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to us.
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 5000
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10000
     # Group commit at light load: a commit that would carry few messages waits up to this long
     # for more, so one fsync and one InfluxDB write serve many readings (0: commit at once).
-    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 200
 
     @field_validator("url")
     @classmethod

@@ -105,10 +105,36 @@ class FastClient(mqtt.Client):
         self._rpos += len(chunk)
         return chunk
 
+    def _fill(self) -> bool:
+        """Read what the socket holds into the (empty) buffer; False at the end of the stream
+        (nothing kept: paho's next read sees it too)."""
+        sock = self._sock
+        if sock is not self._rsock:
+            self._rbuf, self._rpos, self._rsock = b"", 0, sock
+        data = super()._sock_recv(_READ_CHUNK)  # raises BlockingIOError when empty
+        if not data:
+            return False
+        self._rbuf, self._rpos = data, 0
+        return True
+
     def _buffered(self) -> bool:
         return self._sock is not None and self._sock is self._rsock and self._rpos < len(self._rbuf)
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        if self._batch_ready() and not self._buffered() and self._sock is not None:
+            # The socket's bytes into the buffer, and the PUBLISH packets at its head cut out
+            # at once: paho's per-packet path would take the first one. An error or the end
+            # of the stream is left to paho, which reads the socket again and handles it.
+            try:
+                filled = self._fill()
+            except BlockingIOError:
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing to read after all
+            except OSError:
+                filled = False
+            if filled:
+                self._read_publishes()
+                if not self._buffered():
+                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
         while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered():
             if self._batch_ready():

@@ -20,7 +20,7 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built and read for every reading
 class Reading:
     """One point: measurement, tags, fields and the reading's time in ms since the epoch (UTC).
 

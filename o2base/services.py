@@ -453,8 +453,14 @@ class Mosquitto(ManagedService):
         autosave_interval_s: int = 1,
         provision_dir: Path | None = None,
         gateway_port: int | None = None,
+        max_queued_messages: int = 0,
+        sys_interval_s: int = 10,
     ) -> None:
         """Prepare a broker in ``base_dir/mosquitto/``.
+
+        ``max_queued_messages`` > 0 makes the broker drop QoS 1 messages queued for a client
+        beyond that many (Mosquitto's own default is 1000; 0, no limit, keeps at-least-once
+        delivery); ``sys_interval_s`` is how often it publishes its ``$SYS`` counters.
 
         ``autosave_interval_s`` (>= 1) bounds what a SIGKILL loses of retained messages and
         queued sessions; a clean stop() always saves everything. ``gateway_port`` (with
@@ -464,6 +470,8 @@ class Mosquitto(ManagedService):
         if autosave_interval_s < 1:
             raise ValueError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
         self._autosave_interval_s = autosave_interval_s
+        self._max_queued_messages = max_queued_messages
+        self._sys_interval_s = sys_interval_s
         self.provision_dir = Path(provision_dir).resolve() if provision_dir else None
         self._gateway_port: int | None = None
         if self.provision_dir is not None:
@@ -545,6 +553,8 @@ class Mosquitto(ManagedService):
             run_as=run_as,
             data_dir=self.data_dir,
             autosave_interval_s=self._autosave_interval_s,
+            max_queued_messages=self._max_queued_messages,
+            sys_interval_s=self._sys_interval_s,
         )
 
     def _arguments(self) -> list[str]:

@@ -75,6 +75,9 @@ def central_writer(cfg: CentralSection) -> LineWriter:
         password = cfg.password()
         if cfg.username is not None and password is not None:
             writer._session.auth = (cfg.username, password.get_secret_value())
+            # A facility's login may only write: the region's admin creates the database
+            # (`o2chain region provision` writes influx/users.iql), CREATE DATABASE would be 403.
+            writer._database_ready = True
         if cfg.ca_file is not None:
             writer._session.verify = str(cfg.ca_file)
     if cfg.measurements:

@@ -31,7 +31,8 @@ What ``DIR`` holds afterwards (directories 0700, files 0600)::
                  central.toml            `o2chain provision` writes the bridge (inventory
                  central-password        [region] bundle = "<folder>"); central.toml is the
                                          gateway's [central] section (its database login)
-    viewer/mqtt-password, mqtt.toml, ca.pem   the region view's broker login
+    viewer/region.toml, mqtt-password,   the region view's logins (`o2chain region serve -c
+           influx-password, ca.pem       viewer/region.toml`)
     influx/users.iql                     InfluxQL creating the database and the logins: one
                                          writer per facility, `region-viewer` reading
 
@@ -292,8 +293,9 @@ def provision_region(
     )
     run.write("viewer/ca.pem", ca_pem)
     run.write(
-        "viewer/mqtt.toml",
-        "# The region view's login at the central broker (`o2chain region provision`).\n"
+        "viewer/region.toml",
+        "# The region view's logins (`o2chain region serve -c THIS_FILE`), written by\n"
+        "# `o2chain region provision`: the central broker (reads region/#) and database.\n"
         + tomli_w.dumps(
             {
                 "url": f"mqtts://{inv.hosts[0]}:{inv.port}",
@@ -302,6 +304,8 @@ def provision_region(
                 "ca_file": str(run.out / "viewer" / "ca.pem"),
                 "database_url": inv.database_url,
                 "database": inv.database,
+                "influx_username": VIEWER_USER,
+                "influx_password_file": str(run.out / "viewer" / "influx-password"),
             }
         ),
     )
@@ -386,7 +390,7 @@ def main(args: Any) -> int:
                 f"  central database run {out / 'influx' / 'users.iql'} as its admin",
                 f"  facilities       give {out / 'facilities'}/<id>/ to each; its inventory's "
                 '[region] bundle = "<that folder>", then `o2chain provision`',
-                f"  region view      {out / 'viewer' / 'mqtt.toml'}",
+                f"  region view      o2chain region serve -c {out / 'viewer' / 'region.toml'}",
             ]
         )
     )

@@ -139,6 +139,8 @@ def gateway_run(args: argparse.Namespace) -> None:
                 db_cpu = proc_cpu_s(db.pid) - db_cpu0
             finally:
                 gw.stop()
+                kept = Path(tempfile.gettempdir()) / "bench-region-gateway.log"
+                kept.write_bytes((base / "gw.log").read_bytes())
     measured = boards * args.readings
     print(
         f"region fleet: {boards} boards over {len(site_ids)} sites, one reading / "
@@ -159,7 +161,7 @@ def gateway_run(args: argparse.Namespace) -> None:
         f"{delivered}: delivered/offered = {delivered / offered if offered else 0:.4f}"
     )
     if not summary.complete or delivered != offered or offered != measured:
-        sys.exit("LOSS or incomplete run: " + summary.to_json())
+        sys.exit(f"LOSS or incomplete run (gateway log: {kept}): " + summary.to_json())
 
 
 def main() -> None:

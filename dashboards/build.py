@@ -27,6 +27,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
+from dashboards.region import region_dashboard
 from gateway import oxygen
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, parse_config
@@ -539,6 +540,7 @@ DASHBOARDS: dict[str, Callable[[], gd.Dashboard]] = {
     "concentrators": concentrators,
     "device-health": device_health,
     "gateway": gateway_dashboard,
+    "region": region_dashboard,
 }
 
 

@@ -136,3 +136,36 @@ def test_release_never_passes_the_local_drain(tmp_path: Path) -> None:
             outbox.commit(lines(i * 100, i * 100 + 100))  # nobody drains
     assert "central" not in outbox.stats.released
     assert drain(outbox, LOCAL) == drain(outbox, "central")
+
+
+def test_central_config_keys_are_checked() -> None:
+    from gateway.config import ConfigError, parse_config
+
+    base = {"site": [{"id": "s", "altitude_m": 0}]}
+    with pytest.raises(ConfigError, match=r"central\.url.*Field required"):
+        parse_config({**base, "central": {"database": "x"}})
+    with pytest.raises(ConfigError, match="username and password_file go together"):
+        parse_config({**base, "central": {"url": "http://c:8086", "username": "lhasa"}})
+    with pytest.raises(ConfigError, match=r"central\.at_bound"):
+        parse_config({**base, "central": {"url": "http://c:8086", "at_bound": "drop"}})
+    cfg = parse_config({**base, "central": {"url": "https://c:8086/"}})
+    assert cfg.central is not None and cfg.central.url == "https://c:8086"
+    assert cfg.central.database == "o2region" and cfg.central.at_bound == "release"
+
+
+def test_only_the_chosen_measurements_are_forwarded() -> None:
+    from gateway.forward import _Filtered
+
+    got: list[list[str]] = []
+
+    class Sink:
+        def write(self, lines: list[str]) -> None:
+            got.append(lines)
+
+        def close(self) -> None:
+            pass
+
+    f = _Filtered(Sink(), ["room", "alarm"])
+    f.write(["room,site=s x=1 1", "roomy,site=s x=1 1", "gateway,gw=g x=1 1", "alarm x=1 1"])
+    f.write(["gateway,gw=g x=2 2"])  # nothing chosen: no request at all
+    assert got == [["room,site=s x=1 1", "alarm x=1 1"]]

@@ -128,11 +128,18 @@ def gateway_run(args: argparse.Namespace) -> None:
                 wall = time.monotonic() - t0
                 fleet_cpu = time.process_time() - cpu0
                 offered = summary.readings_sent
-                deadline = time.monotonic() + 120
-                delivered = influx_count(db, "bench")
-                while delivered < offered and time.monotonic() < deadline:
+                # The gateway may still be working through the broker's queue: wait while the
+                # count grows, give up after 60 s without progress (or 10 min in all).
+                delivered, last_progress = influx_count(db, "bench"), time.monotonic()
+                give_up = time.monotonic() + 600
+                while delivered < offered and time.monotonic() < give_up:
                     time.sleep(1.0)
-                    delivered = influx_count(db, "bench")
+                    now_count = influx_count(db, "bench")
+                    if now_count > delivered:
+                        last_progress = time.monotonic()
+                    elif time.monotonic() - last_progress > 60:
+                        break
+                    delivered = now_count
                 drained = time.monotonic() - t0
                 gw_cpu = proc_cpu_s(gw.pid) - gw_cpu0
                 mq_cpu = proc_cpu_s(mq.pid) - mq_cpu0

@@ -78,6 +78,31 @@ def influx_count(db: InfluxDB, name: str) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
+def gateway_metrics(gw: ChildProcess) -> dict[str, float]:
+    """A few of the gateway's own counters (GET /metrics)."""
+    import re
+
+    import requests
+
+    port = gw.wait_for_log(r"HTTP listening on http://127\.0\.0\.1:(\d+)").group(1)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    wanted = (
+        'o2chain_readings_total{source="mqtt"}',
+        "o2chain_mqtt_messages_total",
+        "o2chain_duplicates_total",
+        "o2chain_influx_points_written_total",
+        "o2chain_outbox_depth",
+        'o2chain_alarm_events_total{event="raise"}',
+        'o2chain_alarm_events_total{event="clear"}',
+    )
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[re.sub(r"^o2chain_", "", name)] = float(value)
+    return out
+
+
 def gateway_run(args: argparse.Namespace) -> None:
     """The region figure: a fleet over many sites into one gateway, counted in InfluxDB."""
     boards, sites = args.boards, args.sites
@@ -129,7 +154,7 @@ def gateway_run(args: argparse.Namespace) -> None:
                 fleet_cpu = time.process_time() - cpu0
                 offered = summary.readings_sent
                 # The gateway may still be working through the broker's queue: wait while the
-                # count grows, give up after 60 s without progress (or 10 min in all).
+                # count grows, give up after 180 s without progress (or 10 min in all).
                 delivered, last_progress = influx_count(db, "bench"), time.monotonic()
                 give_up = time.monotonic() + 600
                 while delivered < offered and time.monotonic() < give_up:
@@ -137,11 +162,12 @@ def gateway_run(args: argparse.Namespace) -> None:
                     now_count = influx_count(db, "bench")
                     if now_count > delivered:
                         last_progress = time.monotonic()
-                    elif time.monotonic() - last_progress > 60:
+                    elif time.monotonic() - last_progress > 180:
                         break
                     delivered = now_count
                 drained = time.monotonic() - t0
                 gw_cpu = proc_cpu_s(gw.pid) - gw_cpu0
+                metrics = gateway_metrics(gw)
                 mq_cpu = proc_cpu_s(mq.pid) - mq_cpu0
                 db_cpu = proc_cpu_s(db.pid) - db_cpu0
             finally:
@@ -167,6 +193,7 @@ def gateway_run(args: argparse.Namespace) -> None:
         f"dropped by boards {summary.readings_dropped}, delivered (distinct points in InfluxDB) "
         f"{delivered}: delivered/offered = {delivered / offered if offered else 0:.4f}"
     )
+    print("gateway counters: " + ", ".join(f"{k} {v:g}" for k, v in metrics.items()))
     if not summary.complete or delivered != offered or offered != measured:
         sys.exit(f"LOSS or incomplete run (gateway log: {kept}): " + summary.to_json())
 

@@ -19,6 +19,7 @@ pytest_plugins = ["o2chain.testing"]
 REQUIRED_TOOLS = {
     "mosquitto": "every integration test (the broker)",
     "influxd": "every integration test (the database)",
+    "victoria-metrics": "the second real database the InfluxDB writers are tested against",
     "socat": "RTU over pseudo-terminals, the fake board for flashing",
     "chromium": "the live page tests (Playwright drives Debian's chromium)",
     "mosquitto_sub": "the benchmark baseline and broker-side checks",

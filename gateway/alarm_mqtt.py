@@ -8,8 +8,11 @@ One retained message per alarm needs one topic per alarm, so:
   is active** (its latest event: raised, acknowledged, shelved); cleared with an empty
   retained message when the alarm clears.
 
-Subscribe to ``{prefix}/+/gateway/+/alarm/#`` for both. The publisher uses its own client
-(``o2chain-{gw}-alarms``, clean session) so alarm traffic never waits on the ingest session.
+Subscribe to ``{prefix}/+/gateway/+/alarm/#`` for both. In a group of gateways
+(``[mqtt] shared_group``) ``{gw}`` is the group's name: the alarms are the group's, whichever
+member judges them now (gateway/ha.py restores them from these retained messages when it takes
+over). The publisher uses its own client (``o2chain-{gateway id}-alarms``, clean session) so
+alarm traffic never waits on the ingest session.
 After every (re)connect it republishes the active alarms and, from the retained messages the
 broker sends back on its subscription, clears those of alarms that ended while it was away.
 """
@@ -39,7 +42,9 @@ class AlarmMqttPublisher:
         """``active``: the engine's active alarms at start (``engine.active()``)."""
         self.config = config
         self.prefix = config.mqtt.topic_prefix
-        self.gw = config.gateway.id
+        # Whose alarms: the gateway's, or in a group the group's (docs/contracts.md).
+        self.gw = config.mqtt.shared_group or config.gateway.id
+        self._muted = False
         self.published = 0
         self.connected = False
         self._lock = threading.Lock()
@@ -50,7 +55,7 @@ class AlarmMqttPublisher:
         cfg = config.mqtt
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"o2chain-{self.gw}-alarms",
+            client_id=f"o2chain-{config.gateway.id}-alarms",
             protocol=mqtt.MQTTv5,
         )
         apply_connection_settings(client, cfg)
@@ -79,7 +84,25 @@ class AlarmMqttPublisher:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def adopt(self, retained: dict[str, bytes]) -> None:
+        """Keep the group's retained alarm messages as they are (``topic -> payload``, each an
+        active alarm this gateway restored): republished unchanged after a connect instead of
+        a rebuilt copy, so the event and time a subscriber sees do not change with the member
+        that publishes them."""
+        with self._lock:
+            for topic, payload in retained.items():
+                if topic in self._active:
+                    self._active[topic] = payload
+
+    def mute(self) -> None:
+        """Publish nothing more (a group member that lost the group's session: the member that
+        holds it now speaks for the group's alarms)."""
+        self._muted = True
+        self.stop()
+
     def __call__(self, event: AlarmEvent) -> None:
+        if self._muted:
+            return
         a = event.alarm
         payload = json.dumps(event.to_json(), separators=(",", ":")).encode()
         topic = self.alarm_topic(a["site"], a["device"], a["rule"])

@@ -253,6 +253,13 @@ async def run_until_signalled(config: GatewayConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.mqtt.shared_group:
+        # A group of gateways: standby until elected, a Gateway per term (gateway/ha.py).
+        from gateway.ha import run_member
+
+        gc.collect()
+        gc.freeze()
+        return await run_member(config, stop)
     gateway = Gateway(config)
     # Everything built so far (modules, config, pydantic models: ~100,000 objects) lives as long
     # as the process: moved out of the collector's reach, the full collections that the

@@ -22,6 +22,13 @@ keep-alives; the session and the unacknowledged messages survive that).
 Acknowledgements carry the connection they belong to: after a reconnect a packet id means
 another message, so messages of an earlier connection are committed but never acknowledged
 (the broker redelivers them and the tracker drops them as duplicates).
+
+In a group of gateways (``[mqtt] shared_group``, :mod:`gateway.ha`) the session is the group's
+(client id ``o2chain-{group}``) and only the group's active member holds it: the ingest then
+neither subscribes through ``$share`` nor reconnects by itself (after a lost connection another
+member may hold the session, and taking it back would kick that member: the group decides,
+through :attr:`MqttIngest.on_session_lost`), and :attr:`MqttIngest.hold_acks` may hold
+acknowledgements back until what they acknowledge is in InfluxDB.
 """
 
 from __future__ import annotations
@@ -102,6 +109,9 @@ class IngestStats:
 
 
 AlarmWriter = Callable[[Sequence[AlarmEvent]], Callable[[sqlite3.Connection], None] | None]
+# How a committed batch gets acknowledged: ``hold(batch, ack)`` calls ``ack(batch)`` now or later.
+AckHold = Callable[[list["_Queued"], Callable[[list["_Queued"]], None]], None]
+REASON_SESSION_TAKEN_OVER = 0x8E  # MQTT 5: another connection took the session over
 
 
 class _Abandoned(Exception):
@@ -115,6 +125,18 @@ class _Queued(NamedTuple):  # a tuple: built for every message, a dataclass cost
     topic: str
     payload: bytes
     dup: bool = False  # the broker sends it again: an earlier connection did not ack it
+
+
+def group_client_id(config: GatewayConfig) -> str:
+    """The ingest's MQTT client id, under which the broker keeps the session: the gateway's own
+    (``o2chain-{gateway.id}``), or in a group the group's (``o2chain-{shared_group}``), shared by
+    every member; ``[mqtt] client_id`` overrides either."""
+    cfg = config.mqtt
+    if cfg.client_id:
+        return cfg.client_id
+    if cfg.shared_group:
+        return f"o2chain-{cfg.shared_group}"
+    return f"o2chain-{config.gateway.id}"
 
 
 def apply_connection_settings(client: mqtt.Client, cfg: MqttSection) -> None:
@@ -171,13 +193,23 @@ class MqttIngest:
         self._draining = False
         self._committer: threading.Thread | None = None
         cfg = config.mqtt
-        self.client_id = cfg.client_id or f"o2chain-{config.gateway.id}"
+        self.group = cfg.shared_group
+        self.client_id = group_client_id(config)
+        # Called (paho's thread) when the connection is up, with the broker's "session present".
+        self.on_session: Callable[[bool], None] = lambda present: None
+        # Group mode: called once (paho's thread) when the connection is lost for any reason;
+        # the ingest does not reconnect then.
+        self.on_session_lost: Callable[[str], None] = lambda reason: None
+        # None: acknowledge right after the commit; else the group's gate (gateway.ha.AckGate).
+        self.hold_acks: AckHold | None = None
         client_class = FastClient if supported() else mqtt.Client
         client = client_class(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
+            # A group member never takes the group's session back by itself: see the module doc.
+            reconnect_on_failure=self.group is None,
         )
         apply_connection_settings(client, cfg)
         client.max_inflight_messages_set(1000)
@@ -199,11 +231,7 @@ class MqttIngest:
 
     def _topics(self) -> list[str]:
         prefix = self.config.mqtt.topic_prefix
-        topics = [f"{prefix}/+/+/telemetry", f"{prefix}/+/+/status"]
-        group = self.config.mqtt.shared_group
-        if group:
-            topics[0] = f"$share/{group}/{topics[0]}"
-        return topics
+        return [f"{prefix}/+/+/telemetry", f"{prefix}/+/+/status"]
 
     def start(self) -> None:
         """Connect in the background; works when the broker is down (keeps retrying)."""
@@ -277,6 +305,7 @@ class MqttIngest:
             )
         self.connected_event.set()
         client.subscribe([(t, 1) for t in self._topics()])
+        self.on_session(bool(flags.session_present))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._connect_failures += 1
@@ -317,6 +346,18 @@ class MqttIngest:
         self.stats.connected = False
         self.connected_event.clear()
         self.subscribed_event.clear()
+        if self.group is not None:
+            if self._draining:
+                return  # our own stop
+            taken = getattr(reason, "value", None) == REASON_SESSION_TAKEN_OVER
+            why = "session taken over" if taken else str(reason)
+            log.warning(
+                "MQTT group session %s lost (%s): not reconnecting, the group decides",
+                self.client_id,
+                why,
+            )
+            self.on_session_lost(why)
+            return
         if reason.is_failure:
             log.warning(
                 "MQTT disconnected from %s: %s; reconnecting",
@@ -416,7 +457,10 @@ class MqttIngest:
         self.reject_log.flush()
         self.stats.readings += len(out.lines)
         self.stats.commits += 1
-        self._ack(batch)
+        if self.hold_acks is None:
+            self._ack(batch)
+        else:
+            self.hold_acks(batch, self._ack)
         if out.lines or out.keep_lines:
             self.on_committed()
 

@@ -15,6 +15,10 @@ from gateway.mqtt_ingest import IngestStats
 from gateway.outbox import OutboxStats
 from gateway.writer import WriterStats
 
+# After a reconnect to the broker, boards have this long to say they are back before a last
+# will published during the outage counts (a project choice: boards reconnect within seconds).
+RECONNECT_GRACE_S = 30.0
+
 LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
@@ -81,8 +85,14 @@ class Sources:
 def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monotonic) -> LinkState:
     """Online (True) / offline (False) / unknown (None) per device from the ingest's retained
     status messages (last will) and the Modbus pollers' health. A Modbus device counts as
-    offline after two poll intervals without an answer, so one lost poll does not flap."""
+    offline after two poll intervals without an answer, so one lost poll does not flap.
+
+    After the gateway *re*connects to the broker, an ``offline`` status counts only once
+    :data:`RECONNECT_GRACE_S` have passed: a broker restart publishes every board's last will
+    and the boards come back seconds later, which is not one alarm per board. A board that does
+    not come back is offline when the grace ends (or earlier, by silence)."""
     pollers = {(p.device.site, p.device.id): p for p in sources.pollers}
+    seen = {"connects": 0, "grace_until": 0.0}
 
     def state(site: str, device: str) -> bool | None:
         poller = pollers.get((site, device))
@@ -98,7 +108,16 @@ def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monoto
             interval = poller.device.interval_s
             # Not answering, but the last answer is recent: one lost poll is not "offline".
             return not (last_ok is None or clock_s() - last_ok > 2 * interval)
-        status = sources.ingest_stats.device_state.get(f"{site}/{device}")
-        return None if status is None else status == "online"
+        stats = sources.ingest_stats
+        if stats.connects != seen["connects"]:  # noticed within a tick: the engine asks each
+            if stats.connects > 1:  # a reconnect, not the first connection
+                seen["grace_until"] = clock_s() + RECONNECT_GRACE_S
+            seen["connects"] = stats.connects
+        status = stats.device_state.get(f"{site}/{device}")
+        if status is None:
+            return None
+        if status == "online":
+            return True
+        return None if clock_s() < seen["grace_until"] else False
 
     return state

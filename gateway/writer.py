@@ -65,6 +65,9 @@ class OutboxDrainer:
         self.reject_log = RateLimitedLog(log, "points InfluxDB rejected", level=logging.ERROR)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called with the last outbox row id InfluxDB now holds (every row up to it is gone):
+        # a gateway group acknowledges MQTT messages only then (gateway.ha.AckGate).
+        self.on_drained: list[Callable[[int], None]] = []
 
     def wake(self) -> None:
         loop = self._loop
@@ -103,6 +106,8 @@ class OutboxDrainer:
                     await self._deliver(batch.lines[start : start + self.batch_size])
                 # Every point of these rows is now in InfluxDB or in the dead letters.
                 await asyncio.to_thread(self.outbox.remove_through, batch.ids[-1])
+                for drained in self.on_drained:
+                    drained(batch.ids[-1])
                 backoff = 0.25
                 if self.stats.misconfigured:
                     log.warning("InfluxDB accepts the gateway's writes again")

@@ -47,6 +47,7 @@ __all__ = [
     "Mosquitto",
     "ServiceError",
     "Services",
+    "VictoriaMetrics",
     "free_ports",
     "mqtt_connect_packet",
     "mqtt_handshake",
@@ -743,6 +744,61 @@ class InfluxDB(ManagedService):
         # influxd lets INFLUXDB_<SECTION>_<KEY> variables override the config file: one
         # inherited from the shell could move the port or the data dir of a private instance.
         return {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+
+
+class VictoriaMetrics(ManagedService):
+    """A private VictoriaMetrics single-node server (Debian ``victoria-metrics``): the second
+    time-series database the gateway's writers are tested against. It takes InfluxDB line
+    protocol on ``/write`` (v1) and ``/api/v2/write``; each numeric field becomes a series
+    ``{measurement}_{field}`` labelled with the tags (and ``db`` from ``?db=``).
+
+    Started with ``-dedup.minScrapeInterval=1ms``: a point written twice (a replayed batch)
+    is then one sample, as InfluxDB keeps one point per series and time; without it every
+    replay would add a sample (measured: two).
+    """
+
+    name = "victoria-metrics"
+    binary_name = "victoria-metrics"
+    binary_fallback = Path("/usr/bin/victoria-metrics")
+    debian_package = "victoria-metrics"
+    url_scheme = "http"
+
+    def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if ``GET /health`` answers 200 within ``timeout_s`` seconds."""
+        try:
+            response = requests.get(f"{self.url}/health", timeout=timeout_s)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every sample of the series ``match`` selects (a series selector such as
+        ``{__name__=~"room_.*"}``), once what was written is searchable: ``[{"metric": labels,
+        "values": [...], "timestamps": [ms, ...]}, ...]``. Raises ServiceError."""
+        try:
+            flushed = requests.get(f"{self.url}/internal/force_flush", timeout=10)
+            response = requests.post(
+                f"{self.url}/api/v1/export", data={"match[]": match}, timeout=30
+            )
+        except requests.RequestException as exc:
+            raise ServiceError(f"{self.name} on {self.url}: {exc}") from exc
+        if flushed.status_code != 200 or response.status_code != 200:
+            raise ServiceError(
+                f"{self.name}: export answered {response.status_code}: {response.text[:300]}"
+            )
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+    def _render_config(self) -> str:
+        return "# victoria-metrics takes its settings as flags (see the command line)\n"
+
+    def _arguments(self) -> list[str]:
+        return [
+            f"-httpListenAddr={HOST}:{self._port}",
+            f"-storageDataPath={self.data_dir}",
+            "-dedup.minScrapeInterval=1ms",
+            "-retentionPeriod=100y",  # tests write points of any age
+            "-loggerLevel=WARN",
+        ]
 
 
 def quote_identifier(name: str) -> str:

@@ -13,6 +13,8 @@ two optional tables of its own are read here::
     gateway_bind = "127.0.0.1"           # ... on the broker's host by default
     [gateway]
     id = "gw-1"                          # [gateway] id of the gateway config: its alarm topics
+    group = "lhasa-gws"                  # optional: [mqtt] shared_group of a group of gateways
+                                         # (they share the account; docs/scaling.md)
     [region]
     bundle = "region/facilities/lhasa-hotel"   # from `o2chain region provision`: the bridge
                                                # to the central broker (broker/bridge.conf)
@@ -52,6 +54,7 @@ import ipaddress
 import json
 import os
 import pwd
+import re
 import secrets
 import string
 import sys
@@ -186,6 +189,7 @@ class BrokerSettings:
     gateway_bind: str
     gateway_id: str
     topic_prefix: str
+    gateway_group: str | None = None
     region_bundle: Path | None = None  # [region] bundle: bridge to the central broker
 
 
@@ -267,6 +271,14 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
             f"{inventory}: [gateway] id: expected a name of 1..32 characters [a-z0-9-], "
             f"got {gateway_id!r}"
         )
+    group = gateway.get("group")
+    if group is not None and not (
+        isinstance(group, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", group)
+    ):
+        raise ProvisionError(
+            f"{inventory}: [gateway] group: expected a name of 1..64 characters "
+            f"[A-Za-z0-9_-] (the gateways' [mqtt] shared_group), got {group!r}"
+        )
     boards: list[Board] = []
     prefixes = set()
     schema = load_firmware_file("config")
@@ -315,6 +327,7 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         gateway_port=gateway_port,
         gateway_bind=str(broker.get("gateway_bind", "127.0.0.1")),
         gateway_id=gateway_id,
+        gateway_group=group,
         topic_prefix=prefixes.pop(),
         region_bundle=(inventory.parent / bundle).resolve() if bundle else None,
     )
@@ -602,7 +615,16 @@ def provision(
             [
                 f"topic read {prefix}/#",
                 f"topic write {prefix}/+/gateway/{settings.gateway_id}/alarm/#",
-            ],
+            ]
+            # A group: its alarms, its members' presence and markers (gateway/ha.py).
+            + (
+                [
+                    f"topic write {prefix}/+/gateway/{settings.gateway_group}/alarm/#",
+                    f"topic write {prefix}/_group/{settings.gateway_group}/#",
+                ]
+                if settings.gateway_group
+                else []
+            ),
         )
     ]
     _passwd(run, "broker/devices.passwd", device_accounts)
@@ -816,6 +838,8 @@ def _client_files(run: _Run, settings: BrokerSettings, boards: list[Board]) -> N
         },
         "http": {"users_file": str(run.gateway_path / "users.toml")},
     }
+    if settings.gateway_group:
+        gateway_doc["mqtt"]["shared_group"] = settings.gateway_group
     head = (
         "# The gateway's [mqtt] and [http] lines for this site, written by `o2chain provision`:\n"
         "# merge them into the gateway config (gateway/README.md).\n"

@@ -5,6 +5,7 @@ Enabled for the whole repo by ``pytest_plugins = ["o2chain.testing"]`` in the ro
 Fixtures:
 
 - ``service_dir``: a fresh directory for one test's service instances.
+- ``victoria_metrics``: a private VictoriaMetrics, the second real database (function scope).
 - ``mosquitto``, ``influxdb``: started before the test, stopped after it (function scope); the
   test may restart(), kill(), freeze() them at will.
 - ``mosquitto_session``, ``influxdb_session``: one instance for the whole run, for tests that
@@ -38,6 +39,7 @@ from o2base.services import (
     Mosquitto,
     ServiceError,
     Services,
+    VictoriaMetrics,
 )
 
 
@@ -141,6 +143,14 @@ def mosquitto(service_dir: Path) -> Iterator[Mosquitto]:
 def influxdb(service_dir: Path) -> Iterator[InfluxDB]:
     """A started private InfluxDB 1.x (``.url`` = ``http://127.0.0.1:<port>``), stopped after."""
     with InfluxDB(service_dir) as database:
+        yield database
+
+
+@pytest.fixture
+def victoria_metrics(service_dir: Path) -> Iterator[VictoriaMetrics]:
+    """A started private VictoriaMetrics (``.url`` = ``http://127.0.0.1:<port>``), stopped
+    after the test: the second real time-series database."""
+    with VictoriaMetrics(service_dir) as database:
         yield database
 
 

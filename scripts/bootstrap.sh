@@ -28,6 +28,8 @@ if [ "${1:-}" = "--test-tools" ]; then
   command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
   # Certificates for the TLS tests (firmware/tests/test_tls.py).
   command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
+  # The second real time-series database for the writers' tests (tests/test_writers_servers.py).
+  [ -x /usr/bin/victoria-metrics ] || need_debs+=(victoria-metrics)
   # The power-cut test formats a loop device (gateway/tests/test_guarantees_power_loss.py).
   [ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need_debs+=(e2fsprogs)
   [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || need_debs+=(mount)

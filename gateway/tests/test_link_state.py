@@ -4,11 +4,13 @@ chance, offline only after OFFLINE_AFTER failed polls or when the last answer is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from gateway.config import parse_config
 from gateway.modbus import OFFLINE_AFTER, DeviceHealth
-from gateway.sources import Sources, link_state_from
+from gateway.mqtt_ingest import IngestStats
+from gateway.sources import RECONNECT_GRACE_S, Sources, link_state_from
 
 CONFIG = {
     "gateway": {"id": "gw-t"},
@@ -61,3 +63,37 @@ def test_answered_once_then_silent_goes_offline_after_two_intervals() -> None:
     assert state("lhasa", "conc-1") is True  # one lost poll is not offline
     now[0] = 100.0 + 2 * 5 + 1
     assert state("lhasa", "conc-1") is False
+
+
+def board_link(now: list[float]) -> tuple[IngestStats, Any]:
+    stats = IngestStats(connected=True, connects=1)
+    mqtt = SimpleNamespace(stats=stats)
+    sources = Sources(mqtt=mqtt, pollers=[])
+    return stats, link_state_from(sources, clock_s=lambda: now[0])
+
+
+def test_last_will_counts_at_once_while_connected() -> None:
+    now = [100.0]
+    stats, state = board_link(now)
+    assert state("lhasa", "room-1") is None  # no status yet
+    stats.device_state["lhasa/room-1"] = "online"
+    assert state("lhasa", "room-1") is True
+    stats.device_state["lhasa/room-1"] = "offline"  # its last will, the gateway listening
+    assert state("lhasa", "room-1") is False
+
+
+def test_last_wills_of_a_broker_restart_wait_for_the_boards_to_return() -> None:
+    now = [100.0]
+    stats, state = board_link(now)
+    stats.device_state["lhasa/room-1"] = "online"
+    assert state("lhasa", "room-1") is True
+    # The broker restarts: the gateway reconnects and finds the board's last will.
+    stats.connects, stats.device_state["lhasa/room-1"] = 2, "offline"
+    assert state("lhasa", "room-1") is None
+    now[0] += RECONNECT_GRACE_S - 1
+    assert state("lhasa", "room-1") is None
+    stats.device_state["lhasa/room-1"] = "online"  # back within the grace
+    assert state("lhasa", "room-1") is True
+    stats.device_state["lhasa/room-1"] = "offline"
+    now[0] += 2  # grace over: a board that did not come back, or died since, is offline
+    assert state("lhasa", "room-1") is False

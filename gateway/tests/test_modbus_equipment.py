@@ -23,7 +23,7 @@ from simulators.modbus_server import ModbusTcpSimulator, SimulatedDevice
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 
 T0 = 1_700_000_000_000
-PROFILES = Path(__file__).resolve().parents[2] / "o2chain" / "profiles"
+PROFILES = Path(__file__).resolve().parents[2] / "o2base" / "profiles"
 
 
 def profile_with_setpoint(tmp_path: Path, setpoint_kpa: float) -> Path:

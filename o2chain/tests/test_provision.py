@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -127,6 +128,23 @@ def test_passwd_and_acl_give_each_account_its_own_topics(example: Path) -> None:
     conf = (example / "broker" / "o2chain.conf").read_text()
     assert "allow_anonymous true" not in conf and conf.count("allow_anonymous false") == 2
     assert "use_username_as_clientid true" in conf
+
+
+def test_a_group_of_gateways_gets_its_alarm_and_presence_topics(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.toml"
+    doc = tomllib.loads(INVENTORY.read_text())
+    doc.setdefault("gateway", {})["group"] = "lhasa-gws"
+    inventory.write_bytes(tomli_w.dumps(doc).encode())
+    provision(inventory, tmp_path / "site")
+    acl = (tmp_path / "site" / "broker" / "gateway.acl").read_text()
+    assert "topic write o2/+/gateway/lhasa-gws/alarm/#" in acl
+    assert "topic write o2/_group/lhasa-gws/#" in acl
+    snippet = tomllib.loads((tmp_path / "site" / "gateway" / "gateway.toml").read_text())
+    assert snippet["mqtt"]["shared_group"] == "lhasa-gws"
+    doc["gateway"]["group"] = "no spaces"
+    inventory.write_bytes(tomli_w.dumps(doc).encode())
+    with pytest.raises(ProvisionError, match=r"\[gateway\] group"):
+        provision(inventory, tmp_path / "site2")
 
 
 def test_gateway_snippet_and_web_users(example: Path) -> None:

@@ -31,6 +31,7 @@ REQUIRED_TOOLS = {
     "ip": "the region WAN test's network namespaces and veth links",
     "tc": "the region WAN test's bandwidth cap (and delay/loss where the kernel has netem)",
     "nft": "the region WAN test's packet loss and partitions",
+    "mbpoll": "reading the simulated Modbus equipment with an independent client",
 }
 _SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
 

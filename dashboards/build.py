@@ -28,7 +28,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
 from dashboards.region import region_dashboard
-from gateway import oxygen
+from gateway import oxygen, supply_rules
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, parse_config
 from gateway.telemetry import RejectReason
@@ -308,7 +308,7 @@ def facility() -> gd.Dashboard:
         ("O2 produced now", "suffix: L/min",
          f'SELECT last("produced_o2_lpm") FROM "chain" WHERE {in_range}',
          "oxygen in the product of all plants and concentrators (flow x purity)"),
-        ("O2 delivered now", "suffix: L/min",
+        ("O2 used by rooms now", "suffix: L/min",
          f'SELECT last("delivered_o2_lpm") FROM "chain" WHERE {in_range}',
          "oxygen the enriched rooms need (estimate from ventilation_m3h; 0 without it)"),
         ("Rooms mean O2", "percent",
@@ -333,13 +333,16 @@ def facility() -> gd.Dashboard:
             panel.thresholds(steps((None, "blue")))
         d.with_panel(layout.place(panel, w=4, h=4))
     d.with_panel(layout.place(
-        ts_panel("Oxygen produced vs delivered", "suffix: L/min",
+        ts_panel("Oxygen produced vs used by rooms", "suffix: L/min",
                  "the chain balance per site (gateway/enrich.py): produced = flow x purity of "
-                 "the producers; delivered = the rooms' O2 demand estimated from ventilation")
+                 "the producers; used = the rooms' O2 demand estimated from ventilation "
+                 "(field delivered_o2_lpm)")
         .with_target(InfluxQL(
             f'SELECT mean("produced_o2_lpm") AS "produced", mean("delivered_o2_lpm") AS '
-            f'"delivered" FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
+            f'"used" FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
             "fill(none)").alias("$tag_site $col")), w=12, h=8))  # fmt: skip
+    for panel, w, h in chain_panels(in_range):
+        d.with_panel(layout.place(panel, w=w, h=h))
     d.with_panel(layout.place(
         bargauge.Panel().title("Rooms by O2 band").unit("percent").datasource(DATASOURCE)
         .description(f"last O2 per room board: red < {ROOM_DEFICIENT_PCT:g} % (deficient), "
@@ -375,6 +378,63 @@ def facility() -> gd.Dashboard:
                      "live page")
         .with_target(InfluxQL(ACTIVE_ALARMS_QUERY).table()), w=24, h=8))  # fmt: skip
     return d
+
+
+# The oxygen chain with the supply (gateway/supply_chain.py, gateway/README.md "Enrichment"):
+# (field of the chain point, column / series name, unit, what it is).
+CHAIN_FIELDS = (
+    ("produced_o2_lpm", "produced", "suffix: L/min", "O2 in the product of every producer"),
+    ("stored_o2_l", "stored", "litre", "usable O2 in the tanks and cylinder banks"),
+    ("stored_change_o2_lpm", "stored change", "suffix: L/min",
+     "the stores' trend: + filling, - drawn"),
+    ("delivered_metered_o2_lpm", "delivered", "suffix: L/min",
+     "O2 through the outermost supply meters and bedside concentrators"),
+    ("used_o2_lpm", "used", "suffix: L/min", "the rooms' O2 demand estimated from ventilation"),
+    ("loss_o2_lpm", "loss", "suffix: L/min", "produced - stored change - delivered"),
+    ("days_left", "days left", "d", "the stores' stock over their net draw"),
+)  # fmt: skip
+DAYS_LEFT_WARN = supply_rules.DAYS_LEFT_WARN  # the supply devices' days-left alarms
+DAYS_LEFT_ALARM = supply_rules.DAYS_LEFT_ALARM
+
+
+def chain_panels(in_range: str) -> list[tuple[Any, int, int]]:
+    """The facility's chain panels: a table per site, the flows over time, days of O2 left."""
+    columns = ", ".join(f'last("{f}") AS "{name}"' for f, name, *_ in CHAIN_FIELDS)
+    described = "; ".join(f"{name}: {what}" for _, name, _, what in CHAIN_FIELDS)
+    units = [dm.DynamicConfigValue(id_val="unit", value=unit) for _, _, unit, _ in CHAIN_FIELDS]
+    by_site = (
+        table.Panel().title("Oxygen chain by site: produced, stored, delivered, used, loss")
+        .unit("suffix: L/min").datasource(DATASOURCE)
+        .description("the last chain point of each site, O2 at the site's conditions; "
+                     f"{described}. An empty cell: not every stage reported (left out, not 0)")
+        .with_target(InfluxQL(
+            f'SELECT {columns} FROM "chain" WHERE {in_range} GROUP BY "site"').table())
+    )  # fmt: skip
+    for (_, name, *_), unit in zip(CHAIN_FIELDS, units, strict=True):
+        by_site.override_by_name(name, [unit])
+    flows = [(f, name) for f, name, unit, _ in CHAIN_FIELDS if unit == "suffix: L/min"]
+    flow_columns = ", ".join(f'mean("{f}") AS "{name}"' for f, name in flows)
+    over_time = (
+        ts_panel("Oxygen chain over time: produced, stored change, delivered, used, loss",
+                 "suffix: L/min",
+                 "per site, O2 L/min at the site's conditions: " + described)
+        .with_target(InfluxQL(
+            f'SELECT {flow_columns} FROM "chain" WHERE {in_range} '
+            'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site $col"))
+    )  # fmt: skip
+    days = (
+        stat.Panel().title("Days of oxygen left").unit("d").datasource(DATASOURCE)
+        .description("per site: the usable stock of its tanks and cylinder banks over their net "
+                     f"draw (red below {DAYS_LEFT_ALARM:g} d, orange below {DAYS_LEFT_WARN:g} d: "
+                     "the supply devices' alarm limits); 365 = not running down")
+        .graph_mode(cm.BigValueGraphMode.AREA).reduce_options(last_value())
+        .thresholds(steps((None, "red"), (DAYS_LEFT_ALARM, "orange"), (DAYS_LEFT_WARN, "green")))
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .with_target(InfluxQL(
+            f'SELECT last("days_left") FROM "chain" WHERE {in_range} '
+            'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site"))
+    )  # fmt: skip
+    return [(days, 12, 8), (by_site, 24, 8), (over_time, 24, 8)]
 
 
 # The last event of each alarm (site, device, rule) in the last 30 days, kept when it left the

@@ -108,7 +108,10 @@ class Gateway:
         self.state_store.import_legacy(state_dir / "alarms.sqlite")
         self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
         link_state = link_state_from(self.sources)
-        self.enricher = Enricher(config, self.state_store)
+        # Supply stock trends give `days_left` before the alarm engine judges it; the chain
+        # balance reads them for the site's days of oxygen left.
+        self.forecast = SupplyForecast(config)
+        self.enricher = Enricher(config, self.state_store, forecast=self.forecast)
         self.alarms = AlarmEngine(config, self.state_store, link_state=link_state)
         self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
         self.alarms.listeners.append(self.alarm_mqtt)
@@ -125,8 +128,6 @@ class Gateway:
         self.alarms.listeners.append(self.notifier.listener)
         self.sources.notifier = self.notifier
         self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
-        # Supply stock trends give `days_left` before the alarm engine judges it.
-        self.forecast = SupplyForecast(config)
         self.pipeline = Pipeline([self.enricher, self.forecast, self.alarms, self.observer])
         self.http = StatusServer(
             config.gateway.http_listen,

@@ -336,6 +336,10 @@ class Device(_Strict):
 
     # Room boards: outdoor-air ventilation, for the chain balance's O2 demand estimate.
     ventilation_m3h: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    # Supply devices: the devices of the same site whose gas this one receives (a plant, a
+    # buffer tank, a manifold, ...): the chain balance's topology (gateway/README.md,
+    # "Enrichment"). Empty: fed from outside the configuration (a bought stock, the pipeline).
+    fed_from: Annotated[list[_ID], Field(max_length=16)] = []
     url: str | None = None  # Modbus: tcp://host:port or rtu:///dev/ttyX?baudrate=..
     unit: Annotated[int, Field(ge=0, le=247)] = 1
     profile: str | None = None
@@ -369,6 +373,26 @@ class EnrichSection(_Strict):
     eq_alt_definition: Literal["west", "ambient"] = "west"  # docs/domain.md "Formulas"
     chain_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0  # `chain` points per site
     max_gap_s: Annotated[float, Field(gt=0)] = 300.0  # O2 totals: no integration across gaps
+    # Trend window of the stored oxygen's rate of change and of the loss in the chain balance.
+    stock_window_s: Annotated[float, Field(ge=60, le=7 * 86400)] = 1800.0
+    # Simulated seconds per second of the gateway's clock, for demos whose simulators run
+    # faster than real time: totals, rates and forecasts are then in simulated time. 1 = real.
+    speed: Annotated[float, Field(gt=0, le=100_000)] = 1.0
+
+
+class ForecastSection(_Strict):
+    """Days of supply left (gateway/supply_forecast.py)."""
+
+    window_s: Annotated[float, Field(gt=0, le=90 * 86400)] = 6 * 3600.0  # consumption trend
+    min_span_s: Annotated[float, Field(gt=0, le=90 * 86400)] = 1800.0  # history before a claim
+
+    @model_validator(mode="after")
+    def _span_within_window(self) -> ForecastSection:
+        if self.min_span_s > self.window_s:
+            raise ValueError(
+                f"min_span_s = {self.min_span_s:g} must not exceed window_s = {self.window_s:g}"
+            )
+        return self
 
 
 class AlarmKind(StrEnum):
@@ -602,6 +626,7 @@ class GatewayConfig(_Strict):
     alarm: list[AlarmRule] = []
     alarm_engine: AlarmEngineSection = AlarmEngineSection()
     enrich: EnrichSection = EnrichSection()
+    forecast: ForecastSection = ForecastSection()
     notify: list[NotifyTarget] = []
 
     @model_validator(mode="after")
@@ -662,7 +687,42 @@ class GatewayConfig(_Strict):
             if (dev.site, dev.id) in seen:
                 raise ValueError(f"device[{i}]: duplicate device {dev.site}/{dev.id}")
             seen.add((dev.site, dev.id))
+        self._check_fed_from()
         return self
+
+    def _check_fed_from(self) -> None:
+        """``fed_from`` names supply devices, plants or concentrators of the device's own site,
+        and the supply never loops back on itself."""
+        kinds = {(d.site, d.id): d.kind for d in self.device}
+        feeding = (DeviceKind.SUPPLY, DeviceKind.PLANT, DeviceKind.CONCENTRATOR)
+        for i, dev in enumerate(self.device):
+            if dev.fed_from and dev.kind is not DeviceKind.SUPPLY:
+                raise ValueError(
+                    f"device[{i}] ({dev.id}).fed_from: only supply devices have one (kind "
+                    f"is {dev.kind.value!r})"
+                )
+            for up in dev.fed_from:
+                kind = kinds.get((dev.site, up))
+                if kind not in feeding:
+                    what = "not a device of its site" if kind is None else f"a {kind.value}"
+                    raise ValueError(
+                        f"device[{i}] ({dev.id}).fed_from: {up!r} is {what}; expected a "
+                        "supply device, plant or concentrator of the same site"
+                    )
+        upstream = {(d.site, d.id): d.fed_from for d in self.device}
+        for i, dev in enumerate(self.device):
+            todo = list(dev.fed_from)
+            seen_ids: set[str] = set()
+            while todo:
+                up = todo.pop()
+                if up == dev.id:
+                    raise ValueError(
+                        f"device[{i}] ({dev.id}).fed_from: the supply loops back to {dev.id}"
+                    )
+                if up in seen_ids:
+                    continue
+                seen_ids.add(up)
+                todo += upstream.get((dev.site, up), [])
 
     def site_by_id(self, site_id: str) -> Site:
         for s in self.site:

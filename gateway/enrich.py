@@ -10,8 +10,12 @@
   purity get ``o2_lpm`` (oxygen in the product, flow x purity, litres per minute at the site's
   conditions) and ``o2_produced_l`` (the device's cumulative oxygen, trapezoidal integration
   over the readings' timestamps, not across gaps longer than ``[enrich] max_gap_s``).
-- Every ``[enrich] chain_interval_s`` one ``chain`` point per site (tag ``site``): produced vs
-  delivered oxygen; see gateway/README.md "Enrichment" for the fields and the units.
+- Every ``[enrich] chain_interval_s`` one ``chain`` point per site (tag ``site``): produced,
+  stored, delivered and used oxygen with the losses and the days of oxygen left (the supply's
+  part in gateway/supply_chain.py); see gateway/README.md "Enrichment" for the fields and units.
+
+``[enrich] speed`` (1 in production; demos set the simulators' time compression) multiplies the
+time between readings in totals and rates, so they count simulated litres and minutes.
 
 Flows in the balance are volumes at the site's conditions: the barometric pressure the site's
 room boards measure (their mean; the ISA pressure of ``altitude_m`` without one) and the rooms'
@@ -36,6 +40,8 @@ from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
 from gateway.readings import FieldValue, Reading, number
 from gateway.state_store import StateStore
+from gateway.supply_chain import SupplyChain
+from gateway.supply_forecast import SupplyForecast
 from o2base.registers import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
@@ -125,8 +131,10 @@ class Enricher:
         config: GatewayConfig,
         store: StateStore | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        forecast: SupplyForecast | None = None,
     ):
         self.config = config
+        self.speed = config.enrich.speed
         self.store = store
         self.clock_ms = clock_ms
         self.definition = oxygen.EqAltDefinition(config.enrich.eq_alt_definition)
@@ -149,6 +157,9 @@ class Enricher:
         self._delivered_l: dict[str, float] = {}
         self._last_chain_ms: dict[str, int] = {}
         self.last_chain: dict[str, dict[str, FieldValue]] = {}
+        # The supply's part of the balance (stores, metered delivery, loss, days left); the
+        # forecast stage's trends give the days left.
+        self.supply = SupplyChain(config, forecast, self._fresh)
         self._lock = threading.Lock()
         now = clock_ms()
         self._next_chain_ms = now + self.chain_interval_ms
@@ -214,6 +225,7 @@ class Enricher:
             flow = self._flow_lpm(dev, r.fields, now)
             if flow is not None:
                 self._supply_lpm[key] = (flow, now)
+            self.supply.observe(dev, r.fields, r.ts_ms, now)
         return r
 
     def site_conditions(self, site: str, now: int) -> tuple[float, float]:
@@ -320,7 +332,7 @@ class Enricher:
                 r.measurement, r.tags, fields, r.ts_ms, r.meta
             )  # replayed or duplicate: counted once
         if p.last_ts_ms is not None and r.ts_ms - p.last_ts_ms <= self.max_gap_ms:
-            minutes = (r.ts_ms - p.last_ts_ms) / 60_000.0
+            minutes = (r.ts_ms - p.last_ts_ms) / 60_000.0 * self.speed
             p.total_l += (p.o2_lpm + o2_lpm) / 2.0 * minutes
         p.last_ts_ms, p.o2_lpm, p.purity_pct = r.ts_ms, o2_lpm, purity
         fields["o2_produced_l"] = round(p.total_l, 3)
@@ -373,7 +385,7 @@ class Enricher:
         if last is not None and now - last <= max(self.max_gap_ms, 2 * self.chain_interval_ms):
             prev = self.last_chain.get(site, {}).get("delivered_o2_lpm", 0.0)
             prev_lpm = float(prev) if isinstance(prev, int | float) else 0.0
-            minutes = (now - last) / 60_000.0
+            minutes = (now - last) / 60_000.0 * self.speed
             self._delivered_l[site] = (
                 self._delivered_l.get(site, 0.0) + (prev_lpm + delivered_lpm) / 2 * minutes
             )
@@ -390,6 +402,8 @@ class Enricher:
             "delivered_o2_l": round(self._delivered_l.get(site, 0.0), 3),
             "balance_o2_lpm": round(produced_lpm - delivered_lpm, 4),
         }
+        if estimated:
+            fields["used_o2_lpm"] = fields["delivered_o2_lpm"]  # the four-stage chain's name
         if produced_lpm > 0 and estimated:
             fields["delivered_share"] = round(delivered_lpm / produced_lpm, 4)
         if rooms:
@@ -407,6 +421,16 @@ class Enricher:
         if supplies:
             fields["supplied_lpm"] = round(sum(supplies), 4)
         kpa, temp_c = self.site_conditions(site, now)
+        fields.update(
+            self.supply.fields(
+                site,
+                now,
+                producers=dict(self._producers),
+                supply_lpm=self._supply_lpm,
+                product_purity=product_purity,
+                to_site=oxygen.actual_flow_from_normal(1.0, kpa, temp_c),
+            )
+        )
         fields["site_baro_kpa"] = round(kpa, 3)
         fields["site_temp_c"] = round(temp_c, 2)
         return fields

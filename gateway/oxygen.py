@@ -27,6 +27,13 @@ NORMAL_KPA = P0_KPA
 # factory default of 101.3 kPa on the plateau (+57 %), hPa/kPa or mbar mix-ups (x10), a
 # stuck or unpowered sensor, and a site altitude wrong by more than ~900 m.
 BARO_SITE_TOLERANCE = 0.10
+# Liquid oxygen: 1.141 kg/L at its boiling point; O2 31.999 g/mol; an ideal gas mole is
+# 22.414 normal litres: one litre of liquid gives about 799 normal litres of gas
+# (docs/domain.md, "Medical gas supply").
+LOX_KG_PER_L = 1.141
+O2_G_PER_MOL = 31.999
+NORMAL_L_PER_MOL = 22.414
+LOX_GAS_NL_PER_L = LOX_KG_PER_L * 1000.0 / O2_G_PER_MOL * NORMAL_L_PER_MOL
 AIR_O2_PCT = 20.95  # outdoor air at every altitude (docs/domain.md "Fraction and partial pressure")
 AIRWAY_WATER_KPA = 6.27  # water vapour of an airway saturated at 37 degC (West)
 

@@ -82,11 +82,64 @@ def test_demo_leaves_data_and_no_process(demo_run: DemoRun) -> None:
             db="o2chain",
         )
         assert len(polled) == 3 and all(p["count"] >= 5 for p in polled), polled
-        # The supply link is in the demo: the manifold and the LOX tank polled over Modbus.
+        # The supply link is in the demo: buffer tank, zone valve box, manifold and LOX tank
+        # polled over Modbus.
         supply = influx.query_points(
-            "SELECT count(pressure_kpa) FROM supply GROUP BY device", db="o2chain"
+            "SELECT count(flow_m3h) FROM supply GROUP BY device", db="o2chain"
         )
-        assert {p["device"] for p in supply} == {"manifold-1", "lox-1"}, supply
+        assert {p["device"] for p in supply} == {"buffer-1", "panel-1", "manifold-1", "lox-1"}
+        assert all(p["count"] >= 3 for p in supply), supply
+
+
+def test_demo_supply_fault_is_raised_in_the_first_minute(demo_run: DemoRun) -> None:
+    """The riser regulator feeding the zone valve box fails from 60 simulated seconds: within
+    the demo's first minute the area alarm panel's zones sag below 320 kPa and its own alarm
+    is raised (read back from InfluxDB), and the supply points are there by then."""
+    lines = demo_run.stdout.splitlines()
+    assert any(
+        "alarm RAISED" in x and "lhasa-hotel/panel-1/equipment-pressure-low" in x for x in lines
+    ), demo_run.stdout[-3000:]
+    with InfluxDB(demo_run.data_dir / "services") as influx:
+        [raised] = influx.query_points(
+            "SELECT first(value) FROM alarm WHERE device = 'panel-1' "
+            "AND rule = 'equipment-pressure-low' AND state = 'raise'",
+            db="o2chain",
+        )
+        [first_supply] = influx.query_points("SELECT first(flow_m3h) FROM supply", db="o2chain")
+        assert 0 <= raised["time"] - first_supply["time"] < 60_000, (raised, first_supply)
+        before = influx.query_points(
+            f"SELECT count(flow_m3h) FROM supply WHERE time <= {raised['time']}ms GROUP BY device",
+            db="o2chain",
+        )
+        assert {p["device"] for p in before} == {"buffer-1", "panel-1", "manifold-1", "lox-1"}
+        [zones] = influx.query_points(
+            f"SELECT last(zone1_kpa) AS z1, last(zone2_kpa) AS z2 FROM supply "
+            f"WHERE device = 'panel-1' AND time <= {raised['time']}ms",
+            db="o2chain",
+        )
+        assert zones["z1"] < 320.0 and zones["z2"] < 320.0  # 80 % of the normal 400 kPa
+
+
+def test_demo_chain_balance_has_the_supply(demo_run: DemoRun) -> None:
+    """The chain points carry the supply: stored oxygen, delivery where metered, use, and once
+    the trends have their history the loss and the days of oxygen left."""
+    with InfluxDB(demo_run.data_dir / "services") as influx:
+        [last] = influx.query_points(
+            "SELECT last(stored_o2_l) AS stored, last(stores_reporting) AS stores, "
+            "last(delivered_metered_o2_lpm) AS metered, last(used_o2_lpm) AS used, "
+            "last(loss_o2_lpm) AS loss, last(days_left) AS days, "
+            "last(produced_o2_lpm) AS produced FROM chain WHERE site = 'lhasa-hotel'",
+            db="o2chain",
+        )
+    # Buffer tank, manifold and LOX tank: about 2.1 million litres of O2 at Lhasa's pressure.
+    assert last["stores"] == 3 and 1.9e6 < last["stored"] < 2.3e6, last
+    # The zone valve box (43.2 Nm3/h of plant product), the LOX tank's 20 and the manifold's
+    # 3 Nm3/h, at Lhasa's pressure: about 1,770 L/min of O2.
+    assert 1600 < last["metered"] < 1900 and 900 < last["used"] < 1400, last
+    # The LOX tank's boil-off (~23 L/min), and the riser leak (~78 L/min) once it started,
+    # give or take the short trend's noise; a unit slip would be hundreds off.
+    assert -150 < last["loss"] < 300, last
+    assert 1.8 < last["days"] < 2.7, last  # mostly the LOX tank at 30 % drawing 20 Nm3/h
 
 
 def test_demo_broker_takes_only_each_accounts_own_login(demo_run: DemoRun) -> None:

@@ -50,6 +50,11 @@ INFLUX_PORT = 8086
 INFLUX_RPC_PORT = 8088
 DEFAULT_SPEED = 20.0
 REPORT_EVERY_S = 10.0
+# The supply trends in simulated seconds: the stores' change and the loss over 15 minutes, the
+# days of oxygen left over the last hour with 5 minutes of history before a first claim.
+DEMO_STOCK_WINDOW_S = 900.0
+DEMO_FORECAST_WINDOW_S = 3600.0
+DEMO_FORECAST_MIN_SPAN_S = 300.0
 # The demo acknowledges its first alarm (severity alarm or critical) this long after it rose,
 # as the operator, so the story shows an acknowledgement within minutes.
 AUTO_ACK_AFTER_S = 15.0
@@ -171,6 +176,7 @@ def _gateway_config(
     sites: list[dict[str, Any]],
     devices: list[dict[str, Any]],
     http_listen: str = "127.0.0.1:0",
+    speed: float = 1.0,
 ) -> Path:
     from gateway.config import GatewayConfig
 
@@ -192,7 +198,10 @@ def _gateway_config(
             "http_listen": http_listen,
             "metrics_interval_s": 5.0,  # livelier than a plant's default, for watching
         },
-        "enrich": {"chain_interval_s": 5.0},
+        # Totals, trends and days left in the scenario's simulated time; trends over windows
+        # a demo of a few minutes fills (a site's defaults are 30 min and 6 h: docs/README).
+        "enrich": {"chain_interval_s": 5.0, "speed": speed, "stock_window_s": DEMO_STOCK_WINDOW_S},
+        "forecast": {"window_s": DEMO_FORECAST_WINDOW_S, "min_span_s": DEMO_FORECAST_MIN_SPAN_S},
         "mqtt": mqtt,
         "influx": {"url": services.influxdb.url, "database": DATABASE, "flush_interval_s": 0.5},
         "site": sites,
@@ -340,6 +349,10 @@ def format_status(status: dict[str, Any]) -> list[str]:
         lines.append("  rooms        (no readings yet)")
     if producers:
         lines.append(f"  oxygen       {'; '.join(producers)}")
+    for site in status.get("sites", []):
+        chain = format_chain(site.get("chain") or {})
+        if chain:
+            lines.append(f"  O2 chain     {chain}")
     lines.append("  out of band  " + (_few(out_of_band) or "none"))
     lines.append("  offline      " + (_few(offline) or "none"))
     counts = status.get("alarm_counts", {})
@@ -354,6 +367,30 @@ def format_status(status: dict[str, Any]) -> list[str]:
         + f", {counts.get('unacked', 0)} unacknowledged, {counts.get('shelved', 0)} shelved"
     )
     return lines
+
+
+def format_chain(chain: dict[str, Any]) -> str:
+    """The site's chain balance in one line: produced, stored, delivered, used, loss, days."""
+
+    def lpm(key: str) -> str | None:
+        value = chain.get(key)
+        return f"{float(value):.0f} L/min" if isinstance(value, int | float) else None
+
+    stored = chain.get("stored_o2_l")
+    days = chain.get("days_left")
+    parts = []
+    for label, text in (
+        ("produced", lpm("produced_o2_lpm")),
+        ("stored", f"{float(stored) / 1000:.0f} m3" if isinstance(stored, int | float) else None),
+        ("stored change", lpm("stored_change_o2_lpm")),
+        ("delivered (metered)", lpm("delivered_metered_o2_lpm")),
+        ("used (rooms)", lpm("used_o2_lpm")),
+        ("loss", lpm("loss_o2_lpm")),
+        ("days of O2 left", f"{float(days):.1f}" if isinstance(days, int | float) else None),
+    ):  # fmt: skip
+        if text is not None:
+            parts.append(f"{label} {text}")
+    return ", ".join(parts)
 
 
 def _few(items: list[str], limit: int = 6) -> str:
@@ -655,7 +692,7 @@ def _run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             host = args.bind if ":" not in args.bind else f"[{args.bind}]"
             gw_config = _gateway_config(
-                services, data_dir, sites, devices, f"{host}:{ports['live page']}"
+                services, data_dir, sites, devices, f"{host}:{ports['live page']}", args.speed
             )
             gateway = ChildProcess(
                 o2chain_argv("gateway", "run", "-c", str(gw_config)),

@@ -27,6 +27,8 @@ def gateway_devices(
                 "profile": ep["profile"],
             }
         )
+        if ep.get("fed_from"):  # a coupled supply device: the chain balance's topology
+            out[-1]["fed_from"] = list(ep["fed_from"])
     for dev_id, ep in boards.items():
         row = {"id": dev_id, "site": ep["site"], "kind": ep["kind"], "transport": "mqtt"}
         for key in ("room", "ventilation_m3h"):

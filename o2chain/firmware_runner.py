@@ -322,6 +322,11 @@ class BoardRunner:
     def returncode(self) -> int | None:
         return None if self._child is None else self._child.returncode
 
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """The exit code once the firmware process ended (a reset exits it), or None after
+        ``timeout_s``."""
+        return None if self._child is None else self._child.wait(timeout_s)
+
     def start(self) -> BoardRunner:
         """Prepare the board filesystem and sensors, then boot the firmware (non-blocking)."""
         if self.running:

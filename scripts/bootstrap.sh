@@ -37,6 +37,9 @@ if [ "${1:-}" = "--test-tools" ]; then
   # pair, with loss, rate and partitions (o2chain/tests/test_region_wan.py, o2base/netns.py).
   [ -x /sbin/ip ] || [ -x /usr/sbin/ip ] || [ -x /bin/ip ] || need_debs+=(iproute2)
   [ -x /usr/sbin/nft ] || [ -x /sbin/nft ] || need_debs+=(nftables)
+  # An independent Modbus client, to read the simulators as a third party would
+  # (simulators/tests/test_mbpoll.py).
+  command -v mbpoll >/dev/null 2>&1 || need_debs+=(mbpoll)
 fi
 [ -x .venv/bin/python ] || pick_python >/dev/null || need_debs+=(python3 python3-venv)
 if [ "${#need_debs[@]}" -gt 0 ]; then

@@ -52,6 +52,9 @@ from simulators.modbus_server import (
 from simulators.physics.atmosphere import Weather
 from simulators.physics.concentrator import ConcentratorModel, params_from_profile
 from simulators.physics.room import FixedSupply, FlowBasis, RoomKind, RoomModel, room_params
+from simulators.physics.supply import AreaPanelModel, BufferTankModel
+
+NL_MIN_TO_M3H = 60.0 / 1000.0  # normal litres per minute to normal m3 per hour
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +87,16 @@ class Action(StrEnum):
     MODBUS_EXCEPTION = "modbus_exception"  # value = exception code
     MODBUS_CORRUPT = "modbus_corrupt"  # value = every n-th answer damaged
     BROKER_RESTART = "broker_restart"  # target ignored
+    REGULATOR_DRIFT = "regulator_drift"  # supply, value = kPa/h the outlet sinks (0 stops it)
+    REGULATOR_REPAIRED = "regulator_repaired"  # supply: the outlet back at its setpoint
+    LEAK = "leak"  # buffer tank / manifold / LOX tank, value = normal m3/h (0: fixed)
 
 
 _ROOM_ACTIONS = {Action.VENTILATION_FAILED, Action.VENTILATION_RESTORED, Action.OCCUPANTS}
+_SUPPLY_ACTIONS = {Action.REGULATOR_DRIFT, Action.REGULATOR_REPAIRED, Action.LEAK}
 _VALUE_ACTIONS = {
+    Action.REGULATOR_DRIFT,
+    Action.LEAK,
     Action.OCCUPANTS,
     Action.FLOW_LPM,
     Action.COMPRESSOR_WEAR,
@@ -148,6 +157,11 @@ class SupplySpec(_Strict):
     level_pct: float | None = Field(default=None, ge=0, le=100)  # LOX tank at the start
     changeover_failed: bool = False  # manifold fault
     regulator_drift_kpa_per_h: float = 0.0  # a failing line regulator
+    # Coupled supply: a buffer tank fed from a plant takes the plant's product and gives the
+    # plant's pipeline branches (the plant also covers the tank's leak); an area alarm panel fed
+    # from a supply device draws on that device's pressure. Also the gateway's fed_from.
+    fed_from: list[str] = Field(default=[], max_length=1)
+    zones: list[list[str]] = []  # area panel: the rooms (pipeline branches) behind each zone
 
 
 class RoomSpec(_Strict):
@@ -218,6 +232,9 @@ class Scenario(_Strict):
         ids += [s.id for s in self.supply]
         if len(set(ids)) != len(ids):
             raise ValueError("plant, concentrator, supply and room ids must be unique")
+        supplies = {s.id: s for s in self.supply}
+        plants = {p.id for p in self.plant}
+        rooms_by_id = {r.id: r for r in self.room}
         for sup in self.supply:
             if sup.site not in sites:
                 raise ValueError(f"{sup.id}: unknown site {sup.site!r}")
@@ -225,6 +242,33 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"supply {sup.id}: profile {sup.profile!r} is not a supply profile"
                 )
+            model = _supply_model_name(sup)
+            for up in sup.fed_from:
+                if model == "buffer-tank" and up not in plants:
+                    raise ValueError(f"supply {sup.id}: fed_from {up!r} is not a plant")
+                if model == "area-panel" and up not in supplies:
+                    raise ValueError(f"supply {sup.id}: fed_from {up!r} is not a supply device")
+                if model not in ("buffer-tank", "area-panel"):
+                    raise ValueError(
+                        f"supply {sup.id}: fed_from is simulated for a buffer tank (from a "
+                        "plant) and an area alarm panel (from a supply device) only"
+                    )
+            if sup.zones:
+                if model != "area-panel":
+                    raise ValueError(f"supply {sup.id}: zones are an area alarm panel's")
+                nominal_zones = load_profile(sup.profile).nominal.get("zones", 3)
+                if len(sup.zones) > int(str(nominal_zones)):
+                    raise ValueError(
+                        f"supply {sup.id}: {len(sup.zones)} zones, the profile has {nominal_zones}"
+                    )
+                for zone in sup.zones:
+                    for room_id in zone:
+                        fed_room = rooms_by_id.get(room_id)
+                        if fed_room is None or fed_room.supply not in plants:
+                            raise ValueError(
+                                f"supply {sup.id}: zones: {room_id!r} is not a room on a "
+                                "plant's pipeline"
+                            )
         placed: list[tuple[str, str]] = [(e.id, e.site) for e in [*self.plant, *self.concentrator]]
         for thing_id, site in placed + [(r.id, r.site) for r in self.room]:
             if site not in sites:
@@ -240,10 +284,24 @@ class Scenario(_Strict):
         for event in self.event:
             if event.action is Action.BROKER_RESTART:
                 continue
-            if event.action in _ROOM_ACTIONS and event.target not in rooms:
-                raise ValueError(f"event at {event.at_s} s: {event.target!r} is not a room")
-            if event.action not in _ROOM_ACTIONS and event.target not in equipment:
-                raise ValueError(f"event at {event.at_s} s: {event.target!r} is not equipment")
+            where = f"event at {event.at_s} s: {event.target!r}"
+            if event.action in _ROOM_ACTIONS:
+                if event.target not in rooms:
+                    raise ValueError(f"{where} is not a room")
+            elif event.action in _SUPPLY_ACTIONS:
+                if event.target not in supplies:
+                    raise ValueError(f"{where} is not a supply device")
+                if event.action is Action.LEAK and _supply_model_name(
+                    supplies[event.target]
+                ) not in ("buffer-tank", "manifold", "lox-tank"):
+                    raise ValueError(
+                        f"{where}: a leak is simulated on a buffer tank, manifold or LOX tank"
+                    )
+            elif event.action.value.startswith("modbus_"):
+                if event.target not in equipment and event.target not in supplies:
+                    raise ValueError(f"{where} is not served over Modbus")
+            elif event.target not in equipment:
+                raise ValueError(f"{where} is not equipment")
         for e in [*self.plant, *self.concentrator]:
             load_profile(e.profile)  # raises ProfileError naming the profile
         return self
@@ -299,6 +357,37 @@ def _equipment_model(spec: EquipmentSpec, seed: int) -> ConcentratorModel:
     return ConcentratorModel(params, seed=seed, flow_lpm=spec.flow_lpm)
 
 
+def _supply_model_name(spec: SupplySpec) -> str:
+    """The physics a supply profile names (``[nominal] model``)."""
+    return str(load_profile(spec.profile).nominal.get("model", ""))
+
+
+def _supply_model(spec: SupplySpec, seed: int) -> Any:
+    """A supply device's physics in the state the scenario starts it in."""
+    model: Any = model_for(load_profile(spec.profile), seed=seed)
+    if spec.demand_m3h is not None:
+        for demand in _demands(model):
+            demand.demand_m3h = spec.demand_m3h
+    if spec.left_bank_kpa is not None and hasattr(model, "bank_kpa"):
+        model.bank_kpa[model.in_service] = spec.left_bank_kpa
+    if spec.level_pct is not None and hasattr(model, "liquid_l"):
+        model.liquid_l = model.params.capacity_l * spec.level_pct / 100.0
+    if spec.changeover_failed:
+        model.changeover_failed = True
+    regulator = getattr(getattr(model, "params", None), "regulator", None)
+    if regulator is not None:
+        regulator.drift_kpa_per_h = spec.regulator_drift_kpa_per_h
+    if isinstance(model, BufferTankModel) and spec.fed_from:
+        # The plant's pipeline draws the rooms' branch flows, whatever the line pressure; the
+        # pressure the rooms see is modelled at the zone valve box downstream.
+        model.params.regulator.droop_kpa_per_m3h = 0.0
+        model.inflow_m3h = 0.0
+    if isinstance(model, AreaPanelModel) and spec.zones:
+        for zone in model.params.zones:
+            zone.demand.demand_m3h = 0.0  # set from its rooms' branches as the world runs
+    return model
+
+
 def _demands(model: Any) -> list[Any]:
     """The flow demands of a supply model (one, or one per zone of an area panel)."""
     params: Any = getattr(model, "params", None)
@@ -326,6 +415,12 @@ class World:
             self.equipment_weather[spec.id] = weathers[spec.site]
         self.plants = {p.id for p in scenario.plant}
         self.branches: dict[str, list[tuple[FixedSupply, float]]] = {p: [] for p in self.plants}
+        # Supply equipment, stepped with everything else (coupled to plants and rooms).
+        self.supply_specs = {s.id: s for s in scenario.supply}
+        self.supplies: dict[str, Any] = {
+            s.id: _supply_model(s, seed * 1000 + 500 + n) for n, s in enumerate(scenario.supply)
+        }
+        self.room_branch: dict[str, FixedSupply] = {}
         supplies: list[Any] = []
         for room_spec in scenario.room:
             supply: Any
@@ -334,6 +429,7 @@ class World:
             elif room_spec.supply in self.plants:
                 supply = FixedSupply(room_spec.supply_flow_lpm, 93.0, FlowBasis.NORMAL)
                 self.branches[room_spec.supply].append((supply, room_spec.supply_flow_lpm))
+                self.room_branch[room_spec.id] = supply
             else:
                 supply = self.equipment[room_spec.supply]
             supplies.append(supply)
@@ -353,20 +449,52 @@ class World:
                 seed=seed * 1000 + 500 + n,
                 drives_supply=False,
             )
+        self._sync_supplies()
 
     def _sync_ambient(self) -> None:
         for equipment_id, weather in self.equipment_weather.items():
             self.equipment[equipment_id].ambient_kpa = weather.pressure_kpa(self.t_s)
 
+    def _tanks_of(self, plant_id: str) -> list[Any]:
+        return [
+            self.supplies[s.id]
+            for s in self.supply_specs.values()
+            if plant_id in s.fed_from and isinstance(self.supplies[s.id], BufferTankModel)
+        ]
+
     def _sync_branches(self) -> None:
-        """Plant flow = sum of its branches; each branch gets the plant's product."""
+        """Plant flow = sum of its branches (plus the leaks of the buffer tanks it fills, which
+        it covers to hold their pressure); each branch gets the plant's product."""
         for plant_id, branches in self.branches.items():
             plant = self.equipment[plant_id]
+            leaks = sum(t.params.demand.leak_m3h for t in self._tanks_of(plant_id))
             if branches:
-                plant.flow_setpoint_lpm = sum(flow for _, flow in branches)
+                plant.flow_setpoint_lpm = sum(flow for _, flow in branches) + leaks / NL_MIN_TO_M3H
             for supply, flow in branches:
                 supply.flow_lpm = flow if plant.running else 0.0
                 supply.purity_pct = plant.purity_pct
+
+    def _sync_supplies(self) -> None:
+        """Coupled supply devices follow their plant, their upstream device and their rooms."""
+        for sup_id, spec in self.supply_specs.items():
+            model = self.supplies[sup_id]
+            if not spec.fed_from:
+                continue
+            up = spec.fed_from[0]
+            if isinstance(model, BufferTankModel):
+                plant = self.equipment[up]
+                branches = sum(flow for _, flow in self.branches.get(up, []))
+                model.params.demand.demand_m3h = branches * NL_MIN_TO_M3H
+                model.inflow_m3h = plant.flow_lpm * NL_MIN_TO_M3H
+            elif isinstance(model, AreaPanelModel):
+                model.params.source_kpa = self.supplies[up].source_kpa()
+        for sup_id, spec in self.supply_specs.items():
+            model = self.supplies[sup_id]
+            if isinstance(model, AreaPanelModel) and spec.zones:
+                for zone, rooms in zip(model.params.zones, spec.zones, strict=False):
+                    zone.demand.demand_m3h = NL_MIN_TO_M3H * sum(
+                        self.room_branch[r].flow_lpm for r in rooms
+                    )
 
     def advance(self, dt_s: float) -> None:
         """Step everything by ``dt_s`` simulated seconds."""
@@ -376,6 +504,9 @@ class World:
         self._sync_branches()
         for room in self.rooms.values():
             room.advance(dt_s)
+        self._sync_supplies()
+        for supply in self.supplies.values():
+            supply.advance(dt_s)
         self.t_s += dt_s
 
     def apply(self, event: EventSpec) -> None:
@@ -389,6 +520,16 @@ class World:
                 room.ventilation_failed = False
             elif a is Action.OCCUPANTS and v is not None:
                 room.params.occupants = int(v)
+            return
+        supply = self.supplies.get(event.target)
+        if supply is not None:
+            regulator = supply.params.regulator
+            if a is Action.REGULATOR_DRIFT and v is not None:
+                regulator.drift_kpa_per_h = v
+            elif a is Action.REGULATOR_REPAIRED:
+                regulator.drift_kpa_per_h = regulator.drift_kpa = 0.0
+            elif a is Action.LEAK and v is not None:
+                supply.params.demand.leak_m3h = max(0.0, v)
             return
         model = self.equipment.get(event.target)
         if model is None:
@@ -530,28 +671,17 @@ class ScenarioRunner:
         self._tasks.append(asyncio.create_task(self._clock()))
         return endpoints
 
-    def _supply_device(self, spec: SupplySpec, seed: int) -> SimulatedDevice:
-        profile = load_profile(spec.profile)
-        model: Any = model_for(profile, seed=seed)
-        if spec.demand_m3h is not None:
-            for demand in _demands(model):
-                demand.demand_m3h = spec.demand_m3h
-        if spec.left_bank_kpa is not None and hasattr(model, "bank_kpa"):
-            model.bank_kpa[model.in_service] = spec.left_bank_kpa
-        if spec.level_pct is not None and hasattr(model, "liquid_l"):
-            model.liquid_l = model.params.capacity_l * spec.level_pct / 100.0
-        if spec.changeover_failed:
-            model.changeover_failed = True
-        regulator = getattr(getattr(model, "params", None), "regulator", None)
-        if regulator is not None:
-            regulator.drift_kpa_per_h = spec.regulator_drift_kpa_per_h
-        # The device steps its own physics at the runner's speed (not the room world's clock).
-        return SimulatedDevice(profile, model, unit=spec.unit, speed=self.speed)
+    def _supply_device(self, spec: SupplySpec) -> SimulatedDevice:
+        # The world steps the physics (coupled to plants and rooms); the device reads it.
+        return SimulatedDevice(
+            load_profile(spec.profile), self.world.supplies[spec.id], unit=spec.unit,
+            drive_model=False,
+        )  # fmt: skip
 
     async def _start_modbus(self, endpoints: Endpoints) -> None:
         groups: dict[tuple[str, str, int, str], list[tuple[Any, SimulatedDevice]]] = {}
-        for n, sup in enumerate(self.scenario.supply):
-            device = self._supply_device(sup, self.scenario.scenario.seed * 1000 + 500 + n)
+        for sup in self.scenario.supply:
+            device = self._supply_device(sup)
             self.devices[sup.id] = device
             scheme, where, port, _query = _listen_key(sup.listen)
             key = (scheme, where, port, sup.id if scheme == "tcp" and port == 0 else "")
@@ -596,6 +726,8 @@ class ScenarioRunner:
                     ),
                     "site": spec.site,
                 }
+                if isinstance(spec, SupplySpec) and spec.fed_from:
+                    endpoints.modbus[spec.id]["fed_from"] = list(spec.fed_from)
 
     def _start_boards(self, endpoints: Endpoints) -> None:
         sc = self.scenario

@@ -98,3 +98,48 @@ def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> No
                     continue
                 assert series[0]["columns"][0] == "time"
     assert not empty, f"{name}: panels without data from the demo run: {sorted(empty)}"
+
+
+@pytest.mark.integration
+def test_facility_shows_the_oxygen_chain_per_site(demo_run: DemoRun) -> None:
+    """Produced, stored, delivered, used, loss and days of oxygen left per site, from the
+    demo's chain points: every column answers with a number, in its unit."""
+    from dashboards.build import CHAIN_FIELDS, DAYS_LEFT_ALARM, DAYS_LEFT_WARN
+
+    by_title = {p["title"]: p for p in panels(render(DASHBOARDS["facility"]()))}
+    site = {"site": "(lhasa\\-hotel)"}
+    table_panel = by_title["Oxygen chain by site: produced, stored, delivered, used, loss"]
+    days_panel = by_title["Days of oxygen left"]
+    flows_panel = by_title["Oxygen chain over time: produced, stored change, delivered, used, loss"]
+    names = [name for _, name, _, _ in CHAIN_FIELDS]
+    assert names == ["produced", "stored", "stored change", "delivered", "used", "loss",
+                     "days left"]  # fmt: skip
+    units = {
+        o["matcher"]["options"]: o["properties"][0]["value"]
+        for o in table_panel["fieldConfig"]["overrides"]
+    }
+    assert units == {name: unit for _, name, unit, _ in CHAIN_FIELDS}
+    assert units["stored"] == "litre" and units["days left"] == "d"
+    steps_ = days_panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps_] == [None, DAYS_LEFT_ALARM, DAYS_LEFT_WARN]
+    with InfluxDB(demo_run.data_dir / "services") as influx:
+
+        def answer(panel: dict[str, Any]) -> list[dict[str, Any]]:
+            query = substitute(panel["targets"][0]["query"], site)
+            result = influx.query(query, db="o2chain")["results"][0]
+            assert "error" not in result, f"{panel['title']}: {result.get('error')}\n{query}"
+            series = result.get("series", [])
+            assert series, f"{panel['title']}: no data\n{query}"
+            return series
+
+        [row] = answer(table_panel)
+        assert row["tags"] == {"site": "lhasa-hotel"} and row["columns"] == ["time", *names]
+        values = dict(zip(row["columns"], row["values"][-1], strict=True))
+        assert all(isinstance(values[n], int | float) for n in names), values
+        assert 1.8 < values["days left"] < 2.7 and 1.9e6 < values["stored"] < 2.3e6, values
+        [days] = answer(days_panel)
+        assert any(v[1] is not None and 1.8 < v[1] < 2.7 for v in days["values"]), days
+        [flows] = answer(flows_panel)
+        assert flows["columns"] == ["time", "produced", "stored change", "delivered", "used",
+                                    "loss"]  # fmt: skip
+        assert any(all(x is not None for x in v) for v in flows["values"]), flows

@@ -370,8 +370,14 @@
       box.append(el("div", "muted", "Oxygen chain: waiting for the first balance point (every [enrich] chain_interval_s)."));
       return;
     }
-    const produced = chain.produced_o2_lpm, delivered = chain.delivered_o2_lpm;
-    const row = el("div", "chain-row");
+    const has = (k) => typeof chain[k] === "number" && Number.isFinite(chain[k]);
+    const group = (v) => (typeof v === "number" && Number.isFinite(v)
+      ? Math.round(v).toLocaleString("en-US") : "—");
+    // Flows: whole litres from 100 L/min up, else one or two decimals.
+    const lpm = (v) => (Math.abs(v) >= 100 ? group(v) : num(v, Math.abs(v) >= 10 ? 1 : 2));
+    // Stock: litres of O2 at the site's conditions; cubic metres from 10,000 L up.
+    const stock = (l) => (l >= 10000 ? [group(l / 1000), "m³ O₂"] : [group(l), "L O₂"]);
+    const signed = (v) => (v > 0 ? "+" : v < 0 ? "−" : "") + lpm(Math.abs(v));
     const kv = (k, v, unit) => {
       const box2 = el("div", "kv");
       const vv = el("span", "v", v);
@@ -379,15 +385,117 @@
       box2.append(el("span", "k", k), vv);
       return box2;
     };
+    const count = (a, b) => `${chain[a] ?? 0}/${chain[b] ?? 0}`;
+    const produced = chain.produced_o2_lpm, delivered = chain.delivered_o2_lpm;
+    // The middle of the chain shows once the site has supply devices with a stock or a meter.
+    const supply = (chain.stores ?? 0) > 0 || (chain.meters ?? 0) > 0;
+
+    // The chain's stages, left to right: produce -> store -> deliver -> use.
+    const stage = (name, cls, valueKv, notes) => {
+      const card = el("div", `stage ${cls}`);
+      card.setAttribute("role", "group");
+      card.setAttribute("aria-label", name);
+      card.append(el("div", "stage-name", name), valueKv);
+      for (const n of notes) if (n) card.append(el("div", "stage-note", n));
+      return card;
+    };
+    const arrow = () => {
+      const a = el("div", "stage-arrow", "→");
+      a.setAttribute("aria-hidden", "true");
+      return a;
+    };
+    const flow = el("div", "chain-flow");
+    flow.append(stage("Produce", "produce", kv("O₂ produced", lpm(produced), "L/min"),
+      [`${count("producers_reporting", "producers")} producers reporting`]));
+    if (supply) {
+      let storeKv, storeNotes = [];
+      if ((chain.stores ?? 0) === 0) {
+        storeKv = kv("O₂ stored", "—");
+        storeNotes = ["no tanks or cylinder banks configured"];
+      } else if (has("stored_o2_l")) {
+        const [v, unit] = stock(chain.stored_o2_l);
+        storeKv = kv("O₂ stored", v, unit);
+        if (has("stored_capacity_o2_l") && chain.stored_capacity_o2_l > 0) {
+          const share = chain.stored_o2_l / chain.stored_capacity_o2_l;
+          const bar = el("div", "bar stock");
+          bar.setAttribute("role", "meter");
+          bar.setAttribute("aria-label", "stored oxygen, share of the usable capacity");
+          bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
+          bar.setAttribute("aria-valuemin", "0");
+          bar.setAttribute("aria-valuemax", "100");
+          const fill = el("span");
+          fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
+          bar.append(fill);
+          storeKv.append(bar);
+          storeNotes.push(`${num(share * 100, 0)} % of the usable capacity`);
+        }
+        storeNotes.push(has("stored_change_o2_lpm")
+          ? `${signed(chain.stored_change_o2_lpm)} L/min ${chain.stored_change_o2_lpm < 0 ? "drawn from stock" : "into stock"}`
+          : "change: waiting for the trend");
+      } else {
+        storeKv = kv("O₂ stored", "—");
+        storeNotes = ["not every store reports its stock"];
+      }
+      storeNotes.push(`${count("stores_reporting", "stores")} stores reporting`);
+      flow.append(arrow(), stage("Store", "store", storeKv, storeNotes));
+      const metered = has("delivered_metered_o2_lpm");
+      flow.append(arrow(), stage("Deliver", "deliver",
+        kv("O₂ delivered (metered)", metered ? lpm(chain.delivered_metered_o2_lpm) : "—", "L/min"),
+        [(chain.meters ?? 0) > 0 ? `${count("meters_reporting", "meters")} outlet meters reporting`
+          : "bedside concentrators only", "pipeline meters and bedside units"]));
+    }
+    flow.append(arrow(), stage("Use", "use",
+      kv("O₂ used by rooms", chain.rooms_estimated ? lpm(delivered) : "—", "L/min"),
+      [`${count("rooms_reporting", "rooms")} rooms reporting`,
+        chain.rooms_estimated ? "estimate from ventilation" : "needs ventilation_m3h per room"]));
+    box.append(el("h3", "", supply ? "Oxygen chain: produce → store → deliver → use" : "Oxygen chain: produce → use"), flow);
+
+    // Losses and days of oxygen left.
+    if (supply) {
+      const out = el("div", "chain-outcome");
+      const loss = el("div", "outcome loss");
+      if (has("loss_o2_lpm")) {
+        const supplied = (chain.delivered_metered_o2_lpm ?? 0) + Math.max(0, chain.loss_o2_lpm);
+        const share = supplied > 0 ? chain.loss_o2_lpm / supplied : 0;
+        // A project choice for the colour only: above 5 % of the supply someone should look.
+        loss.dataset.level = share > 0.05 ? "warning" : "ok";
+        loss.append(kv("Losses", lpm(chain.loss_o2_lpm), "L/min"), el("div", "stage-note", chain.loss_o2_lpm < 0
+          ? "below zero: within the error of the meters and stock gauges (produced − change in stock − delivered)"
+          : `${num(share * 100, 1)} % of the oxygen supplied: leaks, venting, boil-off, unmetered use (produced − change in stock − delivered)`));
+      } else {
+        loss.dataset.level = "unknown";
+        const missing = [];
+        if ((chain.producers_reporting ?? 0) < (chain.producers ?? 0)) missing.push("a producer is silent");
+        if ((chain.stores_reporting ?? 0) < (chain.stores ?? 0)) missing.push("a store is silent");
+        if ((chain.meters_reporting ?? 0) < (chain.meters ?? 0)) missing.push("a meter is silent");
+        if (!(chain.meters > 0)) missing.push("no pipeline meter configured");
+        if ((chain.stores ?? 0) > 0 && !has("stored_change_o2_lpm")) missing.push("the stock trend needs more history");
+        loss.append(kv("Losses", "—"), el("div", "stage-note",
+          `not computed: ${missing.length ? missing.join(", ") : "waiting for every stage to report"}`));
+      }
+      const days = el("div", "outcome days");
+      if (has("days_left")) {
+        // The same limits as the supply devices' days-left alarms (gateway/supply_rules.py).
+        days.dataset.level = chain.days_left < 1 ? "alarm" : chain.days_left < 3 ? "warning" : "ok";
+        const running = chain.days_left < 365;
+        days.append(kv("Days of oxygen left", running ? num(chain.days_left, 1) : "365+", running ? "days" : ""),
+          el("div", "stage-note", running ? "the stores' stock over their net draw" : "the stores are not running down"));
+      } else {
+        days.dataset.level = "unknown";
+        days.append(kv("Days of oxygen left", "—"), el("div", "stage-note",
+          (chain.stores ?? 0) > 0 ? "waiting for the stores' forecast" : "no stores configured"));
+      }
+      out.append(loss, days);
+      box.append(out);
+    }
+
+    // The balance against the rooms' estimate, as before.
+    const row = el("div", "chain-row");
     row.append(
-      kv("O₂ produced", num(produced, 2), "L/min"),
-      kv("O₂ delivered to rooms", chain.rooms_estimated ? num(delivered, 2) : "—", "L/min"),
-      kv("Balance", chain.rooms_estimated ? num(chain.balance_o2_lpm, 2) : "—", "L/min"),
-      kv("Producers reporting", `${chain.producers_reporting ?? 0}/${chain.producers ?? 0}`),
-      kv("Rooms reporting", `${chain.rooms_reporting ?? 0}/${chain.rooms ?? 0}`),
+      kv("Balance (produced − used)", chain.rooms_estimated ? lpm(chain.balance_o2_lpm) : "—", "L/min"),
       kv("Produced total", num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
     );
-    box.append(el("h3", "", "Oxygen chain: produce → use"), row);
+    box.append(row);
     if (chain.rooms_estimated && produced > 0) {
       const share = delivered / produced;
       const bar = el("div", share > 1 ? "bar over" : "bar");
@@ -402,6 +510,9 @@
       box.append(bar, el("div", "muted", `${num(share * 100, 0)} % of the produced oxygen goes to the rooms' enrichment (estimate from ventilation).`));
     } else {
       box.append(el("div", "muted", "Delivered oxygen is estimated for rooms with ventilation_m3h in the gateway config."));
+    }
+    if (!supply) {
+      box.append(el("div", "muted", "Stock, metered delivery, losses and days of oxygen left show once supply devices (kind supply: tanks, manifolds, area alarm panels) are configured."));
     }
   }
 

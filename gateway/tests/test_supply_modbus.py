@@ -248,3 +248,25 @@ def test_days_left_forecast_from_polled_lox_level_raises_the_alarm(tmp_path: Pat
     manifold_rules = {e.alarm["rule"] for e in events if e.alarm["device"] == "manifold"}
     assert {"supply-days-left", "supply-days-left-low"} <= manifold_rules
     assert manifold_days_2h == pytest.approx(2 * 0.4 * 14000 / 101.325 / 3 / 24 - 2 / 24, rel=0.05)
+
+
+def test_a_field_name_keeps_one_type_across_supply_profiles() -> None:
+    """Every supply profile writes to the one ``supply`` measurement: a field decoded as an
+    integer by one profile and as a float by another would have InfluxDB refuse the second
+    device's points (docs/contracts.md: measurements are floats)."""
+
+    def kind(reg: Any) -> str:
+        if reg.type.value in ("bool", "bits"):
+            return "bool"
+        if reg.scale == 1.0 and reg.offset == 0.0 and reg.type.value != "float32":
+            return "int"
+        return "float"
+
+    seen: dict[str, tuple[str, str]] = {}
+    for name in SUPPLY_PROFILES:
+        for reg in load_profile(name).registers:
+            got = kind(reg)
+            other = seen.setdefault(reg.name, (name, got))
+            assert other[1] == got, f"{reg.name}: {got} in {name}, {other[1]} in {other[0]}"
+            if reg.unit:  # a measurement with a unit is a float
+                assert got == "float", f"{name}: {reg.name} ({reg.unit}) decodes as {got}"

@@ -117,8 +117,7 @@ def test_demo_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path: Path) ->
     try:
         demo.wait_for_log("o2chain demo: starting scenario", timeout_s=30)
         demo.signal(signal.SIGINT)
-        assert demo._proc is not None
-        code = demo._proc.wait(timeout=60)
+        code = demo.wait(60)
     finally:
         demo.stop()
     log = demo.log_text()
@@ -235,8 +234,7 @@ def test_sim_fleet_ctrl_c_is_one_line_and_exit_130(mosquitto: object, tmp_path: 
         try:
             probe.wait_for("o2/fleet-int/room-0001/telemetry")  # it runs
             fleet.signal(signal.SIGINT)
-            assert fleet._proc is not None
-            code = fleet._proc.wait(timeout=30)
+            code = fleet.wait(30)
         finally:
             fleet.stop()
     log = fleet.log_text()

@@ -138,3 +138,20 @@ def test_auto_ack_skips_an_alarm_that_cleared_before_it_was_due(monkeypatch: Any
     narrator.poll()
     assert acked == ["lhasa-hotel/conc-4/device-offline"]
     assert narrator.acked == acked
+
+
+def test_summary_tells_the_oxygen_chain_and_leaves_out_what_is_unknown() -> None:
+    from o2chain.demo import format_chain
+
+    status = _status()
+    status["sites"][0]["chain"] = {
+        "produced_o2_lpm": 1154.2, "stored_o2_l": 2113488.0, "stored_change_o2_lpm": -662.5,
+        "delivered_metered_o2_lpm": 1758.9, "used_o2_lpm": 1106.4, "loss_o2_lpm": 38.2,
+        "days_left": 2.24,
+    }  # fmt: skip
+    (line,) = [x for x in format_status(status) if x.strip().startswith("O2 chain")]
+    assert line.split(None, 2)[2] == (
+        "produced 1154 L/min, stored 2113 m3, stored change -662 L/min, delivered (metered) "
+        "1759 L/min, used (rooms) 1106 L/min, loss 38 L/min, days of O2 left 2.2"
+    )
+    assert format_chain({"produced_o2_lpm": 10.0}) == "produced 10 L/min"

@@ -148,6 +148,9 @@ class BufferTankModel(SupplyModel):
     the regulator's minimum inlet (setpoint + its min_dp) and the cut-out pressure, in %.
     Faults: ``plant_failed`` (no more inflow: the tank empties at the drawn flow), the demand's
     ``leak_m3h``, the regulator's drift, ``stuck``.
+
+    ``inflow_m3h`` (None: the pressure switch and ``fill_m3h`` above) is set by a scenario
+    whose plant feeds the tank: the plant's product flow, whatever the tank's pressure.
     """
 
     def __init__(self, params: BufferTankParams | None = None, seed: int = 0):
@@ -157,6 +160,11 @@ class BufferTankModel(SupplyModel):
         self.filling = False
         self.plant_failed = False
         self.temp_c = self.params.ambient_c
+        self.inflow_m3h: float | None = None
+
+    def source_kpa(self) -> float:
+        """The pressure upstream of the line regulator (what a riser downstream can draw on)."""
+        return self.tank_kpa
 
     def _out_m3h(self) -> float:
         p = self.params
@@ -170,11 +178,15 @@ class BufferTankModel(SupplyModel):
     def _step(self, dt_s: float) -> None:
         p = self.params
         p.regulator.advance(dt_s)
-        if self.tank_kpa < p.cut_in_kpa:
-            self.filling = True
-        elif self.tank_kpa >= p.cut_out_kpa:
-            self.filling = False
-        inflow = p.fill_m3h if self.filling and not self.plant_failed else 0.0
+        if self.inflow_m3h is not None:
+            inflow = 0.0 if self.plant_failed else max(0.0, self.inflow_m3h)
+            self.filling = inflow > 0.0
+        else:
+            if self.tank_kpa < p.cut_in_kpa:
+                self.filling = True
+            elif self.tank_kpa >= p.cut_out_kpa:
+                self.filling = False
+            inflow = p.fill_m3h if self.filling and not self.plant_failed else 0.0
         d_nm3 = (inflow - self._out_m3h()) * dt_s / 3600.0
         # n (normal m3) = V x P_abs / P_atm at a constant temperature.
         self.tank_kpa = max(0.0, self.tank_kpa + d_nm3 * ATM_KPA / p.volume_m3)
@@ -242,6 +254,10 @@ class ManifoldModel(SupplyModel):
         p = self.params
         return p.cylinders_per_bank * p.cylinder_water_l / 1000.0
 
+    def source_kpa(self) -> float:
+        """The pressure upstream of the line regulator: the bank in service."""
+        return self.bank_kpa[self.in_service]
+
     def replace_bank(self, bank: int) -> None:
         """Cylinders of ``bank`` (0 left, 1 right) replaced by full ones: reserve restored."""
         self.bank_kpa[bank] = self.params.full_kpa
@@ -291,6 +307,12 @@ class ManifoldModel(SupplyModel):
 
 
 # --------------------------------------------------------------------------- liquid oxygen tank
+# Level transmitter repeatability (project choice): 0.002 % of a 5,000 L tank is 0.1 L of
+# liquid, 80 normal litres of gas; a noisier gauge would hide the draw of a demo's few
+# compressed minutes in the chain balance's trend (a site's 30 min window averages it out).
+LOX_LEVEL_NOISE_PCT = 0.002
+
+
 @dataclass
 class LoxTankParams:
     """Vacuum-insulated evaporator (VIE): liquid capacity, pressures (gauge kPa), vaporiser."""
@@ -334,6 +356,10 @@ class LoxTankModel(SupplyModel):
     @property
     def level_pct(self) -> float:
         return 100.0 * self.liquid_l / self.params.capacity_l
+
+    def source_kpa(self) -> float:
+        """The pressure upstream of the line regulator: the inner vessel's."""
+        return self.tank_kpa
 
     def refill(self, level_pct: float = 95.0) -> None:
         """A tanker delivery tops the tank up to ``level_pct``."""
@@ -383,7 +409,9 @@ class LoxTankModel(SupplyModel):
         out_c = p.ambient_c - 10.0 * load - (30.0 if self.vaporiser_iced else 0.0)
         metered = max(0.0, drawn - p.demand.leak_m3h) if self.liquid_l > 0 else 0.0
         return {
-            "lox_level_pct": max(0.0, min(100.0, self.level_pct + self._noise(0.05))),
+            "lox_level_pct": max(
+                0.0, min(100.0, self.level_pct + self._noise(LOX_LEVEL_NOISE_PCT))
+            ),
             "tank_kpa": max(0.0, self.tank_kpa + self._noise(2.0)),
             "vaporiser_out_c": out_c + self._noise(0.2),
             "pressure_kpa": max(0.0, line + self._noise(0.5)),
@@ -489,6 +517,8 @@ def model_for_profile(nominal: dict[str, object], seed: int = 0) -> SupplyModel:
     regulator = LineRegulator(setpoint_kpa=setpoint)
     demand = Demand(demand_m3h=num("demand_m3h", 3.0), daily_swing=num("daily_swing", 0.0))
     if kind == "buffer-tank":
+        # The regulator's minimum inlet: the floor of the tank's usable gas.
+        regulator.min_dp_kpa = num("min_inlet_kpa", setpoint + 50.0) - setpoint
         return BufferTankModel(
             BufferTankParams(
                 volume_m3=num("volume_m3", 2.0),

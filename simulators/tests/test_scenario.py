@@ -114,6 +114,94 @@ def test_lhasa_world_in_simulated_time() -> None:
     assert world.rooms["room-303"].o2_pct > world.rooms["room-302"].o2_pct + 0.2
 
 
+def test_lhasa_supply_is_coupled_to_the_plant_and_the_rooms() -> None:
+    """The plant fills the buffer tank with what the rooms' branches draw, the zone valve box
+    meters them per floor, the failing riser regulator sags the zones below the area alarm
+    within the demo's first minutes, and the riser leak is made up by the plant, unmetered."""
+    sc = load_scenario("lhasa-hotel")
+    world = World(sc)
+    plant, tank, panel = (
+        world.equipment["psa-1"],
+        world.supplies["buffer-1"],
+        world.supplies["panel-1"],
+    )
+    events = sorted(sc.event, key=lambda e: e.at_s)
+    low_at: dict[str, float] = {}
+    seen: dict[float, dict[str, Any]] = {}
+    for step in range(1, 2700 // 5 + 1):
+        t = step * 5.0
+        while events and events[0].at_s <= t:
+            event = events.pop(0)
+            world.advance(event.at_s - world.t_s)
+            world.apply(event)
+        world.advance(t - world.t_s)
+        values = panel.values()
+        for zone in ("zone1_kpa", "zone2_kpa", "zone3_kpa"):
+            if zone not in low_at and float(values[zone]) < 320.0:
+                low_at[zone] = t
+        if t in (55.0, 500.0, 1000.0, 2000.0, 2700.0):
+            seen[t] = {
+                "plant": plant.flow_lpm, "tank_kpa": tank.tank_kpa, **tank.values(),
+                **{f"panel_{k}": v for k, v in values.items()},
+            }  # fmt: skip
+    branches = 20 * 36.0  # normal L/min
+    start = seen[55.0]
+    assert start["plant"] == branches
+    assert start["panel_zone1_m3h"] == pytest.approx(10 * 36 * 0.06, abs=0.05)
+    assert start["panel_flow_m3h"] == pytest.approx(branches * 0.06, abs=0.1)
+    assert 360.0 < float(start["panel_zone1_kpa"]) < 375.0  # 400 less droop and branch drop
+    assert start["panel_alarm_low"] is False
+    # The regulator drifts from 60 s: zones 1-2 below 320 kPa at about 205 s, zone 3 later.
+    assert 190.0 <= low_at["zone1_kpa"] <= 220.0 and 190.0 <= low_at["zone2_kpa"] <= 220.0
+    assert 250.0 <= low_at["zone3_kpa"] <= 290.0
+    assert seen[500.0]["panel_alarm_low"] is True
+    assert 255.0 < float(seen[500.0]["panel_zone1_kpa"]) < 280.0  # the drift stopped at 360 s
+    # The leak (600-1800 s): the plant covers it, the tank holds, no meter sees it.
+    leaking = seen[1000.0]
+    assert leaking["plant"] == pytest.approx(branches + 3.0 / 0.06)
+    assert leaking["tank_kpa"] == pytest.approx(800.0, abs=1.0)
+    assert leaking["level_pct"] == 100.0
+    assert leaking["panel_flow_m3h"] == pytest.approx(start["panel_flow_m3h"], abs=0.01)
+    assert seen[2000.0]["plant"] == branches
+    # The regulator replaced at 2400 s: the zones are back.
+    assert seen[2700.0]["panel_alarm_low"] is False
+    assert float(seen[2700.0]["panel_zone1_kpa"]) > 360.0
+
+
+def test_supply_scenario_errors_name_the_key(tmp_path: Path) -> None:
+    head = (
+        '[scenario]\nname = "x"\n[[site]]\nid = "s"\naltitude_m = 100\n'
+        '[[plant]]\nid = "p"\nsite = "s"\nprofile = "psa-plant"\n'
+        '[[room]]\nid = "r"\nsite = "s"\nsupply = "p"\n'
+        '[[room]]\nid = "q"\nsite = "s"\n'
+        '[[supply]]\nid = "tank"\nsite = "s"\nprofile = "buffer-tank"\nfed_from = ["p"]\n'
+    )
+    bad = tmp_path / "bad.toml"
+    for extra, error in (
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "buffer-tank"\nfed_from = ["tank"]\n',
+         "fed_from 'tank' is not a plant"),
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "area-alarm-panel"\nfed_from = ["p"]\n',
+         "fed_from 'p' is not a supply device"),
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "lox-tank"\nfed_from = ["tank"]\n',
+         "simulated for a buffer tank"),
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "area-alarm-panel"\nzones = [["q"]]\n',
+         "'q' is not a room on a plant's pipeline"),
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "lox-tank"\nzones = [["r"]]\n',
+         "zones are an area alarm panel's"),
+        ('[[supply]]\nid = "x"\nsite = "s"\nprofile = "area-alarm-panel"\n'
+         '[[event]]\nat_s = 1\ntarget = "x"\naction = "leak"\nvalue = 1\n',
+         "a leak is simulated on a buffer tank"),
+        ('[[event]]\nat_s = 1\ntarget = "p"\naction = "regulator_drift"\nvalue = 1\n',
+         "'p' is not a supply device"),
+        ('[[event]]\nat_s = 1\ntarget = "tank"\naction = "leak"\n', "needs a value"),
+    ):  # fmt: skip
+        bad.write_text(head + extra)
+        with pytest.raises(ScenarioError, match=error):
+            load_scenario(bad)
+    bad.write_text(head + '[[event]]\nat_s = 1\ntarget = "tank"\naction = "modbus_silent"\n')
+    assert load_scenario(bad).event[0].target == "tank"  # supplies are served over Modbus
+
+
 def test_lhasa_dryer_purity_falls_over_weeks() -> None:
     sc = load_scenario("lhasa-dryer")
     world = World(sc)
@@ -201,15 +289,23 @@ def test_runner_serves_modbus_and_boards_across_a_broker_restart(
     assert doc["ready"] and doc["mqtt"] == mosquitto.url
     assert set(doc["modbus"]) == {
         *("psa-1", "conc-1", "conc-2", "conc-3", "conc-4"),
-        *("manifold-1", "lox-1"),
+        *("buffer-1", "panel-1", "manifold-1", "lox-1"),
     }
     assert doc["modbus"]["lox-1"]["kind"] == "supply"
+    assert doc["modbus"]["panel-1"]["fed_from"] == ["buffer-1"]
+    assert "fed_from" not in doc["modbus"]["lox-1"]
     assert len(doc["boards"]) == 24
-    assert [e.action for _, e in runner.fired][:4] == [
-        Action.MODBUS_SILENT,  # conc-4's link, at 120 s
-        Action.VENTILATION_FAILED,
-        Action.DRYER_FAILED,
-        Action.BROKER_RESTART,
+    fired = [(e.at_s, e.action) for _, e in runner.fired]
+    assert fired[:3] == [
+        (60, Action.REGULATOR_DRIFT),  # the riser regulator starts failing
+        (120, Action.MODBUS_SILENT),  # conc-4's link
+        (360, Action.REGULATOR_DRIFT),
+    ]
+    assert sorted(fired[3:7]) == [
+        (600, Action.LEAK),
+        (600, Action.VENTILATION_FAILED),
+        (900, Action.DRYER_FAILED),
+        (1200, Action.BROKER_RESTART),
     ]
     assert restarts and restarts[0] == pytest.approx(1200, abs=1)
     assert doc["dew_point_c"] > -30.0  # the dryer failed at 900 s

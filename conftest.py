@@ -8,6 +8,7 @@ thing it guards went untested.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,10 @@ REQUIRED_TOOLS = {
     "nft": "the region WAN test's packet loss and partitions",
     "mbpoll": "reading the simulated Modbus equipment with an independent client",
 }
+# Fonts (fontconfig patterns) -> what needs them; scripts/bootstrap.sh installs them too.
+REQUIRED_FONTS = {
+    ":lang=zh-cn": "the live page's zh-CN tests and screenshots (Chinese glyphs, fonts-noto-cjk)",
+}
 _SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
 
 
@@ -45,8 +50,23 @@ def _found(tool: str) -> bool:
     )
 
 
+def _font_found(pattern: str) -> bool:
+    try:
+        out = subprocess.run(
+            ["fc-list", pattern, "family"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(out.strip())
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [f"{tool} ({why})" for tool, why in REQUIRED_TOOLS.items() if not _found(tool)]
+    missing += [
+        f"a font for {pattern} ({why})"
+        for pattern, why in REQUIRED_FONTS.items()
+        if not _font_found(pattern)
+    ]
     if missing:
         pytest.exit(
             "missing test tools: " + "; ".join(missing) + ". Run scripts/bootstrap.sh "

@@ -10,6 +10,14 @@ levels from ``gateway.builtin_rules.builtin_rules``, the outbox age limit from t
 default.
 
 Dashboards: Facility overview, Rooms, Concentrators and plants, Device health, Gateway.
+
+Languages: every text (titles, panel titles, descriptions, legends, column names, value
+mappings) comes from one catalogue per language, ``dashboards/i18n/{lang}.json``, through
+``tr("key", name=value)`` (``str.format`` placeholders). English is written to
+``generated/<name>.json`` with the uids ``o2chain-<name>``; every other language to
+``generated/<lang>/<name>.json`` with the uids ``o2chain-<name>-<lang>`` (lower case). The
+panels and their queries are the same in every language; only the labels a query gives its
+columns (``AS "..."``) are translated, because Grafana shows them as the legend.
 """
 
 from __future__ import annotations
@@ -30,12 +38,52 @@ from dashboards.influxql import DATASOURCE, InfluxQL
 from dashboards.region import region_dashboard
 from gateway import oxygen, supply_rules
 from gateway.builtin_rules import builtin_rules
-from gateway.config import GatewaySection, parse_config
+from gateway.config import GatewaySection, Severity, parse_config
 from gateway.telemetry import RejectReason
 from o2base.registers import load_profile
 
 GENERATED = Path(__file__).parent / "generated"
+I18N = Path(__file__).parent / "i18n"
+DEFAULT_LANGUAGE = "en"  # generated into GENERATED itself, with the uids it always had
 SCHEMA_VERSION = 39  # Grafana 11.x dashboards
+
+
+def languages() -> list[str]:
+    """Every language with a catalogue, English first."""
+    others = sorted(p.stem for p in I18N.glob("*.json") if p.stem != DEFAULT_LANGUAGE)
+    return [DEFAULT_LANGUAGE, *others]
+
+
+class Texts:
+    """One language's catalogue: ``tr("key", pct=82.0)`` is the text with its placeholders
+    filled (``str.format``). Remembers which keys were used (the tests want all of them)."""
+
+    def __init__(self, lang: str = DEFAULT_LANGUAGE) -> None:
+        self.lang = lang
+        self.texts: dict[str, str] = json.loads((I18N / f"{lang}.json").read_text("utf-8"))
+        self.used: set[str] = set()
+
+    def __call__(self, key: str, **params: Any) -> str:
+        text = self.texts.get(key)
+        if text is None:
+            raise KeyError(f"dashboards/i18n/{self.lang}.json has no text {key!r}")
+        self.used.add(key)
+        return text.format(**params) if params else text
+
+    def col(self, key: str) -> str:
+        """``AS "<label>"`` for a query column whose label Grafana shows."""
+        label = self(key)
+        if '"' in label or "\\" in label:
+            raise ValueError(f"{self.lang}.json {key}: a column label cannot hold quotes")
+        return f'AS "{label}"'
+
+    def uid(self, base: str) -> str:
+        return base if self.lang == DEFAULT_LANGUAGE else f"{base}-{self.lang.lower()}"
+
+
+def _texts(tr: Texts | None) -> Texts:
+    return tr if tr is not None else Texts()
+
 
 SITE_FILTER = '"site" =~ /^$site$/'
 DEVICE_FILTER = '"site" =~ /^$site$/ AND "device" =~ /^$device$/'
@@ -77,10 +125,10 @@ def steps(*pairs: tuple[float | None, str]) -> gd.ThresholdsConfig:
     )
 
 
-def site_variable() -> gd.QueryVariable:
+def site_variable(tr: Texts) -> gd.QueryVariable:
     return (
         gd.QueryVariable("site")
-        .label("Site")
+        .label(tr("var.site"))
         .datasource(DATASOURCE)
         .query('SHOW TAG VALUES WITH KEY = "site"')
         .multi(True)
@@ -135,11 +183,12 @@ def ts_panel(title: str, unit: str, description: str = "") -> timeseries.Panel:
     )
 
 
-def new_dashboard(title: str, uid: str, tags: list[str]) -> gd.Dashboard:
+def new_dashboard(tr: Texts, title_key: str, uid: str, tags: list[str]) -> gd.Dashboard:
+    lang_tags = [] if tr.lang == DEFAULT_LANGUAGE else [tr.lang]
     return (
-        gd.Dashboard(title)
-        .uid(uid)
-        .tags(["o2chain", *tags])
+        gd.Dashboard(tr(title_key))
+        .uid(tr.uid(uid))
+        .tags(["o2chain", *tags, *lang_tags])
         .refresh("10s")
         .time("now-1h", "now")
         .timezone("browser")
@@ -147,47 +196,69 @@ def new_dashboard(title: str, uid: str, tags: list[str]) -> gd.Dashboard:
     )
 
 
-def rooms() -> gd.Dashboard:
+def columns(tr: Texts, names: dict[str, str]) -> list[tuple[str, list[dm.DynamicConfigValue]]]:
+    """Table columns named by the catalogue: query column -> display name (and unit)."""
+    out = []
+    for column, key in names.items():
+        unit = None
+        if ":" in key:
+            key, unit = key.split(":", 1)
+        props = [dm.DynamicConfigValue(id_val="displayName", value=tr(key))]
+        if unit:
+            props.append(dm.DynamicConfigValue(id_val="unit", value=UNITS[unit]))
+        out.append((column, props))
+    return out
+
+
+UNITS = {"lpm": "suffix: L/min", "short": "short", "percent": "percent"}
+
+
+def with_columns(panel: table.Panel, tr: Texts, names: dict[str, str]) -> table.Panel:
+    for column, props in columns(tr, names):
+        panel.override_by_name(column, props)
+    return panel
+
+
+def rooms(tr: Texts | None = None) -> gd.Dashboard:
+    tr = _texts(tr)
     layout = Layout()
-    d = new_dashboard("o2chain / Rooms", "o2chain-rooms", ["rooms", "use"])
-    d.with_variable(site_variable()).with_variable(device_variable("room", "Room board"))
+    d = new_dashboard(tr, "rooms.title", "o2chain-rooms", ["rooms", "use"])
+    d.with_variable(site_variable(tr)).with_variable(device_variable("room", tr("var.room_board")))
     where = f"{DEVICE_FILTER} AND $timeFilter"
     band = steps(
         (None, "red"), (ROOM_DEFICIENT_PCT, "orange"), (ROOM_LOW_EFFECT_PCT, "yellow"),
         (ROOM_TARGET_LOW_PCT, "green"), (ROOM_TARGET_HIGH_PCT, "orange"),
     )  # fmt: skip
     d.with_panel(layout.place(
-        ts_panel("Room O2", "percent",
-                 "O2 volume fraction; green = target band 24-26 %; the red line is the "
-                 "high-O2 alarm level from the NFPA burn-rate limit at the measured pressure")
+        ts_panel(tr("rooms.o2"), "percent",
+                 tr("rooms.o2.desc", lo=ROOM_TARGET_LOW_PCT, hi=ROOM_TARGET_HIGH_PCT))
         .with_target(InfluxQL(
             f'SELECT mean("o2_pct") FROM "room" WHERE {where} '
             'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device"))
         .with_target(InfluxQL(
             f'SELECT {fire_limit_expr()} FROM "room" WHERE {where} '
             'GROUP BY time($__interval), "site" fill(none)', "B")
-            .alias("fire-safety limit $tag_site"))
+            .alias(tr("rooms.o2.fire_limit_series")))
         .thresholds(band)
         .thresholds_style(gd_thresholds_style("line+area")),
         w=24, h=9))  # fmt: skip
     d.with_panel(layout.place(
-        ts_panel("Oxygen partial pressure", "pressurekpa", "ppO2 = O2 % x barometric pressure")
+        ts_panel(tr("rooms.ppo2"), "pressurekpa", tr("rooms.ppo2.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("ppo2_kpa") FROM "room" WHERE {where} '
             'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device"))))  # fmt: skip
     d.with_panel(layout.place(
-        ts_panel("Equivalent altitude", "lengthm",
-                 "altitude whose normal air gives the same inspired O2 pressure (West)")
+        ts_panel(tr("rooms.eq_alt"), "lengthm", tr("rooms.eq_alt.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("eq_alt_m") FROM "room" WHERE {where} '
             'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device"))))  # fmt: skip
-    for title, fld, unit in (
-        ("Barometric pressure", "baro_kpa", "pressurekpa"),
-        ("Temperature", "temp_c", "celsius"),
-        ("Relative humidity", "rh_pct", "humidity"),
+    for key, fld, unit in (
+        ("rooms.baro", "baro_kpa", "pressurekpa"),
+        ("rooms.temp", "temp_c", "celsius"),
+        ("rooms.rh", "rh_pct", "humidity"),
     ):
         d.with_panel(layout.place(
-            ts_panel(title, unit)
+            ts_panel(tr(key), unit)
             .with_target(InfluxQL(
                 f'SELECT mean("{fld}") FROM "room" WHERE {where} '
                 'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device")),
@@ -200,11 +271,12 @@ def gd_thresholds_style(mode: str) -> gc.GraphThresholdsStyleConfig:
     return gc.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode(mode))
 
 
-def concentrators() -> gd.Dashboard:
+def concentrators(tr: Texts | None = None) -> gd.Dashboard:
+    tr = _texts(tr)
     layout = Layout()
-    d = new_dashboard("o2chain / Concentrators and plants", "o2chain-concentrators", ["produce"])
-    d.with_variable(site_variable()).with_variable(
-        device_variable("concentrator", "Concentrator / plant")
+    d = new_dashboard(tr, "conc.title", "o2chain-concentrators", ["produce"])
+    d.with_variable(site_variable(tr)).with_variable(
+        device_variable("concentrator", tr("var.producer"))
     )
     where = f"{DEVICE_FILTER} AND $timeFilter"
 
@@ -216,45 +288,46 @@ def concentrators() -> gd.Dashboard:
             w=w)  # fmt: skip
 
     d.with_panel(
-        series("Purity", "purity_pct", "percent", w=24,
-               desc=f"alarm lines: medical concentrators {MEDICAL_PURITY_ALARM_PCT:g} % "
-                    f"(ISO 80601-2-69), PSA plants {PLANT_PURITY_ALARM_PCT:g} % (Ph. Eur.)")
+        series(tr("conc.purity"), "purity_pct", "percent", w=24,
+               desc=tr("conc.purity.desc", medical=MEDICAL_PURITY_ALARM_PCT,
+                       plant=PLANT_PURITY_ALARM_PCT))
         .thresholds(steps((None, "red"), (MEDICAL_PURITY_ALARM_PCT, "orange"),
                           (PLANT_PURITY_ALARM_PCT, "green")))
         .thresholds_style(gd_thresholds_style("line"))
         .min(60).max(100))  # fmt: skip
-    d.with_panel(series("Flow", "flow_lpm", "suffix: L/min"))
-    d.with_panel(layout.place(
-        table.Panel().title("Purity vs flow (last hour)").datasource(DATASOURCE)
+    d.with_panel(series(tr("conc.flow"), "flow_lpm", "suffix: L/min"))
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("conc.purity_vs_flow")).datasource(DATASOURCE)
         .unit("percent")
-        .override_by_name("flow_lpm", [dm.DynamicConfigValue(id_val="unit", value="suffix: L/min")])
-        .description("purity must be judged with flow: it falls when flow exceeds the rating")
+        .description(tr("conc.purity_vs_flow.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("flow_lpm") AS "flow_lpm", mean("purity_pct") AS "purity_pct", '
             f'min("purity_pct") AS "min_purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"').table())))  # fmt: skip
-    d.with_panel(series("Outlet pressure", "outlet_kpa", "pressurekpa", w=8))
-    d.with_panel(series("Product tank pressure", "tank_kpa", "pressurekpa", w=8))
+            'GROUP BY "device"').table()),
+        tr, {"device": "col.device", "flow_lpm": "col.mean_flow:lpm",
+             "purity_pct": "col.mean_purity", "min_purity_pct": "col.min_purity"})))  # fmt: skip
+    d.with_panel(series(tr("conc.outlet"), "outlet_kpa", "pressurekpa", w=8))
+    d.with_panel(series(tr("conc.tank"), "tank_kpa", "pressurekpa", w=8))
     d.with_panel(layout.place(
-        ts_panel("Sieve bed pressures", "pressurekpa", "A/B asymmetry points at a valve fault")
+        ts_panel(tr("conc.beds"), "pressurekpa", tr("conc.beds.desc"))
         .with_target(InfluxQL(
-            f'SELECT mean("bed_a_kpa") AS "bed A", mean("bed_b_kpa") AS "bed B" '
+            f'SELECT mean("bed_a_kpa") {tr.col("conc.beds.a")}, '
+            f'mean("bed_b_kpa") {tr.col("conc.beds.b")} '
             f'FROM "concentrator" WHERE {where} GROUP BY time($__interval), "device" fill(none)')
             .alias("$tag_device $col")), w=8))  # fmt: skip
     d.with_panel(
-        series("Dew point after the dryer", "dew_point_c", "celsius", w=12,
-               desc="warn above -40 degC, alarm above -30 degC")
+        series(tr("conc.dew_point"), "dew_point_c", "celsius", w=12,
+               desc=tr("conc.dew_point.desc", warn=-40.0, alarm=-30.0))
         .thresholds(steps((None, "green"), (-40.0, "orange"), (-30.0, "red")))
         .thresholds_style(gd_thresholds_style("line")))  # fmt: skip
     d.with_panel(layout.place(
-        stat.Panel().title("Run hours").unit("h").datasource(DATASOURCE)
+        stat.Panel().title(tr("conc.run_hours")).unit("h").datasource(DATASOURCE)
         .reduce_options(last_value())
         .with_target(InfluxQL(
             f'SELECT last("run_h") FROM "concentrator" WHERE {where} GROUP BY "device"')
             .alias("$tag_device"))))  # fmt: skip
     d.with_panel(layout.place(
-        ts_panel("Purity trend (hourly mean)", "percent",
-                 "a slow slide over days at the same flow is sieve degradation")
+        ts_panel(tr("conc.purity_trend"), "percent", tr("conc.purity_trend.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("purity_pct") FROM "concentrator" '
             f'WHERE {where} GROUP BY time(1h), "device" fill(none)').alias("$tag_device")),
@@ -298,135 +371,157 @@ def bool_mappings(true_text: str, false_text: str) -> list[Any]:
     ]  # fmt: skip
 
 
-def facility() -> gd.Dashboard:
+def text_mappings(tr: Texts, values: dict[str, list[str]]) -> list[Any]:
+    """One value mapping for text fields: each value shown as the catalogue's
+    ``<prefix>.<value>`` (``values``: prefix -> the values)."""
+    pairs = [(v, tr(f"{prefix}.{v}")) for prefix, vs in values.items() for v in vs]
+    return [
+        dm.ValueMap(
+            {v: dm.ValueMappingResult(text=text, index=i) for i, (v, text) in enumerate(pairs)}
+        )
+    ]
+
+
+def facility(tr: Texts | None = None) -> gd.Dashboard:
     """Produce / supply / use at a glance."""
+    tr = _texts(tr)
     layout = Layout()
-    d = new_dashboard("o2chain / Facility overview", "o2chain-facility", ["overview"])
-    d.with_variable(site_variable())
+    d = new_dashboard(tr, "facility.title", "o2chain-facility", ["overview"])
+    d.with_variable(site_variable(tr))
     in_range = f"{SITE_FILTER} AND $timeFilter"
-    for title, unit, query, desc in (
-        ("O2 produced now", "suffix: L/min",
-         f'SELECT last("produced_o2_lpm") FROM "chain" WHERE {in_range}',
-         "oxygen in the product of all plants and concentrators (flow x purity)"),
-        ("O2 used by rooms now", "suffix: L/min",
-         f'SELECT last("delivered_o2_lpm") FROM "chain" WHERE {in_range}',
-         "oxygen the enriched rooms need (estimate from ventilation_m3h; 0 without it)"),
-        ("Rooms mean O2", "percent",
+    for key, unit, query, params in (
+        ("facility.produced_now", "suffix: L/min",
+         f'SELECT last("produced_o2_lpm") FROM "chain" WHERE {in_range}', {}),
+        ("facility.delivered_now", "suffix: L/min",
+         f'SELECT last("delivered_o2_lpm") FROM "chain" WHERE {in_range}', {}),
+        ("facility.rooms_mean", "percent",
          f'SELECT last("rooms_o2_mean_pct") FROM "chain" WHERE {in_range}',
-         "mean of the reporting rooms' O2; target band 24-26 %"),
-        ("Active alarms", "short",
-         'SELECT last("alarms_active") FROM "gateway" WHERE $timeFilter',
-         "active alarms in the gateway's alarm engine (all sites of the gateway)"),
-        ("Devices online", "short",
-         'SELECT last("devices_online") FROM "gateway" WHERE $timeFilter',
-         "boards (MQTT status/last will) and Modbus devices answering"),
-        ("Devices offline", "short",
-         'SELECT last("devices_offline") FROM "gateway" WHERE $timeFilter',
-         "boards whose last will arrived, Modbus devices not answering"),
+         {"lo": ROOM_TARGET_LOW_PCT, "hi": ROOM_TARGET_HIGH_PCT}),
+        ("facility.alarms_active", "short",
+         'SELECT last("alarms_active") FROM "gateway" WHERE $timeFilter', {}),
+        ("facility.online", "short",
+         'SELECT last("devices_online") FROM "gateway" WHERE $timeFilter', {}),
+        ("facility.offline", "short",
+         'SELECT last("devices_offline") FROM "gateway" WHERE $timeFilter', {}),
     ):  # fmt: skip
-        panel = stat_panel(title, unit, query, desc)
-        if title == "Rooms mean O2":
+        panel = stat_panel(tr(key), unit, query, tr(f"{key}.desc", **params))
+        if key == "facility.rooms_mean":
             panel.thresholds(room_band_steps()).color_mode(cm.BigValueColorMode.BACKGROUND)
-        elif title in ("Active alarms", "Devices offline"):
+        elif key in ("facility.alarms_active", "facility.offline"):
             panel.thresholds(steps((None, "green"), (1.0, "red")))
         else:
             panel.thresholds(steps((None, "blue")))
         d.with_panel(layout.place(panel, w=4, h=4))
     d.with_panel(layout.place(
-        ts_panel("Oxygen produced vs used by rooms", "suffix: L/min",
-                 "the chain balance per site (gateway/enrich.py): produced = flow x purity of "
-                 "the producers; used = the rooms' O2 demand estimated from ventilation "
-                 "(field delivered_o2_lpm)")
+        ts_panel(tr("facility.chain"), "suffix: L/min", tr("facility.chain.desc"))
         .with_target(InfluxQL(
-            f'SELECT mean("produced_o2_lpm") AS "produced", mean("delivered_o2_lpm") AS '
-            f'"used" FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
+            f'SELECT mean("produced_o2_lpm") {tr.col("facility.chain.produced")}, '
+            f'mean("delivered_o2_lpm") {tr.col("facility.chain.used")} '
+            f'FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
             "fill(none)").alias("$tag_site $col")), w=12, h=8))  # fmt: skip
-    for panel, w, h in chain_panels(in_range):
+    for panel, w, h in chain_panels(in_range, tr):
         d.with_panel(layout.place(panel, w=w, h=h))
     d.with_panel(layout.place(
-        bargauge.Panel().title("Rooms by O2 band").unit("percent").datasource(DATASOURCE)
-        .description(f"last O2 per room board: red < {ROOM_DEFICIENT_PCT:g} % (deficient), "
-                     f"orange < {ROOM_LOW_EFFECT_PCT:g} % (no effect), yellow below target, "
-                     f"green target {ROOM_TARGET_LOW_PCT:g}-{ROOM_TARGET_HIGH_PCT:g} %, "
-                     "blue above (the high alarm follows pressure: see Rooms)")
+        bargauge.Panel().title(tr("facility.bands")).unit("percent").datasource(DATASOURCE)
+        .description(tr("facility.bands.desc", deficient=ROOM_DEFICIENT_PCT,
+                        low=ROOM_LOW_EFFECT_PCT, lo=ROOM_TARGET_LOW_PCT,
+                        hi=ROOM_TARGET_HIGH_PCT))
         .min(18).max(30).thresholds(room_band_steps()).reduce_options(last_value())
         .display_mode(cm.BarGaugeDisplayMode.BASIC).orientation(cm.VizOrientation.HORIZONTAL)
         .with_target(InfluxQL(
             f'SELECT last("o2_pct") FROM "room" WHERE {in_range} GROUP BY "site", "device"')
             .alias("$tag_device")), w=12, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title("Plants and concentrators: running").unit("bool_on_off")
-        .datasource(DATASOURCE).mappings(bool_mappings("running", "stopped"))
-        .description("run state reported by each producer (Modbus coil or sensor board)")
+        statetimeline.Panel().title(tr("facility.running")).unit("bool_on_off")
+        .datasource(DATASOURCE)
+        .mappings(bool_mappings(tr("value.running"), tr("value.stopped")))
+        .description(tr("facility.running.desc"))
         .with_target(InfluxQL(
             f'SELECT last("state") FROM "concentrator" WHERE {in_range} '
             'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
         w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(
-        table.Panel().title("Producers now").unit("percent").datasource(DATASOURCE)
-        .description("last purity, flow and oxygen output per plant or concentrator")
-        .override_by_name("flow_lpm", [dm.DynamicConfigValue(id_val="unit", value="suffix: L/min")])
-        .override_by_name("o2_lpm", [dm.DynamicConfigValue(id_val="unit", value="suffix: L/min")])
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("facility.producers")).unit("percent").datasource(DATASOURCE)
+        .description(tr("facility.producers.desc"))
         .with_target(InfluxQL(
             f'SELECT last("purity_pct") AS "purity_pct", last("flow_lpm") AS "flow_lpm", '
             f'last("o2_lpm") AS "o2_lpm" FROM "concentrator" WHERE {in_range} '
-            'GROUP BY "device"').table()), w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(
-        table.Panel().title("Active alarms").unit("none").datasource(DATASOURCE)
-        .description("alarms whose last event (last 30 days) left them active, from the "
-                     "alarm engine's events (measurement alarm); acknowledge on the gateway's "
-                     "live page")
-        .with_target(InfluxQL(ACTIVE_ALARMS_QUERY).table()), w=24, h=8))  # fmt: skip
+            'GROUP BY "device"').table()),
+        tr, {"device": "col.device", "purity_pct": "col.purity", "flow_lpm": "col.flow:lpm",
+             "o2_lpm": "col.o2_out:lpm"}), w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("facility.alarms")).unit("none").datasource(DATASOURCE)
+        .description(tr("facility.alarms.desc"))
+        .mappings(text_mappings(tr, {"alarm_state": ALARM_EVENTS, "severity": SEVERITIES}))
+        .with_target(InfluxQL(ACTIVE_ALARMS_QUERY).table()),
+        tr, {"site": "col.site", "device": "col.device", "rule": "col.rule",
+             "severity": "col.severity", "state": "col.state", "message": "col.message",
+             "value": "col.value", "threshold": "col.threshold", "by": "col.by"}),
+        w=24, h=8))  # fmt: skip
     return d
 
 
+# What the alarm measurement's "state" and "severity" hold (gateway/alarms.py AlarmEvent and
+# gateway/config.py Severity): the active alarms table shows them through the catalogue.
+ALARM_EVENTS = ["raise", "ack", "shelve", "unshelve", "clear"]
+SEVERITIES = [s.value for s in Severity]
+
+
 # The oxygen chain with the supply (gateway/supply_chain.py, gateway/README.md "Enrichment"):
-# (field of the chain point, column / series name, unit, what it is).
+# (field of the chain point, its name in the table's query, unit); the names shown and what
+# each is come from the catalogue (chain.<name>, chain.<name>.what).
 CHAIN_FIELDS = (
-    ("produced_o2_lpm", "produced", "suffix: L/min", "O2 in the product of every producer"),
-    ("stored_o2_l", "stored", "litre", "usable O2 in the tanks and cylinder banks"),
-    ("stored_change_o2_lpm", "stored change", "suffix: L/min",
-     "the stores' trend: + filling, - drawn"),
-    ("delivered_metered_o2_lpm", "delivered", "suffix: L/min",
-     "O2 through the outermost supply meters and bedside concentrators"),
-    ("used_o2_lpm", "used", "suffix: L/min", "the rooms' O2 demand estimated from ventilation"),
-    ("loss_o2_lpm", "loss", "suffix: L/min", "produced - stored change - delivered"),
-    ("days_left", "days left", "d", "the stores' stock over their net draw"),
+    ("produced_o2_lpm", "produced", "suffix: L/min"),
+    ("stored_o2_l", "stored", "litre"),
+    ("stored_change_o2_lpm", "stored change", "suffix: L/min"),
+    ("delivered_metered_o2_lpm", "delivered", "suffix: L/min"),
+    ("used_o2_lpm", "used", "suffix: L/min"),
+    ("loss_o2_lpm", "loss", "suffix: L/min"),
+    ("days_left", "days left", "d"),
 )  # fmt: skip
 DAYS_LEFT_WARN = supply_rules.DAYS_LEFT_WARN  # the supply devices' days-left alarms
 DAYS_LEFT_ALARM = supply_rules.DAYS_LEFT_ALARM
 
 
-def chain_panels(in_range: str) -> list[tuple[Any, int, int]]:
+def chain_key(name: str) -> str:
+    return "chain." + name.replace(" ", "_")
+
+
+def chain_panels(in_range: str, tr: Texts) -> list[tuple[Any, int, int]]:
     """The facility's chain panels: a table per site, the flows over time, days of O2 left."""
-    columns = ", ".join(f'last("{f}") AS "{name}"' for f, name, *_ in CHAIN_FIELDS)
-    described = "; ".join(f"{name}: {what}" for _, name, _, what in CHAIN_FIELDS)
-    units = [dm.DynamicConfigValue(id_val="unit", value=unit) for _, _, unit, _ in CHAIN_FIELDS]
+    columns = ", ".join(f'last("{f}") AS "{name}"' for f, name, _ in CHAIN_FIELDS)
+    described = tr("list.semicolon").join(
+        tr("chain.item", name=tr(chain_key(name)), what=tr(chain_key(name) + ".what"))
+        for _, name, _ in CHAIN_FIELDS
+    )
     by_site = (
-        table.Panel().title("Oxygen chain by site: produced, stored, delivered, used, loss")
+        table.Panel().title(tr("facility.chain_by_site"))
         .unit("suffix: L/min").datasource(DATASOURCE)
-        .description("the last chain point of each site, O2 at the site's conditions; "
-                     f"{described}. An empty cell: not every stage reported (left out, not 0)")
+        .description(tr("facility.chain_by_site.desc", described=described))
         .with_target(InfluxQL(
             f'SELECT {columns} FROM "chain" WHERE {in_range} GROUP BY "site"').table())
     )  # fmt: skip
-    for (_, name, *_), unit in zip(CHAIN_FIELDS, units, strict=True):
-        by_site.override_by_name(name, [unit])
-    flows = [(f, name) for f, name, unit, _ in CHAIN_FIELDS if unit == "suffix: L/min"]
-    flow_columns = ", ".join(f'mean("{f}") AS "{name}"' for f, name in flows)
+    # The table's columns keep the query's names; Grafana shows the catalogue's.
+    by_site.override_by_name(
+        "site", [dm.DynamicConfigValue(id_val="displayName", value=tr("col.site"))]
+    )
+    for _, name, unit in CHAIN_FIELDS:
+        by_site.override_by_name(name, [
+            dm.DynamicConfigValue(id_val="displayName", value=tr(chain_key(name))),
+            dm.DynamicConfigValue(id_val="unit", value=unit),
+        ])  # fmt: skip
+    flows = [(f, name) for f, name, unit in CHAIN_FIELDS if unit == "suffix: L/min"]
+    flow_columns = ", ".join(f'mean("{f}") {tr.col(chain_key(name))}' for f, name in flows)
     over_time = (
-        ts_panel("Oxygen chain over time: produced, stored change, delivered, used, loss",
-                 "suffix: L/min",
-                 "per site, O2 L/min at the site's conditions: " + described)
+        ts_panel(tr("facility.chain_over_time"), "suffix: L/min",
+                 tr("facility.chain_over_time.desc", described=described))
         .with_target(InfluxQL(
             f'SELECT {flow_columns} FROM "chain" WHERE {in_range} '
             'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site $col"))
     )  # fmt: skip
     days = (
-        stat.Panel().title("Days of oxygen left").unit("d").datasource(DATASOURCE)
-        .description("per site: the usable stock of its tanks and cylinder banks over their net "
-                     f"draw (red below {DAYS_LEFT_ALARM:g} d, orange below {DAYS_LEFT_WARN:g} d: "
-                     "the supply devices' alarm limits); 365 = not running down")
+        stat.Panel().title(tr("facility.days_left")).unit("d").datasource(DATASOURCE)
+        .description(tr("facility.days_left.desc", alarm=DAYS_LEFT_ALARM, warn=DAYS_LEFT_WARN))
         .graph_mode(cm.BigValueGraphMode.AREA).reduce_options(last_value())
         .thresholds(steps((None, "red"), (DAYS_LEFT_ALARM, "orange"), (DAYS_LEFT_WARN, "green")))
         .color_mode(cm.BigValueColorMode.BACKGROUND)
@@ -449,12 +544,13 @@ ACTIVE_ALARMS_QUERY = (
 )
 
 
-def device_health() -> gd.Dashboard:
+def device_health(tr: Texts | None = None) -> gd.Dashboard:
+    tr = _texts(tr)
     layout = Layout()
-    d = new_dashboard("o2chain / Device health", "o2chain-device-health", ["health"])
+    d = new_dashboard(tr, "health.title", "o2chain-device-health", ["health"])
     device = (
         gd.QueryVariable("device")
-        .label("Device")
+        .label(tr("var.device"))
         .datasource(DATASOURCE)
         .query(f'SHOW TAG VALUES WITH KEY = "device" WHERE {SITE_FILTER}')
         .multi(True)
@@ -462,77 +558,78 @@ def device_health() -> gd.Dashboard:
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
     )
-    d.with_variable(site_variable()).with_variable(device)
+    d.with_variable(site_variable(tr)).with_variable(device)
     where = f"{DEVICE_FILTER} AND $timeFilter"
-    d.with_panel(layout.place(
-        table.Panel().title("Last seen").unit("none").datasource(DATASOURCE)
-        .description("time of each device's newest reading in the range (rooms: seq of the "
-                     "board; producers: purity)")
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("health.last_seen")).unit("none").datasource(DATASOURCE)
+        .description(tr("health.last_seen.desc"))
         .with_target(InfluxQL(
             f'SELECT last("seq") AS "seq" FROM "room" WHERE {where} GROUP BY "device"').table())
         .with_target(InfluxQL(
             f'SELECT last("purity_pct") AS "purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"', "B").table()), w=8, h=8))  # fmt: skip
+            'GROUP BY "device"', "B").table()),
+        tr, {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
+        w=8, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title("Online").unit("bool_on_off").datasource(DATASOURCE)
-        .mappings(bool_mappings("online", "offline"))
-        .description("device_health.online: Modbus answered its last polls / board status")
+        statetimeline.Panel().title(tr("health.online")).unit("bool_on_off")
+        .datasource(DATASOURCE)
+        .mappings(bool_mappings(tr("value.online"), tr("value.offline")))
+        .description(tr("health.online.desc"))
         .with_target(InfluxQL(
             f'SELECT last("online") FROM "device_health" WHERE {where} '
             'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
         w=16, h=8))  # fmt: skip
 
-    def health_series(title: str, fld: str, unit: str, desc: str = "", w: int = 8) -> Any:
+    def health_series(key: str, fld: str, unit: str, w: int = 8, **params: Any) -> Any:
         return layout.place(
-            ts_panel(title, unit, desc).with_target(InfluxQL(
+            ts_panel(tr(key), unit, tr(f"{key}.desc", **params)).with_target(InfluxQL(
                 f'SELECT mean("{fld}") FROM "device_health" WHERE {where} '
                 'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device")),
             w=w, h=7)  # fmt: skip
 
     d.with_panel(
-        health_series("Wi-Fi RSSI", "rssi_dbm", "dBm", "boards: below -80 dBm links drop")
+        health_series("health.rssi", "rssi_dbm", "dBm", drop=-80.0)
         .thresholds(steps((None, "red"), (-80.0, "orange"), (-70.0, "green")))
         .thresholds_style(gd_thresholds_style("line")))  # fmt: skip
-    d.with_panel(health_series("Free heap", "heap_free_b", "bytes",
-                               "boards: a steady slide is a leak"))  # fmt: skip
-    d.with_panel(health_series("Buffered readings", "buffered", "short",
-                               "boards: readings waiting in RAM/flash for the broker"))  # fmt: skip
-    d.with_panel(layout.place(
-        table.Panel().title("Reboots in range").unit("short").datasource(DATASOURCE)
-        .description("boot counter increase of each board (persisted on flash) in the range")
+    d.with_panel(health_series("health.heap", "heap_free_b", "bytes"))
+    d.with_panel(health_series("health.buffered", "buffered", "short"))
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("health.reboots")).unit("short").datasource(DATASOURCE)
+        .description(tr("health.reboots.desc"))
         .with_target(InfluxQL(
             f'SELECT spread("boot") AS "reboots", last("boot") AS "boot" FROM "room" '
-            f'WHERE {where} GROUP BY "device"').table()), w=8, h=7))  # fmt: skip
+            f'WHERE {where} GROUP BY "device"').table()),
+        tr, {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
+        w=8, h=7))  # fmt: skip
     d.with_panel(layout.place(
-        ts_panel("Modbus errors (cumulative)", "short",
-                 "timeouts, exception answers, CRC errors (RTU) and connection failures since "
-                 "the gateway started")
+        ts_panel(tr("health.modbus_errors"), "short", tr("health.modbus_errors.desc"))
         .with_target(InfluxQL(
-            f'SELECT max("timeouts") AS "timeouts", max("exceptions") AS "exceptions", '
-            f'max("crc_errors") AS "crc", max("io_errors") AS "io" FROM "device_health" '
+            f'SELECT max("timeouts") {tr.col("health.modbus_errors.timeouts")}, '
+            f'max("exceptions") {tr.col("health.modbus_errors.exceptions")}, '
+            f'max("crc_errors") {tr.col("health.modbus_errors.crc")}, '
+            f'max("io_errors") {tr.col("health.modbus_errors.io")} FROM "device_health" '
             f'WHERE {where} GROUP BY time($__interval), "device" fill(none)')
             .alias("$tag_device $col")), w=8, h=7))  # fmt: skip
-    d.with_panel(layout.place(
-        table.Panel().title("Modbus poll success").unit("percent").datasource(DATASOURCE)
-        .description("share of polls answered completely since the gateway started")
-        .override_by_name("polls", [dm.DynamicConfigValue(id_val="unit", value="short")])
+    d.with_panel(layout.place(with_columns(
+        table.Panel().title(tr("health.poll_success")).unit("percent").datasource(DATASOURCE)
+        .description(tr("health.poll_success.desc"))
         .with_target(InfluxQL(
             f'SELECT last("poll_ok") / last("polls") * 100 AS "ok", last("polls") AS "polls" '
             f'FROM "device_health" WHERE {where} GROUP BY "device"').table()),
+        tr, {"device": "col.device", "ok": "col.poll_ok", "polls": "col.polls:short"}),
         w=8, h=7))  # fmt: skip
-    d.with_panel(health_series("Modbus response time", "response_ms", "ms",
-                               "duration of the last good poll", w=12))  # fmt: skip
-    d.with_panel(health_series("Board uptime", "uptime_s", "s",
-                               "falls to 0 at a reboot", w=12))  # fmt: skip
+    d.with_panel(health_series("health.response", "response_ms", "ms", w=12))
+    d.with_panel(health_series("health.uptime", "uptime_s", "s", w=12))
     return d
 
 
-def gateway_dashboard() -> gd.Dashboard:
+def gateway_dashboard(tr: Texts | None = None) -> gd.Dashboard:
+    tr = _texts(tr)
     layout = Layout()
-    d = new_dashboard("o2chain / Gateway", "o2chain-gateway", ["gateway"])
+    d = new_dashboard(tr, "gateway.title", "o2chain-gateway", ["gateway"])
     d.with_variable(
         gd.QueryVariable("gw")
-        .label("Gateway")
+        .label(tr("var.gateway"))
         .datasource(DATASOURCE)
         .query('SHOW TAG VALUES FROM "gateway" WITH KEY = "gw"')
         .multi(True)
@@ -542,51 +639,56 @@ def gateway_dashboard() -> gd.Dashboard:
     )
     where = '"gw" =~ /^$gw$/ AND $timeFilter'
 
-    def series(title: str, fields: list[tuple[str, str]], unit: str, desc: str = "",
-               w: int = 12, agg: str = "mean") -> Any:  # fmt: skip
-        select = ", ".join(f'{agg}("{f}") AS "{label}"' for f, label in fields)
+    def series(key: str, fields: list[tuple[str, str]], unit: str, w: int = 12,
+               agg: str = "mean", **params: Any) -> Any:  # fmt: skip
+        """``fields``: (field, label), the label a catalogue key or, starting with "=", as is."""
+        select = ", ".join(
+            f'{agg}("{f}") ' + (f'AS "{label[1:]}"' if label.startswith("=") else tr.col(label))
+            for f, label in fields
+        )
         return layout.place(
-            ts_panel(title, unit, desc).with_target(InfluxQL(
+            ts_panel(tr(key), unit, tr(f"{key}.desc", **params)).with_target(InfluxQL(
                 f'SELECT {select} FROM "gateway" WHERE {where} '
                 'GROUP BY time($__interval), "gw" fill(none)').alias("$tag_gw $col")),
             w=w, h=8)  # fmt: skip
 
-    d.with_panel(series("Ingest rate", [("rate_mqtt_per_s", "MQTT"), ("rate_modbus_per_s",
-                        "Modbus")], "suffix: readings/s",
-                        "device readings through the pipeline per second"))  # fmt: skip
-    d.with_panel(series("Outbox depth", [("outbox_depth", "points")], "short",
-                        "points committed but not yet in InfluxDB", w=8))  # fmt: skip
     d.with_panel(
-        series("Outbox oldest point age", [("outbox_age_s", "age")], "s",
-               f"/healthz fails above health_outbox_age_s (default {OUTBOX_AGE_LIMIT_S:g} s)",
-               w=8, agg="max")
+        series(
+            "gateway.ingest",
+            [("rate_mqtt_per_s", "=MQTT"), ("rate_modbus_per_s", "=Modbus")],
+            tr("unit.readings_per_s"),
+        )
+    )
+    d.with_panel(series("gateway.outbox", [("outbox_depth", "gateway.outbox.points")], "short",
+                        w=8))  # fmt: skip
+    d.with_panel(
+        series("gateway.outbox_age", [("outbox_age_s", "gateway.outbox_age.age")], "s", w=8,
+               agg="max", limit=OUTBOX_AGE_LIMIT_S)
         .thresholds(steps((None, "green"), (OUTBOX_AGE_LIMIT_S, "red")))
         .thresholds_style(gd_thresholds_style("line")))  # fmt: skip
-    d.with_panel(series("InfluxDB write latency", [("write_latency_s", "latency")], "s",
-                        "duration of the last batch write", w=8, agg="max"))  # fmt: skip
-    reasons = sorted(r.value for r in RejectReason)
-    d.with_panel(series("Rejects by reason (cumulative)",
-                        [(f"rejects_{r}", r) for r in reasons], "short",
-                        "MQTT messages rejected into the dead-letter store since start, "
-                        "by reason (gateway/telemetry.py RejectReason)", agg="max"))  # fmt: skip
-    d.with_panel(series("Points written / write failures",
-                        [("written", "written"), ("write_failures", "failures")], "short",
-                        "cumulative since the gateway started", agg="max"))  # fmt: skip
-    d.with_panel(series("Devices online / offline",
-                        [("devices_online", "online"), ("devices_offline", "offline")],
-                        "short", w=8, agg="last"))  # fmt: skip
-    d.with_panel(series("Alarms active / unacknowledged",
-                        [("alarms_active", "active"), ("alarms_unacked", "unacked")],
-                        "short", w=8, agg="last"))  # fmt: skip
+    d.with_panel(series("gateway.latency", [("write_latency_s", "gateway.latency.latency")],
+                        "s", w=8, agg="max"))  # fmt: skip
+    reasons = sorted(r.value for r in RejectReason)  # reason codes, as the logs name them
+    d.with_panel(series("gateway.rejects", [(f"rejects_{r}", f"={r}") for r in reasons],
+                        "short", agg="max"))  # fmt: skip
+    d.with_panel(series("gateway.written", [("written", "gateway.written.written"),
+                        ("write_failures", "gateway.written.failures")], "short",
+                        agg="max"))  # fmt: skip
+    d.with_panel(series("gateway.devices", [("devices_online", "value.online"),
+                        ("devices_offline", "value.offline")], "short", w=8,
+                        agg="last"))  # fmt: skip
+    d.with_panel(series("gateway.alarms", [("alarms_active", "gateway.alarms.active"),
+                        ("alarms_unacked", "gateway.alarms.unacked")], "short", w=8,
+                        agg="last"))  # fmt: skip
     d.with_panel(layout.place(
-        stat.Panel().title("MQTT connected").unit("bool_yes_no").datasource(DATASOURCE)
+        stat.Panel().title(tr("gateway.mqtt")).unit("bool_yes_no").datasource(DATASOURCE)
         .reduce_options(last_value())
-        .mappings(bool_mappings("connected", "disconnected"))
+        .mappings(bool_mappings(tr("value.connected"), tr("value.disconnected")))
         .with_target(InfluxQL(
             f'SELECT last("mqtt_connected") FROM "gateway" WHERE {where} GROUP BY "gw"')
             .alias("$tag_gw")), w=4, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        stat.Panel().title("Uptime").unit("s").datasource(DATASOURCE)
+        stat.Panel().title(tr("gateway.uptime")).unit("s").datasource(DATASOURCE)
         .reduce_options(last_value())
         .with_target(InfluxQL(
             f'SELECT last("uptime_s") FROM "gateway" WHERE {where} GROUP BY "gw"')
@@ -594,7 +696,7 @@ def gateway_dashboard() -> gd.Dashboard:
     return d
 
 
-DASHBOARDS: dict[str, Callable[[], gd.Dashboard]] = {
+DASHBOARDS: dict[str, Callable[..., gd.Dashboard]] = {  # (tr: Texts = English)
     "facility": facility,
     "rooms": rooms,
     "concentrators": concentrators,
@@ -612,12 +714,22 @@ def render(builder: gd.Dashboard) -> dict[str, Any]:
     return data
 
 
+def out_dir_for(lang: str, base: Path = GENERATED) -> Path:
+    """Where a language's dashboards go: English in ``base``, the others in ``base/<lang>``."""
+    return base if lang == DEFAULT_LANGUAGE else base / lang
+
+
 def build_all(out_dir: Path = GENERATED) -> list[Path]:
-    """Write every dashboard to ``out_dir/<name>.json``; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write every dashboard in every language (``out_dir/<name>.json`` in English,
+    ``out_dir/<lang>/<name>.json`` for the others); returns the paths."""
     paths = []
-    for name, make in DASHBOARDS.items():
-        path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(render(make()), indent=2, sort_keys=True) + "\n")
-        paths.append(path)
+    for lang in languages():
+        tr = Texts(lang)
+        folder = out_dir_for(lang, out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, make in DASHBOARDS.items():
+            path = folder / f"{name}.json"
+            text = json.dumps(render(make(tr)), indent=2, sort_keys=True, ensure_ascii=False)
+            path.write_text(text + "\n", encoding="utf-8")
+            paths.append(path)
     return paths

@@ -28,7 +28,8 @@ Routes (JSON shapes in gateway/README.md, "HTTP endpoints"):
   ``EVENT_INTERVAL_S`` and at once on every alarm transition; bounded per client and in total
   (the oldest stream is evicted with ``event: evicted``; the page then polls /api/status)
 - ``GET /api/history``: recent values of the trend fields per device (the page's sparklines)
-- ``GET /`` and ``GET /static/{name}``: the live page (gateway/static, no external assets)
+- ``GET /`` and ``GET /static/{name}``: the live page (gateway/static, no external assets),
+  its texts in ``GET /static/i18n/{lang}.json`` (one catalogue per language)
 """
 
 from __future__ import annotations
@@ -93,13 +94,17 @@ EVENT_WRITE_TIMEOUT_S = 10.0
 EVENT_RETRY_MS = 2000  # EventSource reconnect delay the page's browser uses
 MAX_EVENT_CLIENTS = 16  # each costs one status serialisation per interval
 MAX_EVENT_CLIENTS_PER_CLIENT = 4
-STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(html|css|js|svg)$")
+# The page's files (no paths), and its text catalogues, one per language: i18n/{BCP 47 tag}.json.
+STATIC_NAME = re.compile(
+    r"^(?:[a-z0-9][a-z0-9_-]*\.(html|css|js|svg)|i18n/[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?\.(json))$"
+)
 ALARM_ACTION_KEYS = {"ack": set(), "unshelve": set(), "shelve": {"duration_s", "reason"}}
 CONTENT_TYPES = {
     "html": "text/html; charset=utf-8",
     "css": "text/css; charset=utf-8",
     "js": "text/javascript; charset=utf-8",
     "svg": "image/svg+xml",
+    "json": "application/json",
 }
 REASONS = {
     200: "OK",
@@ -369,17 +374,17 @@ def sse_frame(event: str, data: bytes, event_id: object = None) -> bytes:
 def static_file(name: str) -> tuple[str, bytes]:
     """(content type, bytes) of ``gateway/static/<name>``; raises :class:`HttpError` 404.
 
-    Names are matched against :data:`STATIC_NAME` (no paths), so nothing outside the package's
-    static folder can be served.
+    Names are matched against :data:`STATIC_NAME` (no paths but ``i18n/``, no ``..``), so
+    nothing outside the package's static folder can be served.
     """
     match = STATIC_NAME.match(name)
     if match is None:
         raise HttpError(404, f"no static file {name!r}")
     try:
-        body = resources.files("gateway").joinpath("static", name).read_bytes()
+        body = resources.files("gateway").joinpath("static", *name.split("/")).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise HttpError(404, f"no static file {name!r}") from None
-    return CONTENT_TYPES[match.group(1)], body
+    return CONTENT_TYPES[match.group(1) or match.group(2)], body
 
 
 # ---------------------------------------------------------------------- the server

@@ -25,6 +25,8 @@ if [ "${1:-}" = "--test-tools" ]; then
   # Headless browser for the live page's test (gateway/tests/test_livepage.py drives it), and
   # mosquitto_sub, the benchmark's broker-ceiling baseline (bench/bench_gateway.py).
   [ -x /usr/bin/chromium ] || need_debs+=(chromium)
+  # Chinese glyphs for the live page in zh-CN (its browser tests check and photograph it).
+  fc-list :lang=zh-cn family 2>/dev/null | grep -q . || need_debs+=(fonts-noto-cjk)
   command -v mosquitto_sub >/dev/null 2>&1 || need_debs+=(mosquitto-clients)
   # Certificates for the TLS tests (firmware/tests/test_tls.py).
   command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)

@@ -1,4 +1,5 @@
-"""Generated dashboards: valid Grafana JSON, reproducible, and every query answers real data."""
+"""Generated dashboards: valid Grafana JSON, reproducible, in every language the same panels and
+queries with translated texts, and every query answers real data."""
 
 from __future__ import annotations
 
@@ -10,11 +11,34 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards.build import DASHBOARDS, GENERATED, build_all, render
+from dashboards.build import (
+    DASHBOARDS,
+    DEFAULT_LANGUAGE,
+    GENERATED,
+    I18N,
+    Texts,
+    build_all,
+    languages,
+    out_dir_for,
+    render,
+)
 from o2base.services import InfluxDB
 from o2chain.testing import DemoRun
 
 PROVISIONING = Path(__file__).parents[1] / "provisioning"
+LANGUAGES = languages()
+HAN = re.compile(r"[\u4e00-\u9fff]")
+PLACEHOLDER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+def load(lang: str, name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((out_dir_for(lang) / f"{name}.json").read_text("utf-8"))
+    return doc
+
+
+def catalogue(lang: str) -> dict[str, str]:
+    doc: dict[str, str] = json.loads((I18N / f"{lang}.json").read_text("utf-8"))
+    return doc
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,16 +51,119 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_committed_json_is_what_the_code_generates(tmp_path: Path) -> None:
     build_all(tmp_path)
+    for lang in LANGUAGES:
+        for name in DASHBOARDS:
+            fresh = (out_dir_for(lang, tmp_path) / f"{name}.json").read_text("utf-8")
+            committed = (out_dir_for(lang) / f"{name}.json").read_text("utf-8")
+            assert fresh == committed, f"run `o2chain dashboards build`: {lang} {name} is stale"
+        found = sorted(p.stem for p in out_dir_for(lang).glob("*.json"))
+        assert found == sorted(DASHBOARDS), f"{out_dir_for(lang)}: {found}"
+    others = sorted(p.name for p in GENERATED.iterdir() if p.is_dir())
+    assert others == sorted(set(LANGUAGES) - {DEFAULT_LANGUAGE}), "a language without a catalogue"
+
+
+def test_english_keeps_its_files_and_uids() -> None:
+    """generated/<name>.json and the uids o2chain-<name> are what existing Grafanas load."""
     for name in DASHBOARDS:
-        fresh = (tmp_path / f"{name}.json").read_text()
-        committed = (GENERATED / f"{name}.json").read_text()
-        assert fresh == committed, f"run `o2chain dashboards build`: {name}.json is stale"
-    assert sorted(p.stem for p in GENERATED.glob("*.json")) == sorted(DASHBOARDS)
+        assert load("en", name)["uid"] == f"o2chain-{name}"
+
+
+def test_zh_cn_is_there() -> None:
+    assert "zh-CN" in LANGUAGES
+
+
+def test_catalogues_have_the_same_keys_and_placeholders() -> None:
+    english = catalogue(DEFAULT_LANGUAGE)
+    for lang in LANGUAGES:
+        texts = catalogue(lang)
+        assert sorted(texts) == sorted(english), (
+            f"{lang}.json: missing {sorted(set(english) - set(texts))}, "
+            f"extra {sorted(set(texts) - set(english))}"
+        )
+        for key, text in texts.items():
+            assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
+            assert PLACEHOLDER.findall(text) != [] or "{" not in text, key
+            assert sorted(PLACEHOLDER.findall(text)) == sorted(PLACEHOLDER.findall(english[key])), (
+                f"{lang}.json: {key} has other placeholders than en.json"
+            )
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_text_of_the_catalogue_is_used(lang: str) -> None:
+    tr = Texts(lang)
+    for make in DASHBOARDS.values():
+        render(make(tr))
+    assert sorted(set(tr.texts) - tr.used) == [], f"{lang}.json: unused texts"
+
+
+UNIT_TEXTS = {
+    text: key
+    for lang in LANGUAGES
+    for key, text in catalogue(lang).items()
+    if key.startswith("unit.")
+}
+
+
+def _shape(value: Any) -> Any:
+    """A dashboard without its texts: what must be equal in every language."""
+    texts = {"title", "description", "label", "displayName", "text", "alias"}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in texts and isinstance(v, str):
+                continue
+            if k == "value" and value.get("id") == "displayName":
+                continue  # a column's name
+            if k == "unit" and v in UNIT_TEXTS:
+                v = UNIT_TEXTS[v]  # a unit with words ("readings/s") is translated
+            if k == "query" and isinstance(v, str):
+                v = re.sub(r'AS "[^"]*"', 'AS "_"', v)  # column labels are translated
+            out[k] = _shape(v)
+        return out
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    """The texts of a dashboard (not the column names its overrides match)."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if k != "matcher" for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("lang", [lang for lang in LANGUAGES if lang != DEFAULT_LANGUAGE])
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_language_has_the_same_panels_and_queries(lang: str, name: str) -> None:
+    english, other = load(DEFAULT_LANGUAGE, name), load(lang, name)
+    assert other["uid"] == f"{english['uid']}-{lang.lower()}"
+    assert len(other["uid"]) <= 40  # Grafana's limit
+    english_shape, other_shape = _shape(english), _shape(other)
+    english_shape.pop("uid"), other_shape.pop("uid")
+    assert other_shape.pop("tags") == [*english_shape.pop("tags"), lang]
+    assert other_shape == english_shape
+    # The texts are translated: no text of the English catalogue is left.
+    leftover = set(catalogue(DEFAULT_LANGUAGE).values()) - set(catalogue(lang).values())
+    assert not leftover & set(_strings(other)), sorted(leftover & set(_strings(other)))
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
-def test_dashboard_is_valid_grafana_json(name: str) -> None:
-    dashboard = json.loads((GENERATED / f"{name}.json").read_text())
+def test_chinese_titles_and_descriptions(name: str) -> None:
+    dashboard = load("zh-CN", name)
+    assert HAN.search(dashboard["title"]), dashboard["title"]
+    for panel in panels(dashboard):
+        assert HAN.search(panel["title"]), panel["title"]
+        assert not panel.get("description") or HAN.search(panel["description"]), panel["title"]
+    for variable in dashboard["templating"]["list"]:
+        assert HAN.search(variable["label"]), variable["label"]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_is_valid_grafana_json(lang: str, name: str) -> None:
+    dashboard = load(lang, name)
     assert dashboard["schemaVersion"] >= 36
     assert dashboard["uid"].startswith("o2chain-") and dashboard["title"]
     ids = [p["id"] for p in panels(dashboard)]
@@ -54,10 +181,17 @@ def test_dashboard_is_valid_grafana_json(name: str) -> None:
         assert variable["datasource"]["uid"] in uids
 
 
-def test_dashboards_provider_points_at_a_folder() -> None:
-    provider = yaml.safe_load((PROVISIONING / "dashboards" / "o2chain.yaml").read_text())
-    (entry,) = provider["providers"]
-    assert entry["type"] == "file" and entry["options"]["path"]
+def test_dashboards_providers_one_folder_per_language() -> None:
+    provider = yaml.safe_load((PROVISIONING / "dashboards" / "o2chain.yaml").read_text("utf-8"))
+    entries = provider["providers"]
+    assert len(entries) == len(LANGUAGES)
+    assert all(e["type"] == "file" and e["options"]["path"] for e in entries)
+    assert len({e["name"] for e in entries}) == len({e["folder"] for e in entries}) == len(entries)
+    paths = [e["options"]["path"].rstrip("/") + "/" for e in entries]
+    for a in paths:  # Grafana reads subdirectories: no language inside another's folder
+        assert not [b for b in paths if b != a and b.startswith(a)], paths
+    english = [e for e in entries if e["name"] == "o2chain"]
+    assert english and english[0]["folder"] == "o2chain"
 
 
 def substitute(query: str, variables: dict[str, str]) -> str:
@@ -79,9 +213,11 @@ def all_values(influx: InfluxDB, variable: dict[str, Any], known: dict[str, str]
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
-def test_every_panel_query_answers_with_data(name: str, demo_run: DemoRun) -> None:
-    dashboard = render(DASHBOARDS[name]())
+def test_every_panel_query_answers_with_data(lang: str, name: str, demo_run: DemoRun) -> None:
+    """In every language: the translated column labels (AS "...") are valid InfluxQL too."""
+    dashboard = render(DASHBOARDS[name](Texts(lang)))
     empty: set[tuple[str, str]] = set()
     with InfluxDB(demo_run.data_dir / "services") as influx:
         known: dict[str, str] = {}
@@ -111,14 +247,16 @@ def test_facility_shows_the_oxygen_chain_per_site(demo_run: DemoRun) -> None:
     table_panel = by_title["Oxygen chain by site: produced, stored, delivered, used, loss"]
     days_panel = by_title["Days of oxygen left"]
     flows_panel = by_title["Oxygen chain over time: produced, stored change, delivered, used, loss"]
-    names = [name for _, name, _, _ in CHAIN_FIELDS]
+    names = [name for _, name, _ in CHAIN_FIELDS]
     assert names == ["produced", "stored", "stored change", "delivered", "used", "loss",
                      "days left"]  # fmt: skip
     units = {
-        o["matcher"]["options"]: o["properties"][0]["value"]
+        o["matcher"]["options"]: p["value"]
         for o in table_panel["fieldConfig"]["overrides"]
+        for p in o["properties"]
+        if p["id"] == "unit"
     }
-    assert units == {name: unit for _, name, unit, _ in CHAIN_FIELDS}
+    assert units == {name: unit for _, name, unit in CHAIN_FIELDS}
     assert units["stored"] == "litre" and units["days left"] == "d"
     steps_ = days_panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps_] == [None, DAYS_LEFT_ALARM, DAYS_LEFT_WARN]

@@ -3,7 +3,11 @@
    (the gateway's Content-Security-Policy allows only this file). Every value from the gateway
    is written with textContent (never innerHTML), so device names cannot inject markup.
    Operators log in (session cookie, HttpOnly); alarm actions send the session's CSRF token in
-   X-CSRF-Token and are recorded by the gateway under the logged-in user. */
+   X-CSRF-Token and are recorded by the gateway under the logged-in user.
+   Texts: every word the page shows is in one catalogue per language, /static/i18n/{lang}.json,
+   looked up with t(KEY, {params}) (k(KEY) marks a key looked up later with tk); the
+   language is the visitor's choice (remembered in localStorage) or the browser's
+   (navigator.languages); numbers and times are formatted for it with Intl. */
 "use strict";
 
 (() => {
@@ -31,29 +35,155 @@
     startedAt: Date.now(),
   };
   // What /api/session says: who is logged in and what they may do.
-  const session = { user: null, role: null, csrf: null, login: false, canRead: true, canAct: false, shelveMaxS: {} };
+  const session = { user: null, role: null, csrf: null, login: false, canRead: true, canAct: false, shelveMaxS: {}, doc: null };
+
+  // ------------------------------------------------------------------ language
+  const LANG_STORAGE_KEY = "o2chain.lang";
+  const FALLBACK_LANG = "en";
+  const i18n = { lang: FALLBACK_LANG, texts: {}, formats: new Map() };
+
+  /** The languages the page has: one <option> of #lang per catalogue in static/i18n/. */
+  function languages() {
+    return [...$("lang").options].map((o) => o.value);
+  }
+  /** The visitor's earlier choice, else the first of the browser's languages the page has
+      (by exact tag, then by language: "zh-TW" or "zh" get zh-CN), else English. */
+  function pickLanguage() {
+    const have = languages();
+    let stored = null;
+    try { stored = localStorage.getItem(LANG_STORAGE_KEY); } catch (_) { /* storage off */ }
+    if (stored && have.includes(stored)) return stored;
+    const wanted = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || ""];
+    for (const tag of wanted) {
+      const exact = have.find((l) => l.toLowerCase() === tag.toLowerCase());
+      if (exact) return exact;
+      const primary = tag.split("-")[0].toLowerCase();
+      const same = have.find((l) => l.split("-")[0].toLowerCase() === primary);
+      if (same) return same;
+    }
+    return FALLBACK_LANG;
+  }
+  async function loadCatalogue(lang) {
+    const res = await fetch(`/static/i18n/${lang}.json`, { cache: "no-store" });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return res.json();
+  }
+  /** Switch to `lang`: load its catalogue, set <html lang>, translate and redraw the page. */
+  async function setLanguage(lang) {
+    let texts;
+    try {
+      texts = await loadCatalogue(lang);
+    } catch (err) {
+      console.error(`o2chain: no texts for ${lang} (${err.message})`);
+      if (lang === FALLBACK_LANG) return;
+      return setLanguage(FALLBACK_LANG);
+    }
+    i18n.lang = lang;
+    i18n.texts = texts;
+    i18n.formats.clear();
+    document.documentElement.lang = lang;
+    $("lang").value = lang;
+    translateTree(document);
+    translateTree($("tpl-alarm").content);
+    // Cards and alarm rows hold texts of the old language: rebuild them from the last status.
+    $("sites").replaceChildren();
+    $("alarm-list").replaceChildren();
+    $("shelved-list").replaceChildren();
+    setMode(state.mode);
+    if (session.doc) applySession(session.doc);
+    else if (state.status) render(state.status);
+    if (!state.status) setText($("gw-line"), t("conn.connecting"));
+  }
+
+  /** The text of `key`, its {name} placeholders filled from `params` (numbers formatted for
+      the language). A missing key shows as the key itself and is reported on the console. */
+  function t(key, params) {
+    return tParts(key, params).map((p) => (typeof p === "string" ? p : p.textContent)).join("");
+  }
+  /** Marks a key that is looked up later with tk() (tables of labels). */
+  function k(key) {
+    return key;
+  }
+  function tk(key, params) {
+    return t(key, params);
+  }
+  function has(key) {
+    return typeof i18n.texts[key] === "string";
+  }
+  /** Like t(), but as a list of strings and the DOM nodes given as params (for markup such as
+      <code> inside a sentence, without innerHTML). */
+  function tParts(key, params) {
+    let text = i18n.texts[key];
+    if (typeof text !== "string") {
+      console.error(`o2chain: no text "${key}" in ${i18n.lang}.json`);
+      text = key;
+    }
+    if (!params) return [text];
+    return text.split(/\{(\w+)\}/).map((piece, i) => {
+      if (i % 2 === 0) return piece;
+      if (!(piece in params)) return `{${piece}}`;
+      const v = params[piece];
+      return v instanceof Node ? v : typeof v === "number" ? plain(v) : String(v);
+    }).filter((p) => p !== "");
+  }
+  /** Fill elements marked data-i18n(-placeholder|-aria-label|-title) under `root`. */
+  function translateTree(root) {
+    for (const node of root.querySelectorAll("[data-i18n]")) {
+      if (!node._args) {
+        node._args = {};
+        for (const child of node.querySelectorAll(":scope > [data-i18n-arg]")) node._args[child.dataset.i18nArg] = child;
+      }
+      const args = node.dataset.i18nArgs ? JSON.parse(node.dataset.i18nArgs) : {};
+      node.replaceChildren(...tParts(node.dataset.i18n, { ...args, ...node._args }));
+    }
+    for (const attr of ["placeholder", "aria-label", "title"]) {
+      for (const node of root.querySelectorAll(`[data-i18n-${attr}]`)) {
+        node.setAttribute(attr, t(node.getAttribute(`data-i18n-${attr}`)));
+      }
+    }
+  }
 
   // ------------------------------------------------------------------ formatting
+  function numberFormat(digits) {
+    const id = `n${digits}`;
+    let f = i18n.formats.get(id);
+    if (!f) {
+      f = digits === null
+        ? new Intl.NumberFormat(i18n.lang, { maximumFractionDigits: 2 })
+        : new Intl.NumberFormat(i18n.lang, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+      i18n.formats.set(id, f);
+    }
+    return f;
+  }
+  /** A number with `digits` decimals for the language; "—" for no value. */
   function num(value, digits) {
-    return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "—";
+    return typeof value === "number" && Number.isFinite(value) ? numberFormat(digits).format(value) : "—";
+  }
+  /** A number as it comes (up to 2 decimals), for limits and counts inside texts. */
+  function plain(value) {
+    return Number.isFinite(value) ? numberFormat(null).format(value) : "—";
   }
   function metres(value) {
-    return typeof value === "number" && Number.isFinite(value)
-      ? Math.round(value).toLocaleString("en-US") + " m" : "—";
+    return typeof value === "number" && Number.isFinite(value) ? `${num(Math.round(value), 0)} m` : "—";
+  }
+  function clock(ms) {
+    let f = i18n.formats.get("time");
+    if (!f) i18n.formats.set("time", (f = new Intl.DateTimeFormat(i18n.lang, { timeStyle: "medium" })));
+    return f.format(new Date(ms));
   }
   function ago(seconds) {
-    if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "never";
+    if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return t("ago.never");
     const s = Math.max(0, seconds);
-    if (s < 60) return `${Math.floor(s)} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min ago`;
-    return `${Math.floor(s / 86400)} d ago`;
+    if (s < 60) return t("ago.s", { s: Math.floor(s) });
+    if (s < 3600) return t("ago.min", { m: Math.floor(s / 60) });
+    if (s < 86400) return t("ago.h_min", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
+    return t("ago.d", { d: Math.floor(s / 86400) });
   }
   function duration(seconds) {
     const s = Math.max(0, Math.floor(seconds));
-    if (s < 3600) return `${Math.floor(s / 60)} min`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+    if (s < 3600) return t("dur.min", { m: Math.floor(s / 60) });
+    if (s < 86400) return t("dur.h_min", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
+    return t("dur.d_h", { d: Math.floor(s / 86400), h: Math.floor((s % 86400) / 3600) });
   }
   /** Seconds since the gateway measured `ageAtSnapshot`, advanced by the local clock. */
   function liveAge(ageAtSnapshot) {
@@ -81,45 +211,45 @@
   }
   /** O2 band of a room reading (docs/domain.md "Limits and alarms"), limits from the gateway. */
   function o2Band(o2, dev, site) {
-    if (typeof o2 !== "number") return { id: "none", label: "no reading" };
+    if (typeof o2 !== "number") return { id: "none", label: t("reading.none") };
     const lim = site.limits || {};
     const deficient = threshold(dev, "room-o2-deficient") ?? DEFAULT_DEFICIENT_PCT;
     const lowEffect = threshold(dev, "room-o2-low-effect") ?? DEFAULT_LOW_EFFECT_PCT;
     const highWarn = threshold(dev, "room-o2-high-warn") ?? lim.o2_high_warn_pct ?? 27;
     const highAlarm = threshold(dev, "room-o2-high") ?? lim.o2_high_alarm_pct ?? 28;
-    if (o2 < deficient) return { id: "deficient", label: `deficient < ${deficient} %` };
-    if (o2 < lowEffect) return { id: "low", label: `low effect < ${lowEffect} %` };
-    if (o2 < TARGET_LOW_PCT) return { id: "below", label: "below target" };
-    if (o2 <= TARGET_HIGH_PCT) return { id: "target", label: "target band" };
-    if (o2 <= highWarn) return { id: "above", label: "above target" };
-    if (o2 <= highAlarm) return { id: "high-warn", label: `high > ${num(highWarn, 1)} %` };
-    return { id: "high-alarm", label: `fire risk > ${num(highAlarm, 1)} %` };
+    if (o2 < deficient) return { id: "deficient", label: t("band.deficient", { pct: deficient }) };
+    if (o2 < lowEffect) return { id: "low", label: t("band.low", { pct: lowEffect }) };
+    if (o2 < TARGET_LOW_PCT) return { id: "below", label: t("band.below") };
+    if (o2 <= TARGET_HIGH_PCT) return { id: "target", label: t("band.target") };
+    if (o2 <= highWarn) return { id: "above", label: t("band.above") };
+    if (o2 <= highAlarm) return { id: "high-warn", label: t("band.high_warn", { pct: num(highWarn, 1) }) };
+    return { id: "high-alarm", label: t("band.high_alarm", { pct: num(highAlarm, 1) }) };
   }
   /** Purity against the engine's purity rules of this device ("<" limits). */
   function purityClass(purity, dev) {
-    if (typeof purity !== "number") return { id: "none", label: "no reading" };
+    if (typeof purity !== "number") return { id: "none", label: t("reading.none") };
     const lows = (dev.thresholds || []).filter((t) => t.field === "purity_pct" && t.op.startsWith("<"));
     const alarm = lows.filter((t) => t.severity !== "warning" && t.severity !== "info");
     const warn = lows.filter((t) => t.severity === "warning");
     const alarmAt = alarm.length ? Math.max(...alarm.map((t) => t.value)) : undefined;
     const warnAt = warn.length ? Math.max(...warn.map((t) => t.value)) : undefined;
     const fault = (dev.thresholds || []).find((t) => t.rule === "purity-sensor-fault");
-    if (fault && purity > fault.value) return { id: "warn", label: "sensor fault?" };
-    if (alarmAt !== undefined && purity < alarmAt) return { id: "alarm", label: `below ${alarmAt} %` };
-    if (warnAt !== undefined && purity < warnAt) return { id: "warn", label: `below ${warnAt} %` };
-    return { id: "ok", label: alarmAt !== undefined ? `limit ${alarmAt} %` : "ok" };
+    if (fault && purity > fault.value) return { id: "warn", label: t("purity.sensor_fault") };
+    if (alarmAt !== undefined && purity < alarmAt) return { id: "alarm", label: t("purity.below", { pct: alarmAt }) };
+    if (warnAt !== undefined && purity < warnAt) return { id: "warn", label: t("purity.below", { pct: warnAt }) };
+    return { id: "ok", label: alarmAt !== undefined ? t("purity.limit", { pct: alarmAt }) : t("purity.ok") };
   }
   /** Freshness of a device's data relative to its reporting interval. */
   function quality(dev) {
     const age = liveAge(dev.age_s);
-    if (age === null) return { id: "none", label: "no data yet" };
+    if (age === null) return { id: "none", label: t("quality.none") };
     const interval = dev.interval_s || 10;
     const flags = [];
-    if (value(dev, "clock_unset")) flags.push("clock unset");
-    if (value(dev, "baro_source") === "isa") flags.push("ISA pressure");
-    if (age > 5 * interval) return { id: "stale", label: ["stale", ...flags].join(" · ") };
-    if (age > 2.5 * interval) return { id: "late", label: ["late", ...flags].join(" · ") };
-    return { id: "ok", label: ["fresh", ...flags].join(" · ") };
+    if (value(dev, "clock_unset")) flags.push(t("quality.clock_unset"));
+    if (value(dev, "baro_source") === "isa") flags.push(t("quality.isa"));
+    if (age > 5 * interval) return { id: "stale", label: [t("quality.stale"), ...flags].join(" · ") };
+    if (age > 2.5 * interval) return { id: "late", label: [t("quality.late"), ...flags].join(" · ") };
+    return { id: "ok", label: [t("quality.fresh"), ...flags].join(" · ") };
   }
   function worstSeverity(alarms) {
     const rank = { info: 0, warning: 1, alarm: 2, critical: 3 };
@@ -195,27 +325,42 @@
   // ------------------------------------------------------------------ device cards
   const FACTS = {
     room: [
-      ["Eq. altitude", "eq_alt_m", (v) => metres(v)],
-      ["ppO₂", "ppo2_kpa", (v) => `${num(v, 2)} kPa`],
-      ["Pressure", "baro_kpa", (v) => `${num(v, 1)} kPa`],
-      ["Temperature", "temp_c", (v) => `${num(v, 1)} °C`],
-      ["Humidity", "rh_pct", (v) => `${num(v, 0)} %`],
-      ["CO₂", "co2_ppm", (v) => `${num(v, 0)} ppm`, true],
+      [k("fact.eq_alt"), "eq_alt_m", (v) => metres(v)],
+      [k("fact.ppo2"), "ppo2_kpa", (v) => `${num(v, 2)} kPa`],
+      [k("fact.baro"), "baro_kpa", (v) => `${num(v, 1)} kPa`],
+      [k("fact.temp"), "temp_c", (v) => `${num(v, 1)} °C`],
+      [k("fact.rh"), "rh_pct", (v) => `${num(v, 0)} %`],
+      [k("fact.co2"), "co2_ppm", (v) => `${num(v, 0)} ppm`, true],
     ],
     producer: [
-      ["Flow", "flow_lpm", (v) => `${num(v, 1)} L/min`],
-      ["O₂ out", "o2_lpm", (v) => `${num(v, 2)} L/min`],
-      ["Outlet", "outlet_kpa", (v) => `${num(v, 0)} kPa`, true],
-      ["Tank", "tank_kpa", (v) => `${num(v, 0)} kPa`, true],
-      ["Dew point", "dew_point_c", (v) => `${num(v, 1)} °C`, true],
-      ["Run hours", "run_h", (v) => `${num(v, 0)} h`, true],
+      [k("fact.flow"), "flow_lpm", (v) => `${num(v, 1)} L/min`],
+      [k("fact.o2_out"), "o2_lpm", (v) => `${num(v, 2)} L/min`],
+      [k("fact.outlet"), "outlet_kpa", (v) => `${num(v, 0)} kPa`, true],
+      [k("fact.product_tank"), "tank_kpa", (v) => `${num(v, 0)} kPa`, true],
+      [k("fact.dew_point"), "dew_point_c", (v) => `${num(v, 1)} °C`, true],
+      [k("fact.run_hours"), "run_h", (v) => `${num(v, 0)} h`, true],
     ],
     supply: [
-      ["Pressure", "pressure_kpa", (v) => `${num(v, 0)} kPa`],
-      ["Flow", "flow_m3h", (v) => `${num(v, 2)} m³/h`],
-      ["Level", "level_pct", (v) => `${num(v, 0)} %`],
+      [k("fact.pressure"), "pressure_kpa", (v) => `${num(v, 0)} kPa`],
+      [k("fact.flow"), "flow_m3h", (v) => `${num(v, 2)} m³/h`],
+      [k("fact.level"), "level_pct", (v) => `${num(v, 0)} %`],
     ],
   };
+  const KINDS = { room: k("kind.room"), concentrator: k("kind.concentrator"), plant: k("kind.plant"), supply: k("kind.supply") };
+  const LINKS = { online: k("link.online"), offline: k("link.offline"), unknown: k("link.unknown") };
+  const SEVERITIES = { info: k("sev.info"), warning: k("sev.warning"), alarm: k("sev.alarm"), critical: k("sev.critical") };
+  const ROLES = { viewer: k("role.viewer"), operator: k("role.operator"), admin: k("role.admin") };
+  /** A value from the gateway, translated when the catalogue has it, else as it came. */
+  function label(table, v) {
+    return v in table ? tk(table[v]) : String(v);
+  }
+  const kindLabel = (kind) => label(KINDS, kind);
+  const linkLabel = (link) => label(LINKS, link);
+  /** The name of an alarm rule: built-in rules have one in the catalogue ("rule.<id>"), rules
+      of the site's own config show their id. */
+  function ruleLabel(rule) {
+    return has(`rule.${rule}`) ? tk(`rule.${rule}`) : rule;
+  }
   function family(kind) {
     return kind === "room" ? "room" : kind === "supply" ? "supply" : "producer";
   }
@@ -242,7 +387,7 @@
       const box = el("div");
       const dd = el("dd");
       dd.dataset.field = field;
-      box.append(el("dt", "", label), dd);
+      box.append(el("dt", "", tk(label)), dd);
       if (optional) box.hidden = true;
       facts.append(box);
       factNodes[field] = dd;
@@ -267,27 +412,27 @@
     const fam = family(dev.kind);
     // The room tag defaults to the device id ("room-101"): say "Room" only before a bare name.
     const room = dev.room || dev.id;
-    setText(n.title, dev.kind === "room" && room !== dev.id ? `Room ${room}` : dev.id);
-    setText(n.kind, dev.kind === "room" ? `${dev.id} · ${dev.transport}` : `${dev.kind} · ${dev.transport}`);
+    setText(n.title, dev.kind === "room" && room !== dev.id ? t("card.room", { room }) : dev.id);
+    setText(n.kind, dev.kind === "room" ? `${dev.id} · ${dev.transport}` : `${kindLabel(dev.kind)} · ${dev.transport}`);
     card.dataset.link = dev.link;
     n.link.dataset.link = dev.link;
-    setText(n.link, dev.link);
-    n.link.setAttribute("aria-label", `link ${dev.link}`);
+    setText(n.link, linkLabel(dev.link));
+    n.link.setAttribute("aria-label", t("card.link_aria", { state: linkLabel(dev.link) }));
     const trendField = TREND[dev.kind];
     const main = value(dev, trendField);
     if (fam === "room") {
       const b = o2Band(main, dev, site);
       card.dataset.band = b.id;
       setText(n.big, "");
-      n.big.append(num(main, 1), el("small", "", " % O₂"));
+      n.big.append(num(main, 1), el("small", "", ` ${t("unit.o2_pct")}`));
       setText(n.band, b.label);
     } else if (fam === "producer") {
       const p = purityClass(main, dev);
       card.dataset.purity = p.id;
       const running = value(dev, "state");
-      const stateText = running === true ? "running" : running === false ? "stopped" : "";
+      const stateText = running === true ? t("run.running") : running === false ? t("run.stopped") : "";
       setText(n.big, "");
-      n.big.append(num(main, 1), el("small", "", " % purity"));
+      n.big.append(num(main, 1), el("small", "", ` ${t("unit.purity_pct")}`));
       setText(n.band, [stateText, p.label].filter(Boolean).join(" · "));
     } else {
       setText(n.big, "");
@@ -312,15 +457,15 @@
         lines: [[threshold(dev, "room-o2-high-warn") ?? lim.o2_high_warn_pct, "warn-line"],
                 [threshold(dev, "room-o2-high") ?? lim.o2_high_alarm_pct, "limit-line"]],
       });
-      n.svg.setAttribute("aria-label", `O2 trend, last ${points.length} readings`);
+      n.svg.setAttribute("aria-label", t("trend.o2", { n: points.length }));
     } else if (fam === "producer") {
       const limit = (dev.thresholds || []).filter((t) => t.rule === "purity-low").map((t) => t.value)[0];
       // The limit is drawn when the trend comes near it; it does not flatten a healthy trend.
       sparkline(n.svg, points, { lines: [[limit, "limit-line"]] });
-      n.svg.setAttribute("aria-label", `purity trend, last ${points.length} readings`);
+      n.svg.setAttribute("aria-label", t("trend.purity", { n: points.length }));
     } else {
       sparkline(n.svg, points, {});
-      n.svg.setAttribute("aria-label", `pressure trend, last ${points.length} readings`);
+      n.svg.setAttribute("aria-label", t("trend.pressure", { n: points.length }));
     }
     updateAge(card, dev);
   }
@@ -333,7 +478,7 @@
     setText(n.qual, q.label);
     const mainTs = dev.values && dev.values[TREND[dev.kind]];
     const age = mainTs ? liveAge(mainTs.age_s) : liveAge(dev.age_s);
-    setText(n.age, `reading ${ago(age)}`);
+    setText(n.age, t("card.reading_age", { ago: ago(age) }));
   }
 
   // ------------------------------------------------------------------ sites
@@ -346,12 +491,12 @@
     const limits = el("div", "limits");
     head.append(title, meta, limits);
     const chain = el("div", "chain");
-    chain.setAttribute("aria-label", "oxygen chain balance");
-    const roomsTitle = el("h3", "group-title", "Rooms");
+    chain.setAttribute("aria-label", t("chain.aria"));
+    const roomsTitle = el("h3", "group-title", t("group.rooms"));
     const rooms = el("div", "grid rooms");
-    const equipTitle = el("h3", "group-title", "Oxygen production");
+    const equipTitle = el("h3", "group-title", t("group.production"));
     const equipment = el("div", "grid equipment");
-    const supplyTitle = el("h3", "group-title", "Supply");
+    const supplyTitle = el("h3", "group-title", t("group.supply"));
     const supply = el("div", "grid supply");
     sec.append(head, chain, roomsTitle, rooms, equipTitle, equipment, supplyTitle, supply);
     sec._n = { title, meta, limits, chain, rooms, equipment, supply, roomsTitle, equipTitle, supplyTitle };
@@ -367,22 +512,21 @@
   function renderChain(box, chain, site) {
     box.replaceChildren();
     if (!chain) {
-      box.append(el("div", "muted", "Oxygen chain: waiting for the first balance point (every [enrich] chain_interval_s)."));
+      box.append(el("div", "muted", t("chain.waiting")));
       return;
     }
-    const has = (k) => typeof chain[k] === "number" && Number.isFinite(chain[k]);
-    const group = (v) => (typeof v === "number" && Number.isFinite(v)
-      ? Math.round(v).toLocaleString("en-US") : "—");
+    const known = (key) => typeof chain[key] === "number" && Number.isFinite(chain[key]);
+    const group = (v) => (typeof v === "number" && Number.isFinite(v) ? num(Math.round(v), 0) : "—");
     // Flows: whole litres from 100 L/min up, else one or two decimals.
     const lpm = (v) => (Math.abs(v) >= 100 ? group(v) : num(v, Math.abs(v) >= 10 ? 1 : 2));
     // Stock: litres of O2 at the site's conditions; cubic metres from 10,000 L up.
     const stock = (l) => (l >= 10000 ? [group(l / 1000), "m³ O₂"] : [group(l), "L O₂"]);
     const signed = (v) => (v > 0 ? "+" : v < 0 ? "−" : "") + lpm(Math.abs(v));
-    const kv = (k, v, unit) => {
+    const kv = (label, v, unit) => {
       const box2 = el("div", "kv");
       const vv = el("span", "v", v);
       if (unit) vv.append(el("small", "", ` ${unit}`));
-      box2.append(el("span", "k", k), vv);
+      box2.append(el("span", "k", label), vv);
       return box2;
     };
     const count = (a, b) => `${chain[a] ?? 0}/${chain[b] ?? 0}`;
@@ -405,21 +549,21 @@
       return a;
     };
     const flow = el("div", "chain-flow");
-    flow.append(stage("Produce", "produce", kv("O₂ produced", lpm(produced), "L/min"),
-      [`${count("producers_reporting", "producers")} producers reporting`]));
+    flow.append(stage(t("chain.stage_produce"), "produce", kv(t("chain.produced"), lpm(produced), "L/min"),
+      [t("chain.producers_reporting_n", { n: count("producers_reporting", "producers") })]));
     if (supply) {
       let storeKv, storeNotes = [];
       if ((chain.stores ?? 0) === 0) {
-        storeKv = kv("O₂ stored", "—");
-        storeNotes = ["no tanks or cylinder banks configured"];
-      } else if (has("stored_o2_l")) {
+        storeKv = kv(t("chain.stored"), "—");
+        storeNotes = [t("chain.no_stores")];
+      } else if (known("stored_o2_l")) {
         const [v, unit] = stock(chain.stored_o2_l);
-        storeKv = kv("O₂ stored", v, unit);
-        if (has("stored_capacity_o2_l") && chain.stored_capacity_o2_l > 0) {
+        storeKv = kv(t("chain.stored"), v, unit);
+        if (known("stored_capacity_o2_l") && chain.stored_capacity_o2_l > 0) {
           const share = chain.stored_o2_l / chain.stored_capacity_o2_l;
           const bar = el("div", "bar stock");
           bar.setAttribute("role", "meter");
-          bar.setAttribute("aria-label", "stored oxygen, share of the usable capacity");
+          bar.setAttribute("aria-label", t("chain.stock_aria"));
           bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
           bar.setAttribute("aria-valuemin", "0");
           bar.setAttribute("aria-valuemax", "100");
@@ -427,63 +571,64 @@
           fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
           bar.append(fill);
           storeKv.append(bar);
-          storeNotes.push(`${num(share * 100, 0)} % of the usable capacity`);
+          storeNotes.push(t("chain.stock_share", { pct: num(share * 100, 0) }));
         }
-        storeNotes.push(has("stored_change_o2_lpm")
-          ? `${signed(chain.stored_change_o2_lpm)} L/min ${chain.stored_change_o2_lpm < 0 ? "drawn from stock" : "into stock"}`
-          : "change: waiting for the trend");
+        storeNotes.push(known("stored_change_o2_lpm")
+          ? (chain.stored_change_o2_lpm < 0 ? t("chain.stock_out", { lpm: signed(chain.stored_change_o2_lpm) })
+            : t("chain.stock_in", { lpm: signed(chain.stored_change_o2_lpm) }))
+          : t("chain.stock_change_waiting"));
       } else {
-        storeKv = kv("O₂ stored", "—");
-        storeNotes = ["not every store reports its stock"];
+        storeKv = kv(t("chain.stored"), "—");
+        storeNotes = [t("chain.stock_incomplete")];
       }
-      storeNotes.push(`${count("stores_reporting", "stores")} stores reporting`);
-      flow.append(arrow(), stage("Store", "store", storeKv, storeNotes));
-      const metered = has("delivered_metered_o2_lpm");
-      flow.append(arrow(), stage("Deliver", "deliver",
-        kv("O₂ delivered (metered)", metered ? lpm(chain.delivered_metered_o2_lpm) : "—", "L/min"),
-        [(chain.meters ?? 0) > 0 ? `${count("meters_reporting", "meters")} outlet meters reporting`
-          : "bedside concentrators only", "pipeline meters and bedside units"]));
+      storeNotes.push(t("chain.stores_reporting_n", { n: count("stores_reporting", "stores") }));
+      flow.append(arrow(), stage(t("chain.stage_store"), "store", storeKv, storeNotes));
+      const metered = known("delivered_metered_o2_lpm");
+      flow.append(arrow(), stage(t("chain.stage_deliver"), "deliver",
+        kv(t("chain.delivered_metered"), metered ? lpm(chain.delivered_metered_o2_lpm) : "—", "L/min"),
+        [(chain.meters ?? 0) > 0 ? t("chain.meters_reporting_n", { n: count("meters_reporting", "meters") })
+          : t("chain.bedside_only"), t("chain.deliver_note")]));
     }
-    flow.append(arrow(), stage("Use", "use",
-      kv("O₂ used by rooms", chain.rooms_estimated ? lpm(delivered) : "—", "L/min"),
-      [`${count("rooms_reporting", "rooms")} rooms reporting`,
-        chain.rooms_estimated ? "estimate from ventilation" : "needs ventilation_m3h per room"]));
-    box.append(el("h3", "", supply ? "Oxygen chain: produce → store → deliver → use" : "Oxygen chain: produce → use"), flow);
+    flow.append(arrow(), stage(t("chain.stage_use"), "use",
+      kv(t("chain.used"), chain.rooms_estimated ? lpm(delivered) : "—", "L/min"),
+      [t("chain.rooms_reporting_n", { n: count("rooms_reporting", "rooms") }),
+        chain.rooms_estimated ? t("chain.estimate_ventilation") : t("chain.needs_ventilation")]));
+    box.append(el("h3", "", supply ? t("chain.title_supply") : t("chain.title")), flow);
 
     // Losses and days of oxygen left.
     if (supply) {
       const out = el("div", "chain-outcome");
       const loss = el("div", "outcome loss");
-      if (has("loss_o2_lpm")) {
+      if (known("loss_o2_lpm")) {
         const supplied = (chain.delivered_metered_o2_lpm ?? 0) + Math.max(0, chain.loss_o2_lpm);
         const share = supplied > 0 ? chain.loss_o2_lpm / supplied : 0;
         // A project choice for the colour only: above 5 % of the supply someone should look.
         loss.dataset.level = share > 0.05 ? "warning" : "ok";
-        loss.append(kv("Losses", lpm(chain.loss_o2_lpm), "L/min"), el("div", "stage-note", chain.loss_o2_lpm < 0
-          ? "below zero: within the error of the meters and stock gauges (produced − change in stock − delivered)"
-          : `${num(share * 100, 1)} % of the oxygen supplied: leaks, venting, boil-off, unmetered use (produced − change in stock − delivered)`));
+        loss.append(kv(t("chain.losses"), lpm(chain.loss_o2_lpm), "L/min"), el("div", "stage-note", chain.loss_o2_lpm < 0
+          ? t("chain.loss_negative")
+          : t("chain.loss_share", { pct: num(share * 100, 1) })));
       } else {
         loss.dataset.level = "unknown";
         const missing = [];
-        if ((chain.producers_reporting ?? 0) < (chain.producers ?? 0)) missing.push("a producer is silent");
-        if ((chain.stores_reporting ?? 0) < (chain.stores ?? 0)) missing.push("a store is silent");
-        if ((chain.meters_reporting ?? 0) < (chain.meters ?? 0)) missing.push("a meter is silent");
-        if (!(chain.meters > 0)) missing.push("no pipeline meter configured");
-        if ((chain.stores ?? 0) > 0 && !has("stored_change_o2_lpm")) missing.push("the stock trend needs more history");
-        loss.append(kv("Losses", "—"), el("div", "stage-note",
-          `not computed: ${missing.length ? missing.join(", ") : "waiting for every stage to report"}`));
+        if ((chain.producers_reporting ?? 0) < (chain.producers ?? 0)) missing.push(t("chain.missing_producer"));
+        if ((chain.stores_reporting ?? 0) < (chain.stores ?? 0)) missing.push(t("chain.missing_store"));
+        if ((chain.meters_reporting ?? 0) < (chain.meters ?? 0)) missing.push(t("chain.missing_meter"));
+        if (!(chain.meters > 0)) missing.push(t("chain.missing_meter_config"));
+        if ((chain.stores ?? 0) > 0 && !known("stored_change_o2_lpm")) missing.push(t("chain.missing_trend"));
+        loss.append(kv(t("chain.losses"), "—"), el("div", "stage-note",
+          t("chain.loss_not_computed", { why: missing.length ? missing.join(t("list.sep")) : t("chain.loss_waiting") })));
       }
       const days = el("div", "outcome days");
-      if (has("days_left")) {
+      if (known("days_left")) {
         // The same limits as the supply devices' days-left alarms (gateway/supply_rules.py).
         days.dataset.level = chain.days_left < 1 ? "alarm" : chain.days_left < 3 ? "warning" : "ok";
         const running = chain.days_left < 365;
-        days.append(kv("Days of oxygen left", running ? num(chain.days_left, 1) : "365+", running ? "days" : ""),
-          el("div", "stage-note", running ? "the stores' stock over their net draw" : "the stores are not running down"));
+        days.append(kv(t("chain.days_left"), running ? num(chain.days_left, 1) : "365+", running ? t("chain.days_unit") : ""),
+          el("div", "stage-note", running ? t("chain.days_note") : t("chain.days_not_running_down")));
       } else {
         days.dataset.level = "unknown";
-        days.append(kv("Days of oxygen left", "—"), el("div", "stage-note",
-          (chain.stores ?? 0) > 0 ? "waiting for the stores' forecast" : "no stores configured"));
+        days.append(kv(t("chain.days_left"), "—"), el("div", "stage-note",
+          (chain.stores ?? 0) > 0 ? t("chain.days_waiting") : t("chain.no_stores_configured")));
       }
       out.append(loss, days);
       box.append(out);
@@ -492,40 +637,42 @@
     // The balance against the rooms' estimate, as before.
     const row = el("div", "chain-row");
     row.append(
-      kv("Balance (produced − used)", chain.rooms_estimated ? lpm(chain.balance_o2_lpm) : "—", "L/min"),
-      kv("Produced total", num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
+      kv(t("chain.balance"), chain.rooms_estimated ? lpm(chain.balance_o2_lpm) : "—", "L/min"),
+      kv(t("chain.produced_total"), num(chain.produced_o2_l, chain.produced_o2_l < 100 ? 1 : 0), "L O₂"),
     );
     box.append(row);
     if (chain.rooms_estimated && produced > 0) {
       const share = delivered / produced;
       const bar = el("div", share > 1 ? "bar over" : "bar");
       bar.setAttribute("role", "meter");
-      bar.setAttribute("aria-label", "share of produced oxygen delivered to rooms");
+      bar.setAttribute("aria-label", t("chain.share_aria"));
       bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
       bar.setAttribute("aria-valuemin", "0");
       bar.setAttribute("aria-valuemax", "100");
       const fill = el("span");
       fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
       bar.append(fill);
-      box.append(bar, el("div", "muted", `${num(share * 100, 0)} % of the produced oxygen goes to the rooms' enrichment (estimate from ventilation).`));
+      box.append(bar, el("div", "muted", t("chain.share", { pct: num(share * 100, 0) })));
     } else {
-      box.append(el("div", "muted", "Delivered oxygen is estimated for rooms with ventilation_m3h in the gateway config."));
+      box.append(el("div", "muted", t("chain.no_estimate")));
     }
     if (!supply) {
-      box.append(el("div", "muted", "Stock, metered delivery, losses and days of oxygen left show once supply devices (kind supply: tanks, manifolds, area alarm panels) are configured."));
+      const hint = el("div", "muted");
+      hint.append(...tParts("chain.supply_hint", { kind: el("code", "", 'kind = "supply"') }));
+      box.append(hint);
     }
   }
 
   function renderSite(sec, site) {
     const n = sec._n;
     setText(n.title, site.name || site.id);
-    setText(n.meta, `${site.id} · ${Math.round(site.altitude_m)} m · ISA ${num(site.isa_baro_kpa, 1)} kPa`);
+    setText(n.meta, `${site.id} · ${metres(site.altitude_m)} · ${t("site.isa", { kpa: num(site.isa_baro_kpa, 1) })}`);
     const lim = site.limits || {};
     n.limits.replaceChildren(
-      limitChip("target", `${TARGET_LOW_PCT}–${TARGET_HIGH_PCT} %`),
-      limitChip("high warning >", `${num(lim.o2_high_warn_pct, 1)} %`),
-      limitChip("high alarm >", `${num(lim.o2_high_alarm_pct, 1)} %`),
-      limitChip("NFPA burn rate", `${num(lim.o2_nfpa_burn_pct, 1)} %`),
+      limitChip(t("limit.target"), `${plain(TARGET_LOW_PCT)}–${plain(TARGET_HIGH_PCT)} %`),
+      limitChip(t("limit.high_warn"), `${num(lim.o2_high_warn_pct, 1)} %`),
+      limitChip(t("limit.high_alarm"), `${num(lim.o2_high_alarm_pct, 1)} %`),
+      limitChip(t("limit.nfpa"), `${num(lim.o2_nfpa_burn_pct, 1)} %`),
     );
     renderChain(n.chain, site.chain, site);
     const groups = { room: n.rooms, producer: n.equipment, supply: n.supply };
@@ -552,7 +699,7 @@
     li.querySelector(".btn-shelve").addEventListener("click", () => {
       const reason = li.querySelector(".shelve-reason");
       if (!reason.value.trim()) {
-        showActionError("Say why the alarm is shelved (reason), then shelve it.");
+        showActionError(t("act.need_reason"));
         reason.focus();
         return;
       }
@@ -567,30 +714,33 @@
     li.dataset.severity = a.severity;
     li.dataset.acked = String(!!a.acked);
     li.dataset.shelved = String(!!a.shelved);
-    setText(li.querySelector(".sev"), a.severity);
+    setText(li.querySelector(".sev"), label(SEVERITIES, a.severity));
     setText(li.querySelector(".alarm-device"), `${a.site} / ${a.device}`);
-    setText(li.querySelector(".alarm-rule"), a.rule);
-    const st = a.shelved ? "shelved" : a.acked ? "acknowledged" : "unacknowledged";
+    const rule = li.querySelector(".alarm-rule");
+    setText(rule, ruleLabel(a.rule));
+    rule.title = a.key; // what `o2chain alarms ack` takes
+    const st = a.shelved ? t("state.shelved") : a.acked ? t("state.acknowledged") : t("state.unacknowledged");
     setText(li.querySelector(".alarm-state"), st);
     setText(li.querySelector(".alarm-msg"), a.message || "");
     const now = state.status ? state.status.gateway.now_ms : Date.now();
     const since = (now - (a.raised_ms || now)) / 1000 + (Date.now() - state.receivedAt) / 1000;
-    const parts = [`raised ${ago(since)}`];
-    if (a.acked) parts.push(`acknowledged${a.acked_by ? " by " + a.acked_by : ""}`);
+    const parts = [t("meta.raised", { ago: ago(since) })];
+    if (a.acked) parts.push(a.acked_by ? t("meta.acked_by", { user: a.acked_by }) : t("meta.acked"));
     if (a.shelved && a.shelved_until_ms) {
-      parts.push(`shelved${a.shelved_by ? " by " + a.shelved_by : ""} for ${duration((a.shelved_until_ms - now) / 1000)} more`);
+      const left = duration((a.shelved_until_ms - now) / 1000);
+      parts.push(a.shelved_by ? t("meta.shelved_by", { user: a.shelved_by, left }) : t("meta.shelved", { left }));
     }
     setText(li.querySelector(".alarm-meta"), parts.join(" · "));
-    const what = `${a.rule} on ${a.device}`;
+    const what = { rule: a.rule, device: a.device };
     li.querySelector(".alarm-actions").hidden = !session.canAct;
     const ack = li.querySelector(".btn-ack");
     ack.hidden = !!a.acked;
-    ack.setAttribute("aria-label", `Acknowledge alarm ${what}`);
+    ack.setAttribute("aria-label", t("aria.ack", what));
     li.querySelector(".btn-shelve").hidden = !!a.shelved;
-    li.querySelector(".btn-shelve").setAttribute("aria-label", `Shelve alarm ${what}`);
+    li.querySelector(".btn-shelve").setAttribute("aria-label", t("aria.shelve", what));
     li.querySelector(".shelve-for").hidden = !!a.shelved;
     const durations = li.querySelector(".shelve-duration");
-    durations.setAttribute("aria-label", `Shelve ${what} for`);
+    durations.setAttribute("aria-label", t("aria.shelve_for", what));
     // The gateway caps shelving by severity ([alarm_engine] shelve_max_s): offer what it takes.
     const cap = session.shelveMaxS[a.severity] ?? Infinity;
     for (const opt of durations.options) opt.hidden = opt.disabled = Number(opt.value) > cap;
@@ -599,10 +749,10 @@
       if (allowed.length) durations.value = allowed[allowed.length - 1].value;
     }
     li.querySelector(".shelve-why").hidden = !!a.shelved;
-    li.querySelector(".shelve-reason").setAttribute("aria-label", `Reason to shelve ${what}`);
+    li.querySelector(".shelve-reason").setAttribute("aria-label", t("aria.reason", what));
     const un = li.querySelector(".btn-unshelve");
     un.hidden = !a.shelved;
-    un.setAttribute("aria-label", `Unshelve alarm ${what}`);
+    un.setAttribute("aria-label", t("aria.unshelve", what));
   }
   function syncList(list, alarms) {
     const existing = new Map([...list.children].map((li) => [li.dataset.key, li]));
@@ -648,13 +798,13 @@
     markLinked();
     const unacked = open.filter((a) => !a.acked).length;
     setText($("alarm-count"), String(open.length));
-    $("alarm-count").setAttribute("aria-label", `${open.length} active, ${unacked} unacknowledged`);
+    $("alarm-count").setAttribute("aria-label", t("alarms.count_aria", { active: open.length, unacked }));
     document.querySelector(".alarms").dataset.unacked = String(unacked > 0);
-    setText($("alarm-summary"), open.length ? `${unacked} unacknowledged` : "");
+    setText($("alarm-summary"), open.length ? t("alarms.unacked", { n: unacked }) : "");
     $("no-alarms").hidden = open.length > 0;
     $("shelved-box").hidden = shelved.length === 0;
     setText($("shelved-count"), String(shelved.length));
-    document.title = unacked ? `(${unacked}) o2chain live` : "o2chain live";
+    document.title = unacked ? `(${unacked}) ${t("page.title")}` : t("page.title");
   }
 
   function showActionError(text) {
@@ -692,7 +842,8 @@
         render(state.status);
       }
     } catch (err) {
-      showActionError(`Could not ${action} ${a.rule} on ${a.device}: ${err.message}`);
+      const verb = { ack: k("act.verb_ack"), shelve: k("act.verb_shelve"), unshelve: k("act.verb_unshelve") }[action];
+      showActionError(t("act.failed", { verb: tk(verb), rule: a.rule, device: a.device, error: err.message }));
     } finally {
       buttons.forEach((b) => (b.disabled = false));
     }
@@ -701,22 +852,24 @@
   // ------------------------------------------------------------------ page
   function renderHeader(doc) {
     const gw = doc.gateway;
-    const parts = [`gateway ${gw.id}`, `up ${duration(gw.uptime_s)}`,
-      gw.mqtt_connected ? "MQTT connected" : "MQTT disconnected",
-      `outbox ${gw.outbox.depth}`, `updated ${new Date(gw.now_ms).toLocaleTimeString()}`];
+    const parts = [t("gw.id", { id: gw.id }), t("gw.up", { for: duration(gw.uptime_s) }),
+      gw.mqtt_connected ? t("gw.mqtt_up") : t("gw.mqtt_down"),
+      t("gw.outbox", { n: gw.outbox.depth }), t("gw.updated", { time: clock(gw.now_ms) })];
+    // Messages the broker dropped at its queue limits (shown once it has dropped any).
+    if (gw.broker_dropped) parts.splice(3, 0, t("gw.broker_dropped", { n: gw.broker_dropped }));
     setText($("gw-line"), parts.join(" · "));
     const h = $("health");
     h.hidden = false;
     h.dataset.ok = String(gw.health.ok);
-    setText(h, gw.health.ok ? "healthy" : "unhealthy");
-    h.title = [...gw.health.reasons, ...gw.health.warnings].join("\n") || "no problems";
+    setText(h, gw.health.ok ? t("health.ok") : t("health.bad"));
+    h.title = [...gw.health.reasons, ...gw.health.warnings].join("\n") || t("health.no_problems");
   }
 
   function renderUnknown(doc) {
     const list = doc.unknown_devices || [];
     $("unknown").hidden = list.length === 0;
     const ul = $("unknown-list");
-    ul.replaceChildren(...list.map((u) => el("li", "", `${u.key} · ${u.state}`)));
+    ul.replaceChildren(...list.map((u) => el("li", "", `${u.key} · ${linkLabel(u.state)}`)));
   }
 
   function render(doc) {
@@ -744,7 +897,8 @@
     state.mode = mode;
     const c = $("conn");
     c.dataset.mode = mode;
-    setText(c, { live: "live", polling: "polling", offline: "gateway unreachable", connecting: "connecting", login: "log in to see data" }[mode]);
+    const MODES = { live: k("conn.live"), polling: k("conn.polling"), offline: k("conn.offline"), connecting: k("conn.connecting"), login: k("conn.login") };
+    setText(c, tk(MODES[mode]));
   }
 
   function connect() {
@@ -809,6 +963,7 @@
 
   // ------------------------------------------------------------------ login
   function applySession(doc) {
+    session.doc = doc;
     session.user = doc.user;
     session.role = doc.role;
     session.csrf = doc.csrf;
@@ -819,16 +974,16 @@
     $("login-form").hidden = !!doc.user || !doc.login;
     $("who").hidden = !doc.user;
     setText($("who-name"), doc.user || "");
-    setText($("who-role"), doc.role || "");
+    setText($("who-role"), doc.role ? label(ROLES, doc.role) : "");
     $("login-hint").hidden = session.canRead;
     const hint = $("act-hint");
     hint.hidden = session.canAct;
     if (!doc.login) {
-      setText(hint, "Alarm actions need operator accounts: the gateway has no [http] users_file.");
+      setText(hint, t("act.hint_no_users"));
     } else if (doc.user) {
-      setText(hint, `${doc.user} is a ${doc.role}: acknowledging and shelving need an operator.`);
+      setText(hint, t("act.hint_role", { user: doc.user, role: label(ROLES, doc.role) }));
     } else {
-      setText(hint, "Log in as an operator to acknowledge or shelve alarms; every action is recorded under your name.");
+      setText(hint, t("act.hint_login"));
     }
     if (!session.canRead) {
       setMode("login");
@@ -872,7 +1027,7 @@
       if (!couldRead) startLive();
     } catch (err) {
       msg.hidden = false;
-      setText(msg, `Login failed: ${err.message}`);
+      setText(msg, t("login.failed", { error: err.message }));
     } finally {
       button.disabled = false;
     }
@@ -893,8 +1048,14 @@
   function init() {
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", logout);
+    $("lang").addEventListener("change", () => {
+      const lang = $("lang").value;
+      try { localStorage.setItem(LANG_STORAGE_KEY, lang); } catch (_) { /* storage off: this visit only */ }
+      setLanguage(lang);
+    });
     state.receivedAt = Date.now();
-    loadSession().finally(() => {
+    // The texts first: nothing is drawn before the catalogue is there.
+    setLanguage(pickLanguage()).finally(() => loadSession()).finally(() => {
       startLive();
       setInterval(tick, 1000);
     });

@@ -202,6 +202,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
             device_scale_factor=1,
+            locale="en-US",  # the page follows the browser's language (test_livepage_i18n.py)
         )
         try:
             yield context

@@ -3,14 +3,15 @@ that the gateways' ``[central]`` forwarders feed (same schema as a facility's da
 ``site`` tag tells facilities apart). Provision it in the central Grafana with the data source
 pointed at the central InfluxDB (dashboards/README.md, "Region").
 
-Panels: the chain balance of each facility now and over time, readings arriving per facility
-(a facility behind a broken WAN link shows a gap, then its backlog), and every active alarm of
-the region. A facility's name links to the Facility overview for that site.
+Panels: the chain balance of each facility now and over time, room readings arriving per
+facility (a facility behind a broken WAN link shows a gap, then its backlog), and every active
+alarm of the region. A facility's name links to the Facility overview for that site. Texts come
+from the catalogues (dashboards/i18n) like every other dashboard's.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import table, timeseries
@@ -19,21 +20,23 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
 
+if TYPE_CHECKING:
+    from dashboards.build import Texts
+
 FACILITY_UID = "o2chain-facility"  # the Facility overview (dashboards/build.py)
+SITES = '"site" =~ /^$site$/'
 
 # Each alarm's last event in the last 30 days, kept when it left the alarm active: the same
-# rule as the Facility overview's list, over every site.
+# rule as the Facility overview's list, over every site of the region.
 REGION_ALARMS_QUERY = (
     'SELECT "state", "message", "value" FROM ('
     'SELECT last("state") AS "state", last("message") AS "message", last("active") AS "active", '
-    'last("value") AS "value" FROM "alarm" WHERE "site" =~ /^$site$/ AND time > now() - 30d '
+    f'last("value") AS "value" FROM "alarm" WHERE {SITES} AND time > now() - 30d '
     'GROUP BY "site", "device", "rule", "severity") '
     'WHERE "active" = true GROUP BY "site", "device", "rule", "severity"'
 )
 
-
 P = TypeVar("P", table.Panel, timeseries.Panel)
-SITES = '"site" =~ /^$site$/'
 
 
 def _grid(panel: P, x: int, y: int, w: int, h: int, panel_id: int) -> P:
@@ -41,75 +44,86 @@ def _grid(panel: P, x: int, y: int, w: int, h: int, panel_id: int) -> P:
     return panel
 
 
-def _site_variable() -> gd.QueryVariable:
-    return (
-        gd.QueryVariable("site")
-        .label("Facility")
-        .datasource(DATASOURCE)
-        .query('SHOW TAG VALUES FROM "chain" WITH KEY = "site"')
-        .multi(True)
-        .include_all(True)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
-    )
+def _name(tr: Texts, key: str, unit: str | None = None) -> list[dm.DynamicConfigValue]:
+    props = [dm.DynamicConfigValue(id_val="displayName", value=tr(key))]
+    if unit:
+        props.append(dm.DynamicConfigValue(id_val="unit", value=unit))
+    return props
 
 
-def _site_link() -> list[dm.DynamicConfigValue]:
-    return [
-        dm.DynamicConfigValue(
-            id_val="links",
-            value=[
-                {
-                    "title": "Facility overview",
-                    "url": f"/d/{FACILITY_UID}?var-site=${{__value.raw}}&${{__url_time_range}}",
-                }
-            ],
-        )
-    ]
+def _site_column(tr: Texts) -> list[dm.DynamicConfigValue]:
+    """The site column: named, and a link to that site's Facility overview."""
+    link = {
+        "title": tr("region.link"),
+        "url": f"/d/{tr.uid(FACILITY_UID)}?var-site=${{__value.raw}}&${{__url_time_range}}",
+    }
+    return [*_name(tr, "col.site"), dm.DynamicConfigValue(id_val="links", value=[link])]
 
 
-def region_dashboard() -> gd.Dashboard:
+def region_dashboard(tr: Texts | None = None) -> gd.Dashboard:
+    from dashboards.build import DEFAULT_LANGUAGE, Texts
+
+    tr = tr if tr is not None else Texts()
+    lang_tags = [] if tr.lang == DEFAULT_LANGUAGE else [tr.lang]
     d = (
-        gd.Dashboard("o2chain / Region")
-        .uid("o2chain-region")
-        .tags(["o2chain", "region"])
+        gd.Dashboard(tr("region.title"))
+        .uid(tr.uid("o2chain-region"))
+        .tags(["o2chain", "region", *lang_tags])
         .refresh("30s")
         .time("now-6h", "now")
         .timezone("browser")
         .editable()
-        .with_variable(_site_variable())
+        .with_variable(
+            gd.QueryVariable("site")
+            .label(tr("region.var.facility"))
+            .datasource(DATASOURCE)
+            .query('SHOW TAG VALUES FROM "chain" WITH KEY = "site"')
+            .multi(True)
+            .include_all(True)
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        )
     )
-    d.with_panel(_grid(
-        table.Panel().title("Facilities now").datasource(DATASOURCE).unit("suffix: L/min")
-        .description("last chain balance of each facility (gateway/enrich.py): O2 produced, "
-                     "delivered to the rooms, and their difference")
-        .override_by_name("site", _site_link())
-        .override_by_name("rooms O2", [dm.DynamicConfigValue(id_val="unit", value="percent")])
+    now = (
+        table.Panel().title(tr("region.now")).datasource(DATASOURCE).unit("suffix: L/min")
+        .description(tr("region.now.desc"))
+        .override_by_name("site", _site_column(tr))
+        .override_by_name("balance", _name(tr, "region.col.balance"))
+        .override_by_name("produced", _name(tr, "chain.produced"))
+        .override_by_name("used", _name(tr, "chain.used"))
+        .override_by_name("rooms_o2", _name(tr, "region.col.rooms_o2", "percent"))
         .with_target(InfluxQL(
             'SELECT last("balance_o2_lpm") AS "balance", last("produced_o2_lpm") AS "produced", '
-            'last("delivered_o2_lpm") AS "delivered", last("rooms_o2_mean_pct") AS "rooms O2" '
-            f'FROM "chain" WHERE {SITES} AND $timeFilter GROUP BY "site"').table()),
-        0, 0, 12, 9, 1))  # fmt: skip
+            'last("delivered_o2_lpm") AS "used", last("rooms_o2_mean_pct") AS "rooms_o2" '
+            f'FROM "chain" WHERE {SITES} AND $timeFilter GROUP BY "site"').table())
+    )  # fmt: skip
+    d.with_panel(_grid(now, 0, 0, 12, 9, 1))
+    alarms = (
+        table.Panel().title(tr("region.alarms")).datasource(DATASOURCE).unit("none")
+        .description(tr("region.alarms.desc"))
+        .override_by_name("site", _site_column(tr))
+        .override_by_name("device", _name(tr, "col.device"))
+        .override_by_name("rule", _name(tr, "col.rule"))
+        .override_by_name("severity", _name(tr, "col.severity"))
+        .override_by_name("state", _name(tr, "col.state"))
+        .override_by_name("message", _name(tr, "col.message"))
+        .override_by_name("value", _name(tr, "col.value"))
+        .with_target(InfluxQL(REGION_ALARMS_QUERY).table())
+    )  # fmt: skip
+    d.with_panel(_grid(alarms, 12, 0, 12, 9, 2))
     d.with_panel(_grid(
-        table.Panel().title("Active alarms in the region").datasource(DATASOURCE).unit("none")
-        .description("alarms whose last event (last 30 days) left them active, every facility")
-        .override_by_name("site", _site_link())
-        .with_target(InfluxQL(REGION_ALARMS_QUERY).table()),
-        12, 0, 12, 9, 2))  # fmt: skip
-    d.with_panel(_grid(
-        timeseries.Panel().title("O2 balance per facility").datasource(DATASOURCE)
+        timeseries.Panel().title(tr("region.balance")).datasource(DATASOURCE)
         .unit("suffix: L/min").line_width(1).fill_opacity(5)
         .show_points(cm.VisibilityMode.NEVER)
-        .description("produced minus delivered oxygen, per facility")
+        .description(tr("region.balance.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("balance_o2_lpm") FROM "chain" WHERE {SITES} AND $timeFilter '
             'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site")),
         0, 9, 12, 8, 3))  # fmt: skip
     d.with_panel(_grid(
-        timeseries.Panel().title("Room readings per facility").datasource(DATASOURCE)
+        timeseries.Panel().title(tr("region.readings")).datasource(DATASOURCE)
         .unit("short").line_width(1).fill_opacity(5).show_points(cm.VisibilityMode.NEVER)
-        .description("room readings stored per interval, by reading time: a WAN outage shows "
-                     "as a gap that fills once the facility's backlog has arrived")
+        .description(tr("region.readings.desc"))
         .with_target(InfluxQL(
             f'SELECT count("o2_pct") FROM "room" WHERE {SITES} AND $timeFilter '
             'GROUP BY time($__interval), "site" fill(0)').alias("$tag_site")),

@@ -29,6 +29,9 @@ REQUIRED_TOOLS = {
     "mpy-cross": "compiling the firmware as it ships",
     "losetup": "the power-cut test (a loop device whose page cache is lost)",
     "mkfs.ext4": "the power-cut test's file system",
+    "ip": "the region WAN test's network namespaces and veth links",
+    "tc": "the region WAN test's bandwidth cap (and delay/loss where the kernel has netem)",
+    "nft": "the region WAN test's packet loss and partitions",
     "mbpoll": "reading the simulated Modbus equipment with an independent client",
 }
 # Fonts (fontconfig patterns) -> what needs them; scripts/bootstrap.sh installs them too.

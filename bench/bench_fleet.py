@@ -13,6 +13,14 @@ prints a table:
 3. *as fast as possible*: 20 boards x 1000 readings (interval 0) = the per-core ceiling.
 
 Every run is bounded by its own timeout (FleetConfig.timeout_s).
+
+    .venv/bin/python bench/bench_fleet.py --gateway          # a region's fleet into one gateway
+
+``--gateway`` measures the region figure instead: ``--boards`` (10,000) boards at one reading
+per ``--interval-s`` (10 s) spread over ``--sites`` (100) sites, published to one broker and
+ingested by one gateway process into a private InfluxDB; prints each process's fraction of one
+core over the run and delivered/offered (distinct points counted in InfluxDB / readings the
+fleet had acknowledged). Everything on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from o2base.services import Mosquitto
+import tomli_w
+
+from o2base.procs import ChildProcess, o2chain_argv
+from o2base.services import InfluxDB, Mosquitto
 from simulators.fleet import Fleet, FleetConfig, FleetSummary
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -62,6 +73,131 @@ def run(
     return summary, wall, cpu, proc_cpu_s(broker.pid) - broker_cpu0
 
 
+def influx_count(db: InfluxDB, name: str) -> int:
+    rows = db.query_points("SELECT count(o2_pct) FROM room", db=name)
+    return int(rows[0]["count"]) if rows else 0
+
+
+def gateway_metrics(gw: ChildProcess) -> dict[str, float]:
+    """A few of the gateway's own counters (GET /metrics)."""
+    import re
+
+    import requests
+
+    port = gw.wait_for_log(r"HTTP listening on http://127\.0\.0\.1:(\d+)").group(1)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    wanted = (
+        'o2chain_readings_total{source="mqtt"}',
+        "o2chain_mqtt_messages_total",
+        "o2chain_duplicates_total",
+        "o2chain_influx_points_written_total",
+        "o2chain_outbox_depth",
+        'o2chain_alarm_events_total{event="raise"}',
+        'o2chain_alarm_events_total{event="clear"}',
+    )
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[re.sub(r"^o2chain_", "", name)] = float(value)
+    return out
+
+
+def gateway_run(args: argparse.Namespace) -> None:
+    """The region figure: a fleet over many sites into one gateway, counted in InfluxDB."""
+    boards, sites = args.boards, args.sites
+    config = FleetConfig(
+        host="127.0.0.1",
+        port=0,
+        site="region",
+        boards=boards,
+        interval_s=args.interval_s,
+        readings=args.readings,
+        sites=sites,
+        timeout_s=300 + args.readings * args.interval_s * 2,
+    )
+    config.validate()
+    with tempfile.TemporaryDirectory(prefix="bench-region-") as tmp:
+        base = Path(tmp)
+        with Mosquitto(base) as mq, InfluxDB(base) as db:
+            config = FleetConfig(**{**config.__dict__, "port": mq.port})
+            site_ids = sorted({config.site_id(i) for i in range(boards)})
+            gw_cfg = {
+                "gateway": {
+                    "id": "gw-bench",
+                    "state_dir": str(base / "state"),
+                    "http_listen": "127.0.0.1:0",
+                },
+                "mqtt": {"url": mq.url},
+                "influx": {"url": db.url, "database": "bench"},
+                "site": [{"id": s, "altitude_m": 3650} for s in site_ids],
+                "device": [
+                    {
+                        "id": config.device_id(i),
+                        "site": config.site_id(i),
+                        "kind": "room",
+                        "transport": "mqtt",
+                    }
+                    for i in range(boards)
+                ],
+            }
+            (base / "gw.toml").write_bytes(tomli_w.dumps(gw_cfg).encode())
+            gw = ChildProcess(
+                o2chain_argv("gateway", "run", "-c", str(base / "gw.toml")), base / "gw.log"
+            ).start()
+            try:
+                gw.wait_for_log("MQTT subscribed", timeout_s=120)
+                gw_cpu0, mq_cpu0, db_cpu0 = (proc_cpu_s(p) for p in (gw.pid, mq.pid, db.pid))
+                cpu0, t0 = time.process_time(), time.monotonic()
+                summary: FleetSummary = asyncio.run(Fleet(config).run())
+                wall = time.monotonic() - t0
+                fleet_cpu = time.process_time() - cpu0
+                offered = summary.readings_sent
+                # The gateway may still be working through the broker's queue: wait while the
+                # count grows, give up after 180 s without progress (or 10 min in all).
+                delivered, last_progress = influx_count(db, "bench"), time.monotonic()
+                give_up = time.monotonic() + 600
+                while delivered < offered and time.monotonic() < give_up:
+                    time.sleep(1.0)
+                    now_count = influx_count(db, "bench")
+                    if now_count > delivered:
+                        last_progress = time.monotonic()
+                    elif time.monotonic() - last_progress > 180:
+                        break
+                    delivered = now_count
+                drained = time.monotonic() - t0
+                gw_cpu = proc_cpu_s(gw.pid) - gw_cpu0
+                metrics = gateway_metrics(gw)
+                mq_cpu = proc_cpu_s(mq.pid) - mq_cpu0
+                db_cpu = proc_cpu_s(db.pid) - db_cpu0
+            finally:
+                gw.stop()
+                kept = Path(tempfile.gettempdir()) / "bench-region-gateway.log"
+                kept.write_bytes((base / "gw.log").read_bytes())
+    measured = boards * args.readings
+    print(
+        f"region fleet: {boards} boards over {len(site_ids)} sites, one reading / "
+        f"{args.interval_s:g} s each ({boards / args.interval_s:.0f} readings/s offered), "
+        f"{args.readings} rounds; fleet run {wall:.1f} s, drained at {drained:.1f} s"
+    )
+    print(f"{'process':<10}{'cpu s':>9}{'fraction of one core':>24}")
+    for name, cpu, span in (
+        ("fleet", fleet_cpu, wall),
+        ("broker", mq_cpu, drained),
+        ("gateway", gw_cpu, drained),
+        ("influxd", db_cpu, drained),
+    ):
+        print(f"{name:<10}{cpu:>9.2f}{cpu / span:>24.3f}")
+    print(
+        f"readings measured {summary.readings_measured}/{measured}, offered (PUBACKed) {offered}, "
+        f"dropped by boards {summary.readings_dropped}, delivered (distinct points in InfluxDB) "
+        f"{delivered}: delivered/offered = {delivered / offered if offered else 0:.4f}"
+    )
+    print("gateway counters: " + ", ".join(f"{k} {v:g}" for k, v in metrics.items()))
+    if not summary.complete or delivered != offered or offered != measured:
+        sys.exit(f"LOSS or incomplete run (gateway log: {kept}): " + summary.to_json())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boards", type=int, default=10_000)
@@ -69,10 +205,15 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=3)
     parser.add_argument("--fast-boards", type=int, default=20)
     parser.add_argument("--fast-readings", type=int, default=1000)
+    parser.add_argument("--gateway", action="store_true", help="the region figure (see above)")
+    parser.add_argument("--sites", type=int, default=100, help="with --gateway")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if args.boards + 100 > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.boards + 1000), hard))
+    if args.gateway:
+        gateway_run(args)
+        return
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, Mosquitto(Path(tmp)) as mq:

@@ -35,6 +35,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
+from dashboards.region import region_dashboard
 from gateway import oxygen, supply_rules
 from gateway.builtin_rules import builtin_rules
 from gateway.config import GatewaySection, Severity, parse_config
@@ -701,6 +702,7 @@ DASHBOARDS: dict[str, Callable[..., gd.Dashboard]] = {  # (tr: Texts = English)
     "concentrators": concentrators,
     "device-health": device_health,
     "gateway": gateway_dashboard,
+    "region": region_dashboard,
 }
 
 

@@ -17,6 +17,8 @@ from gateway.alarm_mqtt import AlarmMqttPublisher
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig, Transport, redact_url
 from gateway.enrich import Enricher
+from gateway.forward import CURSOR as CENTRAL_CURSOR
+from gateway.forward import CentralForwarder
 from gateway.http import HttpPolicy, StatusServer
 from gateway.influx import make_writer
 from gateway.lineproto import LineEncoder
@@ -85,6 +87,11 @@ class Gateway:
             config.influx.flush_interval_s,
             max_backoff_s=config.influx.max_backoff_s,
         )
+        # [central]: a second reader of the outbox; a cursor left from an old config is dropped.
+        self.forwarder: CentralForwarder | None = None
+        if config.central is not None:
+            self.forwarder = CentralForwarder(self.outbox, config.central)
+        self.outbox.keep_cursors([CENTRAL_CURSOR] if self.forwarder else [])
         self.modbus_dropped = 0  # Modbus readings lost at a full outbox (policy block)
         self.tick_dropped = 0  # chain and self-metric points lost at a full outbox
         self.encoder = LineEncoder()
@@ -142,6 +149,13 @@ class Gateway:
         self.sources.mqtt = self.mqtt
         self.sources.extra["modbus_dropped_total"] = lambda: self.modbus_dropped
         self.sources.extra["tick_dropped_total"] = lambda: self.tick_dropped
+        forwarder = self.forwarder
+        if forwarder is not None:
+            self.sources.extra["forward_lag_points"] = lambda: forwarder.lag()[0]
+            self.sources.extra["forward_lag_seconds"] = lambda: forwarder.lag()[1]
+            self.sources.extra["forward_written_total"] = lambda: forwarder.stats.written
+            self.sources.extra["forward_failures_total"] = lambda: forwarder.stats.failures
+            self.sources.extra["forward_released_total"] = lambda: forwarder.released
 
     def _commit(self, readings: list[Reading]) -> int:
         """Commit pipeline output, then announce its alarm events; returns how many readings
@@ -208,6 +222,8 @@ class Gateway:
         self.notifier.start()
         tasks = [asyncio.create_task(self.drainer.run(stop), name="writer")]
         tasks.append(asyncio.create_task(self._ticker(stop), name="tick"))
+        if self.forwarder is not None:
+            tasks.append(asyncio.create_task(self.forwarder.run(stop), name="forward"))
         tasks += [  # TCP devices one task each, an RTU bus one task for all its devices
             asyncio.create_task(run(stop), name=name) for name, run in modbus_runners(self.pollers)
         ]
@@ -225,6 +241,8 @@ class Gateway:
             self.enricher.close()
             self.state_store.close()
             self.writer.close()
+            if self.forwarder is not None:
+                self.forwarder.close()
             self.outbox.close()
             log.info("gateway stopped")
 

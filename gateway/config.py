@@ -11,6 +11,7 @@ import re
 import stat
 import tomllib
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
@@ -256,6 +257,42 @@ class InfluxSection(_Strict):
 
     def token(self) -> SecretStr | None:
         return _read_secret(self.token_file, "O2CHAIN_INFLUX_TOKEN", "influx.token_file")
+
+
+class CentralSection(InfluxSection):
+    """``[central]``: the region's time-series database, fed from this gateway's outbox through
+    a second cursor (gateway/forward.py, gateway/README.md "Central forwarding"). The keys of
+    ``[influx]`` mean the same here; the defaults suit a WAN link (bigger batches, longer
+    timeouts and back-off)."""
+
+    url: str  # no default: the central tier is never on this host by accident
+    database: str = "o2region"
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 10_000
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    max_backoff_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    # v1 with authentication: HTTP basic auth (InfluxDB 1.x `auth-enabled`).
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # a private CA for https://
+    # Measurements forwarded (empty: all of them).
+    measurements: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,63}$")]] = []
+    # At the outbox bound while the central tier lags: "release" = the central cursor skips
+    # the oldest points the local InfluxDB already has (counted), ingest goes on; "hold" = the
+    # central cursor holds rows like the local drain, and [gateway] outbox_full_policy applies.
+    at_bound: Literal["release", "hold"] = "release"
+
+    @model_validator(mode="after")
+    def _credentials(self) -> CentralSection:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        return self
+
+    def token(self) -> SecretStr | None:
+        return _read_secret(self.token_file, "O2CHAIN_CENTRAL_TOKEN", "central.token_file")
+
+    def password(self) -> SecretStr | None:
+        return _read_secret(self.password_file, "O2CHAIN_CENTRAL_PASSWORD", "central.password_file")
 
 
 class Site(_Strict):
@@ -583,6 +620,7 @@ class GatewayConfig(_Strict):
     http: HttpSection = HttpSection()
     mqtt: MqttSection = MqttSection()
     influx: InfluxSection = InfluxSection()
+    central: CentralSection | None = None
     site: list[Site] = []
     device: list[Device] = []
     alarm: list[AlarmRule] = []
@@ -693,10 +731,13 @@ class GatewayConfig(_Strict):
         raise KeyError(site_id)
 
     def find_device(self, site_id: str, device_id: str) -> Device | None:
-        for d in self.device:
-            if d.site == site_id and d.id == device_id:
-                return d
-        return None
+        return self._device_index.get((site_id, device_id))
+
+    @cached_property
+    def _device_index(self) -> dict[tuple[str, str], Device]:
+        # Looked up for every status message: a scan of 10,000 devices each time was a
+        # gateway's largest cost while a region's fleet came online.
+        return {(d.site, d.id): d for d in self.device}
 
 
 def _state_dir_problem(state_dir: Path) -> str | None:
@@ -732,6 +773,11 @@ def preflight(config: GatewayConfig) -> list[str]:
         ("influx.token_file", config.influx.token_file),
         ("http.users_file", config.http.users_file),
     ]
+    if config.central is not None:
+        secrets += [
+            ("central.token_file", config.central.token_file),
+            ("central.password_file", config.central.password_file),
+        ]
     for i, target in enumerate(config.notify):
         for name in ("url_file", "secret_file", "token_file", "password_file"):
             secrets.append((f"notify[{i}] ({target.id}).{name}", getattr(target, name)))
@@ -740,6 +786,8 @@ def preflight(config: GatewayConfig) -> list[str]:
         if problem:
             problems.append(problem)
     ca_files = [("mqtt.ca_file", config.mqtt.ca_file)]
+    if config.central is not None:
+        ca_files.append(("central.ca_file", config.central.ca_file))
     ca_files += [(f"notify[{i}] ({t.id}).ca_file", t.ca_file) for i, t in enumerate(config.notify)]
     for key, path in ca_files:
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):

@@ -339,9 +339,14 @@ class EventHub:
             if self._stopping:
                 return
             self._wake.clear()
-            if not self.clients:
-                await self._wake.wait()  # idle until a client joins
+            while not self.clients and not self._stopping:
+                # Idle until a client joins: an alarm event wakes this too, and a document
+                # built for nobody costs the gateway the whole site's status (10,000 boards
+                # going offline at once would build 10,000 of them).
+                await self._wake.wait()
                 self._wake.clear()
+            if self._stopping:
+                return
             try:
                 doc = await asyncio.to_thread(self.snapshot)
             except Exception:

@@ -20,6 +20,16 @@ The same file holds the alarm engine's state (:mod:`gateway.state_store` shares 
 so an alarm's lifecycle change commits in the transaction that holds its ``alarm`` point:
 ``commit(..., also=store.writer(events))``.
 
+Readers keep cursors. The local InfluxDB drain is the cursor ``local``; a second reader (the
+central forwarder, :mod:`gateway.forward`) registers its own with :meth:`Outbox.add_cursor` and
+reads the same committed rows at its own pace (``peek_batch(limit, cursor=name)``,
+``advance(name, last_id)``). A row is deleted only once every cursor has passed it, so the bound
+(``max_bytes``) measures what the slowest reader still needs. A cursor registered with
+``holds=False`` gives way at the bound: before the outbox refuses or drops anything, rows that
+every holding cursor has passed are released, the lagging cursor jumps past them and the points
+it skipped are counted (:attr:`OutboxStats.released`). Without a second cursor nothing is stored
+for cursors and the outbox behaves as it always did.
+
 Thread-safe: MQTT ingest commits from its thread, Modbus pollers from the event loop, the writer
 drains from worker threads.
 """
@@ -55,6 +65,10 @@ CREATE TABLE IF NOT EXISTS deadletter (
     payload_len INTEGER,  -- the whole payload's length (NULL: a row of an older release)
     payload_sha256 TEXT  -- of the whole payload, to match it with what a board sent
 );
+CREATE TABLE IF NOT EXISTS outbox_cursor (
+    name TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL  -- every row up to this id is done for this reader
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seqstate (
     device TEXT NOT NULL,
     boot INTEGER NOT NULL,
@@ -66,6 +80,7 @@ CREATE TABLE IF NOT EXISTS seqstate (
 
 
 CHUNK_POINTS = 1000  # points per row
+LOCAL = "local"  # the cursor of the local InfluxDB drain (gateway/writer.py)
 
 # Dead letters are evidence, not a second store of whatever anybody publishes: a payload is kept
 # up to this many bytes (a valid telemetry message is at most 64 KiB, o2base/schema, and a
@@ -120,6 +135,8 @@ class OutboxStats:
     dead_letters: int = 0
     dead_letters_dropped: int = 0  # oldest deleted at deadletter_max_count / deadletter_max_mb
     dead_letters_truncated: int = 0  # payloads kept cut at DEADLETTER_PAYLOAD_MAX
+    # Points a non-holding cursor skipped at the bound, per cursor (see Outbox.add_cursor).
+    released: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,6 +226,16 @@ class Outbox:
         if "payload_len" not in columns:  # dead letters of a release that kept whole payloads
             self._db.execute("ALTER TABLE deadletter ADD COLUMN payload_len INTEGER")
             self._db.execute("ALTER TABLE deadletter ADD COLUMN payload_sha256 TEXT")
+        # Cursor positions (LOCAL always; others once registered) and which of them hold rows
+        # at the bound. Without a second cursor LOCAL is implicit: rows it passed are deleted.
+        self._cursors: dict[str, int] = {}
+        self._holds: dict[str, bool] = {LOCAL: True}
+        saved = dict(self._db.execute("SELECT name, last_id FROM outbox_cursor").fetchall())
+        self._cursors[LOCAL] = int(saved.get(LOCAL, self._first_id() - 1))
+        for name, last_id in saved.items():
+            if name != LOCAL:
+                self._cursors[str(name)] = int(last_id)
+                self._holds[str(name)] = True  # until add_cursor says otherwise
         self._recount()
         with self._lock:  # bounds lowered since the last run apply at once
             self._db.execute("BEGIN")
@@ -223,6 +250,14 @@ class Outbox:
     @property
     def lock(self) -> threading.Lock:
         return self._lock
+
+    def _first_id(self) -> int:
+        """The id the oldest row present has, or the next id when the outbox is empty."""
+        (oldest,) = self._db.execute("SELECT MIN(id) FROM outbox").fetchone()
+        if oldest is not None:
+            return int(oldest)
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return 1 if row is None else int(row[0]) + 1
 
     def _recount(self) -> None:
         queued, points = self._db.execute(
@@ -273,6 +308,8 @@ class Outbox:
         size = sum(len(text) for text, _ in rows)
         kept_size = sum(len(text) for text, _ in kept)
         with self._lock:
+            if lines and self._bytes + size > self.max_bytes and len(self._cursors) > 1:
+                self._release(self._bytes + size - self.max_bytes)
             full = self._bytes > 0 and self._bytes + size > self.max_bytes
             if lines and full and self.policy is FullPolicy.BLOCK:
                 self.stats.full_refusals += 1
@@ -393,12 +430,16 @@ class Outbox:
 
     # -- writer --------------------------------------------------------------------------------
 
-    def peek_batch(self, limit: int) -> Batch:
-        """The oldest rows holding about ``limit`` points (at least one row), in order."""
+    def peek_batch(self, limit: int, cursor: str = LOCAL) -> Batch:
+        """The oldest rows after ``cursor`` holding about ``limit`` points (at least one row),
+        in order."""
         batch = Batch()
         texts = []
         with self._lock:
-            cur = self._db.execute("SELECT id, line, points FROM outbox ORDER BY id")
+            cur = self._db.execute(
+                "SELECT id, line, points FROM outbox WHERE id > ? ORDER BY id",
+                (self._cursors[cursor],),
+            )
             taken = 0
             for row_id, text, points in cur:
                 if taken and taken + points > limit:
@@ -424,15 +465,145 @@ class Outbox:
         return out[:limit]
 
     def remove_through(self, last_id: int) -> None:
-        """Drop every row up to ``last_id`` (InfluxDB accepted them, in order)."""
+        """The local drain is done with every row up to ``last_id`` (InfluxDB accepted them, in
+        order): they go once no other cursor needs them."""
+        self.advance(LOCAL, last_id)
+
+    def advance(self, cursor: str, last_id: int) -> None:
+        """Move ``cursor`` past every row up to ``last_id`` and delete the rows that every
+        cursor has now passed (one transaction)."""
         with self._room:
-            size, points = self._db.execute(
-                "SELECT TOTAL(LENGTH(line)), TOTAL(points) FROM outbox WHERE id <= ?", (last_id,)
-            ).fetchone()
+            self._cursors[cursor] = max(self._cursors[cursor], last_id)
+            floor = min(self._cursors.values())
+            if len(self._cursors) == 1:
+                self._delete_through(floor)
+            else:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO outbox_cursor (name, last_id) VALUES (?, ?)",
+                        (cursor, self._cursors[cursor]),
+                    )
+                    self._delete_through(floor)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    self._recount()
+                    raise
+            self._room.notify_all()
+
+    def _delete_through(self, last_id: int) -> None:
+        size, points = self._db.execute(
+            "SELECT TOTAL(LENGTH(line)), TOTAL(points) FROM outbox WHERE id <= ?", (last_id,)
+        ).fetchone()
+        if points:
             self._db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
             self._bytes = max(0, self._bytes - int(size))
             self._points = max(0, self._points - int(points))
+
+    # -- more readers --------------------------------------------------------------------------
+
+    def add_cursor(self, name: str, *, holds: bool = False) -> None:
+        """Register a reader besides the local drain (kept across restarts in this file).
+
+        A new cursor starts at the oldest row present: what is not yet in the local InfluxDB
+        is not elsewhere either. ``holds=False``: at the bound this reader gives way (rows the
+        holding cursors passed are released, the skipped points counted in
+        ``stats.released[name]``); ``holds=True``: it counts like the local drain, so the
+        outbox's full policy applies when it lags.
+        """
+        if name == LOCAL:
+            raise ValueError(f"cursor name {LOCAL!r} is the local drain's")
+        with self._lock:
+            self._holds[name] = holds
+            if name in self._cursors:
+                return
+            self._cursors[name] = self._first_id() - 1
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO outbox_cursor (name, last_id) VALUES (?, ?)",
+                list(self._cursors.items()),
+            )
+            self._db.execute("COMMIT")
+
+    def keep_cursors(self, names: Iterable[str]) -> list[str]:
+        """Forget every reader but the local drain and ``names`` (a forwarder taken out of the
+        config must not hold rows forever); returns the names forgotten."""
+        wanted = set(names) | {LOCAL}
+        with self._room:
+            gone = [n for n in self._cursors if n not in wanted]
+            if not gone:
+                return []
+            for name in gone:
+                del self._cursors[name]
+                self._holds.pop(name, None)
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM outbox_cursor WHERE name = ?", [(n,) for n in gone])
+            if len(self._cursors) == 1:
+                self._db.execute("DELETE FROM outbox_cursor")
+            self._delete_through(min(self._cursors.values()))
+            self._db.execute("COMMIT")
             self._room.notify_all()
+            return gone
+
+    def cursors(self) -> dict[str, int]:
+        """Every cursor's position (the last row id it is done with)."""
+        with self._lock:
+            return dict(self._cursors)
+
+    def lag(self, cursor: str) -> tuple[int, float]:
+        """Points waiting for ``cursor`` and the age in s of the oldest of them."""
+        with self._lock:
+            return self._lag(cursor)
+
+    def _lag(self, cursor: str) -> tuple[int, float]:
+        after = self._cursors[cursor]
+        (points,) = self._db.execute(
+            "SELECT TOTAL(points) FROM outbox WHERE id > ?", (after,)
+        ).fetchone()
+        row = self._db.execute(
+            "SELECT added_ms FROM outbox WHERE id > ? ORDER BY id LIMIT 1", (after,)
+        ).fetchone()
+        age = 0.0 if row is None else max(0.0, time.time() - row[0] / 1000)
+        return int(points), age
+
+    def _release(self, need_bytes: int) -> None:
+        """Make room for ``need_bytes`` by deleting the oldest rows every holding cursor has
+        passed; the cursors that still needed them jump past, counted (under the lock)."""
+        floor = min(v for k, v in self._cursors.items() if self._holds.get(k, True))
+        freed = 0
+        last_id = None
+        cur = self._db.execute(
+            "SELECT id, LENGTH(line) FROM outbox WHERE id <= ? ORDER BY id", (floor,)
+        )
+        for row_id, size in cur:
+            freed += int(size)
+            last_id = int(row_id)
+            if freed >= need_bytes:
+                break
+        cur.close()
+        if last_id is None:
+            return
+        self._db.execute("BEGIN")
+        try:
+            for name, at in list(self._cursors.items()):
+                if at >= last_id:
+                    continue
+                (skipped,) = self._db.execute(
+                    "SELECT TOTAL(points) FROM outbox WHERE id > ? AND id <= ?", (at, last_id)
+                ).fetchone()
+                self.stats.released[name] = self.stats.released.get(name, 0) + int(skipped)
+                self._cursors[name] = last_id
+                self._db.execute(
+                    "INSERT OR REPLACE INTO outbox_cursor (name, last_id) VALUES (?, ?)",
+                    (name, last_id),
+                )
+            self._delete_through(last_id)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._recount()
+            raise
 
     def remove(self, ids: list[int]) -> None:
         """Drop the given rows (their points were written or dead-lettered)."""
@@ -452,12 +623,19 @@ class Outbox:
             self._room.notify_all()
 
     def depth(self) -> int:
-        """Points waiting."""
-        return self._points
+        """Points waiting for the local drain."""
+        if len(self._cursors) == 1:
+            return self._points
+        return self.lag(LOCAL)[0]
 
     def oldest_age_s(self) -> float:
+        """Age in s of the oldest point waiting for the local drain (another reader's lag is
+        its own health, not the local one's)."""
         with self._lock:
-            row = self._db.execute("SELECT added_ms FROM outbox ORDER BY id LIMIT 1").fetchone()
+            row = self._db.execute(
+                "SELECT added_ms FROM outbox WHERE id > ? ORDER BY id LIMIT 1",
+                (self._cursors[LOCAL],),
+            ).fetchone()
         return 0.0 if row is None else max(0.0, time.time() - row[0] / 1000)
 
     # -- dead letters --------------------------------------------------------------------------

@@ -25,18 +25,21 @@ import ssl
 import string
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import requests
 
+from o2base.netns import NetNs
 from o2base.procs import ChildProcess, ProcessError
 from o2core import mqtt_codec
+
+T = TypeVar("T")
 
 __all__ = [
     "HOST",
@@ -224,13 +227,24 @@ class ManagedService(ABC):
     debian_package: ClassVar[str]
     url_scheme: ClassVar[str]
 
-    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        *,
+        host: str = HOST,
+        netns: NetNs | None = None,
+    ) -> None:
         """Prepare (not start) an instance in ``base_dir/<name>/``.
 
-        ``port`` None picks a free port now; it is kept for the life of the object.
+        ``port`` None picks a free port now; it is kept for the life of the object. ``netns``
+        runs the daemon inside that network namespace (o2base/netns.py), listening on ``host``
+        (an address of the namespace); probes and client calls then run there too.
         """
         self._instance_dir = Path(base_dir).resolve() / self.name
         self._port = port if port is not None else free_ports(1)[0]
+        self._host = host
+        self.netns = netns
         self._child: ChildProcess | None = None
 
     def __repr__(self) -> str:
@@ -240,8 +254,9 @@ class ManagedService(ABC):
 
     @property
     def host(self) -> str:
-        """Always ``127.0.0.1``: private instances never listen beyond loopback."""
-        return HOST
+        """``127.0.0.1`` (private instances never listen beyond loopback), or the address in
+        its network namespace."""
+        return self._host
 
     @property
     def port(self) -> int:
@@ -251,7 +266,7 @@ class ManagedService(ABC):
     @property
     def url(self) -> str:
         """``<scheme>://127.0.0.1:<port>``."""
-        return f"{self.url_scheme}://{HOST}:{self._port}"
+        return f"{self.url_scheme}://{self._host}:{self._port}"
 
     @property
     def instance_dir(self) -> Path:
@@ -311,8 +326,9 @@ class ManagedService(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._render_config(), encoding="utf-8")
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        argv = [str(binary), *self._arguments()]
         self._child = ChildProcess(
-            [str(binary), *self._arguments()],
+            self.netns.argv(argv) if self.netns is not None else argv,
             self.log_path,
             self._environment(),
             cwd=self._instance_dir,
@@ -428,6 +444,10 @@ class ManagedService(ABC):
         """Environment of the daemon: the parent's by default."""
         return dict(os.environ)
 
+    def _here(self, fn: Callable[[], T]) -> T:
+        """``fn()`` where the daemon's address is reachable: in its namespace, if it has one."""
+        return fn() if self.netns is None else self.netns.call(fn)
+
 
 class Mosquitto(ManagedService):
     """A private Mosquitto 2.x broker: persistence on, no queue limit, loopback only.
@@ -455,6 +475,10 @@ class Mosquitto(ManagedService):
         gateway_port: int | None = None,
         max_queued_messages: int = 0,
         sys_interval_s: int = 10,
+        host: str = HOST,
+        netns: NetNs | None = None,
+        listeners: str | None = None,
+        extra_conf: str = "",
     ) -> None:
         """Prepare a broker in ``base_dir/mosquitto/``.
 
@@ -465,8 +489,13 @@ class Mosquitto(ManagedService):
         ``autosave_interval_s`` (>= 1) bounds what a SIGKILL loses of retained messages and
         queued sessions; a clean stop() always saves everything. ``gateway_port`` (with
         ``provision_dir`` only; None picks a free one) is kept across restarts like ``port``.
+        ``listeners`` replaces the listener block (e.g. the central broker's, written by
+        ``o2chain region provision``); ``extra_conf`` is appended (e.g. a bridge). With a
+        provisioned site, ``broker/bridge.conf`` (the region bridge) is appended when present.
         """
-        super().__init__(base_dir, port)
+        super().__init__(base_dir, port, host=host, netns=netns)
+        self._listeners_text = listeners
+        self._extra_conf = extra_conf
         if autosave_interval_s < 1:
             raise ValueError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
         self._autosave_interval_s = autosave_interval_s
@@ -483,7 +512,7 @@ class Mosquitto(ManagedService):
     def url(self) -> str:
         """``mqtt://127.0.0.1:<port>``, or ``mqtts://`` when secure."""
         scheme = "mqtts" if self.provision_dir is not None else self.url_scheme
-        return f"{scheme}://{HOST}:{self._port}"
+        return f"{scheme}://{self._host}:{self._port}"
 
     @property
     def secure(self) -> bool:
@@ -500,7 +529,7 @@ class Mosquitto(ManagedService):
         """Where the gateway connects: ``mqtts://127.0.0.1:<gateway_port>`` when secure."""
         if self._gateway_port is None:
             return self.url
-        return f"mqtts://{HOST}:{self._gateway_port}"
+        return f"mqtts://{self._host}:{self._gateway_port}"
 
     @property
     def ca_file(self) -> Path | None:
@@ -516,33 +545,44 @@ class Mosquitto(ManagedService):
     def is_ready(self, timeout_s: float = 1.0) -> bool:
         """True if the broker answers an MQTT CONNECT with CONNACK within ``timeout_s``
         (when secure: over TLS, and a CONNACK refusing the anonymous probe counts)."""
-        if self.provision_dir is None:
-            return mqtt_handshake(HOST, self._port, timeout_s)
+        if self.provision_dir is None and self._listeners_text is None:
+            return self._here(lambda: mqtt_handshake(self._host, self._port, timeout_s))
         try:
-            context = self.ssl_context()
+            context = self.ssl_context() or ssl.create_default_context()
         except (OSError, ssl.SSLError):
             return False
-        return mqtt_handshake(
-            HOST, self._port, timeout_s, ssl_context=context, refused_is_answer=True
+        if self.provision_dir is None:  # a listener of somebody else's: TLS is not ours to check
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return self._here(
+            lambda: mqtt_handshake(
+                self._host, self._port, timeout_s, ssl_context=context, refused_is_answer=True
+            )
         )
 
     def _listeners(self) -> str:
+        if self._listeners_text is not None:
+            return self._listeners_text + self._extra_conf
         if self.provision_dir is None or self._gateway_port is None:
             return (
                 "## Loopback only, on a port picked free at run time; anonymous is fine on "
                 "127.0.0.1.\n"
-                f"listener {self._port} {HOST}\nallow_anonymous true"
+                f"listener {self._port} {self._host}\nallow_anonymous true\n{self._extra_conf}"
             )
         broker_dir = self.provision_dir / "broker"
         if not (broker_dir / "devices.passwd").is_file():
             raise ServiceError(f"{broker_dir}: not a provisioned broker dir (o2chain provision)")
-        return broker_conf(
+        conf = broker_conf(
             broker_dir,
             port=self._port,
-            bind=HOST,
+            bind=self._host,
             gateway_port=self._gateway_port,
-            gateway_bind=HOST,
+            gateway_bind=self._host,
         )
+        bridge = broker_dir / "bridge.conf"
+        if bridge.is_file():
+            conf += "\n" + bridge.read_text()
+        return conf + self._extra_conf
 
     def _render_config(self) -> str:
         # Only root is switched to the `mosquitto` user; see the template for why we stay.
@@ -577,6 +617,8 @@ class InfluxDB(ManagedService):
         *,
         rpc_port: int | None = None,
         request_timeout_s: float = 10.0,
+        host: str = HOST,
+        netns: NetNs | None = None,
     ) -> None:
         """Prepare a server in ``base_dir/influxdb/``.
 
@@ -584,7 +626,7 @@ class InfluxDB(ManagedService):
         127.0.0.1 and kept across restarts; ``request_timeout_s`` bounds each HTTP call of
         create_database(), query() and write_lines().
         """
-        super().__init__(base_dir, port)
+        super().__init__(base_dir, port, host=host, netns=netns)
         if rpc_port is None:
             rpc_port = next(p for p in free_ports(2) if p != self._port)
         self._rpc_port = rpc_port
@@ -598,7 +640,7 @@ class InfluxDB(ManagedService):
     def is_ready(self, timeout_s: float = 1.0) -> bool:
         """True if ``GET /ping`` answers 204 within ``timeout_s`` seconds."""
         try:
-            response = requests.get(f"{self.url}/ping", timeout=timeout_s)
+            response = self._here(lambda: requests.get(f"{self.url}/ping", timeout=timeout_s))
         except requests.RequestException:
             return False
         return response.status_code == 204
@@ -662,8 +704,13 @@ class InfluxDB(ManagedService):
         # A fresh connection per call: a pooled keep-alive connection would be stale after
         # restart() and fail the first request.
         try:
-            response = requests.post(
-                f"{self.url}/{endpoint}", params=params, data=data, timeout=self._request_timeout_s
+            response = self._here(
+                lambda: requests.post(
+                    f"{self.url}/{endpoint}",
+                    params=params,
+                    data=data,
+                    timeout=self._request_timeout_s,
+                )
             )
         except requests.RequestException as exc:
             raise ServiceError(f"InfluxDB /{endpoint} on {self.url}: {exc}") from exc
@@ -676,6 +723,7 @@ class InfluxDB(ManagedService):
     def _render_config(self) -> str:
         return _render_template(
             "influxdb.conf.tmpl",
+            host=self._host,
             http_port=self._port,
             rpc_port=self._rpc_port,
             meta_dir=_toml_string(self.data_dir / "meta"),

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here so `o2chain --help` stays fast and one broken part names itself clearly.
     from dashboards import cli as dashboards_cli
     from gateway import cli as gateway_cli
-    from o2chain import alarms_cli, board_cli, demo, firmware_cli, provision
+    from o2chain import alarms_cli, board_cli, demo, firmware_cli, provision, region
     from simulators import cli as sim_cli
 
     parser = _Parser(prog="o2chain", description="Monitoring of the high-altitude oxygen chain.")
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards_cli.register(sub)
     provision.register(sub)
     alarms_cli.register(sub)
+    region.register(sub)
     return parser
 
 
@@ -53,6 +54,7 @@ def _prefix(args: argparse.Namespace | None) -> str:
             "alarms_command",
             "gateway_command",
             "firmware_command",
+            "region_command",
         ):
             value = getattr(args, attr, None)
             if isinstance(value, str):

@@ -15,6 +15,9 @@ two optional tables of its own are read here::
     id = "gw-1"                          # [gateway] id of the gateway config: its alarm topics
     group = "lhasa-gws"                  # optional: [mqtt] shared_group of a group of gateways
                                          # (they share the account; docs/scaling.md)
+    [region]
+    bundle = "region/facilities/lhasa-hotel"   # from `o2chain region provision`: the bridge
+                                               # to the central broker (broker/bridge.conf)
 
 What ``DIR`` holds afterwards (directories 0700, files 0600)::
 
@@ -190,6 +193,7 @@ class BrokerSettings:
     gateway_id: str
     topic_prefix: str
     gateway_group: str | None = None
+    region_bundle: Path | None = None  # [region] bundle: bridge to the central broker
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,15 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         raise ProvisionError(f"{inventory}: no [devices.<id>] tables: nothing to provision")
     broker = _table(doc, "broker", inventory)
     gateway = _table(doc, "gateway", inventory)
+    region = _table(doc, "region", inventory)
+    if set(region) - {"bundle"}:
+        raise ProvisionError(
+            f"{inventory}: [region] {sorted(set(region) - {'bundle'})[0]}: "
+            "unknown key (expected bundle)"
+        )
+    bundle = region.get("bundle")
+    if bundle is not None and (not isinstance(bundle, str) or not bundle):
+        raise ProvisionError(f"{inventory}: [region] bundle: expected a folder path")
     unknown = sorted(set(broker) - {"hosts", "port", "bind", "gateway_port", "gateway_bind"})
     if unknown:
         raise ProvisionError(f"{inventory}: [broker] {unknown[0]}: unknown key")
@@ -319,6 +332,7 @@ def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
         gateway_id=gateway_id,
         gateway_group=group,
         topic_prefix=prefixes.pop(),
+        region_bundle=(inventory.parent / bundle).resolve() if bundle else None,
     )
     return boards, settings
 
@@ -629,6 +643,21 @@ def provision(
         gateway_port=settings.gateway_port,
         gateway_bind=settings.gateway_bind,
     )
+    if settings.region_bundle is not None:
+        from o2chain.region_provision import bridge_conf
+
+        bundle = settings.region_bundle
+        try:
+            region_ca = (bundle / "region-ca.pem").read_bytes()
+        except OSError as e:
+            raise ProvisionError(f"[region] bundle: cannot read {bundle / 'region-ca.pem'}") from e
+        run.write("broker/region-ca.pem", region_ca)
+        bridge = bridge_conf(bundle, topic_prefix=prefix, ca_path=run.broker_path / "region-ca.pem")
+        run.write("broker/bridge.conf", bridge)
+        conf += "\n" + bridge
+    elif (out / "broker" / "bridge.conf").exists():
+        (out / "broker" / "bridge.conf").unlink()  # [region] taken out of the inventory
+        result.notes.append("no [region] bundle any more: the bridge to the central broker is gone")
     run.write("broker/o2chain.conf", conf)
 
     for who in ("gateway", "operator", "dashboard"):

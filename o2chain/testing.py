@@ -300,6 +300,7 @@ class MqttProbe:
         protocol: int = 5,
         will: tuple[str, bytes, bool] | None = None,
         timeout_s: float = 10.0,
+        host: str = HOST,
     ) -> None:
         import threading
 
@@ -307,6 +308,7 @@ class MqttProbe:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.port = port
+        self.host = host
         self.timeout_s = timeout_s
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -372,7 +374,7 @@ class MqttProbe:
     def connect(self) -> int:
         """Connect and return the CONNACK reason code (0 = accepted). An error on the TLS or
         TCP level (no CONNACK at all) raises OSError."""
-        self.client.connect(HOST, self.port, keepalive=30)
+        self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         self._wait(lambda: self.connack is not None, "CONNACK")
         assert self.connack is not None

@@ -35,6 +35,10 @@ if [ "${1:-}" = "--test-tools" ]; then
   # The power-cut test formats a loop device (gateway/tests/test_guarantees_power_loss.py).
   [ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need_debs+=(e2fsprogs)
   [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || need_debs+=(mount)
+  # The region's WAN test puts facility and central tier in network namespaces joined by a veth
+  # pair, with loss, rate and partitions (o2chain/tests/test_region_wan.py, o2base/netns.py).
+  [ -x /sbin/ip ] || [ -x /usr/sbin/ip ] || [ -x /bin/ip ] || need_debs+=(iproute2)
+  [ -x /usr/sbin/nft ] || [ -x /sbin/nft ] || need_debs+=(nftables)
   # An independent Modbus client, to read the simulators as a third party would
   # (simulators/tests/test_mbpoll.py).
   command -v mbpoll >/dev/null 2>&1 || need_debs+=(mbpoll)

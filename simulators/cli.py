@@ -93,6 +93,10 @@ def register(sub: Any) -> None:
         help="boot counter of every board (default: the start time in s, new for each run)",
     )
     fleet.add_argument("--first-board", type=int, default=1, help="number of the first device")
+    fleet.add_argument(
+        "--sites", type=int, default=1,
+        help="spread the boards over N sites SITE-001... in blocks of consecutive boards",
+    )  # fmt: skip
     fleet.add_argument("--altitude-m", type=float, default=3650.0, help="site altitude")
     fleet.add_argument("--batch-max", type=int, default=50, help="readings per replayed array")
     fleet.add_argument("--window", type=int, default=10, help="QoS 1 messages in flight/board")
@@ -272,6 +276,7 @@ def _fleet(args: argparse.Namespace) -> int:
         buffer_max=args.buffer_max,
         timeout_s=timeout_s,
         provision_dir=str(args.provision) if args.provision else None,
+        sites=args.sites,
     )
     try:
         config.validate()

@@ -144,6 +144,9 @@ class FleetConfig:
     reconnect_max_s: float = 5.0
     connect_timeout_s: float = 5.0  # one TCP connect attempt
     timeout_s: float = 600.0  # the whole run, connections and shutdown included
+    # Spread the boards over this many sites, in equal blocks of consecutive boards: site ids
+    # {site}-001 ... (1: every board is at `site`). A region's fleet in one process.
+    sites: int = 1
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting."""
@@ -159,9 +162,18 @@ class FleetConfig:
             raise ValueError("window and buffer_max must be >= 1")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s = {self.timeout_s}: expected > 0")
+        if not 1 <= self.sites <= min(self.boards, 999):
+            raise ValueError(f"sites = {self.sites}: expected 1..min(boards, 999)")
 
     def device_id(self, index: int) -> str:
         return self.device_format.format(n=self.first_board + index)
+
+    def site_id(self, index: int) -> str:
+        """The site of board ``index`` (0-based)."""
+        if self.sites == 1:
+            return self.site
+        per_site = -(-self.boards // self.sites)
+        return f"{self.site}-{index // per_site + 1:03d}"
 
 
 @dataclass
@@ -251,12 +263,13 @@ class Board:
         self.goodbye_mid: int | None = None
         self.closed = False
         self.backoff_s = cfg.reconnect_min_s
-        base = f"{cfg.prefix}/{cfg.site}/{device}"
+        site = cfg.site_id(index)
+        base = f"{cfg.prefix}/{site}/{device}"
         self.telemetry_topic = f"{base}/telemetry"
         self.status_topic = f"{base}/status"
         client = _FleetClient(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{cfg.client_prefix}-{cfg.site}-{device}",
+            client_id=f"{cfg.client_prefix}-{site}-{device}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )

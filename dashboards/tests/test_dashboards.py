@@ -118,6 +118,9 @@ def _shape(value: Any) -> Any:
                 v = UNIT_TEXTS[v]  # a unit with words ("readings/s") is translated
             if k == "query" and isinstance(v, str):
                 v = re.sub(r'AS "[^"]*"', 'AS "_"', v)  # column labels are translated
+            if k == "url" and isinstance(v, str):
+                for lang in LANGUAGES:  # a data link opens the dashboard of its own language
+                    v = v.replace(f"-{lang.lower()}?", "?")
             out[k] = _shape(v)
         return out
     if isinstance(value, list):

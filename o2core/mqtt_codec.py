@@ -9,11 +9,9 @@ a single write call (measured: several small writes cost ~44 ms per QoS 1 round 
 through Nagle + delayed ACK). Decoders take the packet body (after the fixed header).
 """
 
-
-def const(value: int) -> int:
-    # MicroPython's compiler folds ``_NAME = const(value)`` into the bytecode itself, whatever
-    # ``const`` is bound to (no global, no qstr on the board); CPython calls this identity.
-    return value
+# MicroPython's compiler folds ``_NAME = const(value)`` into the bytecode itself, whatever
+# ``const`` is bound to (no global, no qstr on the board); CPython just calls int() on an int.
+const = int
 
 
 _CONNECT = const(0x10)
@@ -28,14 +26,11 @@ DISCONNECT_PACKET = b"\xe0\x00"
 _MAX_REMAINING = const(268435455)  # four varint bytes (spec 2.2.3)
 _PROTOCOL_LEVEL = const(4)  # 3.1.1
 
-# CONNACK return codes (spec table 3.1)
+# CONNACK return codes 0..5 (spec table 3.1), "|"-separated: one string on the board's heap
+# instead of a tuple of six (it is split only when a broker refuses).
 CONNACK_MESSAGES = (
-    "accepted",
-    "unacceptable protocol version",
-    "identifier rejected",
-    "server unavailable",
-    "bad user name or password",
-    "not authorized",
+    "accepted|unacceptable protocol version|identifier rejected|server unavailable"
+    "|bad user name or password|not authorized"
 )
 
 

@@ -10,11 +10,9 @@ The simulators keep an independent implementation on purpose (simulators/physics
 the oracle); both are tested against the same vectors, ``o2core/vectors.json``.
 """
 
-
-def const(value: float) -> float:
-    # MicroPython's compiler folds ``_NAME = const(value)`` into the bytecode itself, whatever
-    # ``const`` is bound to (no global, no qstr on the board); CPython calls this identity.
-    return value
+# MicroPython's compiler folds ``_NAME = const(value)`` into the bytecode itself, whatever
+# ``const`` is bound to (no global, no qstr on the board); CPython just calls float() on a float.
+const = float
 
 
 # ICAO / ISO 2533 standard atmosphere, troposphere (valid below 11 km): P = P0 (1 - k h) ** n.

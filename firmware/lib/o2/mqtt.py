@@ -196,7 +196,8 @@ class MQTTClient:
             raise codec.MQTTError("expected CONNACK, got 0x%02x" % first)
         _, rc = codec.parse_connack(body)
         if rc:
-            msg = codec.CONNACK_MESSAGES[rc] if rc < len(codec.CONNACK_MESSAGES) else str(rc)
+            messages = codec.CONNACK_MESSAGES.split("|")
+            msg = messages[rc] if rc < len(messages) else str(rc)
             raise codec.MQTTError("broker refused: " + msg)
 
     async def _send(self, packet) -> None:

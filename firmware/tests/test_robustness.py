@@ -86,7 +86,10 @@ def test_safe_mode_loads_neither_the_application_nor_its_spool(
         "site": SITE,
         "device": DEVICE,
         "site_altitude_m": 3650,
-        "interval_s": "fast",  # the config error that sends the board to safe mode
+        # A config error the local alarm cannot run with (its O2 sensor on a GPIO the ESP32
+        # does not have): the board goes network only. (A bad key elsewhere, interval_s say,
+        # keeps the alarm armed: firmware/README.md "Config and wiring errors".)
+        "sensors": {"o2": {"tx": 40}},
         "command_key": os.urandom(32).hex(),
         "mqtt": {"host": "127.0.0.1", "port": free_ports(1)[0]},  # nobody listens
     }
@@ -94,7 +97,8 @@ def test_safe_mode_loads_neither_the_application_nor_its_spool(
     result = run_micropython(work / "safemode_imports.py", str(work / "config.json"), heap="110K")
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "config error: interval_s: expected float" in out and "prepare: None" in out, out
+    assert "config error: sensors.o2.tx: expected an ESP32 GPIO" in out, out
+    assert "local alarm off" in out and "prepare: None" in out, out
     assert "ack: c1 False bad mac" in out, out  # the command was judged (and refused)
     found = re.search(r"^modules: (.*)$", out, re.M)
     assert found, out

@@ -1,11 +1,19 @@
-# Under `micropython` (test_robustness.py), with the compiled firmware and the machine/network
-# stand-ins on the path: the board's start-up with a config error enters safe mode; then a
-# command arrives. Prints the firmware modules loaded by then and the free heap.
-# argv: the config.json path.
+# Under `micropython` (test_robustness.py): the board's start-up with a config error that leaves
+# no usable local alarm enters safe mode; then a command arrives. Prints the firmware modules
+# loaded by then and the free heap. argv: the board directory (lib/ with the compiled firmware,
+# the machine/network stand-ins, config.json), mounted as / like a board's filesystem so that
+# nothing the firmware writes (/resets, /spool, ...) lands outside it.
 import asyncio
 import gc
+import os
 import sys
 
+import vfs
+
+vfs.umount("/")
+vfs.mount(vfs.VfsPosix(sys.argv[1]), "/")  # type: ignore[attr-defined]  # unix port only
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/lib"]
 _run = asyncio.run
 
 
@@ -22,8 +30,8 @@ def run_until_waiting(coro):
 asyncio.run = run_until_waiting  # type: ignore[assignment]  # a test stepping safe mode
 from o2 import config, safemode, start  # noqa: E402
 
-print("prepare:", start.prepare(sys.argv[1]))
-net_cfg = config.network_only(config.read(sys.argv[1]))
+print("prepare:", start.prepare("/config.json"))
+net_cfg = config.network_only(config.read("/config.json"))
 ack = safemode.check_reboot(net_cfg, b'{"body": "{\\"id\\": \\"c1\\"}", "mac": "00"}', False)
 print("ack:", ack["id"], ack["ok"], ack["error"])
 print("modules:", " ".join(sorted(k for k in sys.modules if k.startswith("o2"))))

@@ -71,34 +71,34 @@ def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
 
 
 def test_safe_mode_loads_neither_the_application_nor_its_spool(
-    tmp_path: Path, run_micropython: Callable[..., subprocess.CompletedProcess[str]]
+    tmp_path: Path,
+    firmware_build: Path,
+    run_micropython: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     """Safe mode is what runs when the application cannot: it must load only the network side
     (wiring's MQTT client, auth for a command), never o2.app and its spool, alarm and formulas
     (app and wiring used to import each other, so make_mqtt pulled the application in). On the
-    unix port at the board's 110K heap, with the compiled firmware."""
-    work = tmp_path / "run"
-    work.mkdir()
-    shutil.copy2(TESTS_DIR / "safemode_imports.py", work / "safemode_imports.py")
+    unix port at the board's 110K heap, with the compiled firmware on a board directory."""
+    board = tmp_path / "board"
+    shutil.copytree(firmware_build / "lib", board / "lib")
     for name in ("machine.py", "network.py"):  # the board's hardware modules, stood in
-        shutil.copy2(FIRMWARE_DIR / "standins" / name, work / name)
+        shutil.copy2(FIRMWARE_DIR / "standins" / name, board / name)
     cfg = {
         "site": SITE,
         "device": DEVICE,
         "site_altitude_m": 3650,
-        # A config error the local alarm cannot run with (its O2 sensor on a GPIO the ESP32
-        # does not have): the board goes network only. (A bad key elsewhere, interval_s say,
-        # keeps the alarm armed: firmware/README.md "Config and wiring errors".)
-        "sensors": {"o2": {"tx": 40}},
+        # The config error that sends the board to safe mode: with an unreadable threshold
+        # the local alarm cannot run either (a lesser error keeps it armed, without telemetry).
+        "alarm": {"o2_high_alarm_pct": "27"},
         "command_key": os.urandom(32).hex(),
         "mqtt": {"host": "127.0.0.1", "port": free_ports(1)[0]},  # nobody listens
     }
-    (work / "config.json").write_text(json.dumps(cfg))
-    result = run_micropython(work / "safemode_imports.py", str(work / "config.json"), heap="110K")
+    (board / "config.json").write_text(json.dumps(cfg))
+    script = TESTS_DIR / "safemode_imports.py"
+    result = run_micropython(script, str(board), heap="110K")
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "config error: sensors.o2.tx: expected an ESP32 GPIO" in out, out
-    assert "local alarm off" in out and "prepare: None" in out, out
+    assert "config error: alarm.o2_high_alarm_pct" in out and "prepare: None" in out, out
     assert "ack: c1 False bad mac" in out, out  # the command was judged (and refused)
     found = re.search(r"^modules: (.*)$", out, re.M)
     assert found, out

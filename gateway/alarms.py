@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,13 +44,12 @@ from gateway.config import (
     GatewayConfig,
     Severity,
 )
-from gateway.readings import Reading
+from gateway.readings import DEVICE_MEASUREMENTS, Reading, wall_ms
 from gateway.rules import Rule, back_inside, exceeds
 from gateway.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 # A board's self-report (status) and a Modbus poller's own state: judged by the rules whose
 # field they carry (clock skew, poller restarts), but they are not readings: they neither keep
 # a device "seen" nor feed the stale and warm-up logic.
@@ -211,10 +209,6 @@ Listener = Callable[[AlarmEvent], None]
 LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
 class _DeviceTrack:
     last_seen_ms: int  # gateway clock, last reading received
@@ -259,7 +253,7 @@ class AlarmEngine:
         self,
         config: GatewayConfig,
         store: StateStore,
-        clock_ms: Callable[[], int] = _wall_ms,
+        clock_ms: Callable[[], int] = wall_ms,
         link_state: LinkState = lambda site, device: None,
         rules: Sequence[Rule] | None = None,
     ):

@@ -64,8 +64,8 @@ def _load(path: Path) -> GatewayConfig | None:
 def _preflight(path: Path, config: GatewayConfig) -> bool:
     """What ``run`` would trip on (files, directories), one line each on stderr; True if none."""
     problems = preflight(config)
-    for problem in problems:
-        print(f"o2chain gateway: {path}: {problem}", file=sys.stderr)
+    if problems:  # one line, every problem in it
+        print(f"o2chain gateway: {path}: {'; '.join(problems)}", file=sys.stderr)
     return not problems
 
 

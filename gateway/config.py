@@ -203,10 +203,10 @@ class MqttSection(_Strict):
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
     # MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to us.
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 5000
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10000
     # Group commit at light load: a commit that would carry few messages waits up to this long
     # for more, so one fsync and one InfluxDB write serve many readings (0: commit at once).
-    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    commit_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 200
 
     @field_validator("url")
     @classmethod
@@ -805,8 +805,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         if isinstance(got, str) and "@" in got:
             got = redact_url(got)  # a URL with a password: the error goes to logs and terminals
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
-    return f"{source}: invalid configuration:\n" + "\n".join(lines)
+        lines.append(f"{loc or '(top level)'}: {msg}{shown}")
+    # One line, every problem in it (a terminal, a log line, a CI annotation).
+    return f"{source}: invalid configuration: " + "; ".join(lines)
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import oxygen
 from gateway.config import Device, DeviceKind, GatewayConfig
-from gateway.readings import FieldValue, Reading, number
+from gateway.readings import FieldValue, Reading, number, wall_ms
 from gateway.state_store import StateStore
 from gateway.supply_chain import SupplyChain
 from gateway.supply_forecast import SupplyForecast
@@ -53,8 +52,6 @@ M3H_TO_LPM = 1000.0 / 60.0
 DEFAULT_SITE_TEMP_C = 20.0  # indoor air, when no room board of the site reports a temperature
 SITE_CONDITIONS_MS = 10_000  # how often a site's mean pressure and temperature are recomputed
 DERIVED_ROOM_FIELDS = ("ppo2_kpa", "eq_alt_m")
-_WATER_KPA = oxygen.AIRWAY_WATER_KPA
-_INV_EXP = 1.0 / oxygen.ISA_EXP
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ class Enricher:
         self,
         config: GatewayConfig,
         store: StateStore | None = None,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = wall_ms,
         forecast: SupplyForecast | None = None,
     ):
         self.config = config
@@ -138,7 +135,6 @@ class Enricher:
         self.store = store
         self.clock_ms = clock_ms
         self.definition = oxygen.EqAltDefinition(config.enrich.eq_alt_definition)
-        self._west = self.definition is oxygen.EqAltDefinition.WEST
         self.max_gap_ms = int(config.enrich.max_gap_s * 1000)
         self.chain_interval_ms = int(config.enrich.chain_interval_s * 1000)
         self._isa_kpa = {s.id: oxygen.isa_pressure_kpa(s.altitude_m) for s in config.site}
@@ -292,17 +288,12 @@ class Enricher:
             fields["baro_source"] = "isa"
             sensor_kpa = None
         # Always the gateway's own, from the pressure chosen above (docs/contracts.md).
-        fields["ppo2_kpa"] = round(o2 * baro / 100.0, 4)  # oxygen.ppo2_kpa, inlined (hot)
-        # oxygen.equivalent_altitude_m, inlined: this runs for every room reading.
-        if self._west:
-            p_eq = o2 * (baro - _WATER_KPA) / oxygen.AIR_O2_PCT + _WATER_KPA
-        else:
-            p_eq = o2 * baro / oxygen.AIR_O2_PCT
+        fields["ppo2_kpa"] = round(oxygen.ppo2_kpa(o2, baro), 4)
         eq_alt: float | None = None
-        if p_eq > 0.0:  # else no oxygen at all (ambient definition): no equivalent altitude
-            eq_alt = round((1.0 - (p_eq / oxygen.P0_KPA) ** _INV_EXP) / oxygen.ISA_K_PER_M, 1)
+        try:
+            eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
             fields["eq_alt_m"] = eq_alt
-        else:
+        except ValueError:  # no oxygen at all (ambient definition): no equivalent altitude
             fields.pop("eq_alt_m", None)
         temp = fields.get("temp_c")
         if temp is not None and temp.__class__ is not float:

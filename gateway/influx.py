@@ -16,8 +16,10 @@ against in-process HTTP twins that answer like the documented APIs.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import time
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
@@ -60,8 +62,10 @@ class InfluxRejected(InfluxWriteError):
 
 
 class LineWriter(Protocol):
+    """What the outbox drainer writes line protocol through (gateway/writer.py): one of the
+    writers below, or a test's twin."""
+
     def write(self, lines: list[str]) -> None: ...
-    def close(self) -> None: ...
 
 
 def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
@@ -95,6 +99,58 @@ def raise_for_status(status: int, body: str, retry_after: str | None) -> None:
     raise InfluxRejected(status, body)
 
 
+class _PlainPost:
+    """``POST`` over one kept-alive ``http.client`` connection: a write through ``requests``
+    costs several times the CPU (its environment, proxy and hook handling per request), and
+    at light load the writes are a good part of the gateway's work. Plain ``http://`` URLs
+    without credentials in them only; anything else goes through ``requests``."""
+
+    def __init__(self, url: str, timeout_s: float, headers: dict[str, str]):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.headers = {"Content-Type": "text/plain; charset=utf-8", **headers}
+        self._conn: http.client.HTTPConnection | None = None
+
+    @staticmethod
+    def usable(url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme == "http" and not parts.username and not parts.query
+
+    def post(
+        self, endpoint: str, params: dict[str, str], body: bytes
+    ) -> tuple[int, str, str | None]:
+        """(status, body text, Retry-After); raises OSError / HTTPException on transport."""
+        target = f"{self.prefix}/{quote(endpoint)}?{urlencode(params)}"
+        fresh = self._conn is None
+        try:
+            return self._post(target, body)
+        except (OSError, http.client.HTTPException):
+            self.close()
+            if fresh:
+                raise
+        # A kept-alive connection the server had closed meanwhile: once more on a new one
+        # (a write is idempotent: the same points again are the same points).
+        return self._post(target, body)
+
+    def _post(self, target: str, body: bytes) -> tuple[int, str, str | None]:
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        conn = self._conn
+        conn.request("POST", target, body=body, headers=self.headers)
+        response = conn.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        if response.will_close:
+            self.close()
+        return response.status, text, response.getheader("Retry-After")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class InfluxV1Writer:
     """InfluxDB 1.x ``/write`` (also answered by 2.x/3.x compatibility endpoints)."""
 
@@ -102,8 +158,13 @@ class InfluxV1Writer:
         self.cfg = cfg
         self._session = requests.Session()
         token = cfg.token()
+        headers = {}
         if token is not None:
-            self._session.headers["Authorization"] = f"Token {token.get_secret_value()}"
+            headers["Authorization"] = f"Token {token.get_secret_value()}"
+            self._session.headers["Authorization"] = headers["Authorization"]
+        self._plain = (
+            _PlainPost(cfg.url, cfg.timeout_s, headers) if _PlainPost.usable(cfg.url) else None
+        )
         self._database_ready = False
 
     def _post(self, endpoint: str, **kwargs: Any) -> requests.Response:
@@ -132,15 +193,24 @@ class InfluxV1Writer:
         """Write a batch of line-protocol points with ms precision; raises on failure."""
         if not self._database_ready:
             self.ensure_database()
-        r = self._post(
-            "write",
-            params={"db": self.cfg.database, "precision": "ms"},
-            data="\n".join(lines).encode(),
-        )
-        raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
+        params = {"db": self.cfg.database, "precision": "ms"}
+        body = "\n".join(lines).encode()
+        if self._plain is None:
+            r = self._post("write", params=params, data=body)
+            raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
+            return
+        try:
+            status, text, retry_after = self._plain.post("write", params, body)
+        except (OSError, http.client.HTTPException) as exc:
+            raise InfluxUnavailable(
+                f"{redact_url(self.cfg.url)}: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        raise_for_status(status, text, retry_after)
 
     def close(self) -> None:
         self._session.close()
+        if self._plain is not None:
+            self._plain.close()
 
 
 class InfluxV2Writer:
@@ -193,7 +263,7 @@ class InfluxV2Writer:
         self._client.close()
 
 
-def make_writer(cfg: InfluxSection) -> LineWriter:
+def make_writer(cfg: InfluxSection) -> InfluxV1Writer | InfluxV2Writer:
     """The writer for ``[influx] api``."""
     if cfg.api == "v2":
         return InfluxV2Writer(cfg)

@@ -69,6 +69,14 @@ def render_prometheus(obs: Observer) -> str:
             "unknown devices forgotten at the bound",
             [({}, mqtt.unknown_evicted)],
         )
+        if mqtt.broker_dropped is not None:
+            out.add(
+                "o2chain_broker_dropped_messages_total",
+                "counter",
+                "messages the broker dropped at its queue limits, all clients "
+                "($SYS/broker/publish/messages/dropped)",
+                [({}, mqtt.broker_dropped)],
+            )
         out.add(
             "o2chain_duplicates_total",
             "counter",

@@ -50,7 +50,7 @@ from pymodbus.exceptions import ModbusException
 
 from gateway.config import Device, DeviceKind
 from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
-from gateway.readings import FieldValue, Reading, flag_invalid
+from gateway.readings import FieldValue, Reading, flag_invalid, wall_ms
 from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class DevicePoller:
         client_factory: ClientFactory,
         emit: Callable[[Reading], None],
         gap_fill: int = 8,
-        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_clock_ms: Callable[[], int] = wall_ms,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.device = device
@@ -327,11 +327,10 @@ class DevicePoller:
         if self.rx is not None:
             self.rx.received = b""
         try:
-            # The client has its own timeout; this one also bounds a client that hangs.
-            return await asyncio.wait_for(
-                read(block.start, count=block.count, device_id=self.device.unit),
-                timeout=self.device.timeout_s * 1.5 + 0.1,
-            )
+            # The client has its own timeout; this one also bounds a client that hangs
+            # (asyncio.timeout, not wait_for: no task of its own for every request).
+            async with asyncio.timeout(self.device.timeout_s * 1.5 + 0.1):
+                return await read(block.start, count=block.count, device_id=self.device.unit)
         except (TimeoutError, ModbusException) as exc:
             text = str(exc)
             where = block.describe()
@@ -572,10 +571,17 @@ class DevicePoller:
             now = loop.time()
             if next_at < now:
                 next_at = now + interval - ((now - next_at) % interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=next_at - now)
+            await _sleep_unless(stop, next_at - now)
         if self._client is not None and not self.shared_client:
             self._client.close()
+
+
+async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
+    """Sleep ``delay_s`` or until ``stop`` is set, in the calling task (``wait_for`` would make
+    a task of ``stop.wait()`` on every poll)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
 
 
 class RtuBus:
@@ -606,8 +612,7 @@ class RtuBus:
                 poller = self._pick(due, loop.time())
                 wait_s = due[id(poller)] - loop.time()
                 if wait_s > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=wait_s)
+                    await _sleep_unless(stop, wait_s)
                     continue  # re-pick: nothing else may have become due meanwhile
                 slot = due[id(poller)]
                 await poller.poll_and_emit()

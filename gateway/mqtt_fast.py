@@ -37,6 +37,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from o2core.mqtt_codec import MQTTError, read_varint
+
 log = logging.getLogger(__name__)
 
 _PUBACK = struct.Struct("!BBH")  # MQTT 5 section 3.4: PUBACK, remaining length 2, packet id
@@ -103,10 +105,36 @@ class FastClient(mqtt.Client):
         self._rpos += len(chunk)
         return chunk
 
+    def _fill(self) -> bool:
+        """Read what the socket holds into the (empty) buffer; False at the end of the stream
+        (nothing kept: paho's next read sees it too)."""
+        sock = self._sock
+        if sock is not self._rsock:
+            self._rbuf, self._rpos, self._rsock = b"", 0, sock
+        data = super()._sock_recv(_READ_CHUNK)  # raises BlockingIOError when empty
+        if not data:
+            return False
+        self._rbuf, self._rpos = data, 0
+        return True
+
     def _buffered(self) -> bool:
         return self._sock is not None and self._sock is self._rsock and self._rpos < len(self._rbuf)
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        if self._batch_ready() and not self._buffered() and self._sock is not None:
+            # The socket's bytes into the buffer, and the PUBLISH packets at its head cut out
+            # at once: paho's per-packet path would take the first one. An error or the end
+            # of the stream is left to paho, which reads the socket again and handles it.
+            try:
+                filled = self._fill()
+            except BlockingIOError:
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing to read after all
+            except OSError:
+                filled = False
+            if filled:
+                self._read_publishes()
+                if not self._buffered():
+                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
         while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered():
             if self._batch_ready():
@@ -131,17 +159,9 @@ class FastClient(mqtt.Client):
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
         batch: list[RawPublish] = []
         while pos < end and (buf[pos] & _PUBLISH_QOS1_MASK) == _PUBLISH_QOS1:
-            # MQTT 5 section 1.5.5: remaining length, 1 to 4 bytes, 7 bits each, LSB first.
-            length = shift = 0
-            i = pos + 1
-            while i < end and i - pos <= 4:
-                byte = buf[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            else:
+            try:  # the remaining length (MQTT 5 section 1.5.5, the same as 3.1.1's)
+                length, i = read_varint(buf, pos + 1)
+            except MQTTError:
                 break  # cut by the buffer's end, or malformed: paho's code decides
             stop = i + length
             if stop > end or length < 5:

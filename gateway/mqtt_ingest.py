@@ -56,7 +56,7 @@ from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
 from gateway.ratelog import RateLimitedLog
-from gateway.readings import Reading
+from gateway.readings import Reading, wall_ms
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ MAX_MESSAGES_PER_COMMIT = 5000
 MAX_QUEUED = 4 * MAX_MESSAGES_PER_COMMIT  # messages received and not yet taken for a commit
 # A commit with at least this many messages goes at once; a smaller one lingers (commit_linger_ms)
 LINGER_FILL = 500
+# While a commit lingers, paho's thread waits for its deadline and reads this long before it.
+READ_AHEAD_S = 0.010
 # Messages decoded, run through the pipeline and encoded in one pass: the stages' per-call cost
 # is shared, and the run's objects stay in CPU caches and die young (measured: a 5,000-message
 # pass cost 24 us per reading, passes of 100 cost 19 us).
@@ -75,6 +77,10 @@ _RETRY_MAX_S = 2.0
 # "seen but not configured"), the oldest evicted. Anybody allowed to publish could invent
 # devices without end; the configured ones are always kept.
 MAX_UNKNOWN_DEVICES = 1000
+# Mosquitto's count of the PUBLISH messages it dropped at its queue limits
+# (max_queued_messages, max_queued_bytes; mosquitto(8), "$SYS topics"), every sys_interval.
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+_BROKER_DROPPED = BROKER_DROPPED_TOPIC.encode()
 _LOGGED_TEXT_MAX = 200  # topics and details in log lines (a topic may be 64 KiB)
 
 
@@ -106,6 +112,10 @@ class IngestStats:
     # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
     unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
     unknown_evicted: int = 0
+    # Messages the broker dropped at its queue limits, all clients (BROKER_DROPPED_TOPIC), and
+    # when it said so; None while the broker has not told (no $SYS access, not yet published).
+    broker_dropped: int | None = None
+    broker_dropped_ms: int = 0
 
 
 AlarmWriter = Callable[[Sequence[AlarmEvent]], Callable[[sqlite3.Connection], None] | None]
@@ -161,7 +171,7 @@ class MqttIngest:
         outbox: Outbox,
         on_committed: Callable[[], None] = lambda: None,
         process: Callable[[list[Reading]], list[Reading]] = lambda readings: readings,
-        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_clock_ms: Callable[[], int] = wall_ms,
         alarm_writer: AlarmWriter = lambda events: None,
         announce: Callable[[list[AlarmEvent]], None] = lambda events: None,
     ):
@@ -187,6 +197,24 @@ class MqttIngest:
         self.subscribed_event = threading.Event()
         self._queue: list[_Queued] = []
         self._queue_cond = threading.Condition()
+        self._linger_s = config.mqtt.commit_linger_ms / 1000.0
+        # paho's thread reads this long before a lingering commit's deadline (_read_pause).
+        self._read_ahead_s = min(READ_AHEAD_S, self._linger_s / 4)
+        self._first_at: float | None = None  # monotonic arrival of the queue's first message
+        self._lingering = False  # the committer waits for the commit to fill (_read_pause)
+        # At most half the broker's window (Receive Maximum) a commit: the other half keeps
+        # arriving while it is stored (a commit of the whole window leaves the broker nothing to
+        # send until its acknowledgements go out). And well under a small outbox bound (about
+        # 1 KiB per message).
+        self._commit_limit = max(
+            1,
+            min(
+                MAX_MESSAGES_PER_COMMIT,
+                config.mqtt.receive_maximum // 2,
+                outbox.max_bytes // 4096,
+            ),
+        )
+        self._read_wake = threading.Event()
         self._ack_lock = threading.Lock()
         self._connection = 0
         self._stopping = False
@@ -223,6 +251,8 @@ class MqttIngest:
         self.client = client
         self._connect_failures = 0
         self._ack_errors = 0
+        self._sys_mid: int | None = None
+        self._sys_refused = False
 
     @property
     def sequence(self) -> dict[str, DeviceCounters]:
@@ -254,6 +284,7 @@ class MqttIngest:
         Messages arriving meanwhile are left unacknowledged: the broker keeps them.
         """
         self._draining = True
+        self._read_wake.set()
         with self._queue_cond:
             self._stopping = True
             self._queue_cond.notify_all()
@@ -305,6 +336,8 @@ class MqttIngest:
             )
         self.connected_event.set()
         client.subscribe([(t, 1) for t in self._topics()])
+        # Apart, so that a broker refusing $SYS (an ACL) refuses only this one.
+        self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)[1]
         self.on_session(bool(flags.session_present))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -326,6 +359,16 @@ class MqttIngest:
         properties: Properties | None,
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if mid == self._sys_mid:
+            if failed and not self._sys_refused:
+                self._sys_refused = True
+                log.info(
+                    "MQTT broker refuses %s (%s): messages it drops at its queue limits "
+                    "are not counted",
+                    BROKER_DROPPED_TOPIC,
+                    ", ".join(failed),
+                )
+            return
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(failed))
             return
@@ -366,6 +409,9 @@ class MqttIngest:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg._topic == _BROKER_DROPPED:
+            self._broker_dropped(msg.payload)
+            return
         if self._draining:
             return  # not acknowledged: the broker keeps it for the next run
         try:
@@ -375,14 +421,23 @@ class MqttIngest:
         queued = _Queued(
             self._connection, msg.mid, msg.qos, topic, bytes(msg.payload), bool(msg.dup)
         )
-        with self._queue_cond:
-            if len(self._queue) >= MAX_QUEUED:
-                self.stats.paused += 1
-                self._queue_cond.wait_for(
-                    lambda: len(self._queue) < MAX_QUEUED or self._stopping, timeout=1.0
-                )
-            self._queue.append(queued)
-            self._queue_cond.notify_all()
+        self._enqueue([queued])
+
+    def _broker_dropped(self, payload: bytes | bytearray) -> None:
+        """The broker's dropped-message count ($SYS, QoS 0: no acknowledgement)."""
+        try:
+            count = int(payload)
+        except ValueError:
+            log.warning("MQTT %s: %r is not a count", BROKER_DROPPED_TOPIC, payload[:40])
+            return
+        stats = self.stats
+        if stats.broker_dropped is not None and count > stats.broker_dropped:
+            log.warning(
+                "MQTT broker dropped %d more messages at its queue limits (%d since it started)",
+                count - stats.broker_dropped,
+                count,
+            )
+        stats.broker_dropped, stats.broker_dropped_ms = count, self.wall_clock_ms()
 
     def _on_messages(self, batch: list[RawPublish]) -> None:
         """:meth:`_on_message` for a run of QoS 1 messages cut out of one socket read."""
@@ -396,20 +451,49 @@ class MqttIngest:
             except UnicodeDecodeError:
                 topic = repr(raw_topic)  # as _on_message does
             queued.append(_Queued(connection, mid, 1, topic, payload, dup))
-        with self._queue_cond:
+        self._enqueue(queued)
+
+    def _enqueue(self, queued: list[_Queued]) -> None:
+        """Hand messages to the committer (paho's thread). The committer is woken only when it
+        has something to do: the first message of a commit, a commit full enough to go at
+        once. Below that, while the commit lingers, paho's thread waits for the commit's
+        deadline too (:meth:`_read_pause`) rather than reading message by message."""
+        cond = self._queue_cond
+        with cond:
             # The bound is checked per run: the queue may pass it by one socket read's worth.
             if len(self._queue) >= MAX_QUEUED:
                 self.stats.paused += 1
-                self._queue_cond.wait_for(
-                    lambda: len(self._queue) < MAX_QUEUED or self._stopping, timeout=1.0
-                )
-            self._queue += queued
-            self._queue_cond.notify_all()
+                cond.wait_for(lambda: len(self._queue) < MAX_QUEUED or self._stopping, timeout=1.0)
+            if not self._queue:
+                self._first_at = time.monotonic()
+                self._queue += queued
+                cond.notify_all()
+            else:
+                self._queue += queued
+                if len(self._queue) >= LINGER_FILL:
+                    cond.notify_all()
+            # Only while the committer waits for this commit to fill: while it is busy with the
+            # previous one, what arrives must be read (and queued) for the next.
+            lingering = self._lingering and len(self._queue) < LINGER_FILL
+            deadline = (self._first_at or 0.0) + self._linger_s
+        if lingering:
+            self._read_pause(deadline)
+
+    def _read_pause(self, deadline: float) -> None:
+        """Light load: while the committer waits for a commit to fill, paho's thread sleeps
+        until just before the commit's deadline,
+        so what arrives meanwhile waits in the socket and is read (and queued) in one go; one
+        wake-up of each thread per commit instead of one per message. Woken early by
+        :meth:`stop` and by acknowledgements to send (they wait for this thread)."""
+        wait_s = deadline - self._read_ahead_s - time.monotonic()
+        if wait_s > 0 and not self._draining:
+            self._read_wake.wait(wait_s)
+            self._read_wake.clear()
 
     # -- committer thread ----------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
-        linger_s = self.config.mqtt.commit_linger_ms / 1000.0
+        linger_s = self._linger_s
         while True:
             with self._queue_cond:
                 while not self._queue and not self._stopping:
@@ -422,18 +506,26 @@ class MqttIngest:
                     self.reject_log.flush(force=True)
                     return
                 if linger_s > 0 and len(self._queue) < LINGER_FILL:
-                    # Light load: let the commit fill a little (bounded), instead of one fsync
-                    # and one InfluxDB write per few messages; under load it is full at once.
-                    deadline = time.monotonic() + linger_s
+                    # Light load: the commit fills until LINGER_FILL messages or until its
+                    # first message has waited linger_s, whichever comes first: one fsync and
+                    # one InfluxDB write for many readings. The linger adapts to the arrival
+                    # rate (LINGER_FILL / rate, bounded by linger_s); under load it is full at
+                    # once.
+                    if self._first_at is None:
+                        self._first_at = time.monotonic()
+                    deadline = self._first_at + linger_s
+                    self._lingering = True
                     while len(self._queue) < LINGER_FILL and not self._stopping:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
                         self._queue_cond.wait(remaining)
-                # A commit stays well under a small outbox bound (about 1 KiB per message).
-                limit = max(1, min(MAX_MESSAGES_PER_COMMIT, self.outbox.max_bytes // 4096))
+                    self._lingering = False
+                limit = self._commit_limit
                 batch = self._queue[:limit]
                 del self._queue[:limit]
+                # What is left (a full queue) starts the next commit's linger now.
+                self._first_at = time.monotonic() if self._queue else None
                 self._queue_cond.notify_all()  # paho's thread may wait for room
             try:
                 self._commit_batch(batch)
@@ -676,3 +768,5 @@ class MqttIngest:
                     log.error("MQTT acknowledgements failed (%d so far)", self.stats.ack_failures)
                 return
             self.stats.acked += len(mids)
+            if mids:
+                self._read_wake.set()  # paho's thread sends them; it may wait in _read_pause

@@ -14,7 +14,6 @@ one reads their stats through the typed views of gateway/sources.py.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +23,10 @@ from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig
 from gateway.enrich import Enricher
 from gateway.metrics import render_prometheus
-from gateway.readings import FieldValue, Reading
+from gateway.readings import DEVICE_MEASUREMENTS, FieldValue, Reading, wall_ms
 from gateway.sources import LinkState, Sources, link_state_from
 from gateway.telemetry import RejectReason
 
-DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
 TREND_FIELDS = frozenset({
     "o2_pct", "eq_alt_m", "ppo2_kpa", "purity_pct", "flow_lpm", "outlet_kpa", "pressure_kpa",
@@ -36,10 +34,6 @@ TREND_FIELDS = frozenset({
 })  # fmt: skip
 HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the default 10 s
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -112,7 +106,7 @@ class Observer:
         engine: AlarmEngine | None = None,
         enricher: Enricher | None = None,
         link_state: LinkState | None = None,
-        clock_ms: Callable[[], int] = _wall_ms,
+        clock_ms: Callable[[], int] = wall_ms,
     ):
         self.config = config
         self.sources = sources

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from influxdb_client import Point, WritePrecision
 
 FieldValue = float | int | bool | str
+# Measurements a device's own readings arrive as (docs/contracts.md); the gateway derives the
+# rest (chain balance, health, pollers' state).
+DEVICE_MEASUREMENTS = frozenset({"room", "concentrator", "supply"})
 
 
-@dataclass(frozen=True)
+def wall_ms() -> int:
+    """The host's wall clock in ms since the epoch (UTC), the time base of ``Reading.ts_ms``:
+    the default ``clock_ms`` of the stages (tests pass their own)."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)  # slots: built and read for every reading
 class Reading:
     """One point: measurement, tags, fields and the reading's time in ms since the epoch (UTC).
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.alarms import LinkState
 from gateway.config import Device
 from gateway.modbus import OFFLINE_AFTER, DeviceHealth
 from gateway.mqtt_ingest import IngestStats
@@ -18,8 +19,6 @@ from gateway.writer import WriterStats
 # After a reconnect to the broker, boards have this long to say they are back before a last
 # will published during the outage counts (a project choice: boards reconnect within seconds).
 RECONNECT_GRACE_S = 30.0
-
-LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
 class OutboxSource(Protocol):

@@ -123,6 +123,9 @@ def status_document(observer: Observer) -> dict[str, Any]:
                 "oldest_age_s": round(sources.outbox_age_s(), 3),
             },
             "mqtt_connected": sources.ingest_stats.connected,
+            # Messages the broker dropped at its queue limits (all its clients) since it started,
+            # as it last told ($SYS); None when it does not tell.
+            "broker_dropped": sources.ingest_stats.broker_dropped,
             "readings": readings,
         },
         "alarm_counts": counts,

@@ -20,13 +20,14 @@ what is flagged"):
 from __future__ import annotations
 
 import json
-import json.scanner
 import logging
 import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from gateway.config import DeviceKind, GatewayConfig, Transport
 from gateway.oxygen import baro_band_kpa
@@ -161,29 +162,39 @@ def _check_int(item: dict[str, Any], name: str, spec: dict[str, Any], where: str
     return value
 
 
-# What json.loads uses (a default JSONDecoder's scanner): same numbers, same errors. (typeshed
-# types make_scanner's argument as a scanner; CPython's json/decoder.py passes the decoder.)
-_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+# Integers orjson returns exactly (64 bits); a longer one it turns into a float.
+_EXACT_INT = float(1 << 63)
+
+
+def _has_wide_number(doc: Any) -> bool:
+    """True if ``doc`` holds a float as large as an integer orjson would not keep exact: the
+    payload may have had such an integer (json.loads keeps it an int)."""
+    values = doc.values() if doc.__class__ is dict else doc if doc.__class__ is list else (doc,)
+    for value in values:
+        cls = value.__class__
+        if cls is float:
+            if not -_EXACT_INT < value < _EXACT_INT:
+                return True
+        elif (cls is dict or cls is list) and _has_wide_number(value):
+            return True
+    return False
 
 
 def _loads(payload: bytes) -> Any:
-    """``json.loads(payload)``, minus its per-call encoding detection for the usual payload.
+    """``json.loads(payload)``, parsed by orjson (C) in the usual case.
 
-    A payload that opens with ``{`` or ``[`` followed by a non-NUL byte is UTF-8 by RFC 8259's
-    detection rules (what ``json.loads`` applies to bytes), so it is decoded as such and scanned
-    directly; anything else, and any payload that fails here, goes through ``json.loads`` so
-    results and error messages stay exactly its own.
+    orjson is strict RFC 8259 JSON in UTF-8: what it refuses (NaN, lone surrogates, another
+    encoding, a number past a double's range) goes through ``json.loads``, so results and error
+    messages stay exactly its own; so does a payload in which orjson may have made an integer
+    of more than 64 bits a float (:func:`_has_wide_number`).
     """
-    if payload[:1] in (b"{", b"[") and payload[1:2] != b"\x00":
-        try:
-            text = payload.decode("utf-8", "surrogatepass")
-            doc, end = _SCAN(text, 0)
-        except (UnicodeDecodeError, StopIteration, ValueError):
-            pass
-        else:
-            if end == len(text) or not text[end:].strip(" \t\n\r"):
-                return doc
-    return json.loads(payload)
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+    if _has_wide_number(doc):
+        return json.loads(payload)
+    return doc
 
 
 @dataclass(frozen=True)

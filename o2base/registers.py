@@ -24,6 +24,7 @@ rows into one 0/1 integer field per alarm.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import tomllib
 from dataclasses import dataclass, field
@@ -556,20 +557,37 @@ def _profile_dir() -> Path:
     return Path(str(resources.files("o2base") / "profiles"))
 
 
+PROFILE_PATH_ENV = "O2CHAIN_PROFILE_PATH"
+
+
+def profile_dirs() -> list[Path]:
+    """Where a profile *name* is looked up, in order: each folder of ``$O2CHAIN_PROFILE_PATH``
+    (separated by ``:``), then the bundled profiles."""
+    extra = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, _profile_dir()]
+
+
 def profile_names() -> list[str]:
-    """Names of the bundled profiles, sorted."""
-    return sorted(p.stem for p in _profile_dir().glob("*.toml"))
+    """Names of the profiles on the search path (bundled ones included), sorted."""
+    return sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.toml")})
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load a bundled profile by name, or any profile file by path."""
+    """Load a profile by name (from :func:`profile_dirs`) or any profile file by path (a value
+    ending in ``.toml``: absolute, or relative to the current directory)."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = _profile_dir() / f"{name_or_path}.toml"
-        if not path.exists():
+        found = [d / f"{name_or_path}.toml" for d in profile_dirs()]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            searched = f" (${PROFILE_PATH_ENV} and bundled)" if len(profile_dirs()) > 1 else ""
             raise ProfileError(
-                f"unknown profile {name_or_path!r}; available: {', '.join(profile_names())}"
+                f"unknown profile {name_or_path!r}{searched}; available: "
+                f"{', '.join(profile_names())}; or give the path of a .toml file"
             )
+        path = found[0]
+    elif not path.is_file():
+        raise ProfileError(f"{path}: no such profile file (relative paths start in {Path.cwd()})")
     with path.open("rb") as f:
         try:
             data = tomllib.load(f)

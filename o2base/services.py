@@ -37,6 +37,7 @@ import requests
 
 from o2base.netns import NetNs
 from o2base.procs import ChildProcess, ProcessError
+from o2core import mqtt_codec
 
 T = TypeVar("T")
 
@@ -115,33 +116,15 @@ def preferred_port(port: int, host: str = HOST, avoid: Sequence[int] = ()) -> in
 
 
 def mqtt_connect_packet(client_id: str, keepalive_s: int = 10) -> bytes:
-    """Encode an MQTT 3.1.1 CONNECT packet with a clean session and no credentials.
+    """Encode an MQTT 3.1.1 CONNECT packet with a clean session and no credentials
+    (``o2core.mqtt_codec``, the boards' codec).
 
     Raises ValueError if ``client_id`` is longer than 65,535 bytes in UTF-8 or ``keepalive_s``
     is outside 0..65,535 (MQTT 3.1.1 §3.1.2.10, §3.1.3.1).
     """
-    client_id_bytes = client_id.encode()
-    if len(client_id_bytes) > 0xFFFF or not 0 <= keepalive_s <= 0xFFFF:
+    if len(client_id.encode()) > 0xFFFF or not 0 <= keepalive_s <= 0xFFFF:
         raise ValueError("client id or keep-alive out of range for MQTT 3.1.1")
-    # Variable header (§3.1.2): protocol name "MQTT", level 4 (3.1.1), flags 0x02 = clean
-    # session, keep-alive; payload: the length-prefixed client id.
-    body = (
-        b"\x00\x04MQTT\x04\x02"
-        + keepalive_s.to_bytes(2, "big")
-        + len(client_id_bytes).to_bytes(2, "big")
-        + client_id_bytes
-    )
-    return b"\x10" + _mqtt_remaining_length(len(body)) + body
-
-
-def _mqtt_remaining_length(length: int) -> bytes:
-    """MQTT variable-length integer (§2.2.3): 7 bits per byte, high bit = more bytes follow."""
-    encoded = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(encoded)
+    return bytes(mqtt_codec.connect(client_id, keepalive_s))
 
 
 def mqtt_handshake(
@@ -176,12 +159,13 @@ def mqtt_handshake(
                     return False
                 connack += chunk
             # CONNACK (§3.2): type 0x20, remaining length 2, session-present flags, return code.
-            answered = connack[0] == 0x20 and connack[1] == 0x02
+            answered = connack[0] == mqtt_codec.CONNACK and connack[1] == 0x02
             if refused_is_answer:
                 return answered
-            accepted = answered and connack[3] == 0x00
+            accepted = answered and mqtt_codec.parse_connack(connack[2:])[1] == 0
             if accepted:
-                sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs a clean goodbye
+                # So that the broker logs a clean goodbye.
+                sock.sendall(mqtt_codec.DISCONNECT_PACKET)
             return accepted
     except OSError:
         return False
@@ -489,12 +473,18 @@ class Mosquitto(ManagedService):
         autosave_interval_s: int = 1,
         provision_dir: Path | None = None,
         gateway_port: int | None = None,
+        max_queued_messages: int = 0,
+        sys_interval_s: int = 10,
         host: str = HOST,
         netns: NetNs | None = None,
         listeners: str | None = None,
         extra_conf: str = "",
     ) -> None:
         """Prepare a broker in ``base_dir/mosquitto/``.
+
+        ``max_queued_messages`` > 0 makes the broker drop QoS 1 messages queued for a client
+        beyond that many (Mosquitto's own default is 1000; 0, no limit, keeps at-least-once
+        delivery); ``sys_interval_s`` is how often it publishes its ``$SYS`` counters.
 
         ``autosave_interval_s`` (>= 1) bounds what a SIGKILL loses of retained messages and
         queued sessions; a clean stop() always saves everything. ``gateway_port`` (with
@@ -509,6 +499,8 @@ class Mosquitto(ManagedService):
         if autosave_interval_s < 1:
             raise ValueError(f"autosave_interval_s must be >= 1, got {autosave_interval_s}")
         self._autosave_interval_s = autosave_interval_s
+        self._max_queued_messages = max_queued_messages
+        self._sys_interval_s = sys_interval_s
         self.provision_dir = Path(provision_dir).resolve() if provision_dir else None
         self._gateway_port: int | None = None
         if self.provision_dir is not None:
@@ -601,6 +593,8 @@ class Mosquitto(ManagedService):
             run_as=run_as,
             data_dir=self.data_dir,
             autosave_interval_s=self._autosave_interval_s,
+            max_queued_messages=self._max_queued_messages,
+            sys_interval_s=self._sys_interval_s,
         )
 
     def _arguments(self) -> list[str]:

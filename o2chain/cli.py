@@ -53,6 +53,7 @@ def _prefix(args: argparse.Namespace | None) -> str:
             "sim_command",
             "alarms_command",
             "gateway_command",
+            "firmware_command",
             "region_command",
         ):
             value = getattr(args, attr, None)

@@ -108,6 +108,12 @@ def register(sub: Any) -> None:
         help="do not acknowledge the first alarm as the operator (leave it to you)",
     )  # fmt: skip
     demo.add_argument(
+        "--inventory", type=Path, default=None, metavar="FILE",
+        help="real boards to add (firmware/inventory.example.toml format): each gets its "
+        "account and config.json in {data-dir}/provision/boards/ID/ for `o2chain firmware "
+        "flash --provision`, and the gateway takes its readings",
+    )  # fmt: skip
+    demo.add_argument(
         "--summary-json", type=Path, default=None,
         help="write what ran and what reached InfluxDB to this file at the end",
     )  # fmt: skip
@@ -122,9 +128,48 @@ class DemoState:
     restarts: list[threading.Thread] = field(default_factory=list)
 
 
-def _inventory(scenario: Any, services: Services, path: Path, interval_s: float) -> Path:
+def user_boards(inventory: Path) -> dict[str, dict[str, Any]]:
+    """The boards of a user's inventory (``--inventory``), each its config as the board would
+    run it except the broker (the demo's broker, account and CA replace ``mqtt``). UsageError
+    naming the device and key when one is unusable."""
+    import tomllib
+
+    from o2base.errors import UsageError
+    from o2chain.firmware_cli import merge_tables
+    from o2chain.firmware_runner import load_firmware_file
+
+    try:
+        doc = tomllib.loads(inventory.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"--inventory {inventory}: {reason}") from None
+    devices = doc.get("devices")
+    if not isinstance(devices, dict) or not devices:
+        raise UsageError(f"--inventory {inventory}: no [devices.<id>] tables")
+    schema = load_firmware_file("config")
+    boards: dict[str, dict[str, Any]] = {}
+    for device, table in devices.items():
+        cfg = merge_tables(doc.get("defaults", {}), table)
+        cfg["device"] = device
+        cfg["mqtt"] = {"host": "127.0.0.1"}  # the demo's, set when the site is provisioned
+        try:
+            schema.validate(json.loads(json.dumps(cfg)))
+        except schema.ConfigError as exc:
+            raise UsageError(f"--inventory {inventory}: device {device}: {exc}") from None
+        del cfg["mqtt"]
+        boards[device] = cfg
+    return boards
+
+
+def _inventory(
+    scenario: Any,
+    services: Services,
+    path: Path,
+    interval_s: float,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """The site's board inventory (firmware/inventory.example.toml format) from the scenario's
-    boards and the firmware room, for ``o2chain provision``."""
+    boards, the firmware room and ``extra`` (``--inventory``), for ``o2chain provision``."""
     broker = services.mosquitto
     site_id, altitude_m = scenario.site[0].id, float(scenario.site[0].altitude_m)
     devices: dict[str, dict[str, Any]] = {}
@@ -144,6 +189,8 @@ def _inventory(scenario: Any, services: Services, path: Path, interval_s: float)
             "env": {"type": "bme280", "i2c": 0, "sda": 21, "scl": 22, "addr": 118},
         },
     }
+    for device, cfg in (extra or {}).items():
+        devices[device] = {k: v for k, v in cfg.items() if k != "device"}
     doc = {
         "defaults": {
             "site": site_id,
@@ -610,6 +657,15 @@ def _run(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
         raise UsageError(f"--scenario: {exc}") from None
+    boards = user_boards(args.inventory) if args.inventory is not None else {}
+    taken = {r.board or r.id for r in scenario.room} | {c.id for c in scenario.concentrator}
+    taken.add(FIRMWARE_ROOM[0])
+    clash = sorted(set(boards) & taken)
+    if clash:
+        raise UsageError(
+            f"--inventory {args.inventory}: {', '.join(clash)} already in the demo's scenario: "
+            "give the board another id"
+        )
     data_dir = _data_dir(args.data_dir)
     lock = DataDirLock(data_dir)
     lock.acquire()
@@ -628,6 +684,9 @@ def _run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
 
     sites: list[dict[str, Any]] = [{"id": s.id, "altitude_m": s.altitude_m} for s in scenario.site]
+    for cfg in boards.values():  # an inventory board of another site brings its site along
+        if all(site["id"] != cfg["site"] for site in sites):
+            sites.append({"id": cfg["site"], "altitude_m": cfg["site_altitude_m"]})
     state = DemoState()
     provision_dir = data_dir / "provision"
     ports, port_notes = _ports(args)
@@ -653,7 +712,7 @@ def _run(args: argparse.Namespace) -> int:
 
         # A re-run on the same data dir keeps every secret and updates the ports.
         inventory = _inventory(
-            scenario, services, provision_dir / "inventory.toml", args.interval_s
+            scenario, services, provision_dir / "inventory.toml", args.interval_s, boards
         )
         fresh = not (provision_dir / "broker").is_dir()
         print(
@@ -690,6 +749,13 @@ def _run(args: argparse.Namespace) -> int:
                 {"id": FIRMWARE_ROOM[0], "site": site_id, "kind": "room", "transport": "mqtt",
                  "room": FIRMWARE_ROOM[1]}
             )  # fmt: skip
+            for device, cfg in boards.items():  # regenerated at every start, with the inventory
+                kind = cfg.get("kind", "room")
+                dev: dict[str, Any] = {"id": device, "site": cfg["site"], "kind": kind,
+                                       "transport": "mqtt"}  # fmt: skip
+                if kind == "room":
+                    dev["room"] = device
+                devices.append(dev)
             host = args.bind if ":" not in args.bind else f"[{args.bind}]"
             gw_config = _gateway_config(
                 services, data_dir, sites, devices, f"{host}:{ports['live page']}", args.speed
@@ -756,6 +822,17 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {dev:<15} Modbus {ep['url']} unit {ep['unit']} ({ep['profile']})")
         print(f"  room boards     {len(ready['boards'])} simulated boards over MQTT")
         print(f"  {FIRMWARE_ROOM[0]:<15} MicroPython firmware, board dir {board.board_dir}")
+        for device in boards:
+            print(
+                f"  {device:<15} from {args.inventory}: flash it with `o2chain firmware flash "
+                f"--port PORT --device {device} --provision {provision_dir}`, or run it here: "
+                f"`o2chain firmware run --config {provision_dir}/boards/{device}/config.json`"
+            )
+        if boards:
+            print(
+                f"  note            the broker listens on {services.mosquitto.host} only: a board "
+                "on WiFi reaches it through a tunnel or a broker on the LAN (docs/security.md)"
+            )
         print(f"  timeline        {_timeline(scenario, args.speed)} (simulated seconds)")
         print(f"  alarms          `o2chain alarms list --url {page}`")
         print(

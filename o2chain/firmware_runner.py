@@ -1,8 +1,8 @@
 """Build the board firmware and run it on the ``micropython`` unix port as an emulated board.
 
-``build_firmware(out)`` compiles every module under ``firmware/lib`` with mpy-cross (the
-bytecode a real ESP32 runs) and copies ``boot.py`` and the tiny ``main.py`` stub; the test-only
-stand-ins are never part of a build.
+``build_firmware(out)`` compiles every module under ``firmware/lib`` and the shared pure core
+``o2core`` (to ``lib/o2core``) with mpy-cross (the bytecode a real ESP32 runs) and copies
+``boot.py`` and the tiny ``main.py`` stub; the test-only stand-ins are never part of a build.
 
 ``BoardRunner`` is one emulated room board, used by ``o2chain firmware run``, the firmware
 tests, the end-to-end tests and the demo::
@@ -41,7 +41,9 @@ from signal import SIGINT
 from types import ModuleType, TracebackType
 from typing import Any
 
+import o2core
 from o2base.procs import ChildProcess
+from simulators.physics.atmosphere import isa_pressure_kpa
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import GasboardWire
 from simulators.wire.luminox import LuminOxWire
@@ -49,6 +51,7 @@ from simulators.wire.mhz19 import MHZ19Wire
 from simulators.wire.ze03 import ZE03Responder
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+CORE_DIR = Path(o2core.__file__).resolve().parent  # on the board: /lib/o2core
 STANDIN_MODULES = ("machine.py", "network.py", "ntptime.py", "boardfs.py")
 LAUNCHER = "run_board.py"
 # Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
@@ -195,7 +198,8 @@ def _mpy_cross(src: Path, dest: Path, source_name: str) -> None:
 
 
 def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
-    """Compile ``src/lib/**.py`` to ``out/lib/**.mpy`` and copy boot.py and main.py.
+    """Compile ``src/lib/**.py`` and ``o2core/*.py`` to ``out/lib/**.mpy`` (``lib/o2core``)
+    and copy boot.py and main.py.
 
     ``out/lib`` is emptied first so a removed module does not linger. Returns the files written
     (relative to ``out``). Raises FirmwareError on a compile error.
@@ -204,8 +208,9 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
     if lib_out.exists():
         shutil.rmtree(lib_out)
     written: list[Path] = []
-    for py in sorted((src / "lib").rglob("*.py")):
-        rel = py.relative_to(src / "lib")
+    sources = [(py, py.relative_to(src / "lib")) for py in sorted((src / "lib").rglob("*.py"))]
+    sources += [(py, Path("o2core") / py.name) for py in sorted(CORE_DIR.glob("*.py"))]
+    for py, rel in sources:
         # Source name = the path the board imports it from (its __file__, "/lib/o2/app.mpy"):
         # one qstr per module instead of two (tracebacks then name the file on the board).
         mpy = rel.with_suffix(".mpy")
@@ -215,11 +220,6 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
         shutil.copy2(src / name, out / name)
         written.append(Path(name))
     return written
-
-
-def isa_pressure_kpa(alt_m: float) -> float:
-    """ISA pressure at ``alt_m`` (docs/domain.md "Formulas"), for the simulated barometer."""
-    return float(ISA_P0_KPA * (1 - 2.25577e-5 * alt_m) ** 5.25588)
 
 
 class BoardRunner:
@@ -339,12 +339,7 @@ class BoardRunner:
         if self._sntp is None and "ntp" not in self.config:
             self._sntp = SntpServer()
         self._install(build)
-        self._prepare_standins()
-        if self._sensor is not None:
-            self._sensor.start()
-        if self._co2_sensor is not None:
-            self._co2_sensor.start()
-        self._write_sim()
+        self.start_hardware()
         argv = [
             find_tool("micropython"),
             "-X",
@@ -356,6 +351,20 @@ class BoardRunner:
         self._child = ChildProcess(argv, self.log_path, cwd=self.work_dir, stop_signal=SIGINT)
         self._child.start()
         return self
+
+    def start_hardware(self) -> Path:
+        """The simulated hardware without the firmware: stand-ins compiled, sensors started
+        on their pseudo-terminals, ``sim.json`` written. Returns the stand-ins directory (a
+        board behind a serial port runs from it: firmware/tests/board_helpers.SerialBoard).
+        ``stop()`` / ``kill()`` stop the sensors."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_standins()
+        if self._sensor is not None:
+            self._sensor.start()
+        if self._co2_sensor is not None:
+            self._co2_sensor.start()
+        self._write_sim()
+        return self.standins_dir
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Orderly stop: SIGINT (the firmware publishes offline and disconnects), then SIGKILL."""

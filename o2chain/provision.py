@@ -82,6 +82,9 @@ WEB_USERS = (("admin", "admin"), ("operator", "operator"))  # (name, role) in us
 ROLE_TARGETS = ("gateway", "operator", "dashboard", "web", "server", "ca")
 DEFAULT_DEVICE_PORT = 8883  # IANA "secure-mqtt"
 DEFAULT_GATEWAY_PORT = 8884
+# What the gateway may read of $SYS: the broker's count of messages dropped at its queue limits
+# (gateway/mqtt_ingest.py BROKER_DROPPED_TOPIC).
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 DEFAULT_NAME = "o2chain-broker"  # certificate name for boards whose inventory names none
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest server-certificate life browsers and most TLS stacks accept
@@ -614,6 +617,8 @@ def provision(
             gateway_pw,
             [
                 f"topic read {prefix}/#",
+                # What the broker dropped at its queue limits: the gateway's metrics show it.
+                f"topic read {BROKER_DROPPED_TOPIC}",
                 f"topic write {prefix}/+/gateway/{settings.gateway_id}/alarm/#",
             ]
             # A group: its alarms, its members' presence and markers (gateway/ha.py).

@@ -68,13 +68,19 @@ MUTANTS: list[Mutant] = [
         "ingest-ack-before-commit",
         "gateway/mqtt_ingest.py",
         "        self._commit_until_done(out, dead)\n"
+        "        self.reject_log.flush()\n"
         "        self.stats.readings += len(out.lines)\n"
         "        self.stats.commits += 1\n"
-        "        self._ack(batch)\n",
-        "        self._ack(batch)\n"
+        "        if self.hold_acks is None:\n"
+        "            self._ack(batch)\n",
+        "        if self.hold_acks is None:\n"
+        "            self._ack(batch)\n"
         "        self._commit_until_done(out, dead)\n"
+        "        self.reject_log.flush()\n"
         "        self.stats.readings += len(out.lines)\n"
-        "        self.stats.commits += 1\n",
+        "        self.stats.commits += 1\n"
+        "        if self.hold_acks is None:\n"
+        "            pass\n",
         (INGEST_UNIT, G_INGEST),
         "messages acknowledged before their SQLite commit",
     ),
@@ -294,7 +300,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "outbox-rollback-keeps-drop-count",
         "gateway/outbox.py",
-        "                self.stats.dropped_oldest = dropped_before\n",
+        "                self.stats.dropped_oldest = points_dropped_before\n",
         "",
         (DEDUP_UNIT, ALARM_DELIVERY, G_OUTBOX),
         "points reported dropped by a commit that rolled back (and again on every retry)",
@@ -537,7 +543,7 @@ MUTANTS: list[Mutant] = [
         "gateway/writer.py",
         "            try:\n"
         "                for start in range(0, len(batch.lines), self.batch_size):\n",
-        "            await asyncio.to_thread(self.outbox.remove_through, batch.ids[-1])\n"
+        "            self.outbox.remove_through(batch.ids[-1])\n"
         "            try:\n"
         "                for start in range(0, len(batch.lines), self.batch_size):\n",
         (WRITER_UNIT, WRITERS_HTTP, G_OUTBOX),

@@ -161,11 +161,22 @@ def register(sub: Any) -> None:
     sensor = sim_sub.add_parser(
         "sensor", help="a serial O2 sensor on a new pseudo-terminal (prints its path)"
     )
-    sensor.add_argument("model", choices=["gasboard", "luminox", "mhz19"])
-    sensor.add_argument("--o2-pct", type=float, default=None, help="O2 %% to report")
+    sensor.add_argument("model", choices=["ze03", "gasboard", "luminox", "mhz19"])
+    sensor.add_argument(
+        "--o2-pct",
+        type=float,
+        default=None,
+        help="O2 %% of the room (ze03 default 20.9, luminox 24.1) or the gas (gasboard 93)",
+    )
     sensor.add_argument("--flow-lpm", type=float, default=5.0, help="gasboard: flow")
     sensor.add_argument("--temp-c", type=float, default=21.0)
-    sensor.add_argument("--baro-kpa", type=float, default=65.2, help="luminox: pressure")
+    sensor.add_argument(
+        "--baro-kpa",
+        type=float,
+        default=65.2,
+        help="the pressure around the sensor (luminox reports it; the ze03 cell reads the O2 "
+        "partial pressure: O2 %% x baro / 101.325)",
+    )
     sensor.add_argument("--co2-ppm", type=float, default=600.0, help="mhz19: CO2")
     sensor.add_argument("--seed", type=int, default=0)
     sensor.add_argument(
@@ -285,7 +296,14 @@ def _sensor(args: argparse.Namespace) -> int:
 
     wire: Wire
     faults: WireFaults
-    if args.model == "gasboard":
+    if args.model == "ze03":
+        from simulators.wire.ze03 import ZE03Wire
+
+        ze03 = ZE03Wire(
+            20.9 if args.o2_pct is None else args.o2_pct, seed=args.seed, baro_kpa=args.baro_kpa
+        )
+        wire, faults = ze03, ze03.faults
+    elif args.model == "gasboard":
         gas = GasboardWire(
             93.0 if args.o2_pct is None else args.o2_pct, args.flow_lpm, args.temp_c, seed=args.seed
         )
@@ -307,8 +325,10 @@ def _sensor(args: argparse.Namespace) -> int:
         elif name == "drift_per_h" and value:
             faults.drift_per_h = float(value)
         else:
-            print(f"o2chain sim sensor: --fault {text!r}: see --help", file=sys.stderr)
-            return 2
+            raise UsageError(
+                f"--fault {text!r}: expected bad_checksum_every=N, garbage_every=N, "
+                "drop_every=N, drift_per_h=X, stuck or disconnected"
+            )
     with PtySensor(wire, args.model) as sim:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -354,6 +374,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.mqtt is not None:
         check_broker(mqtt_url(args.mqtt, args.provision), args.provision)
+    if args.no_boards and boards:
+        print(
+            f"o2chain sim run: running without boards (--no-boards): the {boards} boards of "
+            f"{scenario.scenario.name!r} are not simulated, the Modbus equipment is",
+            file=sys.stderr,
+            flush=True,
+        )
     return asyncio.run(_run_scenario(scenario, args))
 
 

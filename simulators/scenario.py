@@ -330,6 +330,14 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from exc
+    # A profile file named in the scenario is found beside the scenario file first.
+    for items in data.values():
+        for item in items if isinstance(items, list) else []:
+            ref = item.get("profile") if isinstance(item, dict) else None
+            if isinstance(ref, str) and ref.endswith(".toml") and not Path(ref).is_absolute():
+                beside = path.parent / ref
+                if beside.is_file():
+                    item["profile"] = str(beside)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:

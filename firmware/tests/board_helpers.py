@@ -3,16 +3,25 @@ what arrived (exactly once per (boot, seq), in order)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from o2base.services import Mosquitto
+
+TESTS = Path(__file__).resolve().parent
 
 
 class Recorder:
@@ -30,7 +39,7 @@ class Recorder:
             client_id=f"recorder-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)  # paho takes whole seconds
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
@@ -105,3 +114,56 @@ def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:
     assert not missing, f"missing seqs: {missing[:20]} ({len(missing)})"
     assert first == sorted(first), f"out of order: {first}"
     return len(seqs) - len(first)
+
+
+class SerialBoard:
+    """An emulated board behind a serial port, as a technician meets one: a socat PTY at
+    ``link`` whose far side is MicroPython (the unix port) with the board's filesystem at
+    ``board_dir`` and the simulated sensors of ``config`` (a ZE03 by default). At first it
+    holds no firmware (a REPL, as after installing MicroPython); ``machine.reset()`` restarts
+    the interpreter, which then boots /boot.py and /main.py like an ESP32 at power-on."""
+
+    def __init__(self, work_dir: Path, config: dict[str, Any], o2_pct: float = 24.5) -> None:
+        from o2chain.firmware_runner import BoardRunner
+
+        self.work_dir = work_dir
+        self.board_dir = work_dir / "fs"
+        self.link = work_dir / "ttyBOARD"
+        self._pidfile = work_dir / "power.pid"
+        self.hardware = BoardRunner(config, work_dir / "hw", o2_pct=o2_pct)
+        self._socat: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SerialBoard:
+        from o2chain.firmware_runner import find_tool
+
+        self.board_dir.mkdir(parents=True, exist_ok=True)
+        standins = self.hardware.start_hardware()
+        shutil.copy2(TESTS / "serial_board.py", standins / "serial_board.py")
+        power = [sys.executable, str(TESTS / "serial_board_power.py"), find_tool("micropython"),
+                 str(standins), str(self.board_dir), str(self._pidfile)]  # fmt: skip
+        self._socat = subprocess.Popen(
+            ["socat", f"PTY,link={self.link},raw,echo=0",
+             f"EXEC:{' '.join(power)},pty,setsid,ctty,echo=0,onlcr=0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not (self.link.exists() and self._pidfile.exists()):
+            if self._socat.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the serial board did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(self._pidfile.read_text()), signal.SIGTERM)
+        if self._socat is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self._socat.pid, signal.SIGTERM)
+            self._socat.wait(10)
+        self.hardware.kill()
+
+    def __enter__(self) -> SerialBoard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

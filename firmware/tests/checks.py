@@ -1,6 +1,8 @@
-# Checks of the pure firmware modules, written in the MicroPython/CPython common subset.
-# test_pure.py runs every check_* function under CPython (against the sources) and under the
-# `micropython` interpreter (against the mpy-cross build): the same vectors on both.
+# Checks of the pure firmware modules and of o2core, written in the MicroPython/CPython common
+# subset. test_pure.py runs every check_* function under CPython (against the sources) and under
+# the `micropython` interpreter (against the mpy-cross build): the same vectors on both. The
+# o2core vectors come from o2core/vectors.json, shared with the gateway's and the simulators'
+# tests; the firmware's own (sensor frames, datasheets, RFC 4231) are here.
 import json
 import os
 
@@ -15,13 +17,31 @@ from o2 import (
     gasboard,
     luminox,
     mhz19,
-    mqtt_codec,
-    oxygen,
     spool,
     state,
     telemetry,
     ze03,
 )
+
+from o2core import mqtt_codec, oxygen, winsen
+
+# Path of o2core/vectors.json: set by whoever runs the checks (conftest.py under CPython,
+# run_checks.py under micropython).
+VECTORS_FILE = "vectors.json"
+
+
+def vectors(section):
+    """One section of o2core/vectors.json (read anew: the heap holds one section at a time)."""
+    with open(VECTORS_FILE) as f:
+        return json.load(f)[section]
+
+
+def from_hex(text):
+    return bytes(int(text[i : i + 2], 16) for i in range(0, len(text), 2))
+
+
+NAN = float("nan")
+INF = float("inf")
 
 
 def close(got, want, tol, what):
@@ -201,51 +221,68 @@ def check_bme280_raw_parse():
     equal(bme280.parse_raw(d), (415148, 519888, 0x6D8E), "raw adc values")
 
 
-# -- oxygen formulas (docs/domain.md "Formulas" table) ---------------------------------------------
-
-SITES = (  # name, altitude m, PB kPa, eq. alt at 23/25/27 % (West), ambient at 25 %
-    ("Lhasa", 3650, 64.50, (2989, 2386, 1817), 2259),
-    ("Shigatse", 3840, 62.94, (3184, 2585, 2020), 2455),
-    ("Nagqu", 4500, 57.73, (3861, 3277, 2726), 3138),
-)
+# -- o2core oxygen formulas (o2core/vectors.json) -------------------------------------------------
 
 
 def check_oxygen_isa_pressure():
-    close(oxygen.isa_pressure_kpa(0), 101.325, 1e-9, "sea level")
-    for name, alt, pb, _, _ in SITES:
-        close(oxygen.isa_pressure_kpa(alt), pb, 0.005, name + " PB")
-        close(oxygen.isa_altitude_m(oxygen.isa_pressure_kpa(alt)), alt, 0.01, name + " h(P)")
+    v = vectors("isa_pressure")
+    for c in v["cases"]:
+        close(oxygen.isa_pressure_kpa(c["alt_m"]), c["kpa"], v["tol_kpa"], "P(%r)" % c["alt_m"])
+        close(oxygen.isa_altitude_m(c["kpa"]), c["alt_m"], v["tol_m"], "h(%r)" % c["kpa"])
+    for p in v["no_altitude_kpa"]:
+        raises(ValueError, oxygen.isa_altitude_m, p)
 
 
-def check_oxygen_equivalent_altitude_table():
-    for name, alt, pb, west, ambient in SITES:
-        for o2, want in zip((23, 25, 27), west):
-            got = oxygen.equivalent_altitude_m(o2, pb)
-            close(got, want, 1.0, "%s %d %% west" % (name, o2))
-        close(oxygen.equivalent_altitude_m(25, pb, "ambient"), ambient, 1.0, name + " ambient")
-    raises(ValueError, oxygen.equivalent_altitude_m, 25, 64.5, "bogus")
+def check_oxygen_equivalent_altitude():
+    v = vectors("equivalent_altitude")
+    for c in v["cases"]:
+        got = oxygen.equivalent_altitude_m(c["o2_pct"], c["baro_kpa"], c["definition"])
+        close(
+            got,
+            c["eq_alt_m"],
+            v["tol_m"],
+            "%s %r %% %s" % (c["site"], c["o2_pct"], c["definition"]),
+        )
+    raises(ValueError, oxygen.equivalent_altitude_m, 25, 64.5, v["unknown_definition"])
+    raises(ValueError, oxygen.equivalent_altitude_m, 0, 64.5, "ambient")  # no oxygen, no altitude
 
 
 def check_oxygen_partial_pressure():
-    close(oxygen.ppo2_kpa(25.0, 64.5), 16.125, 1e-9, "ppo2")
-    close(oxygen.ppo2_kpa(20.95, 101.325), 21.227, 0.001, "sea level ppo2")
-    # The O2 needed for an equivalent altitude is the inverse of the equivalent altitude.
-    need = oxygen.o2_for_equivalent_altitude_pct(2386, 64.50)
-    close(need, 25.0, 0.01, "O2 for Lhasa at 2386 m")
+    v = vectors("partial_pressure")
+    for c in v["cases"]:
+        close(oxygen.ppo2_kpa(c["o2_pct"], c["baro_kpa"]), c["ppo2_kpa"], v["tol_kpa"], "ppO2")
+        close(oxygen.pio2_kpa(c["o2_pct"], c["baro_kpa"]), c["pio2_kpa"], v["tol_kpa"], "PIO2")
+
+
+def check_oxygen_fire_limits():
+    v = vectors("fire_limits")
+    for c in v["cases"]:
+        pb = c["baro_kpa"]
+        close(oxygen.nfpa_burn_limit_pct(pb), c["nfpa_pct"], v["tol_pct"], "NFPA at %r" % pb)
+        high, warn = oxygen.room_thresholds(pb)
+        close(high, c["high_alarm_pct"], v["tol_pct"], "alarm %r" % pb)
+        close(warn, c["high_warn_pct"], v["tol_pct"], "warn %r" % pb)
+    unusable = v["unusable_kpa"]
+    for p in unusable["cases"]:
+        close(oxygen.nfpa_burn_limit_pct(p), unusable["nfpa_pct"], 1e-9, "limit for %r" % (p,))
+
+
+def check_oxygen_baro_band():
+    v = vectors("baro_band")
+    site = oxygen.isa_pressure_kpa(v["site_alt_m"])
+    for p in v["plausible_kpa"]:
+        equal(oxygen.baro_plausible(p, site), True, "plausible %r" % p)
+    for p in v["implausible_kpa"] + [NAN, INF, -INF]:
+        equal(oxygen.baro_plausible(p, site), False, "implausible %r" % (p,))
+
+
+def check_winsen_checksum():
+    for c in vectors("winsen_checksum")["cases"]:
+        frame = from_hex(c["hex"])
+        equal(winsen.checksum(frame), frame[8], c["what"])
 
 
 # -- MQTT 3.1.1 packets ----------------------------------------------------------------------------
-
-VARINTS = (
-    (0, "00"),
-    (127, "7f"),
-    (128, "8001"),
-    (16383, "ff7f"),
-    (16384, "808001"),
-    (2097151, "ffff7f"),
-    (2097152, "80808001"),
-    (268435455, "ffffff7f"),
-)
 
 
 def _hex(b):
@@ -253,18 +290,25 @@ def _hex(b):
 
 
 def check_mqtt_varint():
-    for n, h in VARINTS:
+    v = vectors("mqtt_varint")
+    for c in v["cases"]:
+        n = c["value"]
         enc = mqtt_peer.encode_varint(n)
-        equal(_hex(enc), h, "varint %d" % n)
-        equal(mqtt_peer.decode_varint(enc), (n, len(enc)), "decode %d" % n)
-    raises(mqtt_codec.MQTTError, mqtt_peer.encode_varint, 268435456)
-    raises(mqtt_codec.Incomplete, mqtt_peer.decode_varint, b"\x80")
-    raises(mqtt_codec.MQTTError, mqtt_peer.decode_varint, b"\x80\x80\x80\x80\x01")
+        equal(_hex(enc), c["hex"], "varint %d" % n)
+        equal(mqtt_codec.varint_size(n), len(enc), "size %d" % n)
+        equal(mqtt_codec.read_varint(b"\x30" + enc + b"\x00", 1), (n, 1 + len(enc)), "read %d" % n)
+    for n in v["too_large"]:
+        raises(mqtt_codec.MQTTError, mqtt_peer.encode_varint, n)
+    for h in v["incomplete_hex"]:
+        raises(mqtt_codec.Incomplete, mqtt_codec.read_varint, from_hex(h))
+    for h in v["malformed_hex"]:
+        e = raises(mqtt_codec.MQTTError, mqtt_codec.read_varint, from_hex(h))
+        equal(isinstance(e, mqtt_codec.Incomplete), False, "malformed, not incomplete: " + h)
 
 
 def check_mqtt_connect_bytes():
-    # Minimal CONNECT, clean session, keep-alive 60 s, client id "c" (spec 3.1).
-    equal(_hex(mqtt_codec.connect("c", 60)), "100d00044d5154540402003c000163", "CONNECT")
+    for c in vectors("mqtt_connect")["cases"]:
+        equal(_hex(mqtt_codec.connect(c["client_id"], c["keepalive_s"])), c["hex"], "CONNECT")
 
 
 def check_mqtt_connect_roundtrip():
@@ -280,7 +324,7 @@ def check_mqtt_connect_roundtrip():
         "secret",
     )
     first, body, end = mqtt_peer.split_packet(pkt)
-    equal((first, end), (mqtt_codec.CONNECT, len(pkt)), "header")
+    equal((first, end), (0x10, len(pkt)), "header")  # CONNECT
     got = mqtt_peer.parse_connect(body)
     equal(got["client_id"], b"o2-lhasa-hotel-room-101", "client id")
     equal(got["keepalive_s"], 30, "keepalive")
@@ -325,7 +369,7 @@ def check_mqtt_small_packets():
     equal(mqtt_codec.puback(258), b"\x40\x02\x01\x02", "PUBACK")
     equal(mqtt_codec.parse_mid(b"\x01\x02"), 258, "PUBACK id")
     equal(mqtt_codec.PINGREQ_PACKET, b"\xc0\x00", "PINGREQ")
-    equal(mqtt_codec.PINGRESP_PACKET, b"\xd0\x00", "PINGRESP")
+    equal(mqtt_peer.PINGRESP_PACKET, b"\xd0\x00", "PINGRESP")
     equal(mqtt_codec.DISCONNECT_PACKET, b"\xe0\x00", "DISCONNECT")
 
 
@@ -339,7 +383,7 @@ def check_mqtt_subscribe_roundtrip():
 
 
 def check_mqtt_split_stream():
-    stream = mqtt_peer.connack() + mqtt_codec.puback(1) + mqtt_codec.PINGRESP_PACKET
+    stream = mqtt_peer.connack() + mqtt_codec.puback(1) + mqtt_peer.PINGRESP_PACKET
     pos = 0
     kinds = []
     while pos < len(stream):
@@ -380,7 +424,7 @@ def reading(seq, boot=1):
 def drain(sp, size=1200, max_records=5):
     # Every pending reading through peek_batch/release, as parsed JSON objects.
     buf = bytearray(size)
-    out = []
+    out: list = []
     while True:
         end = sp.peek_batch(buf, 0, max_records)
         if end == 0:
@@ -540,7 +584,7 @@ def check_config_defaults_and_errors():
     )
     equal((cfg["kind"], cfg["mqtt.port"], cfg["interval_s"]), ("room", 1883, 10.0), "defaults")
     equal(cfg["sensors.env.addr"], 0x76, "BME280 address")
-    bad = (
+    bad: tuple = (
         ({"device": "d", "site_altitude_m": 0, "mqtt": {"host": "h"}}, "site: missing"),
         ({"site": "Lhasa", "device": "d", "mqtt": {"host": "h"}}, "site: expected a name"),
         (
@@ -600,26 +644,15 @@ def check_config_site_altitude_is_required():
 
 # -- barometer plausibility and values that must never crash the alarm -----------------------------
 
-NAN = float("nan")
-INF = float("inf")
 BAD_VALUES = (None, 0, 0.0, -5.0, NAN, INF, -INF, 1e300, -1e300, "25")
-
-
-def check_baro_plausibility_band():
-    site = oxygen.isa_pressure_kpa(3650)
-    for p in (site, 65.2, 64.0, 66.5, site * 0.9, site * 1.1):
-        equal(oxygen.baro_plausible(p, site), True, "plausible %r" % p)
-    for p in BAD_VALUES + (site * 0.89, site * 1.11, 82.0, 101.325):
-        equal(oxygen.baro_plausible(p, site), False, "implausible %r" % (p,))
 
 
 def check_alarm_survives_any_sensor_value():
     # A barometer at 0 kPa raised ZeroDivisionError in the NFPA formula (reset loop, safe
     # mode, no local alarm). Nothing a sensor can send may raise here.
     cfg = config.validate(MINIMAL)
-    close(alarm.nfpa_limit_pct(0), 23.45, 1e-9, "0 kPa: sea-level limit (most cautious)")
     for p in BAD_VALUES:
-        limit = alarm.nfpa_limit_pct(p)
+        limit = oxygen.nfpa_burn_limit_pct(p)
         equal(23.0 < limit < 24.0, True, "limit for %r" % (p,))
         a = alarm.Alarms(alarm.room_rules(p, cfg))
         alarm.update_room_thresholds(a, p, cfg)
@@ -727,13 +760,24 @@ def check_gasboard_stream_resync():
 # -- local alarm (docs/domain.md "Limits and alarms") ----------------------------------------------
 
 
-def check_alarm_thresholds_lhasa():
-    close(alarm.nfpa_limit_pct(64.5), 29.4, 0.05, "NFPA limit in Lhasa")
-    high, warn = alarm.room_thresholds(64.5)
-    close(high, 27.9, 0.05, "high alarm at limit - 1.5")
-    close(warn, 26.4, 0.05, "warn at min(27, limit - 3)")
-    equal(alarm.room_thresholds(101.325)[1], 20.45, "sea level: limit - 3 below 27")
-    equal(alarm.room_thresholds(64.5, 27.0, 26.0), (27.0, 26.0), "explicit thresholds win")
+def check_alarm_thresholds():
+    # The room rules take o2core's thresholds at the pressure in use and follow it; a site's
+    # configured thresholds win.
+    v = vectors("fire_limits")
+    cfg = config.validate(MINIMAL)
+    a = alarm.Alarms(alarm.room_rules(101.325, cfg))
+    for c in v["cases"]:
+        alarm.update_room_thresholds(a, c["baro_kpa"], cfg)
+        close(a.rule("o2_high").threshold, c["high_alarm_pct"], v["tol_pct"], "limit - 1.5")
+        close(
+            a.rule("o2_high_warn").threshold, c["high_warn_pct"], v["tol_pct"], "min(27, limit - 3)"
+        )
+    cfg = config.validate(
+        dict(MINIMAL, alarm={"o2_high_alarm_pct": 27.0, "o2_high_warn_pct": 26.0})
+    )
+    a = alarm.Alarms(alarm.room_rules(64.5, cfg))
+    got = (a.rule("o2_high").threshold, a.rule("o2_high_warn").threshold)
+    equal(got, (27.0, 26.0), "explicit thresholds win")
 
 
 def check_alarm_hysteresis_and_delays():
@@ -818,7 +862,7 @@ def check_calibration_always_corrects_pressure():
 def check_mhz19_frames():
     equal(mhz19.QUERY, bytes((0xFF, 0x01, 0x86, 0, 0, 0, 0, 0, 0x79)), "read query")
     reply = bytearray((0xFF, 0x86, 0x02, 0x60, 0x47, 0x00, 0x00, 0x00, 0))
-    reply[8] = ze03.checksum(reply)  # same checksum family as the ZE03-O2
+    reply[8] = winsen.checksum(reply)  # same checksum family as the ZE03-O2
     equal(reply[8], 0xD1, "checksum")
     equal(mhz19.parse_reply(reply), 608, "CO2 ppm")
     raises(mhz19.FrameError, mhz19.parse_reply, bytes(reply[:8]) + b"\x00")

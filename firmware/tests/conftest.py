@@ -17,9 +17,10 @@ from types import ModuleType
 
 import pytest
 
-from o2chain.firmware_runner import FIRMWARE_DIR, build_firmware, find_tool
+from o2chain.firmware_runner import CORE_DIR, FIRMWARE_DIR, build_firmware, find_tool
 
 TESTS_DIR = Path(__file__).resolve().parent
+VECTORS_FILE = CORE_DIR / "vectors.json"  # o2core's test vectors, shared with gateway/simulators
 
 
 def _load(name: str, path: Path, package_dir: Path | None = None) -> ModuleType:
@@ -44,10 +45,13 @@ def load_firmware_module(name: str) -> ModuleType:
 
 
 def load_checks() -> ModuleType:
-    """The common-subset checks module (imports ``o2``)."""
+    """The common-subset checks module (imports ``o2`` and ``o2core``), reading o2core's
+    vectors from the source tree."""
     load_firmware_module("o2")
     _load("mqtt_peer", TESTS_DIR / "mqtt_peer.py")  # `import mqtt_peer` in checks.py
-    return _load("firmware_checks", TESTS_DIR / "checks.py")
+    checks = _load("firmware_checks", TESTS_DIR / "checks.py")
+    checks.__dict__["VECTORS_FILE"] = str(VECTORS_FILE)
+    return checks
 
 
 @pytest.fixture(scope="session")

@@ -7,5 +7,5 @@ import sys
 import vfs
 
 vfs.umount("/")
-vfs.mount(vfs.VfsPosix(sys.argv[1]), "/")
+vfs.mount(vfs.VfsPosix(sys.argv[1]), "/")  # type: ignore[attr-defined]  # unix port only
 os.chdir("/")

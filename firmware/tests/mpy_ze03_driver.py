@@ -6,7 +6,7 @@ import time
 
 import machine
 
-machine.SIM_FILE = sys.argv[1]
+machine.SIM_FILE = sys.argv[1]  # type: ignore[attr-defined]  # the stand-in's (firmware/standins)
 
 from o2.ze03 import ZE03  # noqa: E402
 

@@ -1,46 +1,30 @@
 """The broker's side of MQTT 3.1.1 (pure, common subset): decoders of what the board sends
-and encoders of what a broker answers. Test-only twin of ``o2.mqtt_codec`` -- kept out of the
-firmware so that the board does not carry a broker's code in its heap.
+and encoders of what a broker answers. Test-only twin of ``o2core.mqtt_codec`` -- kept out of
+the firmware so that the board does not carry a broker's code in its heap.
 """
 
-from o2.mqtt_codec import (
+from o2core.mqtt_codec import (
     CONNACK,
     Incomplete,
     MQTTError,
     _get_str,
     _packet,
     parse_mid,
+    read_varint,
     varint_size,
     write_varint,
 )
 
 SUBACK = 0x90
 PROTOCOL_LEVEL = 4  # 3.1.1
+PINGRESP_PACKET = b"\xd0\x00"
 
 
 def encode_varint(n: int) -> bytes:
-    """Remaining length ``n`` as 1..4 bytes."""
+    """Remaining length ``n`` as its 1..4 bytes (the board's encoder writes into a buffer)."""
     buf = bytearray(varint_size(n))
     write_varint(buf, 0, n)
     return bytes(buf)
-
-
-def decode_varint(buf, pos: int = 0):
-    """``(value, next_pos)`` of the remaining length at ``buf[pos:]``.
-
-    Raises Incomplete if the buffer ends first, MQTTError if longer than 4 bytes.
-    """
-    value = 0
-    shift = 0
-    for i in range(4):
-        if pos + i >= len(buf):
-            raise Incomplete("remaining length")
-        b = buf[pos + i]
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos + i + 1
-        shift += 7
-    raise MQTTError("remaining length longer than 4 bytes")
 
 
 def parse_connect(body) -> dict:
@@ -109,7 +93,7 @@ def split_packet(buf, pos: int = 0):
     """``(first_byte, body, next_pos)`` of the packet at ``buf[pos:]``; raises Incomplete."""
     if pos >= len(buf):
         raise Incomplete("fixed header")
-    n, body_pos = decode_varint(buf, pos + 1)
+    n, body_pos = read_varint(buf, pos + 1)
     end = body_pos + n
     if end > len(buf):
         raise Incomplete("body")

@@ -1,8 +1,12 @@
 # Runs every check_* in checks.py and prints one line per check: "PASS name" or
-# "FAIL name: error". Used under `micropython` by test_pure.py.
+# "FAIL name: error". Used under `micropython` by test_pure.py:
+#   micropython run_checks.py PATH/o2core/vectors.json
 import gc
+import sys
 
 import checks
+
+checks.VECTORS_FILE = sys.argv[1]
 
 for name in sorted(dir(checks)):
     if not name.startswith("check_"):

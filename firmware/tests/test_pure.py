@@ -1,5 +1,6 @@
-"""The pure firmware modules against docs/domain.md / datasheet / MQTT spec vectors, run twice:
-under CPython on the sources and under `micropython` on the mpy-cross build."""
+"""The pure firmware modules and o2core against their vectors (o2core/vectors.json, datasheets,
+the MQTT spec), run twice: under CPython on the sources and under `micropython` on the mpy-cross
+build."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from o2chain.firmware_runner import find_tool
 
-from .conftest import TESTS_DIR, load_checks
+from .conftest import TESTS_DIR, VECTORS_FILE, load_checks
 
 CHECKS = load_checks()
 NAMES = sorted(name for name in dir(CHECKS) if name.startswith("check_"))
@@ -48,7 +49,7 @@ def micropython_results(
     shutil.copy2(TESTS_DIR / "run_checks.py", work / "run_checks.py")
     # 220K: every firmware module plus all checks at once is more than a board ever loads
     # (functional runs at 220K; the strict 110K run is the heap soak).
-    result = run_micropython(work / "run_checks.py", heap="220K")
+    result = run_micropython(work / "run_checks.py", str(VECTORS_FILE), heap="220K")
     assert result.returncode == 0, result.stdout + result.stderr
     return {
         m.group(2): m.group(1) + (m.group(3) or "")

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from o2base.services import Mosquitto
-from o2chain.firmware_runner import BoardRunner
+from o2base.services import Mosquitto, free_ports
+from o2chain.firmware_runner import FIRMWARE_DIR, BoardRunner
 
 from .board_helpers import Recorder
-from .conftest import load_firmware_module
-from .test_acceptance import PREFIX, board_config
+from .conftest import TESTS_DIR, load_firmware_module
+from .test_acceptance import DEVICE, PREFIX, SITE, board_config
 from .test_commands import ack, signed
 
 pytestmark = pytest.mark.integration
@@ -64,3 +68,37 @@ def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
     finally:
         board.kill()
         rec.close()
+
+
+def test_safe_mode_loads_neither_the_application_nor_its_spool(
+    tmp_path: Path, run_micropython: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """Safe mode is what runs when the application cannot: it must load only the network side
+    (wiring's MQTT client, auth for a command), never o2.app and its spool, alarm and formulas
+    (app and wiring used to import each other, so make_mqtt pulled the application in). On the
+    unix port at the board's 110K heap, with the compiled firmware."""
+    work = tmp_path / "run"
+    work.mkdir()
+    shutil.copy2(TESTS_DIR / "safemode_imports.py", work / "safemode_imports.py")
+    for name in ("machine.py", "network.py"):  # the board's hardware modules, stood in
+        shutil.copy2(FIRMWARE_DIR / "standins" / name, work / name)
+    cfg = {
+        "site": SITE,
+        "device": DEVICE,
+        "site_altitude_m": 3650,
+        "interval_s": "fast",  # the config error that sends the board to safe mode
+        "command_key": os.urandom(32).hex(),
+        "mqtt": {"host": "127.0.0.1", "port": free_ports(1)[0]},  # nobody listens
+    }
+    (work / "config.json").write_text(json.dumps(cfg))
+    result = run_micropython(work / "safemode_imports.py", str(work / "config.json"), heap="110K")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "config error: interval_s: expected float" in out and "prepare: None" in out, out
+    assert "ack: c1 False bad mac" in out, out  # the command was judged (and refused)
+    found = re.search(r"^modules: (.*)$", out, re.M)
+    assert found, out
+    modules = set(found.group(1).split())
+    assert {"o2.safemode", "o2.wiring", "o2.mqtt", "o2.auth"} <= modules, modules
+    application = {"o2.app", "o2.spool", "o2.alarm", "o2.telemetry", "o2core.oxygen"}
+    assert not modules & application, sorted(modules & application)

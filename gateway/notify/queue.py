@@ -26,7 +26,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.config import NotifyKind, NotifyTarget
+from gateway.readings import wall_ms
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class NotifyQueue:
         self._commit = commit
         self.targets = {t.id: t for t in targets}
         self.gateway_id = gateway_id
-        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.clock_ms = clock_ms or wall_ms
         self._done_since_prune = 0
         with lock:
             db.executescript(_SCHEMA)

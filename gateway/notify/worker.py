@@ -29,15 +29,11 @@ from gateway.lineproto import LineEncoder
 from gateway.notify.messages import compose
 from gateway.notify.queue import Item, NotifyQueue
 from gateway.notify.targets import Outcome, Sender, make_sender
-from gateway.readings import Reading
+from gateway.readings import Reading, wall_ms
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 5.0  # a worker looks at its queue at least this often
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -215,7 +211,7 @@ class Notifier:
         config: GatewayConfig,
         queue: NotifyQueue,
         senders: dict[str, Sender] | None = None,
-        clock_ms: Callable[[], int] = _wall_ms,
+        clock_ms: Callable[[], int] = wall_ms,
     ):
         self.config = config
         self.queue = queue

@@ -166,12 +166,11 @@ def test_check_catches_what_run_would_trip_on(tmp_path: Path) -> None:
     out = check(cfg)
     assert out.returncode == 2, out
     lines = out.stderr.splitlines()
-    assert lines == [
-        f"o2chain gateway: {cfg}: gateway.state_dir: {afile} is a file, not a directory",
-        f"o2chain gateway: {cfg}: mqtt.password_file: {pw} holds a secret and is open to "
-        f"group/others (mode 0644): chmod 600 {pw}",
-        f"o2chain gateway: {cfg}: mqtt.ca_file: cannot read the CA certificate "
-        f"{tmp_path / 'missing-ca.pem'}",
+    assert lines == [  # one line, every problem in it
+        f"o2chain gateway: {cfg}: gateway.state_dir: {afile} is a file, not a directory; "
+        f"mqtt.password_file: {pw} holds a secret and is open to "
+        f"group/others (mode 0644): chmod 600 {pw}; "
+        f"mqtt.ca_file: cannot read the CA certificate {tmp_path / 'missing-ca.pem'}"
     ]
     # `run` refuses the same config the same way, before it starts anything.
     run = subprocess.run(

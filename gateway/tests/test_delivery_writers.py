@@ -11,12 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gateway import writer as writer_module
 from gateway.config import InfluxSection
 from gateway.influx import (
     InfluxMisconfigured,
@@ -238,27 +236,22 @@ def test_drainer_splits_on_413_and_keeps_order(twin: Twin, tmp_path: Path) -> No
 
 
 class RecordedWaits:
-    """``asyncio`` as the drainer sees it, except that ``wait_for`` records its timeout and
-    times out at once: the retry delays the drainer chose become a list the test reads, in
-    order, instead of seconds measured on a busy machine."""
+    """The drainer's pause between attempts, recorded and not waited: the retry delays the
+    drainer chose become a list the test reads, in order, instead of seconds measured on a busy
+    machine."""
 
     def __init__(self) -> None:
         self.timeouts: list[float] = []
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def wait_for(self, aw: Any, timeout: float) -> None:
-        self.timeouts.append(timeout)
-        aw.close()  # the stop.wait() coroutine, never awaited
-        raise TimeoutError
+    def __call__(self, delay_s: float) -> None:
+        self.timeouts.append(delay_s)
 
 
 def test_drainer_honours_retry_after(
     twin: Twin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waits = RecordedWaits()
-    monkeypatch.setattr(writer_module, "asyncio", waits)
+    monkeypatch.setattr(OutboxDrainer, "_pause", lambda drainer, delay_s: waits(delay_s))
     outbox = Outbox(tmp_path / "o.sqlite")
     outbox.commit(["m v=1 1"])
     # CREATE DATABASE, then: asked to wait 30 s; a 503 without a date; asked for a day.

@@ -1,9 +1,12 @@
-"""Oxygen formulas against the docs/domain.md test vectors ("Formulas", "Limits and alarms"),
+"""The gateway's oxygen formulas (o2core's, through gateway.oxygen) against o2core/vectors.json,
 and the enrichment stage."""
 
 from __future__ import annotations
 
+import json
 import math
+from importlib.resources import files
+from typing import Any
 
 import pytest
 
@@ -14,33 +17,51 @@ from gateway.oxygen import EqAltDefinition
 from gateway.readings import FieldValue, Reading
 from gateway.state_store import StateStore
 
-# site, altitude, PB (ISA), eq. alt at 23/25/27 % (West), ambient at 25 %, NFPA limit
-VECTORS = [
-    ("lhasa", 3650, 64.50, (2989, 2386, 1817), 2259, 29.4),
-    ("shigatse", 3840, 62.94, (3184, 2585, 2020), 2455, 29.8),
-    ("nagqu", 4500, 57.73, (3861, 3277, 2726), 3138, 31.1),
-]
+VECTORS: dict[str, Any] = json.loads(files("o2core").joinpath("vectors.json").read_text())
 
 
-@pytest.mark.parametrize(("site", "alt", "pb", "west", "ambient25", "nfpa"), VECTORS)
-def test_domain_vectors(
-    site: str, alt: float, pb: float, west: tuple[int, ...], ambient25: int, nfpa: float
-) -> None:
-    isa = oxygen.isa_pressure_kpa(alt)
-    assert isa == pytest.approx(pb, abs=0.005)
-    assert oxygen.isa_altitude_m(isa) == pytest.approx(alt, abs=1e-6)
-    for o2, expected in zip((23, 25, 27), west, strict=True):
-        # The table was computed from the ISA pressure; it rounds to the metre.
-        assert oxygen.equivalent_altitude_m(o2, isa) == pytest.approx(expected, abs=1.0)
-    assert oxygen.equivalent_altitude_m(25, isa, EqAltDefinition.AMBIENT) == pytest.approx(
-        ambient25, abs=1.0
-    )
-    assert oxygen.nfpa_burn_limit_pct(pb) == pytest.approx(nfpa, abs=0.05)
+def cases(section: str) -> list[dict[str, Any]]:
+    return list(VECTORS[section]["cases"])
 
 
-def test_partial_pressures_and_inverse() -> None:
-    assert oxygen.ppo2_kpa(24.3, 64.9) == pytest.approx(15.7707)
-    assert oxygen.pio2_kpa(20.95, 101.325) == pytest.approx(19.914, abs=1e-3)
+@pytest.mark.parametrize("case", cases("isa_pressure"), ids=str)
+def test_isa_pressure_vectors(case: dict[str, Any]) -> None:
+    tol = VECTORS["isa_pressure"]
+    assert oxygen.isa_pressure_kpa(case["alt_m"]) == pytest.approx(case["kpa"], abs=tol["tol_kpa"])
+    assert oxygen.isa_altitude_m(case["kpa"]) == pytest.approx(case["alt_m"], abs=tol["tol_m"])
+
+
+@pytest.mark.parametrize("case", cases("equivalent_altitude"), ids=str)
+def test_equivalent_altitude_vectors(case: dict[str, Any]) -> None:
+    definition = EqAltDefinition(case["definition"])
+    got = oxygen.equivalent_altitude_m(case["o2_pct"], case["baro_kpa"], definition)
+    assert got == pytest.approx(case["eq_alt_m"], abs=VECTORS["equivalent_altitude"]["tol_m"])
+
+
+@pytest.mark.parametrize("case", cases("fire_limits"), ids=str)
+def test_fire_limit_vectors(case: dict[str, Any]) -> None:
+    tol, pb = VECTORS["fire_limits"]["tol_pct"], case["baro_kpa"]
+    assert oxygen.nfpa_burn_limit_pct(pb) == pytest.approx(case["nfpa_pct"], abs=tol)
+    assert oxygen.room_high_alarm_pct(pb) == pytest.approx(case["high_alarm_pct"], abs=tol)
+    assert oxygen.room_high_warn_pct(pb) == pytest.approx(case["high_warn_pct"], abs=tol)
+
+
+def test_partial_pressure_and_baro_band_vectors() -> None:
+    tol = VECTORS["partial_pressure"]["tol_kpa"]
+    for c in cases("partial_pressure"):
+        assert oxygen.ppo2_kpa(c["o2_pct"], c["baro_kpa"]) == pytest.approx(c["ppo2_kpa"], abs=tol)
+        assert oxygen.pio2_kpa(c["o2_pct"], c["baro_kpa"]) == pytest.approx(c["pio2_kpa"], abs=tol)
+    tol = VECTORS["o2_for_equivalent_altitude"]["tol_pct"]
+    for c in cases("o2_for_equivalent_altitude"):
+        need = oxygen.o2_for_equivalent_altitude_pct(c["target_alt_m"], c["baro_kpa"])
+        assert need == pytest.approx(c["o2_pct"], abs=tol)
+    tol = VECTORS["baro_band"]["tol_kpa"]
+    for c in cases("baro_band"):
+        band = oxygen.baro_band_kpa(c["alt_m"])
+        assert band == pytest.approx((c["low_kpa"], c["high_kpa"]), abs=tol)
+
+
+def test_inverses_and_rule_of_thumb() -> None:
     # Outdoor air anywhere has its own altitude as equivalent altitude (both definitions).
     for alt in (0.0, 3650.0, 5000.0):
         pb = oxygen.isa_pressure_kpa(alt)
@@ -60,14 +81,6 @@ def test_partial_pressures_and_inverse() -> None:
     assert 70 < diff < 200
     with pytest.raises(ValueError):
         oxygen.isa_altitude_m(0.0)
-
-
-def test_room_limits_lhasa() -> None:
-    pb = oxygen.isa_pressure_kpa(3650)
-    assert oxygen.room_high_alarm_pct(pb) == pytest.approx(27.9, abs=0.05)
-    assert oxygen.room_high_warn_pct(pb) == pytest.approx(26.4, abs=0.05)
-    # At Nagqu the limit minus 3 is above the 27 % cap.
-    assert oxygen.room_high_warn_pct(oxygen.isa_pressure_kpa(4500)) == 27.0
 
 
 class Clock:

@@ -19,13 +19,13 @@ from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.firmware_runner import load_firmware_file
 from o2chain.testing import wait_for_points
+from o2core import oxygen  # the board's formulas (o2core is what the firmware runs)
 
 pytestmark = pytest.mark.integration
 
 SITE, DB = "lhasa-hotel", "o2valid"
 BARO_KPA = 64.9  # what the rooms' BME280s read (Lhasa, ISA 64.5 kPa)
 HOUR_MS = 3_600_000
-fw_oxygen = load_firmware_file("oxygen")
 fw_telemetry = load_firmware_file("telemetry")
 
 
@@ -56,8 +56,8 @@ def board_reading(seq: int, ts_ms: int, o2_pct: float, rh_pct: float = 30.0) -> 
         BARO_KPA,
         19.5,
         rh_pct,
-        fw_oxygen.ppo2_kpa(o2_pct, BARO_KPA),
-        fw_oxygen.equivalent_altitude_m(o2_pct, BARO_KPA),
+        oxygen.ppo2_kpa(o2_pct, BARO_KPA),
+        oxygen.equivalent_altitude_m(o2_pct, BARO_KPA),
     ]
     doc: dict[str, Any] = json.loads(fw_telemetry.encode(1, seq, ts_ms, values))
     return doc

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +109,48 @@ def test_bad_profile_rows_name_the_row_and_key(row: dict[str, object], message: 
 def test_unknown_profile_lists_the_available_ones() -> None:
     with pytest.raises(ProfileError, match="psa-plant"):
         load_profile("no-such-model")
+
+
+def _my_profile(folder: Path, name: str) -> Path:
+    from importlib import resources
+
+    bundled = Path(str(resources.files("o2base") / "profiles" / "psa-plant.toml")).read_text()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.toml"
+    path.write_text(bundled.replace('name = "psa-plant"', f'name = "{name}"', 1))
+    return path
+
+
+def test_profile_search_path_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name is looked up in $O2CHAIN_PROFILE_PATH, then among the bundled profiles; a .toml
+    value is a path (from the current directory, or beside the scenario file that names it)."""
+    import subprocess
+
+    from o2base.procs import o2chain_argv
+    from o2base.registers import ProfileError, load_profile
+    from simulators.scenario import load_scenario
+
+    _my_profile(tmp_path / "site-profiles", "our-plant")
+    env = {**os.environ, "O2CHAIN_PROFILE_PATH": str(tmp_path / "site-profiles")}
+    listed = subprocess.run(o2chain_argv("sim", "profiles"), capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    assert {"our-plant", "psa-plant"} <= set(listed.stdout.split())
+    monkeypatch.setenv("O2CHAIN_PROFILE_PATH", str(tmp_path / "site-profiles"))
+    assert load_profile("our-plant").name == "our-plant"
+    monkeypatch.delenv("O2CHAIN_PROFILE_PATH")
+    with pytest.raises(ProfileError, match=r"unknown profile .our-plant.*path of a .toml file"):
+        load_profile("our-plant")
+    with pytest.raises(ProfileError, match="no such profile file"):
+        load_profile(tmp_path / "nowhere.toml")
+
+    scenario_dir = tmp_path / "scenarios"
+    _my_profile(scenario_dir, "beside")
+    bundled = Path(
+        str(resources.files("simulators") / "scenarios" / "lhasa-hotel.toml")
+    ).read_text()
+    text = bundled.replace('profile = "psa-plant"', 'profile = "beside.toml"', 1)
+    (scenario_dir / "mine.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)  # not the scenario's folder
+    scenario = load_scenario(scenario_dir / "mine.toml")
+    refs = [e.profile for e in scenario.plant if e.profile.endswith(".toml")]
+    assert refs == [str(scenario_dir / "beside.toml")]

@@ -1,9 +1,10 @@
 """Atmosphere at altitude: ISA pressure, equivalent altitude, fire-hazard limits, weather drift.
 
-Formulas from docs/domain.md ("Formulas", "Limits and alarms"), written here independently of the
-firmware's and the gateway's copies on purpose: the simulators are an oracle for the gateway, and
-a simulator that shared its code could not catch its mistakes. Pressures in kPa, altitudes in m,
-O2 in % (volume fraction x 100), CO2 in ppm (mole fraction x 1e6).
+Formulas from docs/domain.md ("Formulas", "Limits and alarms"), written here independently of
+``o2core.oxygen`` (the one implementation the gateway and the firmware share) on purpose: the
+simulators are an oracle for both, and a simulator that shared their code could not catch its
+mistakes. Both are tested against the same vectors, ``o2core/vectors.json``. Pressures in kPa,
+altitudes in m, O2 in % (volume fraction x 100), CO2 in ppm (mole fraction x 1e6).
 """
 
 from __future__ import annotations

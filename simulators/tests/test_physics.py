@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from importlib.resources import files
+from typing import Any
 
 import pytest
 
 from simulators.physics.atmosphere import (
     Weather,
     equivalent_altitude_m,
+    isa_altitude_m,
     isa_pressure_kpa,
     nfpa_burn_limit_pct,
     room_high_alarm_pct,
@@ -33,26 +37,34 @@ from simulators.physics.room import (
 )
 
 LHASA_M = 3650.0
+# The atmosphere model is the oracle of o2core's formulas (an independent implementation):
+# both answer the same vectors.
+VECTORS: dict[str, Any] = json.loads(files("o2core").joinpath("vectors.json").read_text())
+
+
+@pytest.mark.parametrize("case", VECTORS["isa_pressure"]["cases"], ids=str)
+def test_oracle_isa_pressure_vectors(case: dict[str, Any]) -> None:
+    tol = VECTORS["isa_pressure"]
+    assert isa_pressure_kpa(case["alt_m"]) == pytest.approx(case["kpa"], abs=tol["tol_kpa"])
+    assert isa_altitude_m(case["kpa"]) == pytest.approx(case["alt_m"], abs=tol["tol_m"])
 
 
 @pytest.mark.parametrize(
-    ("altitude_m", "pb_kpa", "eq_23", "eq_25", "eq_27", "nfpa"),
-    [
-        (3650, 64.50, 2989, 2386, 1817, 29.4),
-        (3840, 62.94, 3184, 2585, 2020, 29.8),
-        (4500, 57.73, 3861, 3277, 2726, 31.1),
-    ],
+    "case",
+    [c for c in VECTORS["equivalent_altitude"]["cases"] if c["definition"] == "west"],
+    ids=str,
 )
-def test_domain_vectors(altitude_m, pb_kpa, eq_23, eq_25, eq_27, nfpa) -> None:
-    pb = isa_pressure_kpa(altitude_m)
-    assert pb == pytest.approx(pb_kpa, abs=0.01)
-    for o2, expected in ((23, eq_23), (25, eq_25), (27, eq_27)):
-        assert equivalent_altitude_m(o2, pb) == pytest.approx(expected, abs=3)
-    assert nfpa_burn_limit_pct(pb) == pytest.approx(nfpa, abs=0.05)
+def test_oracle_equivalent_altitude_vectors(case: dict[str, Any]) -> None:
+    # The simulators model rooms with West's definition only (the gateway's default).
+    got = equivalent_altitude_m(case["o2_pct"], case["baro_kpa"])
+    assert got == pytest.approx(case["eq_alt_m"], abs=VECTORS["equivalent_altitude"]["tol_m"])
 
 
-def test_lhasa_high_alarm_is_about_27_9() -> None:
-    assert room_high_alarm_pct(isa_pressure_kpa(LHASA_M)) == pytest.approx(27.9, abs=0.05)
+@pytest.mark.parametrize("case", VECTORS["fire_limits"]["cases"], ids=str)
+def test_oracle_fire_limit_vectors(case: dict[str, Any]) -> None:
+    tol = VECTORS["fire_limits"]["tol_pct"]
+    assert nfpa_burn_limit_pct(case["baro_kpa"]) == pytest.approx(case["nfpa_pct"], abs=tol)
+    assert room_high_alarm_pct(case["baro_kpa"]) == pytest.approx(case["high_alarm_pct"], abs=tol)
 
 
 def test_purity_falls_when_flow_exceeds_rated_flow() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
 import time
+from importlib.resources import files
 
 import pytest
 
+from simulators.wire import winsen
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import READ_QUERY, GasboardWire, read_reply
 from simulators.wire.luminox import LuminOxWire, line
@@ -221,3 +224,47 @@ def test_cli_serves_an_mhz19_on_a_pty(tmp_path) -> None:
         finally:
             os.close(fd)
     assert abs(decode_mhz19(got[:9]) - 1200) <= 30
+
+
+def test_cli_serves_a_ze03_on_a_pty_with_its_faults(tmp_path) -> None:
+    """`sim sensor ze03`: the cell reads the O2 partial pressure (24 % at 65.2 kPa reads
+    15.4 % in sea-level units), and a wire fault from the command line applies."""
+    from o2base.procs import ChildProcess, o2chain_argv
+
+    query = bytes.fromhex("ff0186000000000079")
+
+    def ask(port: str, count: int) -> list[bytes]:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+        answers = []
+        try:
+            for _ in range(count):
+                os.write(fd, query)
+                got = b""
+                deadline = time.monotonic() + 2
+                while len(got) < 9 and time.monotonic() < deadline:
+                    ready, _, _ = select.select([fd], [], [], 0.2)
+                    if ready:
+                        got += os.read(fd, 64)
+                answers.append(got)
+        finally:
+            os.close(fd)
+        return answers
+
+    argv = o2chain_argv("sim", "sensor", "ze03", "--o2-pct", "24", "--baro-kpa", "65.2",
+                        "--fault", "drop_every=2")  # fmt: skip
+    with ChildProcess(argv, tmp_path / "ze03.log") as sim:
+        port = sim.wait_for_log(r'"port": "([^"]+)"').group(1)
+        answers = ask(port, 4)
+    assert [len(a) for a in answers] == [9, 0, 9, 0]  # every 2nd answer dropped
+    first = answers[0]
+    assert first[:2] == b"\xff\x86" and (-sum(first[1:8])) & 0xFF == first[8]
+    assert abs((first[2] * 256 + first[3]) / 10 - 24 * 65.2 / 101.325) <= 0.2
+
+
+def test_winsen_checksum_oracle_answers_the_shared_vectors() -> None:
+    """The simulators' Winsen checksum is the oracle of o2core.winsen (written independently):
+    both answer o2core/vectors.json."""
+    vectors = json.loads(files("o2core").joinpath("vectors.json").read_text())
+    for case in vectors["winsen_checksum"]["cases"]:
+        frame = bytes.fromhex(case["hex"])
+        assert winsen.checksum(frame) == frame[8], case["what"]

@@ -18,7 +18,7 @@ import time
 import tty
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 
 @dataclass
@@ -101,7 +101,7 @@ class PtySensor:
             raise RuntimeError(f"{self.name} simulator not started")
         return self._path
 
-    def start(self) -> PtySensor:
+    def start(self) -> Self:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # a wire, not a terminal: no echo, no line discipline
         self._path = os.ttyname(self._slave)
@@ -121,7 +121,7 @@ class PtySensor:
         self._master = self._slave = None
         self._stop_r = self._stop_w = -1
 
-    def __enter__(self) -> PtySensor:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -1,5 +1,8 @@
 """Winsen's 9-byte UART frames, shared by its modules (ZE03-O2, MH-Z19 CO2): ``FF`` start byte,
-``(~(b1 + ... + b7) + 1) & 0xFF`` checksum (docs/domain.md, Sensor wire protocols)."""
+``(~(b1 + ... + b7) + 1) & 0xFF`` checksum (docs/domain.md, Sensor wire protocols).
+
+Written independently of the firmware's ``o2core.winsen`` on purpose: the simulated sensors are
+the oracle of the board's drivers, and both are tested against ``o2core/vectors.json``."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import random
 import sys
 import threading
 
-from simulators.wire.faults import PtySensor
+from simulators.wire.faults import PtySensor, WireFaults
 from simulators.wire.winsen import READ_CMD, checksum, take_commands
 
 QUERY = bytes.fromhex("ff0186000000000079")
@@ -60,6 +60,7 @@ class ZE03Wire:
         self.noise_pct = noise_pct
         self.queries = 0  # answered queries (tests may watch it)
         self.bad_frames = 0
+        self.faults = WireFaults()  # `o2chain sim sensor ze03 --fault ...`
         self._rng = random.Random(seed)
         self._buf = bytearray()
 
@@ -71,8 +72,18 @@ class ZE03Wire:
         """The frame for the next query (current reading plus noise)."""
         return reply_frame(self.reading_pct() + self._rng.gauss(0.0, self.noise_pct))
 
+    def frame(self, now_s: float) -> bytes:
+        """The answer with the wire faults applied (drift and stuck on the reading, then a
+        dropped, damaged or garbage-led frame)."""
+        value = self.reading_pct() + self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
+        good = reply_frame(self.faults.hold((value,))[0])
+        bad = good[:-1] + bytes(((good[-1] + 1) & 0xFF,))
+        return self.faults.frame_out(good, self._rng, bad)
+
     def receive(self, data: bytes, now_s: float) -> bytes:
         """Bytes from the host; returns the module's answers to any complete read commands."""
+        if self.faults.disconnected:
+            return b""
         buf = self._buf
         buf += data
         out = b""
@@ -80,7 +91,7 @@ class ZE03Wire:
         self.bad_frames += bad
         for frame in frames:
             if frame[2] == READ_CMD:
-                out += self.answer()
+                out += self.frame(now_s)
                 self.queries += 1
             # MODE_CMD (Q&A / active): accepted without a reply, like the module.
         return out

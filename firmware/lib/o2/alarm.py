@@ -4,8 +4,8 @@ Defaults from docs/domain.md "Limits and alarms" (proposals there, configurable 
 
 - room O2: high alarm at ``NFPA limit - 1.5`` where the NFPA 99 increased-burning-rate limit is
   ``23.45 / sqrt(PB / 101.325)`` % (Lhasa 64.5 kPa: 29.4 %, alarm 27.9 %); high warning at
-  ``min(27, limit - 3)``; low-effect warning below 22 %; oxygen-deficient alarm below 19.5 %
-  (OSHA 1910.134);
+  ``min(27, limit - 3)`` (both formulas shared with the gateway: ``o2core.oxygen``);
+  low-effect warning below 22 %; oxygen-deficient alarm below 19.5 % (OSHA 1910.134);
 - concentrator purity: alarm below 82 % (ISO 80601-2-69 lineage, YY 9706.269).
 
 Threshold semantics are the gateway's (gateway/alarms.py builtin rules): a high rule is breached
@@ -23,6 +23,8 @@ Times are ``time.ticks_ms()`` values compared with ``ticks_diff`` (wrap-safe); t
 driven by the caller's clock so tests advance time without sleeping.
 """
 
+from o2core import oxygen
+
 try:
     from micropython import const
 except ImportError:  # CPython (tests): const() is the identity
@@ -35,11 +37,6 @@ _ALARM = const("alarm")
 _WARNING = const("warning")
 _HIGH = const(1)
 _LOW = const(-1)
-_P0_KPA = const(101.325)
-_NFPA_BASE_PCT = const(23.45)  # NFPA 99 / 53: 23.5 % at sea level, scaled by sqrt(P0 / PB)
-_HIGH_ALARM_MARGIN_PCT = const(1.5)
-_HIGH_WARN_MARGIN_PCT = const(3.0)
-_HIGH_WARN_CAP_PCT = const(27.0)
 _LOW_WARN_PCT = const(22.0)
 _DEFICIENT_PCT = const(19.5)
 _PURITY_ALARM_PCT = const(82.0)
@@ -50,28 +47,6 @@ def ticks_diff(a: int, b: int) -> int:
     # Same contract as time.ticks_diff; tests pass plain ints. The board passes ticks_ms()
     # values through ``Alarms(ticks_diff=time.ticks_diff)``.
     return a - b
-
-
-def nfpa_limit_pct(baro_kpa: float) -> float:
-    """NFPA increased-burning-rate O2 threshold (%) at pressure ``baro_kpa``.
-
-    A pressure that is not a positive finite number gives the sea-level limit (23.45 %), the
-    lowest and so the most cautious one; never raises (a barometer reading 0 kPa must not
-    stop the alarm).
-    """
-    if not (isinstance(baro_kpa, (int, float)) and 1 < baro_kpa < 1000):
-        baro_kpa = _P0_KPA
-    return _NFPA_BASE_PCT / (baro_kpa / _P0_KPA) ** 0.5
-
-
-def room_thresholds(baro_kpa: float, high_alarm=None, high_warn=None) -> tuple:
-    """``(high_alarm_pct, high_warn_pct)`` at ``baro_kpa``; explicit values win."""
-    limit = nfpa_limit_pct(baro_kpa)
-    if high_alarm is None:
-        high_alarm = limit - _HIGH_ALARM_MARGIN_PCT
-    if high_warn is None:
-        high_warn = min(_HIGH_WARN_CAP_PCT, limit - _HIGH_WARN_MARGIN_PCT)
-    return high_alarm, high_warn
 
 
 class Rule:
@@ -224,9 +199,9 @@ class Alarms:
         return out
 
 
-def room_rules(baro_kpa: float, cfg: dict) -> list:
+def room_rules(baro_kpa: object, cfg: dict) -> list:
     """The four room rules at pressure ``baro_kpa`` (config keys ``alarm.*`` override)."""
-    high_alarm, high_warn = room_thresholds(
+    high_alarm, high_warn = oxygen.room_thresholds(
         baro_kpa, cfg.get("alarm.o2_high_alarm_pct"), cfg.get("alarm.o2_high_warn_pct")
     )
     return [
@@ -246,9 +221,9 @@ def concentrator_rules(cfg: dict) -> list:
     return rules
 
 
-def update_room_thresholds(alarms: Alarms, baro_kpa: float, cfg: dict) -> None:
+def update_room_thresholds(alarms: Alarms, baro_kpa: object, cfg: dict) -> None:
     """Follow the measured pressure (weather moves PB by a few kPa)."""
-    high_alarm, high_warn = room_thresholds(
+    high_alarm, high_warn = oxygen.room_thresholds(
         baro_kpa, cfg.get("alarm.o2_high_alarm_pct"), cfg.get("alarm.o2_high_warn_pct")
     )
     alarms.set_threshold("o2_high", high_alarm)

@@ -19,12 +19,13 @@ import time
 import machine
 from micropython import const
 
-from o2 import FW_VERSION, alarm, oxygen, telemetry
-from o2 import mqtt_codec as codec
+from o2 import FW_VERSION, OFFLINE, alarm, command_id, telemetry, topic_prefix
 from o2.clock import Clock
 from o2.mqtt import MQTTClient
 from o2.net import Wifi, keep_time
 from o2.spool import Spool
+from o2core import mqtt_codec as codec
+from o2core import oxygen
 
 _I2C_FREQ_HZ = const(100000)
 _Q_O2_MISSING = const(0x03)  # timeout | checksum: no value (telemetry "quality" bits, README)
@@ -37,7 +38,6 @@ _Q_CO2 = const(0x400)  # CO2 sensor: no reply / bad frame
 _FACTORY_CAL_KPA = const(101.325)  # galvanic cells leave the factory calibrated at sea level
 # The ZE03 reads 0-25 % of sea-level partial pressure: a raw reading there is a lower bound.
 _ZE03_FULL_SCALE_PCT = const(25.0)
-OFFLINE = b'{"state":"offline"}'
 _MAX_ALARM_QUEUE = const(32)
 _FLAG_BARO = const(2)  # alarm.Alarms.flags indices
 _FLAG_WARMUP = const(3)
@@ -62,11 +62,6 @@ def load_calibration():
 
     cal = Calibration()
     return cal if cal.load() else None
-
-
-def topic_prefix(cfg: dict) -> str:
-    """``{prefix}/{site}/{device}/`` (docs/contracts.md)."""
-    return "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
 
 
 class Board:
@@ -171,13 +166,14 @@ class Board:
             self.alarms.flag(_FLAG_WARMUP, True, 0.0, self.warmup_ms / 1000, time.ticks_ms())
             self._alarm_changed()
         self._drive_pins()
-        asyncio.create_task(self.wifi.run())
-        if self.cfg["ntp.host"]:
-            asyncio.create_task(
-                keep_time(self.wifi, self.clock, self.cfg["ntp.host"], self.cfg["ntp.port"])
-            )
-        asyncio.create_task(self.mqtt.run(self.wifi.up))
-        asyncio.create_task(self.send_loop())
+        if self.cfg["mqtt.host"] and self.cfg["site"] and self.cfg["device"]:
+            asyncio.create_task(self.wifi.run())
+            if self.cfg["ntp.host"]:
+                asyncio.create_task(
+                    keep_time(self.wifi, self.clock, self.cfg["ntp.host"], self.cfg["ntp.port"])
+                )
+            asyncio.create_task(self.mqtt.run(self.wifi.up))
+            asyncio.create_task(self.send_loop())
         await self.sample_loop()
 
     async def sample_loop(self) -> None:
@@ -192,7 +188,11 @@ class Board:
             t0 = time.ticks_us()
             await self.sample_once()
             now = time.ticks_ms()
-            if time.ticks_diff(now, next_reading) >= 0:
+            # cfg["config_error"]: a config error (o2.config.salvage): the local alarm runs,
+            # no telemetry; the status says config_error with the reason. (Not an attribute:
+            # one more would double the Board's attribute table; a key of more than 10
+            # characters: not one more qstr for good.)
+            if time.ticks_diff(now, next_reading) >= 0 and "config_error" not in self.cfg:
                 await self.reading_once()
                 busy_us = time.ticks_diff(time.ticks_us(), t0)
                 next_reading = time.ticks_add(next_reading, self.interval_ms)
@@ -472,13 +472,15 @@ class Board:
         Formatted in one step (no dict, no bytes copy): the smallest transient allocation,
         taken every health period next to the running board."""
         extra = ""
+        if "config_error" in self.cfg:
+            extra += ',"error":%s,"local_alarm":"armed"' % json.dumps(self.cfg["config_error"])
         if self.boot_recovered:
             extra += ',"boot_recovered":' + json.dumps(self.boot_recovered)
         if self.warmup_ms:
             extra += ',"warming_up":true'
         if not self.cfg["command_key"]:
             extra += ',"commands":"disabled: no command_key"'
-        return (
+        text = (
             '{"state":"online","fw":"%s","boot":%d,"kind":"%s","uptime_s":%d,'
             '"heap_free_b":%d,"rssi_dbm":%s,"buffered":%d,"dropped":%d,"spool_torn":%d,'
             '"reset_cause":"%s","alarms":%s,"ts":%d%s}'
@@ -497,6 +499,9 @@ class Board:
             self.clock.epoch_ms(),
             extra,
         )
+        if "config_error" in self.cfg:
+            text = text.replace('{"state":"online"', '{"state":"config_error"', 1)
+        return text
 
     def shutdown(self) -> None:
         """Orderly stop (KeyboardInterrupt): say offline ourselves, then DISCONNECT.
@@ -554,14 +559,6 @@ class Board:
         await self._publish_acked(self.topic_ack, ack)
 
 
-def command_id(payload):
-    """The ``id`` inside a command envelope, for an ack sent without loading o2.commands."""
-    try:
-        return json.loads(json.loads(payload)["body"])["id"]
-    except Exception:  # noqa: BLE001 -- unreadable: no id
-        return None
-
-
 def mark_stable() -> None:
     """The run was not part of a crash loop (o2.state, loaded only for this)."""
     from o2 import state
@@ -590,7 +587,14 @@ def run(ready) -> None:
     if len(batch) < 128 + cfg["spool.batch_kb"] * 1024:
         batch = bytearray(128 + cfg["spool.batch_kb"] * 1024)
     wiring.load_modules(cfg)
-    board = wiring.build(cfg, boot, spool, batch)
+    try:
+        board = wiring.build(Board, cfg, boot, spool, batch)
+    except Exception as e:  # noqa: BLE001 -- a pin, UART or CA file the hardware refuses
+        print("config error: wiring: %r" % (e,))
+        from o2.safemode import safe_mode
+
+        asyncio.run(safe_mode(cfg, "config error: wiring: %r" % (e,)))
+        return
     del wiring, ready
     forget_module("wiring")
     print("reset cause: %s; heap free %d" % (board.reset_cause, gc.mem_free()))

@@ -21,6 +21,7 @@ import json
 import time
 
 from o2 import alarm
+from o2core import oxygen
 
 try:
     from micropython import const
@@ -37,8 +38,7 @@ _FRESH_AIR_PCT = const(20.95)
 
 def handle(board, payload, retain: bool = False) -> str:
     """The JSON ack for one message on the cmd topic. Every refusal says why; never raises."""
-    from o2 import auth
-    from o2.app import command_id
+    from o2 import auth, command_id
 
     cmd_id = command_id(payload)
     name = None
@@ -70,7 +70,7 @@ def bands(board) -> dict:
     # NFPA 99 / 53 increased-burning-rate limit at the site's ISA pressure (Lhasa 29.4 %):
     # the high alarm stays 0.5 % (sensor accuracy) below it and at most 5 % below it, never
     # under 21.5 % (fresh air 20.95 % + margin).
-    limit = alarm.nfpa_limit_pct(board.site_kpa)
+    limit = oxygen.nfpa_burn_limit_pct(board.site_kpa)
     return {
         "o2_high_alarm_pct": (max(21.5, limit - 5.0), limit - 0.5),
         "o2_high_warn_pct": (21.5, limit - 0.5),
@@ -161,7 +161,7 @@ def apply_settings(board, flat: dict) -> None:
     for key in flat:
         cfg[key] = float(flat[key]) if isinstance(flat[key], int) else flat[key]
     if board.room:
-        high, warn = alarm.room_thresholds(
+        high, warn = oxygen.room_thresholds(
             board.site_kpa, cfg["alarm.o2_high_alarm_pct"], cfg["alarm.o2_high_warn_pct"]
         )
         if warn > high:

@@ -42,6 +42,25 @@ def _range(lo, hi):
     return check
 
 
+def _gpio(lo, hi=0):
+    # ESP32 (WROOM/WROVER) pads: 0-19, 21-23, 25-27, 32-39. 6-11 drive the module's flash
+    # chip; 34-39 have no output driver (a buzzer, LED, UART TX or I2C line needs one).
+    # ``lo``: the board drives this pin; ``hi``: -1 (no pin) is allowed. (Parameter names
+    # reused from _range: every new name is a qstr kept for good on the board.)
+    def check(v):
+        if hi and v == -1:
+            return ""
+        if not 0 <= v <= 39 or v in (20, 24, 28, 29, 30, 31):
+            return "an ESP32 GPIO (0-19, 21-23, 25-27, 32-39%s)" % (", -1 = none" if hi else "")
+        if 6 <= v <= 11:
+            return "a GPIO other than 6-11 (they are wired to the flash chip)"
+        if lo and v > 33:
+            return "a GPIO that can drive an output (34-39 are input-only)"
+        return ""
+
+    return check
+
+
 def _one_of(*choices):
     def check(v):
         return "" if v in choices else "one of " + ", ".join([repr(c) for c in choices])
@@ -70,8 +89,8 @@ SCHEMA = (
     ("spool.batch_max", int, 100, _range(1, 500)),  # gateway: max 500 readings per message
     ("spool.batch_kb", int, 2, _range(1, 64)),  # gateway: max 64 KiB per message
     ("alarm.sample_s", float, 0.5, _range(0.01, 10)),
-    ("alarm.pin", int, -1, _range(-1, 48)),
-    ("alarm.warn_pin", int, -1, _range(-1, 48)),
+    ("alarm.pin", int, -1, _gpio(1, 1)),
+    ("alarm.warn_pin", int, -1, _gpio(1, 1)),
     ("alarm.active_high", bool, True, None),
     ("alarm.o2_high_alarm_pct", float, None, _range(19, 100)),
     ("alarm.o2_high_warn_pct", float, None, _range(19, 100)),
@@ -86,7 +105,7 @@ SCHEMA = (
     ("alarm.warmup_s", float, 600.0, _range(0, 3600)),
     ("alarm.off_delay_s", float, 5.0, _range(0, 600)),
     ("alarm.fault_delay_s", float, 3.0, _range(0.5, 600)),
-    ("mqtt.host", str, REQUIRED, None),
+    ("mqtt.host", str, REQUIRED, lambda v: "" if v else "a broker IP address (not empty)"),
     ("mqtt.port", int, 1883, _range(1, 65535)),
     ("mqtt.topic_prefix", str, "o2", None),
     ("mqtt.keepalive_s", int, 30, _range(2, 65535)),
@@ -102,8 +121,8 @@ SCHEMA = (
     ("ntp.port", int, 123, _range(1, 65535)),
     ("sensors.o2.type", str, "ze03", _one_of("ze03", "gasboard", "luminox", "ads1115", "none")),
     ("sensors.o2.uart", int, 2, _range(0, 2)),
-    ("sensors.o2.tx", int, 17, _range(0, 48)),
-    ("sensors.o2.rx", int, 16, _range(0, 48)),
+    ("sensors.o2.tx", int, 17, _gpio(1)),
+    ("sensors.o2.rx", int, 16, _gpio(0)),
     ("sensors.o2.timeout_ms", int, 500, _range(50, 5000)),
     ("sensors.o2.flow_scale", float, 0.1, _one_of(0.1, 0.01)),  # Gasboard: per model
     ("sensors.o2.mode", str, "poll", _one_of("poll", "stream")),  # Gasboard
@@ -111,12 +130,12 @@ SCHEMA = (
     ("sensors.o2.addr", int, 0x48, _range(0x48, 0x4B)),  # ADS1115
     ("sensors.co2.type", str, "none", _one_of("mhz19", "none")),  # optional room CO2 (NDIR)
     ("sensors.co2.uart", int, 1, _range(0, 2)),
-    ("sensors.co2.tx", int, 4, _range(0, 48)),
-    ("sensors.co2.rx", int, 5, _range(0, 48)),
+    ("sensors.co2.tx", int, 4, _gpio(1)),
+    ("sensors.co2.rx", int, 5, _gpio(0)),
     ("sensors.env.type", str, "bme280", _one_of("bme280", "none")),
     ("sensors.env.i2c", int, 0, _range(0, 1)),
-    ("sensors.env.sda", int, 21, _range(0, 48)),
-    ("sensors.env.scl", int, 22, _range(0, 48)),
+    ("sensors.env.sda", int, 21, _gpio(1)),
+    ("sensors.env.scl", int, 22, _gpio(1)),
     ("sensors.env.addr", int, 0x76, _one_of(0x76, 0x77)),
 )
 SECRETS = ("mqtt.password", "wifi.password", "command_key")
@@ -159,10 +178,55 @@ def _check_one(raw: dict, key: str, kind, default, check):
     return v
 
 
+def _near(key: str) -> str:
+    # " (did you mean alarm.o2_high_alarm_pct?)": a known key within 2 edits (Levenshtein),
+    # or the same name in another table (mqtt.ssid -> wifi.ssid).
+    best = ""
+    n = 3
+    leaf = "." + key.split(".")[-1]
+    for k in KEYS:
+        d = 9
+        if -3 < len(k) - len(key) < 3:
+            row = list(range(len(k) + 1))
+            for i in range(len(key)):
+                prev = row[0]
+                row[0] = i + 1
+                for j in range(len(k)):
+                    cur = row[j + 1]
+                    row[j + 1] = min(cur + 1, row[j] + 1, prev + (key[i] != k[j]))
+                    prev = cur
+            d = row[-1]
+        if d > 1 and ("." + k).endswith(leaf):
+            d = 1
+        if d < n:
+            best = k
+            n = d
+    return " (did you mean %s?)" % best if best else ""
+
+
+def _unknown(raw: dict, key: str) -> None:
+    # Every key of the file must be one of the schema's: a misspelt key would otherwise leave
+    # its default in force without a word (an alarm threshold, the reading interval).
+    for k in raw:
+        v = raw[k]
+        name = key + k
+        if name in KEYS:
+            continue
+        for known in KEYS:
+            if known.startswith(name + "."):  # a table: alarm, mqtt.tls, sensors.o2, ...
+                if not isinstance(v, dict):
+                    raise ConfigError("%s: expected a table of %s.* keys, got %r" % (name, name, v))
+                _unknown(v, name + ".")
+                break
+        else:
+            raise ConfigError("%s: unknown key%s" % (name, _near(name)))
+
+
 def validate(raw) -> dict:
     """Checked flat config ``{dotted key: value}`` with defaults; raises ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a JSON object")
+    _unknown(raw, "")
     out = {}
     for key, kind, default, check in SCHEMA:
         out[key] = _check_one(raw, key, kind, default, check)
@@ -182,6 +246,23 @@ def _cross_check(cfg: dict) -> None:
             raise ConfigError("sensors.co2.type: a CO2 sensor belongs to a room board")
         if o2 in ("ze03", "luminox") and cfg["sensors.co2.uart"] == cfg["sensors.o2.uart"]:
             raise ConfigError("sensors.co2.uart: expected a UART other than sensors.o2.uart")
+    # One GPIO, one job: the pins this board drives or reads (I2C: one bus, BME280 and ADS1115
+    # share it).
+    keys = []
+    if o2 in ("ze03", "gasboard", "luminox"):
+        keys += ["sensors.o2.tx", "sensors.o2.rx"]
+    if o2 == "ads1115" or (cfg["kind"] == "room" and cfg["sensors.env.type"] == "bme280"):
+        keys += ["sensors.env.sda", "sensors.env.scl"]
+    if cfg["sensors.co2.type"] != "none":
+        keys += ["sensors.co2.tx", "sensors.co2.rx"]
+    keys += ["alarm.pin", "alarm.warn_pin"]
+    used: dict = {}
+    for k in keys:
+        v = cfg[k]
+        if v in used:
+            raise ConfigError("%s: expected a GPIO of its own, got %d (also %s)" % (k, v, used[v]))
+        if v >= 0:
+            used[v] = k
 
 
 def read(path: str = "/config.json"):
@@ -245,6 +326,46 @@ def revalidate(cfg: dict, flat: dict) -> dict:
         if cfg[key] is not None:
             overlay(raw, {key: cfg[key]})
     return validate(overlay(raw, flat))
+
+
+def salvage(raw):
+    """After a config error: the config with each unusable key at its default and the part
+    it configures switched off (a pin, the CO2 or environment sensor, the network), if the
+    local alarm can still run on it -- O2 sensor, thresholds and site altitude usable --
+    else None. The board then keeps its alarm armed and says what is wrong."""
+    if not isinstance(raw, dict):
+        return None
+    out = {}
+    bad = []
+    for key, kind, default, check in SCHEMA:
+        try:
+            out[key] = _check_one(raw, key, kind, default, check)
+        except ConfigError:
+            out[key] = None if default is REQUIRED else default
+            bad.append(key)
+    for _ in range(8):
+        # Switch off what each bad key configures; None when the alarm cannot do without it.
+        for key in bad:
+            if key in ("alarm.pin", "alarm.warn_pin"):
+                out[key] = -1
+            elif (
+                key[:6] == "alarm."
+                or key[:11] == "sensors.o2."
+                or key in ("kind", "site_altitude_m")
+            ):
+                return None
+            elif key[:12] == "sensors.co2.":
+                out["sensors.co2.type"] = "none"
+            elif key[:12] == "sensors.env.":
+                if out["sensors.o2.type"] == "ads1115":  # the cell's ADC is on that I2C bus
+                    return None
+                out["sensors.env.type"] = "none"
+        try:
+            _cross_check(out)
+            return out
+        except ConfigError as e:
+            bad = [str(e).split(":")[0]]
+    return None
 
 
 def network_only(raw):

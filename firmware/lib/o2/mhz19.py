@@ -10,6 +10,8 @@ setting: a value above 10000 ppm is no reading.
 
 import asyncio
 
+from o2core.winsen import checksum
+
 try:
     from micropython import const
 except ImportError:  # CPython (tests): const() is the identity
@@ -27,14 +29,6 @@ QUERY = b"\xff\x01\x86\x00\x00\x00\x00\x00\x79"
 
 class FrameError(ValueError):
     """Not a valid read reply (length, header or checksum)."""
-
-
-def checksum(frame) -> int:
-    """Checksum of bytes 1..7 of a 9-byte frame."""
-    total = 0
-    for i in range(1, 8):
-        total += frame[i]
-    return (~total + 1) & 0xFF
 
 
 def parse_reply(frame) -> int:

@@ -16,7 +16,7 @@ import time
 
 from micropython import const
 
-from o2 import mqtt_codec as codec
+from o2core import mqtt_codec as codec
 
 _BACKOFF_MIN_MS = const(500)
 _BACKOFF_MAX_MS = const(30000)
@@ -212,16 +212,14 @@ class MQTTClient:
         if reader is None:
             raise OSError("not connected")
         first = (await reader.readexactly(1))[0]
-        n = 0
-        shift = 0
-        while True:
-            b = (await reader.readexactly(1))[0]
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
+        # The remaining length: up to 4 bytes, the last one without its top bit (decoded by
+        # the codec, which raises on a fifth).
+        size = bytearray(4)
+        for i in range(4):
+            size[i] = (await reader.readexactly(1))[0]
+            if not size[i] & 0x80:
                 break
-            shift += 7
-            if shift > 21:
-                raise codec.MQTTError("remaining length longer than 4 bytes")
+        n = codec.read_varint(size)[0]
         body = await reader.readexactly(n) if n else b""
         self._last_rx = time.ticks_ms()
         return first, body

@@ -12,7 +12,7 @@ import json
 import machine
 import network
 
-from o2 import FW_VERSION, state
+from o2 import FW_VERSION, command_id, state, topic_prefix
 from o2.net import Wifi
 from o2.wiring import make_mqtt, reset_cause
 
@@ -26,9 +26,17 @@ async def safe_mode(cfg: dict, reason: str) -> None:
     what = "config_error" if reason.startswith("config") else "safe_mode"
     client = make_mqtt(cfg)
     wifi = Wifi(network.WLAN(network.STA_IF), cfg["wifi.ssid"], cfg["wifi.password"])
-    prefix = "%s/%s/%s/" % (cfg["mqtt.topic_prefix"], cfg["site"], cfg["device"])
+    prefix = topic_prefix(cfg)
+    # The local alarm does not run here: its sensor, thresholds or pins were unusable, or the
+    # board is crash-looping.
     status = json.dumps(
-        {"state": what, "fw": FW_VERSION, "error": reason, "reset_cause": reset_cause()}
+        {
+            "state": what,
+            "fw": FW_VERSION,
+            "error": reason,
+            "reset_cause": reset_cause(),
+            "local_alarm": "off",
+        }
     )
     reboot = asyncio.Event()
     inbox: list = []
@@ -69,7 +77,6 @@ async def safe_mode(cfg: dict, reason: str) -> None:
 def check_reboot(cfg: dict, payload, retain: bool) -> dict:
     """The ack for one cmd message in safe mode: only an authentic, fresh ``reboot`` is ok."""
     from o2 import auth
-    from o2.app import command_id
 
     ack = {"id": command_id(payload), "cmd": None, "ctr": None, "ok": False}
     try:

@@ -39,18 +39,24 @@ def prepare(config_path: str = "/config.json"):
 
     raw = None
     try:
-        raw = config.read(config_path)
-        cfg = config.validate(config.overlay(raw, config.load_settings(_SETTINGS_FILE)))
+        raw = config.overlay(config.read(config_path), config.load_settings(_SETTINGS_FILE))
+        cfg = config.validate(raw)
     except config.ConfigError as e:
-        # No crash loop on a bad config: say why on the console, and on the status topic if
-        # the network part of the config is usable.
+        # No crash loop on a bad config: say why on the console and on the status topic.
+        # The local alarm stays armed when its own part of the config is usable (the board
+        # then runs without telemetry); otherwise the board is network only.
         print("config error:", e)
-        net_cfg = config.network_only(raw)
-        if net_cfg is not None:
-            from o2.safemode import safe_mode
+        cfg = config.salvage(raw)
+        if cfg is None:
+            print("local alarm off: its sensor or thresholds are unusable")
+            net_cfg = config.network_only(raw)
+            if net_cfg is not None:
+                from o2.safemode import safe_mode
 
-            asyncio.run(safe_mode(net_cfg, "config error: %s" % e))
-        return None
+                asyncio.run(safe_mode(net_cfg, "config error: %s" % e))
+            return None
+        cfg["config_error"] = "config error: %s" % e
+        print("local alarm armed; no telemetry until the config is fixed")
     print(config.describe(cfg))
     del config, raw
     forget("o2.config")  # ~20 KB of schema on a 64-bit port; commands re-import it

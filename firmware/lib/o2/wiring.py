@@ -1,5 +1,8 @@
 """Wiring: hardware objects and the network layer from a validated config (second start-up
 phase, after ``o2.start``). Dropped from the heap by ``app.run`` once the board is built.
+
+Imports nothing of the application (``o2.app`` passes its ``Board`` class to :func:`build`):
+safe mode uses :func:`make_mqtt` and :func:`reset_cause` without loading the board's code.
 """
 
 import gc
@@ -33,7 +36,7 @@ def ca_der(path: str) -> bytes:
 
 
 def make_mqtt(cfg: dict):
-    from o2.app import OFFLINE, topic_prefix
+    from o2 import OFFLINE, topic_prefix
     from o2.mqtt import MQTTClient
 
     ctx = None
@@ -148,14 +151,14 @@ def reset_cause() -> str:
         return "unknown"
 
 
-def build(cfg: dict, boot, spool, batch=None):
-    """Create hardware objects and the network layer from a validated config."""
-    from o2.app import Board
+def build(make_board, cfg: dict, boot, spool, batch=None):
+    """Create hardware objects and the network layer from a validated config, and the board
+    from them: ``make_board`` is ``o2.app.Board``."""
     from o2.clock import Clock
     from o2.net import Wifi
 
     wifi = Wifi(network.WLAN(network.STA_IF), cfg["wifi.ssid"], cfg["wifi.password"])
-    return Board(
+    return make_board(
         cfg,
         boot,
         make_sensor(cfg),
@@ -173,11 +176,12 @@ def build(cfg: dict, boot, spool, batch=None):
 
 
 def load_modules(cfg: dict) -> None:
-    """Import every module the board will run, biggest first, collecting in between, before
-    any long-lived object exists: code then packs at the bottom of the heap instead of
-    being interleaved with objects (a fragmented heap fails large allocations long before it
-    is full -- measured on the 110K run)."""
-    names = ["o2.app"]
+    """Import every module the board will run (``o2.app``, the biggest, is loaded already:
+    main.py imported it), collecting in between, before any long-lived object exists: code
+    then packs at the bottom of the heap instead of being interleaved with objects (a
+    fragmented heap fails large allocations long before it is full -- measured on the 110K
+    run)."""
+    names = []
     if cfg["sensors.o2.type"] != "none":
         names.append("o2." + cfg["sensors.o2.type"])
     if cfg["kind"] == "room" and cfg["sensors.env.type"] == "bme280":

@@ -7,6 +7,8 @@ protocols"; Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1
 
 import asyncio
 
+from o2core.winsen import checksum
+
 try:
     from micropython import const
 except ImportError:  # CPython (tests): const() is the identity
@@ -32,14 +34,6 @@ _Q_RANGE = const(0x04)  # value outside the sensor's measuring range
 
 class FrameError(ValueError):
     """A 9-byte buffer that is not a valid ZE03 reply (header, command or checksum)."""
-
-
-def checksum(frame) -> int:
-    """Checksum of bytes 1..7 of a 9-byte frame (byte 0 is the 0xFF start byte)."""
-    total = 0
-    for i in range(1, 8):
-        total += frame[i]
-    return (~total + 1) & 0xFF
 
 
 def build_command(cmd: int, arg: int = 0) -> bytes:

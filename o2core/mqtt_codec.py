@@ -1,31 +1,28 @@
 """MQTT 3.1.1 packet encoding and decoding (pure: bytes in, bytes out).
 
-OASIS MQTT 3.1.1, chapters 2 (fixed header, remaining length) and 3 (control packets).
+OASIS MQTT 3.1.1, chapters 2 (fixed header, remaining length) and 3 (control packets). The
+board firmware's MQTT client (firmware/lib/o2/mqtt.py) is built on it; the gateway reads the
+remaining length of MQTT 5 packets with :func:`read_varint` (MQTT 5 section 1.5.5 is the same
+encoding) and the broker probe of ``o2base.services`` sends :func:`connect`'s packet.
 Every encoder returns one complete packet in one buffer so that the transport can send it with
 a single write call (measured: several small writes cost ~44 ms per QoS 1 round trip
 through Nagle + delayed ACK). Decoders take the packet body (after the fixed header).
 """
 
-CONNECT = 0x10
+
+def const(value: int) -> int:
+    # MicroPython's compiler folds ``_NAME = const(value)`` into the bytecode itself, whatever
+    # ``const`` is bound to (no global, no qstr on the board); CPython calls this identity.
+    return value
+
+
+_CONNECT = const(0x10)
 CONNACK = 0x20
 PUBLISH = 0x30
 PUBACK = 0x40
-try:
-    from micropython import const
-except ImportError:  # CPython (tests): const() is the identity
-
-    def const(x):  # type: ignore[misc]
-        return x
-
-
 _SUBSCRIBE = const(0x82)  # bits 3..0 of _SUBSCRIBE are reserved as 0010 (spec 3.8.1)
-_SUBACK = const(0x90)
-_PINGREQ = const(0xC0)
-_PINGRESP = const(0xD0)
-_DISCONNECT = const(0xE0)
 
 PINGREQ_PACKET = b"\xc0\x00"
-PINGRESP_PACKET = b"\xd0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
 _MAX_REMAINING = const(268435455)  # four varint bytes (spec 2.2.3)
@@ -61,8 +58,11 @@ def varint_size(n: int) -> int:
     return 4
 
 
-def write_varint(buf, pos: int, n: int) -> int:
-    """Encode remaining length ``n`` into ``buf`` at ``pos``; returns the next position."""
+def write_varint(buf: bytearray, pos: int, n: int) -> int:
+    """Encode remaining length ``n`` into ``buf`` at ``pos``; returns the next position.
+
+    Raises MQTTError for ``n`` outside 0..268435455 (what four bytes can carry).
+    """
     if n < 0 or n > _MAX_REMAINING:
         raise MQTTError("remaining length %d out of range" % n)
     while True:
@@ -76,7 +76,27 @@ def write_varint(buf, pos: int, n: int) -> int:
             return pos + 1
 
 
-def _put_str(buf, pos: int, s) -> int:
+def read_varint(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int]:
+    """``(value, next_pos)`` of the remaining length that starts at ``buf[pos]``.
+
+    Seven bits a byte, least significant first, the top bit set on every byte but the last.
+    Raises Incomplete when ``buf`` ends first, MQTTError when it runs over four bytes.
+    """
+    end = len(buf)
+    value = shift = 0
+    while pos < end:  # the gateway reads every message's length here: kept lean
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise MQTTError("remaining length longer than 4 bytes")
+    raise Incomplete("remaining length")
+
+
+def _put_str(buf: bytearray, pos: int, s: bytes) -> int:
     # UTF-8 string / binary data with a two-byte big-endian length prefix (spec 1.5.3).
     n = len(s)
     buf[pos] = n >> 8
@@ -85,7 +105,7 @@ def _put_str(buf, pos: int, s) -> int:
     return pos + 2 + n
 
 
-def _get_str(body, pos: int):
+def _get_str(body: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     if pos + 2 > len(body):
         raise MQTTError("truncated string length")
     n = (body[pos] << 8) | body[pos + 1]
@@ -95,14 +115,14 @@ def _get_str(body, pos: int):
     return bytes(body[pos + 2 : end]), end
 
 
-def _b(s):
+def _b(s: str | bytes) -> bytes:
     # Topics, ids and passwords may come as str (config) or bytes.
     if isinstance(s, str):
         return s.encode()
     return s
 
 
-def _packet(first: int, body_len: int):
+def _packet(first: int, body_len: int) -> tuple[bytearray, int]:
     # Allocate the whole packet once and write the fixed header; returns (buf, body_pos).
     buf = bytearray(1 + varint_size(body_len) + body_len)
     buf[0] = first
@@ -110,15 +130,15 @@ def _packet(first: int, body_len: int):
 
 
 def connect(
-    client_id,
+    client_id: str | bytes,
     keepalive_s: int = 60,
     clean_session: bool = True,
-    will_topic=None,
-    will_payload=b"",
+    will_topic: str | bytes | None = None,
+    will_payload: str | bytes = b"",
     will_qos: int = 0,
     will_retain: bool = False,
-    username=None,
-    password=None,
+    username: str | bytes | None = None,
+    password: str | bytes | None = None,
 ) -> bytearray:
     """CONNECT packet (spec 3.1). A password requires a user name (spec 3.1.2.9)."""
     client_id = _b(client_id)
@@ -139,7 +159,7 @@ def connect(
             n += 2 + len(password)
     elif password is not None:
         raise MQTTError("password without user name")
-    buf, pos = _packet(CONNECT, n)
+    buf, pos = _packet(_CONNECT, n)
     pos = _put_str(buf, pos, b"MQTT")
     buf[pos] = _PROTOCOL_LEVEL
     buf[pos + 1] = flags
@@ -148,7 +168,7 @@ def connect(
     pos = _put_str(buf, pos + 4, client_id)
     if will_topic is not None:
         pos = _put_str(buf, pos, will_topic)
-        pos = _put_str(buf, pos, will_payload)
+        pos = _put_str(buf, pos, _b(will_payload))
     if username is not None:
         pos = _put_str(buf, pos, username)
         if password is not None:
@@ -156,14 +176,21 @@ def connect(
     return buf
 
 
-def parse_connack(body):
+def parse_connack(body: bytes | bytearray) -> tuple[bool, int]:
     """``(session_present, return_code)`` from a CONNACK body."""
     if len(body) != 2:
         raise MQTTError("CONNACK length %d" % len(body))
     return bool(body[0] & 1), body[1]
 
 
-def publish(topic, payload, qos: int = 0, retain: bool = False, mid: int = 0, dup: bool = False):
+def publish(
+    topic: str | bytes,
+    payload: str | bytes,
+    qos: int = 0,
+    retain: bool = False,
+    mid: int = 0,
+    dup: bool = False,
+) -> bytearray:
     """PUBLISH packet (spec 3.3); ``mid`` (1..65535) only for QoS 1/2."""
     topic = _b(topic)
     payload = _b(payload)
@@ -183,12 +210,20 @@ def publish(topic, payload, qos: int = 0, retain: bool = False, mid: int = 0, du
     return buf
 
 
-def publish_header_size(topic, qos: int = 1) -> int:
+def publish_header_size(topic: str | bytes, qos: int = 1) -> int:
     """Largest header ``publish_header_into`` can write for ``topic`` (4-byte length)."""
     return 1 + 4 + 2 + len(_b(topic)) + (2 if qos else 0)
 
 
-def publish_header_into(buf, end: int, topic, payload_len: int, qos: int, retain: bool, mid: int):
+def publish_header_into(
+    buf: bytearray,
+    end: int,
+    topic: str | bytes,
+    payload_len: int,
+    qos: int,
+    retain: bool,
+    mid: int,
+) -> int:
     """Write a PUBLISH header so that it ends at ``buf[end]``, where the payload already sits.
 
     Returns the packet's start offset: ``buf[start:end + payload_len]`` is the whole packet,
@@ -218,7 +253,7 @@ def publish_header_into(buf, end: int, topic, payload_len: int, qos: int, retain
     return pos
 
 
-def parse_publish(first: int, body):
+def parse_publish(first: int, body: bytes | bytearray) -> tuple[bytes, bytes, int, bool, int, bool]:
     """``(topic, payload, qos, retain, mid, dup)`` from a PUBLISH fixed-header byte and body."""
     qos = (first >> 1) & 0x03
     if qos == 3:
@@ -238,15 +273,15 @@ def puback(mid: int) -> bytes:
     return bytes((PUBACK, 2, mid >> 8, mid & 0xFF))
 
 
-def parse_mid(body) -> int:
+def parse_mid(body: bytes | bytearray) -> int:
     """Message id from a PUBACK (or any two-byte id-only) body."""
     if len(body) < 2:
         raise MQTTError("truncated message id")
     return (body[0] << 8) | body[1]
 
 
-def subscribe(mid: int, topics) -> bytearray:
-    """_SUBSCRIBE packet (spec 3.8) for a list of ``(topic_filter, qos)``."""
+def subscribe(mid: int, topics: list[tuple[str | bytes, int]]) -> bytearray:
+    """SUBSCRIBE packet (spec 3.8) for a list of ``(topic_filter, qos)``."""
     enc = [(_b(t), q) for t, q in topics]
     n = 2
     for t, _ in enc:

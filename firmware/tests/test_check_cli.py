@@ -1,0 +1,58 @@
+"""`o2chain firmware check` says exactly what is missing: no status, a config_error status with
+its reason, or online without a reading (the firmware on `micropython`, a real Mosquitto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from o2base.services import Mosquitto
+from o2chain.firmware_runner import BoardRunner
+
+from .test_flash_cli import o2chain_cmd, plain_inventory
+
+pytestmark = pytest.mark.integration
+
+
+def check(inventory: Path, timeout_s: str) -> tuple[int, str, str]:
+    done = o2chain_cmd(
+        "firmware", "check", "--device", "room-9", "--inventory", str(inventory),
+        "--timeout", timeout_s,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) <= 1 and "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout, lines[0] if lines else ""
+
+
+def test_check_without_a_board_says_no_status(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    code, _, err = check(plain_inventory(tmp_path / "site.toml", mosquitto), "1")
+    assert code == 1
+    assert err.startswith("o2chain firmware check: no status from bench/room-9 on mqtt://")
+    assert "is the board powered, on WiFi, and is its mqtt.host this broker?" in err
+
+
+def test_check_reports_the_boards_config_error(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    inventory = plain_inventory(tmp_path / "site.toml", mosquitto)
+    cfg = {"site": "bench", "device": "room-9", "site_altitude_m": 3650, "intervall_s": 1,
+           "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}  # fmt: skip
+    with BoardRunner(cfg, tmp_path / "board") as board:
+        board.wait_for_log("local alarm armed")
+        code, _, err = check(inventory, "20")
+    assert code == 1
+    assert err == (
+        "o2chain firmware check: bench/room-9 reports config_error: config error: intervall_s: "
+        "unknown key (did you mean interval_s?) (local alarm armed); fix the config and flash again"
+    )
+
+
+def test_check_online_without_a_reading(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    inventory = plain_inventory(tmp_path / "site.toml", mosquitto)
+    cfg = {"site": "bench", "device": "room-9", "site_altitude_m": 3650, "interval_s": 3600,
+           "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}  # fmt: skip
+    with BoardRunner(cfg, tmp_path / "board") as board:
+        board.wait_for_log("mqtt: connected")
+        code, out, err = check(inventory, "2")
+    assert code == 1
+    assert "status    online, firmware" in out
+    assert err == "o2chain firmware check: bench/room-9 is online but sent no reading within 2 s"

@@ -17,6 +17,7 @@ so the outbox's full policy (``block`` or ``drop_oldest``) applies to ingest.
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import cast
 
@@ -75,6 +76,9 @@ def central_writer(cfg: CentralSection) -> LineWriter:
         password = cfg.password()
         if cfg.username is not None and password is not None:
             writer._session.auth = (cfg.username, password.get_secret_value())
+            if writer._plain is not None:  # plain http:// goes around the session
+                pair = f"{cfg.username}:{password.get_secret_value()}".encode()
+                writer._plain.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
             # A facility's login may only write: the region's admin creates the database
             # (`o2chain region provision` writes influx/users.iql), CREATE DATABASE would be 403.
             writer._database_ready = True

@@ -5,6 +5,7 @@ Errors name the key, the expected value and what was found. The effective config
 (defaults filled in, secrets masked) is printed at boot by the app. Reference: firmware/README.md.
 """
 
+import gc
 import json
 
 REQUIRED = object()
@@ -212,8 +213,9 @@ def _unknown(raw: dict, key: str) -> None:
         name = key + k
         if name in KEYS:
             continue
+        k = name + "."
         for known in KEYS:
-            if known.startswith(name + "."):  # a table: alarm, mqtt.tls, sensors.o2, ...
+            if known.startswith(k):  # a table: alarm, mqtt.tls, sensors.o2, ...
                 if not isinstance(v, dict):
                     raise ConfigError("%s: expected a table of %s.* keys, got %r" % (name, name, v))
                 _unknown(v, name + ".")
@@ -227,6 +229,7 @@ def validate(raw) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a JSON object")
     _unknown(raw, "")
+    gc.collect()  # its garbage gone before the config's own dict grows (a board's heap)
     out = {}
     for key, kind, default, check in SCHEMA:
         out[key] = _check_one(raw, key, kind, default, check)

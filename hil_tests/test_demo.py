@@ -113,11 +113,16 @@ def test_demo_supply_fault_is_raised_in_the_first_minute(demo_run: DemoRun) -> N
         )
         assert {p["device"] for p in before} == {"buffer-1", "panel-1", "manifold-1", "lox-1"}
         [zones] = influx.query_points(
-            f"SELECT last(zone1_kpa) AS z1, last(zone2_kpa) AS z2 FROM supply "
-            f"WHERE device = 'panel-1' AND time <= {raised['time']}ms",
+            f"SELECT last(zone1_kpa) AS z1, last(zone2_kpa) AS z2, last(zone3_kpa) AS z3 "
+            f"FROM supply WHERE device = 'panel-1' AND time <= {raised['time']}ms",
             db="o2chain",
         )
-        assert zones["z1"] < 320.0 and zones["z2"] < 320.0  # 80 % of the normal 400 kPa
+        # The panel sets its low bit when any zone's pressure is under 80 % of the normal
+        # 400 kPa; the gauges it reports carry the simulator's noise (sigma 0.5 kPa), so the
+        # lowest reported zone is within 5 sigma of 320 kPa and every zone has sagged.
+        sagged = [zones["z1"], zones["z2"], zones["z3"]]
+        assert min(sagged) < 320.0 + 2.5, zones
+        assert max(sagged) < 360.0, zones  # the riser fails for all zones, not one branch
 
 
 def test_demo_chain_balance_has_the_supply(demo_run: DemoRun) -> None:

@@ -16,9 +16,13 @@ the alternatives and what happens when each part dies). In short:
   ``{prefix}/_group/{group}/member/{id}`` (state ``standby``/``claim``/``active``, a term number
   ``epoch``, republished every heartbeat) with a retained last will ``offline``. When no live
   member is active or claiming, the first live standby in id order *claims* (publishes
-  ``claim``), waits for its own claim to come back through the broker, backs off if a member
-  ranked before it claims too, and otherwise connects with the group's client id and
-  ``clean_start`` off: the broker hands it the session with everything queued and unacked.
+  ``claim``) and waits for its own claim to come back through the broker. The broker passes
+  every member the records in one order, so the claim it passed on first is the same for
+  everybody: a member backs off if another member's claim reached it before its own came back,
+  and otherwise connects with the group's client id and ``clean_start`` off: the broker hands
+  it the session with everything queued and unacked. (Ranking simultaneous claims by id
+  instead let two members win: the one ranked first may not have claimed yet when the other's
+  claim comes back, seen under load.)
 - **No fighting.** Mosquitto 2.0.11 closes the old connection of a taken-over session without
   a DISCONNECT (no reason 0x8E; measured), so a member cannot tell "kicked" from "network": the
   active's ingest never reconnects by itself; any loss of its session ends its term, it goes
@@ -122,6 +126,9 @@ class GroupMember:
         self._synced = False
         self._token = ""
         self._claim_echoed = False
+        # Members whose claim (or active record) reached us after we claimed and before our
+        # own claim came back: the broker passed theirs on first, so they go first.
+        self._ahead: set[str] = set()
         self._claimed_at = 0.0
         self._next_beat = 0.0
         self._hold_until = 0.0
@@ -260,6 +267,12 @@ class GroupMember:
                 # A record handed over at subscription gets the benefit of the doubt for
                 # dead_after_s from now; its owner republishes within a heartbeat if alive.
                 self.members[member] = Member(role, epoch, now)
+                if (
+                    self.role is Role.CLAIM
+                    and not self._claim_echoed
+                    and role in (Role.CLAIM, Role.ACTIVE)
+                ):
+                    self._ahead.add(member)
                 if role is Role.ACTIVE and epoch > self.epoch and self.role is not Role.ACTIVE:
                     self.epoch = epoch
             self._cond.notify_all()
@@ -299,6 +312,7 @@ class GroupMember:
             self.epoch = max([self.epoch, *seen]) + 1
             self.role = Role.CLAIM
             self._claim_echoed = False
+            self._ahead = set()
             self._claimed_at = now
             self._announce()
             log.info(
@@ -306,11 +320,9 @@ class GroupMember:
             )
             return False
         if self.role is Role.CLAIM:
-            rivals = [
-                n
-                for n, m in busy.items()
-                if m.role is Role.ACTIVE or (m.epoch, n) < (self.epoch, self.me)
-            ]
+            # Only a claim the broker passed on before ours counts: one that comes after ours
+            # came back was sent later, and its member sees ours first and backs off.
+            rivals = [n for n, m in busy.items() if m.role is Role.ACTIVE or n in self._ahead]
             if rivals:
                 log.info("HA %s: %s backs off for %s", self.group, self.me, ", ".join(rivals))
                 self._to_standby(now)

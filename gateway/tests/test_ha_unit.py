@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.alarms import AlarmEvent
@@ -82,14 +83,48 @@ def test_a_silent_member_is_not_live_and_an_active_one_is_left_alone(tmp_path: P
     assert b.epoch == 4
 
 
-def test_of_two_claims_the_lower_one_proceeds(tmp_path: Path) -> None:
+def record(m: GroupMember, sender: GroupMember) -> None:
+    """``sender``'s current record as the broker passes it on to ``m`` (not retained)."""
+    msg = mqtt.MQTTMessage(topic=sender.topic.encode())
+    msg.payload = sender._payload(sender.role)
+    m._on_message(m.client, None, msg)
+
+
+@pytest.mark.parametrize("first", ["gw-a", "gw-b"])
+def test_of_two_claims_the_one_the_broker_passed_on_first_proceeds(
+    tmp_path: Path, first: str
+) -> None:
+    # Both saw nobody busy and claimed term 1 at once. The broker passes both claims to both
+    # members in one order: the member whose claim came first proceeds, whatever its id (a
+    # rank by id let both proceed when the first-ranked claim came back last: seen under load).
+    a, b = member("gw-a", tmp_path), member("gw-b", tmp_path)
+    a.members = {"gw-b": Member(Role.STANDBY, 0, 99.0)}
+    b.members = {}  # gw-b has not heard of gw-a yet (it just joined)
+    for m in (a, b):
+        assert not m._decide(100.0) and m.role is Role.CLAIM and m.epoch == 1
+    order = [a, b] if first == "gw-a" else [b, a]
+    for sender in order:  # what every member receives, in the broker's order
+        for m in (a, b):
+            record(m, sender)
+    won = {m.me for m in (a, b) if m._decide(100.1)}
+    assert won == {first}
+    loser = b if first == "gw-a" else a
+    assert loser.role is Role.STANDBY
+    # and the loser may not claim again at once after backing off
+    loser.members = {}
+    assert not loser._decide(100.2) and loser.role is Role.STANDBY
+
+
+def test_a_claim_that_comes_after_ours_came_back_is_not_a_rival(tmp_path: Path) -> None:
     b = member("gw-b", tmp_path)
+    a = member("gw-a", tmp_path)
     assert not b._decide(100.0) and b.role is Role.CLAIM
-    b.members = {"gw-a": Member(Role.CLAIM, b.epoch, 100.0)}
-    b._claim_echoed = True
-    assert not b._decide(100.1) and b.role is Role.STANDBY  # gw-a ranks first: b backs off
-    # and b may not claim again at once after backing off
-    b.members = {}
+    record(b, b)  # our claim is back: nothing came before it
+    a.role, a.epoch = Role.CLAIM, b.epoch  # a slow member that claimed on old news
+    record(b, a)
+    assert b._decide(100.1)  # gw-a saw ours before its own came back: it backs off
+    a.role = Role.ACTIVE  # an active member is always a rival
+    record(b, a)
     assert not b._decide(100.2) and b.role is Role.STANDBY
 
 

@@ -99,6 +99,17 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.05)
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` stopped (SIGSTOP stops the whole process, but a thread in a
+    system call, an SQLite write or a socket read say, finishes that call first)."""
+    try:
+        stats = [(task / "stat").read_text() for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:  # a thread ended meanwhile: look again
+        return False
+    # The state follows the parenthesised command name, which may itself hold spaces.
+    return all(stat.rpartition(")")[2].split()[0] in ("T", "t") for stat in stats)
+
+
 def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float) -> list[str]:
     """``o2chain sim fleet``: real board clients (store and forward, replay arrays, will)."""
     return o2chain_argv(

@@ -7,7 +7,9 @@ state, and announced only after that."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -22,6 +24,7 @@ import tomli_w
 from gateway.tests.conftest import (
     DB,
     SITE,
+    all_threads_stopped,
     count_points,
     gateway_config,
     sim_board_id,
@@ -113,6 +116,67 @@ def assert_alarm_events_once(influxdb: InfluxDB, state_dir: Path) -> None:
     assert active >= {f"{SITE}/{sim_board_id(n)}/seq-late" for n in range(BOARDS)}
 
 
+def unread_bytes(pid: int, local_port: int, broker_port: int) -> int:
+    """Bytes waiting in the receive queue of ``pid``'s TCP connection from ``local_port`` to
+    the broker (/proc/net/tcp: what the broker sent and the process has not read)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues, inode = fields[1], fields[2], fields[4], fields[9]
+        if (
+            inode in inodes
+            and int(local.split(":")[1], 16) == local_port
+            and int(remote.split(":")[1], 16) == broker_port
+        ):
+            return int(queues.split(":")[1], 16)
+    raise AssertionError(f"no connection from port {local_port} to {broker_port} in {pid}")
+
+
+def seq_progress(state_dir: Path) -> int:
+    """The sum over devices and boots of the highest ``seq`` the gateway has stored (its
+    duplicate tracker, committed with the readings; SQLite's WAL lets another process read)."""
+    with contextlib.closing(sqlite3.connect(state_dir / "outbox.sqlite")) as db:
+        return int(db.execute("SELECT TOTAL(max_seq) FROM seqstate").fetchone()[0])
+
+
+# More than the broker's control packets and $SYS messages add up to: at least one telemetry
+# PUBLISH (about 200 bytes each) is among the unread bytes.
+UNREAD_MIN = 512
+
+
+def kill_with_messages_unread(gw: ChildProcess, mosquitto: Mosquitto) -> int:
+    """SIGKILL the gateway while the broker has sent it messages it has not read: stopped
+    (SIGSTOP, every thread), the kernel's receive queue of its ingest connection is looked at,
+    and it is killed as it stands once that holds at least :data:`UNREAD_MIN` bytes (otherwise
+    it runs on and is looked at again). Messages it has not read it has neither committed nor
+    acknowledged: the broker must send them again. Returns the unread bytes."""
+    pid = gw.pid
+    assert pid is not None
+    # The ingest connection's port, as the broker logged it (the alarm publisher's client id
+    # has a suffix).
+    connects = re.findall(
+        r"New client connected from 127\.0\.0\.1:(\d+) as o2chain-gw-delivery \(",
+        mosquitto.log_path.read_text(),
+    )
+    port = int(connects[-1])
+    deadline = time.monotonic() + 30
+    while True:
+        gw.freeze()
+        wait_until(lambda: all_threads_stopped(pid), 5, "the gateway stopped")
+        unread = unread_bytes(pid, port, mosquitto.port)
+        if unread >= UNREAD_MIN:
+            gw.kill()
+            return unread
+        gw.thaw()
+        assert time.monotonic() < deadline, "no messages in flight to the gateway for 30 s"
+        wait_until(lambda: unread_bytes(pid, port, mosquitto.port) >= UNREAD_MIN, 30, "unread")
+
+
 def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -122,18 +186,25 @@ def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
     cfg = with_seq_rules(config(tmp_path, mosquitto, influxdb))
     gw = start_gateway(cfg, tmp_path / "gw.log")
     try:
-        pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=0.005)  # 4,000/s
+        # 1,000/s for 20 s: the fleet outlasts both kills and restarts (a gateway start takes
+        # seconds on a loaded machine; at 4,000/s the fleet was once done before the second
+        # run started, which then had a short backlog to read and nothing in flight to kill).
+        pub = sim_fleet(mosquitto.url, BOARDS, PER_BOARD, interval_s=0.02)
         wait_until(lambda: count_points(influxdb) >= TOTAL // 4, 30, "a quarter of the run")
         gw.kill()  # SIGKILL: no goodbye, whatever was in flight is in flight
         killed_ms = int(time.time() * 1000)
-        killed_at = count_points(influxdb)
+        stored = seq_progress(tmp_path / "state")
         # While it is down the fleet publishes into the gateway's session at the broker...
         time.sleep(1.5)  # a fault's duration, not a synchronisation
         gw = start_gateway(cfg, tmp_path / "gw.log")
         # ... so it restarts into a backlog arriving as fast as it can take it: the second
-        # kill lands in that burst, with thousands of messages received and not yet stored.
-        wait_until(lambda: count_points(influxdb) > killed_at + 500, 30, "the catch-up")
-        gw.kill()
+        # kill lands in that burst, provably with work in flight (a kill after the burst, when
+        # everything had been stored and acknowledged, once caught nothing). The broker first
+        # sends again what the killed run had not acknowledged, some of it stored already
+        # (duplicates, whichever run gets them); once this run has stored a reading the first
+        # had not, every later message is new.
+        wait_until(lambda: seq_progress(tmp_path / "state") > stored, 30, "new readings stored")
+        unread = kill_with_messages_unread(gw, mosquitto)
         assert count_points(influxdb) < TOTAL, "the kills came too late to test anything"
         gw = start_gateway(cfg, tmp_path / "gw.log")
         fleet_summary(pub, 60)
@@ -147,10 +218,12 @@ def test_gateway_sigkill_mid_run_loses_and_doubles_nothing(
         gw.stop()
     assert gw.returncode == 0, gw.log_tail()
     assert_alarm_events_once(influxdb, tmp_path / "state")
-    # The kills caught work in flight: messages the broker had to send again because a killed
-    # gateway had received them without committing (ack follows commit), found new on restart.
+    # The second kill caught work in flight: messages the broker had sent and the gateway had
+    # not even read, so neither committed nor acknowledged; the broker sent them again to the
+    # last run, which found them new.
     recovered = [int(n) for n in re.findall(r"(\d+) redelivered uncommitted", gw.log_text())]
     assert recovered and sum(recovered) > 0, gw.log_tail()
+    print(f"second kill: {unread} bytes unread from the broker; {sum(recovered)} redelivered")
     # Chain balance and self-metric points (one a second) flowed before and after the kills,
     # each stored once (their identity is site or gateway + time: a replay would overwrite).
     for measurement in ("chain", "gateway"):

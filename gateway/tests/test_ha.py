@@ -25,6 +25,7 @@ import tomli_w
 
 from gateway.tests.conftest import (
     DB,
+    all_threads_stopped,
     count_points,
     gateway_config,
     sim_board_id,
@@ -181,17 +182,6 @@ def undrained(state_dir: Path) -> int:
             return int(db.execute("SELECT TOTAL(points) FROM outbox").fetchone()[0])
     except sqlite3.Error:  # not created yet
         return 0
-
-
-def all_threads_stopped(pid: int) -> bool:
-    """Every thread of ``pid`` stopped (SIGSTOP stops the whole process, but a thread in a
-    system call, an SQLite write say, finishes that call first)."""
-    try:
-        stats = [(task / "stat").read_text() for task in Path(f"/proc/{pid}/task").iterdir()]
-    except OSError:  # a thread ended meanwhile: look again
-        return False
-    # The state follows the parenthesised command name, which may itself hold spaces.
-    return all(stat.rpartition(")")[2].split()[0] in ("T", "t") for stat in stats)
 
 
 def kill_holding_work(g: Group, name: str, influxdb: InfluxDB, points: int) -> int:

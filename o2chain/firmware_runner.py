@@ -33,8 +33,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from signal import SIGINT
@@ -54,6 +56,9 @@ FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
 CORE_DIR = Path(o2core.__file__).resolve().parent  # on the board: /lib/o2core
 STANDIN_MODULES = ("machine.py", "network.py", "ntptime.py", "boardfs.py")
 LAUNCHER = "run_board.py"
+# Where BoardRunner puts the board's short paths (see BoardRunner._short_dir): "/tmp" gives
+# them one length on every machine, whatever the work dir.
+SHORT_DIR_BASE = "/tmp"
 # Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
 DEFAULT_O2_UART = 2
 DEFAULT_BME280_ADDR = 0x76
@@ -307,6 +312,7 @@ class BoardRunner:
         self._reset_cause = 1  # machine.PWRON_RESET
         self._sntp: SntpServer | None = None
         self._child: ChildProcess | None = None
+        self._short: Path | None = None  # see _short_dir()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -340,12 +346,13 @@ class BoardRunner:
             self._sntp = SntpServer()
         self._install(build)
         self.start_hardware()
+        short = self._short_dir()
         argv = [
             find_tool("micropython"),
             "-X",
             f"heapsize={self.heap}",
-            str(self.standins_dir / LAUNCHER),
-            str(self.board_dir),
+            str(short / "s" / LAUNCHER),
+            str(short / "fs"),
         ]
         # SIGINT stops a board as Ctrl-C at its REPL would: it says goodbye first.
         self._child = ChildProcess(argv, self.log_path, cwd=self.work_dir, stop_signal=SIGINT)
@@ -529,14 +536,39 @@ class BoardRunner:
         for name, data in self.files.items():
             (self.board_dir / name).write_bytes(data)
 
+    def _short_dir(self) -> Path:
+        """A directory of fixed, short path length for what the emulated board sees of the
+        host: ``s/``, the stand-ins (``standins_dir`` links to it) and ``fs``, a link to the
+        board directory. The board's heap pays for those paths: micropython keeps the launcher's
+        resolved directory as a qstr for good, VfsPosix keeps each mount's root and builds every
+        path after it in a buffer that grows to the longest. Given the work dir's own paths, a
+        board at 110K had ~1.3 KB less free heap under a 120-character work dir than under a
+        40-character one, enough to fail its start-up on a fragmented heap under pytest's temp
+        dirs. Removed when the runner is collected or the interpreter exits."""
+        if self._short is None or not self._short.is_dir():
+            short = Path(tempfile.mkdtemp(prefix="o2b-", dir=SHORT_DIR_BASE))
+            weakref.finalize(self, shutil.rmtree, short, True)
+            (short / "s").mkdir()
+            (short / "fs").symlink_to(self.board_dir.resolve())
+            self._short = short
+        return self._short
+
     def _prepare_standins(self) -> None:
         src = FIRMWARE_DIR / "standins"
-        self.standins_dir.mkdir(parents=True, exist_ok=True)
+        real = self._short_dir() / "s"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.standins_dir.is_symlink():
+            if self.standins_dir.resolve() != real.resolve():
+                self.standins_dir.unlink()
+        elif self.standins_dir.exists():  # a real directory: a runner before this layout
+            shutil.rmtree(self.standins_dir)
+        if not self.standins_dir.is_symlink():
+            self.standins_dir.symlink_to(real)
         for name in STANDIN_MODULES:
-            dest = self.standins_dir / Path(name).with_suffix(".mpy")
+            dest = real / Path(name).with_suffix(".mpy")
             if not dest.exists() or dest.stat().st_mtime < (src / name).stat().st_mtime:
                 _mpy_cross(src / name, dest, "/standins/" + dest.name)
-        shutil.copy2(src / LAUNCHER, self.standins_dir / LAUNCHER)
+        shutil.copy2(src / LAUNCHER, real / LAUNCHER)
 
     def _write_sim(self) -> None:
         sensors = self.config.get("sensors", {})

@@ -233,6 +233,11 @@ def test_command_at_110k_never_starves_the_alarm(tmp_path: Path, mosquitto: Mosq
         board.set_o2_pct(26.0)  # above the test's 24.0 % high alarm
         board.wait_for_log(r"^pin 25=1 t=", timeout_s=5)
         assert "crash" not in board.log_text() and board.running
+        # The margin, lowest free heap after a cycle: ~12 KB whatever the test's temp path
+        # (the board sees fixed short paths: BoardRunner._short_dir).
+        low = min(board.heap_free())
+        print(f"110K with commands refused: lowest free heap {low} B")
+        assert low >= 8 * 1024, board.log_tail()
     finally:
         board.kill()
         rec.close()

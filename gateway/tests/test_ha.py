@@ -297,13 +297,14 @@ def test_active_killed_twice_in_a_row(
     term, first = g.wait_for_term(0)
     pub = sim_fleet(mosquitto.url, boards, per_board, interval_s=0.01)  # 1,000/s, 10 s
     wait_until(lambda: count_points(influxdb) >= boards * per_board // 5, 30, "a fifth")
-    kill_holding_work(g, first, influxdb, 500)
+    held = [kill_holding_work(g, first, influxdb, 500)]
     first_kill = count_points(influxdb)
     term, second = g.wait_for_term(term)
     # The second kill lands while the successor catches up with what queued in the session.
     wait_until(lambda: count_points(influxdb) > first_kill + 200, 30, "the catch-up")
-    kill_holding_work(g, second, influxdb, 500)
+    held.append(kill_holding_work(g, second, influxdb, 500))
     second_kill = count_points(influxdb)
+    fleet_on = pub.running
     g.start("gw-d")  # a replacement joins meanwhile
     term, third = g.wait_for_term(term)
     assert len({first, second, third}) == 3
@@ -313,6 +314,11 @@ def test_active_killed_twice_in_a_row(
     assert_raised_once(influxdb, boards)
     g.stop()
     assert redelivered_to(g.members[third]) > 0
+    print(
+        f"held {held} points at the kills ({first_kill}, {second_kill} in InfluxDB; fleet "
+        f"still publishing at the second: {fleet_on}); {redelivered_to(g.members[third])} "
+        f"messages redelivered to {third}"
+    )
 
 
 @pytest.mark.soak

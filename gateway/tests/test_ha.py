@@ -97,7 +97,10 @@ class Group:
     def wait_for_term(self, after: int, timeout_s: float = 30) -> tuple[int, str]:
         """The first term newer than ``after``, once its member is subscribed."""
         wait_until(lambda: any(t > after for t, _ in self.terms()), timeout_s, "a new term")
-        term, name = next((t, n) for t, n in self.terms() if t > after)
+        terms = self.terms()
+        # One member per term: two that claimed at once both connecting was seen once.
+        assert len({t for t, _ in terms}) == len(terms), terms
+        term, name = next((t, n) for t, n in terms if t > after)
         self.members[name].wait_for_log("MQTT subscribed", timeout_s=timeout_s)
         return term, name
 

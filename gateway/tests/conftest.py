@@ -3,8 +3,11 @@ process and exact point counts in InfluxDB."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,43 @@ def all_threads_stopped(pid: int) -> bool:
         return False
     # The state follows the parenthesised command name, which may itself hold spaces.
     return all(stat.rpartition(")")[2].split()[0] in ("T", "t") for stat in stats)
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One IPv4 TCP socket as /proc/net/tcp shows it (loopback: the ports say enough)."""
+
+    local_port: int
+    remote_port: int
+    tx_queue: int  # bytes sent and not yet acknowledged by the peer
+    rx_queue: int  # bytes received and not yet read by the owner
+    inode: str
+
+
+def tcp_sockets(pid: int | None = None) -> list[TcpSocket]:
+    """Every IPv4 TCP socket of the machine, or only those ``pid`` holds open."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        tx, rx = fields[4].split(":")
+        found.append(
+            TcpSocket(
+                int(fields[1].split(":")[1], 16),
+                int(fields[2].split(":")[1], 16),
+                int(tx, 16),
+                int(rx, 16),
+                fields[9],
+            )
+        )
+    if pid is None:
+        return found
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return [s for s in found if s.inode in inodes]
 
 
 def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sqlite3
 import time
@@ -28,6 +27,7 @@ from gateway.tests.conftest import (
     count_points,
     gateway_config,
     sim_board_id,
+    tcp_sockets,
     wait_for_count,
     wait_until,
 )
@@ -118,22 +118,10 @@ def assert_alarm_events_once(influxdb: InfluxDB, state_dir: Path) -> None:
 
 def unread_bytes(pid: int, local_port: int, broker_port: int) -> int:
     """Bytes waiting in the receive queue of ``pid``'s TCP connection from ``local_port`` to
-    the broker (/proc/net/tcp: what the broker sent and the process has not read)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, queues, inode = fields[1], fields[2], fields[4], fields[9]
-        if (
-            inode in inodes
-            and int(local.split(":")[1], 16) == local_port
-            and int(remote.split(":")[1], 16) == broker_port
-        ):
-            return int(queues.split(":")[1], 16)
+    the broker: what the broker sent and the process has not read."""
+    for sock in tcp_sockets(pid):
+        if sock.local_port == local_port and sock.remote_port == broker_port:
+            return sock.rx_queue
     raise AssertionError(f"no connection from port {local_port} to {broker_port} in {pid}")
 
 

@@ -50,7 +50,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
-from gateway.dedup import DeviceCounters, SeqTracker, Verdict
+from gateway.dedup import IN_SEQUENCE, Check, DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
@@ -604,7 +604,7 @@ class MqttIngest:
                     item.reason,
                     _short(item.detail),
                 )
-            fresh = self._drop_duplicates(decoded.readings)
+            fresh = self._drop_duplicates(decoded.readings, decoded.device)
             if fresh and queued.dup:
                 # Sent to an earlier connection (or instance) that never committed it.
                 self.stats.redelivered_uncommitted += 1
@@ -663,32 +663,42 @@ class MqttIngest:
             self.stats.unknown_evicted += 1
         return health
 
-    def _drop_duplicates(self, readings: list[Reading]) -> list[Reading]:
-        fresh = []
+    def _drop_duplicates(self, readings: list[Reading], device: str) -> list[Reading]:
+        """The readings of one message (all of ``device``, ``site/device``) not seen before."""
         check_seq = self.tracker.check
+        if len(readings) == 1:  # the usual message
+            meta = readings[0].meta
+            boot = meta.get("boot", 0)
+            check = check_seq(device, boot, meta.get("seq", 0))
+            if check is IN_SEQUENCE or self._fresh(check, device, boot):
+                return readings
+            return []
+        fresh = []
         for r in readings:
-            tags, meta = r.tags, r.meta
-            device = f"{tags['site']}/{tags['device']}"
-            boot, seq = int(meta.get("boot", 0)), int(meta.get("seq", 0))
-            check = check_seq(device, boot, seq)
-            if check.verdict is Verdict.NEW and check.gap_to < check.gap_from:
-                fresh.append(r)  # the usual case: next in sequence
-                continue
-            if check.verdict is Verdict.DUPLICATE:
-                self.stats.duplicates += 1
-                continue
-            if check.gap:
-                self.stats.gaps += 1
-                log.warning(
-                    "seq gap: %s boot %d: %d reading(s) missing (seq %d..%d)",
-                    device,
-                    boot,
-                    check.gap,
-                    check.gap_from,
-                    check.gap_to,
-                )
-            fresh.append(r)
+            meta = r.meta
+            boot = meta.get("boot", 0)
+            check = check_seq(device, boot, meta.get("seq", 0))
+            if check is IN_SEQUENCE or self._fresh(check, device, boot):
+                fresh.append(r)
         return fresh
+
+    def _fresh(self, check: Check, device: str, boot: int) -> bool:
+        """Whether a reading the tracker did not find next in sequence is kept: duplicates are
+        dropped (counted), a gap it opens is counted and logged."""
+        if check.verdict is Verdict.DUPLICATE:
+            self.stats.duplicates += 1
+            return False
+        if check.gap:
+            self.stats.gaps += 1
+            log.warning(
+                "seq gap: %s boot %d: %d reading(s) missing (seq %d..%d)",
+                device,
+                boot,
+                check.gap,
+                check.gap_from,
+                check.gap_to,
+            )
+        return True
 
     def _commit_until_done(self, out: Output, dead: list[NewDeadLetter]) -> None:
         """Commit, retrying (without acknowledging anything) while the outbox is full or the

@@ -134,6 +134,7 @@ class Decoded:
 
     readings: list[Reading]
     rejects: list[ItemReject] = field(default_factory=list)
+    device: str = ""  # "site/device" of every reading (the topic's)
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ class TelemetryDecoder:
         if doc.__class__ is dict:
             reading = self._at_once(doc, where, measurement, tags, received_ms)
             if reading is not None:
-                return Decoded([reading])
+                return Decoded([reading], [], where)
         try:
             doc = _loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -379,13 +380,14 @@ class TelemetryDecoder:
         if not isinstance(doc, list):
             if not isinstance(doc, dict):
                 raise Reject(RejectReason.BAD_SHAPE, f"{where}: expected a JSON object")
-            return Decoded([self._reading(doc, where, where, measurement, tags, received_ms)])
+            reading = self._reading(doc, where, where, measurement, tags, received_ms)
+            return Decoded([reading], [], where)
         if not doc or len(doc) > self._max_batch:
             raise Reject(
                 RejectReason.BAD_SHAPE,
                 f"{where}: expected an object or 1..{self._max_batch} objects, got {len(doc)}",
             )
-        decoded = Decoded([])
+        decoded = Decoded([], [], where)
         for n, item in enumerate(doc):
             at = f"{where} item {n} of {len(doc)}"
             try:

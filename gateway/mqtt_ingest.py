@@ -82,6 +82,8 @@ MAX_UNKNOWN_DEVICES = 1000
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 _BROKER_DROPPED = BROKER_DROPPED_TOPIC.encode()
 _LOGGED_TEXT_MAX = 200  # topics and details in log lines (a topic may be 64 KiB)
+MAX_TOPICS_KEPT = 4096  # topics as sent -> as text (paho's thread), bounded
+_new_tuple = tuple.__new__
 
 
 def _short(text: str) -> str:
@@ -215,6 +217,7 @@ class MqttIngest:
             ),
         )
         self._read_wake = threading.Event()
+        self._topic_text: dict[bytes, str] = {}
         self._ack_lock = threading.Lock()
         self._connection = 0
         self._stopping = False
@@ -444,13 +447,21 @@ class MqttIngest:
         if self._draining:
             return  # not acknowledged: the broker keeps them for the next run
         connection = self._connection
-        queued = []
+        queued: list[_Queued] = []
+        append = queued.append
+        topics = self._topic_text
         for mid, raw_topic, payload, dup in batch:
-            try:
-                topic = raw_topic.decode()
-            except UnicodeDecodeError:
-                topic = repr(raw_topic)  # as _on_message does
-            queued.append(_Queued(connection, mid, 1, topic, payload, dup))
+            topic = topics.get(raw_topic)
+            if topic is None:  # a board's topic is the same every time: decoded once
+                try:
+                    topic = raw_topic.decode()
+                except UnicodeDecodeError:
+                    topic = repr(raw_topic)  # as _on_message does
+                if len(topics) >= MAX_TOPICS_KEPT:
+                    topics.clear()
+                topics[raw_topic] = topic
+            # tuple.__new__: the NamedTuple's own __new__ is a Python call per message
+            append(_new_tuple(_Queued, (connection, mid, 1, topic, payload, dup)))
         self._enqueue(queued)
 
     def _enqueue(self, queued: list[_Queued]) -> None:

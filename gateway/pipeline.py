@@ -15,11 +15,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from gateway.alarms import AlarmEvent, alarm_events
 from gateway.readings import Reading
 
 Stage = Callable[[list[Reading]], list[Reading]]
+_measurement = attrgetter("measurement")
 
 
 class Pipeline:
@@ -47,6 +49,9 @@ class Output:
     events: list[AlarmEvent] = field(default_factory=list)
 
     def add(self, readings: Sequence[Reading], encode: Callable[[Reading], str]) -> None:
+        if "alarm" not in map(_measurement, readings):  # the usual run: all readings
+            self.lines += map(encode, readings)
+            return
         for r in readings:
             if r.measurement == "alarm":
                 self.keep_lines.append(encode(r))

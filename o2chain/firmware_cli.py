@@ -357,6 +357,18 @@ def _ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_opens(port: str) -> None:
+    """RunError naming the port and the likely cause when the OS will not open it."""
+    from o2chain.board_serial import BoardSerialError, open_port
+
+    try:
+        open_port(port).close()
+    except BoardSerialError as exc:
+        raise RunError(
+            f"{exc} (in use by another program, or no permission: the dialout group)"
+        ) from None
+
+
 def preflight(args: argparse.Namespace, build: Path | None) -> None:
     """Before anything is written: the port is there and MicroPython answers on it, in a
     version that loads this build's bytecode. UsageError / RunError naming what to do."""
@@ -437,6 +449,8 @@ def _flash(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--port {args.port}: no such serial port (`o2chain firmware ports` lists them)"
         )
+    if not args.erase:  # a port that cannot be opened is said before the build's seconds
+        _port_opens(args.port)
     with tempfile.TemporaryDirectory(prefix="o2chain-flash-") as tmp:
         build = args.build
         if build is None:

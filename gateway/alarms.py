@@ -44,6 +44,7 @@ from gateway.config import (
     GatewayConfig,
     Severity,
 )
+from gateway.links import LinkState
 from gateway.readings import DEVICE_MEASUREMENTS, Reading, wall_ms
 from gateway.rules import Rule, back_inside, exceeds
 from gateway.state_store import StateStore
@@ -206,7 +207,6 @@ def alarm_events(readings: Sequence[Reading]) -> list[AlarmEvent]:
 
 
 Listener = Callable[[AlarmEvent], None]
-LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
 @dataclass

@@ -22,6 +22,7 @@ from gateway.forward import CentralForwarder
 from gateway.http import HttpPolicy, StatusServer
 from gateway.influx import make_writer
 from gateway.lineproto import LineEncoder
+from gateway.links import LinkTracker
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.notify import Notifier, NotifyQueue
@@ -29,7 +30,7 @@ from gateway.observe import Observer
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
 from gateway.readings import Reading
-from gateway.sources import Sources, link_state_from
+from gateway.sources import Sources
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
 from gateway.writer import OutboxDrainer
@@ -107,12 +108,14 @@ class Gateway:
         )
         self.state_store.import_legacy(state_dir / "alarms.sqlite")
         self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
-        link_state = link_state_from(self.sources)
+        # Link state flows through the pipeline: the status messages' and the pollers'
+        # device_health points carry it to the tracker, the first stage (gateway/links.py).
+        self.links = LinkTracker(config)
         # Supply stock trends give `days_left` before the alarm engine judges it; the chain
         # balance reads them for the site's days of oxygen left.
         self.forecast = SupplyForecast(config)
         self.enricher = Enricher(config, self.state_store, forecast=self.forecast)
-        self.alarms = AlarmEngine(config, self.state_store, link_state=link_state)
+        self.alarms = AlarmEngine(config, self.state_store, link_state=self.links.state)
         self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
         self.alarms.listeners.append(self.alarm_mqtt)
         # Notifications queue in the alarm event's transaction; their own threads deliver.
@@ -127,8 +130,10 @@ class Gateway:
         self.notifier = Notifier(config, self.notify_queue)
         self.alarms.listeners.append(self.notifier.listener)
         self.sources.notifier = self.notifier
-        self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
-        self.pipeline = Pipeline([self.enricher, self.forecast, self.alarms, self.observer])
+        self.observer = Observer(config, self.sources, self.alarms, self.enricher, self.links.state)
+        self.pipeline = Pipeline(
+            [self.links, self.enricher, self.forecast, self.alarms, self.observer]
+        )
         self.http = StatusServer(
             config.gateway.http_listen,
             self.observer,

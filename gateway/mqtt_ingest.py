@@ -52,6 +52,7 @@ from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
+from gateway.links import LINK, LinkReport, link_only
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
@@ -106,8 +107,6 @@ class IngestStats:
     redelivered_uncommitted: int = 0
     connects: int = 0
     connected: bool = False
-    # "site/device" -> "online" | "offline" from status messages, configured devices only.
-    device_state: dict[str, str] = field(default_factory=dict)
     # Devices that sent a status and are not configured: "site/device" -> (state, ms), newest
     # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
     unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
@@ -644,7 +643,8 @@ class MqttIngest:
         return processed
 
     def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
-        """Record the board's link state; its health fields become a ``device_health`` point."""
+        """A configured board's status: its health fields as a ``device_health`` point that
+        carries its link state to the pipeline (gateway/links.py)."""
         try:
             state, health = decode_status(self.config, queued.topic, queued.payload, now_ms)
         except Reject:
@@ -652,7 +652,10 @@ class MqttIngest:
         t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
         key = f"{t.site}/{t.device}"
         if key in self._configured:
-            self.stats.device_state[key] = state
+            link = LinkReport(state == "online", connection=self.stats.connects)
+            if health is None:  # not JSON (another firmware's will): the link state alone
+                return link_only(t.site, t.device, link, now_ms)
+            health.meta[LINK] = link
             return health
         unknown = self.stats.unknown_devices
         key = _short(key)

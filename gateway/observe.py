@@ -8,7 +8,8 @@ gateway/status.py and ``/metrics`` rendered by gateway/metrics.py (gateway/http.
 gateway/README.md documents the JSON).
 
 The delivery side (outbox, writer, MQTT ingest, Modbus pollers) belongs to other modules; this
-one reads their stats through the typed views of gateway/sources.py.
+one reads their stats through the typed views of gateway/sources.py, and each device's link
+from the :class:`gateway.links.LinkTracker` stage, which learned it from the pipeline.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig
 from gateway.enrich import Enricher
+from gateway.links import LinkState, LinkTracker
 from gateway.metrics import render_prometheus
 from gateway.readings import DEVICE_MEASUREMENTS, FieldValue, Reading, wall_ms
-from gateway.sources import LinkState, Sources, link_state_from
+from gateway.sources import Sources
 from gateway.telemetry import RejectReason
 
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
@@ -112,7 +114,9 @@ class Observer:
         self.sources = sources
         self.engine = engine
         self.enricher = enricher
-        self.link_state = link_state or link_state_from(sources)
+        # Each device's link as the pipeline learned it (gateway/links.py); without a tracker's
+        # state every link is unknown.
+        self.link_state = link_state or LinkTracker(config, clock_ms).state
         self.clock_ms = clock_ms
         self.started_ms = clock_ms()
         self.last_pass_ms = self.started_ms

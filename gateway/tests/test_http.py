@@ -17,16 +17,18 @@ from gateway.auth import hash_token
 from gateway.config import parse_config
 from gateway.enrich import Enricher
 from gateway.http import HttpPolicy, StatusServer, parse_listen
-from gateway.modbus import DeviceHealth
+from gateway.links import LINK, LinkReport, LinkTracker
+from gateway.modbus import DeviceHealth, DevicePoller
 from gateway.mqtt_ingest import IngestStats
 from gateway.observe import Observer
 from gateway.outbox import OutboxStats
 from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
-from gateway.sources import Sources, link_state_from
+from gateway.sources import Sources
 from gateway.state_store import StateStore
 from gateway.writer import WriterStats
+from o2base.registers import load_profile
 
 T0 = 1_700_000_000_000
 
@@ -66,12 +68,6 @@ class FakeDrainer:
     stats: WriterStats
 
 
-@dataclass
-class FakePoller:
-    device: Any
-    health: DeviceHealth = field(default_factory=DeviceHealth)
-
-
 CONFIG = {
     "gateway": {"id": "gw-t", "metrics_interval_s": 60},
     "site": [{"id": "lhasa", "altitude_m": 3650, "name": "Lhasa hotel"}],
@@ -91,7 +87,7 @@ class Rig:
     clock: Clock
     outbox: FakeOutbox
     mqtt: Any
-    poller: FakePoller
+    poller: DevicePoller
     engine: AlarmEngine
     observer: Observer
     pipeline: Pipeline
@@ -103,29 +99,43 @@ class Rig:
         self.ticks.append(1)
         self.committed += self.pipeline.process([])
 
+    def poller_says(self, health: DeviceHealth) -> None:
+        """The poller's health is now ``health``: its device_health point (and the link report
+        it carries) through the pipeline."""
+        self.poller.health = health
+        point = self.poller.health_reading(force=True)
+        assert point is not None
+        self.pipeline.process([point])
+
 
 def rig(tmp_path: Path) -> Rig:
     config = parse_config(CONFIG)
     clock = Clock()
     outbox = FakeOutbox()
     mqtt = FakeIngest(
-        IngestStats(
-            connected=True,
-            messages=5,
-            rejects={"bad_type": 1},
-            duplicates=3,
-            device_state={"lhasa/room-1": "online"},
-        )
+        IngestStats(connected=True, messages=5, rejects={"bad_type": 1}, duplicates=3)
     )
     drainer = FakeDrainer(WriterStats(written=40, last_latency_s=0.012))
-    poller = FakePoller(config.device[1])
+    device = config.device[1]
+    poller = DevicePoller(
+        device,
+        load_profile(device.profile or ""),
+        lambda d: None,  # type: ignore[arg-type,return-value]  # never polls
+        lambda r: None,
+        wall_clock_ms=clock,
+        clock=lambda: clock() / 1000,
+    )
     sources = Sources(outbox=outbox, drainer=drainer, mqtt=mqtt, pollers=[poller])
-    link = link_state_from(sources, clock_s=lambda: clock() / 1000)
+    links = LinkTracker(config, clock)
     store = StateStore(tmp_path / "alarms.sqlite")
-    engine = AlarmEngine(config, store, clock_ms=clock, link_state=link)
+    engine = AlarmEngine(config, store, clock_ms=clock, link_state=links.state)
     enricher = Enricher(config, store, clock_ms=clock)
-    observer = Observer(config, sources, engine, enricher, link, clock_ms=clock)
-    pipeline = Pipeline([enricher, engine, engine.committed_locally, observer])
+    observer = Observer(config, sources, engine, enricher, links.state, clock_ms=clock)
+    pipeline = Pipeline([links, enricher, engine, engine.committed_locally, observer])
+    # room-1's retained status, as the MQTT status path hands it to the pipeline
+    online = {LINK: LinkReport(True, connection=1)}
+    board = {"site": "lhasa", "device": "room-1"}
+    pipeline.process([Reading("device_health", board, {"online": True}, clock(), online)])
     return Rig(clock, outbox, mqtt, poller, engine, observer, pipeline, [])
 
 
@@ -235,7 +245,7 @@ def test_routes_status_metrics_and_alarm_actions(
 ) -> None:
     r = rig(tmp_path)
     raise_o2_high(r)
-    r.poller.health = DeviceHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000)
+    r.poller_says(DeviceHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000))
     modbus_tags = {"site": "lhasa", "device": "conc-1", "source": "modbus"}
     r.pipeline.process([Reading("concentrator", modbus_tags, {"purity_pct": 93.0}, T0)])
     r.clock.t_ms += 2000
@@ -671,7 +681,7 @@ def test_gateway_self_metric_points_and_modbus_link(tmp_path: Path) -> None:
     assert point.fields["readings_mqtt"] == 30 and point.fields["duplicates"] == 3
     assert point.fields["devices_online"] == 1  # room-1; conc-1 never polled: unknown
     # A Modbus device that stops answering: offline after two intervals, and alarmed.
-    r.poller.health = DeviceHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000)
+    r.poller_says(DeviceHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000))
     r.clock.t_ms += 9000
     assert r.observer.link_state("lhasa", "conc-1") is True  # one lost poll is not offline
     r.clock.t_ms += 2000

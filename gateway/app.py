@@ -20,7 +20,7 @@ from gateway.enrich import Enricher
 from gateway.forward import CURSOR as CENTRAL_CURSOR
 from gateway.forward import CentralForwarder
 from gateway.http import HttpPolicy, StatusServer
-from gateway.influx import make_writer
+from gateway.influx import InfluxV1Writer, InfluxV2Writer, make_writer
 from gateway.lineproto import LineEncoder
 from gateway.links import LinkTracker
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
@@ -66,6 +66,22 @@ def _tighten(path: Path, mode: int) -> None:
         log.info("%s was mode %04o: now %04o", path, stat.S_IMODE(st.st_mode), mode)
 
 
+def influx_drain(
+    config: GatewayConfig, outbox: Outbox
+) -> tuple[InfluxV1Writer | InfluxV2Writer, OutboxDrainer]:
+    """The ``[influx]`` writer and the drainer that feeds it from ``outbox`` (the service's, and
+    a standby group member's, gateway/ha.py)."""
+    writer = make_writer(config.influx)
+    drainer = OutboxDrainer(
+        outbox,
+        writer,
+        config.influx.batch_size,
+        config.influx.flush_interval_s,
+        max_backoff_s=config.influx.max_backoff_s,
+    )
+    return writer, drainer
+
+
 class Gateway:
     """Wires the parts together; ``await Gateway(cfg).run(stop)``."""
 
@@ -80,14 +96,7 @@ class Gateway:
             deadletter_max_count=config.gateway.deadletter_max_count,
             deadletter_max_bytes=int(config.gateway.deadletter_max_mb * 1024 * 1024),
         )
-        self.writer = make_writer(config.influx)
-        self.drainer = OutboxDrainer(
-            self.outbox,
-            self.writer,
-            config.influx.batch_size,
-            config.influx.flush_interval_s,
-            max_backoff_s=config.influx.max_backoff_s,
-        )
+        self.writer, self.drainer = influx_drain(config, self.outbox)
         # [central]: a second reader of the outbox; a cursor left from an old config is dropped.
         self.forwarder: CentralForwarder | None = None
         if config.central is not None:

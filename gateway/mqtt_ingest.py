@@ -53,6 +53,7 @@ from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
 from gateway.dedup import DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
 from gateway.links import LINK, LinkReport, link_only
+from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
@@ -240,7 +241,8 @@ class MqttIngest:
         )
         apply_connection_settings(client, cfg)
         client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
+        refused = f"MQTT {redact_url(self.config.mqtt.url)} refused the connection"
+        client.on_connect = on_connect(log, refused, self._on_connect)
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         if isinstance(client, FastClient):
@@ -306,19 +308,7 @@ class MqttIngest:
 
     # -- paho's thread -------------------------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.error(
-                "MQTT %s refused the connection: %s", redact_url(self.config.mqtt.url), reason
-            )
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self.stats.connects += 1
         self.stats.connected = True
         self._connect_failures = 0

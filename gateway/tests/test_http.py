@@ -4,7 +4,9 @@ shapes, login, CSRF, Origin/Host checks, alarm actions under the authenticated u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,17 @@ def rig(tmp_path: Path) -> Rig:
     board = {"site": "lhasa", "device": "room-1"}
     pipeline.process([Reading("device_health", board, {"online": True}, clock(), online)])
     return Rig(clock, outbox, mqtt, poller, engine, observer, pipeline, [])
+
+
+@contextlib.asynccontextmanager
+async def serving(r: Rig, **kwargs: Any) -> AsyncIterator[StatusServer]:
+    """The rig's status server on a free loopback port (``server.url``), stopped afterwards."""
+    server = StatusServer("127.0.0.1:0", r.observer, r.engine, **kwargs)
+    await server.start(required=True)
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 PASSWORD = "yak butter tea"
@@ -362,9 +375,8 @@ def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
     raise_o2_high(r)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             ack = ALARM + "/ack"
             # Nobody logged in: the old server acknowledged this "as nobody".
             answer = await request(url, ack, "POST", {})
@@ -415,8 +427,6 @@ def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
             assert answer.json()["user"] is None
             answer = await request(url, ALARM + "/unshelve", "POST", {}, dolma.headers())
             assert answer.status == 401
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -428,10 +438,9 @@ def test_foreign_origins_hosts_and_preflights_are_refused(
     raise_o2_high(r)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        authority = url.removeprefix("http://")
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
+            authority = url.removeprefix("http://")
             dolma = await login(url, "dolma")
             ack = ALARM + "/ack"
             # Even with a valid session and CSRF token: another origin's request is refused.
@@ -465,8 +474,6 @@ def test_foreign_origins_hosts_and_preflights_are_refused(
             assert answer.status == 405
             assert r.engine.active()[0]["acked"] is False
             assert server.refused[403] >= 8
-        finally:
-            await server.stop()
 
     with caplog.at_level("WARNING", logger="gateway.http"):
         asyncio.run(scenario())
@@ -481,9 +488,8 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             for path, method, status in (
                 ("/", "GET", 200), ("/static/app.js", "GET", 200), ("/api/status", "GET", 200),
                 ("/nope", "GET", 404), (ALARM + "/ack", "POST", 401),
@@ -499,8 +505,6 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
                 assert h["referrer-policy"] == "no-referrer"
                 assert h["cache-control"] == "no-store"
                 assert "access-control-allow-origin" not in h
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -509,11 +513,8 @@ def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) ->
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        server = StatusServer(
-            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, login_max_failures=3)
-        )
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path, login_max_failures=3)) as server:
+            url = server.url
             answer = await request(url, "/api/session")
             assert answer.json() == {
                 "user": None, "role": None, "csrf": None, "login": True, "can_read": True,
@@ -553,8 +554,6 @@ def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) ->
                                    headers={"Content-Type": "application/x-www-form-urlencoded"},
                                    raw=b"name=dolma&password=x")  # fmt: skip
             assert answer.status == 415
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -564,11 +563,8 @@ def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Pa
 
     async def scenario() -> None:
         # As when listening beyond loopback (the test itself stays on 127.0.0.1).
-        server = StatusServer(
-            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, anonymous_read="never")
-        )
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path, anonymous_read="never")) as server:
+            url = server.url
             for path in ("/api/status", "/api/alarms", "/api/history", "/metrics",
                          "/api/events", "/api/alarms/log", "/api/rules"):  # fmt: skip
                 answer = await request(url, path)
@@ -581,17 +577,12 @@ def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Pa
             assert answer.status == 200 and answer.json()["gateway"]["id"] == "gw-t"
             answer = await request(url, "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
             assert answer.status == 200  # Prometheus with a bearer token
-        finally:
-            await server.stop()
         # Anonymous reading on loopback, except what a reverse proxy forwards from elsewhere.
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             assert (await request(url, "/api/status")).status == 200
             answer = await request(url, "/api/status", headers={"X-Forwarded-For": "192.0.2.7"})
             assert answer.status == 401
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -603,9 +594,8 @@ def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_c
     raise_o2_high(r)  # severity "alarm": 8 h at most
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             dolma = await login(url, "dolma")
             shelve = ALARM + "/shelve"
 
@@ -643,8 +633,6 @@ def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_c
             assert answer.status == 411
             answer = await request(url, shelve, "POST", {}, {**dolma.headers(), "host": url[7:]})
             assert answer.status == 400 and "given twice" in answer.error
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -733,10 +721,9 @@ def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(gateway_http, "MAX_PENDING_REQUESTS", 1)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine)
-        url = await server.start(required=True)
-        host, port = url.removeprefix("http://").split(":")
-        try:
+        async with serving(r) as server:
+            url = server.url
+            host, port = url.removeprefix("http://").split(":")
             # A client that connects and sends nothing yet holds the only slot (connections
             # are accepted, and their handlers started, in order) ...
             slow_reader, slow = await asyncio.open_connection(host, int(port))
@@ -747,7 +734,5 @@ def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.Mo
             assert (await slow_reader.read()).startswith(b"HTTP/1.1 200 OK")
             slow.close()
             assert (await request(url, "/api/status")).status == 200
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())

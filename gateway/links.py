@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from gateway.config import GatewayConfig
 from gateway.readings import FieldValue, Reading, wall_ms
@@ -34,6 +35,27 @@ HEALTH_MEASUREMENT = "device_health"
 RECONNECT_GRACE_S = 30.0
 
 LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
+
+
+class Link(StrEnum):
+    """A link state as the status API and /metrics show it."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def of(cls, online: bool | None) -> Link:
+        return cls.UNKNOWN if online is None else cls.ONLINE if online else cls.OFFLINE
+
+    @property
+    def online(self) -> bool | None:
+        return None if self is Link.UNKNOWN else self is Link.ONLINE
+
+    @property
+    def gauge(self) -> int:
+        """``o2chain_device_online``: 1 online, 0 offline, -1 unknown."""
+        return {Link.ONLINE: 1, Link.OFFLINE: 0, Link.UNKNOWN: -1}[self]
 
 
 @dataclass(frozen=True, slots=True)

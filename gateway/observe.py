@@ -23,7 +23,7 @@ from typing import Any
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig
 from gateway.enrich import Enricher
-from gateway.links import LinkState, LinkTracker
+from gateway.links import Link, LinkState, LinkTracker
 from gateway.metrics import render_prometheus
 from gateway.readings import DEVICE_MEASUREMENTS, FieldValue, Reading, wall_ms
 from gateway.sources import Sources
@@ -96,6 +96,19 @@ class _DeviceSeen:
                         values[name] = (value, ts)
             pending.clear()
         return self.values
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as /api/status and /metrics show it (``last_seen_ms``: gateway clock of its
+    last reading; ``age_s`` since then)."""
+
+    site: str
+    device: str
+    transport: str
+    link: Link
+    last_seen_ms: int | None
+    age_s: float | None
 
 
 class Observer:
@@ -198,28 +211,27 @@ class Observer:
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
     # ----------------------------------------------------------------- metrics
-    def snapshot(self, now: int) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+    def snapshot(self, now: int) -> tuple[dict[str, int], list[DeviceRow], int]:
         """Readings per source, one row per device, and the last pipeline pass (ms), taken
         together under the lock (gateway/metrics.py)."""
         with self._lock:
             return dict(self.readings_by_source), self._device_rows(now), self.last_pass_ms
 
-    def _device_rows(self, now: int) -> list[dict[str, Any]]:
+    def _device_rows(self, now: int) -> list[DeviceRow]:
         rows = []
         for d in self.config.device:
             seen = self._devices[(d.site, d.id)]
-            link = self.link_state(d.site, d.id)
             last = seen.last_seen_ms
-            rows.append({
-                "site": d.site,
-                "device": d.id,
-                "kind": d.kind.value,
-                "transport": d.transport.value,
-                "link": {True: "online", False: "offline", None: "unknown"}[link],
-                "last_seen_ms": last,
-                "age_s": None if last is None else round((now - last) / 1000.0, 3),
-                "readings": seen.readings,
-            })  # fmt: skip
+            rows.append(
+                DeviceRow(
+                    site=d.site,
+                    device=d.id,
+                    transport=d.transport.value,
+                    link=Link.of(self.link_state(d.site, d.id)),
+                    last_seen_ms=last,
+                    age_s=None if last is None else round((now - last) / 1000.0, 3),
+                )
+            )
         return rows
 
     def metrics_point(self, now: int) -> Reading:
@@ -244,8 +256,8 @@ class Observer:
             rejects=sum(src.ingest_stats.rejects.values()),
             duplicates=src.ingest_stats.duplicates,
             mqtt_connected=src.ingest_stats.connected,
-            devices_online=sum(1 for r in rows if r["link"] == "online"),
-            devices_offline=sum(1 for r in rows if r["link"] == "offline"),
+            devices_online=sum(1 for r in rows if r.link is Link.ONLINE),
+            devices_offline=sum(1 for r in rows if r.link is Link.OFFLINE),
             uptime_s=round((now - self.started_ms) / 1000.0, 1),
         )
         # Cumulative rejects per reason, every known reason present (0 included) so that a

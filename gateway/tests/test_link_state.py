@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 from gateway.config import parse_config
-from gateway.links import LINK, RECONNECT_GRACE_S, LinkReport, LinkTracker
+from gateway.links import LINK, RECONNECT_GRACE_S, Link, LinkReport, LinkTracker
 from gateway.modbus import OFFLINE_AFTER, DevicePoller
 from gateway.mqtt_ingest import MqttIngest, _Queued
 from gateway.outbox import NewDeadLetter, Outbox
@@ -178,3 +178,9 @@ def test_only_configured_devices_are_tracked(tmp_path: Path) -> None:
         tracker.report("nowhere", f"dev-{n}", LinkReport(True))
     assert tracker.state("nowhere", "dev-1") is None
     assert len(tracker._links) == len(config.device)  # bounded by the config
+
+
+def test_link_names_what_the_status_api_and_metrics_show() -> None:
+    for online, name, gauge in ((True, "online", 1), (False, "offline", 0), (None, "unknown", -1)):
+        link = Link.of(online)
+        assert link == name and link.online is online and link.gauge == gauge

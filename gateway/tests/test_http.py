@@ -29,18 +29,9 @@ from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 from gateway.sources import Sources
 from gateway.state_store import StateStore
+from gateway.tests.fakes import T0, Clock
 from gateway.writer import WriterStats
 from o2base.registers import load_profile
-
-T0 = 1_700_000_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t_ms = T0
-
-    def __call__(self) -> int:
-        return self.t_ms
 
 
 @dataclass

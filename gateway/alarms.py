@@ -559,6 +559,7 @@ class AlarmEngine:
             if t_ms - st.pending_since_ms >= rule.on_delay_s * 1000:
                 self._raise(rule, st, t_ms)
             return
+        # Active: the clear side mirrors the raise side above (clear condition, off-delay).
         st.pending_since_ms = None
         if value is not None:
             st.value = value

@@ -22,14 +22,14 @@ from gateway.forward import CentralForwarder
 from gateway.http import HttpPolicy, StatusServer
 from gateway.influx import InfluxV1Writer, InfluxV2Writer, make_writer
 from gateway.lineproto import LineEncoder
-from gateway.links import LinkTracker
+from gateway.links import LinkTracker, broker_event
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.notify import Notifier, NotifyQueue
 from gateway.observe import Observer
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
-from gateway.readings import Reading
+from gateway.readings import Reading, wall_ms
 from gateway.sources import Sources
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
@@ -161,6 +161,10 @@ class Gateway:
             announce=self.alarms.notify,
         )
         self.sources.mqtt = self.mqtt
+        # The ingest's connection to the broker, for the boards' last wills (gateway/links.py).
+        self.mqtt.on_broker = lambda up, connection: self.pipeline.post(
+            broker_event(up, connection, wall_ms())
+        )
         self.sources.extra["modbus_dropped_total"] = lambda: self.modbus_dropped
         self.sources.extra["tick_dropped_total"] = lambda: self.tick_dropped
         forwarder = self.forwarder

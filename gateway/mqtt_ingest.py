@@ -225,6 +225,8 @@ class MqttIngest:
         self.client_id = group_client_id(config)
         # Called (paho's thread) when the connection is up, with the broker's "session present".
         self.on_session: Callable[[bool], None] = lambda present: None
+        # Called (paho's thread) at each connect (True) and disconnect (False), with stats.connects.
+        self.on_broker: Callable[[bool, int], None] = lambda up, connection: None
         # Group mode: called once (paho's thread) when the connection is lost for any reason;
         # the ingest does not reconnect then.
         self.on_session_lost: Callable[[str], None] = lambda reason: None
@@ -311,6 +313,7 @@ class MqttIngest:
     def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self.stats.connects += 1
         self.stats.connected = True
+        self.on_broker(True, self.stats.connects)
         self._connect_failures = 0
         log.info(
             "MQTT connected to %s as %s (session present: %s)",
@@ -376,6 +379,7 @@ class MqttIngest:
         with self._ack_lock:
             self._connection += 1  # packet ids of the old connection mean nothing any more
         self.stats.connected = False
+        self.on_broker(False, self.stats.connects)
         self.connected_event.clear()
         self.subscribed_event.clear()
         if self.group is not None:

@@ -2,15 +2,31 @@
 ``device_health`` readings carry a LinkReport to the LinkTracker stage, which the alarm engine
 and the observer read. A Modbus device is unknown until a poll has had its chance, offline only
 after OFFLINE_AFTER failed polls or when the last answer is too old; a board's last will counts
-at once, except for the grace after the gateway reconnects to the broker."""
+once it has stood STATUS_SETTLE_S with the gateway connected, after a reconnect only once the
+boards had RECONNECT_GRACE_S to come back."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
 from gateway.config import parse_config
-from gateway.links import LINK, RECONNECT_GRACE_S, Link, LinkReport, LinkTracker
+from gateway.links import (
+    LINK,
+    RECONNECT_GRACE_S,
+    STATUS_SETTLE_S,
+    Link,
+    LinkReport,
+    LinkTracker,
+    broker_event,
+)
 from gateway.modbus import OFFLINE_AFTER, DevicePoller
 from gateway.mqtt_ingest import MqttIngest, _Queued
 from gateway.outbox import NewDeadLetter, Outbox
@@ -115,60 +131,119 @@ def test_answered_once_then_silent_goes_offline_after_two_intervals() -> None:
     assert tracker.state("lhasa", "conc-1") is False  # no new report needed: time did it
 
 
-def board(tmp_path: Path, clock: Clock) -> tuple[MqttIngest, LinkTracker, Output, Outbox]:
-    """The real MQTT status path into a pipeline whose first stage is the tracker."""
+@dataclass
+class Board:
+    """The real MQTT status path and the ingest's connect/disconnect callbacks, wired as the
+    gateway wires them, into a pipeline whose first stage is the tracker."""
+
+    ingest: MqttIngest
+    tracker: LinkTracker
+    pipeline: Pipeline
+    clock: Clock
+    out: Output = field(default_factory=Output)
+
+    def connect(self) -> None:
+        self.ingest._on_connect(self.ingest.client, mqtt.ConnectFlags(session_present=True))
+
+    def drop(self) -> None:
+        reason = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+        flags = mqtt.DisconnectFlags(is_disconnect_packet_from_server=False)
+        self.ingest._on_disconnect(self.ingest.client, None, flags, reason, None)
+
+    def status(self, payload: bytes) -> None:
+        dead: list[NewDeadLetter] = []
+        message = _Queued(self.ingest.stats.connects, 1, 1, "o2/lhasa/room-1/status", payload)
+        self.ingest._process_chunk([message], self.clock.ms(), self.out, dead)
+        assert dead == []
+
+    def tick(self) -> None:
+        """The gateway's tick: a pass that takes what the callbacks posted."""
+        assert self.pipeline.process([]) == []
+
+    def link(self) -> bool | None:
+        return self.tracker.state("lhasa", "room-1")
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[Board]:
     config = parse_config(CONFIG)
+    clock = Clock()
     tracker = LinkTracker(config, clock.ms)
+    pipeline = Pipeline([tracker])
     outbox = Outbox(tmp_path / "o.sqlite")
-    ingest = MqttIngest(config, outbox, process=Pipeline([tracker]).process)
-    ingest.stats.connects = 1
-    return ingest, tracker, Output(), outbox
-
-
-def status(ingest: MqttIngest, out: Output, payload: bytes, clock: Clock) -> None:
-    dead: list[NewDeadLetter] = []
-    message = _Queued(ingest.stats.connects, 1, 1, "o2/lhasa/room-1/status", payload)
-    ingest._process_chunk([message], clock.ms(), out, dead)
-    assert dead == []
+    ingest = MqttIngest(config, outbox, process=pipeline.process)
+    ingest.on_broker = lambda up, n: pipeline.post(broker_event(up, n, clock.ms()))
+    b = Board(ingest, tracker, pipeline, clock)
+    b.connect()
+    yield b
+    outbox.close()
 
 
 ONLINE, WILL = b'{"state":"online","fw":"1.4.0","boot":3}', b'{"state":"offline"}'
 
 
-def test_last_will_counts_at_once_while_connected(tmp_path: Path) -> None:
-    clock = Clock()
-    ingest, tracker, out, outbox = board(tmp_path, clock)
-    assert tracker.state("lhasa", "room-1") is None  # no status yet
-    status(ingest, out, ONLINE, clock)
-    assert tracker.state("lhasa", "room-1") is True
-    status(ingest, out, WILL, clock)  # its last will, the gateway listening
-    assert tracker.state("lhasa", "room-1") is False
-    assert [line.split(",", 1)[0] for line in out.lines] == ["device_health"] * 2
+def test_last_will_counts_once_settled_while_connected(board: Board) -> None:
+    assert board.link() is None  # no status yet
+    board.status(ONLINE)
+    assert board.link() is True
+    board.status(WILL)  # its last will, the gateway listening
+    assert board.link() is None
+    board.clock.s += STATUS_SETTLE_S
+    assert board.link() is False
+    assert [line.split(",", 1)[0] for line in board.out.lines] == ["device_health"] * 2
     # A will that is not JSON (other firmware): the link state still flows, nothing stored.
-    status(ingest, out, ONLINE, clock)
-    status(ingest, out, b"\xff gone", clock)
-    assert tracker.state("lhasa", "room-1") is False
-    assert len(out.lines) == 3
-    outbox.close()
+    board.status(ONLINE)
+    board.status(b"\xff gone")
+    board.clock.s += STATUS_SETTLE_S
+    assert board.link() is False
+    assert len(board.out.lines) == 3
 
 
-def test_last_wills_of_a_broker_restart_wait_for_the_boards_to_return(tmp_path: Path) -> None:
-    clock = Clock()
-    ingest, tracker, out, outbox = board(tmp_path, clock)
-    status(ingest, out, ONLINE, clock)
-    assert tracker.state("lhasa", "room-1") is True
+def test_last_wills_of_a_broker_going_down_are_not_offline(board: Board) -> None:
+    """A broker that shuts down publishes every board's last will, then drops the gateway: the
+    engine may look in between, and while the gateway is disconnected, but raises nothing."""
+    board.status(ONLINE)
+    assert board.link() is True
+    board.status(WILL)  # the will, an instant before the drop
+    assert board.link() is None
+    board.drop()
+    board.tick()  # the next pass: before the engine judges again, the tracker knows
+    board.clock.s += 2 * STATUS_SETTLE_S  # the broker is down for a while
+    assert board.link() is None
+    board.connect()  # back: the reconnect grace runs
+    board.tick()
+    assert board.link() is None
+    board.clock.s += RECONNECT_GRACE_S + 1  # the board never came back
+    assert board.link() is False
+
+
+def test_wills_received_before_the_drop_but_passed_after_it_wait_too(board: Board) -> None:
+    """The drop is posted by paho's thread while the wills still wait in the commit queue: the
+    pass that takes them takes the drop first."""
+    board.status(ONLINE)
+    board.drop()
+    board.status(WILL)  # of the lost connection, in the same pass as the posted drop
+    board.clock.s += 2 * STATUS_SETTLE_S
+    assert board.link() is None
+
+
+def test_last_wills_of_a_broker_restart_wait_for_the_boards_to_return(board: Board) -> None:
+    board.status(ONLINE)
+    assert board.link() is True
     # The broker restarts: the gateway reconnects and finds the board's last will.
-    ingest.stats.connects = 2
-    status(ingest, out, WILL, clock)
-    assert tracker.state("lhasa", "room-1") is None
-    clock.s += RECONNECT_GRACE_S - 1
-    assert tracker.state("lhasa", "room-1") is None
-    status(ingest, out, ONLINE, clock)  # back within the grace
-    assert tracker.state("lhasa", "room-1") is True
-    status(ingest, out, WILL, clock)
-    clock.s += 2  # grace over: a board that did not come back, or died since, is offline
-    assert tracker.state("lhasa", "room-1") is False
-    outbox.close()
+    board.drop()
+    board.connect()
+    board.status(WILL)
+    assert board.link() is None
+    board.clock.s += RECONNECT_GRACE_S - 1
+    assert board.link() is None
+    board.status(ONLINE)  # back within the grace
+    assert board.link() is True
+    board.status(WILL)
+    board.clock.s += 1.5  # grace over: a board that did not come back, or died since, ...
+    assert board.link() is None  # ... is offline once its will has stood a moment
+    board.clock.s += STATUS_SETTLE_S
+    assert board.link() is False
 
 
 def test_only_configured_devices_are_tracked(tmp_path: Path) -> None:

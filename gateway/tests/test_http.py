@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,9 @@ def users_file(tmp_path: Path) -> Path:
     return path
 
 
-def policy(tmp_path: Path, **http: Any) -> HttpPolicy:
+def policy(tmp_path: Path, clock_s: Callable[[], float] | None = None, **http: Any) -> HttpPolicy:
     config = parse_config({**CONFIG, "http": {"users_file": str(users_file(tmp_path)), **http}})
-    return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine)
+    return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine, clock_s)
 
 
 @dataclass
@@ -504,7 +504,9 @@ def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) ->
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        async with serving(r, policy=policy(tmp_path, login_max_failures=3)) as server:
+        # A clock where (now + 43200) - now is 43199.99999999999: the cookie said Max-Age=43199.
+        clock_s = lambda: 22336.002004108428  # noqa: E731
+        async with serving(r, policy=policy(tmp_path, clock_s, login_max_failures=3)) as server:
             url = server.url
             answer = await request(url, "/api/session")
             assert answer.json() == {

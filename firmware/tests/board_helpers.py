@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from o2base.procs import StartStop
 from o2base.services import Mosquitto
 
 TESTS = Path(__file__).resolve().parent
@@ -116,7 +117,7 @@ def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:
     return len(seqs) - len(first)
 
 
-class SerialBoard:
+class SerialBoard(StartStop):
     """An emulated board behind a serial port, as a technician meets one: a socat PTY at
     ``link`` whose far side is MicroPython (the unix port) with the board's filesystem at
     ``board_dir`` and the simulated sensors of ``config`` (a ZE03 by default). At first it
@@ -161,9 +162,3 @@ class SerialBoard:
                 os.killpg(self._socat.pid, signal.SIGTERM)
             self._socat.wait(10)
         self.hardware.kill()
-
-    def __enter__(self) -> SerialBoard:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from simulators.wire.faults import WireFaults
+from simulators.wire.faults import StreamClock, WireFaults
 
 STREAM_S = 1.0
 
@@ -58,13 +58,12 @@ class LuminOxWire:
         self.lines_sent = 0
         self._rng = random.Random(seed)
         self._buf = bytearray()
-        self._next_stream: float | None = None
+        self._stream = StreamClock()
 
     def values(self, now_s: float) -> tuple[float, float, float]:
-        o2, temp, baro = self.source() if self.source else (self.o2_pct, self.temp_c, self.baro_kpa)
-        o2 += self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
-        held = self.faults.hold((o2, temp, baro))
-        return held[0], held[1], held[2]
+        true = self.source() if self.source else (self.o2_pct, self.temp_c, self.baro_kpa)
+        o2, temp, baro = self.faults.reading(true, self._rng, self.noise_pct, now_s)
+        return o2, temp, baro
 
     def _send(self, text: bytes) -> bytes:
         damaged = bytearray(text)
@@ -92,7 +91,7 @@ class LuminOxWire:
     def _answer(self, cmd: str, now_s: float) -> bytes:
         if cmd.startswith("M ") and cmd[2:].strip() in ("0", "1", "2"):
             self.mode = int(cmd[2:].strip())
-            self._next_stream = None
+            self._stream = StreamClock()
             return f"M 0{self.mode}\r\n".encode()
         if cmd == "A":
             return self._send(line(*self.values(now_s)))
@@ -101,18 +100,10 @@ class LuminOxWire:
         return b""
 
     def next_due(self, now_s: float) -> float | None:
-        if self.mode != 0:
-            return None
-        if self._next_stream is None:
-            self._next_stream = now_s + STREAM_S
-        return self._next_stream
+        return self._stream.due(now_s, STREAM_S if self.mode == 0 else None)
 
     def tick(self, now_s: float) -> bytes:
-        due = self.next_due(now_s)
-        if due is None or now_s < due:
-            return b""
-        while self._next_stream is not None and self._next_stream <= now_s:
-            self._next_stream += STREAM_S
-        if self.faults.disconnected:
+        due = self._stream.take(now_s, STREAM_S if self.mode == 0 else None)
+        if not due or self.faults.disconnected:
             return b""
         return self._send(line(*self.values(now_s)))

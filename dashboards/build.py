@@ -125,12 +125,14 @@ def steps(*pairs: tuple[float | None, str]) -> gd.ThresholdsConfig:
     )
 
 
-def site_variable(tr: Texts) -> gd.QueryVariable:
+def query_variable(name: str, label: str, query: str) -> gd.QueryVariable:
+    """A dashboard variable from a query: several values or All, refreshed with the time
+    range, sorted A-Z."""
     return (
-        gd.QueryVariable("site")
-        .label(tr("var.site"))
+        gd.QueryVariable(name)
+        .label(label)
         .datasource(DATASOURCE)
-        .query('SHOW TAG VALUES WITH KEY = "site"')
+        .query(query)
         .multi(True)
         .include_all(True)
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -138,16 +140,18 @@ def site_variable(tr: Texts) -> gd.QueryVariable:
     )
 
 
+def site_variable(
+    tr: Texts, label_key: str = "var.site", measurement: str | None = None
+) -> gd.QueryVariable:
+    source = "" if measurement is None else f'FROM "{measurement}" '
+    return query_variable("site", tr(label_key), f'SHOW TAG VALUES {source}WITH KEY = "site"')
+
+
 def device_variable(measurement: str, label: str) -> gd.QueryVariable:
-    return (
-        gd.QueryVariable("device")
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "device" WHERE {SITE_FILTER}')
-        .multi(True)
-        .include_all(True)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    return query_variable(
+        "device",
+        label,
+        f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "device" WHERE {SITE_FILTER}',
     )
 
 
@@ -371,6 +375,21 @@ def bool_mappings(true_text: str, false_text: str) -> list[Any]:
     ]  # fmt: skip
 
 
+def on_off_timeline(
+    tr: Texts, key: str, texts: tuple[str, str], fld: str, measurement: str, where: str
+) -> statetimeline.Panel:
+    """Each device's boolean ``fld`` over time (``texts``: the catalogue keys of true, false);
+    title and description are ``key`` and ``key.desc``."""
+    return (
+        statetimeline.Panel().title(tr(key)).unit("bool_on_off").datasource(DATASOURCE)
+        .mappings(bool_mappings(tr(texts[0]), tr(texts[1])))
+        .description(tr(f"{key}.desc"))
+        .with_target(InfluxQL(
+            f'SELECT last("{fld}") FROM "{measurement}" WHERE {where} '
+            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device"))
+    )  # fmt: skip
+
+
 def text_mappings(tr: Texts, values: dict[str, list[str]]) -> list[Any]:
     """One value mapping for text fields: each value shown as the catalogue's
     ``<prefix>.<value>`` (``values``: prefix -> the values)."""
@@ -432,14 +451,8 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
             f'SELECT last("o2_pct") FROM "room" WHERE {in_range} GROUP BY "site", "device"')
             .alias("$tag_device")), w=12, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title(tr("facility.running")).unit("bool_on_off")
-        .datasource(DATASOURCE)
-        .mappings(bool_mappings(tr("value.running"), tr("value.stopped")))
-        .description(tr("facility.running.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("state") FROM "concentrator" WHERE {in_range} '
-            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
-        w=12, h=8))  # fmt: skip
+        on_off_timeline(tr, "facility.running", ("value.running", "value.stopped"),
+                        "state", "concentrator", in_range), w=12, h=8))  # fmt: skip
     d.with_panel(layout.place(with_columns(
         table.Panel().title(tr("facility.producers")).unit("percent").datasource(DATASOURCE)
         .description(tr("facility.producers.desc"))
@@ -548,15 +561,8 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
     tr = _texts(tr)
     layout = Layout()
     d = new_dashboard(tr, "health.title", "o2chain-device-health", ["health"])
-    device = (
-        gd.QueryVariable("device")
-        .label(tr("var.device"))
-        .datasource(DATASOURCE)
-        .query(f'SHOW TAG VALUES WITH KEY = "device" WHERE {SITE_FILTER}')
-        .multi(True)
-        .include_all(True)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    device = query_variable(
+        "device", tr("var.device"), f'SHOW TAG VALUES WITH KEY = "device" WHERE {SITE_FILTER}'
     )
     d.with_variable(site_variable(tr)).with_variable(device)
     where = f"{DEVICE_FILTER} AND $timeFilter"
@@ -571,14 +577,8 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
         tr, {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
         w=8, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title(tr("health.online")).unit("bool_on_off")
-        .datasource(DATASOURCE)
-        .mappings(bool_mappings(tr("value.online"), tr("value.offline")))
-        .description(tr("health.online.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("online") FROM "device_health" WHERE {where} '
-            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
-        w=16, h=8))  # fmt: skip
+        on_off_timeline(tr, "health.online", ("value.online", "value.offline"),
+                        "online", "device_health", where), w=16, h=8))  # fmt: skip
 
     def health_series(key: str, fld: str, unit: str, w: int = 8, **params: Any) -> Any:
         return layout.place(

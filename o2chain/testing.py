@@ -120,6 +120,43 @@ def concentrator_sim(tmp_path: Path) -> Iterator[str]:
         yield match.group(1)
 
 
+def write_skeleton_gateway_config(
+    path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    modbus_url: str,
+    state_dir: Path,
+    *,
+    gateway_id: str = "gw-test",
+    database: str = "o2test",
+) -> Path:
+    """Write the walking skeleton's gateway config to ``path``: site lhasa-hotel, room-101 over
+    MQTT and conc-1, a medical concentrator over Modbus at ``modbus_url`` (e.g.
+    :func:`concentrator_sim`), flushed to InfluxDB every 0.2 s."""
+    import tomli_w
+
+    config = {
+        "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
+        "mqtt": {"url": mosquitto.url},
+        "influx": {"url": influxdb.url, "database": database, "flush_interval_s": 0.2},
+        "site": [{"id": "lhasa-hotel", "altitude_m": 3650}],
+        "device": [
+            {"id": "room-101", "site": "lhasa-hotel", "kind": "room", "transport": "mqtt"},
+            {
+                "id": "conc-1",
+                "site": "lhasa-hotel",
+                "kind": "concentrator",
+                "transport": "modbus",
+                "url": modbus_url,
+                "profile": "medical-concentrator",
+                "interval_s": 0.5,
+            },
+        ],
+    }
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
+
+
 @pytest.fixture
 def service_dir(tmp_path: Path) -> Path:
     """A fresh directory for service instances (``<tmp_path>/services``).

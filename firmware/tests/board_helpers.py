@@ -13,14 +13,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
 from o2base.procs import StartStop
 from o2base.services import Mosquitto
+
+if TYPE_CHECKING:
+    from o2chain.firmware_runner import BoardRunner
 
 TESTS = Path(__file__).resolve().parent
 
@@ -99,6 +102,19 @@ class Recorder:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@contextlib.contextmanager
+def powered(board: BoardRunner, rec: Recorder | None = None) -> Iterator[BoardRunner]:
+    """``with powered(board, rec):`` starts the board (set its simulated world up before);
+    afterwards its power is pulled (SIGKILL: nothing to wait for) and the recorder closed."""
+    try:
+        board.start()
+        yield board
+    finally:
+        board.kill()
+        if rec is not None:
+            rec.close()
 
 
 def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:

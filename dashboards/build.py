@@ -223,6 +223,20 @@ def with_columns(panel: table.Panel, tr: Texts, names: dict[str, str]) -> table.
     return panel
 
 
+def table_panel(
+    tr: Texts, key: str, unit: str, queries: list[InfluxQL], names: dict[str, str]
+) -> table.Panel:
+    """A table titled by the catalogue's ``key`` and described by ``key.desc``: one target a
+    query, its columns named by the catalogue (``names`` as for :func:`columns`)."""
+    panel = (
+        table.Panel().title(tr(key)).unit(unit).datasource(DATASOURCE)
+        .description(tr(f"{key}.desc"))
+    )  # fmt: skip
+    for query in queries:
+        panel.with_target(query.table())
+    return with_columns(panel, tr, names)
+
+
 def rooms(tr: Texts | None = None) -> gd.Dashboard:
     tr = _texts(tr)
     layout = Layout()
@@ -300,16 +314,13 @@ def concentrators(tr: Texts | None = None) -> gd.Dashboard:
         .thresholds_style(gd_thresholds_style("line"))
         .min(60).max(100))  # fmt: skip
     d.with_panel(series(tr("conc.flow"), "flow_lpm", "suffix: L/min"))
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("conc.purity_vs_flow")).datasource(DATASOURCE)
-        .unit("percent")
-        .description(tr("conc.purity_vs_flow.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "conc.purity_vs_flow", "percent", [InfluxQL(
             f'SELECT mean("flow_lpm") AS "flow_lpm", mean("purity_pct") AS "purity_pct", '
             f'min("purity_pct") AS "min_purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"').table()),
-        tr, {"device": "col.device", "flow_lpm": "col.mean_flow:lpm",
-             "purity_pct": "col.mean_purity", "min_purity_pct": "col.min_purity"})))  # fmt: skip
+            'GROUP BY "device"')],
+        {"device": "col.device", "flow_lpm": "col.mean_flow:lpm",
+         "purity_pct": "col.mean_purity", "min_purity_pct": "col.min_purity"})))  # fmt: skip
     d.with_panel(series(tr("conc.outlet"), "outlet_kpa", "pressurekpa", w=8))
     d.with_panel(series(tr("conc.tank"), "tank_kpa", "pressurekpa", w=8))
     d.with_panel(layout.place(
@@ -453,23 +464,19 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
     d.with_panel(layout.place(
         on_off_timeline(tr, "facility.running", ("value.running", "value.stopped"),
                         "state", "concentrator", in_range), w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("facility.producers")).unit("percent").datasource(DATASOURCE)
-        .description(tr("facility.producers.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "facility.producers", "percent", [InfluxQL(
             f'SELECT last("purity_pct") AS "purity_pct", last("flow_lpm") AS "flow_lpm", '
             f'last("o2_lpm") AS "o2_lpm" FROM "concentrator" WHERE {in_range} '
-            'GROUP BY "device"').table()),
-        tr, {"device": "col.device", "purity_pct": "col.purity", "flow_lpm": "col.flow:lpm",
-             "o2_lpm": "col.o2_out:lpm"}), w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("facility.alarms")).unit("none").datasource(DATASOURCE)
-        .description(tr("facility.alarms.desc"))
-        .mappings(text_mappings(tr, {"alarm_state": ALARM_EVENTS, "severity": SEVERITIES}))
-        .with_target(InfluxQL(ACTIVE_ALARMS_QUERY).table()),
-        tr, {"site": "col.site", "device": "col.device", "rule": "col.rule",
-             "severity": "col.severity", "state": "col.state", "message": "col.message",
-             "value": "col.value", "threshold": "col.threshold", "by": "col.by"}),
+            'GROUP BY "device"')],
+        {"device": "col.device", "purity_pct": "col.purity", "flow_lpm": "col.flow:lpm",
+         "o2_lpm": "col.o2_out:lpm"}), w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(table_panel(
+        tr, "facility.alarms", "none", [InfluxQL(ACTIVE_ALARMS_QUERY)],
+        {"site": "col.site", "device": "col.device", "rule": "col.rule",
+         "severity": "col.severity", "state": "col.state", "message": "col.message",
+         "value": "col.value", "threshold": "col.threshold", "by": "col.by"})
+        .mappings(text_mappings(tr, {"alarm_state": ALARM_EVENTS, "severity": SEVERITIES})),
         w=24, h=8))  # fmt: skip
     return d
 
@@ -566,15 +573,12 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
     )
     d.with_variable(site_variable(tr)).with_variable(device)
     where = f"{DEVICE_FILTER} AND $timeFilter"
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.last_seen")).unit("none").datasource(DATASOURCE)
-        .description(tr("health.last_seen.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("seq") AS "seq" FROM "room" WHERE {where} GROUP BY "device"').table())
-        .with_target(InfluxQL(
-            f'SELECT last("purity_pct") AS "purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"', "B").table()),
-        tr, {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
+    d.with_panel(layout.place(table_panel(
+        tr, "health.last_seen", "none", [
+            InfluxQL(f'SELECT last("seq") AS "seq" FROM "room" WHERE {where} GROUP BY "device"'),
+            InfluxQL(f'SELECT last("purity_pct") AS "purity_pct" FROM "concentrator" '
+                     f'WHERE {where} GROUP BY "device"', "B")],
+        {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
         w=8, h=8))  # fmt: skip
     d.with_panel(layout.place(
         on_off_timeline(tr, "health.online", ("value.online", "value.offline"),
@@ -593,13 +597,11 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
         .thresholds_style(gd_thresholds_style("line")))  # fmt: skip
     d.with_panel(health_series("health.heap", "heap_free_b", "bytes"))
     d.with_panel(health_series("health.buffered", "buffered", "short"))
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.reboots")).unit("short").datasource(DATASOURCE)
-        .description(tr("health.reboots.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "health.reboots", "short", [InfluxQL(
             f'SELECT spread("boot") AS "reboots", last("boot") AS "boot" FROM "room" '
-            f'WHERE {where} GROUP BY "device"').table()),
-        tr, {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
+            f'WHERE {where} GROUP BY "device"')],
+        {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
         w=8, h=7))  # fmt: skip
     d.with_panel(layout.place(
         ts_panel(tr("health.modbus_errors"), "short", tr("health.modbus_errors.desc"))
@@ -610,13 +612,11 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
             f'max("io_errors") {tr.col("health.modbus_errors.io")} FROM "device_health" '
             f'WHERE {where} GROUP BY time($__interval), "device" fill(none)')
             .alias("$tag_device $col")), w=8, h=7))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.poll_success")).unit("percent").datasource(DATASOURCE)
-        .description(tr("health.poll_success.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "health.poll_success", "percent", [InfluxQL(
             f'SELECT last("poll_ok") / last("polls") * 100 AS "ok", last("polls") AS "polls" '
-            f'FROM "device_health" WHERE {where} GROUP BY "device"').table()),
-        tr, {"device": "col.device", "ok": "col.poll_ok", "polls": "col.polls:short"}),
+            f'FROM "device_health" WHERE {where} GROUP BY "device"')],
+        {"device": "col.device", "ok": "col.poll_ok", "polls": "col.polls:short"}),
         w=8, h=7))  # fmt: skip
     d.with_panel(health_series("health.response", "response_ms", "ms", w=12))
     d.with_panel(health_series("health.uptime", "uptime_s", "s", w=12))

@@ -121,12 +121,30 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
 
 
 def run_across_an_outage(
-    config: FleetConfig, rec: Any, seen_before: int, outage: Any, measured_during: int
+    broker: Mosquitto,
+    rec: Any,
+    outage: Any,
+    *,
+    seen_before: int,
+    measured_during: int,
+    **config: Any,
 ) -> FleetSummary:
-    """Run a fleet in a thread; once ``seen_before`` readings arrived, hold the broker in the
-    ``outage`` (a context manager) until the boards measured ``measured_during`` more readings;
-    return the fleet's summary."""
-    fleet = Fleet(config)
+    """Run a fleet (``config``: boards, readings and more) on ``broker`` in a thread, readings
+    every 50 ms, reconnecting within 0.2 s; once ``seen_before`` readings arrived, hold the
+    broker in the ``outage`` (a context manager) until the boards measured ``measured_during``
+    more readings; return the fleet's summary."""
+    fleet = Fleet(
+        FleetConfig(
+            host=broker.host,
+            port=broker.port,
+            site=SITE,
+            interval_s=0.05,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.2,
+            timeout_s=60,
+            **config,
+        )
+    )
     result: list[FleetSummary] = []
     runner = threading.Thread(target=lambda: result.append(asyncio.run(fleet.run())))
     runner.start()
@@ -170,19 +188,10 @@ def test_fleet_stores_and_forwards_across_a_broker_restart(
 ) -> None:
     rec = mqtt_recorder("o2/+/+/telemetry")
     boards, readings = 4, 60
-    config = FleetConfig(
-        host=mosquitto.host,
-        port=mosquitto.port,
-        site=SITE,
-        boards=boards,
-        interval_s=0.05,
-        readings=readings,
-        boot=3,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        timeout_s=60,
-    )
-    summary = run_across_an_outage(config, rec, 40, stopped(mosquitto), 4 * boards)
+    summary = run_across_an_outage(
+        mosquitto, rec, stopped(mosquitto), seen_before=40, measured_during=4 * boards,
+        boards=boards, readings=readings, boot=3,
+    )  # fmt: skip
     assert summary.complete, summary
     assert summary.readings_sent == boards * readings
     assert summary.reconnects >= boards
@@ -221,20 +230,10 @@ def test_fleet_survives_a_frozen_broker(mosquitto: Mosquitto, mqtt_recorder: Any
     """SIGSTOP: TCP stays up but nothing answers; keep-alive notices, boards buffer and replay."""
     rec = mqtt_recorder("o2/+/+/telemetry")
     boards, readings = 3, 80
-    config = FleetConfig(
-        host=mosquitto.host,
-        port=mosquitto.port,
-        site=SITE,
-        boards=boards,
-        interval_s=0.05,
-        readings=readings,
-        keepalive_s=1,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        connect_timeout_s=0.5,
-        timeout_s=60,
-    )
-    summary = run_across_an_outage(config, rec, 20, frozen(mosquitto), 40 * boards // 4)
+    summary = run_across_an_outage(
+        mosquitto, rec, frozen(mosquitto), seen_before=20, measured_during=40 * boards // 4,
+        boards=boards, readings=readings, keepalive_s=1, connect_timeout_s=0.5,
+    )  # fmt: skip
     assert summary.complete, summary
     assert summary.readings_sent == boards * readings
     rec.wait_for(lambda: len({(t, i["seq"]) for t, i in rec.readings()}) == boards * readings)

@@ -88,6 +88,16 @@ class WireFaults:
         return out
 
 
+class SensorWire:
+    """What every simulated sensor's wire keeps: its faults (change them any time), a seeded
+    random source (noise, garbage bytes) and the host's bytes not parsed yet."""
+
+    def __init__(self, seed: int) -> None:
+        self.faults = WireFaults()
+        self._rng = random.Random(seed)
+        self._buf = bytearray()
+
+
 class StreamClock:
     """When a sensor that streams unasked speaks next: every ``interval_s`` from the first
     call, missed slots skipped rather than sent in a burst (a real sensor does not catch up).

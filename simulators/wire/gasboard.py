@@ -15,10 +15,9 @@ Written independently of ``firmware/lib/o2/gasboard.py`` on purpose.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-from simulators.wire.faults import StreamClock, WireFaults
+from simulators.wire.faults import SensorWire, StreamClock
 
 HOST_START = 0x11
 SENSOR_START = 0x16
@@ -53,7 +52,7 @@ def read_reply(
     return sensor_frame(CMD_READ, payload + status.to_bytes(2, "big"))
 
 
-class GasboardWire:
+class GasboardWire(SensorWire):
     """The sensor's behaviour; values are attributes or come from ``source()``."""
 
     def __init__(
@@ -70,18 +69,16 @@ class GasboardWire:
         serial: bytes = b"SIM0000001",
         version: bytes = b"GB7500-SIM1",
     ) -> None:
+        super().__init__(seed)
         self.o2_pct, self.flow_lpm, self.temp_c = o2_pct, flow_lpm, temp_c
         self.source = source
         self.stream_interval_s = stream_interval_s
         self.flow_scale = flow_scale
         self.noise_pct = noise_pct
         self.serial, self.version = serial, version
-        self.faults = WireFaults()
         self.queries = 0
         self.bad_frames = 0
         self.frames_sent = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
         self._stream = StreamClock()
 
     def values(self, now_s: float) -> tuple[float, float, float]:

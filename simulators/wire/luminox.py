@@ -7,14 +7,14 @@ O2 %, status (``e 0000`` = OK). Commands ``M 0`` stream (about once a second, th
 ``e`` answer one field each. The sensor acknowledges ``M x`` with ``M 0x``.
 
 The protocol has no checksum: the "bad checksum" fault garbles one digit instead.
+Written independently of ``firmware/lib/o2/luminox.py`` on purpose.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-from simulators.wire.faults import StreamClock, WireFaults
+from simulators.wire.faults import SensorWire, StreamClock
 
 STREAM_S = 1.0
 
@@ -37,7 +37,7 @@ def line(o2_pct: float, temp_c: float, baro_kpa: float, status: int = 0) -> byte
     return f"O {f['O']} T {f['T']} P {f['P']} % {f['%']} e {f['e']}\r\n".encode()
 
 
-class LuminOxWire:
+class LuminOxWire(SensorWire):
     """The sensor's behaviour; values are attributes or come from ``source()``."""
 
     def __init__(
@@ -50,14 +50,12 @@ class LuminOxWire:
         noise_pct: float = 0.02,
         source: Callable[[], tuple[float, float, float]] | None = None,
     ) -> None:
+        super().__init__(seed)
         self.o2_pct, self.temp_c, self.baro_kpa = o2_pct, temp_c, baro_kpa
         self.source = source
         self.noise_pct = noise_pct
         self.mode = 0  # 0 stream, 1 poll, 2 off
-        self.faults = WireFaults()
         self.lines_sent = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
         self._stream = StreamClock()
 
     def values(self, now_s: float) -> tuple[float, float, float]:

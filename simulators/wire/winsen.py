@@ -7,9 +7,7 @@ the oracle of the board's drivers, and both are tested against ``o2core/vectors.
 
 from __future__ import annotations
 
-import random
-
-from simulators.wire.faults import WireFaults
+from simulators.wire.faults import SensorWire
 
 FRAME_LEN = 9
 READ_CMD = 0x86  # "read the gas concentration"
@@ -44,17 +42,15 @@ def take_commands(buf: bytearray) -> tuple[list[bytes], int]:
     return frames, bad
 
 
-class QueryWire:
+class QueryWire(SensorWire):
     """A Winsen module in Q&A mode on its line (a ``faults.Wire``): it answers each valid read
     command with :meth:`frame`, accepts its other commands without a reply, as the modules do,
     and never speaks unasked. ``queries`` counts the answered reads (tests may watch it)."""
 
     def __init__(self, seed: int) -> None:
-        self.faults = WireFaults()
+        super().__init__(seed)
         self.queries = 0
         self.bad_frames = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
 
     def frame(self, now_s: float) -> bytes:
         """The answer to a read as the line carries it (faults applied)."""

@@ -225,17 +225,22 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; raises ProvisionError naming the file and the fault."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ProvisionError(f"{path}: cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ProvisionError(f"{path}: not valid TOML: {e}") from e
+
+
 def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
     """The inventory's boards (each validated by the firmware's config schema) and broker
     settings. Raises ProvisionError naming the file, the device and the key."""
     from o2chain.firmware_runner import load_firmware_file
 
-    try:
-        doc = tomllib.loads(inventory.read_text())
-    except OSError as e:
-        raise ProvisionError(f"{inventory}: cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProvisionError(f"{inventory}: not valid TOML: {e}") from e
+    doc = _read_toml(inventory)
     devices = _table(doc, "devices", inventory)
     if not devices:
         raise ProvisionError(f"{inventory}: no [devices.<id>] tables: nothing to provision")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from o2chain.provision import (
     _is_name,
     _passwd,
     _port,
+    _read_toml,
     _Run,
     _server_cert,
     _table,
@@ -88,12 +88,7 @@ class RegionInventory:
 
 def load_region(path: Path) -> RegionInventory:
     """The region inventory; raises ProvisionError naming the file, table and key."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ProvisionError(f"{path}: cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProvisionError(f"{path}: not valid TOML: {e}") from e
+    doc = _read_toml(path)
     region = _table(doc, "region", path)
     broker = _table(doc, "broker", path)
     database = _table(doc, "database", path)

@@ -33,9 +33,10 @@ def test_wait_until_raises_the_callers_error() -> None:
 
 def test_wait_until_ends_when_the_child_dies(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "print('bye'); raise SystemExit(3)"]
-    with ChildProcess(argv, tmp_path / "child.log") as child:
-        with pytest.raises(ProcessError, match=r"exited with 3 while waiting for a file: .*bye"):
-            wait_until(lambda: (tmp_path / "never").exists(), 60, "a file", proc=child)
+    dying = r"exited with 3 while waiting for a file: .*bye"
+    child = ChildProcess(argv, tmp_path / "child.log")
+    with child, pytest.raises(ProcessError, match=dying):
+        wait_until(lambda: (tmp_path / "never").exists(), 60, "a file", proc=child)
 
 
 class Recording(StartStop):

@@ -19,6 +19,10 @@ from gateway.writer import WriterStats
 # After a reconnect to the broker, boards have this long to say they are back before a last
 # will published during the outage counts (a project choice: boards reconnect within seconds).
 RECONNECT_GRACE_S = 30.0
+# A board's last will counts once it has stood this long with the gateway connected: a broker
+# that shuts down publishes the last will of every board an instant before it drops the gateway,
+# which is not one alarm per board (a project choice: well under a board's reading interval).
+STATUS_SETTLE_S = 2.0
 
 
 class OutboxSource(Protocol):
@@ -86,12 +90,15 @@ def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monoto
     status messages (last will) and the Modbus pollers' health. A Modbus device counts as
     offline after two poll intervals without an answer, so one lost poll does not flap.
 
-    After the gateway *re*connects to the broker, an ``offline`` status counts only once
-    :data:`RECONNECT_GRACE_S` have passed: a broker restart publishes every board's last will
-    and the boards come back seconds later, which is not one alarm per board. A board that does
-    not come back is offline when the grace ends (or earlier, by silence)."""
+    A board's ``offline`` status (its last will) counts once it has stood
+    :data:`STATUS_SETTLE_S` with the gateway connected, and after the gateway *re*connects to the
+    broker only once :data:`RECONNECT_GRACE_S` have passed: a broker restart publishes every
+    board's last will and the boards come back seconds later, which is not one alarm per board.
+    While the gateway has no broker, a board's state is unknown (its own alarm says so). A board
+    that does not come back is offline when the grace ends (or earlier, by silence)."""
     pollers = {(p.device.site, p.device.id): p for p in sources.pollers}
     seen = {"connects": 0, "grace_until": 0.0}
+    offline_since: dict[str, float] = {}  # when this closure first saw a board's last will
 
     def state(site: str, device: str) -> bool | None:
         poller = pollers.get((site, device))
@@ -112,11 +119,17 @@ def link_state_from(sources: Sources, clock_s: Callable[[], float] = time.monoto
             if stats.connects > 1:  # a reconnect, not the first connection
                 seen["grace_until"] = clock_s() + RECONNECT_GRACE_S
             seen["connects"] = stats.connects
-        status = stats.device_state.get(f"{site}/{device}")
+        key = f"{site}/{device}"
+        status = stats.device_state.get(key)
         if status is None:
             return None
         if status == "online":
+            offline_since.pop(key, None)
             return True
-        return None if clock_s() < seen["grace_until"] else False
+        now = clock_s()
+        since = offline_since.setdefault(key, now)
+        if not stats.connected or now < seen["grace_until"] or now - since < STATUS_SETTLE_S:
+            return None
+        return False
 
     return state

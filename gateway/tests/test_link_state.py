@@ -10,7 +10,7 @@ from typing import Any
 from gateway.config import parse_config
 from gateway.modbus import OFFLINE_AFTER, DeviceHealth
 from gateway.mqtt_ingest import IngestStats
-from gateway.sources import RECONNECT_GRACE_S, Sources, link_state_from
+from gateway.sources import RECONNECT_GRACE_S, STATUS_SETTLE_S, Sources, link_state_from
 
 CONFIG = {
     "gateway": {"id": "gw-t"},
@@ -72,13 +72,33 @@ def board_link(now: list[float]) -> tuple[IngestStats, Any]:
     return stats, link_state_from(sources, clock_s=lambda: now[0])
 
 
-def test_last_will_counts_at_once_while_connected() -> None:
+def test_last_will_counts_once_settled_while_connected() -> None:
     now = [100.0]
     stats, state = board_link(now)
     assert state("lhasa", "room-1") is None  # no status yet
     stats.device_state["lhasa/room-1"] = "online"
     assert state("lhasa", "room-1") is True
     stats.device_state["lhasa/room-1"] = "offline"  # its last will, the gateway listening
+    assert state("lhasa", "room-1") is None
+    now[0] += STATUS_SETTLE_S
+    assert state("lhasa", "room-1") is False
+
+
+def test_last_wills_of_a_broker_going_down_are_not_offline() -> None:
+    """A broker that shuts down publishes every board's last will, then drops the gateway: the
+    engine may look in between, and while the gateway is disconnected, but raises nothing."""
+    now = [100.0]
+    stats, state = board_link(now)
+    stats.device_state["lhasa/room-1"] = "online"
+    assert state("lhasa", "room-1") is True
+    stats.device_state["lhasa/room-1"] = "offline"  # the will, an instant before the drop
+    assert state("lhasa", "room-1") is None
+    stats.connected = False
+    now[0] += 2 * STATUS_SETTLE_S  # the broker is down for a while
+    assert state("lhasa", "room-1") is None
+    stats.connected, stats.connects = True, 2  # back: the reconnect grace runs
+    assert state("lhasa", "room-1") is None
+    now[0] += RECONNECT_GRACE_S + 1  # the board never came back
     assert state("lhasa", "room-1") is False
 
 
@@ -96,4 +116,6 @@ def test_last_wills_of_a_broker_restart_wait_for_the_boards_to_return() -> None:
     assert state("lhasa", "room-1") is True
     stats.device_state["lhasa/room-1"] = "offline"
     now[0] += 2  # grace over: a board that did not come back, or died since, is offline
+    assert state("lhasa", "room-1") is None  # once its will has stood a moment
+    now[0] += STATUS_SETTLE_S
     assert state("lhasa", "room-1") is False

@@ -64,6 +64,17 @@ def wait_for_points(
     raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
 
 
+def assert_same_keys(lang: str, texts: dict[str, Any], english: dict[str, Any]) -> None:
+    """The ``lang`` translation catalogue has exactly the English one's keys, each with a text
+    (the dashboards' and the live page's catalogues are checked alike)."""
+    assert sorted(texts) == sorted(english), (
+        f"{lang}.json: missing {sorted(set(english) - set(texts))}, "
+        f"extra {sorted(set(texts) - set(english))}"
+    )
+    for key, text in texts.items():
+        assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
+
+
 @dataclass(frozen=True)
 class DemoRun:
     """What one bounded ``o2chain demo`` run left behind."""

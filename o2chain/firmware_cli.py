@@ -85,13 +85,11 @@ def register(sub: Any) -> None:
     )
     flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     flash.add_argument("--device", required=True, help="device id in the inventory")
-    source = flash.add_mutually_exclusive_group(required=True)
-    source.add_argument("--inventory", type=Path, help="inventory TOML (config without secrets)")
-    source.add_argument(
-        "--provision",
-        type=Path,
-        help="the site's `o2chain provision` output: the board's own config.json (its MQTT "
-        "account, command key) and CA come from DIR/boards/DEVICE/",
+    _inventory_or_provision(
+        flash,
+        "inventory TOML (config without secrets)",
+        "the site's `o2chain provision` output: the board's own config.json (its MQTT account, "
+        "command key) and CA come from DIR/boards/DEVICE/",
     )
     flash.add_argument("--ca", type=Path, help="CA certificate for mqtt.tls.ca_file (--inventory)")
     flash.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
@@ -139,13 +137,11 @@ def register(sub: Any) -> None:
         help="wait for a board's status and first reading on the broker and show them",
     )
     check.add_argument("--device", required=True, help="device id")
-    where = check.add_mutually_exclusive_group(required=True)
-    where.add_argument("--inventory", type=Path, help="inventory TOML: the broker the board uses")
-    where.add_argument(
-        "--provision",
-        type=Path,
-        help="the site's `o2chain provision` output: broker, CA and the read-only dashboard "
-        "account from DIR/dashboard/mqtt.toml",
+    _inventory_or_provision(
+        check,
+        "inventory TOML: the broker the board uses",
+        "the site's `o2chain provision` output: broker, CA and the read-only dashboard account "
+        "from DIR/dashboard/mqtt.toml",
     )
     check.add_argument(
         "--timeout",
@@ -169,6 +165,16 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
     run.set_defaults(handler=_run)
+
+
+def _inventory_or_provision(
+    parser: argparse.ArgumentParser, inventory_help: str, provision_help: str
+) -> None:
+    """Where a command takes the board's settings from: one of ``--inventory FILE`` and
+    ``--provision DIR``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inventory", type=Path, help=inventory_help)
+    source.add_argument("--provision", type=Path, help=provision_help)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from gateway.config import (
     GatewayConfig,
     Severity,
 )
+from gateway.links import LinkState
 from gateway.readings import DEVICE_MEASUREMENTS, Reading, wall_ms
 from gateway.rules import Rule, back_inside, exceeds
 from gateway.state_store import StateStore
@@ -207,7 +208,6 @@ def alarm_events(readings: Sequence[Reading]) -> list[AlarmEvent]:
 
 
 Listener = Callable[[AlarmEvent], None]
-LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
 @dataclass
@@ -575,6 +575,7 @@ class AlarmEngine:
             if t_ms - st.pending_since_ms >= rule.on_delay_s * 1000:
                 self._raise(rule, st, t_ms)
             return
+        # Active: the clear side mirrors the raise side above (clear condition, off-delay).
         st.pending_since_ms = None
         if value is not None:
             st.value = value

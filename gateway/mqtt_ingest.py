@@ -52,6 +52,8 @@ from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
 from gateway.dedup import IN_SEQUENCE, Check, DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
+from gateway.links import LINK, LinkReport, link_only
+from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
@@ -108,8 +110,6 @@ class IngestStats:
     redelivered_uncommitted: int = 0
     connects: int = 0
     connected: bool = False
-    # "site/device" -> "online" | "offline" from status messages, configured devices only.
-    device_state: dict[str, str] = field(default_factory=dict)
     # Devices that sent a status and are not configured: "site/device" -> (state, ms), newest
     # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
     unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
@@ -228,6 +228,8 @@ class MqttIngest:
         self.client_id = group_client_id(config)
         # Called (paho's thread) when the connection is up, with the broker's "session present".
         self.on_session: Callable[[bool], None] = lambda present: None
+        # Called (paho's thread) at each connect (True) and disconnect (False), with stats.connects.
+        self.on_broker: Callable[[bool, int], None] = lambda up, connection: None
         # Group mode: called once (paho's thread) when the connection is lost for any reason;
         # the ingest does not reconnect then.
         self.on_session_lost: Callable[[str], None] = lambda reason: None
@@ -244,7 +246,8 @@ class MqttIngest:
         )
         apply_connection_settings(client, cfg)
         client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
+        refused = f"MQTT {redact_url(self.config.mqtt.url)} refused the connection"
+        client.on_connect = on_connect(log, refused, self._on_connect)
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         if isinstance(client, FastClient):
@@ -310,21 +313,10 @@ class MqttIngest:
 
     # -- paho's thread -------------------------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.error(
-                "MQTT %s refused the connection: %s", redact_url(self.config.mqtt.url), reason
-            )
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self.stats.connects += 1
         self.stats.connected = True
+        self.on_broker(True, self.stats.connects)
         self._connect_failures = 0
         log.info(
             "MQTT connected to %s as %s (session present: %s)",
@@ -390,6 +382,7 @@ class MqttIngest:
         with self._ack_lock:
             self._connection += 1  # packet ids of the old connection mean nothing any more
         self.stats.connected = False
+        self.on_broker(False, self.stats.connects)
         self.connected_event.clear()
         self.subscribed_event.clear()
         if self.group is not None:
@@ -655,7 +648,8 @@ class MqttIngest:
         return processed
 
     def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
-        """Record the board's link state; its health fields become a ``device_health`` point."""
+        """A configured board's status: its health fields as a ``device_health`` point that
+        carries its link state to the pipeline (gateway/links.py)."""
         try:
             state, health = decode_status(self.config, queued.topic, queued.payload, now_ms)
         except Reject:
@@ -663,7 +657,10 @@ class MqttIngest:
         t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
         key = f"{t.site}/{t.device}"
         if key in self._configured:
-            self.stats.device_state[key] = state
+            link = LinkReport(state == "online", connection=self.stats.connects)
+            if health is None:  # not JSON (another firmware's will): the link state alone
+                return link_only(t.site, t.device, link, now_ms)
+            health.meta[LINK] = link
             return health
         unknown = self.stats.unknown_devices
         key = _short(key)

@@ -30,9 +30,22 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage] = ()):
         self.stages = list(stages)
         self._lock = threading.Lock()
+        self._posted: list[Reading] = []
+        self._posted_lock = threading.Lock()
+
+    def post(self, reading: Reading) -> None:
+        """A fact from a thread that cannot make a pass itself (paho's callbacks: a pass's output
+        must be committed): it goes through the stages first thing in the next pass (the tick
+        makes one every second), so no stage judges anything again before it has seen it."""
+        with self._posted_lock:
+            self._posted.append(reading)
 
     def process(self, readings: list[Reading]) -> list[Reading]:
         with self._lock:
+            if self._posted:
+                with self._posted_lock:
+                    posted, self._posted = self._posted, []
+                readings = posted + readings
             for stage in self.stages:
                 readings = stage(readings)
             return readings

@@ -16,6 +16,7 @@ from gateway.enrich import Enricher, room_o2_demand_lpm
 from gateway.oxygen import EqAltDefinition
 from gateway.readings import FieldValue, Reading
 from gateway.state_store import StateStore
+from gateway.tests.fakes import Clock
 
 VECTORS: dict[str, Any] = json.loads(files("o2core").joinpath("vectors.json").read_text())
 
@@ -81,14 +82,6 @@ def test_inverses_and_rule_of_thumb() -> None:
     assert 70 < diff < 200
     with pytest.raises(ValueError):
         oxygen.isa_altitude_m(0.0)
-
-
-class Clock:
-    def __init__(self, t_ms: int = 1_700_000_000_000):
-        self.t_ms = t_ms
-
-    def __call__(self) -> int:
-        return self.t_ms
 
 
 def config(definition: str = "west", **enrich: float) -> dict[str, object]:

@@ -125,12 +125,14 @@ def steps(*pairs: tuple[float | None, str]) -> gd.ThresholdsConfig:
     )
 
 
-def site_variable(tr: Texts) -> gd.QueryVariable:
+def query_variable(name: str, label: str, query: str) -> gd.QueryVariable:
+    """A dashboard variable from a query: several values or All, refreshed with the time
+    range, sorted A-Z."""
     return (
-        gd.QueryVariable("site")
-        .label(tr("var.site"))
+        gd.QueryVariable(name)
+        .label(label)
         .datasource(DATASOURCE)
-        .query('SHOW TAG VALUES WITH KEY = "site"')
+        .query(query)
         .multi(True)
         .include_all(True)
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -138,16 +140,18 @@ def site_variable(tr: Texts) -> gd.QueryVariable:
     )
 
 
+def site_variable(
+    tr: Texts, label_key: str = "var.site", measurement: str | None = None
+) -> gd.QueryVariable:
+    source = "" if measurement is None else f'FROM "{measurement}" '
+    return query_variable("site", tr(label_key), f'SHOW TAG VALUES {source}WITH KEY = "site"')
+
+
 def device_variable(measurement: str, label: str) -> gd.QueryVariable:
-    return (
-        gd.QueryVariable("device")
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "device" WHERE {SITE_FILTER}')
-        .multi(True)
-        .include_all(True)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    return query_variable(
+        "device",
+        label,
+        f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "device" WHERE {SITE_FILTER}',
     )
 
 
@@ -217,6 +221,20 @@ def with_columns(panel: table.Panel, tr: Texts, names: dict[str, str]) -> table.
     for column, props in columns(tr, names):
         panel.override_by_name(column, props)
     return panel
+
+
+def table_panel(
+    tr: Texts, key: str, unit: str, queries: list[InfluxQL], names: dict[str, str]
+) -> table.Panel:
+    """A table titled by the catalogue's ``key`` and described by ``key.desc``: one target a
+    query, its columns named by the catalogue (``names`` as for :func:`columns`)."""
+    panel = (
+        table.Panel().title(tr(key)).unit(unit).datasource(DATASOURCE)
+        .description(tr(f"{key}.desc"))
+    )  # fmt: skip
+    for query in queries:
+        panel.with_target(query.table())
+    return with_columns(panel, tr, names)
 
 
 def rooms(tr: Texts | None = None) -> gd.Dashboard:
@@ -296,16 +314,13 @@ def concentrators(tr: Texts | None = None) -> gd.Dashboard:
         .thresholds_style(gd_thresholds_style("line"))
         .min(60).max(100))  # fmt: skip
     d.with_panel(series(tr("conc.flow"), "flow_lpm", "suffix: L/min"))
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("conc.purity_vs_flow")).datasource(DATASOURCE)
-        .unit("percent")
-        .description(tr("conc.purity_vs_flow.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "conc.purity_vs_flow", "percent", [InfluxQL(
             f'SELECT mean("flow_lpm") AS "flow_lpm", mean("purity_pct") AS "purity_pct", '
             f'min("purity_pct") AS "min_purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"').table()),
-        tr, {"device": "col.device", "flow_lpm": "col.mean_flow:lpm",
-             "purity_pct": "col.mean_purity", "min_purity_pct": "col.min_purity"})))  # fmt: skip
+            'GROUP BY "device"')],
+        {"device": "col.device", "flow_lpm": "col.mean_flow:lpm",
+         "purity_pct": "col.mean_purity", "min_purity_pct": "col.min_purity"})))  # fmt: skip
     d.with_panel(series(tr("conc.outlet"), "outlet_kpa", "pressurekpa", w=8))
     d.with_panel(series(tr("conc.tank"), "tank_kpa", "pressurekpa", w=8))
     d.with_panel(layout.place(
@@ -371,6 +386,21 @@ def bool_mappings(true_text: str, false_text: str) -> list[Any]:
     ]  # fmt: skip
 
 
+def on_off_timeline(
+    tr: Texts, key: str, texts: tuple[str, str], fld: str, measurement: str, where: str
+) -> statetimeline.Panel:
+    """Each device's boolean ``fld`` over time (``texts``: the catalogue keys of true, false);
+    title and description are ``key`` and ``key.desc``."""
+    return (
+        statetimeline.Panel().title(tr(key)).unit("bool_on_off").datasource(DATASOURCE)
+        .mappings(bool_mappings(tr(texts[0]), tr(texts[1])))
+        .description(tr(f"{key}.desc"))
+        .with_target(InfluxQL(
+            f'SELECT last("{fld}") FROM "{measurement}" WHERE {where} '
+            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device"))
+    )  # fmt: skip
+
+
 def text_mappings(tr: Texts, values: dict[str, list[str]]) -> list[Any]:
     """One value mapping for text fields: each value shown as the catalogue's
     ``<prefix>.<value>`` (``values``: prefix -> the values)."""
@@ -432,31 +462,21 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
             f'SELECT last("o2_pct") FROM "room" WHERE {in_range} GROUP BY "site", "device"')
             .alias("$tag_device")), w=12, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title(tr("facility.running")).unit("bool_on_off")
-        .datasource(DATASOURCE)
-        .mappings(bool_mappings(tr("value.running"), tr("value.stopped")))
-        .description(tr("facility.running.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("state") FROM "concentrator" WHERE {in_range} '
-            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
-        w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("facility.producers")).unit("percent").datasource(DATASOURCE)
-        .description(tr("facility.producers.desc"))
-        .with_target(InfluxQL(
+        on_off_timeline(tr, "facility.running", ("value.running", "value.stopped"),
+                        "state", "concentrator", in_range), w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(table_panel(
+        tr, "facility.producers", "percent", [InfluxQL(
             f'SELECT last("purity_pct") AS "purity_pct", last("flow_lpm") AS "flow_lpm", '
             f'last("o2_lpm") AS "o2_lpm" FROM "concentrator" WHERE {in_range} '
-            'GROUP BY "device"').table()),
-        tr, {"device": "col.device", "purity_pct": "col.purity", "flow_lpm": "col.flow:lpm",
-             "o2_lpm": "col.o2_out:lpm"}), w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("facility.alarms")).unit("none").datasource(DATASOURCE)
-        .description(tr("facility.alarms.desc"))
-        .mappings(text_mappings(tr, {"alarm_state": ALARM_EVENTS, "severity": SEVERITIES}))
-        .with_target(InfluxQL(ACTIVE_ALARMS_QUERY).table()),
-        tr, {"site": "col.site", "device": "col.device", "rule": "col.rule",
-             "severity": "col.severity", "state": "col.state", "message": "col.message",
-             "value": "col.value", "threshold": "col.threshold", "by": "col.by"}),
+            'GROUP BY "device"')],
+        {"device": "col.device", "purity_pct": "col.purity", "flow_lpm": "col.flow:lpm",
+         "o2_lpm": "col.o2_out:lpm"}), w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(table_panel(
+        tr, "facility.alarms", "none", [InfluxQL(ACTIVE_ALARMS_QUERY)],
+        {"site": "col.site", "device": "col.device", "rule": "col.rule",
+         "severity": "col.severity", "state": "col.state", "message": "col.message",
+         "value": "col.value", "threshold": "col.threshold", "by": "col.by"})
+        .mappings(text_mappings(tr, {"alarm_state": ALARM_EVENTS, "severity": SEVERITIES})),
         w=24, h=8))  # fmt: skip
     return d
 
@@ -548,37 +568,21 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
     tr = _texts(tr)
     layout = Layout()
     d = new_dashboard(tr, "health.title", "o2chain-device-health", ["health"])
-    device = (
-        gd.QueryVariable("device")
-        .label(tr("var.device"))
-        .datasource(DATASOURCE)
-        .query(f'SHOW TAG VALUES WITH KEY = "device" WHERE {SITE_FILTER}')
-        .multi(True)
-        .include_all(True)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    device = query_variable(
+        "device", tr("var.device"), f'SHOW TAG VALUES WITH KEY = "device" WHERE {SITE_FILTER}'
     )
     d.with_variable(site_variable(tr)).with_variable(device)
     where = f"{DEVICE_FILTER} AND $timeFilter"
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.last_seen")).unit("none").datasource(DATASOURCE)
-        .description(tr("health.last_seen.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("seq") AS "seq" FROM "room" WHERE {where} GROUP BY "device"').table())
-        .with_target(InfluxQL(
-            f'SELECT last("purity_pct") AS "purity_pct" FROM "concentrator" WHERE {where} '
-            'GROUP BY "device"', "B").table()),
-        tr, {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
+    d.with_panel(layout.place(table_panel(
+        tr, "health.last_seen", "none", [
+            InfluxQL(f'SELECT last("seq") AS "seq" FROM "room" WHERE {where} GROUP BY "device"'),
+            InfluxQL(f'SELECT last("purity_pct") AS "purity_pct" FROM "concentrator" '
+                     f'WHERE {where} GROUP BY "device"', "B")],
+        {"device": "col.device", "seq": "col.seq", "purity_pct": "col.purity"}),
         w=8, h=8))  # fmt: skip
     d.with_panel(layout.place(
-        statetimeline.Panel().title(tr("health.online")).unit("bool_on_off")
-        .datasource(DATASOURCE)
-        .mappings(bool_mappings(tr("value.online"), tr("value.offline")))
-        .description(tr("health.online.desc"))
-        .with_target(InfluxQL(
-            f'SELECT last("online") FROM "device_health" WHERE {where} '
-            'GROUP BY time($__interval), "device" fill(previous)').alias("$tag_device")),
-        w=16, h=8))  # fmt: skip
+        on_off_timeline(tr, "health.online", ("value.online", "value.offline"),
+                        "online", "device_health", where), w=16, h=8))  # fmt: skip
 
     def health_series(key: str, fld: str, unit: str, w: int = 8, **params: Any) -> Any:
         return layout.place(
@@ -593,13 +597,11 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
         .thresholds_style(gd_thresholds_style("line")))  # fmt: skip
     d.with_panel(health_series("health.heap", "heap_free_b", "bytes"))
     d.with_panel(health_series("health.buffered", "buffered", "short"))
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.reboots")).unit("short").datasource(DATASOURCE)
-        .description(tr("health.reboots.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "health.reboots", "short", [InfluxQL(
             f'SELECT spread("boot") AS "reboots", last("boot") AS "boot" FROM "room" '
-            f'WHERE {where} GROUP BY "device"').table()),
-        tr, {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
+            f'WHERE {where} GROUP BY "device"')],
+        {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
         w=8, h=7))  # fmt: skip
     d.with_panel(layout.place(
         ts_panel(tr("health.modbus_errors"), "short", tr("health.modbus_errors.desc"))
@@ -610,13 +612,11 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
             f'max("io_errors") {tr.col("health.modbus_errors.io")} FROM "device_health" '
             f'WHERE {where} GROUP BY time($__interval), "device" fill(none)')
             .alias("$tag_device $col")), w=8, h=7))  # fmt: skip
-    d.with_panel(layout.place(with_columns(
-        table.Panel().title(tr("health.poll_success")).unit("percent").datasource(DATASOURCE)
-        .description(tr("health.poll_success.desc"))
-        .with_target(InfluxQL(
+    d.with_panel(layout.place(table_panel(
+        tr, "health.poll_success", "percent", [InfluxQL(
             f'SELECT last("poll_ok") / last("polls") * 100 AS "ok", last("polls") AS "polls" '
-            f'FROM "device_health" WHERE {where} GROUP BY "device"').table()),
-        tr, {"device": "col.device", "ok": "col.poll_ok", "polls": "col.polls:short"}),
+            f'FROM "device_health" WHERE {where} GROUP BY "device"')],
+        {"device": "col.device", "ok": "col.poll_ok", "polls": "col.polls:short"}),
         w=8, h=7))  # fmt: skip
     d.with_panel(health_series("health.response", "response_ms", "ms", w=12))
     d.with_panel(health_series("health.uptime", "uptime_s", "s", w=12))

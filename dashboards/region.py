@@ -11,11 +11,10 @@ from the catalogues (dashboards/i18n) like every other dashboard's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from grafana_foundation_sdk.builders import dashboard as gd
-from grafana_foundation_sdk.builders import table, timeseries
-from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.builders import table
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE, InfluxQL
@@ -36,96 +35,60 @@ REGION_ALARMS_QUERY = (
     'WHERE "active" = true GROUP BY "site", "device", "rule", "severity"'
 )
 
-P = TypeVar("P", table.Panel, timeseries.Panel)
-
-
-def _grid(panel: P, x: int, y: int, w: int, h: int, panel_id: int) -> P:
-    panel.grid_pos(dm.GridPos(h=h, w=w, x=x, y=y)).id(panel_id)
-    return panel
-
-
-def _name(tr: Texts, key: str, unit: str | None = None) -> list[dm.DynamicConfigValue]:
-    props = [dm.DynamicConfigValue(id_val="displayName", value=tr(key))]
-    if unit:
-        props.append(dm.DynamicConfigValue(id_val="unit", value=unit))
-    return props
-
 
 def _site_column(tr: Texts) -> list[dm.DynamicConfigValue]:
     """The site column: named, and a link to that site's Facility overview."""
+    from dashboards.build import columns
+
     link = {
         "title": tr("region.link"),
         "url": f"/d/{tr.uid(FACILITY_UID)}?var-site=${{__value.raw}}&${{__url_time_range}}",
     }
-    return [*_name(tr, "col.site"), dm.DynamicConfigValue(id_val="links", value=[link])]
+    [(_, named)] = columns(tr, {"site": "col.site"})
+    return [*named, dm.DynamicConfigValue(id_val="links", value=[link])]
 
 
 def region_dashboard(tr: Texts | None = None) -> gd.Dashboard:
-    from dashboards.build import DEFAULT_LANGUAGE, Texts
+    # dashboards.build imports this module for its list of dashboards: its helpers come late.
+    from dashboards.build import Layout, Texts, new_dashboard, site_variable, ts_panel, with_columns
 
     tr = tr if tr is not None else Texts()
-    lang_tags = [] if tr.lang == DEFAULT_LANGUAGE else [tr.lang]
+    layout = Layout()
     d = (
-        gd.Dashboard(tr("region.title"))
-        .uid(tr.uid("o2chain-region"))
-        .tags(["o2chain", "region", *lang_tags])
+        new_dashboard(tr, "region.title", "o2chain-region", ["region"])
         .refresh("30s")
         .time("now-6h", "now")
-        .timezone("browser")
-        .editable()
-        .with_variable(
-            gd.QueryVariable("site")
-            .label(tr("region.var.facility"))
-            .datasource(DATASOURCE)
-            .query('SHOW TAG VALUES FROM "chain" WITH KEY = "site"')
-            .multi(True)
-            .include_all(True)
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        )
+        .with_variable(site_variable(tr, "region.var.facility", measurement="chain"))
     )
-    now = (
+    now = with_columns(
         table.Panel().title(tr("region.now")).datasource(DATASOURCE).unit("suffix: L/min")
         .description(tr("region.now.desc"))
-        .override_by_name("site", _site_column(tr))
-        .override_by_name("balance", _name(tr, "region.col.balance"))
-        .override_by_name("produced", _name(tr, "chain.produced"))
-        .override_by_name("used", _name(tr, "chain.used"))
-        .override_by_name("rooms_o2", _name(tr, "region.col.rooms_o2", "percent"))
-        .with_target(InfluxQL(
-            'SELECT last("balance_o2_lpm") AS "balance", last("produced_o2_lpm") AS "produced", '
-            'last("delivered_o2_lpm") AS "used", last("rooms_o2_mean_pct") AS "rooms_o2" '
-            f'FROM "chain" WHERE {SITES} AND $timeFilter GROUP BY "site"').table())
-    )  # fmt: skip
-    d.with_panel(_grid(now, 0, 0, 12, 9, 1))
-    alarms = (
+        .override_by_name("site", _site_column(tr)),
+        tr, {"balance": "region.col.balance", "produced": "chain.produced",
+             "used": "chain.used", "rooms_o2": "region.col.rooms_o2:percent"},
+    ).with_target(InfluxQL(
+        'SELECT last("balance_o2_lpm") AS "balance", last("produced_o2_lpm") AS "produced", '
+        'last("delivered_o2_lpm") AS "used", last("rooms_o2_mean_pct") AS "rooms_o2" '
+        f'FROM "chain" WHERE {SITES} AND $timeFilter GROUP BY "site"').table())  # fmt: skip
+    d.with_panel(layout.place(now, w=12, h=9))
+    alarms = with_columns(
         table.Panel().title(tr("region.alarms")).datasource(DATASOURCE).unit("none")
         .description(tr("region.alarms.desc"))
-        .override_by_name("site", _site_column(tr))
-        .override_by_name("device", _name(tr, "col.device"))
-        .override_by_name("rule", _name(tr, "col.rule"))
-        .override_by_name("severity", _name(tr, "col.severity"))
-        .override_by_name("state", _name(tr, "col.state"))
-        .override_by_name("message", _name(tr, "col.message"))
-        .override_by_name("value", _name(tr, "col.value"))
-        .with_target(InfluxQL(REGION_ALARMS_QUERY).table())
-    )  # fmt: skip
-    d.with_panel(_grid(alarms, 12, 0, 12, 9, 2))
-    d.with_panel(_grid(
-        timeseries.Panel().title(tr("region.balance")).datasource(DATASOURCE)
-        .unit("suffix: L/min").line_width(1).fill_opacity(5)
-        .show_points(cm.VisibilityMode.NEVER)
-        .description(tr("region.balance.desc"))
+        .override_by_name("site", _site_column(tr)),
+        tr, {"device": "col.device", "rule": "col.rule", "severity": "col.severity",
+             "state": "col.state", "message": "col.message", "value": "col.value"},
+    ).with_target(InfluxQL(REGION_ALARMS_QUERY).table())  # fmt: skip
+    d.with_panel(layout.place(alarms, w=12, h=9))
+    d.with_panel(layout.place(
+        ts_panel(tr("region.balance"), "suffix: L/min", tr("region.balance.desc"))
         .with_target(InfluxQL(
             f'SELECT mean("balance_o2_lpm") FROM "chain" WHERE {SITES} AND $timeFilter '
             'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site")),
-        0, 9, 12, 8, 3))  # fmt: skip
-    d.with_panel(_grid(
-        timeseries.Panel().title(tr("region.readings")).datasource(DATASOURCE)
-        .unit("short").line_width(1).fill_opacity(5).show_points(cm.VisibilityMode.NEVER)
-        .description(tr("region.readings.desc"))
+        w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(
+        ts_panel(tr("region.readings"), "short", tr("region.readings.desc"))
         .with_target(InfluxQL(
             f'SELECT count("o2_pct") FROM "room" WHERE {SITES} AND $timeFilter '
             'GROUP BY time($__interval), "site" fill(0)').alias("$tag_site")),
-        12, 9, 12, 8, 4))  # fmt: skip
+        w=12, h=8))  # fmt: skip
     return d

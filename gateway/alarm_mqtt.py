@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig
+from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_ingest import apply_connection_settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class AlarmMqttPublisher:
             protocol=mqtt.MQTTv5,
         )
         apply_connection_settings(client, cfg)
-        client.on_connect = self._on_connect
+        client.on_connect = on_connect(
+            log, "alarm publisher: MQTT refused the connection", self._on_connect
+        )
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -120,17 +123,7 @@ class AlarmMqttPublisher:
             self.client.publish(topic, b"", qos=1, retain=True)  # deletes the retained alarm
         self.published += 1
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.error("alarm publisher: MQTT refused the connection: %s", reason)
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self.connected = True
         with self._lock:
             active = dict(self._active)

@@ -44,6 +44,7 @@ from gateway.config import (
     GatewayConfig,
     Severity,
 )
+from gateway.links import LinkState
 from gateway.readings import DEVICE_MEASUREMENTS, Reading, wall_ms
 from gateway.rules import Rule, back_inside, exceeds
 from gateway.state_store import StateStore
@@ -62,6 +63,7 @@ SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ALARM: 2, Sever
 WARMUP_S = 600.0
 TICK_MS = 1000  # time-based checks (silence, delays, shelving) at most once a second
 SAVE_INTERVAL_MS = 60_000  # learned baselines to SQLite
+_MAX_LAYOUTS = 64  # field layouts a device plan keeps its checks for; then it starts again
 
 
 class AlarmError(Exception):
@@ -206,7 +208,6 @@ def alarm_events(readings: Sequence[Reading]) -> list[AlarmEvent]:
 
 
 Listener = Callable[[AlarmEvent], None]
-LinkState = Callable[[str, str], bool | None]  # (site, device) -> online / offline / unknown
 
 
 @dataclass
@@ -244,6 +245,17 @@ class _DevicePlan:
     stale_fields: tuple[str, ...]
     checks: list[_Check]
     flag_checks: list[_Check]  # kind flagged: judged on every reading, flag present or not
+    # The checks whose field a reading has, per field layout (the reading's field names in
+    # order): a device sends the same fields every time, and most rules' fields are absent.
+    by_layout: dict[tuple[str, ...], list[_Check]] = field(default_factory=dict)
+
+    def checks_for(self, names: tuple[str, ...]) -> list[_Check]:
+        """:attr:`checks` less those whose field is not in ``names``, in rule order."""
+        if len(self.by_layout) >= _MAX_LAYOUTS:
+            self.by_layout.clear()
+        present = set(names)
+        checks = self.by_layout[names] = [c for c in self.checks if c.field in present]
+        return checks
 
 
 class AlarmEngine:
@@ -420,10 +432,14 @@ class AlarmEngine:
         )
         for check in plan.flag_checks:
             self._judge_flag(check, dev, fields.get(check.field), ts)
-        for check in plan.checks:
+        names = tuple(fields)
+        checks = plan.by_layout.get(names)
+        if checks is None:
+            checks = plan.checks_for(names)
+        for check in checks:  # those whose field the reading has
             value = fields.get(check.field)
             if value is None:
-                continue  # the usual case for most rules: the reading lacks their field
+                continue
             if value.__class__ is not float and (
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
@@ -559,6 +575,7 @@ class AlarmEngine:
             if t_ms - st.pending_since_ms >= rule.on_delay_s * 1000:
                 self._raise(rule, st, t_ms)
             return
+        # Active: the clear side mirrors the raise side above (clear condition, off-delay).
         st.pending_since_ms = None
         if value is not None:
             st.value = value

@@ -20,16 +20,17 @@ from gateway.enrich import Enricher
 from gateway.forward import CURSOR as CENTRAL_CURSOR
 from gateway.forward import CentralForwarder
 from gateway.http import HttpPolicy, StatusServer
-from gateway.influx import make_writer
+from gateway.influx import InfluxV1Writer, InfluxV2Writer, make_writer
 from gateway.lineproto import LineEncoder
+from gateway.links import LinkTracker, broker_event
 from gateway.modbus import ClientFactory, DevicePoller, modbus_runners, tcp_client_factory
 from gateway.mqtt_ingest import MqttIngest
 from gateway.notify import Notifier, NotifyQueue
 from gateway.observe import Observer
 from gateway.outbox import FullPolicy, Outbox, OutboxFullError
 from gateway.pipeline import Output, Pipeline
-from gateway.readings import Reading
-from gateway.sources import Sources, link_state_from
+from gateway.readings import Reading, wall_ms
+from gateway.sources import Sources
 from gateway.state_store import StateStore
 from gateway.supply_forecast import SupplyForecast
 from gateway.writer import OutboxDrainer
@@ -65,6 +66,22 @@ def _tighten(path: Path, mode: int) -> None:
         log.info("%s was mode %04o: now %04o", path, stat.S_IMODE(st.st_mode), mode)
 
 
+def influx_drain(
+    config: GatewayConfig, outbox: Outbox
+) -> tuple[InfluxV1Writer | InfluxV2Writer, OutboxDrainer]:
+    """The ``[influx]`` writer and the drainer that feeds it from ``outbox`` (the service's, and
+    a standby group member's, gateway/ha.py)."""
+    writer = make_writer(config.influx)
+    drainer = OutboxDrainer(
+        outbox,
+        writer,
+        config.influx.batch_size,
+        config.influx.flush_interval_s,
+        max_backoff_s=config.influx.max_backoff_s,
+    )
+    return writer, drainer
+
+
 class Gateway:
     """Wires the parts together; ``await Gateway(cfg).run(stop)``."""
 
@@ -79,14 +96,7 @@ class Gateway:
             deadletter_max_count=config.gateway.deadletter_max_count,
             deadletter_max_bytes=int(config.gateway.deadletter_max_mb * 1024 * 1024),
         )
-        self.writer = make_writer(config.influx)
-        self.drainer = OutboxDrainer(
-            self.outbox,
-            self.writer,
-            config.influx.batch_size,
-            config.influx.flush_interval_s,
-            max_backoff_s=config.influx.max_backoff_s,
-        )
+        self.writer, self.drainer = influx_drain(config, self.outbox)
         # [central]: a second reader of the outbox; a cursor left from an old config is dropped.
         self.forwarder: CentralForwarder | None = None
         if config.central is not None:
@@ -107,12 +117,14 @@ class Gateway:
         )
         self.state_store.import_legacy(state_dir / "alarms.sqlite")
         self.sources = Sources(outbox=self.outbox, drainer=self.drainer, pollers=[*self.pollers])
-        link_state = link_state_from(self.sources)
+        # Link state flows through the pipeline: the status messages' and the pollers'
+        # device_health points carry it to the tracker, the first stage (gateway/links.py).
+        self.links = LinkTracker(config)
         # Supply stock trends give `days_left` before the alarm engine judges it; the chain
         # balance reads them for the site's days of oxygen left.
         self.forecast = SupplyForecast(config)
         self.enricher = Enricher(config, self.state_store, forecast=self.forecast)
-        self.alarms = AlarmEngine(config, self.state_store, link_state=link_state)
+        self.alarms = AlarmEngine(config, self.state_store, link_state=self.links.state)
         self.alarm_mqtt = AlarmMqttPublisher(config, self.alarms.active())
         self.alarms.listeners.append(self.alarm_mqtt)
         # Notifications queue in the alarm event's transaction; their own threads deliver.
@@ -127,8 +139,10 @@ class Gateway:
         self.notifier = Notifier(config, self.notify_queue)
         self.alarms.listeners.append(self.notifier.listener)
         self.sources.notifier = self.notifier
-        self.observer = Observer(config, self.sources, self.alarms, self.enricher, link_state)
-        self.pipeline = Pipeline([self.enricher, self.forecast, self.alarms, self.observer])
+        self.observer = Observer(config, self.sources, self.alarms, self.enricher, self.links.state)
+        self.pipeline = Pipeline(
+            [self.links, self.enricher, self.forecast, self.alarms, self.observer]
+        )
         self.http = StatusServer(
             config.gateway.http_listen,
             self.observer,
@@ -147,6 +161,10 @@ class Gateway:
             announce=self.alarms.notify,
         )
         self.sources.mqtt = self.mqtt
+        # The ingest's connection to the broker, for the boards' last wills (gateway/links.py).
+        self.mqtt.on_broker = lambda up, connection: self.pipeline.post(
+            broker_event(up, connection, wall_ms())
+        )
         self.sources.extra["modbus_dropped_total"] = lambda: self.modbus_dropped
         self.sources.extra["tick_dropped_total"] = lambda: self.tick_dropped
         forwarder = self.forwarder

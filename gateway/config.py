@@ -10,10 +10,11 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Sequence
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -615,6 +616,26 @@ class NotifyTarget(_Strict):
         return _read_secret(self.password_file, None, f"notify {self.id}: password_file")
 
 
+class _SiteSelected(Protocol):
+    id: str
+    site: str | None
+
+
+def _unique_ids_of_known_sites(
+    section: str, what: str, items: Sequence[_SiteSelected], sites: Sequence[Site]
+) -> None:
+    """``[[notify]]`` targets and ``[[alarm]]`` rules: ids unique, a ``site`` selector names a
+    configured ``[[site]]``."""
+    ids: set[str] = set()
+    known = {s.id for s in sites}
+    for i, item in enumerate(items):
+        if item.id in ids:
+            raise ValueError(f"{section}[{i}].id: duplicate {what} id {item.id!r}")
+        ids.add(item.id)
+        if item.site is not None and item.site not in known:
+            raise ValueError(f"{section}[{i}] ({item.id}).site: {item.site!r} is not a [[site]]")
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = GatewaySection()
     http: HttpSection = HttpSection()
@@ -631,28 +652,12 @@ class GatewayConfig(_Strict):
 
     @model_validator(mode="after")
     def _notify_references(self) -> GatewayConfig:
-        ids: set[str] = set()
-        sites = {s.id for s in self.site}
-        for i, target in enumerate(self.notify):
-            if target.id in ids:
-                raise ValueError(f"notify[{i}].id: duplicate target id {target.id!r}")
-            ids.add(target.id)
-            if target.site is not None and target.site not in sites:
-                raise ValueError(
-                    f"notify[{i}] ({target.id}).site: {target.site!r} is not a [[site]]"
-                )
+        _unique_ids_of_known_sites("notify", "target", self.notify, self.site)
         return self
 
     @model_validator(mode="after")
     def _alarm_references(self) -> GatewayConfig:
-        ids: set[str] = set()
-        sites = {s.id for s in self.site}
-        for i, rule in enumerate(self.alarm):
-            if rule.id in ids:
-                raise ValueError(f"alarm[{i}].id: duplicate rule id {rule.id!r}")
-            ids.add(rule.id)
-            if rule.site is not None and rule.site not in sites:
-                raise ValueError(f"alarm[{i}] ({rule.id}).site: {rule.site!r} is not a [[site]]")
+        _unique_ids_of_known_sites("alarm", "rule", self.alarm, self.site)
         return self
 
     @model_validator(mode="after")

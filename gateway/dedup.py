@@ -62,6 +62,9 @@ class Check:
 # Answers without a gap are the same every time: one instance each (frozen, so shareable).
 _NEW, _LATE = Check(Verdict.NEW), Check(Verdict.LATE)
 _DUPLICATE, _UNVERIFIED = Check(Verdict.DUPLICATE), Check(Verdict.UNVERIFIED)
+# The answer for a reading next in sequence (new, no gap): always this one instance, so the
+# usual case is told by identity.
+IN_SEQUENCE = _NEW
 
 
 @dataclass

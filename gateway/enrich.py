@@ -29,6 +29,7 @@ loses at most that minute of integration, never counts a reading twice).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -52,6 +53,7 @@ M3H_TO_LPM = 1000.0 / 60.0
 DEFAULT_SITE_TEMP_C = 20.0  # indoor air, when no room board of the site reports a temperature
 SITE_CONDITIONS_MS = 10_000  # how often a site's mean pressure and temperature are recomputed
 DERIVED_ROOM_FIELDS = ("ppo2_kpa", "eq_alt_m")
+MAX_DERIVED_CACHED = 100_000  # (o2, baro) pairs with their derived values; then start again
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class Enricher:
         # The supply's part of the balance (stores, metered delivery, loss, days left); the
         # forecast stage's trends give the days left.
         self.supply = SupplyChain(config, forecast, self._fresh)
+        # (o2_pct, baro_kpa) -> (ppo2_kpa, eq_alt_m) as stored (:meth:`_derive`), bounded.
+        self._derived: dict[tuple[float, float], tuple[float, float | None]] = {}
         self._lock = threading.Lock()
         now = clock_ms()
         self._next_chain_ms = now + self.chain_interval_ms
@@ -288,12 +292,13 @@ class Enricher:
             fields["baro_source"] = "isa"
             sensor_kpa = None
         # Always the gateway's own, from the pressure chosen above (docs/contracts.md).
-        fields["ppo2_kpa"] = round(oxygen.ppo2_kpa(o2, baro), 4)
-        eq_alt: float | None = None
-        try:
-            eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
+        derived = self._derived.get((o2, baro))
+        if derived is None:
+            derived = self._derive(o2, baro)
+        fields["ppo2_kpa"], eq_alt = derived
+        if eq_alt is not None:
             fields["eq_alt_m"] = eq_alt
-        except ValueError:  # no oxygen at all (ambient definition): no equivalent altitude
+        else:  # no oxygen at all (ambient definition): no equivalent altitude
             fields.pop("eq_alt_m", None)
         temp = fields.get("temp_c")
         if temp is not None and temp.__class__ is not float:
@@ -305,6 +310,21 @@ class Enricher:
             room.o2_pct, room.eq_alt_m, room.seen_ms = o2, eq_alt, now
             room.baro_kpa, room.temp_c = sensor_kpa, temp
         return Reading(r.measurement, r.tags, fields, r.ts_ms, r.meta)
+
+    def _derive(self, o2: float, baro: float) -> tuple[float, float | None]:
+        """``(ppo2_kpa, eq_alt_m)`` of a room at ``o2`` % and ``baro`` kPa, rounded as stored
+        (eq_alt_m None when there is none), kept for the next reading with the same pair: a
+        room's sensors repeat their values (two decimals), the formulas' calls cost more than
+        the lookup."""
+        ppo2 = round(oxygen.ppo2_kpa(o2, baro), 4)
+        eq_alt: float | None = None
+        with contextlib.suppress(ValueError):  # no oxygen at all (ambient definition)
+            eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, self.definition), 1)
+        if o2:  # 0.0 and -0.0 are one key, yet give 0.0 and -0.0: not kept
+            if len(self._derived) >= MAX_DERIVED_CACHED:
+                self._derived.clear()
+            self._derived[(o2, baro)] = (ppo2, eq_alt)
+        return ppo2, eq_alt
 
     def _enrich_producer(self, dev: Device, r: Reading, now: int) -> Reading:
         flow = self._flow_lpm(dev, r.fields, now)

@@ -72,6 +72,26 @@ ALARM_BIT_SEVERITY: dict[str, Severity] = {
     "general_fault": Severity.ALARM,
 }
 
+# Service and sensor-age reminders, one rule each: (rule id, counter field, the [nominal] key of
+# its interval (defaults in SERVICE_DEFAULTS), message, doc).
+SERVICE_RULES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("service-due", "compressor_h", "service_interval_h",
+     "{device}: service due ({value:.0f} h, interval {threshold:.0f} h)",
+     "compressor_h >= service_interval_h (default concentrators 5,000 h, plants 4,000 h: "
+     "typical manufacturer intervals)"),
+    ("filter-service-due", "filter_h", "filter_interval_h",
+     "{device}: filter change due ({value:.0f} h, interval {threshold:.0f} h)",
+     "filter_h >= filter_interval_h (default concentrators 4,000 h = 6 months of continuous "
+     "duty, filter life 6-12 months; plants 2,000 h)"),
+    ("o2-cell-age", "o2_cell_age_d", "o2_cell_life_d",
+     "{device}: O2 cell {value:.0f} d old (life {threshold:.0f} d): replace",
+     "o2_cell_age_d >= o2_cell_life_d (default 730 d; galvanic cells last 1-3 years, "
+     "docs/domain.md, How equipment degrades)"),
+    ("calibration-due", "calibration_age_d", "calibration_interval_d",
+     "{device}: purity analyser calibration due ({value:.0f} d)",
+     "calibration_age_d >= calibration_interval_d (default 90 d, proposal)"),
+)  # fmt: skip
+
 POLLER_MEASUREMENT = "modbus_poller"  # emitted by the poller supervisor (gateway/modbus.py)
 
 
@@ -134,25 +154,13 @@ def equipment_rules(config: GatewayConfig) -> list[Rule]:
           on_delay_s=300, off_delay_s=60, device_kind=producers,
           doc="flow > 110 % of the profile's rated_flow_lpm for 5 min (ISO 80601-2-69 "
               "201.12.1.101: flow accuracy +-10 %); purity falls with over-draw"),
-        B("service-due", th, sev.WARNING, "compressor_h", ">=",
-          value_fn=_service("service_interval_h"), device_kind=producers,
-          message="{device}: service due ({value:.0f} h, interval {threshold:.0f} h)",
-          doc="compressor_h >= service_interval_h (default concentrators 5,000 h, plants "
-              "4,000 h: typical manufacturer intervals)"),
-        B("filter-service-due", th, sev.WARNING, "filter_h", ">=",
-          value_fn=_service("filter_interval_h"), device_kind=producers,
-          message="{device}: filter change due ({value:.0f} h, interval {threshold:.0f} h)",
-          doc="filter_h >= filter_interval_h (default concentrators 4,000 h = 6 months of "
-              "continuous duty, filter life 6-12 months; plants 2,000 h)"),
-        B("o2-cell-age", th, sev.WARNING, "o2_cell_age_d", ">=",
-          value_fn=_service("o2_cell_life_d"), device_kind=producers,
-          message="{device}: O2 cell {value:.0f} d old (life {threshold:.0f} d): replace",
-          doc="o2_cell_age_d >= o2_cell_life_d (default 730 d; galvanic cells last 1-3 years, "
-              "docs/domain.md, How equipment degrades)"),
-        B("calibration-due", th, sev.WARNING, "calibration_age_d", ">=",
-          value_fn=_service("calibration_interval_d"), device_kind=producers,
-          message="{device}: purity analyser calibration due ({value:.0f} d)",
-          doc="calibration_age_d >= calibration_interval_d (default 90 d, proposal)"),
+    ]  # fmt: skip
+    rules += [
+        B(rule_id, th, sev.WARNING, field, ">=", value_fn=_service(key), device_kind=producers,
+          message=message, doc=doc)
+        for rule_id, field, key, message, doc in SERVICE_RULES
+    ]  # fmt: skip
+    rules += [
         B("modbus-poller-restart", th, sev.ALARM, "poller_crashed", ">", 0.5,
           off_delay_s=600,
           message="{device}: the Modbus poller task died and was restarted (see the log)",

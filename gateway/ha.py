@@ -61,6 +61,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.alarms import AlarmEvent, AlarmState
 from gateway.config import GatewayConfig, redact_url
 from gateway.lineproto import LineEncoder
+from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_ingest import apply_connection_settings, group_client_id
 from gateway.outbox import Outbox
 from gateway.state_store import StateStore
@@ -142,7 +143,9 @@ class GroupMember:
         )
         apply_connection_settings(client, config.mqtt)
         client.will_set(self.topic, self._payload(Role.OFFLINE), qos=1, retain=True)
-        client.on_connect = self._on_connect
+        client.on_connect = on_connect(
+            log, f"HA {self.group}: MQTT refused the member's connection", self._on_connect
+        )
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -179,17 +182,7 @@ class GroupMember:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.error("HA %s: MQTT refused the member's connection: %s", self.group, reason)
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         log.info("HA %s: %s connected to %s", self.group, self.me, redact_url(self.config.mqtt.url))
         client.subscribe(
             [
@@ -563,19 +556,10 @@ class _StandbyDrain:
     never acknowledged, so the active member writes them too: the same points."""
 
     def __init__(self, config: GatewayConfig):
-        from gateway.app import prepare_state_dir
-        from gateway.influx import make_writer
-        from gateway.writer import OutboxDrainer
+        from gateway.app import influx_drain, prepare_state_dir
 
         self.outbox = Outbox(prepare_state_dir(config.gateway.state_dir))
-        self.writer = make_writer(config.influx)
-        self.drainer = OutboxDrainer(
-            self.outbox,
-            self.writer,
-            config.influx.batch_size,
-            config.influx.flush_interval_s,
-            max_backoff_s=config.influx.max_backoff_s,
-        )
+        self.writer, self.drainer = influx_drain(config, self.outbox)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 

@@ -717,7 +717,8 @@ class StatusServer:
             except AuthError as exc:
                 raise _auth_http_error(exc) from None
         log.info("HTTP login: %s (%s) from %s", session.user, session.role.value, req.client)
-        ttl = int(session.expires_s - session.created_s)
+        # round, not int: (now + ttl) - now is 43199.99999... for about one clock value in nine
+        ttl = round(session.expires_s - session.created_s)
         cookie = _cookie(req, session.token, ttl)
         who = Principal(session.user, session.role, session)
         return (

@@ -197,15 +197,14 @@ def render_prometheus(obs: Observer) -> str:
             )
     for name, fn in sorted(src.extra.items()):
         out.add(f"o2chain_{name}", "gauge", name, [({}, fn())])
-    link_value = {"online": 1, "offline": 0, "unknown": -1}
     out.add(
         "o2chain_device_online",
         "gauge",
         "1 online, 0 offline, -1 unknown",
         [
             (
-                {"site": r["site"], "device": r["device"], "transport": r["transport"]},
-                link_value[r["link"]],
+                {"site": r.site, "device": r.device, "transport": r.transport},
+                r.link.gauge,
             )
             for r in rows
         ],
@@ -214,11 +213,7 @@ def render_prometheus(obs: Observer) -> str:
         "o2chain_device_last_seen_age_seconds",
         "gauge",
         "since the last reading",
-        [
-            ({"site": r["site"], "device": r["device"]}, r["age_s"])
-            for r in rows
-            if r["age_s"] is not None
-        ],
+        [({"site": r.site, "device": r.device}, r.age_s) for r in rows if r.age_s is not None],
     )
     polls = []
     for p in src.pollers:

@@ -4,10 +4,11 @@ Reads are planned from the device profile (neighbouring registers coalesced, see
 ``Profile.plan_reads``). Clients come from a factory (real pymodbus clients in service, any
 stand-in in unit tests).
 
-**Health.** Every poller keeps :class:`DeviceHealth` (``poller.health``), which the alarm engine
-and the status API read, and which is written to InfluxDB as the ``device_health`` measurement
-(:meth:`DeviceHealth.fields`) when the device goes online/offline and every
-:data:`HEALTH_EVERY_S` otherwise.
+**Health.** Every poller keeps :class:`DeviceHealth` (``poller.health``), which /metrics reads,
+and which is written to InfluxDB as the ``device_health`` measurement
+(:meth:`DeviceHealth.fields`) when the device's link changes and every :data:`HEALTH_EVERY_S`
+otherwise. Each of these points carries the poller's :class:`gateway.links.LinkReport`: the
+alarm engine and the status API learn the link from it (gateway/links.py).
 
 **Faults never stop polling.** A poll that raises anything (timeout, Modbus exception code,
 CRC error, a short or undecodable answer, a library surprise) is counted per device
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from pymodbus.exceptions import ModbusException
 
 from gateway.config import Device, DeviceKind
 from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
+from gateway.links import LINK, LinkReport
 from gateway.readings import FieldValue, Reading, flag_invalid, wall_ms
 from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
 
@@ -275,7 +278,7 @@ class DevicePoller:
         self.rx: _RxCapture | None = None
         self._client: ModbusClient | None = None
         self._health_sent_at: float | None = None
-        self._health_sent_online: bool | None = None
+        self._health_sent_link: tuple[bool, bool | None, bool] | None = None
         self.derive = EquipmentFields(profile)
         self._logged_error: tuple[str, str] | None = None  # (kind, where) last logged
         self._good_streak = 0
@@ -505,22 +508,42 @@ class DevicePoller:
             del logged[name]
             log.info("modbus %s: %s valid again", self.name, name)
 
+    def link_report(self) -> LinkReport:
+        """The link as the poller sees it: online at an answer; unknown while the first polls
+        run (every gateway start would otherwise alarm every Modbus device for a moment);
+        offline after :data:`OFFLINE_AFTER` failed polls, but only once the last answer is two
+        intervals old (one lost poll is not "offline")."""
+        health = self.health
+        if health.online:
+            return LinkReport(True)
+        last_ok = health.last_ok_monotonic
+        if last_ok is None:
+            return LinkReport(None if health.consecutive_failures < OFFLINE_AFTER else False)
+        left_s = last_ok + 2 * self.device.interval_s - self.clock()
+        if left_s < 0:
+            return LinkReport(False)
+        return LinkReport(True, offline_from_ms=self.wall_clock_ms() + math.ceil(left_s * 1000))
+
     def health_reading(self, force: bool = False) -> Reading | None:
-        """A ``device_health`` point when online/offline changed or every HEALTH_EVERY_S."""
+        """A ``device_health`` point, with the :meth:`link_report` in its meta, when the link
+        changed or every HEALTH_EVERY_S."""
         now = self.clock()
+        link = self.link_report()
+        changed = (self.health.online, link.online, link.offline_from_ms is None)
         if (
             not force
-            and self._health_sent_online == self.health.online
+            and self._health_sent_link == changed
             and self._health_sent_at is not None
             and now - self._health_sent_at < HEALTH_EVERY_S
         ):
             return None
-        self._health_sent_at, self._health_sent_online = now, self.health.online
+        self._health_sent_at, self._health_sent_link = now, changed
         return Reading(
             "device_health",
             {"site": self.device.site, "device": self.device.id},
             self.health.fields(),
             self.wall_clock_ms(),
+            {LINK: link},
         )
 
     def crashed_reading(self, crashed: bool) -> Reading:

@@ -50,8 +50,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig, MqttSection, Transport, redact_url
-from gateway.dedup import DeviceCounters, SeqTracker, Verdict
+from gateway.dedup import IN_SEQUENCE, Check, DeviceCounters, SeqTracker, Verdict
 from gateway.lineproto import LineEncoder
+from gateway.links import LINK, LinkReport, link_only
+from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_fast import FastClient, RawPublish, supported
 from gateway.outbox import NewDeadLetter, Outbox, OutboxFullError
 from gateway.pipeline import Output
@@ -82,6 +84,8 @@ MAX_UNKNOWN_DEVICES = 1000
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 _BROKER_DROPPED = BROKER_DROPPED_TOPIC.encode()
 _LOGGED_TEXT_MAX = 200  # topics and details in log lines (a topic may be 64 KiB)
+MAX_TOPICS_KEPT = 4096  # topics as sent -> as text (paho's thread), bounded
+_new_tuple = tuple.__new__
 
 
 def _short(text: str) -> str:
@@ -106,8 +110,6 @@ class IngestStats:
     redelivered_uncommitted: int = 0
     connects: int = 0
     connected: bool = False
-    # "site/device" -> "online" | "offline" from status messages, configured devices only.
-    device_state: dict[str, str] = field(default_factory=dict)
     # Devices that sent a status and are not configured: "site/device" -> (state, ms), newest
     # last, at most MAX_UNKNOWN_DEVICES (the oldest evicted, counted).
     unknown_devices: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
@@ -215,6 +217,7 @@ class MqttIngest:
             ),
         )
         self._read_wake = threading.Event()
+        self._topic_text: dict[bytes, str] = {}
         self._ack_lock = threading.Lock()
         self._connection = 0
         self._stopping = False
@@ -225,6 +228,8 @@ class MqttIngest:
         self.client_id = group_client_id(config)
         # Called (paho's thread) when the connection is up, with the broker's "session present".
         self.on_session: Callable[[bool], None] = lambda present: None
+        # Called (paho's thread) at each connect (True) and disconnect (False), with stats.connects.
+        self.on_broker: Callable[[bool, int], None] = lambda up, connection: None
         # Group mode: called once (paho's thread) when the connection is lost for any reason;
         # the ingest does not reconnect then.
         self.on_session_lost: Callable[[str], None] = lambda reason: None
@@ -241,7 +246,8 @@ class MqttIngest:
         )
         apply_connection_settings(client, cfg)
         client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
+        refused = f"MQTT {redact_url(self.config.mqtt.url)} refused the connection"
+        client.on_connect = on_connect(log, refused, self._on_connect)
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         if isinstance(client, FastClient):
@@ -307,21 +313,10 @@ class MqttIngest:
 
     # -- paho's thread -------------------------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.error(
-                "MQTT %s refused the connection: %s", redact_url(self.config.mqtt.url), reason
-            )
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self.stats.connects += 1
         self.stats.connected = True
+        self.on_broker(True, self.stats.connects)
         self._connect_failures = 0
         log.info(
             "MQTT connected to %s as %s (session present: %s)",
@@ -387,6 +382,7 @@ class MqttIngest:
         with self._ack_lock:
             self._connection += 1  # packet ids of the old connection mean nothing any more
         self.stats.connected = False
+        self.on_broker(False, self.stats.connects)
         self.connected_event.clear()
         self.subscribed_event.clear()
         if self.group is not None:
@@ -444,13 +440,21 @@ class MqttIngest:
         if self._draining:
             return  # not acknowledged: the broker keeps them for the next run
         connection = self._connection
-        queued = []
+        queued: list[_Queued] = []
+        append = queued.append
+        topics = self._topic_text
         for mid, raw_topic, payload, dup in batch:
-            try:
-                topic = raw_topic.decode()
-            except UnicodeDecodeError:
-                topic = repr(raw_topic)  # as _on_message does
-            queued.append(_Queued(connection, mid, 1, topic, payload, dup))
+            topic = topics.get(raw_topic)
+            if topic is None:  # a board's topic is the same every time: decoded once
+                try:
+                    topic = raw_topic.decode()
+                except UnicodeDecodeError:
+                    topic = repr(raw_topic)  # as _on_message does
+                if len(topics) >= MAX_TOPICS_KEPT:
+                    topics.clear()
+                topics[raw_topic] = topic
+            # tuple.__new__: the NamedTuple's own __new__ is a Python call per message
+            append(_new_tuple(_Queued, (connection, mid, 1, topic, payload, dup)))
         self._enqueue(queued)
 
     def _enqueue(self, queued: list[_Queued]) -> None:
@@ -604,7 +608,7 @@ class MqttIngest:
                     item.reason,
                     _short(item.detail),
                 )
-            fresh = self._drop_duplicates(decoded.readings)
+            fresh = self._drop_duplicates(decoded.readings, decoded.device)
             if fresh and queued.dup:
                 # Sent to an earlier connection (or instance) that never committed it.
                 self.stats.redelivered_uncommitted += 1
@@ -644,7 +648,8 @@ class MqttIngest:
         return processed
 
     def _status(self, queued: _Queued, now_ms: int) -> Reading | None:
-        """Record the board's link state; its health fields become a ``device_health`` point."""
+        """A configured board's status: its health fields as a ``device_health`` point that
+        carries its link state to the pipeline (gateway/links.py)."""
         try:
             state, health = decode_status(self.config, queued.topic, queued.payload, now_ms)
         except Reject:
@@ -652,7 +657,10 @@ class MqttIngest:
         t = parse_topic(self.config.mqtt.topic_prefix, queued.topic)
         key = f"{t.site}/{t.device}"
         if key in self._configured:
-            self.stats.device_state[key] = state
+            link = LinkReport(state == "online", connection=self.stats.connects)
+            if health is None:  # not JSON (another firmware's will): the link state alone
+                return link_only(t.site, t.device, link, now_ms)
+            health.meta[LINK] = link
             return health
         unknown = self.stats.unknown_devices
         key = _short(key)
@@ -663,32 +671,42 @@ class MqttIngest:
             self.stats.unknown_evicted += 1
         return health
 
-    def _drop_duplicates(self, readings: list[Reading]) -> list[Reading]:
-        fresh = []
+    def _drop_duplicates(self, readings: list[Reading], device: str) -> list[Reading]:
+        """The readings of one message (all of ``device``, ``site/device``) not seen before."""
         check_seq = self.tracker.check
+        if len(readings) == 1:  # the usual message
+            meta = readings[0].meta
+            boot = meta.get("boot", 0)
+            check = check_seq(device, boot, meta.get("seq", 0))
+            if check is IN_SEQUENCE or self._fresh(check, device, boot):
+                return readings
+            return []
+        fresh = []
         for r in readings:
-            tags, meta = r.tags, r.meta
-            device = f"{tags['site']}/{tags['device']}"
-            boot, seq = int(meta.get("boot", 0)), int(meta.get("seq", 0))
-            check = check_seq(device, boot, seq)
-            if check.verdict is Verdict.NEW and check.gap_to < check.gap_from:
-                fresh.append(r)  # the usual case: next in sequence
-                continue
-            if check.verdict is Verdict.DUPLICATE:
-                self.stats.duplicates += 1
-                continue
-            if check.gap:
-                self.stats.gaps += 1
-                log.warning(
-                    "seq gap: %s boot %d: %d reading(s) missing (seq %d..%d)",
-                    device,
-                    boot,
-                    check.gap,
-                    check.gap_from,
-                    check.gap_to,
-                )
-            fresh.append(r)
+            meta = r.meta
+            boot = meta.get("boot", 0)
+            check = check_seq(device, boot, meta.get("seq", 0))
+            if check is IN_SEQUENCE or self._fresh(check, device, boot):
+                fresh.append(r)
         return fresh
+
+    def _fresh(self, check: Check, device: str, boot: int) -> bool:
+        """Whether a reading the tracker did not find next in sequence is kept: duplicates are
+        dropped (counted), a gap it opens is counted and logged."""
+        if check.verdict is Verdict.DUPLICATE:
+            self.stats.duplicates += 1
+            return False
+        if check.gap:
+            self.stats.gaps += 1
+            log.warning(
+                "seq gap: %s boot %d: %d reading(s) missing (seq %d..%d)",
+                device,
+                boot,
+                check.gap,
+                check.gap_from,
+                check.gap_to,
+            )
+        return True
 
     def _commit_until_done(self, out: Output, dead: list[NewDeadLetter]) -> None:
         """Commit, retrying (without acknowledging anything) while the outbox is full or the

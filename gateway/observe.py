@@ -8,7 +8,8 @@ gateway/status.py and ``/metrics`` rendered by gateway/metrics.py (gateway/http.
 gateway/README.md documents the JSON).
 
 The delivery side (outbox, writer, MQTT ingest, Modbus pollers) belongs to other modules; this
-one reads their stats through the typed views of gateway/sources.py.
+one reads their stats through the typed views of gateway/sources.py, and each device's link
+from the :class:`gateway.links.LinkTracker` stage, which learned it from the pipeline.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 from gateway.alarms import AlarmEngine
 from gateway.config import GatewayConfig
 from gateway.enrich import Enricher
+from gateway.links import Link, LinkState, LinkTracker
 from gateway.metrics import render_prometheus
 from gateway.readings import DEVICE_MEASUREMENTS, FieldValue, Reading, wall_ms
-from gateway.sources import LinkState, Sources, link_state_from
+from gateway.sources import Sources
 from gateway.telemetry import RejectReason
 
 # Fields kept as a short history per device for the live page's sparklines (/api/history).
@@ -96,6 +98,19 @@ class _DeviceSeen:
         return self.values
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as /api/status and /metrics show it (``last_seen_ms``: gateway clock of its
+    last reading; ``age_s`` since then)."""
+
+    site: str
+    device: str
+    transport: str
+    link: Link
+    last_seen_ms: int | None
+    age_s: float | None
+
+
 class Observer:
     """Pipeline stage and the source of /healthz, /metrics and /api/status."""
 
@@ -112,7 +127,9 @@ class Observer:
         self.sources = sources
         self.engine = engine
         self.enricher = enricher
-        self.link_state = link_state or link_state_from(sources)
+        # Each device's link as the pipeline learned it (gateway/links.py); without a tracker's
+        # state every link is unknown.
+        self.link_state = link_state or LinkTracker(config, clock_ms).state
         self.clock_ms = clock_ms
         self.started_ms = clock_ms()
         self.last_pass_ms = self.started_ms
@@ -194,28 +211,27 @@ class Observer:
         return {"ok": not reasons, "reasons": reasons, "warnings": warnings}
 
     # ----------------------------------------------------------------- metrics
-    def snapshot(self, now: int) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+    def snapshot(self, now: int) -> tuple[dict[str, int], list[DeviceRow], int]:
         """Readings per source, one row per device, and the last pipeline pass (ms), taken
         together under the lock (gateway/metrics.py)."""
         with self._lock:
             return dict(self.readings_by_source), self._device_rows(now), self.last_pass_ms
 
-    def _device_rows(self, now: int) -> list[dict[str, Any]]:
+    def _device_rows(self, now: int) -> list[DeviceRow]:
         rows = []
         for d in self.config.device:
             seen = self._devices[(d.site, d.id)]
-            link = self.link_state(d.site, d.id)
             last = seen.last_seen_ms
-            rows.append({
-                "site": d.site,
-                "device": d.id,
-                "kind": d.kind.value,
-                "transport": d.transport.value,
-                "link": {True: "online", False: "offline", None: "unknown"}[link],
-                "last_seen_ms": last,
-                "age_s": None if last is None else round((now - last) / 1000.0, 3),
-                "readings": seen.readings,
-            })  # fmt: skip
+            rows.append(
+                DeviceRow(
+                    site=d.site,
+                    device=d.id,
+                    transport=d.transport.value,
+                    link=Link.of(self.link_state(d.site, d.id)),
+                    last_seen_ms=last,
+                    age_s=None if last is None else round((now - last) / 1000.0, 3),
+                )
+            )
         return rows
 
     def metrics_point(self, now: int) -> Reading:
@@ -240,8 +256,8 @@ class Observer:
             rejects=sum(src.ingest_stats.rejects.values()),
             duplicates=src.ingest_stats.duplicates,
             mqtt_connected=src.ingest_stats.connected,
-            devices_online=sum(1 for r in rows if r["link"] == "online"),
-            devices_offline=sum(1 for r in rows if r["link"] == "offline"),
+            devices_online=sum(1 for r in rows if r.link is Link.ONLINE),
+            devices_offline=sum(1 for r in rows if r.link is Link.OFFLINE),
             uptime_s=round((now - self.started_ms) / 1000.0, 1),
         )
         # Cumulative rejects per reason, every known reason present (0 included) so that a

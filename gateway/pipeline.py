@@ -15,11 +15,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from gateway.alarms import AlarmEvent, alarm_events
 from gateway.readings import Reading
 
 Stage = Callable[[list[Reading]], list[Reading]]
+_measurement = attrgetter("measurement")
 
 
 class Pipeline:
@@ -28,9 +30,22 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage] = ()):
         self.stages = list(stages)
         self._lock = threading.Lock()
+        self._posted: list[Reading] = []
+        self._posted_lock = threading.Lock()
+
+    def post(self, reading: Reading) -> None:
+        """A fact from a thread that cannot make a pass itself (paho's callbacks: a pass's output
+        must be committed): it goes through the stages first thing in the next pass (the tick
+        makes one every second), so no stage judges anything again before it has seen it."""
+        with self._posted_lock:
+            self._posted.append(reading)
 
     def process(self, readings: list[Reading]) -> list[Reading]:
         with self._lock:
+            if self._posted:
+                with self._posted_lock:
+                    posted, self._posted = self._posted, []
+                readings = posted + readings
             for stage in self.stages:
                 readings = stage(readings)
             return readings
@@ -47,6 +62,9 @@ class Output:
     events: list[AlarmEvent] = field(default_factory=list)
 
     def add(self, readings: Sequence[Reading], encode: Callable[[Reading], str]) -> None:
+        if "alarm" not in map(_measurement, readings):  # the usual run: all readings
+            self.lines += map(encode, readings)
+            return
         for r in readings:
             if r.measurement == "alarm":
                 self.keep_lines.append(encode(r))

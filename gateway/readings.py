@@ -20,7 +20,10 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(frozen=True, slots=True)  # slots: built and read for every reading
+# Built twice for every reading (decoder, enrichment): slots, and not ``frozen``, whose
+# ``__init__`` sets each attribute through ``object.__setattr__`` (measured: 4.5 us against 1 us
+# a reading here). Treat it as immutable all the same: stages build a new one to change it.
+@dataclass(slots=True)
 class Reading:
     """One point: measurement, tags, fields and the reading's time in ms since the epoch (UTC).
 

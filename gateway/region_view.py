@@ -37,6 +37,7 @@ import requests
 
 from gateway.auth import is_loopback, parse_listen
 from gateway.config import ConfigError, redact_url
+from gateway.mqtt_callbacks import on_connect
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,9 @@ class RegionView:
         self._host, self._port = u.hostname or "127.0.0.1", u.port or 8885
         if u.scheme == "mqtts":
             self.client.tls_set(ca_certs=str(cfg.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.on_connect = self._on_connect
+        self.client.on_connect = on_connect(
+            log, "central broker refused the region view", self._on_connect
+        )
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda c, u, m: self.state.on_message(m.topic, bytes(m.payload))
         self.client.reconnect_delay_set(1, 30)
@@ -265,10 +268,7 @@ class RegionView:
             self._session.auth = (cfg.db_username, cfg.db_password)
         self.port: int | None = None
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.error("central broker refused the region view: %s", reason)
-            return
+    def _on_connect(self, client: Any, flags: Any) -> None:
         self.state.broker_connected = True
         client.subscribe("region/#", qos=1)
         log.info("region view subscribed to region/# at %s", redact_url(self.cfg.mqtt_url))

@@ -61,7 +61,7 @@ def status_document(observer: Observer) -> dict[str, Any]:
     counts = engine.counts() if engine is not None else {}
     chain = observer.enricher.status() if observer.enricher is not None else {}
     readings, device_rows, _ = observer.snapshot(now)
-    rows = {(r["site"], r["device"]): r for r in device_rows}
+    rows = {(r.site, r.device): r for r in device_rows}
     values = observer.device_values(now)
     thresholds = device_thresholds(config, engine)
     # Grouped once: a list per device by scanning every alarm would cost devices x alarms
@@ -82,10 +82,10 @@ def status_document(observer: Observer) -> dict[str, Any]:
                 "kind": d.kind.value,
                 "transport": d.transport.value,
                 "room": (d.room or d.id) if d.kind.value == "room" else None,
-                "link": row["link"],
-                "online": {"online": True, "offline": False}.get(row["link"]),
-                "last_seen_ms": row["last_seen_ms"],
-                "age_s": row["age_s"],
+                "link": row.link.value,
+                "online": row.link.online,
+                "last_seen_ms": row.last_seen_ms,
+                "age_s": row.age_s,
                 "interval_s": d.interval_s,
                 "values": values[(d.site, d.id)],
                 "thresholds": thresholds.get((d.site, d.id), []),

@@ -22,10 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -131,6 +134,7 @@ class Decoded:
 
     readings: list[Reading]
     rejects: list[ItemReject] = field(default_factory=list)
+    device: str = ""  # "site/device" of every reading (the topic's)
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,24 @@ def _note_invalid(fields: dict[str, FieldValue], entry: str) -> None:
     fields[INVALID_FIELD] = entry if not isinstance(previous, str) else f"{previous},{entry}"
 
 
+_MAX_PLANS = 1000  # key layouts with a plan; then the cache starts again
+_le = operator.le
+# Below 2**63 in magnitude: a float orjson may have made of a wide integer is beyond it.
+_WIDE = math.nextafter(_EXACT_INT, 0.0)
+
+
+class _Plan(NamedTuple):
+    """A key layout's reading in one go (:meth:`TelemetryDecoder._plan`)."""
+
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # boot, seq, fields..., v, ts
+    names: tuple[str, ...]  # the reading's fields: boot, seq, the fields in the object's order
+    classes: tuple[type, ...]  # of each value
+    lows: tuple[float, ...]  # each value's range
+    highs: tuple[float, ...]
+    baro: bool  # baro_kpa is there: judged against the site's band too
+    in_order: bool  # boot and seq come before the fields: the object less v and ts is in order
+
+
 class TelemetryDecoder:
     """Decoder bound to one config: devices indexed once, so a message costs a dict lookup.
 
@@ -270,6 +292,9 @@ class TelemetryDecoder:
         self._topics: dict[str, tuple[str, dict[str, str], str]] = {}
         self._last_arrival_ms: dict[str, int] = {}
         self._logged: set[tuple[str, str, str]] = set()
+        # The usual reading without a loop over its fields (:meth:`_plan`): per key layout
+        # (the object's keys in their order), or None when that layout takes the loop.
+        self._plans: dict[tuple[str, ...], _Plan | None] = {}
         # Flagged fields by reason since start (for metrics): {"out_of_range": 3, ...}.
         self.flagged: dict[str, int] = {}
         self.restamped = 0  # readings stored at their arrival time for a bad board clock
@@ -337,6 +362,17 @@ class TelemetryDecoder:
                 RejectReason.OVERSIZE,
                 f"{where}: {len(payload)} bytes, expected at most {self._max_bytes}",
             )
+        # The usual message, one object whose values are all as its key layout expects, is
+        # made in one go (:meth:`_at_once`) straight from orjson's document: its ranges keep
+        # every number inside 64 bits, so :func:`_loads`' look for wide integers is not needed.
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        if doc.__class__ is dict:
+            reading = self._at_once(doc, where, measurement, tags, received_ms)
+            if reading is not None:
+                return Decoded([reading], [], where)
         try:
             doc = _loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -344,13 +380,14 @@ class TelemetryDecoder:
         if not isinstance(doc, list):
             if not isinstance(doc, dict):
                 raise Reject(RejectReason.BAD_SHAPE, f"{where}: expected a JSON object")
-            return Decoded([self._reading(doc, where, where, measurement, tags, received_ms)])
+            reading = self._reading(doc, where, where, measurement, tags, received_ms)
+            return Decoded([reading], [], where)
         if not doc or len(doc) > self._max_batch:
             raise Reject(
                 RejectReason.BAD_SHAPE,
                 f"{where}: expected an object or 1..{self._max_batch} objects, got {len(doc)}",
             )
-        decoded = Decoded([])
+        decoded = Decoded([], [], where)
         for n, item in enumerate(doc):
             at = f"{where} item {n} of {len(doc)}"
             try:
@@ -363,6 +400,47 @@ class TelemetryDecoder:
                 continue
             decoded.readings.append(reading)
         return decoded
+
+    def _at_once(
+        self,
+        item: dict[str, Any],
+        where: str,
+        measurement: str,
+        tags: dict[str, str],
+        received_ms: int,
+    ) -> Reading | None:
+        """:meth:`_reading` of an object whose values are each of its key layout's class and
+        within range, made without a loop over its fields; None for any other object (then the
+        loop judges it, flags and rejects and their messages its own)."""
+        keys = tuple(item)
+        try:
+            plan = self._plans[keys]
+        except KeyError:
+            plan = self._plan(keys)
+        if plan is None:
+            return None
+        values = plan.values(item)  # boot, seq, the fields in the object's order, v, ts
+        if not (
+            tuple(map(type, values)) == plan.classes
+            and all(map(_le, plan.lows, values))
+            and all(map(_le, values, plan.highs))
+        ):
+            return None
+        if plan.in_order:  # a copy is 6x cheaper than a dict of (name, value) pairs
+            fields: dict[str, FieldValue] = item.copy()
+            del fields["v"], fields["ts"]
+        else:
+            fields = dict(zip(plan.names, values, strict=False))
+        if plan.baro:
+            self._check_baro(fields, where, where)
+        ts = values[-1]
+        if received_ms - MAX_PAST_MS <= ts <= received_ms + FUTURE_TOLERANCE_MS:
+            ts_ms = ts
+        else:
+            ts_ms = self._time(ts, fields, where, where, received_ms)
+        return Reading(
+            measurement, dict(tags), fields, ts_ms, {"boot": values[0], "seq": values[1]}
+        )
 
     def _reading(
         self,
@@ -437,6 +515,13 @@ class TelemetryDecoder:
                 fields[name] = value if cls is float else float(value)
         if unknown is not None:
             self._unknown(fields, at, item, unknown)
+        self._check_baro(fields, at, where)
+        ts_ms = self._time(item.get("ts"), fields, at, where, received_ms)
+        meta: dict[str, int | str] = {"boot": boot, "seq": seq}
+        return Reading(measurement, dict(tags), fields, ts_ms, meta)
+
+    def _check_baro(self, fields: dict[str, FieldValue], at: str, where: str) -> None:
+        """Flag a ``baro_kpa`` outside the barometric band of the device's site."""
         baro = fields.get("baro_kpa")
         if baro is not None:
             band = self._baro_band.get(where)
@@ -449,9 +534,47 @@ class TelemetryDecoder:
                     f"baro_kpa = {baro} kPa, expected {band[0]:.1f}..{band[1]:.1f} "
                     "for the site's altitude (ISA +/- 10 %)",
                 )
-        ts_ms = self._time(item.get("ts"), fields, at, where, received_ms)
-        meta: dict[str, int | str] = {"boot": boot, "seq": seq}
-        return Reading(measurement, dict(tags), fields, ts_ms, meta)
+
+    def _plan(self, keys: tuple[str, ...]) -> _Plan | None:
+        """How a reading with these keys (in this order) is made in one go, when each value is
+        what the layout expects; None when the layout always takes the loop: an identity
+        field missing (its reject), a name the schema does not know (its flag)."""
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        plan = None
+        ids = ("v", "boot", "seq", "ts")
+        data = tuple(k for k in keys if k not in self._id_names)
+        if all(k in keys for k in ids) and all(k in self._limits for k in data):
+            names = ("boot", "seq", *data)
+            id_spec = self.schema["id_fields"]
+            lows: list[float] = [id_spec[k]["min"] for k in ("boot", "seq")]
+            highs: list[float] = [id_spec[k]["max"] for k in ("boot", "seq")]
+            classes: list[type] = [int, int]
+            for name in data:
+                lim = self._limits[name]
+                if lim.derived:  # not judged: any finite float (within 64 bits, see above)
+                    lows.append(-_WIDE)
+                    highs.append(_WIDE)
+                    classes.append(float)
+                else:
+                    lows.append(lim.low)
+                    highs.append(lim.high)
+                    classes.append(int if lim.is_int else float)
+            # v exactly; ts > 0 (0 = clock not set: the loop stamps it).
+            lows += [id_spec["v"]["min"], 1]
+            highs += [id_spec["v"]["max"], self._ts_max]
+            classes += [int, int]
+            plan = _Plan(
+                itemgetter(*names, "v", "ts"),
+                names,
+                tuple(classes),
+                tuple(lows),
+                tuple(highs),
+                "baro_kpa" in data,
+                tuple(k for k in keys if k not in ("v", "ts")) == names,
+            )
+        self._plans[keys] = plan
+        return plan
 
     def _unknown(
         self, fields: dict[str, FieldValue], at: str, item: dict[str, Any], names: list[str]

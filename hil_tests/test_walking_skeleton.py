@@ -14,42 +14,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import tomli_w
 
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.firmware_runner import BoardRunner
-from o2chain.testing import wait_for_points
+from o2chain.testing import wait_for_points, write_skeleton_gateway_config
 
 pytestmark = pytest.mark.integration
 
-SITE = "lhasa-hotel"
+SITE = "lhasa-hotel"  # the site of write_skeleton_gateway_config
 ROOM_O2_PCT = 24.6
-
-
-def gateway_config(
-    path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, modbus_url: str, state_dir: Path
-) -> Path:
-    config = {
-        "gateway": {"id": "gw-hil", "state_dir": str(state_dir)},
-        "mqtt": {"url": mosquitto.url},
-        "influx": {"url": influxdb.url, "database": "hil", "flush_interval_s": 0.2},
-        "site": [{"id": SITE, "altitude_m": 3650}],
-        "device": [
-            {"id": "room-101", "site": SITE, "kind": "room", "transport": "mqtt"},
-            {
-                "id": "conc-1",
-                "site": SITE,
-                "kind": "concentrator",
-                "transport": "modbus",
-                "url": modbus_url,
-                "profile": "medical-concentrator",
-                "interval_s": 0.5,
-            },
-        ],
-    }
-    path.write_bytes(tomli_w.dumps(config).encode())
-    return path
 
 
 def board_config(mosquitto: Mosquitto) -> dict[str, Any]:
@@ -78,9 +52,10 @@ def test_board_and_concentrator_readings_reach_influxdb(
     witness.subscribe(f"o2/{SITE}/room-101/telemetry", qos=1)
     witness.loop_start()
 
-    cfg = gateway_config(
-        tmp_path / "gw.toml", mosquitto, influxdb, concentrator_sim, tmp_path / "gw-state"
-    )
+    cfg = write_skeleton_gateway_config(
+        tmp_path / "gw.toml", mosquitto, influxdb, concentrator_sim, tmp_path / "gw-state",
+        gateway_id="gw-hil", database="hil",
+    )  # fmt: skip
     try:
         with ChildProcess(
             o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log"

@@ -31,8 +31,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -79,7 +78,7 @@ def netem_available() -> bool:
     return _netem
 
 
-class NetNs:
+class NetNs(contextlib.AbstractContextManager["NetNs"]):
     """One named network namespace with its loopback up; deleted by :meth:`delete` (also on
     ``with`` exit, whatever happened)."""
 
@@ -142,16 +141,8 @@ class NetNs:
     def exists(self) -> bool:
         return os.path.exists(f"/run/netns/{self.name}")
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.delete()
+    def __exit__(self, *exc_info: object) -> None:
+        self.delete()  # ``with NetNs.create(...) as ns:`` deletes it at the end
 
 
 class WanLink:

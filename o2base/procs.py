@@ -20,9 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from signal import Signals
 from types import TracebackType
+from typing import Self
 
 
 class ProcessError(RuntimeError):
@@ -39,7 +41,65 @@ def process_state(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[0]
 
 
-class ChildProcess:
+def wait_until(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    *,
+    proc: ChildProcess | None = None,
+    error: Callable[[str], BaseException] = ProcessError,
+    poll_s: float = 0.05,
+) -> None:
+    """Poll ``predicate()`` until it is true: the one bounded wait for a condition that gives
+    no event to await (a file another process creates, a kernel state, a counter in another
+    thread).
+
+    Raises ``error("timed out after T s waiting for WHAT")`` after ``timeout_s``. With ``proc``
+    the pause between polls is a wait on that child, so its death ends the wait at once with
+    ``error("ARGV exited with CODE while waiting for WHAT: LOG TAIL")``. Polls start 5 ms apart
+    and double up to ``poll_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    interval_s = min(0.005, poll_s)
+    while not predicate():
+        if proc is not None and not proc.running:
+            raise error(
+                f"{proc.argv[:4]} exited with {proc.returncode} while waiting for {what}: "
+                f"{proc.log_tail(5)}"
+            )
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout_s:g} s waiting for {what}")
+        if proc is None:
+            time.sleep(interval_s)
+        else:
+            proc.wait(interval_s)  # returns at once if the child dies
+        interval_s = min(interval_s * 2, poll_s)
+
+
+class StartStop:
+    """The ``with`` protocol of a thing that has ``start()`` and ``stop()``: ``with thing:``
+    starts it and stops it however the block ends (``__enter__`` returns the thing)."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ChildProcess(StartStop):
     """``ChildProcess(["o2chain", "gateway", "run", ...], log_path)`` as a context manager.
 
     ``stop_signal`` is what an orderly stop sends first (SIGTERM; a board takes SIGINT, as at
@@ -217,26 +277,13 @@ class ChildProcess:
         if not self.running:
             raise ProcessError(f"{self.argv[:4]} is not running")
         self.signal(sig)
-        deadline = time.monotonic() + timeout_s
-        interval_s = 0.005
-        while self.frozen != want_frozen:
-            if time.monotonic() >= deadline:
-                raise ProcessError(
-                    f"{self.argv[:4]} did not react to {sig.name} in {timeout_s:g} s"
-                )
-            self.wait(interval_s)  # returns at once if the child dies
-            interval_s = min(interval_s * 2, 0.1)
-
-    def __enter__(self) -> ChildProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        wait_until(
+            lambda: self.frozen == want_frozen,
+            timeout_s,
+            f"{self.argv[:4]} to react to {sig.name}",
+            proc=self,
+            poll_s=0.1,
+        )
 
 
 class LogTail:

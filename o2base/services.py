@@ -30,13 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import requests
 
 from o2base.netns import NetNs
-from o2base.procs import ChildProcess, ProcessError
+from o2base.procs import ChildProcess, ProcessError, StartStop
 from o2core import mqtt_codec
 
 T = TypeVar("T")
@@ -214,7 +213,7 @@ def broker_conf(
     )
 
 
-class ManagedService(ABC):
+class ManagedService(StartStop, ABC):
     """One daemon process in its own instance directory, on a fixed loopback port.
 
     Subclasses give the binary, the config file and the readiness probe. Methods are meant to
@@ -404,18 +403,6 @@ class ManagedService(ABC):
         if self._child is None or not self._child.running:
             raise ServiceError(f"{self.name} is not running")
         return self._child
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- logs ----------------------------------------------------------------------------------
 
@@ -800,7 +787,7 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Services:
+class Services(StartStop):
     """Mosquitto and InfluxDB together in one base directory, started concurrently.
 
     ``with Services(base_dir) as services:`` starts both and stops both on exit.
@@ -843,15 +830,3 @@ class Services:
             futures = [pool.submit(service.stop, timeout_s) for service in self]
         for future in futures:
             future.result()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -85,13 +85,11 @@ def register(sub: Any) -> None:
     )
     flash.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     flash.add_argument("--device", required=True, help="device id in the inventory")
-    source = flash.add_mutually_exclusive_group(required=True)
-    source.add_argument("--inventory", type=Path, help="inventory TOML (config without secrets)")
-    source.add_argument(
-        "--provision",
-        type=Path,
-        help="the site's `o2chain provision` output: the board's own config.json (its MQTT "
-        "account, command key) and CA come from DIR/boards/DEVICE/",
+    _inventory_or_provision(
+        flash,
+        "inventory TOML (config without secrets)",
+        "the site's `o2chain provision` output: the board's own config.json (its MQTT account, "
+        "command key) and CA come from DIR/boards/DEVICE/",
     )
     flash.add_argument("--ca", type=Path, help="CA certificate for mqtt.tls.ca_file (--inventory)")
     flash.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
@@ -139,13 +137,11 @@ def register(sub: Any) -> None:
         help="wait for a board's status and first reading on the broker and show them",
     )
     check.add_argument("--device", required=True, help="device id")
-    where = check.add_mutually_exclusive_group(required=True)
-    where.add_argument("--inventory", type=Path, help="inventory TOML: the broker the board uses")
-    where.add_argument(
-        "--provision",
-        type=Path,
-        help="the site's `o2chain provision` output: broker, CA and the read-only dashboard "
-        "account from DIR/dashboard/mqtt.toml",
+    _inventory_or_provision(
+        check,
+        "inventory TOML: the broker the board uses",
+        "the site's `o2chain provision` output: broker, CA and the read-only dashboard account "
+        "from DIR/dashboard/mqtt.toml",
     )
     check.add_argument(
         "--timeout",
@@ -169,6 +165,16 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--build", type=Path, default=None, help="use this build, do not rebuild")
     run.set_defaults(handler=_run)
+
+
+def _inventory_or_provision(
+    parser: argparse.ArgumentParser, inventory_help: str, provision_help: str
+) -> None:
+    """Where a command takes the board's settings from: one of ``--inventory FILE`` and
+    ``--provision DIR``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inventory", type=Path, help=inventory_help)
+    source.add_argument("--provision", type=Path, help=provision_help)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -357,6 +363,18 @@ def _ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_opens(port: str) -> None:
+    """RunError naming the port and the likely cause when the OS will not open it."""
+    from o2chain.board_serial import BoardSerialError, open_port
+
+    try:
+        open_port(port).close()
+    except BoardSerialError as exc:
+        raise RunError(
+            f"{exc} (in use by another program, or no permission: the dialout group)"
+        ) from None
+
+
 def preflight(args: argparse.Namespace, build: Path | None) -> None:
     """Before anything is written: the port is there and MicroPython answers on it, in a
     version that loads this build's bytecode. UsageError / RunError naming what to do."""
@@ -437,6 +455,8 @@ def _flash(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--port {args.port}: no such serial port (`o2chain firmware ports` lists them)"
         )
+    if not args.erase:  # a port that cannot be opened is said before the build's seconds
+        _port_opens(args.port)
     with tempfile.TemporaryDirectory(prefix="o2chain-flash-") as tmp:
         build = args.build
         if build is None:

@@ -40,11 +40,11 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from signal import SIGINT
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 import o2core
-from o2base.procs import ChildProcess
+from o2base.procs import ChildProcess, StartStop
 from simulators.physics.atmosphere import isa_pressure_kpa
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import GasboardWire
@@ -227,7 +227,7 @@ def build_firmware(out: Path, src: Path = FIRMWARE_DIR) -> list[Path]:
     return written
 
 
-class BoardRunner:
+class BoardRunner(StartStop):
     """One emulated board: the built firmware on ``micropython`` with simulated sensors.
 
     ``config`` is the board's config.json content (firmware/README.md). ``heap`` is passed to
@@ -397,14 +397,6 @@ class BoardRunner:
             self._child.kill()
         self._stop_sensors()
         return self.returncode
-
-    def __enter__(self) -> BoardRunner:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- simulated world -------------------------------------------------------------------
 

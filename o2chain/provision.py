@@ -225,17 +225,22 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; raises ProvisionError naming the file and the fault."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ProvisionError(f"{path}: cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ProvisionError(f"{path}: not valid TOML: {e}") from e
+
+
 def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:
     """The inventory's boards (each validated by the firmware's config schema) and broker
     settings. Raises ProvisionError naming the file, the device and the key."""
     from o2chain.firmware_runner import load_firmware_file
 
-    try:
-        doc = tomllib.loads(inventory.read_text())
-    except OSError as e:
-        raise ProvisionError(f"{inventory}: cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProvisionError(f"{inventory}: not valid TOML: {e}") from e
+    doc = _read_toml(inventory)
     devices = _table(doc, "devices", inventory)
     if not devices:
         raise ProvisionError(f"{inventory}: no [devices.<id>] tables: nothing to provision")
@@ -706,6 +711,13 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 def _ca(run: _Run, boards: list[Board]) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    return _ca_for(run, sorted({b.site for b in boards}))
+
+
+def _ca_for(run: _Run, names: Sequence[str]) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """The CA key and certificate under ``run.out/ca``: kept while they match each other (a
+    new one for ``--rotate ca`` or when missing), named after ``names``; also copied for the
+    broker. A site and a region (``o2chain.region_provision``) make theirs alike."""
     key_path, cert_path = run.out / "ca" / "ca.key", run.out / "ca" / "ca.pem"
     key = None if "ca" in run.rotate else _load_key(key_path)
     cert = None if key is None else _load_cert(cert_path)
@@ -717,7 +729,7 @@ def _ca(run: _Run, boards: list[Board]) -> tuple[ec.EllipticCurvePrivateKey, byt
         key = ec.generate_private_key(ec.SECP256R1())
         cert = None
     if cert is None:
-        cert = _make_ca(key, sorted({b.site for b in boards}))
+        cert = _make_ca(key, names)
     run.write("ca/ca.key", _key_pem(key))
     pem = cert.public_bytes(serialization.Encoding.PEM)
     run.write("ca/ca.pem", pem)

@@ -22,13 +22,12 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import tomli_w
 
 from o2base.netns import NetNs, WanLink, unique_name
-from o2base.procs import ChildProcess, o2chain_argv
+from o2base.procs import ChildProcess, StartStop, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto, ServiceError
 from o2chain.provision import provision
 from o2chain.region_provision import VIEWER_USER, provision_region
@@ -143,7 +142,7 @@ def _counts(db: InfluxDB, name: str, site: str) -> dict[str, tuple[int, int]]:
     return {str(r["device"]): (int(r["count"]), int(r["u"])) for r in rows}
 
 
-class RegionLab:
+class RegionLab(StartStop):
     """``with RegionLab(base_dir, ["lhasa-hotel", "nyingchi-clinic"], boards=20) as lab:``"""
 
     def __init__(
@@ -176,14 +175,6 @@ class RegionLab:
             self.stop()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _ns(self, prefix: str) -> NetNs:
         ns = NetNs.create(unique_name(prefix))

@@ -44,26 +44,21 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from cryptography.hazmat.primitives import serialization
 
 from o2chain.provision import (
     ProvisionError,
     _acl,
+    _ca_for,
     _is_name,
-    _key_pem,
-    _load_cert,
-    _load_key,
-    _make_ca,
     _passwd,
     _port,
+    _read_toml,
     _Run,
-    _same_key,
     _server_cert,
     _table,
 )
@@ -93,12 +88,7 @@ class RegionInventory:
 
 def load_region(path: Path) -> RegionInventory:
     """The region inventory; raises ProvisionError naming the file, table and key."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ProvisionError(f"{path}: cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProvisionError(f"{path}: not valid TOML: {e}") from e
+    doc = _read_toml(path)
     region = _table(doc, "region", path)
     broker = _table(doc, "broker", path)
     database = _table(doc, "database", path)
@@ -167,28 +157,6 @@ class RegionResult:
     changed: list[Path] = field(default_factory=list)
 
 
-def _region_ca(run: _Run, region_id: str) -> tuple[Any, bytes]:
-    key_path, cert_path = run.out / "ca" / "ca.key", run.out / "ca" / "ca.pem"
-    key = None if "ca" in run.rotate else _load_key(key_path)
-    cert = None if key is None else _load_cert(cert_path)
-    if key is not None and cert is not None and not _same_key(cert, key):
-        raise ProvisionError(
-            f"{cert_path} does not belong to {key_path}: restore the pair or use --rotate ca"
-        )
-    if key is None:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = None
-    if cert is None:
-        cert = _make_ca(key, [f"region {region_id}"])
-    run.write("ca/ca.key", _key_pem(key))
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    run.write("ca/ca.pem", pem)
-    run.write("broker/ca.pem", pem)
-    return key, pem
-
-
 def listener_conf(broker_dir: Path, *, port: int, bind: str) -> str:
     """The central broker's listener block using the files of ``broker_dir``."""
     return "\n".join(
@@ -226,7 +194,7 @@ def provision_region(
     out = out.resolve()
     run = _Run(out, wanted, None, None)
     run.out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca_key, ca_pem = _region_ca(run, inv.region_id)
+    ca_key, ca_pem = _ca_for(run, [f"region {inv.region_id}"])
     _server_cert(run, ca_key, ca_pem, {"127.0.0.1", "localhost", *inv.hosts})
 
     accounts: list[tuple[str, str, list[str]]] = []

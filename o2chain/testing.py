@@ -64,6 +64,17 @@ def wait_for_points(
     raise AssertionError(f"expected {count} points for {query!r}, got {len(points)}: {points}")
 
 
+def assert_same_keys(lang: str, texts: dict[str, Any], english: dict[str, Any]) -> None:
+    """The ``lang`` translation catalogue has exactly the English one's keys, each with a text
+    (the dashboards' and the live page's catalogues are checked alike)."""
+    assert sorted(texts) == sorted(english), (
+        f"{lang}.json: missing {sorted(set(english) - set(texts))}, "
+        f"extra {sorted(set(texts) - set(english))}"
+    )
+    for key, text in texts.items():
+        assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
+
+
 @dataclass(frozen=True)
 class DemoRun:
     """What one bounded ``o2chain demo`` run left behind."""
@@ -118,6 +129,43 @@ def concentrator_sim(tmp_path: Path) -> Iterator[str]:
     ) as sim:
         match = sim.wait_for_log(r'"listening": "(tcp://127\.0\.0\.1:\d+)"')
         yield match.group(1)
+
+
+def write_skeleton_gateway_config(
+    path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    modbus_url: str,
+    state_dir: Path,
+    *,
+    gateway_id: str = "gw-test",
+    database: str = "o2test",
+) -> Path:
+    """Write the walking skeleton's gateway config to ``path``: site lhasa-hotel, room-101 over
+    MQTT and conc-1, a medical concentrator over Modbus at ``modbus_url`` (e.g.
+    :func:`concentrator_sim`), flushed to InfluxDB every 0.2 s."""
+    import tomli_w
+
+    config = {
+        "gateway": {"id": gateway_id, "state_dir": str(state_dir)},
+        "mqtt": {"url": mosquitto.url},
+        "influx": {"url": influxdb.url, "database": database, "flush_interval_s": 0.2},
+        "site": [{"id": "lhasa-hotel", "altitude_m": 3650}],
+        "device": [
+            {"id": "room-101", "site": "lhasa-hotel", "kind": "room", "transport": "mqtt"},
+            {
+                "id": "conc-1",
+                "site": "lhasa-hotel",
+                "kind": "concentrator",
+                "transport": "modbus",
+                "url": modbus_url,
+                "profile": "medical-concentrator",
+                "interval_s": 0.5,
+            },
+        ],
+    }
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
 
 
 @pytest.fixture

@@ -62,6 +62,20 @@ class Mutant:
     breaks: str  # the promise it breaks
 
 
+# mqtt_ingest.py commits a batch, then announces its alarm events (a mutant swaps the two).
+_INGEST_COMMIT = (
+    "                self.outbox.commit(\n"
+    "                    out.lines,\n"
+    "                    dead,\n"
+    "                    seq_rows,\n"
+    "                    keep_lines=keep_lines,\n"
+    "                    also=self.alarm_writer(events) if events else None,\n"
+    "                )\n"
+    "                if reported:\n"
+    '                    log.info("outbox accepts again")\n'
+)
+_INGEST_ANNOUNCE = "                if events:\n                    self.announce(events)\n"
+
 MUTANTS: list[Mutant] = [
     # -- mqtt_ingest.py: ack only after the commit, only on the connection it belongs to ------
     Mutant(
@@ -135,28 +149,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ingest-announce-before-commit",
         "gateway/mqtt_ingest.py",
-        "                self.outbox.commit(\n"
-        "                    out.lines,\n"
-        "                    dead,\n"
-        "                    seq_rows,\n"
-        "                    keep_lines=keep_lines,\n"
-        "                    also=self.alarm_writer(events) if events else None,\n"
-        "                )\n"
-        "                if reported:\n"
-        '                    log.info("outbox accepts again")\n'
-        "                if events:\n"
-        "                    self.announce(events)\n",
-        "                if events:\n"
-        "                    self.announce(events)\n"
-        "                self.outbox.commit(\n"
-        "                    out.lines,\n"
-        "                    dead,\n"
-        "                    seq_rows,\n"
-        "                    keep_lines=keep_lines,\n"
-        "                    also=self.alarm_writer(events) if events else None,\n"
-        "                )\n"
-        "                if reported:\n"
-        '                    log.info("outbox accepts again")\n',
+        _INGEST_COMMIT + _INGEST_ANNOUNCE,
+        _INGEST_ANNOUNCE + _INGEST_COMMIT,  # the same two blocks, swapped
         (INGEST_UNIT, ALARM_DELIVERY, G_INGEST),
         "an alarm announced (MQTT, live page) before its point and state are committed",
     ),

@@ -11,18 +11,16 @@ open a serial device by path work unchanged. Needs the Debian package ``socat``.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
-from types import TracebackType
 
-from o2base.procs import ChildProcess
+from o2base.procs import ChildProcess, StartStop, wait_until
 
 
 class PtyPairError(RuntimeError):
     """socat is missing or did not create the pair."""
 
 
-class PtyPair:
+class PtyPair(StartStop):
     def __init__(self, directory: Path, name: str = "tty") -> None:
         self.a = str(Path(directory) / f"{name}A")
         self.b = str(Path(directory) / f"{name}B")
@@ -35,30 +33,22 @@ class PtyPair:
             raise PtyPairError("socat not found: apt-get install -y socat")
         argv = [socat, f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"]
         child = self._child = ChildProcess(argv, self._log).start()
-        deadline = time.monotonic() + timeout_s
         # socat gives no readiness signal but the links themselves: wait for both (bounded).
-        while not (Path(self.a).exists() and Path(self.b).exists()):
-            if not child.running:
-                code = self.stop()
-                raise PtyPairError(f"socat exited with {code}: {child.log_tail(5)}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PtyPairError(f"socat did not create {self.a} and {self.b} in {timeout_s} s")
-            child.wait(0.01)  # returns at once if socat dies
+        try:
+            wait_until(
+                lambda: Path(self.a).exists() and Path(self.b).exists(),
+                timeout_s,
+                f"socat to create {self.a} and {self.b}",
+                proc=child,
+                error=PtyPairError,
+                poll_s=0.01,
+            )
+        except PtyPairError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> int | None:
         """Stop socat (the links go with it); returns its exit code."""
         child, self._child = self._child, None
         return None if child is None else child.stop(timeout_s=5.0)
-
-    def __enter__(self) -> PtyPair:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -23,7 +23,7 @@ from dashboards.build import (
     render,
 )
 from o2base.services import InfluxDB
-from o2chain.testing import DemoRun
+from o2chain.testing import DemoRun, assert_same_keys
 
 PROVISIONING = Path(__file__).parents[1] / "provisioning"
 LANGUAGES = languages()
@@ -76,12 +76,8 @@ def test_catalogues_have_the_same_keys_and_placeholders() -> None:
     english = catalogue(DEFAULT_LANGUAGE)
     for lang in LANGUAGES:
         texts = catalogue(lang)
-        assert sorted(texts) == sorted(english), (
-            f"{lang}.json: missing {sorted(set(english) - set(texts))}, "
-            f"extra {sorted(set(texts) - set(english))}"
-        )
+        assert_same_keys(lang, texts, english)
         for key, text in texts.items():
-            assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
             assert PLACEHOLDER.findall(text) != [] or "{" not in text, key
             assert sorted(PLACEHOLDER.findall(text)) == sorted(PLACEHOLDER.findall(english[key])), (
                 f"{lang}.json: {key} has other placeholders than en.json"

@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
+from o2base.procs import StartStop
 from o2base.services import Mosquitto
+
+if TYPE_CHECKING:
+    from o2chain.firmware_runner import BoardRunner
 
 TESTS = Path(__file__).resolve().parent
 
@@ -100,6 +104,19 @@ class Recorder:
         self.client.disconnect()
 
 
+@contextlib.contextmanager
+def powered(board: BoardRunner, rec: Recorder | None = None) -> Iterator[BoardRunner]:
+    """``with powered(board, rec):`` starts the board (set its simulated world up before);
+    afterwards its power is pulled (SIGKILL: nothing to wait for) and the recorder closed."""
+    try:
+        board.start()
+        yield board
+    finally:
+        board.kill()
+        if rec is not None:
+            rec.close()
+
+
 def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:
     """Every seq 1..upto present; first arrivals strictly increasing (in order). Duplicates
     (QoS 1 redelivery after a lost PUBACK) are allowed -- the gateway drops them on
@@ -116,7 +133,7 @@ def check_exactly_once_in_order(seqs: list[int], upto: int) -> int:
     return len(seqs) - len(first)
 
 
-class SerialBoard:
+class SerialBoard(StartStop):
     """An emulated board behind a serial port, as a technician meets one: a socat PTY at
     ``link`` whose far side is MicroPython (the unix port) with the board's filesystem at
     ``board_dir`` and the simulated sensors of ``config`` (a ZE03 by default). At first it
@@ -161,9 +178,3 @@ class SerialBoard:
                 os.killpg(self._socat.pid, signal.SIGTERM)
             self._socat.wait(10)
         self.hardware.kill()
-
-    def __enter__(self) -> SerialBoard:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -421,6 +421,22 @@ def reading(seq, boot=1):
     return telemetry.encode(boot, seq, 0, (24.5, 64.5, 20.0, 30.0, 15.8, 2400.0), 0)
 
 
+def spool_with(count, segment_bytes=4096, max_segments=4):
+    # A spool in a fresh directory holding readings 1..count.
+    sp = spool.Spool(fresh_dir(), segment_bytes, max_segments)
+    sp.open()
+    for seq in range(1, count + 1):
+        sp.append(reading(seq))
+    return sp
+
+
+def reopened(sp):
+    # The spool after a reboot: a new Spool on the same directory, from what is in flash.
+    again = spool.Spool(sp.path, sp.segment_bytes, sp.max_segments)
+    again.open()
+    return again
+
+
 def drain(sp, size=1200, max_records=5):
     # Every pending reading through peek_batch/release, as parsed JSON objects.
     buf = bytearray(size)
@@ -460,11 +476,7 @@ def check_spool_record_format():
 
 
 def check_spool_batches_and_restart():
-    d = fresh_dir()
-    sp = spool.Spool(d, 2048, 4)
-    sp.open()
-    for seq in range(1, 31):
-        sp.append(reading(seq))
+    sp = spool_with(30, 2048)
     equal(sp.pending, 30, "pending")
     buf = bytearray(1500)
     end = sp.peek_batch(buf, 0, 5)
@@ -474,8 +486,7 @@ def check_spool_batches_and_restart():
     sp.release()
     equal(sp.pending, 25, "released after the PUBACK")
     # Reboot: a new Spool on the same directory resumes at the cursor, from flash.
-    sp2 = spool.Spool(d, 2048, 4)
-    sp2.open()
+    sp2 = reopened(sp)
     equal((sp2.pending, sp2.torn, sp2.corrupt), (25, 0, 0), "after reboot")
     equal([doc["seq"] for doc in drain(sp2, 1500)], list(range(6, 31)), "rest in order")
     equal(sp2.pending, 0, "empty")
@@ -485,18 +496,13 @@ def check_spool_batches_and_restart():
 
 
 def check_spool_torn_tail_after_power_loss():
-    d = fresh_dir()
-    sp = spool.Spool(d, 4096, 4)
-    sp.open()
-    for seq in range(1, 4):
-        sp.append(reading(seq))
-    seg = d + "/" + spool.seg_name(sp._segs[-1])
+    sp = spool_with(3)
+    seg = sp.path + "/" + spool.seg_name(sp._segs[-1])
     rec = bytearray(spool.HEADER_LEN + 300)
     n = spool.encode_record(rec, reading(4))
     with open(seg, "ab") as f:  # power loss in the middle of the 4th write
         f.write(rec[: n - 7])
-    sp = spool.Spool(d, 4096, 4)
-    sp.open()
+    sp = reopened(sp)
     equal((sp.pending, sp.torn), (3, 1), "torn tail ignored and counted")
     sp.append(reading(5))
     equal(sp.segments, 2, "no append after a torn tail: new segment")
@@ -504,12 +510,8 @@ def check_spool_torn_tail_after_power_loss():
 
 
 def check_spool_drop_oldest_is_bounded_and_counted():
-    d = fresh_dir()
     seg_bytes = spool.HEADER_LEN + spool.MAX_RECORD
-    sp = spool.Spool(d, seg_bytes, 3)
-    sp.open()
-    for seq in range(1, 101):
-        sp.append(reading(seq))
+    sp = spool_with(100, seg_bytes, 3)
     equal(sp.segments, 3, "bounded segments")
     per_seg = seg_bytes // (spool.HEADER_LEN + len(reading(1)))
     equal(sp.pending + sp.dropped, 100, "every reading pending or counted as dropped")
@@ -519,12 +521,7 @@ def check_spool_drop_oldest_is_bounded_and_counted():
 
 
 def check_spool_drop_during_inflight_batch():
-    d = fresh_dir()
-    seg_bytes = spool.HEADER_LEN + spool.MAX_RECORD
-    sp = spool.Spool(d, seg_bytes, 2)
-    sp.open()
-    for seq in range(1, 4):
-        sp.append(reading(seq))
+    sp = spool_with(3, spool.HEADER_LEN + spool.MAX_RECORD, 2)
     buf = bytearray(2048)
     sp.peek_batch(buf, 0, 2)  # seqs 1, 2 in flight
     for seq in range(4, 40):  # the outage fills the spool: the in-flight segment is dropped
@@ -536,18 +533,13 @@ def check_spool_drop_during_inflight_batch():
 
 
 def check_spool_damaged_cursor_replays_from_oldest():
-    d = fresh_dir()
-    sp = spool.Spool(d, 4096, 4)
-    sp.open()
-    for seq in range(1, 6):
-        sp.append(reading(seq))
+    sp = spool_with(5)
     buf = bytearray(2048)
     sp.peek_batch(buf, 0, 2)
     sp.release()
-    with open(d + "/cursor", "w") as f:
+    with open(sp.path + "/cursor", "w") as f:
         f.write("garbage")
-    sp = spool.Spool(d, 4096, 4)
-    sp.open()
+    sp = reopened(sp)
     equal([doc["seq"] for doc in drain(sp)], [1, 2, 3, 4, 5], "replay (duplicates, no loss)")
 
 

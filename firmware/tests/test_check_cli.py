@@ -32,13 +32,23 @@ def test_check_without_a_board_says_no_status(tmp_path: Path, mosquitto: Mosquit
     assert "is the board powered, on WiFi, and is its mqtt.host this broker?" in err
 
 
-def test_check_reports_the_boards_config_error(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def check_a_running_board(
+    tmp_path: Path, mosquitto: Mosquitto, logged: str, timeout_s: str, **config: int
+) -> tuple[int, str, str]:
+    """`firmware check` while room-9 runs (``config`` added to its config.json), once its log
+    says ``logged``."""
     inventory = plain_inventory(tmp_path / "site.toml", mosquitto)
-    cfg = {"site": "bench", "device": "room-9", "site_altitude_m": 3650, "intervall_s": 1,
+    cfg = {"site": "bench", "device": "room-9", "site_altitude_m": 3650, **config,
            "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}  # fmt: skip
     with BoardRunner(cfg, tmp_path / "board") as board:
-        board.wait_for_log("local alarm armed")
-        code, _, err = check(inventory, "20")
+        board.wait_for_log(logged)
+        return check(inventory, timeout_s)
+
+
+def test_check_reports_the_boards_config_error(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    code, _, err = check_a_running_board(
+        tmp_path, mosquitto, "local alarm armed", "20", intervall_s=1
+    )
     assert code == 1
     assert err == (
         "o2chain firmware check: bench/room-9 reports config_error: config error: intervall_s: "
@@ -47,12 +57,9 @@ def test_check_reports_the_boards_config_error(tmp_path: Path, mosquitto: Mosqui
 
 
 def test_check_online_without_a_reading(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    inventory = plain_inventory(tmp_path / "site.toml", mosquitto)
-    cfg = {"site": "bench", "device": "room-9", "site_altitude_m": 3650, "interval_s": 3600,
-           "mqtt": {"host": mosquitto.host, "port": mosquitto.port}}  # fmt: skip
-    with BoardRunner(cfg, tmp_path / "board") as board:
-        board.wait_for_log("mqtt: connected")
-        code, out, err = check(inventory, "2")
+    code, out, err = check_a_running_board(
+        tmp_path, mosquitto, "mqtt: connected", "2", interval_s=3600
+    )
     assert code == 1
     assert "status    online, firmware" in out
     assert err == "o2chain firmware check: bench/room-9 is online but sent no reading within 2 s"

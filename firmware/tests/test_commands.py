@@ -23,7 +23,7 @@ from o2base.procs import o2chain_argv
 from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 from .test_acceptance import DEVICE, PREFIX, SITE, board_config
 
 pytestmark = pytest.mark.integration
@@ -100,8 +100,7 @@ def test_signed_commands(tmp_path: Path, mosquitto: Mosquitto) -> None:
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = board_config(mosquitto, command_key=key, stable_after_s=15)
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=24.6)
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"mqtt: connected")
         rec.wait_seqs(1, 2)
 
@@ -186,9 +185,6 @@ def test_signed_commands(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert doc["result"]["alarm.pin"] == cfg["alarm"]["pin"]
         assert "crash" not in board.log_text()
         board.stop()
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_board_without_command_key_refuses_all_commands(
@@ -198,8 +194,7 @@ def test_board_without_command_key_refuses_all_commands(
     keys = write_keys(tmp_path, key)
     rec = Recorder(mosquitto, PREFIX + "#")
     board = BoardRunner(board_config(mosquitto), tmp_path / "board")
-    try:
-        board.start()
+    with powered(board, rec):
         status = rec.wait_message(
             "status", lambda t, d, r: t.endswith("/status") and d.get("state") == "online"
         )[0][1]
@@ -207,9 +202,6 @@ def test_board_without_command_key_refuses_all_commands(
         rc, doc, _ = board_cmd(mosquitto, keys, "report_config")
         assert rc == 1 and doc, doc
         assert doc["error"] == "commands disabled: no command_key in config.json", doc
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_command_at_110k_never_starves_the_alarm(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -221,8 +213,7 @@ def test_command_at_110k_never_starves_the_alarm(tmp_path: Path, mosquitto: Mosq
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = board_config(mosquitto, command_key=key)
     board = BoardRunner(cfg, tmp_path / "board", heap="110K", o2_pct=22.0)
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"mqtt: connected")
         for i in range(3):
             publish(mosquitto, signed(key, "report_config", {}, i + 1, f"c{i}"))
@@ -238,6 +229,3 @@ def test_command_at_110k_never_starves_the_alarm(tmp_path: Path, mosquitto: Mosq
         low = min(board.heap_free())
         print(f"110K with commands refused: lowest free heap {low} B")
         assert low >= 8 * 1024, board.log_tail()
-    finally:
-        board.kill()
-        rec.close()

@@ -13,7 +13,7 @@ import pytest
 from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 
 pytestmark = pytest.mark.integration
 SITE, DEVICE = "lhasa-hotel", "oc-lobby"
@@ -38,8 +38,7 @@ def concentrator_config(broker: Mosquitto, mode: str, warmup_s: float = 0) -> di
 def test_concentrator_board(tmp_path: Path, mosquitto: Mosquitto, mode: str) -> None:
     rec = Recorder(mosquitto, PREFIX + "#")
     board = BoardRunner(concentrator_config(mosquitto, mode), tmp_path / "board", o2_pct=93.0)
-    try:
-        board.start()
+    with powered(board, rec):
         rec.wait_seqs(1, 3)
         doc = [r for r in rec.readings if r["seq"] == 3][0]
         assert abs(doc["purity_pct"] - 93.0) <= 0.3, doc
@@ -53,9 +52,6 @@ def test_concentrator_board(tmp_path: Path, mosquitto: Mosquitto, mode: str) -> 
         alarm = rec.wait_message("purity alarm", lambda t, d, r: t.endswith("/alarm"))[0][1]
         assert alarm["rule"] == "purity_low" and alarm["threshold"] == 82.0, alarm
         print(f"{mode}: purity alarm after {latency:.3f} s")
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_cold_start_holds_purity_alarms_during_warm_up(
@@ -66,8 +62,7 @@ def test_cold_start_holds_purity_alarms_during_warm_up(
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = concentrator_config(mosquitto, "poll", warmup_s=3)
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=70.0)
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"warm-up: purity alarms held for 3 s")
         held = rec.wait_message("warming_up", lambda t, d, r: t.endswith("/alarm"))[0][1]
         assert (held["rule"], held["state"], held["severity"]) == ("warming_up", "raise", "warning")
@@ -87,6 +82,3 @@ def test_cold_start_holds_purity_alarms_during_warm_up(
         )
         events = [d["rule"] + ":" + d["state"] for t, d, _ in rec.messages if t.endswith("/alarm")]
         assert events.index("warming_up:clear") < events.index("purity_low:raise"), events
-    finally:
-        board.kill()
-        rec.close()

@@ -15,7 +15,7 @@ import pytest
 from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner, load_firmware_file
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 from .test_acceptance import BUZZER, LED, PREFIX, board_config
 
 schema = load_firmware_file("config")
@@ -124,8 +124,7 @@ def test_unknown_key_is_a_retained_config_error_and_the_alarm_stays_armed(
     cfg = board_config(mosquitto, intervall_s=1)
     rec = Recorder(mosquitto, PREFIX + "#")
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=22.0)
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"config error: intervall_s: unknown key \(did you mean interval_s\?\)")
         board.wait_for_log(r"local alarm armed")
         status = retained_status(mosquitto)
@@ -138,9 +137,6 @@ def test_unknown_key_is_a_retained_config_error_and_the_alarm_stays_armed(
         )
         assert not [t for t, _, _ in rec.messages if t.endswith("/telemetry")]
         assert "reading seq=" not in board.log_text()
-    finally:
-        board.kill()
-        rec.close()
 
 
 @pytest.mark.integration

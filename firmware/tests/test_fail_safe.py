@@ -28,7 +28,7 @@ from o2chain.firmware_runner import (
     load_firmware_file,
 )
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 from .test_acceptance import BUZZER, LED, PREFIX, board_config
 
 pytestmark = pytest.mark.integration
@@ -67,15 +67,11 @@ def test_config_without_site_altitude_is_a_config_error(
         device_config(inventory, "r1")
     rec = Recorder(mosquitto, PREFIX + "#")
     board = BoardRunner(cfg, tmp_path / "board")
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"config error: site_altitude_m: missing \(required\)")
         status = rec.wait_message("config_error", lambda t, d, r: t.endswith("/status"))[0][1]
         assert status["state"] == "config_error" and "site_altitude_m" in status["error"], status
         assert "reading" not in board.log_text()
-    finally:
-        board.kill()
-        rec.close()
 
 
 @pytest.mark.parametrize("fault", ["zero_kpa", "skipped"])
@@ -98,8 +94,7 @@ def test_barometer_faults_fall_back_to_the_site_pressure(
         # alarm dropped from 27.9 % to 24.6 % -- a 25 % room alarmed.
         board.set_bme280_registers(raw=bytes.fromhex("8000008000008000"))
         want_bits = Q_ISA | Q_BME280
-    try:
-        board.start()
+    with powered(board, rec):
         for r in readings_after(rec, 0, 5):
             assert "baro_kpa" not in r, r  # no made-up pressure
             assert r["quality"] & want_bits == want_bits, r
@@ -120,9 +115,6 @@ def test_barometer_faults_fall_back_to_the_site_pressure(
         )[0][1]
         assert abs(high["threshold"] - 27.9) < 0.05, high
         assert "crash" not in board.log_text()
-    finally:
-        board.kill()
-        rec.close()
 
 
 @pytest.mark.parametrize("cell", ["ze03", "ads1115"])
@@ -132,8 +124,7 @@ def test_uncalibrated_galvanic_cell_is_pressure_corrected_and_flagged(
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = room_config(mosquitto, sensors={"o2": {"type": cell}})
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=25.0)
-    try:
-        board.start()
+    with powered(board, rec):
         if cell == "ads1115":
             # The cell sees 25 % of 64.5 kPa: 15.9 % of sea-level partial pressure.
             raw_mv = board.ads1115_counts() * 0.0078125
@@ -143,9 +134,6 @@ def test_uncalibrated_galvanic_cell_is_pressure_corrected_and_flagged(
             assert r["quality"] & Q_UNCAL, r
             assert not r["quality"] & Q_RANGE, r
         assert not [e for e in alarm_events(rec) if e["rule"] == "o2_deficient"]
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_ze03_over_range_follows_the_raw_full_scale(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -155,8 +143,7 @@ def test_ze03_over_range_follows_the_raw_full_scale(tmp_path: Path, mosquitto: M
     board = BoardRunner(
         room_config(mosquitto), tmp_path / "board", o2_pct=25.8, site_calibrated=True
     )
-    try:
-        board.start()
+    with powered(board, rec):
         for r in readings_after(rec, 0, 4):
             assert abs(r["o2_pct"] - 25.8) < 0.35, r
             assert "quality" not in r, r  # calibrated, measured pressure, in range
@@ -165,17 +152,13 @@ def test_ze03_over_range_follows_the_raw_full_scale(tmp_path: Path, mosquitto: M
         seq = max(rec.seqs(1))
         assert readings_after(rec, seq + 1, 1)[0]["quality"] & Q_RANGE
         assert not [e for e in alarm_events(rec) if e["rule"] == "o2_over_range"][1:], "chatter"
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_room_board_publishes_co2_from_an_mhz19(tmp_path: Path, mosquitto: Mosquitto) -> None:
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = room_config(mosquitto, sensors={"co2": {"type": "mhz19", "uart": 1}})
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=24.5, co2_ppm=800, site_calibrated=True)
-    try:
-        board.start()
+    with powered(board, rec):
         for r in readings_after(rec, 0, 3):
             assert abs(r["co2_ppm"] - 800) <= 20, r
             assert "quality" not in r, r
@@ -185,6 +168,3 @@ def test_room_board_publishes_co2_from_an_mhz19(tmp_path: Path, mosquitto: Mosqu
         )
         with pytest.raises(FirmwareError):
             BoardRunner(board_config(mosquitto), tmp_path / "other").set_co2_ppm(1)
-    finally:
-        board.kill()
-        rec.close()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from o2base.procs import wait_until
 from o2base.services import Mosquitto
 from o2chain.firmware_cli import device_config
 from o2chain.firmware_runner import FIRMWARE_DIR, FirmwareError, find_tool
@@ -71,10 +71,9 @@ def test_flash_onto_fake_board(tmp_path: Path, firmware_build: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not link.exists():
-            assert socat.poll() is None and time.monotonic() < deadline, "socat did not start"
-            time.sleep(0.05)
+        wait_until(lambda: link.exists() or socat.poll() is not None, 10, f"socat to make {link}",
+                   error=AssertionError)  # fmt: skip
+        assert socat.poll() is None, "socat did not start"
         o2chain = str(Path(find_tool("micropython")).parent / "o2chain")
         # The site's secrets come from provisioning: the board's own account, key and CA.
         site = tmp_path / "site"
@@ -215,10 +214,9 @@ def test_flash_onto_a_port_where_no_micropython_answers(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while not silent.exists():
-            assert socat.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: silent.exists() or socat.poll() is not None, 10,
+                   f"socat to make {silent}", error=AssertionError)  # fmt: skip
+        assert socat.poll() is None, "socat did not start"
         done = o2chain_cmd(
             "firmware", "flash", "--port", str(silent), "--device", "d",
             "--inventory", str(inventory), "--build", str(firmware_build),

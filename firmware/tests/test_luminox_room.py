@@ -13,7 +13,7 @@ import pytest
 from o2base.services import Mosquitto
 from o2chain.firmware_runner import BoardRunner
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 
 pytestmark = pytest.mark.integration
 PREFIX = "o2/lhasa-hotel/room-401/"
@@ -31,8 +31,7 @@ def test_luminox_room_high_alarm_at_defaults(tmp_path: Path, mosquitto: Mosquitt
         "alarm": {"pin": 25},
     }
     board = BoardRunner(cfg, tmp_path / "board", o2_pct=24.5, pressure_kpa=65.2)
-    try:
-        board.start()
+    with powered(board, rec):
         rec.wait_seqs(1, 3)
         doc = [r for r in rec.readings if r["seq"] == 3][0]
         assert abs(doc["o2_pct"] - 24.5) < 0.1 and abs(doc["baro_kpa"] - 65.2) < 0.05, doc
@@ -47,6 +46,3 @@ def test_luminox_room_high_alarm_at_defaults(tmp_path: Path, mosquitto: Mosquitt
         )[0][1]
         assert 27.7 < alarm["threshold"] < 28.0, alarm  # 23.45 / sqrt(65.2/101.325) - 1.5
         assert latency < 1.0, latency
-    finally:
-        board.kill()
-        rec.close()

@@ -16,7 +16,7 @@ import pytest
 from o2base.services import Mosquitto, free_ports
 from o2chain.firmware_runner import FIRMWARE_DIR, BoardRunner
 
-from .board_helpers import Recorder
+from .board_helpers import Recorder, powered
 from .conftest import TESTS_DIR, load_firmware_module
 from .test_acceptance import DEVICE, PREFIX, SITE, board_config
 from .test_commands import ack, signed
@@ -29,16 +29,12 @@ def test_config_error_is_reported_on_status(tmp_path: Path, mosquitto: Mosquitto
     rec = Recorder(mosquitto, PREFIX + "#")
     cfg = board_config(mosquitto, interval_s="fast")
     board = BoardRunner(cfg, tmp_path / "board")
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"config error: interval_s: expected float, got 'fast'")
         status = rec.wait_message("config_error", lambda t, d, r: t.endswith("/status"))[0]
         assert status[1]["state"] == "config_error", status
         assert "interval_s" in status[1]["error"]
         assert "reading" not in board.log_text()
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
@@ -50,8 +46,7 @@ def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
     files = {"resets": state.encode_counter(4).encode()}
     cfg = board_config(mosquitto, command_key=key)
     board = BoardRunner(cfg, tmp_path / "board", files=files)
-    try:
-        board.start()
+    with powered(board, rec):
         board.wait_for_log(r"safe mode: 5 rapid resets")
         status = rec.wait_message("safe_mode", lambda t, d, r: t.endswith("/status"))[0][1]
         assert status["state"] == "safe_mode", status
@@ -65,9 +60,6 @@ def test_crash_loop_enters_safe_mode_and_reboot_clears_it(
         assert ack(rec, "real")["ok"] is True
         board.wait_for_log(r"reboot \(command, safe mode\)")
         assert (board.board_dir / "resets").read_text().split()[0] == "0"
-    finally:
-        board.kill()
-        rec.close()
 
 
 def test_safe_mode_loads_neither_the_application_nor_its_spool(

@@ -15,6 +15,8 @@ import pytest
 from o2base.services import free_ports
 from o2chain.firmware_runner import BoardRunner
 
+from .board_helpers import powered
+
 pytestmark = pytest.mark.integration
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -109,27 +111,18 @@ def test_tls_pinned_ca_and_password(tmp_path: Path, tls_broker: tuple[int, Path,
     board = BoardRunner(
         tls_config(port, "s3cret"), tmp_path / "good", files={"ca.pem": ca.read_bytes()}
     )
-    try:
-        board.start()
+    with powered(board):
         board.wait_for_log(r"mqtt: connected", timeout_s=20)
         board.wait_for_log(r"^reading seq=3 ")
         assert "s3cret" not in board.log_text()  # secrets masked in the boot log
-    finally:
-        board.kill()
     wrong_ca = BoardRunner(
         tls_config(port, "s3cret"), tmp_path / "bad-ca", files={"ca.pem": other_ca.read_bytes()}
     )
-    try:
-        wrong_ca.start()
+    with powered(wrong_ca):
         wrong_ca.wait_for_log(r"mqtt: connect to .* failed", timeout_s=20)
         assert "mqtt: connected" not in wrong_ca.log_text()
-    finally:
-        wrong_ca.kill()
     wrong_pw = BoardRunner(
         tls_config(port, "nope"), tmp_path / "bad-pw", files={"ca.pem": ca.read_bytes()}
     )
-    try:
-        wrong_pw.start()
+    with powered(wrong_pw):
         wrong_pw.wait_for_log(r"mqtt: connect to .* failed: .*(not authorized|bad user)")
-    finally:
-        wrong_pw.kill()

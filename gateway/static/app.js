@@ -196,6 +196,19 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
+  // A bar filled to `share` (0..1, drawn up to 1) that screen readers read as a percentage.
+  function meter(cls, label, share) {
+    const bar = el("div", cls);
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-label", label);
+    bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    const fill = el("span");
+    fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
+    bar.append(fill);
+    return bar;
+  }
   function setText(node, text) {
     if (node.textContent !== text) node.textContent = text;
   }
@@ -561,16 +574,7 @@
         storeKv = kv(t("chain.stored"), v, unit);
         if (known("stored_capacity_o2_l") && chain.stored_capacity_o2_l > 0) {
           const share = chain.stored_o2_l / chain.stored_capacity_o2_l;
-          const bar = el("div", "bar stock");
-          bar.setAttribute("role", "meter");
-          bar.setAttribute("aria-label", t("chain.stock_aria"));
-          bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
-          bar.setAttribute("aria-valuemin", "0");
-          bar.setAttribute("aria-valuemax", "100");
-          const fill = el("span");
-          fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
-          bar.append(fill);
-          storeKv.append(bar);
+          storeKv.append(meter("bar stock", t("chain.stock_aria"), share));
           storeNotes.push(t("chain.stock_share", { pct: num(share * 100, 0) }));
         }
         storeNotes.push(known("stored_change_o2_lpm")
@@ -643,15 +647,7 @@
     box.append(row);
     if (chain.rooms_estimated && produced > 0) {
       const share = delivered / produced;
-      const bar = el("div", share > 1 ? "bar over" : "bar");
-      bar.setAttribute("role", "meter");
-      bar.setAttribute("aria-label", t("chain.share_aria"));
-      bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
-      bar.setAttribute("aria-valuemin", "0");
-      bar.setAttribute("aria-valuemax", "100");
-      const fill = el("span");
-      fill.style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
-      bar.append(fill);
+      const bar = meter(share > 1 ? "bar over" : "bar", t("chain.share_aria"), share);
       box.append(bar, el("div", "muted", t("chain.share", { pct: num(share * 100, 0) })));
     } else {
       box.append(el("div", "muted", t("chain.no_estimate")));

@@ -9,13 +9,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import tomli_w
 
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto, ServiceError
+
+if TYPE_CHECKING:
+    from gateway.tests.notify_helpers import Receiver
 
 SITE = "fleet-site"
 DB = "o2delivery"
@@ -95,6 +98,7 @@ def wait_for_count(
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll a condition another process or thread makes true (no event to await there)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -170,6 +174,16 @@ def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float)
         "--timeout-s",
         "240",
     )
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[Receiver]]:
+    """The notification receivers a test started (gateway/tests/notify_helpers.py), closed
+    after it."""
+    started: list[Receiver] = []
+    yield started
+    for r in started:
+        r.close()
 
 
 @pytest.fixture

@@ -12,20 +12,7 @@ from gateway.builtin_rules import effective_rules
 from gateway.config import ConfigError, parse_config
 from gateway.readings import FieldValue, Reading
 from gateway.state_store import StateStore
-
-T0 = 1_700_000_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t_ms = T0
-
-    def __call__(self) -> int:
-        return self.t_ms
-
-    def advance(self, s: float) -> int:
-        self.t_ms += int(s * 1000)
-        return self.t_ms
+from gateway.tests.fakes import Clock
 
 
 def cfg(rules: list[dict[str, Any]] | None = None, builtin: bool = True) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.links import LINK, LinkReport
 from gateway.mqtt_ingest import MAX_UNKNOWN_DEVICES, MqttIngest, _Queued
 from gateway.outbox import NewDeadLetter, Outbox
 from gateway.pipeline import Output
@@ -96,11 +97,11 @@ def status(site: str, device: str, online: bool) -> _Queued:
 def test_link_state_only_for_configured_devices_plus_a_bounded_few(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite")
     ingest = MqttIngest(config(), outbox)
-    ingest._status(status("lhasa", "room-1", True), NOW_MS)
+    room = ingest._status(status("lhasa", "room-1", True), NOW_MS)
+    assert room is not None and room.meta[LINK] == LinkReport(True)  # to the pipeline
     for n in range(MAX_UNKNOWN_DEVICES + 500):
-        ingest._status(status("nowhere", f"dev-{n}", n % 2 == 0), NOW_MS + n)
+        assert ingest._status(status("nowhere", f"dev-{n}", n % 2 == 0), NOW_MS + n) is None
     stats = ingest.stats
-    assert stats.device_state == {"lhasa/room-1": "online"}  # was: 1,501 entries
     assert len(stats.unknown_devices) == MAX_UNKNOWN_DEVICES
     assert stats.unknown_evicted == 500
     assert next(iter(stats.unknown_devices)) == "nowhere/dev-500"  # the oldest went first
@@ -111,6 +112,7 @@ def test_link_state_only_for_configured_devices_plus_a_bounded_few(tmp_path: Pat
     assert "nowhere/dev-501" not in stats.unknown_devices
     assert stats.unknown_devices["nowhere/dev-500"] == ("online", NOW_MS + 10_000)
     # A configured device never counts against the bound.
-    ingest._status(status("lhasa", "room-1", False), NOW_MS + 20_000)
-    assert stats.device_state == {"lhasa/room-1": "offline"}
+    room = ingest._status(status("lhasa", "room-1", False), NOW_MS + 20_000)
+    assert room is not None and room.meta[LINK] == LinkReport(False)
+    assert "lhasa/room-1" not in stats.unknown_devices
     outbox.close()

@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +26,7 @@ from gateway.influx import (
     parse_retry_after,
 )
 from gateway.outbox import Outbox
+from gateway.tests.http_helpers import QuietHandler, serving
 from gateway.writer import MAX_RETRY_AFTER_S, OutboxDrainer
 
 
@@ -66,10 +66,7 @@ def twin() -> Iterator[Twin]:
     state = Twin()
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length).decode()
@@ -85,21 +82,10 @@ def twin() -> Iterator[Twin]:
                     status = 400
             if status == 204 and u.path.endswith("write"):
                 req.accepted = True
-            payload = b'{"error":"scripted"}' if status >= 300 else b""
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.reply(status, b'{"error":"scripted"}' if status >= 300 else b"", headers)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as state.url:
+        yield state
 
 
 def section(twin: Twin, tmp_path: Path, **kw: object) -> InfluxSection:

@@ -16,6 +16,7 @@ from gateway.enrich import Enricher, room_o2_demand_lpm
 from gateway.oxygen import EqAltDefinition
 from gateway.readings import FieldValue, Reading
 from gateway.state_store import StateStore
+from gateway.tests.fakes import Clock
 
 VECTORS: dict[str, Any] = json.loads(files("o2core").joinpath("vectors.json").read_text())
 
@@ -81,14 +82,6 @@ def test_inverses_and_rule_of_thumb() -> None:
     assert 70 < diff < 200
     with pytest.raises(ValueError):
         oxygen.isa_altitude_m(0.0)
-
-
-class Clock:
-    def __init__(self, t_ms: int = 1_700_000_000_000):
-        self.t_ms = t_ms
-
-    def __call__(self) -> int:
-        return self.t_ms
 
 
 def config(definition: str = "west", **enrich: float) -> dict[str, object]:
@@ -234,6 +227,33 @@ def test_derived_values_never_fail_and_a_barometer_implausible_for_the_site_is_n
     assert b.fields["baro_source"] == "isa" and float(b.fields["eq_alt_m"]) > 11_000
     assert c.fields["ppo2_kpa"] == 0.0 and float(c.fields["eq_alt_m"]) > 15_000
     assert "ppo2_kpa" not in d.fields and "eq_alt_m" not in d.fields
+
+
+@pytest.mark.parametrize("definition", ["west", "ambient"])
+def test_kept_derived_values_equal_fresh_ones(definition: str) -> None:
+    """The (o2, baro) -> (ppo2, eq_alt) cache answers as the formulas, repeats included, and
+    keeps the sign of a -0.0 (equal to 0.0 as a key) and the missing ambient eq_alt of 0 %."""
+    enr = Enricher(parse_config(config(definition)), clock_ms=Clock())
+    isa = oxygen.isa_pressure_kpa(3650)
+    o2s = [25.39, 21.0, 0.0, -0.0, 25.39, 0.0, 40.0, -0.0, 21.0]
+    baros = [64.1, 65.2, 64.1, 64.1, 64.1, 64.1, 101.3, 64.1, 65.2]
+    out = enr(
+        [
+            room("room-1", n, o2_pct=o2, baro_kpa=b)
+            for n, (o2, b) in enumerate(zip(o2s, baros, strict=True))
+        ]
+    )
+    for r, o2, b in zip(out, o2s, baros, strict=True):
+        baro = b if b < 70 else isa  # 101.3 kPa is not plausible in Lhasa: ISA
+        ppo2 = round(oxygen.ppo2_kpa(o2, baro), 4)
+        assert r.fields["ppo2_kpa"] == ppo2 and repr(r.fields["ppo2_kpa"]) == repr(ppo2)
+        try:
+            eq_alt = round(oxygen.equivalent_altitude_m(o2, baro, EqAltDefinition(definition)), 1)
+        except ValueError:
+            assert "eq_alt_m" not in r.fields
+        else:
+            assert repr(r.fields["eq_alt_m"]) == repr(eq_alt)
+    assert len(enr._derived) == 3  # the distinct pairs, zeros left out
 
 
 def lhasa_plant_config(tmp_path, flow_basis: str | None = None) -> dict[str, object]:

@@ -174,35 +174,28 @@ def test_only_the_chosen_measurements_are_forwarded() -> None:
 def test_the_central_login_reaches_the_server(tmp_path: Path) -> None:
     """Basic auth for a v1 central database with auth-enabled, over plain http:// too."""
     import base64
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from gateway.config import parse_config
     from gateway.forward import central_writer
     from gateway.influx import InfluxV1Writer
+    from gateway.tests.http_helpers import QuietHandler, serving
 
     seen: list[tuple[str, str]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             seen.append((self.path.split("?")[0], self.headers.get("Authorization", "")))
-            self.send_response(204)
-            self.end_headers()
+            self.reply(204)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(Handler) as url:
         (tmp_path / "pw").write_text("s3cret\n")
         (tmp_path / "pw").chmod(0o600)
         cfg = parse_config(
             {
                 "site": [{"id": "s", "altitude_m": 0}],
                 "central": {
-                    "url": f"http://127.0.0.1:{server.server_port}",
+                    "url": url,
                     "username": "lhasa-hotel",
                     "password_file": str(tmp_path / "pw"),
                 },
@@ -213,8 +206,6 @@ def test_the_central_login_reaches_the_server(tmp_path: Path) -> None:
         writer.write(["room,site=s o2_pct=24.0 1"])
         assert isinstance(writer, InfluxV1Writer)
         writer.close()
-    finally:
-        server.shutdown()
     basic = "Basic " + base64.b64encode(b"lhasa-hotel:s3cret").decode()
     # A facility's login only writes: no CREATE DATABASE first (the region's admin made it).
     assert seen == [("/write", basic)]

@@ -24,20 +24,9 @@ from gateway.outbox import Outbox
 from gateway.readings import FieldValue, Reading
 from gateway.rules import back_inside, exceeds
 from gateway.state_store import StateStore
+from gateway.tests.fakes import Clock
 
-T0 = 1_700_000_000_000
 ROOM = {"site": "lhasa", "device": "room-1", "room": "1"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t_ms = T0
-
-    def __call__(self) -> int:
-        return self.t_ms
-
-    def advance(self, s: float) -> None:
-        self.t_ms += int(s * 1000)
 
 
 def engine(

@@ -4,7 +4,9 @@ shapes, login, CSRF, Origin/Host checks, alarm actions under the authenticated u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,26 +19,19 @@ from gateway.auth import hash_token
 from gateway.config import parse_config
 from gateway.enrich import Enricher
 from gateway.http import HttpPolicy, StatusServer, parse_listen
-from gateway.modbus import DeviceHealth
+from gateway.links import LINK, LinkReport, LinkTracker
+from gateway.modbus import DeviceHealth, DevicePoller
 from gateway.mqtt_ingest import IngestStats
 from gateway.observe import Observer
 from gateway.outbox import OutboxStats
 from gateway.passwords import hash_password
 from gateway.pipeline import Pipeline
 from gateway.readings import Reading
-from gateway.sources import Sources, link_state_from
+from gateway.sources import Sources
 from gateway.state_store import StateStore
+from gateway.tests.fakes import T0, Clock
 from gateway.writer import WriterStats
-
-T0 = 1_700_000_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t_ms = T0
-
-    def __call__(self) -> int:
-        return self.t_ms
+from o2base.registers import load_profile
 
 
 @dataclass
@@ -66,12 +61,6 @@ class FakeDrainer:
     stats: WriterStats
 
 
-@dataclass
-class FakePoller:
-    device: Any
-    health: DeviceHealth = field(default_factory=DeviceHealth)
-
-
 CONFIG = {
     "gateway": {"id": "gw-t", "metrics_interval_s": 60},
     "site": [{"id": "lhasa", "altitude_m": 3650, "name": "Lhasa hotel"}],
@@ -91,7 +80,7 @@ class Rig:
     clock: Clock
     outbox: FakeOutbox
     mqtt: Any
-    poller: FakePoller
+    poller: DevicePoller
     engine: AlarmEngine
     observer: Observer
     pipeline: Pipeline
@@ -103,30 +92,55 @@ class Rig:
         self.ticks.append(1)
         self.committed += self.pipeline.process([])
 
+    def poller_says(self, health: DeviceHealth) -> None:
+        """The poller's health is now ``health``: its device_health point (and the link report
+        it carries) through the pipeline."""
+        self.poller.health = health
+        point = self.poller.health_reading(force=True)
+        assert point is not None
+        self.pipeline.process([point])
+
 
 def rig(tmp_path: Path) -> Rig:
     config = parse_config(CONFIG)
     clock = Clock()
     outbox = FakeOutbox()
     mqtt = FakeIngest(
-        IngestStats(
-            connected=True,
-            messages=5,
-            rejects={"bad_type": 1},
-            duplicates=3,
-            device_state={"lhasa/room-1": "online"},
-        )
+        IngestStats(connected=True, messages=5, rejects={"bad_type": 1}, duplicates=3)
     )
     drainer = FakeDrainer(WriterStats(written=40, last_latency_s=0.012))
-    poller = FakePoller(config.device[1])
+    device = config.device[1]
+    poller = DevicePoller(
+        device,
+        load_profile(device.profile or ""),
+        lambda d: None,  # type: ignore[arg-type,return-value]  # never polls
+        lambda r: None,
+        wall_clock_ms=clock,
+        clock=lambda: clock() / 1000,
+    )
     sources = Sources(outbox=outbox, drainer=drainer, mqtt=mqtt, pollers=[poller])
-    link = link_state_from(sources, clock_s=lambda: clock() / 1000)
+    links = LinkTracker(config, clock)
     store = StateStore(tmp_path / "alarms.sqlite")
-    engine = AlarmEngine(config, store, clock_ms=clock, link_state=link)
+    engine = AlarmEngine(config, store, clock_ms=clock, link_state=links.state)
     enricher = Enricher(config, store, clock_ms=clock)
-    observer = Observer(config, sources, engine, enricher, link, clock_ms=clock)
-    pipeline = Pipeline([enricher, engine, engine.committed_locally, observer])
+    observer = Observer(config, sources, engine, enricher, links.state, clock_ms=clock)
+    pipeline = Pipeline([links, enricher, engine, engine.committed_locally, observer])
+    # room-1's retained status, as the MQTT status path hands it to the pipeline
+    online = {LINK: LinkReport(True, connection=1)}
+    board = {"site": "lhasa", "device": "room-1"}
+    pipeline.process([Reading("device_health", board, {"online": True}, clock(), online)])
     return Rig(clock, outbox, mqtt, poller, engine, observer, pipeline, [])
+
+
+@contextlib.asynccontextmanager
+async def serving(r: Rig, **kwargs: Any) -> AsyncIterator[StatusServer]:
+    """The rig's status server on a free loopback port (``server.url``), stopped afterwards."""
+    server = StatusServer("127.0.0.1:0", r.observer, r.engine, **kwargs)
+    await server.start(required=True)
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 PASSWORD = "yak butter tea"
@@ -147,9 +161,9 @@ def users_file(tmp_path: Path) -> Path:
     return path
 
 
-def policy(tmp_path: Path, **http: Any) -> HttpPolicy:
+def policy(tmp_path: Path, clock_s: Callable[[], float] | None = None, **http: Any) -> HttpPolicy:
     config = parse_config({**CONFIG, "http": {"users_file": str(users_file(tmp_path)), **http}})
-    return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine)
+    return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine, clock_s)
 
 
 @dataclass
@@ -235,7 +249,7 @@ def test_routes_status_metrics_and_alarm_actions(
 ) -> None:
     r = rig(tmp_path)
     raise_o2_high(r)
-    r.poller.health = DeviceHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000)
+    r.poller_says(DeviceHealth(polls=3, ok=3, online=True, last_ok_monotonic=T0 / 1000))
     modbus_tags = {"site": "lhasa", "device": "conc-1", "source": "modbus"}
     r.pipeline.process([Reading("concentrator", modbus_tags, {"purity_pct": 93.0}, T0)])
     r.clock.t_ms += 2000
@@ -352,9 +366,8 @@ def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
     raise_o2_high(r)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             ack = ALARM + "/ack"
             # Nobody logged in: the old server acknowledged this "as nobody".
             answer = await request(url, ack, "POST", {})
@@ -405,8 +418,6 @@ def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
             assert answer.json()["user"] is None
             answer = await request(url, ALARM + "/unshelve", "POST", {}, dolma.headers())
             assert answer.status == 401
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -418,10 +429,9 @@ def test_foreign_origins_hosts_and_preflights_are_refused(
     raise_o2_high(r)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        authority = url.removeprefix("http://")
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
+            authority = url.removeprefix("http://")
             dolma = await login(url, "dolma")
             ack = ALARM + "/ack"
             # Even with a valid session and CSRF token: another origin's request is refused.
@@ -455,8 +465,6 @@ def test_foreign_origins_hosts_and_preflights_are_refused(
             assert answer.status == 405
             assert r.engine.active()[0]["acked"] is False
             assert server.refused[403] >= 8
-        finally:
-            await server.stop()
 
     with caplog.at_level("WARNING", logger="gateway.http"):
         asyncio.run(scenario())
@@ -471,9 +479,8 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             for path, method, status in (
                 ("/", "GET", 200), ("/static/app.js", "GET", 200), ("/api/status", "GET", 200),
                 ("/nope", "GET", 404), (ALARM + "/ack", "POST", 401),
@@ -489,8 +496,6 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
                 assert h["referrer-policy"] == "no-referrer"
                 assert h["cache-control"] == "no-store"
                 assert "access-control-allow-origin" not in h
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -499,11 +504,10 @@ def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) ->
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        server = StatusServer(
-            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, login_max_failures=3)
-        )
-        url = await server.start(required=True)
-        try:
+        # A clock where (now + 43200) - now is 43199.99999999999: the cookie said Max-Age=43199.
+        clock_s = lambda: 22336.002004108428  # noqa: E731
+        async with serving(r, policy=policy(tmp_path, clock_s, login_max_failures=3)) as server:
+            url = server.url
             answer = await request(url, "/api/session")
             assert answer.json() == {
                 "user": None, "role": None, "csrf": None, "login": True, "can_read": True,
@@ -543,8 +547,6 @@ def test_login_cookie_session_document_and_failed_login_limit(tmp_path: Path) ->
                                    headers={"Content-Type": "application/x-www-form-urlencoded"},
                                    raw=b"name=dolma&password=x")  # fmt: skip
             assert answer.status == 415
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -554,11 +556,8 @@ def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Pa
 
     async def scenario() -> None:
         # As when listening beyond loopback (the test itself stays on 127.0.0.1).
-        server = StatusServer(
-            "127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path, anonymous_read="never")
-        )
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path, anonymous_read="never")) as server:
+            url = server.url
             for path in ("/api/status", "/api/alarms", "/api/history", "/metrics",
                          "/api/events", "/api/alarms/log", "/api/rules"):  # fmt: skip
                 answer = await request(url, path)
@@ -571,17 +570,12 @@ def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Pa
             assert answer.status == 200 and answer.json()["gateway"]["id"] == "gw-t"
             answer = await request(url, "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
             assert answer.status == 200  # Prometheus with a bearer token
-        finally:
-            await server.stop()
         # Anonymous reading on loopback, except what a reverse proxy forwards from elsewhere.
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             assert (await request(url, "/api/status")).status == 200
             answer = await request(url, "/api/status", headers={"X-Forwarded-For": "192.0.2.7"})
             assert answer.status == 401
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -593,9 +587,8 @@ def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_c
     raise_o2_high(r)  # severity "alarm": 8 h at most
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine, policy=policy(tmp_path))
-        url = await server.start(required=True)
-        try:
+        async with serving(r, policy=policy(tmp_path)) as server:
+            url = server.url
             dolma = await login(url, "dolma")
             shelve = ALARM + "/shelve"
 
@@ -633,8 +626,6 @@ def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_c
             assert answer.status == 411
             answer = await request(url, shelve, "POST", {}, {**dolma.headers(), "host": url[7:]})
             assert answer.status == 400 and "given twice" in answer.error
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -671,7 +662,7 @@ def test_gateway_self_metric_points_and_modbus_link(tmp_path: Path) -> None:
     assert point.fields["readings_mqtt"] == 30 and point.fields["duplicates"] == 3
     assert point.fields["devices_online"] == 1  # room-1; conc-1 never polled: unknown
     # A Modbus device that stops answering: offline after two intervals, and alarmed.
-    r.poller.health = DeviceHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000)
+    r.poller_says(DeviceHealth(polls=9, ok=8, online=False, last_ok_monotonic=r.clock() / 1000))
     r.clock.t_ms += 9000
     assert r.observer.link_state("lhasa", "conc-1") is True  # one lost poll is not offline
     r.clock.t_ms += 2000
@@ -723,10 +714,9 @@ def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(gateway_http, "MAX_PENDING_REQUESTS", 1)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", r.observer, r.engine)
-        url = await server.start(required=True)
-        host, port = url.removeprefix("http://").split(":")
-        try:
+        async with serving(r) as server:
+            url = server.url
+            host, port = url.removeprefix("http://").split(":")
             # A client that connects and sends nothing yet holds the only slot (connections
             # are accepted, and their handlers started, in order) ...
             slow_reader, slow = await asyncio.open_connection(host, int(port))
@@ -737,7 +727,5 @@ def test_requests_in_progress_are_bounded(tmp_path: Path, monkeypatch: pytest.Mo
             assert (await slow_reader.read()).startswith(b"HTTP/1.1 200 OK")
             slow.close()
             assert (await request(url, "/api/status")).status == 200
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())

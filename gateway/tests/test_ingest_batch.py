@@ -185,6 +185,93 @@ def test_decoder_rejects_what_it_rejected_and_a_huge_integer_too() -> None:
     assert r.fields["invalid"] == "o2_pct:out_of_range" and "o2_pct_raw" not in r.fields
 
 
+def _outcome(decoder: TelemetryDecoder, topic: str, payload: bytes) -> Any:
+    try:
+        decoded = decoder.decode_message(topic, payload, NOW_MS)
+    except Reject as rej:
+        return ("reject", rej.reason, str(rej))
+    readings = [
+        (r.measurement, r.tags, list(r.fields.items()), [type(v) for v in r.fields.values()],
+         r.ts_ms, r.meta)
+        for r in decoded.readings
+    ]  # fmt: skip
+    rejects = [(i.index, i.reason, i.detail, i.payload) for i in decoded.rejects]
+    return ("ok", readings, rejects)
+
+
+def test_decoder_plans_answer_as_the_field_loop() -> None:
+    """The one-go path (a plan per key layout, values checked by class and range with map)
+    against the field-by-field loop, on the same random payloads: identical readings (field
+    order and value classes too), flags, log lines' causes, rejects and their messages."""
+    rng = random.Random(11)
+    fast, loop = TelemetryDecoder(config()), TelemetryDecoder(config())
+    loop._plan = lambda keys: None  # type: ignore[method-assign]
+    good: dict[str, Any] = {"o2_pct": 24.5, "baro_kpa": 64.2, "temp_c": 19.5, "rh_pct": 30.0,
+                            "co2_ppm": 900.0, "ppo2_kpa": 15.7, "eq_alt_m": 2300.0,
+                            "quality": 0, "purity_pct": 93.0, "flow_lpm": 5.0}  # fmt: skip
+    bad: list[Any] = [
+        124.0, -1.0, 1e400, -1e400, 0, 7, True, None, "24", [1], {"a": 1}, 1 << 70, 2.5, 30.0, 90.0,
+        1e308, -0.0, 4294967296, 1.0,
+    ]  # fmt: skip
+    ids: dict[str, Any] = {"v": 1, "boot": 3, "seq": 9, "ts": NOW_MS - 5000}
+    id_bad: dict[str, list[Any]] = {
+        "v": [2, 0, 1.0, True, "1", None],
+        "boot": [-1, 1 << 32, 1.5, False, "3", None],
+        "seq": [-1, 1 << 32, 2.0, True, None],
+        "ts": [0, -5, NOW_MS + 3_600_000, NOW_MS - 500 * 86_400_000, 1.5, "x", None, 1 << 60,
+               True, NOW_MS, NOW_MS + 59_000],
+    }  # fmt: skip
+    same = 0
+    for n in range(2500):
+        item: dict[str, Any] = {}
+        for name in rng.sample(list(ids), rng.choice([4, 4, 4, 3])):
+            item[name] = ids[name] if rng.random() < 0.85 else rng.choice(id_bad[name])
+        for name in rng.sample(list(good), rng.randint(1, len(good))):
+            item[name] = good[name] if rng.random() < 0.8 else rng.choice(bad)
+        if rng.random() < 0.05:
+            item["mystery"] = 1.0
+        keys = list(item)
+        if rng.random() < 0.3:
+            rng.shuffle(keys)
+        body: Any = {k: item[k] for k in keys}
+        if rng.random() < 0.1:
+            body = [body, dict(body, seq=n)]
+        payload = json.dumps(body).encode()
+        topic = f"o2/lhasa/room-{n % 3}/telemetry"
+        expected = _outcome(loop, topic, payload)
+        assert _outcome(fast, topic, payload) == expected, payload
+        same += expected[0] == "ok" and not expected[2]
+    assert same > 1000
+    assert fast.flagged == loop.flagged and fast.restamped == loop.restamped
+    assert fast._logged == loop._logged  # the same (device, field, reason) lines were written
+    assert any(plan is not None for plan in fast._plans.values())
+
+
+def test_decoder_plan_names_device_and_field_of_a_bad_value(caplog: Any) -> None:
+    """After good readings have made their layout's plan, a bad value in that layout is still
+    flagged by name, and the log line names the device and the field."""
+    decoder = TelemetryDecoder(config())
+    topic = "o2/lhasa/room-1/telemetry"
+
+    def payload(seq: int, o2: Any) -> bytes:
+        body = {"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 100, "o2_pct": o2, "temp_c": 20.5}
+        return json.dumps(body).encode()
+
+    for seq in range(3):
+        (r,) = decoder.decode(topic, payload(seq, 24.0), NOW_MS)
+        assert "invalid" not in r.fields
+    (r,) = decoder.decode(topic, payload(3, 101.5), NOW_MS)
+    assert r.fields["invalid"] == "o2_pct:out_of_range" and r.fields["o2_pct_raw"] == 101.5
+    assert r.fields["temp_c"] == 20.5
+    (r,) = decoder.decode(topic, payload(4, "24"), NOW_MS)
+    assert r.fields["invalid"] == "o2_pct:bad_type"
+    lines = [rec.getMessage() for rec in caplog.records]
+    for cause in ("o2_pct = 101.5 %, expected 0.0..100.0", "o2_pct = '24', expected a number"):
+        assert any("lhasa/room-1" in ln and cause in ln for ln in lines), cause
+    with pytest.raises(Reject, match=r"lhasa/room-1: seq = -1, expected 0\.\.4294967295"):
+        decoder.decode(topic, payload(-1, 24.0), NOW_MS)
+
+
 class Level(enum.IntEnum):
     HIGH = 3
 
@@ -210,6 +297,40 @@ def test_encoder_layout_cache_matches_influxdb_client() -> None:
         encoder.encode(Reading("room", tags, {"x": none, "y": math.nan}, 9))
     with pytest.raises(ValueError):
         encoder.encode(Reading("room", tags, {"x": [1]}, 9))  # type: ignore[dict-item]
+
+
+def test_encoder_templates_match_influxdb_client_on_random_readings() -> None:
+    """The template path (``%`` format, one ``sum`` for finiteness, ``.0`` removed by
+    ``replace``) against Point on values and names chosen to trip it: whole floats first, last
+    and in the middle, -0.0, exponents, strings holding ``.0``, ``%``, quotes and backslashes,
+    names with ``%``, ``.0``, spaces, commas and ``=``, and values that are not finite."""
+    rng = random.Random(7)
+    names = ["a", "b", "o2_pct", "x.0", "p%s", "k ey", "c,d", "e=f", "z", "n10.0"]
+    floats = [0.0, -0.0, 1.0, 10.0, 1389.0, 25.39, -3.5, 1e16, 2e-7, 1e308, -1e308, 0.1,
+              math.inf, -math.inf, math.nan]  # fmt: skip
+    strings = ["sensor", "isa", "", "1.0", "a.0,b", 'q"u', "b\\s", "%s%d", "x.0", "o2:bad,x:y"]
+    others: list[Any] = [True, False, None, 7, -12, 1 << 70, Level.HIGH, Tag("t.0")]
+    encoder = LineEncoder()
+    tags = {"site": "s", "device": "d"}
+    checked = 0
+    for n in range(3000):
+        fields: dict[str, Any] = {}
+        for name in rng.sample(names, rng.randint(1, len(names))):
+            kind = rng.random()
+            pool: list[Any] = floats if kind < 0.6 else strings if kind < 0.8 else others
+            fields[name] = rng.choice(pool)
+        reading = Reading("room", tags, fields, NOW_MS + n)
+        try:
+            expected = reading.to_line()
+        except ValueError:
+            expected = ""  # Point refuses a type; the encoder must too
+        if not expected:  # nothing to write (Point gives ""): a point needs a field
+            with pytest.raises(ValueError):
+                encoder.encode(reading)
+            continue
+        assert encoder.encode(reading) == expected, fields
+        checked += 1
+    assert checked > 2000
 
 
 def test_observer_last_values_equal_the_eager_ones() -> None:

@@ -17,8 +17,8 @@ from gateway.pipeline import Pipeline
 from gateway.readings import Reading
 from gateway.sources import Sources
 from gateway.state_store import StateStore
+from gateway.tests.fakes import T0, Clock
 
-T0 = 1_700_000_000_000
 TAGS = {"site": "lhasa", "device": "room-1", "room": "101"}
 CONFIG = {
     "gateway": {"id": "gw-t"},
@@ -30,14 +30,6 @@ CONFIG = {
     "alarm": [{"id": "room-o2-high", "field": "o2_pct", "op": ">", "value": 27.89,
                "severity": "critical", "device_kind": ["room"]}],
 }  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t_ms = T0
-
-    def __call__(self) -> int:
-        return self.t_ms
 
 
 def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:

@@ -10,7 +10,7 @@ import itertools
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,57 @@ def test_serial_line_from_url() -> None:
         SerialLine.from_url("rtu:///dev/ttyUSB0?parity=Q")
 
 
+def concentrators(units: int) -> list[Any]:
+    """Simulated medical concentrators, units 1..``units``, for an in-process RTU server."""
+    from simulators.modbus_server import SimulatedDevice
+    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
+
+    profile = load_profile("medical-concentrator")
+    return [
+        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
+        for u in range(1, units + 1)
+    ]
+
+
+def run_bus_until(
+    tmp_path: Path,
+    devices: list[Any],
+    interval_s: float,
+    emitted: list[tuple[float, Reading]],
+    done: Callable[[list[DevicePoller]], bool],
+) -> list[DevicePoller]:
+    """``devices`` served over RTU on a pty pair, polled by the gateway's (supervised) bus task
+    until ``done(pollers)``, 20 s at most; returns the pollers."""
+    from simulators.modbus_server import ModbusRtuSimulator
+    from simulators.ptypair import PtyPair
+
+    async def main(pair: PtyPair) -> list[DevicePoller]:
+        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
+        await server.start()
+        pollers = bus_pollers(pair.b, len(devices), emitted, interval_s=interval_s)
+        polled = watch_polls(pollers)
+        stop = asyncio.Event()
+        [(_, run)] = modbus_runners(pollers)
+        task = asyncio.create_task(run(stop))
+        deadline = time.monotonic() + 20
+        try:
+            while not done(pollers):
+                assert not task.done(), "the bus task ended"
+                assert time.monotonic() < deadline, [
+                    (p.health.polls, p.health.ok, p.health.restarts, p.health.last_error)
+                    for p in pollers
+                ]
+                await wait_for_poll(polled, deadline)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+        return pollers
+
+    with PtyPair(tmp_path) as pair:
+        return asyncio.run(main(pair))
+
+
 def watch_polls(pollers: list[DevicePoller]) -> asyncio.Event:
     """An event set after every poll of any of ``pollers`` (failed or not): tests wait on it
     instead of sleeping."""
@@ -187,45 +238,17 @@ async def wait_for_poll(polled: asyncio.Event, deadline: float) -> None:
 def test_short_answer_and_sentinels_on_one_unit_do_not_silence_the_bus(tmp_path: Path) -> None:
     """Was: one short answer raised out of the bus task, so every device on the line went
     silent while their links stayed "online". Now it is that unit's failed poll."""
-    from simulators.modbus_server import ModbusRtuSimulator, SimulatedDevice
-    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
-    from simulators.ptypair import PtyPair
-
-    profile = load_profile("medical-concentrator")
-    devices = [
-        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
-        for u in (1, 2, 3)
-    ]
+    devices = concentrators(3)
     devices[1].faults.short_by = 1  # unit 2: every answer one register short
     devices[2].faults.raw["purity_pct"] = [0xFFFF]  # unit 3: purity "no value"
     emitted: list[tuple[float, Reading]] = []
-
-    async def main(pair: PtyPair) -> list[DevicePoller]:
-        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
-        await server.start()
-        pollers = bus_pollers(pair.b, 3, emitted, interval_s=0.5)
-        polled = watch_polls(pollers)
-        stop = asyncio.Event()
-        [(_, run)] = modbus_runners(pollers)
-        task = asyncio.create_task(run(stop))
-        deadline = time.monotonic() + 20
-        try:
-            while not (pollers[1].health.decode_errors >= 3 and min(
-                pollers[0].health.ok, pollers[2].health.ok) >= 6):  # fmt: skip
-                assert not task.done(), "the bus task ended"
-                assert time.monotonic() < deadline, [
-                    (p.health.polls, p.health.ok, p.health.decode_errors, p.health.last_error)
-                    for p in pollers
-                ]
-                await wait_for_poll(polled, deadline)
-        finally:
-            stop.set()
-            await task
-            await server.stop()
-        return pollers
-
-    with PtyPair(tmp_path) as pair:
-        pollers = asyncio.run(main(pair))
+    pollers = run_bus_until(
+        tmp_path,
+        devices,
+        0.5,
+        emitted,
+        lambda ps: ps[1].health.decode_errors >= 3 and min(ps[0].health.ok, ps[2].health.ok) >= 6,
+    )
     one, short, sentinel = (p.health for p in pollers)
     assert one.online and sentinel.online and not short.online
     assert short.ok == 0 and "got 7 (missing alarm_bits)" in short.last_error
@@ -245,9 +268,6 @@ def test_a_dead_bus_task_is_restarted_and_reopens_the_line(
     """The bus task dies of a bug (here: in its scheduler, once): the supervisor restarts it,
     the serial line is opened again, every device on it reports the restart."""
     from gateway import modbus
-    from simulators.modbus_server import ModbusRtuSimulator, SimulatedDevice
-    from simulators.physics.concentrator import ConcentratorModel, params_from_profile
-    from simulators.ptypair import PtyPair
 
     monkeypatch.setattr(modbus, "RESTART_MIN_S", 0.05)
     pick = RtuBus._pick
@@ -260,35 +280,14 @@ def test_a_dead_bus_task_is_restarted_and_reopens_the_line(
         return pick(self, due, now)
 
     monkeypatch.setattr(RtuBus, "_pick", buggy_pick)
-    profile = load_profile("medical-concentrator")
-    devices = [
-        SimulatedDevice(profile, ConcentratorModel(params_from_profile(profile.nominal)), unit=u)
-        for u in (1, 2)
-    ]
     emitted: list[tuple[float, Reading]] = []
-
-    async def main(pair: PtyPair) -> list[DevicePoller]:
-        server = ModbusRtuSimulator(devices, port=pair.a, baudrate=19200)
-        await server.start()
-        pollers = bus_pollers(pair.b, 2, emitted, interval_s=0.1)
-        polled = watch_polls(pollers)
-        stop = asyncio.Event()
-        [(_, run)] = modbus_runners(pollers)
-        task = asyncio.create_task(run(stop))
-        deadline = time.monotonic() + 20
-        try:
-            while not all(p.health.restarts == 1 and p.health.ok >= 8 for p in pollers):
-                assert not task.done(), "the supervised bus task ended"
-                assert time.monotonic() < deadline, [p.health for p in pollers]
-                await wait_for_poll(polled, deadline)
-        finally:
-            stop.set()
-            await task
-            await server.stop()
-        return pollers
-
-    with PtyPair(tmp_path) as pair:
-        pollers = asyncio.run(main(pair))
+    pollers = run_bus_until(
+        tmp_path,
+        concentrators(2),
+        0.1,
+        emitted,
+        lambda ps: all(p.health.restarts == 1 and p.health.ok >= 8 for p in ps),
+    )
     assert all(p.health.online for p in pollers)
     crashed = [
         (r.tags["device"], r.fields["poller_crashed"])

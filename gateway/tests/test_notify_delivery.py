@@ -10,17 +10,15 @@ import hashlib
 import hmac
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig
 from gateway.notify import Notifier, NotifyQueue
 from gateway.outbox import Outbox
 from gateway.state_store import StateStore
+from gateway.tests.conftest import wait_until
 from gateway.tests.notify_helpers import (
     DEV,
     Receiver,
@@ -30,7 +28,6 @@ from gateway.tests.notify_helpers import (
     event,
     free_port,
     hook,
-    wait_until,
 )
 
 FAST: dict[str, Any] = {"retry_initial_s": 0.2, "retry_max_s": 0.5, "timeout_s": 2.0}
@@ -70,14 +67,6 @@ class Stack:
     def close(self) -> None:
         self.notifier.stop()
         self.outbox.close()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
-    started: list[Receiver] = []
-    yield started
-    for r in started:
-        r.close()
 
 
 def start(receivers: list[Receiver], script: Script | None = None, port: int = 0) -> Receiver:

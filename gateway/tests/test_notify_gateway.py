@@ -17,7 +17,6 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
-from gateway.tests.notify_helpers import Receiver, Request, Script, wait_until
+from gateway.tests.conftest import wait_until
+from gateway.tests.notify_helpers import Receiver, Request, Script
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.testing import wait_for_points
@@ -70,14 +70,6 @@ def publish_room(mosquitto: Mosquitto, room: str, seq: int, o2_pct: float) -> No
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
-    started: list[Receiver] = []
-    yield started
-    for r in started:
-        r.close()
 
 
 def _rule_requests(reqs: list[Request]) -> list[Request]:

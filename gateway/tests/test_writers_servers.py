@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +34,7 @@ from gateway.influx import InfluxMisconfigured, InfluxRejected, make_writer
 from gateway.lineproto import LineEncoder
 from gateway.outbox import Outbox
 from gateway.readings import Reading
+from gateway.tests.http_helpers import QuietHandler, serving
 from gateway.writer import OutboxDrainer
 from o2base.services import VictoriaMetrics
 
@@ -242,10 +242,7 @@ def strict(request: pytest.FixtureRequest) -> Iterator[StrictInflux]:
     state = StrictInflux(request.param)
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             u = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
@@ -257,20 +254,10 @@ def strict(request: pytest.FixtureRequest) -> Iterator[StrictInflux]:
                         parse_qs(u.query), self.headers.get("Authorization", ""), body
                     )
                     state.answers.append((status, text))
-            payload = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.reply(status, text.encode(), {"Content-Type": "application/json"})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as state.url:
+        yield state
 
 
 def strict_section(s: StrictInflux, tmp_path: Path, **kw: object) -> InfluxSection:
@@ -354,27 +341,16 @@ def test_v1_token_header_is_sent_to_influxdb_3s_v1_endpoint(tmp_path: Path) -> N
     """InfluxDB 3 also answers ``/write?db=`` with a token: the v1 writer sends it."""
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             seen.append(self.headers.get("Authorization", ""))
-            ok = self.headers.get("Authorization") == f"Token {TOKEN}"
-            self.send_response(204 if ok else 401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(204 if self.headers.get("Authorization") == f"Token {TOKEN}" else 401)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        writer = make_writer(section(f"http://127.0.0.1:{server.server_address[1]}", tmp_path))
+    with serving(Handler) as url:
+        writer = make_writer(section(url, tmp_path))
         writer.write(room_points(3))
         writer.close()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert seen and set(seen) == {f"Token {TOKEN}"}
 
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -107,19 +108,26 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def ctrl_c(child: ChildProcess, running: Callable[[], object], timeout_s: float) -> int | None:
+    """Start ``child``, press Ctrl-C (SIGINT) once ``running()`` returned, and return its exit
+    code (None if it did not exit within ``timeout_s``); the child is stopped either way."""
+    child.start()
+    try:
+        running()
+        child.signal(signal.SIGINT)
+        return child.wait(timeout_s)
+    finally:
+        child.stop()
+
+
 def test_demo_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
     data = tmp_path / "data"
     demo = ChildProcess(
         o2chain_argv("demo", "--data-dir", str(data), "--http-port", "0", "--mqtt-port", "0",
                      "--influx-port", "0"),
         tmp_path / "demo.log",
-    ).start()  # fmt: skip
-    try:
-        demo.wait_for_log("o2chain demo: starting scenario", timeout_s=30)
-        demo.signal(signal.SIGINT)
-        code = demo.wait(60)
-    finally:
-        demo.stop()
+    )  # fmt: skip
+    code = ctrl_c(demo, lambda: demo.wait_for_log("o2chain demo: starting scenario", 30), 60)
     log = demo.log_text()
     assert code == 130, log
     assert "Traceback" not in log
@@ -230,13 +238,8 @@ def test_sim_fleet_ctrl_c_is_one_line_and_exit_130(mosquitto: object, tmp_path: 
             o2chain_argv("sim", "fleet", "--mqtt", mosquitto.url, "--site", "fleet-int",
                          "--boards", "2", "--interval-s", "0.5", "--readings", "1000"),
             tmp_path / "fleet.log",
-        ).start()  # fmt: skip
-        try:
-            probe.wait_for("o2/fleet-int/room-0001/telemetry")  # it runs
-            fleet.signal(signal.SIGINT)
-            code = fleet.wait(30)
-        finally:
-            fleet.stop()
+        )  # fmt: skip
+        code = ctrl_c(fleet, lambda: probe.wait_for("o2/fleet-int/room-0001/telemetry"), 30)
     log = fleet.log_text()
     assert code == 130, log
     assert "Traceback" not in log and log.count("o2chain sim fleet: interrupted") == 1

@@ -64,6 +64,31 @@ def _closed_port() -> int:
 
 
 _KEEP: list[socket.socket] = []
+_FLEET = ["sim", "fleet", "--site", "s", "--boards", "1", "--interval-s", "1", "--readings", "3"]
+_CONCENTRATOR = ["sim", "concentrator", "--profile", "medical-concentrator", "--listen"]
+
+
+def _flash(
+    t: Path, port: str, *, board: str = 'kind = "room"', device: str = "room-1"
+) -> list[str]:
+    """``firmware flash`` of ``device`` from a one-board inventory holding ``board``."""
+    inventory = _inventory(t, board)
+    return ["firmware", "flash", "--port", port, "--device", device, "--inventory", inventory]
+
+
+def _board_config(t: Path, board: str) -> list[str]:
+    """``firmware config`` of room-1 from a one-board inventory holding ``board``."""
+    return ["firmware", "config", "--device", "room-1", "--inventory", _inventory(t, board)]
+
+
+_RUN = ["firmware", "run", "--duration", "1", "--config"]
+_MISSPELT_BOARD = {
+    "site": "s",
+    "device": "d",
+    "site_altitude_m": 0,
+    "intervall_s": 1,
+    "mqtt": {"host": "127.0.0.1"},
+}
 
 # (id, argv from a temp dir, exit code, words the one line must hold)
 ROWS: list[tuple[str, Setup, int, list[str]]] = [
@@ -111,61 +136,25 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
     ),
     (
         "sim concentrator on a busy port",
-        lambda t: [
-            "sim",
-            "concentrator",
-            "--profile",
-            "medical-concentrator",
-            "--listen",
-            f"tcp://127.0.0.1:{_busy_port()}",
-        ],
+        lambda t: [*_CONCENTRATOR, f"tcp://127.0.0.1:{_busy_port()}"],
         1,
         ["o2chain sim concentrator:", "cannot listen on tcp://127.0.0.1:", "in use"],
     ),
     (
         "sim concentrator on a missing tty",
-        lambda t: [
-            "sim",
-            "concentrator",
-            "--profile",
-            "medical-concentrator",
-            "--listen",
-            "rtu:///dev/ttyNOPE0?baudrate=9600",
-        ],
+        lambda t: [*_CONCENTRATOR, "rtu:///dev/ttyNOPE0?baudrate=9600"],
         2,
         ["no serial device /dev/ttyNOPE0"],
     ),
     (
         "sim fleet on a wrong port",
-        lambda t: [
-            "sim",
-            "fleet",
-            "--mqtt",
-            f"mqtt://127.0.0.1:{_closed_port()}",
-            "--site",
-            "s",
-            "--boards",
-            "1",
-            "--interval-s",
-            "1",
-            "--readings",
-            "3",
-        ],
+        lambda t: [*_FLEET, "--mqtt", f"mqtt://127.0.0.1:{_closed_port()}"],
         1,
         ["o2chain sim fleet:", "no MQTT broker answers at mqtt://127.0.0.1:"],
     ),
     (
         "firmware flash on a missing port",
-        lambda t: [
-            "firmware",
-            "flash",
-            "--port",
-            "/dev/ttyUSB-NOPE",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, 'kind = "room"'),
-        ],
+        lambda t: _flash(t, "/dev/ttyUSB-NOPE"),
         2,
         [
             "o2chain firmware flash:",
@@ -175,142 +164,55 @@ ROWS: list[tuple[str, Setup, int, list[str]]] = [
     ),
     (
         "firmware flash with a --build that is not there",
-        lambda t: [
-            "firmware",
-            "flash",
-            "--port",
-            "/dev/null",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, 'kind = "room"'),
-            "--build",
-            str(t / "none"),
-        ],
+        lambda t: [*_flash(t, "/dev/null"), "--build", str(t / "none")],
         2,
         ["--build", "no such directory", "o2chain firmware build"],
     ),
     (
         "firmware flash on a port that is no serial port",
-        lambda t: [
-            "firmware",
-            "flash",
-            "--port",
-            "/dev/null",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, 'kind = "room"'),
-        ],
+        lambda t: _flash(t, "/dev/null"),
         1,
         ["o2chain firmware flash: cannot open /dev/null"],
     ),
     (
         "firmware flash with a device the inventory does not have",
-        lambda t: [
-            "firmware",
-            "flash",
-            "--port",
-            "/dev/null",
-            "--device",
-            "room-2",
-            "--inventory",
-            _inventory(t, 'kind = "room"'),
-        ],
+        lambda t: _flash(t, "/dev/null", device="room-2"),
         2,
         ["no [devices.room-2] (known: room-1)"],
     ),
     (
         "firmware run with a board config error",
-        lambda t: [
-            "firmware",
-            "run",
-            "--duration",
-            "1",
-            "--config",
-            str(
-                _file(
-                    t,
-                    "board.json",
-                    json.dumps(
-                        {
-                            "site": "s",
-                            "device": "d",
-                            "site_altitude_m": 0,
-                            "intervall_s": 1,
-                            "mqtt": {"host": "127.0.0.1"},
-                        }
-                    ),
-                )
-            ),
-        ],
+        lambda t: [*_RUN, str(_file(t, "board.json", json.dumps(_MISSPELT_BOARD)))],
         2,
         ["o2chain firmware run:", "intervall_s: unknown key (did you mean interval_s?)"],
     ),
     (
         'board config mqtt.host = ""',
-        lambda t: [
-            "firmware",
-            "config",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, 'mqtt = { host = "" }'),
-        ],
+        lambda t: _board_config(t, 'mqtt = { host = "" }'),
         2,
         ["device room-1: mqtt.host: expected a broker IP address (not empty), got ''"],
     ),
     (
         "board config buzzer on GPIO 34",
-        lambda t: [
-            "firmware",
-            "config",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, "alarm = { pin = 34 }"),
-        ],
+        lambda t: _board_config(t, "alarm = { pin = 34 }"),
         2,
         ["alarm.pin: expected a GPIO that can drive an output (34-39 are input-only), got 34"],
     ),
     (
         "board config tx = 40",
-        lambda t: [
-            "firmware",
-            "config",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, "sensors = { o2 = { tx = 40 } }"),
-        ],
+        lambda t: _board_config(t, "sensors = { o2 = { tx = 40 } }"),
         2,
         ["sensors.o2.tx: expected an ESP32 GPIO (0-19, 21-23, 25-27, 32-39), got 40"],
     ),
     (
         "board config with a misspelt key",
-        lambda t: [
-            "firmware",
-            "config",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, "alarm = { o2_hihg_alarm_pct = 27.5 }"),
-        ],
+        lambda t: _board_config(t, "alarm = { o2_hihg_alarm_pct = 27.5 }"),
         2,
         ["alarm.o2_hihg_alarm_pct: unknown key (did you mean alarm.o2_high_alarm_pct?)"],
     ),
     (
         "flash a board config with a pin used twice",
-        lambda t: [
-            "firmware",
-            "flash",
-            "--port",
-            "/dev/null",
-            "--device",
-            "room-1",
-            "--inventory",
-            _inventory(t, "alarm = { pin = 17 }"),
-        ],
+        lambda t: _flash(t, "/dev/null", board="alarm = { pin = 17 }"),
         2,
         ["alarm.pin: expected a GPIO of its own, got 17 (also sensors.o2.tx)"],
     ),
@@ -340,7 +242,10 @@ def test_one_line_and_an_exit_code(
     assert "Traceback" not in done.stderr + done.stdout
     for word in words:
         assert word in lines[0], lines[0]
-    assert elapsed_s < 15, f"{elapsed_s:.1f} s: a mistake must be said at once"
+    # Said, not waited out: each row's line names the mistake (not a timeout), and the run ends
+    # well before TIMEOUT_S. Not a speed check: on a loaded 2-core machine a run that takes 3 s
+    # alone took 15 s, so the bound only catches a command that hangs.
+    assert elapsed_s < TIMEOUT_S - 15, f"{elapsed_s:.1f} s: a mistake must be said, not hang"
     if argv[0] == "demo":  # nothing left behind by a refused demo
         assert not (tmp_path / "data").exists()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import subprocess
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.telemetry import decode_telemetry
-from o2base.procs import o2chain_argv
+from o2base.procs import o2chain_argv, wait_until
 from o2base.services import Mosquitto
 from simulators.fleet import Fleet, FleetConfig, FleetSummary, default_room_source
 from simulators.physics.atmosphere import Weather
@@ -118,43 +120,78 @@ def test_fleet_speaks_the_contract(mosquitto: Mosquitto, mqtt_recorder: Any, tmp
     assert co2_seen == with_sensor and 0 < len(with_sensor) < boards
 
 
+def run_across_an_outage(
+    broker: Mosquitto,
+    rec: Any,
+    outage: Any,
+    *,
+    seen_before: int,
+    measured_during: int,
+    **config: Any,
+) -> FleetSummary:
+    """Run a fleet (``config``: boards, readings and more) on ``broker`` in a thread, readings
+    every 50 ms, reconnecting within 0.2 s; once ``seen_before`` readings arrived, hold the
+    broker in the ``outage`` (a context manager) until the boards measured ``measured_during``
+    more readings; return the fleet's summary."""
+    fleet = Fleet(
+        FleetConfig(
+            host=broker.host,
+            port=broker.port,
+            site=SITE,
+            interval_s=0.05,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.2,
+            timeout_s=60,
+            **config,
+        )
+    )
+    result: list[FleetSummary] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(fleet.run())))
+    runner.start()
+    try:
+        rec.wait_for(lambda: len(rec.readings()) >= seen_before)
+        with outage:
+            measured = sum(b.measured for b in fleet.boards)
+            # Boards keep measuring while the broker is away (polling another thread's
+            # counters: there is no event to await across the thread boundary).
+            wait_until(
+                lambda: sum(b.measured for b in fleet.boards) >= measured + measured_during,
+                20,
+                "the boards to go on measuring while the broker is away",
+                error=AssertionError,
+            )
+    finally:
+        runner.join(timeout=60)
+    assert result, "fleet did not finish"
+    return result[0]
+
+
+@contextlib.contextmanager
+def stopped(broker: Mosquitto) -> Iterator[None]:
+    broker.stop()
+    yield
+    broker.start()
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    broker.freeze()
+    try:
+        yield
+    finally:
+        broker.thaw()
+
+
 @pytest.mark.integration
 def test_fleet_stores_and_forwards_across_a_broker_restart(
     mosquitto: Mosquitto, mqtt_recorder: Any
 ) -> None:
     rec = mqtt_recorder("o2/+/+/telemetry")
     boards, readings = 4, 60
-    config = FleetConfig(
-        host=mosquitto.host,
-        port=mosquitto.port,
-        site=SITE,
-        boards=boards,
-        interval_s=0.05,
-        readings=readings,
-        boot=3,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        timeout_s=60,
-    )
-    fleet = Fleet(config)
-    result: list[FleetSummary] = []
-    runner = threading.Thread(target=lambda: result.append(asyncio.run(fleet.run())))
-    runner.start()
-    try:
-        rec.wait_for(lambda: len(rec.readings()) >= 40)
-        mosquitto.stop()
-        measured = sum(b.measured for b in fleet.boards)
-        # Boards keep measuring while the broker is away (polling another thread's counters:
-        # there is no event to await across the thread boundary).
-        deadline = time.monotonic() + 20
-        while sum(b.measured for b in fleet.boards) < measured + 4 * boards:
-            assert time.monotonic() < deadline, "boards stopped measuring during the outage"
-            time.sleep(0.02)
-        mosquitto.start()
-    finally:
-        runner.join(timeout=60)
-    assert result, "fleet did not finish"
-    summary = result[0]
+    summary = run_across_an_outage(
+        mosquitto, rec, stopped(mosquitto), seen_before=40, measured_during=4 * boards,
+        boards=boards, readings=readings, boot=3,
+    )  # fmt: skip
     assert summary.complete, summary
     assert summary.readings_sent == boards * readings
     assert summary.reconnects >= boards
@@ -193,38 +230,12 @@ def test_fleet_survives_a_frozen_broker(mosquitto: Mosquitto, mqtt_recorder: Any
     """SIGSTOP: TCP stays up but nothing answers; keep-alive notices, boards buffer and replay."""
     rec = mqtt_recorder("o2/+/+/telemetry")
     boards, readings = 3, 80
-    config = FleetConfig(
-        host=mosquitto.host,
-        port=mosquitto.port,
-        site=SITE,
-        boards=boards,
-        interval_s=0.05,
-        readings=readings,
-        keepalive_s=1,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        connect_timeout_s=0.5,
-        timeout_s=60,
-    )
-    fleet = Fleet(config)
-    result: list[FleetSummary] = []
-    runner = threading.Thread(target=lambda: result.append(asyncio.run(fleet.run())))
-    runner.start()
-    try:
-        rec.wait_for(lambda: len(rec.readings()) >= 20)
-        mosquitto.freeze()
-        measured = sum(b.measured for b in fleet.boards)
-        deadline = time.monotonic() + 20
-        while sum(b.measured for b in fleet.boards) < measured + 40 * boards // 4:
-            assert time.monotonic() < deadline, "boards stopped measuring while the broker hung"
-            time.sleep(0.02)
-        mosquitto.thaw()
-    finally:
-        if mosquitto.frozen:
-            mosquitto.thaw()
-        runner.join(timeout=60)
-    assert result and result[0].complete, result
-    assert result[0].readings_sent == boards * readings
+    summary = run_across_an_outage(
+        mosquitto, rec, frozen(mosquitto), seen_before=20, measured_during=40 * boards // 4,
+        boards=boards, readings=readings, keepalive_s=1, connect_timeout_s=0.5,
+    )  # fmt: skip
+    assert summary.complete, summary
+    assert summary.readings_sent == boards * readings
     rec.wait_for(lambda: len({(t, i["seq"]) for t, i in rec.readings()}) == boards * readings)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import select
 import time
+from collections.abc import Callable, Iterator
 from importlib.resources import files
 
 import pytest
@@ -34,6 +36,28 @@ def decode_gasboard(frame: bytes, flow_scale: float = 0.1) -> tuple[float, float
         raise ValueError("bad checksum")
     o2, flow, temp = (int.from_bytes(frame[i : i + 2], "big") for i in (3, 5, 7))
     return o2 * 0.1, flow * flow_scale, temp * 0.1
+
+
+@contextlib.contextmanager
+def opened(port: str) -> Iterator[int]:
+    """The pty at ``port`` opened as the host's UART."""
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_until(fd: int, enough: Callable[[bytes], bool], timeout_s: float) -> bytes:
+    """What the sensor sends on ``fd`` until ``enough(got)`` or ``timeout_s`` (then what came:
+    the caller's asserts say what was missing)."""
+    got = b""
+    deadline = time.monotonic() + timeout_s
+    while not enough(got) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], min(0.5, timeout_s / 10))
+        if ready:
+            got += os.read(fd, 256)
+    return got
 
 
 @pytest.mark.parametrize(("hex_frame", "o2", "flow", "temp"), VECTORS)
@@ -126,19 +150,11 @@ def test_luminox_modes_and_faults() -> None:
 
 
 def test_gasboard_on_a_real_pty() -> None:
-    with PtySensor(GasboardWire(o2_pct=94.8, noise_pct=0.0, stream_interval_s=0.5)) as sim:
-        fd = os.open(sim.port_path, os.O_RDWR | os.O_NOCTTY)
-        try:
-            os.write(fd, READ_QUERY)
-            got = b""
-            deadline = time.monotonic() + 5
-            # The query's answer comes at once; a streamed frame follows within 0.5 s.
-            while len(got) < 24 and time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    got += os.read(fd, 64)
-        finally:
-            os.close(fd)
+    wire = GasboardWire(o2_pct=94.8, noise_pct=0.0, stream_interval_s=0.5)
+    with PtySensor(wire) as sim, opened(sim.port_path) as fd:
+        os.write(fd, READ_QUERY)
+        # The query's answer comes at once; a streamed frame follows within 0.5 s.
+        got = read_until(fd, lambda got: len(got) >= 24, 5)
     assert len(got) >= 24
     assert decode_gasboard(got[:12]) == pytest.approx((94.8, 5.0, 21.0))
     assert decode_gasboard(got[12:24])[0] == pytest.approx(94.8)
@@ -150,17 +166,9 @@ def test_cli_serves_a_luminox_on_a_pty(tmp_path) -> None:
     argv = o2chain_argv("sim", "sensor", "luminox", "--o2-pct", "24.1", "--fault", "drop_every=2")
     with ChildProcess(argv, tmp_path / "luminox.log") as sim:
         port = sim.wait_for_log(r'"port": "([^"]+)"').group(1)
-        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-        try:
+        with opened(port) as fd:
             os.write(fd, b"M 1\r\nA\r\nA\r\nA\r\n")
-            got = b""
-            deadline = time.monotonic() + 5
-            while got.count(b"\n") < 2 and time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    got += os.read(fd, 256)
-        finally:
-            os.close(fd)
+            got = read_until(fd, lambda got: got.count(b"\n") >= 2, 5)
     lines = got.split(b"\r\n")
     assert lines[0] == b"M 01"
     assert LUMINOX_RE.fullmatch(lines[1] + b"\r\n")
@@ -212,17 +220,9 @@ def test_cli_serves_an_mhz19_on_a_pty(tmp_path) -> None:
     argv = o2chain_argv("sim", "sensor", "mhz19", "--co2-ppm", "1200")
     with ChildProcess(argv, tmp_path / "mhz19.log") as sim:
         port = sim.wait_for_log(r'"port": "([^"]+)"').group(1)
-        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-        try:
+        with opened(port) as fd:
             os.write(fd, READ_CO2)
-            got = b""
-            deadline = time.monotonic() + 5
-            while len(got) < 9 and time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    got += os.read(fd, 64)
-        finally:
-            os.close(fd)
+            got = read_until(fd, lambda got: len(got) >= 9, 5)
     assert abs(decode_mhz19(got[:9]) - 1200) <= 30
 
 
@@ -234,20 +234,11 @@ def test_cli_serves_a_ze03_on_a_pty_with_its_faults(tmp_path) -> None:
     query = bytes.fromhex("ff0186000000000079")
 
     def ask(port: str, count: int) -> list[bytes]:
-        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
         answers = []
-        try:
+        with opened(port) as fd:
             for _ in range(count):
                 os.write(fd, query)
-                got = b""
-                deadline = time.monotonic() + 2
-                while len(got) < 9 and time.monotonic() < deadline:
-                    ready, _, _ = select.select([fd], [], [], 0.2)
-                    if ready:
-                        got += os.read(fd, 64)
-                answers.append(got)
-        finally:
-            os.close(fd)
+                answers.append(read_until(fd, lambda got: len(got) >= 9, 2))
         return answers
 
     argv = o2chain_argv("sim", "sensor", "ze03", "--o2-pct", "24", "--baro-kpa", "65.2",

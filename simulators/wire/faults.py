@@ -17,8 +17,9 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol, Self
+
+from o2base.procs import StartStop
 
 
 @dataclass
@@ -60,6 +61,19 @@ class WireFaults:
             self._stuck_values = values
         return self._stuck_values
 
+    def reading(
+        self, values: tuple[float, ...], rng: random.Random, noise_sd: float, now_s: float
+    ) -> tuple[float, ...]:
+        """What the sensor reports for the true ``values``: seeded Gaussian noise and the drift
+        on the first one (the gas reading), then frozen while ``stuck``."""
+        first = values[0] + rng.gauss(0.0, noise_sd) + self.drift(now_s)
+        return self.hold((first, *values[1:]))
+
+    def checksummed_out(self, frame: bytes, rng: random.Random) -> bytes:
+        """:meth:`frame_out` for a frame whose last byte is its checksum (the damaged one has
+        that byte off by one)."""
+        return self.frame_out(frame, rng, frame[:-1] + bytes(((frame[-1] + 1) & 0xFF,)))
+
     def frame_out(self, frame: bytes, rng: random.Random, corrupt: bytes) -> bytes:
         """Apply drop / bad checksum / garbage to one outgoing frame.
 
@@ -74,6 +88,41 @@ class WireFaults:
         return out
 
 
+class SensorWire:
+    """What every simulated sensor's wire keeps: its faults (change them any time), a seeded
+    random source (noise, garbage bytes) and the host's bytes not parsed yet."""
+
+    def __init__(self, seed: int) -> None:
+        self.faults = WireFaults()
+        self._rng = random.Random(seed)
+        self._buf = bytearray()
+
+
+class StreamClock:
+    """When a sensor that streams unasked speaks next: every ``interval_s`` from the first
+    call, missed slots skipped rather than sent in a burst (a real sensor does not catch up).
+    ``interval_s`` None means it does not stream (now); it may change between calls."""
+
+    def __init__(self) -> None:
+        self.next_s: float | None = None
+
+    def due(self, now_s: float, interval_s: float | None) -> float | None:
+        if interval_s is None:
+            return None
+        if self.next_s is None:
+            self.next_s = now_s + interval_s
+        return self.next_s
+
+    def take(self, now_s: float, interval_s: float | None) -> bool:
+        """True when a frame is due at ``now_s`` (and the next slot is set)."""
+        due = self.due(now_s, interval_s)
+        if due is None or interval_s is None or now_s < due:
+            return False
+        while self.next_s is not None and self.next_s <= now_s:
+            self.next_s += interval_s
+        return True
+
+
 class Wire(Protocol):
     def receive(self, data: bytes, now_s: float) -> bytes: ...
 
@@ -82,7 +131,7 @@ class Wire(Protocol):
     def next_due(self, now_s: float) -> float | None: ...
 
 
-class PtySensor:
+class PtySensor(StartStop):
     """Serve a :class:`Wire` on a fresh pty; ``port_path`` is the side the host opens."""
 
     def __init__(self, wire: Wire, name: str = "sensor") -> None:
@@ -120,14 +169,6 @@ class PtySensor:
                 os.close(fd)
         self._master = self._slave = None
         self._stop_r = self._stop_w = -1
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _serve(self) -> None:
         master = self._master

@@ -15,10 +15,9 @@ Written independently of ``firmware/lib/o2/gasboard.py`` on purpose.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-from simulators.wire.faults import WireFaults
+from simulators.wire.faults import SensorWire, StreamClock
 
 HOST_START = 0x11
 SENSOR_START = 0x16
@@ -53,7 +52,7 @@ def read_reply(
     return sensor_frame(CMD_READ, payload + status.to_bytes(2, "big"))
 
 
-class GasboardWire:
+class GasboardWire(SensorWire):
     """The sensor's behaviour; values are attributes or come from ``source()``."""
 
     def __init__(
@@ -70,31 +69,27 @@ class GasboardWire:
         serial: bytes = b"SIM0000001",
         version: bytes = b"GB7500-SIM1",
     ) -> None:
+        super().__init__(seed)
         self.o2_pct, self.flow_lpm, self.temp_c = o2_pct, flow_lpm, temp_c
         self.source = source
         self.stream_interval_s = stream_interval_s
         self.flow_scale = flow_scale
         self.noise_pct = noise_pct
         self.serial, self.version = serial, version
-        self.faults = WireFaults()
         self.queries = 0
         self.bad_frames = 0
         self.frames_sent = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
-        self._next_stream: float | None = None
+        self._stream = StreamClock()
 
     def values(self, now_s: float) -> tuple[float, float, float]:
-        o2, flow, temp = self.source() if self.source else (self.o2_pct, self.flow_lpm, self.temp_c)
-        o2 += self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
-        held = self.faults.hold((o2, flow, temp))
-        return held[0], held[1], held[2]
+        true = self.source() if self.source else (self.o2_pct, self.flow_lpm, self.temp_c)
+        o2, flow, temp = self.faults.reading(true, self._rng, self.noise_pct, now_s)
+        return o2, flow, temp
 
     def frame(self, now_s: float) -> bytes:
         """The next data frame as the line carries it (faults applied)."""
         good = read_reply(*self.values(now_s), flow_scale=self.flow_scale)
-        bad = good[:-1] + bytes(((good[-1] + 1) & 0xFF,))
-        out = self.faults.frame_out(good, self._rng, bad)
+        out = self.faults.checksummed_out(good, self._rng)
         if out:
             self.frames_sent += 1
         return out
@@ -140,19 +135,9 @@ class GasboardWire:
         return b""  # unknown commands: silence, like the module
 
     def next_due(self, now_s: float) -> float | None:
-        if self.stream_interval_s is None:
-            return None
-        if self._next_stream is None:
-            self._next_stream = now_s + self.stream_interval_s
-        return self._next_stream
+        return self._stream.due(now_s, self.stream_interval_s)
 
     def tick(self, now_s: float) -> bytes:
-        due = self.next_due(now_s)
-        if due is None or now_s < due or self.stream_interval_s is None:
-            return b""
-        # Skip missed slots rather than bursting (a real sensor does not catch up).
-        while self._next_stream is not None and self._next_stream <= now_s:
-            self._next_stream += self.stream_interval_s
-        if self.faults.disconnected:
+        if not self._stream.take(now_s, self.stream_interval_s) or self.faults.disconnected:
             return b""
         return self.frame(now_s)

@@ -7,14 +7,14 @@ O2 %, status (``e 0000`` = OK). Commands ``M 0`` stream (about once a second, th
 ``e`` answer one field each. The sensor acknowledges ``M x`` with ``M 0x``.
 
 The protocol has no checksum: the "bad checksum" fault garbles one digit instead.
+Written independently of ``firmware/lib/o2/luminox.py`` on purpose.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-from simulators.wire.faults import WireFaults
+from simulators.wire.faults import SensorWire, StreamClock
 
 STREAM_S = 1.0
 
@@ -37,7 +37,7 @@ def line(o2_pct: float, temp_c: float, baro_kpa: float, status: int = 0) -> byte
     return f"O {f['O']} T {f['T']} P {f['P']} % {f['%']} e {f['e']}\r\n".encode()
 
 
-class LuminOxWire:
+class LuminOxWire(SensorWire):
     """The sensor's behaviour; values are attributes or come from ``source()``."""
 
     def __init__(
@@ -50,21 +50,18 @@ class LuminOxWire:
         noise_pct: float = 0.02,
         source: Callable[[], tuple[float, float, float]] | None = None,
     ) -> None:
+        super().__init__(seed)
         self.o2_pct, self.temp_c, self.baro_kpa = o2_pct, temp_c, baro_kpa
         self.source = source
         self.noise_pct = noise_pct
         self.mode = 0  # 0 stream, 1 poll, 2 off
-        self.faults = WireFaults()
         self.lines_sent = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
-        self._next_stream: float | None = None
+        self._stream = StreamClock()
 
     def values(self, now_s: float) -> tuple[float, float, float]:
-        o2, temp, baro = self.source() if self.source else (self.o2_pct, self.temp_c, self.baro_kpa)
-        o2 += self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
-        held = self.faults.hold((o2, temp, baro))
-        return held[0], held[1], held[2]
+        true = self.source() if self.source else (self.o2_pct, self.temp_c, self.baro_kpa)
+        o2, temp, baro = self.faults.reading(true, self._rng, self.noise_pct, now_s)
+        return o2, temp, baro
 
     def _send(self, text: bytes) -> bytes:
         damaged = bytearray(text)
@@ -92,7 +89,7 @@ class LuminOxWire:
     def _answer(self, cmd: str, now_s: float) -> bytes:
         if cmd.startswith("M ") and cmd[2:].strip() in ("0", "1", "2"):
             self.mode = int(cmd[2:].strip())
-            self._next_stream = None
+            self._stream = StreamClock()
             return f"M 0{self.mode}\r\n".encode()
         if cmd == "A":
             return self._send(line(*self.values(now_s)))
@@ -101,18 +98,10 @@ class LuminOxWire:
         return b""
 
     def next_due(self, now_s: float) -> float | None:
-        if self.mode != 0:
-            return None
-        if self._next_stream is None:
-            self._next_stream = now_s + STREAM_S
-        return self._next_stream
+        return self._stream.due(now_s, STREAM_S if self.mode == 0 else None)
 
     def tick(self, now_s: float) -> bytes:
-        due = self.next_due(now_s)
-        if due is None or now_s < due:
-            return b""
-        while self._next_stream is not None and self._next_stream <= now_s:
-            self._next_stream += STREAM_S
-        if self.faults.disconnected:
+        due = self._stream.take(now_s, STREAM_S if self.mode == 0 else None)
+        if not due or self.faults.disconnected:
             return b""
         return self._send(line(*self.values(now_s)))

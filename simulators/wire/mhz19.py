@@ -14,10 +14,7 @@ Written independently of ``firmware/lib/o2/mhz19.py`` on purpose.
 
 from __future__ import annotations
 
-import random
-
-from simulators.wire.faults import WireFaults
-from simulators.wire.winsen import READ_CMD, checksum, take_commands
+from simulators.wire.winsen import READ_CMD, QueryWire, checksum
 
 READ_QUERY = bytes.fromhex("ff0186000000000079")
 MAX_PPM = 0xFFFF
@@ -32,43 +29,17 @@ def read_reply(co2_ppm: float, temp_c: float = 21.0) -> bytes:
     return bytes(frame)
 
 
-class MHZ19Wire:
+class MHZ19Wire(QueryWire):
     """The module's behaviour on the line (a ``faults.Wire``); ``co2_ppm`` may change any time."""
 
     def __init__(
         self, co2_ppm: float = 600.0, temp_c: float = 21.0, *, seed: int = 0, noise_ppm: float = 5.0
     ) -> None:
+        super().__init__(seed)
         self.co2_ppm = co2_ppm
         self.temp_c = temp_c
         self.noise_ppm = noise_ppm
-        self.faults = WireFaults()
-        self.queries = 0
-        self.bad_frames = 0
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
 
     def frame(self, now_s: float) -> bytes:
-        value = self.co2_ppm + self._rng.gauss(0.0, self.noise_ppm) + self.faults.drift(now_s)
-        good = read_reply(self.faults.hold((value,))[0], self.temp_c)
-        bad = good[:-1] + bytes(((good[-1] + 1) & 0xFF,))
-        return self.faults.frame_out(good, self._rng, bad)
-
-    def receive(self, data: bytes, now_s: float) -> bytes:
-        if self.faults.disconnected:
-            return b""
-        buf = self._buf
-        buf += data
-        out = b""
-        frames, bad = take_commands(buf)
-        self.bad_frames += bad
-        for frame in frames:
-            if frame[2] == READ_CMD:
-                self.queries += 1
-                out += self.frame(now_s)
-        return out
-
-    def tick(self, now_s: float) -> bytes:
-        return b""  # speaks only when asked
-
-    def next_due(self, now_s: float) -> float | None:
-        return None
+        (value,) = self.faults.reading((self.co2_ppm,), self._rng, self.noise_ppm, now_s)
+        return self.faults.checksummed_out(read_reply(value, self.temp_c), self._rng)

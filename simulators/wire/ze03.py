@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import random
 import sys
 import threading
 
-from simulators.wire.faults import PtySensor, WireFaults
-from simulators.wire.winsen import READ_CMD, checksum, take_commands
+from simulators.wire.faults import PtySensor
+from simulators.wire.winsen import READ_CMD, QueryWire, checksum
 
 QUERY = bytes.fromhex("ff0186000000000079")
 MODE_CMD = 0x78
@@ -39,8 +38,9 @@ def reply_frame(o2_pct: float) -> bytes:
     return bytes(frame)
 
 
-class ZE03Wire:
-    """What the module does on its line: parse commands, answer reads (a ``faults.Wire``).
+class ZE03Wire(QueryWire):
+    """What the module does on its line: parse commands, answer reads (a ``faults.Wire``);
+    mode-switch commands (``0x78``, Q&A / active) are accepted without a reply.
 
     ``noise_pct`` is the standard deviation of the Gaussian noise added to each answer
     (default 0.05 %, below the module's 0.1 % resolution so most answers are exact).
@@ -54,15 +54,11 @@ class ZE03Wire:
         baro_kpa: float = CAL_KPA,
         cal_kpa: float = CAL_KPA,
     ) -> None:
+        super().__init__(seed)
         self.o2_pct = o2_pct  # the room's true O2 fraction
         self.baro_kpa = baro_kpa  # pressure around the cell
         self.cal_kpa = cal_kpa  # pressure of the (factory) calibration
         self.noise_pct = noise_pct
-        self.queries = 0  # answered queries (tests may watch it)
-        self.bad_frames = 0
-        self.faults = WireFaults()  # `o2chain sim sensor ze03 --fault ...`
-        self._rng = random.Random(seed)
-        self._buf = bytearray()
 
     def reading_pct(self) -> float:
         """What the cell reads without noise: the partial pressure in sea-level-% units."""
@@ -75,32 +71,8 @@ class ZE03Wire:
     def frame(self, now_s: float) -> bytes:
         """The answer with the wire faults applied (drift and stuck on the reading, then a
         dropped, damaged or garbage-led frame)."""
-        value = self.reading_pct() + self._rng.gauss(0.0, self.noise_pct) + self.faults.drift(now_s)
-        good = reply_frame(self.faults.hold((value,))[0])
-        bad = good[:-1] + bytes(((good[-1] + 1) & 0xFF,))
-        return self.faults.frame_out(good, self._rng, bad)
-
-    def receive(self, data: bytes, now_s: float) -> bytes:
-        """Bytes from the host; returns the module's answers to any complete read commands."""
-        if self.faults.disconnected:
-            return b""
-        buf = self._buf
-        buf += data
-        out = b""
-        frames, bad = take_commands(buf)
-        self.bad_frames += bad
-        for frame in frames:
-            if frame[2] == READ_CMD:
-                out += self.frame(now_s)
-                self.queries += 1
-            # MODE_CMD (Q&A / active): accepted without a reply, like the module.
-        return out
-
-    def tick(self, now_s: float) -> bytes:
-        return b""  # Q&A mode: the module speaks only when asked
-
-    def next_due(self, now_s: float) -> float | None:
-        return None
+        (value,) = self.faults.reading((self.reading_pct(),), self._rng, self.noise_pct, now_s)
+        return self.faults.checksummed_out(reply_frame(value), self._rng)
 
 
 class ZE03Responder(PtySensor):

@@ -167,6 +167,8 @@ def apply_settings(board, flat: dict) -> None:
         if warn > high:
             raise ValueError("alarm.o2_high_warn_pct: refused, above the high alarm %.2f" % high)
     board.cfg = cfg
+    # The merge-and-rename of o2.config.save_settings, written here again on purpose: that
+    # module would bring the config schema back into the heap.
     try:
         with open(_SETTINGS_FILE) as f:
             saved = json.load(f)

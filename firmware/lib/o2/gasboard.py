@@ -12,6 +12,9 @@ CS. Ultrasonic sensors measure composition: no pressure correction (docs/domain.
 and partial pressure").
 """
 
+# Written independently of its simulator (simulators/wire/gasboard.py) on purpose: the
+# simulator is the oracle this driver is tested against; shared code would share mistakes.
+
 import asyncio
 
 HOST = 0x11
@@ -199,6 +202,8 @@ class Gasboard:
         self.temp_c = None
         return None, quality
 
+    # The same few lines as in luminox.py and ze03.py, on purpose: a board loads one driver per
+    # sensor, and a module shared for them would cost more heap than the copy.
     def _drain(self) -> None:
         try:
             while self._uart.read(64):

@@ -9,6 +9,9 @@ ppO2 agrees with O2 % x pressure (a garbled digit breaks that), and the range 0-
 is the sensor variant's, not the protocol's.
 """
 
+# Written independently of its simulator (simulators/wire/luminox.py) on purpose: the
+# simulator is the oracle this driver is tested against; shared code would share mistakes.
+
 import asyncio
 
 POLL_MODE = b"M 1\r\n"
@@ -111,6 +114,8 @@ class LuminOx:
         self.temp_c = None
         return None, quality
 
+    # The same few lines as in gasboard.py and ze03.py, on purpose: a board loads one driver per
+    # sensor, and a module shared for them would cost more heap than the copy.
     def _drain(self) -> None:
         try:
             while self._uart.read(64):

@@ -8,6 +8,9 @@ CO2 = HH * 256 + LL ppm. Checksum of bytes 1..7 as on the ZE03-O2 (same maker, s
 setting: a value above 10000 ppm is no reading.
 """
 
+# Written independently of its simulator (simulators/wire/mhz19.py, winsen.py) on purpose: the
+# simulator is the oracle this driver is tested against; shared code would share mistakes.
+
 import asyncio
 
 from o2core.winsen import checksum

@@ -61,18 +61,30 @@ def make_mqtt(cfg: dict):
     )
 
 
+def _uart(cfg: dict, sensor: str):
+    # The UART of sensors.<sensor> (9600 8N1 for every UART sensor); reads never block.
+    key = "sensors." + sensor + "."
+    return machine.UART(
+        cfg[key + "uart"], baudrate=_UART_BAUD, tx=cfg[key + "tx"], rx=cfg[key + "rx"], timeout=0
+    )
+
+
+def _i2c(cfg: dict, bus: int):
+    # I2C bus ``bus`` on the environment sensor's pins (an ADS1115 O2 cell shares them).
+    return machine.I2C(
+        bus,
+        scl=machine.Pin(cfg["sensors.env.scl"]),
+        sda=machine.Pin(cfg["sensors.env.sda"]),
+        freq=_I2C_FREQ_HZ,
+    )
+
+
 def make_sensor(cfg: dict):
     kind = cfg["sensors.o2.type"]
     if kind == "none":
         return None
     if kind in ("ze03", "gasboard", "luminox"):
-        uart = machine.UART(
-            cfg["sensors.o2.uart"],
-            baudrate=_UART_BAUD,
-            tx=cfg["sensors.o2.tx"],
-            rx=cfg["sensors.o2.rx"],
-            timeout=0,
-        )
+        uart = _uart(cfg, "o2")
         if kind == "ze03":
             from o2.ze03 import ZE03
 
@@ -93,13 +105,7 @@ def make_sensor(cfg: dict):
     if kind == "ads1115":
         from o2.ads1115 import ADS1115Cell
 
-        i2c = machine.I2C(
-            cfg["sensors.o2.i2c"],
-            scl=machine.Pin(cfg["sensors.env.scl"]),
-            sda=machine.Pin(cfg["sensors.env.sda"]),
-            freq=_I2C_FREQ_HZ,
-        )
-        return ADS1115Cell(i2c, cfg["sensors.o2.addr"])
+        return ADS1115Cell(_i2c(cfg, cfg["sensors.o2.i2c"]), cfg["sensors.o2.addr"])
     raise ValueError("sensors.o2.type: %r is not supported by this build" % kind)
 
 
@@ -108,14 +114,7 @@ def make_co2(cfg: dict):
         return None
     from o2.mhz19 import MHZ19
 
-    uart = machine.UART(
-        cfg["sensors.co2.uart"],
-        baudrate=_UART_BAUD,
-        tx=cfg["sensors.co2.tx"],
-        rx=cfg["sensors.co2.rx"],
-        timeout=0,
-    )
-    return MHZ19(uart)
+    return MHZ19(_uart(cfg, "co2"))
 
 
 def make_env(cfg: dict):
@@ -123,13 +122,7 @@ def make_env(cfg: dict):
         return None
     from o2.bme280 import BME280
 
-    i2c = machine.I2C(
-        cfg["sensors.env.i2c"],
-        scl=machine.Pin(cfg["sensors.env.scl"]),
-        sda=machine.Pin(cfg["sensors.env.sda"]),
-        freq=_I2C_FREQ_HZ,
-    )
-    return BME280(i2c, cfg["sensors.env.addr"])
+    return BME280(_i2c(cfg, cfg["sensors.env.i2c"]), cfg["sensors.env.addr"])
 
 
 def make_pin(n: int, cfg: dict):

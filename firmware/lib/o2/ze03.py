@@ -5,6 +5,9 @@ protocols"; Winsen ZE03 manual, "communication protocol"). Checksum over bytes 1
 ``CS = (~(b1 + ... + b7) + 1) & 0xFF``.
 """
 
+# Written independently of its simulator (simulators/wire/ze03.py, winsen.py) on purpose: the
+# simulator is the oracle this driver is tested against; shared code would share mistakes.
+
 import asyncio
 
 from o2core.winsen import checksum
@@ -158,6 +161,8 @@ class ZE03:
                     return _Q_CHECKSUM
                 return 0
 
+    # The same few lines as in gasboard.py and luminox.py, on purpose: a board loads one driver per
+    # sensor, and a module shared for them would cost more heap than the copy.
     def _drain_input(self) -> None:
         # Drop stale bytes (a late reply, active-mode uploads) so the next reply is ours.
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -64,6 +65,12 @@ WARMUP_S = 600.0
 TICK_MS = 1000  # time-based checks (silence, delays, shelving) at most once a second
 SAVE_INTERVAL_MS = 60_000  # learned baselines to SQLite
 _MAX_LAYOUTS = 64  # field layouts a device plan keeps its checks for; then it starts again
+# A threshold rule's raise condition (as gateway.rules.exceeds) and, with hysteresis, its clear
+# side (as gateway.rules.back_inside: below threshold - hysteresis for the high rules, above
+# threshold + hysteresis for the low ones), as one call each.
+_RAISES: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+}  # fmt: skip
 
 
 class AlarmError(Exception):
@@ -233,6 +240,21 @@ class _Check:
     only_warm: bool
     state: AlarmState | None = None
     threshold: float | None = None
+    # Threshold rules, fixed with the threshold: the raise condition, and the clear side's
+    # comparison and bound (None: no hysteresis, the clear condition is "not raised").
+    raises: Callable[[float, float], bool] = operator.le
+    clears: Callable[[float, float], bool] = operator.gt
+    clear_at: float | None = None
+
+    def resolve(self, threshold: float) -> float:
+        """Keep this rule's threshold for this device and what follows from it."""
+        self.raises = _RAISES.get(self.op, operator.le)
+        high = self.op == ">" or self.op == ">="
+        self.clears = operator.lt if high else operator.gt
+        if self.hysteresis > 0:
+            self.clear_at = threshold - self.hysteresis if high else threshold + self.hysteresis
+        self.threshold = threshold
+        return threshold
 
 
 @dataclass(slots=True)
@@ -245,17 +267,25 @@ class _DevicePlan:
     stale_fields: tuple[str, ...]
     checks: list[_Check]
     flag_checks: list[_Check]  # kind flagged: judged on every reading, flag present or not
-    # The checks whose field a reading has, per field layout (the reading's field names in
-    # order): a device sends the same fields every time, and most rules' fields are absent.
-    by_layout: dict[tuple[str, ...], list[_Check]] = field(default_factory=dict)
+    # Per field layout (the reading's field names in order; a device sends the same fields
+    # every time, and most rules' fields are absent): the checks whose field a reading has,
+    # and the fields it has that a stale rule watches.
+    by_layout: dict[tuple[str, ...], tuple[list[_Check], tuple[str, ...]]] = field(
+        default_factory=dict
+    )
 
-    def checks_for(self, names: tuple[str, ...]) -> list[_Check]:
-        """:attr:`checks` less those whose field is not in ``names``, in rule order."""
+    def layout(self, names: tuple[str, ...]) -> tuple[list[_Check], tuple[str, ...]]:
+        """:attr:`checks` less those whose field is not in ``names``, in rule order, and
+        :attr:`stale_fields` in ``names``."""
         if len(self.by_layout) >= _MAX_LAYOUTS:
             self.by_layout.clear()
         present = set(names)
-        checks = self.by_layout[names] = [c for c in self.checks if c.field in present]
-        return checks
+        entry = (
+            [c for c in self.checks if c.field in present],
+            tuple(name for name in self.stale_fields if name in present),
+        )
+        self.by_layout[names] = entry
+        return entry
 
 
 class AlarmEngine:
@@ -412,9 +442,13 @@ class AlarmEngine:
     def _on_reading(self, plan: _DevicePlan, r: Reading, now: int) -> None:
         dev, track, fields, ts = plan.dev, plan.track, r.fields, r.ts_ms
         track.last_seen_ms = now
-        for name in plan.stale_fields:
-            if name in fields:
-                track.field_seen_ms[name] = now
+        names = tuple(fields)
+        layout = plan.by_layout.get(names)
+        if layout is None:
+            layout = plan.layout(names)
+        checks, stale = layout
+        for name in stale:
+            track.field_seen_ms[name] = now
         if plan.producer:
             flow = fields.get("flow_lpm")
             running = fields.get("state") is not False and (
@@ -431,11 +465,21 @@ class AlarmEngine:
             ts - track.running_since_ms >= WARMUP_S * 1000
         )
         for check in plan.flag_checks:
-            self._judge_flag(check, dev, fields.get(check.field), ts)
-        names = tuple(fields)
-        checks = plan.by_layout.get(names)
-        if checks is None:
-            checks = plan.checks_for(names)
+            flag = fields.get(check.field)
+            st = check.state
+            if (
+                st is not None
+                and not st.active
+                and (flag is None or flag is False or flag == "")
+                and (st.last_ts_ms is None or ts >= st.last_ts_ms)
+            ):
+                # Quiet and no flag (nearly every reading): what _judge_flag and _judge do
+                # for a reading without the flag, without the calls.
+                st.last_ts_ms = ts
+                st.last_raise_cond, st.last_clear_cond = False, True
+                st.clearing_since_ms = st.pending_since_ms = None
+                continue
+            self._judge_flag(check, dev, flag, ts)
         for check in checks:  # those whose field the reading has
             value = fields.get(check.field)
             if value is None:
@@ -461,31 +505,16 @@ class AlarmEngine:
             if kind is AlarmKind.THRESHOLD:
                 threshold = check.threshold
                 if threshold is None:
-                    threshold = check.threshold = self._threshold(rule, dev)
-                v = float(value)
-                if not st.active and st.pending_since_ms is None:
-                    # Quiet and nothing pending (nearly every reading): what _judge_value
-                    # would do when the raise condition does not hold, without the calls.
-                    op = check.op
-                    if op == ">":
-                        raise_cond = v > threshold
-                    elif op == ">=":
-                        raise_cond = v >= threshold
-                    elif op == "<":
-                        raise_cond = v < threshold
-                    else:
-                        raise_cond = v <= threshold
-                    if not raise_cond:
-                        st.last_raise_cond = False
-                        hysteresis = check.hysteresis
-                        if hysteresis <= 0:
-                            st.last_clear_cond = True
-                        elif op == ">" or op == ">=":
-                            st.last_clear_cond = v < threshold - hysteresis
-                        else:
-                            st.last_clear_cond = v > threshold + hysteresis
-                        st.clearing_since_ms = None
-                        continue
+                    threshold = check.resolve(self._threshold(rule, dev))
+                v = value if value.__class__ is float else float(value)
+                if not st.active and st.pending_since_ms is None and not check.raises(v, threshold):
+                    # Quiet, nothing pending, the raise condition does not hold (nearly every
+                    # reading): what _judge_value and _judge would do, without the calls.
+                    st.last_raise_cond = False
+                    clear_at = check.clear_at
+                    st.last_clear_cond = clear_at is None or check.clears(v, clear_at)
+                    st.clearing_since_ms = None
+                    continue
                 self._judge_value(rule, st, v, threshold, ts)
             elif kind is AlarmKind.RATE:
                 rate = self._rate(st.key, rule, ts, float(value))

@@ -1,7 +1,8 @@
 """Fast InfluxDB line-protocol encoding of :class:`Reading` (hot path of MQTT ingest).
 
 Escaping and number formatting are influxdb-client's own (its ``Point`` helpers); what is added
-is a cache of the escaped series prefix (measurement + tags) and of each field layout (the
+is a cache of the escaped series prefix (measurement + tags; looked up first by the identity of
+the tags dict, which the decoder shares among a device's readings) and of each field layout (the
 field names sorted, with their escaped ``key=``), since a facility has a few hundred series
 that send the same fields thousands of times. The output is byte for byte what
 ``Reading.to_line()`` (``Point.to_line_protocol``) gives; a test pins that.
@@ -33,6 +34,9 @@ from influxdb_client.client.write.point import (
 from gateway.readings import Reading
 
 _MAX_CACHED_SERIES = 100_000  # bounded: a fleet of 10^5 boards, then the cache starts again
+# By tags identity: each entry keeps its tags dict alive, and readings made with a fresh dict
+# each (derived points, pollers) would fill it; bounded lower, then it starts again.
+_MAX_CACHED_TAGS = 20_000
 _MAX_CACHED_LAYOUTS = 10_000  # distinct field sets (in their dict order)
 _MAX_TEMPLATES = 16  # value class combinations per layout with a template (then: the loop)
 _MAX_CACHED_TEXTS = 50_000  # floats and strings with their text, each cache
@@ -101,6 +105,7 @@ class LineEncoder:
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._by_tags: dict[int, tuple[dict[str, str], str, str]] = {}  # id: (tags, meas., prefix)
         self._layouts: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         # field names in dict order -> (getter of the values in line order, class tuple ->
         # template); None: this layout always takes the loop.
@@ -110,6 +115,20 @@ class LineEncoder:
         self._string_text = _StringText()
 
     def _prefix(self, reading: Reading) -> str:
+        # The decoder shares one tags dict per device among its readings (and no stage changes
+        # a reading's tags): first by that dict's identity, the entry keeping the dict alive
+        # (its id cannot be reused while cached) and checked with ``is``.
+        tags = reading.tags
+        entry = self._by_tags.get(id(tags))
+        if entry is not None and entry[0] is tags and entry[1] == reading.measurement:
+            return entry[2]
+        prefix = self._series_prefix(reading)
+        if len(self._by_tags) >= _MAX_CACHED_TAGS:
+            self._by_tags.clear()
+        self._by_tags[id(tags)] = (tags, reading.measurement, prefix)
+        return prefix
+
+    def _series_prefix(self, reading: Reading) -> str:
         # Keyed by the tags in their dict order (no sort per point): the same series in
         # another order is another key with the same prefix, computed from sorted tags.
         key = (reading.measurement, tuple(reading.tags.items()))

@@ -38,6 +38,35 @@ HISTORY_POINTS = 180  # per device and field: 6 min at 2 s, 30 min at the defaul
 PIPELINE_STALL_S = 10.0  # the tick passes every second; ten missed ones is a stall
 
 
+_MAX_TREND_LAYOUTS = 10_000  # field layouts with their trend fields known, then start again
+
+
+def _trend_fields(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The trend fields of a field layout, in the layout's order."""
+    return tuple(name for name in names if name in TREND_FIELDS)
+
+
+def _fold(values: dict[str, tuple[FieldValue, int]], readings: list[Reading]) -> None:
+    """Fold in-order readings into ``values``: each field's value from the last reading that
+    had it (newest first, so the older ones are skipped once their fields are covered)."""
+    if len(readings) == 1:
+        r = readings[0]
+        ts = r.ts_ms
+        for name, value in r.fields.items():
+            values[name] = (value, ts)
+        return
+    covered: set[str] = set()
+    for r in reversed(readings):
+        fields = r.fields
+        if covered.issuperset(fields):
+            continue
+        ts = r.ts_ms
+        for name, value in fields.items():
+            if name not in covered:
+                covered.add(name)
+                values[name] = (value, ts)
+
+
 @dataclass
 class _DeviceSeen:
     values: dict[str, tuple[FieldValue, int]] = field(default_factory=dict)  # field: (v, ts)
@@ -45,57 +74,53 @@ class _DeviceSeen:
     readings: int = 0
     newest_ts_ms: int = -1
     history: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
-    # In-order readings (fields, ts) of the current pipeline call, folded into ``values`` at its
-    # end: a reading costs one append here instead of one tuple per field, and the fold keeps
-    # only each field's newest value. Readings are values: nothing mutates their fields.
-    pending: list[tuple[dict[str, FieldValue], int]] = field(default_factory=list)
 
-    def remember(self, fields: dict[str, FieldValue], ts_ms: int) -> None:
-        """Append trend values newer than the field's last one (replays are left out)."""
+    def take(self, readings: list[Reading], trends: dict[tuple[str, ...], tuple[str, ...]]) -> None:
+        """This device's readings of one pipeline call, in order. Each reading's trend values
+        newer than the field's last one join the history (replays are left out); the last
+        values are folded once per call: an in-order reading (at least as new as every one
+        before) is only kept in a list, an older one (a replay) first folds that list and then
+        replaces only the values older than its own. Readings are values: nothing mutates
+        their fields."""
         history = self.history
-        for name in TREND_FIELDS.intersection(fields):
-            value = fields[name]
-            if value.__class__ is not float:
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    continue
-                value = float(value)
-            series = history.get(name)
-            if series is None:
-                series = history[name] = deque(maxlen=HISTORY_POINTS)
-            if not series or ts_ms > series[-1][0]:
-                series.append((ts_ms, value))
-
-    def newest(self, fields: dict[str, FieldValue], ts_ms: int) -> bool:
-        """A reading at least as new as every one before: its values become the last ones at
-        the next :meth:`fold`. True if it is the first one pending (the caller folds later)."""
-        self.newest_ts_ms = ts_ms
-        self.pending.append((fields, ts_ms))
-        return len(self.pending) == 1
-
-    def replayed(self, fields: dict[str, FieldValue], ts_ms: int) -> None:
-        """An older reading (a replay): only values newer than those kept replace them."""
-        self.fold()
-        for name, value in fields.items():
-            old = self.values.get(name)
-            if old is None or ts_ms >= old[1]:
-                self.values[name] = (value, ts_ms)
-
-    def fold(self) -> dict[str, tuple[FieldValue, int]]:
-        """``values`` with the pending readings folded in: each field's value from the last
-        reading that had it (newest first, so older ones are skipped once covered)."""
-        pending = self.pending
-        if pending:
-            values = self.values
-            covered: set[str] = set()
-            for fields, ts in reversed(pending):
-                if covered.issuperset(fields):
-                    continue
-                for name, value in fields.items():
-                    if name not in covered:
-                        covered.add(name)
-                        values[name] = (value, ts)
-            pending.clear()
-        return self.values
+        values = self.values
+        newest = self.newest_ts_ms
+        in_order: list[Reading] = []
+        for r in readings:
+            fields = r.fields
+            ts = r.ts_ms
+            names = tuple(fields)
+            trend = trends.get(names)
+            if trend is None:
+                if len(trends) >= _MAX_TREND_LAYOUTS:
+                    trends.clear()
+                trend = trends[names] = _trend_fields(names)
+            for name in trend:  # the live page's sparklines: every reading's value
+                value = fields[name]
+                if value.__class__ is not float:
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        continue
+                    value = float(value)
+                series = history.get(name)
+                if series is None:
+                    series = history[name] = deque(maxlen=HISTORY_POINTS)
+                    series.append((ts, value))
+                elif ts > series[-1][0]:
+                    series.append((ts, value))
+            if ts >= newest:  # the usual case: newer than all we have
+                newest = ts
+                in_order.append(r)
+                continue
+            if in_order:
+                _fold(values, in_order)
+                in_order = []
+            for name, value in fields.items():
+                old = values.get(name)
+                if old is None or ts >= old[1]:
+                    values[name] = (value, ts)
+        if in_order:
+            _fold(values, in_order)
+        self.newest_ts_ms = newest
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +161,7 @@ class Observer:
         self.readings_by_source: dict[str, int] = {"mqtt": 0, "modbus": 0}
         self.points_out = 0
         self._devices = {(d.site, d.id): _DeviceSeen() for d in config.device}
+        self._trends: dict[tuple[str, ...], tuple[str, ...]] = {}  # layout: its trend fields
         self._lock = threading.Lock()
         self._interval_ms = int(config.gateway.metrics_interval_s * 1000)
         self._next_metrics_ms = self.started_ms + self._interval_ms
@@ -148,33 +174,33 @@ class Observer:
             self.last_pass_ms = now
             self.points_out += len(readings)
             devices = self._devices
-            touched: list[_DeviceSeen] = []
-            mqtt = modbus = 0
-            try:
-                for r in readings:
-                    if r.measurement not in DEVICE_MEASUREMENTS:
-                        continue
-                    tags = r.tags
-                    seen = devices.get((tags.get("site", ""), tags.get("device", "")))
-                    if seen is None:
-                        continue
-                    if tags.get("source") == "modbus":
-                        modbus += 1
-                    else:
-                        mqtt += 1
-                    seen.readings += 1
-                    seen.last_seen_ms = now
-                    ts = r.ts_ms
-                    seen.remember(r.fields, ts)
-                    if ts >= seen.newest_ts_ms:  # the usual case: newer than all we have
-                        if seen.newest(r.fields, ts):
-                            touched.append(seen)
-                    else:
-                        seen.replayed(r.fields, ts)
-            finally:  # every call leaves nothing pending, whatever happened
-                for seen in touched:
-                    seen.fold()
-            self.readings_by_source["mqtt"] += mqtt
+            # The readings of each known device, in order: the per-device work (count, last
+            # seen, last values) is done once per device and call, not once per reading.
+            groups: dict[tuple[str, str], list[Reading]] = {}
+            modbus = 0
+            for r in readings:
+                if r.measurement not in DEVICE_MEASUREMENTS:
+                    continue
+                tags = r.tags
+                key = (tags.get("site", ""), tags.get("device", ""))
+                group = groups.get(key)
+                if group is not None:
+                    group.append(r)
+                elif key in devices:
+                    groups[key] = [r]
+                else:
+                    continue
+                if tags.get("source") == "modbus":
+                    modbus += 1
+            counted = 0
+            trends = self._trends
+            for key, group in groups.items():
+                seen = devices[key]
+                seen.readings += len(group)
+                counted += len(group)
+                seen.last_seen_ms = now
+                seen.take(group, trends)
+            self.readings_by_source["mqtt"] += counted - modbus
             self.readings_by_source["modbus"] += modbus
             due = now >= self._next_metrics_ms
             if due:

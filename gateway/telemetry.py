@@ -283,6 +283,8 @@ class TelemetryDecoder:
                 measurement = "room"
             else:
                 measurement = "concentrator" if device.kind is not DeviceKind.SUPPLY else "supply"
+            # One tags dict per device, shared by all its readings (readings are values: no
+            # stage changes a reading's tags), so later stages can key caches by it.
             tags = device.tags("sensor")
             self._devices[(device.site, device.id)] = (measurement, tags)
             if device.site in altitude:
@@ -438,9 +440,7 @@ class TelemetryDecoder:
             ts_ms = ts
         else:
             ts_ms = self._time(ts, fields, where, where, received_ms)
-        return Reading(
-            measurement, dict(tags), fields, ts_ms, {"boot": values[0], "seq": values[1]}
-        )
+        return Reading(measurement, tags, fields, ts_ms, {"boot": values[0], "seq": values[1]})
 
     def _reading(
         self,
@@ -518,7 +518,7 @@ class TelemetryDecoder:
         self._check_baro(fields, at, where)
         ts_ms = self._time(item.get("ts"), fields, at, where, received_ms)
         meta: dict[str, int | str] = {"boot": boot, "seq": seq}
-        return Reading(measurement, dict(tags), fields, ts_ms, meta)
+        return Reading(measurement, tags, fields, ts_ms, meta)
 
     def _check_baro(self, fields: dict[str, FieldValue], at: str, where: str) -> None:
         """Flag a ``baro_kpa`` outside the barometric band of the device's site."""

@@ -9,38 +9,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import tomli_w
 
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
-from o2chain.testing import wait_for_points
+from o2chain.testing import wait_for_points, write_skeleton_gateway_config
 
 pytestmark = pytest.mark.integration
-
-
-def write_config(
-    path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, modbus_url: str, state_dir: Path
-) -> Path:
-    config = {
-        "gateway": {"id": "gw-test", "state_dir": str(state_dir)},
-        "mqtt": {"url": mosquitto.url},
-        "influx": {"url": influxdb.url, "database": "o2test", "flush_interval_s": 0.2},
-        "site": [{"id": "lhasa-hotel", "altitude_m": 3650}],
-        "device": [
-            {"id": "room-101", "site": "lhasa-hotel", "kind": "room", "transport": "mqtt"},
-            {
-                "id": "conc-1",
-                "site": "lhasa-hotel",
-                "kind": "concentrator",
-                "transport": "modbus",
-                "url": modbus_url,
-                "profile": "medical-concentrator",
-                "interval_s": 0.5,
-            },
-        ],
-    }
-    path.write_bytes(tomli_w.dumps(config).encode())
-    return path
 
 
 def publish(mosquitto: Mosquitto, topic: str, payloads: list[bytes]) -> None:
@@ -58,7 +32,9 @@ def publish(mosquitto: Mosquitto, topic: str, payloads: list[bytes]) -> None:
 def test_modbus_and_mqtt_readings_reach_influxdb(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, concentrator_sim: str
 ) -> None:
-    cfg = write_config(tmp_path / "gw.toml", mosquitto, influxdb, concentrator_sim, tmp_path / "st")
+    cfg = write_skeleton_gateway_config(
+        tmp_path / "gw.toml", mosquitto, influxdb, concentrator_sim, tmp_path / "st"
+    )
     with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
         gw.wait_for_log("MQTT subscribed")
         ts = int(time.time() * 1000) - 5000

@@ -4,11 +4,13 @@ process and exact point counts in InfluxDB."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
@@ -114,6 +116,33 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> 
     """:func:`o2base.procs.wait_until` failing the test (``AssertionError``) when time runs out:
     for a condition another process or thread makes true (no event to await there)."""
     procs.wait_until(predicate, timeout_s, what, error=AssertionError)
+
+
+def publish_all(
+    mosquitto: Mosquitto, messages: Iterable[tuple[str, bytes | str]], client_id: str
+) -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 as one board client, in order, each
+    acknowledged by the broker before the next."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def deadletters(cfg: Path, *args: str) -> list[dict[str, Any]]:
+    """``o2chain gateway deadletters -c CFG ARGS...``: the dead letters it prints, one a line."""
+    out = subprocess.run(
+        o2chain_argv("gateway", "deadletters", "-c", str(cfg), *args),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float) -> list[str]:

@@ -187,6 +187,15 @@ def ts_panel(title: str, unit: str, description: str = "") -> timeseries.Panel:
     )
 
 
+def keyed_series(
+    tr: Texts, key: str, unit: str, query: str, alias: str, **params: Any
+) -> timeseries.Panel:
+    """A :func:`ts_panel` titled ``tr(key)`` and described by ``tr(key + ".desc")`` that draws
+    one InfluxQL ``query``, a line per ``alias`` (e.g. ``$tag_device``)."""
+    panel = ts_panel(tr(key), unit, tr(f"{key}.desc", **params))
+    return panel.with_target(InfluxQL(query).alias(alias))
+
+
 def new_dashboard(tr: Texts, title_key: str, uid: str, tags: list[str]) -> gd.Dashboard:
     lang_tags = [] if tr.lang == DEFAULT_LANGUAGE else [tr.lang]
     return (
@@ -442,13 +451,12 @@ def facility(tr: Texts | None = None) -> gd.Dashboard:
         else:
             panel.thresholds(steps((None, "blue")))
         d.with_panel(layout.place(panel, w=4, h=4))
-    d.with_panel(layout.place(
-        ts_panel(tr("facility.chain"), "suffix: L/min", tr("facility.chain.desc"))
-        .with_target(InfluxQL(
-            f'SELECT mean("produced_o2_lpm") {tr.col("facility.chain.produced")}, '
-            f'mean("delivered_o2_lpm") {tr.col("facility.chain.used")} '
-            f'FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" '
-            "fill(none)").alias("$tag_site $col")), w=12, h=8))  # fmt: skip
+    d.with_panel(layout.place(keyed_series(
+        tr, "facility.chain", "suffix: L/min",
+        f'SELECT mean("produced_o2_lpm") {tr.col("facility.chain.produced")}, '
+        f'mean("delivered_o2_lpm") {tr.col("facility.chain.used")} '
+        f'FROM "chain" WHERE {in_range} GROUP BY time($__interval), "site" fill(none)',
+        "$tag_site $col"), w=12, h=8))  # fmt: skip
     for panel, w, h in chain_panels(in_range, tr):
         d.with_panel(layout.place(panel, w=w, h=h))
     d.with_panel(layout.place(
@@ -585,11 +593,9 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
                         "online", "device_health", where), w=16, h=8))  # fmt: skip
 
     def health_series(key: str, fld: str, unit: str, w: int = 8, **params: Any) -> Any:
-        return layout.place(
-            ts_panel(tr(key), unit, tr(f"{key}.desc", **params)).with_target(InfluxQL(
-                f'SELECT mean("{fld}") FROM "device_health" WHERE {where} '
-                'GROUP BY time($__interval), "device" fill(none)').alias("$tag_device")),
-            w=w, h=7)  # fmt: skip
+        query = (f'SELECT mean("{fld}") FROM "device_health" WHERE {where} '
+                 'GROUP BY time($__interval), "device" fill(none)')  # fmt: skip
+        return layout.place(keyed_series(tr, key, unit, query, "$tag_device", **params), w=w, h=7)
 
     d.with_panel(
         health_series("health.rssi", "rssi_dbm", "dBm", drop=-80.0)
@@ -603,15 +609,14 @@ def device_health(tr: Texts | None = None) -> gd.Dashboard:
             f'WHERE {where} GROUP BY "device"')],
         {"device": "col.device", "reboots": "col.reboots", "boot": "col.boot"}),
         w=8, h=7))  # fmt: skip
-    d.with_panel(layout.place(
-        ts_panel(tr("health.modbus_errors"), "short", tr("health.modbus_errors.desc"))
-        .with_target(InfluxQL(
-            f'SELECT max("timeouts") {tr.col("health.modbus_errors.timeouts")}, '
-            f'max("exceptions") {tr.col("health.modbus_errors.exceptions")}, '
-            f'max("crc_errors") {tr.col("health.modbus_errors.crc")}, '
-            f'max("io_errors") {tr.col("health.modbus_errors.io")} FROM "device_health" '
-            f'WHERE {where} GROUP BY time($__interval), "device" fill(none)')
-            .alias("$tag_device $col")), w=8, h=7))  # fmt: skip
+    d.with_panel(layout.place(keyed_series(
+        tr, "health.modbus_errors", "short",
+        f'SELECT max("timeouts") {tr.col("health.modbus_errors.timeouts")}, '
+        f'max("exceptions") {tr.col("health.modbus_errors.exceptions")}, '
+        f'max("crc_errors") {tr.col("health.modbus_errors.crc")}, '
+        f'max("io_errors") {tr.col("health.modbus_errors.io")} FROM "device_health" '
+        f'WHERE {where} GROUP BY time($__interval), "device" fill(none)',
+        "$tag_device $col"), w=8, h=7))  # fmt: skip
     d.with_panel(layout.place(table_panel(
         tr, "health.poll_success", "percent", [InfluxQL(
             f'SELECT last("poll_ok") / last("polls") * 100 AS "ok", last("polls") AS "polls" '
@@ -646,11 +651,9 @@ def gateway_dashboard(tr: Texts | None = None) -> gd.Dashboard:
             f'{agg}("{f}") ' + (f'AS "{label[1:]}"' if label.startswith("=") else tr.col(label))
             for f, label in fields
         )
-        return layout.place(
-            ts_panel(tr(key), unit, tr(f"{key}.desc", **params)).with_target(InfluxQL(
-                f'SELECT {select} FROM "gateway" WHERE {where} '
-                'GROUP BY time($__interval), "gw" fill(none)').alias("$tag_gw $col")),
-            w=w, h=8)  # fmt: skip
+        query = (f'SELECT {select} FROM "gateway" WHERE {where} '
+                 'GROUP BY time($__interval), "gw" fill(none)')  # fmt: skip
+        return layout.place(keyed_series(tr, key, unit, query, "$tag_gw $col", **params), w=w, h=8)
 
     d.with_panel(
         series(

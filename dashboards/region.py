@@ -50,7 +50,14 @@ def _site_column(tr: Texts) -> list[dm.DynamicConfigValue]:
 
 def region_dashboard(tr: Texts | None = None) -> gd.Dashboard:
     # dashboards.build imports this module for its list of dashboards: its helpers come late.
-    from dashboards.build import Layout, Texts, new_dashboard, site_variable, ts_panel, with_columns
+    from dashboards.build import (
+        Layout,
+        Texts,
+        keyed_series,
+        new_dashboard,
+        site_variable,
+        with_columns,
+    )
 
     tr = tr if tr is not None else Texts()
     layout = Layout()
@@ -79,16 +86,13 @@ def region_dashboard(tr: Texts | None = None) -> gd.Dashboard:
              "state": "col.state", "message": "col.message", "value": "col.value"},
     ).with_target(InfluxQL(REGION_ALARMS_QUERY).table())  # fmt: skip
     d.with_panel(layout.place(alarms, w=12, h=9))
-    d.with_panel(layout.place(
-        ts_panel(tr("region.balance"), "suffix: L/min", tr("region.balance.desc"))
-        .with_target(InfluxQL(
-            f'SELECT mean("balance_o2_lpm") FROM "chain" WHERE {SITES} AND $timeFilter '
-            'GROUP BY time($__interval), "site" fill(none)').alias("$tag_site")),
-        w=12, h=8))  # fmt: skip
-    d.with_panel(layout.place(
-        ts_panel(tr("region.readings"), "short", tr("region.readings.desc"))
-        .with_target(InfluxQL(
-            f'SELECT count("o2_pct") FROM "room" WHERE {SITES} AND $timeFilter '
-            'GROUP BY time($__interval), "site" fill(0)').alias("$tag_site")),
-        w=12, h=8))  # fmt: skip
+    per_site = 'GROUP BY time($__interval), "site"'
+    for key, unit, query in (
+        ("region.balance", "suffix: L/min",
+         f'SELECT mean("balance_o2_lpm") FROM "chain" WHERE {SITES} AND $timeFilter '
+         f"{per_site} fill(none)"),
+        ("region.readings", "short",
+         f'SELECT count("o2_pct") FROM "room" WHERE {SITES} AND $timeFilter {per_site} fill(0)'),
+    ):  # fmt: skip
+        d.with_panel(layout.place(keyed_series(tr, key, unit, query, "$tag_site"), w=12, h=8))
     return d

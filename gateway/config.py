@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Sequence
 from enum import StrEnum
 from functools import cached_property
@@ -36,6 +35,7 @@ from gateway.auth import (
     normalise_host_name,
     parse_listen,
 )
+from o2base.tomlfile import read_toml
 
 ID_PATTERN = r"^[a-z0-9-]{1,32}$"  # contract: {site} and {device} in MQTT topics
 _ID = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -824,11 +824,4 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> GatewayConfi
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate a TOML config file; raises :class:`ConfigError`."""
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, str(path))
+    return parse_config(read_toml(path, ConfigError), str(path))

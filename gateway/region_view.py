@@ -26,7 +26,6 @@ import re
 import ssl
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +37,7 @@ import requests
 from gateway.auth import is_loopback, parse_listen
 from gateway.config import ConfigError, redact_url
 from gateway.mqtt_callbacks import on_connect
+from o2base.tomlfile import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,7 @@ class RegionViewConfig:
 
     @classmethod
     def load(cls, path: Path, listen: str = "127.0.0.1:8480") -> RegionViewConfig:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        doc = read_toml(path, ConfigError)
         try:
             password = Path(doc["password_file"]).read_text().strip()
             db_pw_file = doc.get("influx_password_file")

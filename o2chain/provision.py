@@ -73,6 +73,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.passwords import hash_password
 from o2base.services import broker_conf
+from o2base.tomlfile import read_toml
 from o2chain.firmware_cli import merge_tables
 
 GATEWAY_USER = "gateway"
@@ -227,12 +228,7 @@ def _port(value: Any, where: str) -> int:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     """The TOML document at ``path``; raises ProvisionError naming the file and the fault."""
-    try:
-        return tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ProvisionError(f"{path}: cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProvisionError(f"{path}: not valid TOML: {e}") from e
+    return read_toml(path, ProvisionError)
 
 
 def load_inventory(inventory: Path) -> tuple[list[Board], BrokerSettings]:

@@ -75,6 +75,26 @@ def assert_same_keys(lang: str, texts: dict[str, Any], english: dict[str, Any]) 
         assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
 
 
+def write_users_file(path: Path, *users: tuple[str, str, str, str | None]) -> Path:
+    """Write a gateway users file (``[http] users_file``, gateway/auth.py) with mode 0600: one
+    ``(name, role, password, API token or None)`` a user, the secrets stored as their hashes."""
+    from gateway.auth import hash_token
+    from gateway.passwords import hash_password
+
+    hashes: dict[str, str] = {}  # scrypt costs tens of ms: once a password
+    lines = []
+    for name, role, password, token in users:
+        if password not in hashes:
+            hashes[password] = hash_password(password)
+        lines += ["[[user]]", f'name = "{name}"', f'role = "{role}"']
+        lines.append(f'password_hash = "{hashes[password]}"')
+        if token is not None:
+            lines.append(f'token_hash = "{hash_token(token)}"')
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 @dataclass(frozen=True)
 class DemoRun:
     """What one bounded ``o2chain demo`` run left behind."""

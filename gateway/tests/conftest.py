@@ -4,16 +4,20 @@ process and exact point counts in InfluxDB."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
+from o2base import procs
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto, ServiceError
 
@@ -72,6 +76,20 @@ def gateway_config(
     return path
 
 
+def fleet_gateway_config(
+    path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB,
+    state_dir: Path,
+    boards: int,
+    **options: Any,
+) -> Path:
+    """:func:`gateway_config` for the boards of ``o2chain sim fleet`` (:func:`sim_board_id`)."""
+    return gateway_config(
+        path, mosquitto, influxdb, state_dir, boards, board_name=sim_board_id, **options
+    )
+
+
 def count_points(influxdb: InfluxDB, field: str = "o2_pct", where: str = "") -> int:
     """Distinct points of ``room`` in :data:`DB` (series + time identify a point)."""
     try:
@@ -97,13 +115,37 @@ def wait_for_count(
     return count
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll a condition another process or thread makes true (no event to await there)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """:func:`o2base.procs.wait_until` failing the test (``AssertionError``) when time runs out:
+    for a condition another process or thread makes true (no event to await there)."""
+    procs.wait_until(predicate, timeout_s, what, error=AssertionError)
+
+
+def publish_all(
+    mosquitto: Mosquitto, messages: Iterable[tuple[str, bytes | str]], client_id: str
+) -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 as one board client, in order, each
+    acknowledged by the broker before the next."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def deadletters(cfg: Path, *args: str) -> list[dict[str, Any]]:
+    """``o2chain gateway deadletters -c CFG ARGS...``: the dead letters it prints, one a line."""
+    out = subprocess.run(
+        o2chain_argv("gateway", "deadletters", "-c", str(cfg), *args),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def all_threads_stopped(pid: int) -> bool:
@@ -174,6 +216,21 @@ def sim_fleet_argv(mqtt_url: str, boards: int, readings: int, interval_s: float)
         "--timeout-s",
         "240",
     )
+
+
+def start_gateway(cfg: Path, log: Path) -> ChildProcess:
+    """``o2chain gateway run -c CFG``, started and subscribed to its boards."""
+    gw = ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), log).start()
+    gw.wait_for_log("MQTT subscribed", timeout_s=30)
+    return gw
+
+
+def fleet_summary_of(proc: ChildProcess, total: int, timeout_s: float) -> dict[str, Any]:
+    """Wait for a fleet (:func:`sim_fleet`) to finish; its summary, every reading sent."""
+    wait_until(lambda: not proc.running, timeout_s, "the fleet to finish")
+    summary: dict[str, Any] = json.loads(proc.log_text().strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["readings_sent"] == total, summary
+    return summary
 
 
 @pytest.fixture

@@ -16,33 +16,24 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
-from gateway.auth import hash_token
-from gateway.passwords import hash_password
+from gateway.tests.conftest import publish_all
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
-from o2chain.testing import wait_for_points
+from o2chain.testing import wait_for_points, write_users_file
 
 pytestmark = pytest.mark.integration
 
 SITE, GW, DEVICE, RULE = "lhasa-hotel", "gw-alarm", "room-101", "room-o2-high"
 ALARM_TOPIC = f"o2/{SITE}/gateway/{GW}/alarm/{DEVICE}/{RULE}"
 TOKEN = "integration-test-token"  # operator "dolma"'s API token (gateway/auth.py)
-
-
-def write_users(path: Path) -> Path:
-    path.write_text(
-        f'[[user]]\nname = "dolma"\nrole = "operator"\n'
-        f'password_hash = "{hash_password("unused")}"\ntoken_hash = "{hash_token(TOKEN)}"\n'
-    )
-    path.chmod(0o600)
-    return path
+OPERATOR = ("dolma", "operator", "unused", TOKEN)
 
 
 def write_config(path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, state: Path) -> Path:
     config: dict[str, Any] = {
         "gateway": {"id": GW, "state_dir": str(state), "http_listen": "127.0.0.1:0",
                     "metrics_interval_s": 1.0},
-        "http": {"users_file": str(write_users(path.parent / "users.toml"))},
+        "http": {"users_file": str(write_users_file(path.parent / "users.toml", OPERATOR))},
         "mqtt": {"url": mosquitto.url},
         "influx": {"url": influxdb.url, "database": "o2alarm", "flush_interval_s": 0.2},
         "enrich": {"chain_interval_s": 1.0},
@@ -104,16 +95,8 @@ def retained_alarm(mosquitto: Mosquitto, name: str) -> dict[str, Any] | None:
 
 
 def publish(mosquitto: Mosquitto, payloads: list[dict[str, Any]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-board-101")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for p in payloads:
-            topic = f"o2/{SITE}/{DEVICE}/telemetry"
-            client.publish(topic, json.dumps(p), qos=1).wait_for_publish(timeout=5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    topic = f"o2/{SITE}/{DEVICE}/telemetry"
+    publish_all(mosquitto, [(topic, json.dumps(p)) for p in payloads], "test-board-101")
 
 
 def http(url: str, body: dict[str, Any] | None = None) -> Any:

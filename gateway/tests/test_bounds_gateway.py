@@ -16,8 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.outbox import DEADLETTER_PAYLOAD_MAX
-from gateway.tests.conftest import SITE, gateway_config, wait_until
-from gateway.tests.test_delivery_deadletters import deadletters, publish_all
+from gateway.tests.conftest import SITE, deadletters, gateway_config, publish_all, wait_until
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 
@@ -73,7 +72,7 @@ def test_big_bad_payloads_and_a_flood_stay_bounded(
             with urllib.request.urlopen(metrics_url, timeout=5) as r:
                 return str(r.read().decode())
 
-        publish_all(mosquitto, bad + big + unknown)
+        publish_all(mosquitto, bad + big + unknown, "corpus-board")
         wait_until(
             lambda: (
                 metric(metrics(), "o2chain_rejects_total") >= 62

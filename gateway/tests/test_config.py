@@ -9,6 +9,8 @@ import pytest
 from gateway.config import ConfigError, load_config, parse_config
 
 SITE = [{"id": "lhasa", "altitude_m": 3650}]
+# A Modbus plant of SITE without its url.
+PLANT = {"id": "c", "site": "lhasa", "kind": "plant", "transport": "modbus", "profile": "psa-plant"}
 
 
 def test_example_config_is_valid() -> None:
@@ -32,37 +34,8 @@ def test_example_config_is_valid() -> None:
             },
             "'nagqu' is not a configured",
         ),
-        (
-            {
-                "site": SITE,
-                "device": [
-                    {
-                        "id": "c",
-                        "site": "lhasa",
-                        "kind": "plant",
-                        "transport": "modbus",
-                        "profile": "psa-plant",
-                    }
-                ],
-            },
-            "needs url",
-        ),
-        (
-            {
-                "site": SITE,
-                "device": [
-                    {
-                        "id": "c",
-                        "site": "lhasa",
-                        "kind": "plant",
-                        "transport": "modbus",
-                        "url": "udp://h:1",
-                        "profile": "psa-plant",
-                    }
-                ],
-            },
-            "expected tcp://host:port",
-        ),
+        ({"site": SITE, "device": [PLANT]}, "needs url"),
+        ({"site": SITE, "device": [{**PLANT, "url": "udp://h:1"}]}, "expected tcp://host:port"),
         (
             {
                 "site": SITE,

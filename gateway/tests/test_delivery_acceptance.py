@@ -25,13 +25,15 @@ from gateway.tests.conftest import (
     SITE,
     all_threads_stopped,
     count_points,
-    gateway_config,
+    fleet_gateway_config,
+    fleet_summary_of,
     sim_board_id,
+    start_gateway,
     tcp_sockets,
     wait_for_count,
     wait_until,
 )
-from o2base.procs import ChildProcess, o2chain_argv
+from o2base.procs import ChildProcess
 from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -41,12 +43,6 @@ PER_BOARD = 1000
 TOTAL = BOARDS * PER_BOARD
 
 
-def start_gateway(cfg: Path, log: Path) -> ChildProcess:
-    gw = ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), log).start()
-    gw.wait_for_log("MQTT subscribed", timeout_s=30)
-    return gw
-
-
 def fleet_summary(proc: ChildProcess, timeout_s: float) -> dict[str, Any]:
     summary = fleet_summary_of(proc, TOTAL, timeout_s)
     assert summary["complete"] and summary["readings_dropped"] == 0, summary
@@ -54,13 +50,8 @@ def fleet_summary(proc: ChildProcess, timeout_s: float) -> dict[str, Any]:
 
 
 def config(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> Path:
-    return gateway_config(
-        tmp_path / "gw.toml",
-        mosquitto,
-        influxdb,
-        tmp_path / "state",
-        BOARDS,
-        board_name=sim_board_id,
+    return fleet_gateway_config(
+        tmp_path / "gw.toml", mosquitto, influxdb, tmp_path / "state", BOARDS
     )
 
 
@@ -300,13 +291,12 @@ def test_full_outbox_holds_acks_back_so_a_sigkill_then_loses_nothing(
     """InfluxDB down and the outbox at its bound (policy block): the gateway must stop
     acknowledging, so what it holds in memory is still the broker's when it is killed."""
     boards, per_board = 4, 500
-    cfg = gateway_config(
+    cfg = fleet_gateway_config(
         tmp_path / "gw.toml",
         mosquitto,
         influxdb,
         tmp_path / "state",
         boards,
-        board_name=sim_board_id,
         gateway={"outbox_max_mb": 0.05, "outbox_full_policy": "block"},  # ~400 readings
     )
     influxdb.stop()
@@ -322,10 +312,3 @@ def test_full_outbox_holds_acks_back_so_a_sigkill_then_loses_nothing(
     finally:
         gw.stop()
     assert gw.returncode == 0, gw.log_tail()
-
-
-def fleet_summary_of(proc: ChildProcess, total: int, timeout_s: float) -> dict[str, Any]:
-    wait_until(lambda: not proc.running, timeout_s, "the fleet to finish")
-    summary: dict[str, Any] = json.loads(proc.log_text().strip().splitlines()[-1])
-    assert proc.returncode == 0 and summary["readings_sent"] == total, summary
-    return summary

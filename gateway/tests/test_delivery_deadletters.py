@@ -10,11 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.outbox import DEADLETTER_PAYLOAD_MAX
-from gateway.tests.conftest import DB, SITE, count_points, gateway_config, wait_until
+from gateway.tests.conftest import (
+    DB,
+    SITE,
+    count_points,
+    deadletters,
+    gateway_config,
+    publish_all,
+    wait_until,
+)
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 
@@ -104,28 +111,6 @@ def valid(seq: int) -> bytes:
     return enc({"v": 1, "boot": 1, "seq": seq, "ts": NOW_MS - 30_000 + seq, "o2_pct": 24.0})
 
 
-def publish_all(mosquitto: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="corpus-board")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def deadletters(cfg: Path, *args: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        o2chain_argv("gateway", "deadletters", "-c", str(cfg), *args),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines()]
-
-
 def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
 ) -> None:
@@ -140,7 +125,7 @@ def test_malformed_corpus_lands_in_dead_letters_and_replay_after_fix(
     flagged_where = "WHERE seq > 999000 AND seq < 999100"
     with ChildProcess(o2chain_argv("gateway", "run", "-c", str(cfg)), tmp_path / "gw.log") as gw:
         gw.wait_for_log("MQTT subscribed", timeout_s=30)
-        publish_all(mosquitto, messages)
+        publish_all(mosquitto, messages, "corpus-board")
         wait_until(lambda: count_points(influxdb) >= 2 * len(CORPUS), 30, "the valid readings")
         wait_until(
             lambda: count_points(influxdb, "seq", flagged_where) >= len(FLAGGED),

@@ -16,12 +16,12 @@ import pytest
 from gateway.tests.conftest import (
     DB,
     count_points,
-    gateway_config,
-    sim_board_id,
+    fleet_gateway_config,
+    fleet_summary_of,
+    start_gateway,
     wait_for_count,
     wait_until,
 )
-from gateway.tests.test_delivery_acceptance import fleet_summary_of, start_gateway
 from o2base.procs import ChildProcess
 from o2base.services import InfluxDB, Mosquitto, ServiceError
 
@@ -69,13 +69,12 @@ def test_central_outage_and_gateway_kill_lose_and_double_nothing(
     sim_fleet: Callable[..., ChildProcess],
 ) -> None:
     state = tmp_path / "state"
-    cfg = gateway_config(
+    cfg = fleet_gateway_config(
         tmp_path / "gw.toml",
         mosquitto,
         influxdb,
         state,
         BOARDS,
-        board_name=sim_board_id,
         central={
             "url": central.url,
             "database": CENTRAL_DB,

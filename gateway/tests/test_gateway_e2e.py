@@ -7,26 +7,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
+from gateway.tests.conftest import deadletters, publish_all
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.testing import wait_for_points, write_skeleton_gateway_config
 
 pytestmark = pytest.mark.integration
-
-
-def publish(mosquitto: Mosquitto, topic: str, payloads: list[bytes]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-board")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for payload in payloads:
-            client.publish(topic, payload, qos=1).wait_for_publish(timeout=5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def test_modbus_and_mqtt_readings_reach_influxdb(
@@ -50,11 +38,9 @@ def test_modbus_and_mqtt_readings_reach_influxdb(
             "rh_pct": 31.0,
         }
         bad = {"v": 1, "boot": 3, "seq": 18, "ts": ts + 1, "o2_pct": "high"}
-        publish(
-            mosquitto,
-            "o2/lhasa-hotel/room-101/telemetry",
-            [json.dumps(good).encode(), json.dumps(bad).encode(), b"\xff not json"],
-        )
+        topic = "o2/lhasa-hotel/room-101/telemetry"
+        payloads = [json.dumps(good).encode(), json.dumps(bad).encode(), b"\xff not json"]
+        publish_all(mosquitto, [(topic, p) for p in payloads], "test-board")
 
         rooms = wait_for_points(
             influxdb, "o2test", "SELECT * FROM room WHERE device = 'room-101' ORDER BY time", 2
@@ -82,13 +68,7 @@ def test_modbus_and_mqtt_readings_reach_influxdb(
         gw.stop()
         assert gw.returncode == 0, gw.log_tail()
 
-    listing = subprocess.run(
-        o2chain_argv("gateway", "deadletters", "-c", str(cfg)),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    letters = [json.loads(line) for line in listing.stdout.splitlines()]
+    letters = deadletters(cfg)
     assert [dl["reason"] for dl in letters] == ["not_json"]
     assert "room-101" in letters[0]["detail"]
     assert letters[0]["topic"] == "o2/lhasa-hotel/room-101/telemetry"

@@ -26,8 +26,7 @@ import tomli_w
 from gateway.tests.conftest import (
     DB,
     count_points,
-    gateway_config,
-    sim_board_id,
+    fleet_gateway_config,
     wait_for_count,
     wait_until,
 )
@@ -56,14 +55,13 @@ class Group:
     killed: list[str] = field(default_factory=list)
 
     def start(self, name: str, wait: bool = True) -> ChildProcess:
-        cfg = gateway_config(
+        cfg = fleet_gateway_config(
             self.tmp_path / f"{name}.toml",
             self.mosquitto,
             self.influxdb,
             self.tmp_path / name,
             self.boards,
             gateway_id=name,
-            board_name=sim_board_id,
             # keepalive 6 s: heartbeat 2 s, a member unheard for 6 s is gone (the will is faster)
             mqtt={"shared_group": GROUP, "keepalive_s": 6},
             alarm_engine={"builtin": False},

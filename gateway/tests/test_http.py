@@ -166,6 +166,13 @@ def policy(tmp_path: Path, clock_s: Callable[[], float] | None = None, **http: A
     return HttpPolicy.from_config(config.http, "127.0.0.1:0", config.alarm_engine, clock_s)
 
 
+@contextlib.asynccontextmanager
+async def guarded(r: Rig, tmp_path: Path) -> AsyncIterator[str]:
+    """The rig's status server under :func:`policy` (users, API token, limits): its url."""
+    async with serving(r, policy=policy(tmp_path)) as server:
+        yield server.url
+
+
 @dataclass
 class Answer:
     status: int
@@ -366,8 +373,7 @@ def test_actions_need_an_operator_with_the_session_csrf_token_or_an_api_token(
     raise_o2_high(r)
 
     async def scenario() -> None:
-        async with serving(r, policy=policy(tmp_path)) as server:
-            url = server.url
+        async with guarded(r, tmp_path) as url:
             ack = ALARM + "/ack"
             # Nobody logged in: the old server acknowledged this "as nobody".
             answer = await request(url, ack, "POST", {})
@@ -479,8 +485,7 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
     r = rig(tmp_path)
 
     async def scenario() -> None:
-        async with serving(r, policy=policy(tmp_path)) as server:
-            url = server.url
+        async with guarded(r, tmp_path) as url:
             for path, method, status in (
                 ("/", "GET", 200), ("/static/app.js", "GET", 200), ("/api/status", "GET", 200),
                 ("/nope", "GET", 404), (ALARM + "/ack", "POST", 401),
@@ -571,8 +576,7 @@ def test_reading_needs_a_viewer_unless_anonymous_reading_is_allowed(tmp_path: Pa
             answer = await request(url, "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
             assert answer.status == 200  # Prometheus with a bearer token
         # Anonymous reading on loopback, except what a reverse proxy forwards from elsewhere.
-        async with serving(r, policy=policy(tmp_path)) as server:
-            url = server.url
+        async with guarded(r, tmp_path) as url:
             assert (await request(url, "/api/status")).status == 200
             answer = await request(url, "/api/status", headers={"X-Forwarded-For": "192.0.2.7"})
             assert answer.status == 401
@@ -587,8 +591,7 @@ def test_shelving_needs_a_reason_an_active_alarm_and_stays_within_the_severity_c
     raise_o2_high(r)  # severity "alarm": 8 h at most
 
     async def scenario() -> None:
-        async with serving(r, policy=policy(tmp_path)) as server:
-            url = server.url
+        async with guarded(r, tmp_path) as url:
             dolma = await login(url, "dolma")
             shelve = ALARM + "/shelve"
 

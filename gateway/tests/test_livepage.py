@@ -38,10 +38,9 @@ import pytest
 import requests
 import tomli_w
 
-from gateway.passwords import hash_password
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
-from o2chain.testing import wait_for_points
+from o2chain.testing import wait_for_points, write_users_file
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +60,7 @@ SITE = "lhasa-hotel"
 HIGH_O2_KEY = f"{SITE}/room-101/room-o2-high"
 OFFLINE_KEY = f"{SITE}/room-104/device-offline"
 OPERATOR, VIEWER, PASSWORD = "dolma", "tenzin", "yak butter tea"
+USERS = [(OPERATOR, "operator", PASSWORD, None), (VIEWER, "viewer", PASSWORD, None)]
 PUBLISH_EVERY_S = 0.5  # the boards' reading interval in this test (data generation, not sync)
 # Room boards: (device, O2 %, temperature degC, humidity %)
 ROOMS = [
@@ -130,16 +130,6 @@ class LiveGateway:
     influx: InfluxDB
 
 
-def _users(path: Path) -> Path:
-    pw = hash_password(PASSWORD)
-    path.write_text(
-        f'[[user]]\nname = "{OPERATOR}"\nrole = "operator"\npassword_hash = "{pw}"\n'
-        f'[[user]]\nname = "{VIEWER}"\nrole = "viewer"\npassword_hash = "{pw}"\n'
-    )
-    path.chmod(0o600)
-    return path
-
-
 def _config(path: Path, broker: Mosquitto, influx: InfluxDB, state_dir: Path) -> Path:
     rooms = [(d, d.removeprefix("room-")) for d, *_ in ROOMS] + [("room-104", "104")]
     config = {
@@ -147,7 +137,7 @@ def _config(path: Path, broker: Mosquitto, influx: InfluxDB, state_dir: Path) ->
             "id": "gw-live", "state_dir": str(state_dir), "http_listen": "127.0.0.1:0",
             "metrics_interval_s": 2.0,
         },
-        "http": {"users_file": str(_users(path.parent / "users.toml"))},
+        "http": {"users_file": str(write_users_file(path.parent / "users.toml", *USERS))},
         "mqtt": {"url": broker.url},
         "influx": {"url": influx.url, "database": "o2live", "flush_interval_s": 0.5},
         "enrich": {"chain_interval_s": 2.0},

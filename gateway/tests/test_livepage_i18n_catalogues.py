@@ -18,8 +18,9 @@ import pytest
 
 from gateway.builtin_rules import builtin_rules
 from gateway.config import parse_config
-from gateway.http import SECURITY_HEADERS, STATIC_NAME, StatusServer, static_file
-from gateway.tests.test_livepage_server import get, rig
+from gateway.http import SECURITY_HEADERS, STATIC_NAME, static_file
+from gateway.tests.test_livepage_server import get, serving
+from o2chain.testing import assert_same_keys
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CATALOGUES = {p.stem: p for p in sorted((STATIC / "i18n").glob("*.json"))}
@@ -57,12 +58,8 @@ def test_every_catalogue_has_the_same_keys_and_placeholders() -> None:
     english = load("en")
     for lang in CATALOGUES:
         texts = load(lang)
-        assert sorted(texts) == sorted(english), (
-            f"{lang}.json: missing {sorted(set(english) - set(texts))}, "
-            f"extra {sorted(set(texts) - set(english))}"
-        )
+        assert_same_keys(lang, texts, english)
         for key, text in texts.items():
-            assert isinstance(text, str) and text.strip(), f"{lang}.json: {key} is empty"
             assert set(PLACEHOLDER.findall(text)) == set(PLACEHOLDER.findall(english[key])), (
                 f"{lang}.json: {key} has other placeholders than en.json: {text!r}"
             )
@@ -156,12 +153,9 @@ def test_nothing_else_is_served_from_the_catalogue_folder(name: str) -> None:
 
 def test_the_server_sends_catalogues_with_the_page_headers(tmp_path: Path) -> None:
     """Over HTTP: JSON, and the same Content-Security-Policy and other headers as the page."""
-    _, engine, observer, _ = rig(tmp_path)
 
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", observer, engine)
-        url = await server.start(required=True)
-        try:
+        async with serving(tmp_path) as url:
             _, page_headers, _ = await get(url, "/")
             for lang in CATALOGUES:
                 status, headers, body = await get(url, f"/static/i18n/{lang}.json")
@@ -173,7 +167,5 @@ def test_the_server_sends_catalogues_with_the_page_headers(tmp_path: Path) -> No
                         "/static/i18n/xx.json", "/static/i18n/", "/static/i18n"):  # fmt: skip
                 status, _, _ = await get(url, bad)
                 assert status == 404, bad
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,19 @@ def rig(tmp_path: Path) -> tuple[Clock, AlarmEngine, Observer, Pipeline]:
     engine = AlarmEngine(config, StateStore(tmp_path / "alarms.sqlite"), clock_ms=clock)
     observer = Observer(config, Sources(), engine, clock_ms=clock)
     return clock, engine, observer, Pipeline([engine, engine.committed_locally, observer])
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path) -> AsyncIterator[str]:
+    """A status server over a fresh :func:`rig` on a free loopback port: its url; stopped
+    afterwards."""
+    _, engine, observer, _ = rig(tmp_path)
+    server = StatusServer("127.0.0.1:0", observer, engine)
+    url = await server.start(required=True)
+    try:
+        yield url
+    finally:
+        await server.stop()
 
 
 async def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -82,12 +97,8 @@ class Stream:
 
 
 def test_index_and_static_files_are_served_from_the_package(tmp_path: Path) -> None:
-    _, engine, observer, _ = rig(tmp_path)
-
     async def scenario() -> None:
-        server = StatusServer("127.0.0.1:0", observer, engine)
-        url = await server.start(required=True)
-        try:
+        async with serving(tmp_path) as url:
             status, headers, body = await get(url, "/")
             assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
             assert b'<script src="/static/app.js"' in body
@@ -103,8 +114,6 @@ def test_index_and_static_files_are_served_from_the_package(tmp_path: Path) -> N
                         "/static/app.py", "/static/"):  # fmt: skip
                 status, _, _ = await get(url, bad)
                 assert status == 404, bad
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 

@@ -36,6 +36,13 @@ def sim_device(profile_name: str, unit: int = 1) -> SimulatedDevice:
     return SimulatedDevice(profile, model, unit=unit)
 
 
+async def serving(devices: list[SimulatedDevice]) -> ModbusTcpSimulator:
+    """The devices on a started pymodbus simulator (a free port); the caller stops it."""
+    server = ModbusTcpSimulator(devices)
+    await server.start()
+    return server
+
+
 class Sink:
     """The poller's ``emit``: keeps every point and wakes whoever waits for a condition."""
 
@@ -111,8 +118,7 @@ def test_short_response_is_counted_logged_once_and_polling_goes_on(
 
     async def main() -> DevicePoller:
         device = sim_device("medical-concentrator")
-        server = ModbusTcpSimulator([device])
-        await server.start()
+        server = await serving([device])
         sink = Sink()
         poller = poller_for("medical-concentrator", server.port, sink)
         stop = asyncio.Event()
@@ -154,8 +160,7 @@ def test_every_failure_kind_is_a_counted_failed_poll(caplog: pytest.LogCaptureFi
 
     async def main() -> None:
         device = sim_device("psa-plant")
-        server = ModbusTcpSimulator([device])
-        await server.start()
+        server = await serving([device])
         sink = Sink()
         poller = poller_for("psa-plant", server.port, sink, device_id="psa-1")
         try:
@@ -201,8 +206,7 @@ def test_sentinels_nan_and_out_of_range_are_flagged_not_stored(
 
     async def main() -> tuple[list[Reading], list[Reading], DevicePoller]:
         medical, plant = sim_device("medical-concentrator", 1), sim_device("psa-plant", 2)
-        server = ModbusTcpSimulator([medical, plant])
-        await server.start()
+        server = await serving([medical, plant])
         sink = Sink()
         conc = poller_for("medical-concentrator", server.port, sink)
         psa = poller_for("psa-plant", server.port, sink, device_id="psa-1", unit=2)
@@ -289,8 +293,7 @@ def test_device_alarm_bits_become_integer_fields_and_raise_alarms(tmp_path: Path
     async def main() -> tuple[list[Reading], list[Reading]]:
         medical = sim_device("medical-concentrator", 1)
         modular, discrete = sim_device("psa-plant-modular", 2), sim_device("psa-plant", 3)
-        server = ModbusTcpSimulator([medical, modular, discrete])
-        await server.start()
+        server = await serving([medical, modular, discrete])
         sink = Sink()
         clock = lambda: now[0]  # noqa: E731
         pollers = [
@@ -351,8 +354,7 @@ def test_dead_poller_task_is_restarted_and_alarmed(
     now = [1_700_000_000_000]
 
     async def main() -> tuple[Sink, DevicePoller]:
-        server = ModbusTcpSimulator([sim_device("medical-concentrator")])
-        await server.start()
+        server = await serving([sim_device("medical-concentrator")])
         sink = Sink()
         poller = poller_for("medical-concentrator", server.port, sink, wall_clock_ms=lambda: now[0])
         deaths = [1]

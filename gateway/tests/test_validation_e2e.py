@@ -6,15 +6,14 @@ rejected whole are found STORED in InfluxDB, flagged where a field or the clock 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
+from gateway.tests.conftest import deadletters, publish_all
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.firmware_runner import load_firmware_file
@@ -68,16 +67,9 @@ def now_ms() -> int:
 
 
 def publish(mosquitto: Mosquitto, messages: list[tuple[str, Any]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="valid-boards")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    try:
-        for device, doc in messages:
-            topic = f"o2/{SITE}/{device}/telemetry"
-            client.publish(topic, json.dumps(doc).encode(), qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    topics = [f"o2/{SITE}/{device}/telemetry" for device, _ in messages]
+    payloads = [json.dumps(doc).encode() for _, doc in messages]
+    publish_all(mosquitto, zip(topics, payloads, strict=True), "valid-boards")
 
 
 def points(influxdb: InfluxDB, device: str, count: int) -> list[dict[str, Any]]:
@@ -155,13 +147,7 @@ def test_extreme_o2_bad_clock_and_bad_field_readings_are_stored_flagged(
         assert gw.returncode == 0, gw.log_tail()
 
     # Only the item that could not be a reading is a dead letter, by itself, its index named.
-    out = subprocess.run(
-        o2chain_argv("gateway", "deadletters", "-c", str(cfg)),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    (letter,) = [json.loads(line) for line in out.stdout.splitlines()]
+    (letter,) = deadletters(cfg)
     assert letter["reason"] == "missing_field"
     assert "room-rh item 1 of 2" in letter["detail"] and "'boot'" in letter["detail"]
     assert json.loads(letter["payload"]) == no_boot

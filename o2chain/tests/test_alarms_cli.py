@@ -15,34 +15,23 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
-from gateway.auth import hash_token
-from gateway.passwords import hash_password
 from o2base.procs import ChildProcess, o2chain_argv, wait_until
 from o2base.services import InfluxDB, Mosquitto
 from o2chain.alarms_cli import AlarmsClient
+from o2chain.testing import write_users_file
 
 pytestmark = pytest.mark.integration
 
 SITE = "lhasa-hotel"
 KEY = f"{SITE}/room-101/room-o2-high"
 OPERATOR, VIEWER, PASSWORD, TOKEN = "dolma", "tenzin", "yak butter tea", "t0ken-for-tools-0123"
+USERS = [(OPERATOR, "operator", PASSWORD, TOKEN), (VIEWER, "viewer", PASSWORD, None)]
 
 
 @dataclass
 class Gateway:
     url: str
     base: Path
-
-
-def _users(path: Path) -> Path:
-    pw = hash_password(PASSWORD)
-    path.write_text(
-        f'[[user]]\nname = "{OPERATOR}"\nrole = "operator"\npassword_hash = "{pw}"\n'
-        f'token_hash = "{hash_token(TOKEN)}"\n'
-        f'[[user]]\nname = "{VIEWER}"\nrole = "viewer"\npassword_hash = "{pw}"\n'
-    )
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         config = {
             "gateway": {"id": "gw-cli", "state_dir": str(base / "state"),
                         "http_listen": "127.0.0.1:0"},
-            "http": {"users_file": str(_users(base / "users.toml"))},
+            "http": {"users_file": str(write_users_file(base / "users.toml", *USERS))},
             "mqtt": {"url": broker.url},
             "influx": {"url": influx.url, "database": "o2cli", "flush_interval_s": 0.5},
             "site": [{"id": SITE, "altitude_m": 3650}],

@@ -17,8 +17,12 @@ against the C subscriber, ``mosquitto_sub -q 1``, measured in the same run:
   (``commit_linger_ms = 0``) for comparison;
 - **paced sustained rate**: stepped paced loads (1k, 2k, 4k, ... readings/s); a step is held
   when every reading is in InfluxDB (the C subscriber: received) within 2 s of the load's end;
+  the C subscriber's steps run first, alone, then the gateway's, alone;
 - **overload**: twice the best sustained rate on a broker that drops beyond 20,000 queued
-  messages a client: the gateway's delivered rate against the best sustained one, and the
+  messages a client, taken by the C subscriber alone, then by the gateway alone in windows
+  alternating with windows at the best step's rate: the gateway's delivered rate against the
+  best sustained one (a verdict only when the steps ended at the gateway's own limit and the
+  load generator made the rate), its CPU per reading at both, every process's CPU, and the
   broker's drops as the gateway's /metrics and /api/status show them;
 - **Modbus TCP**: polls/s over 100 simulated devices (one simulator process, 100 ports), the
   gateway's pollers against raw pymodbus doing the same reads on the same farm;
@@ -28,7 +32,9 @@ against the C subscriber, ``mosquitto_sub -q 1``, measured in the same run:
   alarms, self-observation) per reading, and the whole commit path (decode, duplicates, stages,
   line protocol, fsync'd outbox commit) per reading.
 
-The paced loads are ``mosquitto_pub -l`` processes (one a board) fed in 10 ms ticks. Every
+The light load is ``mosquitto_pub -l`` processes (one a board) fed in 10 ms ticks; the steps
+and the overload are :class:`RawLoad`, this process publishing for every board over one QoS 1
+connection (20 ``mosquitto_pub`` and their feeder took most of a core at 16,000/s). Every
 phase is bounded in count and time. The machine is 2 cores shared with other jobs: compare
 figures of one run, repeat, quote medians.
 """
@@ -869,6 +875,7 @@ def overload(
             time.sleep(2.5)  # the broker publishes $SYS every second
             metrics = requests.get(f"{base}/metrics", timeout=10).text
             status = requests.get(f"{base}/api/status", timeout=10).json()
+            peak_rss = rss_mb(gw.pid or 0, "VmHWM")
         finally:
             gw.stop()
     dropped_metric = next(
@@ -880,7 +887,7 @@ def overload(
         w["gw_us"] = 1e4 * w["gw_cpu_pct"] / max(w["rate"], 1e-9)
     gw_ov = sorted(over_w, key=lambda w: w["rate"])[(len(over_w) - 1) // 2]  # lower median
     return {"gw": gw_ov, "over": over_w, "base": base_w, "c": c_ov,
-            "dropped_metric": dropped_metric,
+            "dropped_metric": dropped_metric, "peak_rss_mb": peak_rss,
             "dropped_status": status["gateway"].get("broker_dropped")}  # fmt: skip
 
 
@@ -1365,7 +1372,8 @@ def overload_rows(
         f"{gw['gw_wait_pct']:.0f} %; broker {gw['broker_cpu_pct']:.0f} %, influxd "
         f"{gw['influxd_cpu_pct']:.0f} %, load {gw['load_cpu_pct']:.0f} % (with mosquitto_sub: "
         f"broker {c['broker_cpu_pct']:.0f} %, mosquitto_sub {c['csub_cpu_pct']:.0f} %); "
-        f"load average {gw['loadavg']:.1f}. Alternating windows, the best step's rate then "
+        f"load average {gw['loadavg']:.1f}; gateway peak RSS {ov['peak_rss_mb']:.0f} MB. "
+        f"Alternating windows, the best step's rate then "
         f"2x (median of the 2x ones above): {rounds}",
     ))  # fmt: skip
     return rows

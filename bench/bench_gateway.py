@@ -793,7 +793,7 @@ def paced_steps(
                 "target": rate, "achieved": load.achieved, "sent": load.sent,
                 "gw_held": float(lag_ok and gen_ok), "gen_ok": float(gen_ok),
                 "gw_lost": max(0, load.sent - final),
-                "gw_us": 1e6 * cpu["gw_cpu_pct"] / 100 * cpu["window_s"] / max(load.sent, 1),
+                "gw_us": 1e6 * cpu["gw_cpu_pct"] / 100 * cpu["window_s"] / max(landed, 1),
                 "load_cpu_pct": 100 * load.cpu_s / cpu["window_s"], **cpu,
             })  # fmt: skip
             if not steps[-1]["gw_held"]:

@@ -276,6 +276,7 @@ class DevicePoller:
         self.health = DeviceHealth()
         self.shared_client = False  # an RTU bus' client: a device's failure must not close it
         self.rx: _RxCapture | None = None
+        self.frame_gap_s = 0.0  # on a serial line: t3.5 between this poll's own requests
         self._client: ModbusClient | None = None
         self._health_sent_at: float | None = None
         self._health_sent_link: tuple[bool, bool | None, bool] | None = None
@@ -289,10 +290,21 @@ class DevicePoller:
     def name(self) -> str:
         return f"{self.device.site}/{self.device.id}"
 
-    def use_shared_client(self, client: ModbusClient, rx: _RxCapture | None = None) -> None:
+    def use_shared_client(
+        self, client: ModbusClient, rx: _RxCapture | None = None, frame_gap_s: float = 0.0
+    ) -> None:
+        """Poll through ``client``, which a bus shares; ``frame_gap_s`` is the line's silence
+        (t3.5) kept between this poll's own requests (the bus keeps it between polls)."""
         self._client = client
         self.shared_client = True
         self.rx = rx
+        self.frame_gap_s = frame_gap_s
+
+    async def _line_quiet(self) -> None:
+        """On a serial line, the silence a frame must follow (a slave takes a request sent
+        sooner after the previous answer as part of that frame, and drops both)."""
+        if self.frame_gap_s:
+            await asyncio.sleep(self.frame_gap_s)
 
     @property
     def degraded(self) -> bool:
@@ -309,7 +321,8 @@ class DevicePoller:
         (no retries) and ends the poll; otherwise every block with every retry."""
         if self.degraded:
             return self.device.timeout_s
-        return len(self.blocks) * self.device.timeout_s * (1 + self.retries)
+        tries = len(self.blocks) * (1 + self.retries)
+        return tries * self.device.timeout_s + (tries - 1) * self.frame_gap_s
 
     def next_interval_s(self) -> float:
         """The interval, stretched while the device is offline."""
@@ -372,6 +385,7 @@ class DevicePoller:
                     raise
                 self._count(exc)  # each failed try is counted; the poll may still succeed
                 attempt += 1
+                await self._line_quiet()
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 0)
             self.health.errors_by_code[code] = self.health.errors_by_code.get(code, 0) + 1
@@ -421,7 +435,9 @@ class DevicePoller:
             client = self._client
             if not client.connected and not await client.connect():
                 raise ModbusReadError("io", f"cannot connect to {self.device.url}", "connect")
-            for block in self.blocks:
+            for n, block in enumerate(self.blocks):
+                if n:
+                    await self._line_quiet()
                 await self._read_block(client, block, values, invalid)
         except ModbusReadError as exc:
             self._failed(exc)
@@ -623,7 +639,7 @@ class RtuBus:
         self.rx = _RxCapture()  # CRC errors told from silence
         self.client = serial_factory(line, timeout, self.rx)
         for p in self.pollers:
-            p.use_shared_client(self.client, self.rx)
+            p.use_shared_client(self.client, self.rx, line.frame_gap_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -55,6 +55,7 @@ from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
 from gateway.links import LINK, LinkReport
 from gateway.readings import FieldValue, Reading, flag_invalid, wall_ms
 from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
+from o2base.schema import telemetry_schema
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the poller reports per device
@@ -236,6 +237,41 @@ class DeviceHealth:
 
 def measurement_for(kind: DeviceKind) -> str:
     return "supply" if kind is DeviceKind.SUPPLY else "concentrator"
+
+
+_SCHEMA_CLASS = {"number": "float", "int": "integer"}
+
+
+def field_type_conflicts(devices: Sequence[tuple[Device, Profile]]) -> list[str]:
+    """Fields two sources would write to one measurement with two types, one line each.
+
+    InfluxDB keeps one type per field and measurement and refuses a point whose field has the
+    other type, so such a configuration would turn one device's readings into dead letters.
+    The sources: the Modbus devices' profiles (a row's :attr:`Register.value_class`, an alarm
+    bit an integer) and the boards' telemetry schema.
+    """
+    schema = telemetry_schema()
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # (measurement, field): (type, whose)
+    for name, spec in {**schema["id_fields"], **schema["fields"]}.items():
+        for measurement in ("concentrator", "supply"):
+            if spec.get("measurement", measurement) == measurement:
+                whose = "the boards' telemetry schema"
+                seen[measurement, name] = (_SCHEMA_CLASS[spec["type"]], whose)
+    problems = []
+    for dev, profile in devices:
+        measurement = measurement_for(dev.kind)
+        types = {r.name: r.value_class for r in profile.registers}
+        types.update((bit.name, "integer") for bit in profile.alarm_bits)
+        for name, kind in types.items():
+            whose = f"{dev.id} (profile {profile.name})"
+            known = seen.setdefault((measurement, name), (kind, whose))
+            if known[0] != kind:
+                problems.append(
+                    f"{whose} writes {measurement}.{name} as {kind}, {known[1]} as "
+                    f"{known[0]}: InfluxDB keeps one type per field (set field_type in "
+                    "the profile's row)"
+                )
+    return problems
 
 
 class _RxCapture:

@@ -7,7 +7,7 @@ A trial, not a build step: the gateway ships as plain Python. This copies ``gate
 .venv's, with gcc and the Python headers; about 3 minutes on 2 cores), then runs
 ``bench_gateway.stage_costs`` (pipeline stages and the whole commit path, CPU time, best of 3
 rounds on fresh state) in a child process per round, plain and compiled alternated, and prints
-the figures and their ratio. Measured so far: see gateway/README.md, "Tried: mypyc".
+the figures and their ratio. Measured so far: gateway/README.md, "Tried: mypyc".
 """
 
 from __future__ import annotations

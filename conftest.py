@@ -24,6 +24,7 @@ REQUIRED_TOOLS = {
     "socat": "RTU over pseudo-terminals, the fake board for flashing",
     "chromium": "the live page tests (Playwright drives Debian's chromium)",
     "mosquitto_sub": "the benchmark baseline and broker-side checks",
+    "mosquitto_passwd": "the broker password-file format the provisioning writes",
     "openssl": "TLS tests (certificates)",
     "micropython": "the firmware on the real MicroPython interpreter",
     "mpy-cross": "compiling the firmware as it ships",

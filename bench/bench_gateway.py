@@ -815,7 +815,8 @@ def crc16(frame: bytes) -> bytes:
 
 def line_slave(port: str, char_s: float, gap_s: float, stop: threading.Event) -> None:
     """An RTU slave on ``port`` that holds every answer for the time request and answer take
-    on a real line at this baud rate (a pty carries bytes instantly)."""
+    on a real line at this baud rate (a pty carries bytes instantly), and the silence (t3.5)
+    between them; the silence after the answer is the master's to keep."""
     import serial
 
     with serial.serial_for_url(port, timeout=0.2) as tty:
@@ -829,7 +830,7 @@ def line_slave(port: str, char_s: float, gap_s: float, stop: threading.Event) ->
             else:
                 body = bytes([unit, fc, (count + 7) // 8]) + bytes((count + 7) // 8)
             answer = body + crc16(body)
-            wire_s = (len(req) + len(answer)) * char_s + 2 * gap_s
+            wire_s = (len(req) + len(answer)) * char_s + gap_s
             time.sleep(wire_s)  # emulating the wire: the bytes' own time on the line
             tty.write(answer)
 

@@ -50,11 +50,18 @@ def register(sub: Any) -> None:
 
 
 def _load(path: Path) -> GatewayConfig | None:
+    from gateway.modbus import field_type_conflicts  # pymodbus: only for run and check
+
     try:
         config = load_config(path)
-        for dev in config.device:
-            if dev.transport is Transport.MODBUS:
-                load_profile(dev.profile or "")
+        polled = [
+            (dev, load_profile(dev.profile or ""))
+            for dev in config.device
+            if dev.transport is Transport.MODBUS
+        ]
+        conflicts = field_type_conflicts(polled)
+        if conflicts:
+            raise ConfigError(f"{path}: {'; '.join(conflicts)}")
         return config
     except (ConfigError, ProfileError) as exc:
         print(f"o2chain gateway: {exc}", file=sys.stderr)

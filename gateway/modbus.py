@@ -55,6 +55,7 @@ from gateway.equipment_rules import POLLER_MEASUREMENT, EquipmentFields
 from gateway.links import LINK, LinkReport
 from gateway.readings import FieldValue, Reading, flag_invalid, wall_ms
 from o2base.registers import Invalid, Profile, ReadBlock, ShortResponseError, Table, Value
+from o2base.schema import telemetry_schema
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the poller reports per device
@@ -238,6 +239,41 @@ def measurement_for(kind: DeviceKind) -> str:
     return "supply" if kind is DeviceKind.SUPPLY else "concentrator"
 
 
+_SCHEMA_CLASS = {"number": "float", "int": "integer"}
+
+
+def field_type_conflicts(devices: Sequence[tuple[Device, Profile]]) -> list[str]:
+    """Fields two sources would write to one measurement with two types, one line each.
+
+    InfluxDB keeps one type per field and measurement and refuses a point whose field has the
+    other type, so such a configuration would turn one device's readings into dead letters.
+    The sources: the Modbus devices' profiles (a row's :attr:`Register.value_class`, an alarm
+    bit an integer) and the boards' telemetry schema.
+    """
+    schema = telemetry_schema()
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # (measurement, field): (type, whose)
+    for name, spec in {**schema["id_fields"], **schema["fields"]}.items():
+        for measurement in ("concentrator", "supply"):
+            if spec.get("measurement", measurement) == measurement:
+                whose = "the boards' telemetry schema"
+                seen[measurement, name] = (_SCHEMA_CLASS[spec["type"]], whose)
+    problems = []
+    for dev, profile in devices:
+        measurement = measurement_for(dev.kind)
+        types = {r.name: r.value_class for r in profile.registers}
+        types.update((bit.name, "integer") for bit in profile.alarm_bits)
+        for name, kind in types.items():
+            whose = f"{dev.id} (profile {profile.name})"
+            known = seen.setdefault((measurement, name), (kind, whose))
+            if known[0] != kind:
+                problems.append(
+                    f"{whose} writes {measurement}.{name} as {kind}, {known[1]} as "
+                    f"{known[0]}: InfluxDB keeps one type per field (set field_type in "
+                    "the profile's row)"
+                )
+    return problems
+
+
 class _RxCapture:
     """pymodbus ``trace_packet`` hook keeping the bytes received since the last request, so a
     timed-out RTU request can be told apart: silence (timeout) or garbage (CRC error)."""
@@ -276,6 +312,7 @@ class DevicePoller:
         self.health = DeviceHealth()
         self.shared_client = False  # an RTU bus' client: a device's failure must not close it
         self.rx: _RxCapture | None = None
+        self.frame_gap_s = 0.0  # on a serial line: t3.5 between this poll's own requests
         self._client: ModbusClient | None = None
         self._health_sent_at: float | None = None
         self._health_sent_link: tuple[bool, bool | None, bool] | None = None
@@ -289,10 +326,21 @@ class DevicePoller:
     def name(self) -> str:
         return f"{self.device.site}/{self.device.id}"
 
-    def use_shared_client(self, client: ModbusClient, rx: _RxCapture | None = None) -> None:
+    def use_shared_client(
+        self, client: ModbusClient, rx: _RxCapture | None = None, frame_gap_s: float = 0.0
+    ) -> None:
+        """Poll through ``client``, which a bus shares; ``frame_gap_s`` is the line's silence
+        (t3.5) kept between this poll's own requests (the bus keeps it between polls)."""
         self._client = client
         self.shared_client = True
         self.rx = rx
+        self.frame_gap_s = frame_gap_s
+
+    async def _line_quiet(self) -> None:
+        """On a serial line, the silence a frame must follow (a slave takes a request sent
+        sooner after the previous answer as part of that frame, and drops both)."""
+        if self.frame_gap_s:
+            await asyncio.sleep(self.frame_gap_s)
 
     @property
     def degraded(self) -> bool:
@@ -309,7 +357,8 @@ class DevicePoller:
         (no retries) and ends the poll; otherwise every block with every retry."""
         if self.degraded:
             return self.device.timeout_s
-        return len(self.blocks) * self.device.timeout_s * (1 + self.retries)
+        tries = len(self.blocks) * (1 + self.retries)
+        return tries * self.device.timeout_s + (tries - 1) * self.frame_gap_s
 
     def next_interval_s(self) -> float:
         """The interval, stretched while the device is offline."""
@@ -372,6 +421,7 @@ class DevicePoller:
                     raise
                 self._count(exc)  # each failed try is counted; the poll may still succeed
                 attempt += 1
+                await self._line_quiet()
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 0)
             self.health.errors_by_code[code] = self.health.errors_by_code.get(code, 0) + 1
@@ -421,7 +471,9 @@ class DevicePoller:
             client = self._client
             if not client.connected and not await client.connect():
                 raise ModbusReadError("io", f"cannot connect to {self.device.url}", "connect")
-            for block in self.blocks:
+            for n, block in enumerate(self.blocks):
+                if n:
+                    await self._line_quiet()
                 await self._read_block(client, block, values, invalid)
         except ModbusReadError as exc:
             self._failed(exc)
@@ -623,7 +675,7 @@ class RtuBus:
         self.rx = _RxCapture()  # CRC errors told from silence
         self.client = serial_factory(line, timeout, self.rx)
         for p in self.pollers:
-            p.use_shared_client(self.client, self.rx)
+            p.use_shared_client(self.client, self.rx, line.frame_gap_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

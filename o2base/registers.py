@@ -174,6 +174,20 @@ class Register:
     min: float | None = None  # plausible range of the engineering value (checked decoding)
     max: float | None = None
     sentinels: frozenset[int] = frozenset()  # raw patterns meaning "no value" (see module doc)
+    # The field's type in InfluxDB, which keeps one type per field and measurement: "" = as
+    # decoded (an unscaled integer register an integer, anything else a float); "integer"
+    # rounds the engineering value, "float" writes an unscaled integer as a float.
+    field_type: str = ""
+
+    @property
+    def value_class(self) -> str:
+        """What this row's field is stored as: ``boolean``, ``integer`` or ``float``."""
+        if self.type is RegType.BOOL or self.type is RegType.BITS:
+            return "boolean"
+        if self.field_type:
+            return self.field_type
+        plain = self.scale == 1.0 and self.offset == 0.0 and self.type is not RegType.FLOAT32
+        return "integer" if plain else "float"
 
     @property
     def words(self) -> int:
@@ -191,9 +205,14 @@ class Register:
             words.reverse()
         data = b"".join(w.to_bytes(2, "big") for w in words)
         (number,) = struct.unpack(_STRUCT[self.type], data)
-        if self.scale == 1.0 and self.offset == 0.0 and self.type is not RegType.FLOAT32:
-            return int(number)
-        return float(number) * self.scale + self.offset
+        return self._engineering(number)
+
+    def _engineering(self, number: float) -> int | float:
+        plain = self.scale == 1.0 and self.offset == 0.0 and self.type is not RegType.FLOAT32
+        if not self.field_type:
+            return int(number) if plain else float(number) * self.scale + self.offset
+        value = number if plain else float(number) * self.scale + self.offset
+        return round(value) if self.field_type == "integer" else float(value)
 
     def decode_checked(self, raw: list[int] | list[bool]) -> Value | Invalid:
         """Like :meth:`decode`, but a "no value" code, a non-finite float or a value outside
@@ -222,11 +241,7 @@ class Register:
             (number,) = struct.unpack(">f", pattern.to_bytes(4, "big"))
             if not math.isfinite(number):
                 return Invalid("not_finite", pattern, f"a finite float32, got {number}")
-        value: Value
-        if self.scale == 1.0 and self.offset == 0.0 and rtype is not RegType.FLOAT32:
-            value = int(number)
-        else:
-            value = float(number) * self.scale + self.offset
+        value: Value = self._engineering(number)
         lo, hi = self.min, self.max
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             return Invalid("out_of_range", value, f"{_g(lo)}..{_g(hi)} {self.unit}".rstrip())
@@ -403,6 +418,7 @@ _ROW_KEYS = {
     "min",
     "max",
     "sentinels",
+    "field_type",
 }
 _ALARM_KEYS = {"name", "register", "bit", "active", "description"}
 _WORKAROUND_KEYS = {"sentinels"}
@@ -525,6 +541,7 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
                 min=lo if row.get("min") is None else float(row["min"]),
                 max=hi if row.get("max") is None else float(row["max"]),
                 sentinels=codes,
+                field_type=str(row.get("field_type", "")),
             )
         except KeyError as exc:
             raise ProfileError(f"{where}: missing key {exc.args[0]!r}") from exc
@@ -538,6 +555,13 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
             raise ProfileError(f"{where}: type {reg.type} does not fit table {reg.table}")
         if reg.scale == 0:
             raise ProfileError(f"{where}: scale must not be 0")
+        if reg.field_type and (
+            reg.field_type not in ("integer", "float") or reg.value_class == "boolean"
+        ):
+            raise ProfileError(
+                f"{where}: field_type {reg.field_type!r}: expected 'integer' or 'float' "
+                "(on a number row; a bool or bits row is always a boolean)"
+            )
         if reg.name in seen:
             raise ProfileError(f"{where}: duplicate field {reg.name!r}")
         seen.add(reg.name)

@@ -74,9 +74,9 @@ def _pw() -> Any:
     try:
         from playwright import sync_api
     except ImportError:  # pragma: no cover - bootstrap installs it with the dev extras
-        pytest.skip("playwright is not installed (pip install -e .[dev])")
+        pytest.fail("playwright is not installed (scripts/bootstrap.sh --test-tools installs it)")
     if not CHROMIUM.exists():  # pragma: no cover - scripts/bootstrap.sh installs it
-        pytest.skip("Debian chromium is not installed (scripts/bootstrap.sh)")
+        pytest.fail("Debian chromium is not installed (bootstrap.sh --test-tools installs it)")
     return sync_api
 
 

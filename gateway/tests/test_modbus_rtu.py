@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +21,7 @@ from gateway.readings import Reading
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.registers import load_profile
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed"),
-]
+pytestmark = pytest.mark.integration  # socat: a required tool (conftest.py)
 
 INTERVAL_S = 0.5
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -154,3 +155,58 @@ def test_profile_search_path_and_paths(tmp_path: Path, monkeypatch: pytest.Monke
     scenario = load_scenario(scenario_dir / "mine.toml")
     refs = [e.profile for e in scenario.plant if e.profile.endswith(".toml")]
     assert refs == [str(scenario_dir / "beside.toml")]
+
+
+@pytest.mark.parametrize(
+    ("field_type", "scale", "raw", "expected"),
+    [
+        ("", 0.1, [0, 12345], 1234.5),  # as decoded: scaled, a float
+        ("integer", 0.1, [0, 12345], 1234),  # whole units, rounded
+        ("integer", 0.1, [0, 12346], 1235),
+        ("", 1.0, [0, 7], 7),  # as decoded: unscaled, an integer
+        ("float", 1.0, [0, 7], 7.0),
+    ],
+)
+def test_field_type_sets_what_a_number_row_is_stored_as(
+    field_type: str, scale: float, raw: list[int], expected: float
+) -> None:
+    reg = Register("run_h", Table.HOLDING, 0, RegType.INT32, scale=scale, field_type=field_type)
+    for value in (reg.decode(raw), reg.decode_checked(raw)):
+        assert value == expected and type(value) is type(expected)
+    assert reg.value_class == {int: "integer", float: "float"}[type(expected)]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('type = "int32"\nfield_type = "text"', "field_type 'text': expected 'integer' or"),
+        ('type = "bits"\nbit = 1\nfield_type = "integer"', "field_type 'integer': .* bits row"),
+    ],
+)
+def test_a_bad_field_type_is_named(tmp_path: Path, row: str, message: str) -> None:
+    text = f"""
+[profile]
+name = "x"
+kind = "plant"
+
+[[register]]
+name = "run_h"
+table = "holding"
+address = 0
+{row}
+"""
+    with pytest.raises(ProfileError, match=r"\[\[register\]\] #1 \(run_h\): " + message):
+        parse_profile(tomllib.loads(text), "x.toml")
+
+
+def test_every_bundled_row_decodes_to_its_value_class() -> None:
+    python = {"boolean": bool, "integer": int, "float": float}
+    for name in profile_names():
+        for block in load_profile(name).plan_reads():
+            raw: list[int] | list[bool] = (
+                [True] * block.count if block.table.is_bits else [1] * block.count
+            )
+            for reg in block.registers:
+                offset = reg.address - block.start
+                value = reg.decode(raw[offset : offset + reg.words])
+                assert type(value) is python[reg.value_class], (name, reg.name, value)

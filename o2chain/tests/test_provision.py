@@ -309,7 +309,6 @@ def test_cli_prints_web_logins_once(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "missing.toml: cannot read" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd missing")
 def test_hash_format_is_mosquittos_own(tmp_path: Path) -> None:
     """Our $7$ verifier accepts what mosquitto_passwd writes (the broker accepting ours is
     proven by every connection of the integration tests below)."""

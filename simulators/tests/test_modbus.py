@@ -13,7 +13,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from o2base.procs import ChildProcess, o2chain_argv
-from o2base.registers import Profile, RegType, Table, load_profile, profile_names
+from o2base.registers import Profile, Table, load_profile, profile_names
 from simulators.modbus_server import (
     ModbusRtuSimulator,
     ModbusTcpSimulator,
@@ -49,12 +49,8 @@ async def read_row(client: Any, reg: Any, unit: int) -> Any:
 
 
 def check_value(reg: Any, value: Any) -> None:
-    if reg.type is RegType.BOOL or reg.type is RegType.BITS:
-        assert isinstance(value, bool), reg.name
-    elif reg.type is RegType.FLOAT32 or reg.scale != 1.0:
-        assert isinstance(value, float), reg.name
-    else:
-        assert isinstance(value, int) and not isinstance(value, bool), reg.name
+    python = {"boolean": bool, "integer": int, "float": float}[reg.value_class]
+    assert type(value) is python, reg.name
     if reg.min is not None:
         assert value >= reg.min, f"{reg.name} = {value} below {reg.min}"
     if reg.max is not None:

@@ -81,6 +81,15 @@ class AlarmError(Exception):
         self.status = status
 
 
+# What of an alarm's state is saved and restored (and sent to a standby gateway). Not a class
+# attribute of AlarmState: a compiled dataclass (bench/bench_compiled.py) would take it for a field.
+PERSISTED = (
+    *("site", "device", "rule", "kind", "severity", "field", "active", "acked"),
+    *("raised_ms", "acked_ms", "acked_by", "cleared_ms", "shelved_until_ms", "shelved_by"),
+    *("shelve_reason", "value", "threshold", "message"),
+)
+
+
 @dataclass
 class AlarmState:
     """One alarm (rule x device). Lifecycle fields persist; the rest is evaluation scratch."""
@@ -115,18 +124,12 @@ class AlarmState:
     last_raise_cond: bool = False
     last_clear_cond: bool = False
 
-    PERSISTED = (
-        *("site", "device", "rule", "kind", "severity", "field", "active", "acked"),
-        *("raised_ms", "acked_ms", "acked_by", "cleared_ms", "shelved_until_ms", "shelved_by"),
-        *("shelve_reason", "value", "threshold", "message"),
-    )
-
     @property
     def key(self) -> str:
         return f"{self.site}/{self.device}/{self.rule}"
 
     def persisted(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.PERSISTED}
+        return {k: getattr(self, k) for k in PERSISTED}
 
     def shelved(self, now_ms: int) -> bool:
         return self.shelved_until_ms is not None and now_ms < self.shelved_until_ms
@@ -346,7 +349,7 @@ class AlarmEngine:
             if (saved.get("site"), saved.get("device")) not in self._devices:
                 self.store.save_state(key, None)
                 continue
-            st = AlarmState(**{k: saved[k] for k in AlarmState.PERSISTED if k in saved})
+            st = AlarmState(**{k: saved[k] for k in PERSISTED if k in saved})
             self._states[key] = st
         active = sum(1 for s in self._states.values() if s.active)
         if active:

@@ -58,7 +58,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.alarms import AlarmEvent, AlarmState
+from gateway.alarms import PERSISTED, AlarmEvent
 from gateway.config import GatewayConfig, redact_url
 from gateway.lineproto import LineEncoder
 from gateway.mqtt_callbacks import on_connect
@@ -450,7 +450,7 @@ class RestoredAlarms:
         out = {}
         for payload in self.retained.values():
             doc = json.loads(payload)
-            state = {k: doc[k] for k in AlarmState.PERSISTED if k in doc}
+            state = {k: doc[k] for k in PERSISTED if k in doc}
             if state.get("active"):
                 out[f"{doc['site']}/{doc['device']}/{doc['rule']}"] = state
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from influxdb_client import Point, WritePrecision
 
@@ -68,11 +68,13 @@ RAW_SUFFIX = "_raw"
 
 
 class InvalidReason:
-    OUT_OF_RANGE = "out_of_range"
-    NOT_FINITE = "not_finite"
-    BAD_TYPE = "bad_type"
-    SENTINEL = "sentinel"
-    UNKNOWN_FIELD = "unknown_field"
+    # Final: constants of the class (mypyc, bench/bench_compiled.py, takes a plain class
+    # attribute for an instance attribute and refuses to read it through the class).
+    OUT_OF_RANGE: Final = "out_of_range"
+    NOT_FINITE: Final = "not_finite"
+    BAD_TYPE: Final = "bad_type"
+    SENTINEL: Final = "sentinel"
+    UNKNOWN_FIELD: Final = "unknown_field"
 
 
 def flag_invalid(fields: dict[str, FieldValue], name: str, reason: str, raw: object = None) -> None:

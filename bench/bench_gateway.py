@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -63,6 +64,7 @@ import tomli_w
 
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto, Services
+from o2core import mqtt_codec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -233,16 +235,17 @@ class PacedLoad:
         return self.sent / self.elapsed_s if self.elapsed_s else 0.0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+@functools.cache
+def _publish_qos1_header(remaining: int) -> bytes:
+    """A QoS 1 PUBLISH's fixed header for a packet of ``remaining`` bytes after it (the
+    payloads' lengths repeat, so each is encoded once)."""
+    buf = bytearray(1 + mqtt_codec.varint_size(remaining))
+    buf[0] = mqtt_codec.PUBLISH | 0x02
+    mqtt_codec.write_varint(buf, 1, remaining)
+    return bytes(buf)
 
 
-class RawLoad:
+class RawLoad(PacedLoad):
     """The same paced readings as :class:`PacedLoad`, published for every board by this one
     process over one MQTT 3.1.1 connection at QoS 1: each tick's PUBLISH packets are built here
     and written in one ``sendall``, PUBACKs are counted as they come (a PUBACK is 4 bytes), up
@@ -259,13 +262,9 @@ class RawLoad:
         boot: int,
         max_inflight: int = 20_000,
     ):
-        self.broker, self.values, self.rate, self.seconds, self.boot = (
-            broker, values, rate, seconds, boot,
-        )  # fmt: skip
+        super().__init__(broker, values, rate, seconds, boot)
         self.max_inflight = max_inflight
-        self.sent = self.acked = 0
-        self.first_ts_ms = self.last_ts_ms = 0
-        self.elapsed_s = self.done_s = 0.0
+        self.acked = 0
         self.cpu_s = 0.0  # this thread's CPU while publishing
 
     def _connect(self) -> Any:
@@ -274,8 +273,7 @@ class RawLoad:
         sock = socket.create_connection((self.broker.host, self.broker.port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cid = f"bench-raw-{time.monotonic_ns()}".encode()
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        sock.sendall(b"\x10" + _varint(len(body)) + body)
+        sock.sendall(mqtt_codec.connect(cid, keepalive_s=60))
         if sock.recv(4) != b"\x20\x02\x00\x00":
             raise RuntimeError("raw publisher: the broker refused the connection")
         return sock
@@ -327,7 +325,7 @@ class RawLoad:
                     payload = prefix + b'%d,"ts":%d' % (seq, ts) + rest[seq % len(rest)]
                     pid = pid % 65535 + 1
                     head = heads[board]
-                    out.append(b"\x32" + _varint(len(head) + 2 + len(payload)) + head
+                    out.append(_publish_qos1_header(len(head) + 2 + len(payload)) + head
                                + pid.to_bytes(2, "big") + payload)  # fmt: skip
                     seqs[board], last_ts[board] = seq + 1, ts
                     self.last_ts_ms = max(self.last_ts_ms, ts)

@@ -60,6 +60,7 @@ from gateway.pipeline import Output
 from gateway.ratelog import RateLimitedLog
 from gateway.readings import Reading, wall_ms
 from gateway.telemetry import Reject, TelemetryDecoder, decode_status, parse_topic
+from o2base.procs import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -497,6 +498,7 @@ class MqttIngest:
     # -- committer thread ----------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
+        name_os_thread("mqtt-commit")
         linger_s = self._linger_s
         while True:
             with self._queue_cond:

@@ -18,6 +18,7 @@ from gateway.influx import (
 )
 from gateway.outbox import Outbox
 from gateway.ratelog import RateLimitedLog
+from o2base.procs import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class OutboxDrainer:
             await asyncio.to_thread(thread.join)
 
     def _run_thread(self) -> None:
+        name_os_thread("influx-writer")
         try:
             self._drain(self._stop)
         except Exception:  # a bug must not pass silently; the points stay in the outbox

@@ -349,3 +349,16 @@ atexit.register(_LIVE.stop_all)
 def o2chain_argv(*args: str) -> list[str]:
     """argv running this installation's ``o2chain`` command with the current interpreter."""
     return [sys.executable, "-m", "o2chain.cli", *args]
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``top -H``, ``/proc/PID/task/*/comm``,
+    py-spy's native view), not only in Python; Linux keeps 15 bytes. Best effort: elsewhere, or
+    without a C library, nothing happens."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from o2base.procs import ChildProcess, ProcessError, StartStop, wait_until
+from o2base.procs import ChildProcess, ProcessError, StartStop, name_os_thread, wait_until
 
 
 def test_wait_until_returns_once_the_condition_holds() -> None:
@@ -56,3 +57,16 @@ def test_start_stop_runs_the_block_between_start_and_stop() -> None:
         assert entered is thing and thing.calls == ["start"]
         raise KeyError("the block fails")
     assert thing.calls == ["start", "stop"]
+
+
+def test_a_thread_named_for_the_kernel_shows_in_proc() -> None:
+    seen: list[str] = []
+
+    def work() -> None:
+        name_os_thread("o2-test-thread-long-name")
+        seen.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(5)
+    assert seen == ["o2-test-thread-\n"]  # 15 bytes kept

@@ -253,19 +253,9 @@ class RawLoad(PacedLoad):
     it can offer rates 20 ``mosquitto_pub`` processes cannot on two cores (see "Benchmark").
     ``achieved`` is the rate handed to the socket; ``acked`` says whether the broker took them."""
 
-    def __init__(
-        self,
-        broker: Mosquitto,
-        values: list[list[dict[str, float]]],
-        rate: float,
-        seconds: float,
-        boot: int,
-        max_inflight: int = 20_000,
-    ):
-        super().__init__(broker, values, rate, seconds, boot)
-        self.max_inflight = max_inflight
-        self.acked = 0
-        self.cpu_s = 0.0  # this thread's CPU while publishing
+    max_inflight = 20_000
+    acked = 0
+    cpu_s = 0.0  # this thread's CPU while publishing
 
     def _connect(self) -> Any:
         import socket

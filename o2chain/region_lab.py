@@ -139,7 +139,9 @@ def _counts(db: InfluxDB, name: str, site: str) -> dict[str, tuple[int, int]]:
         )
     except ServiceError:  # no database yet
         return {}
-    return {str(r["device"]): (int(r["count"]), int(r["u"])) for r in rows}
+    # A series whose points so far have no seq (or a count InfluxDB has not filled in yet, at
+    # the first write) comes back with null aggregates: none counted yet.
+    return {str(r["device"]): (int(r["count"] or 0), int(r["u"] or 0)) for r in rows}
 
 
 class RegionLab(StartStop):

@@ -44,7 +44,7 @@ from types import ModuleType
 from typing import Any
 
 import o2core
-from o2base.procs import ChildProcess, StartStop
+from o2base.procs import ChildProcess, StartStop, process_state
 from simulators.physics.atmosphere import isa_pressure_kpa
 from simulators.wire.faults import PtySensor
 from simulators.wire.gasboard import GasboardWire
@@ -59,6 +59,8 @@ LAUNCHER = "run_board.py"
 # Where BoardRunner puts the board's short paths (see BoardRunner._short_dir): "/tmp" gives
 # them one length on every machine, whatever the work dir.
 SHORT_DIR_BASE = "/tmp"
+SHORT_DIR_PREFIX = "o2b-"
+OWNER_FILE = "owner.pid"  # in a short dir: the PID of the process that made it
 # Firmware config defaults the runner must know to wire the simulators (lib/o2/config.py).
 DEFAULT_O2_UART = 2
 DEFAULT_BME280_ADDR = 0x76
@@ -77,12 +79,30 @@ MPY_CROSS_FLAGS: list[str] = os.environ.get("O2CHAIN_MPY_FLAGS", "-X no-source-l
 
 
 NTP_TO_UNIX_S = 2208988800  # RFC 5905: 1900-01-01 to 1970-01-01
+
 # BME280 calibration words of the simulated chip: T and P from the Bosch BMP280 datasheet
 # example (section 3.12), H typical of production parts (H1 75, H2 362, H3 0, H4 313, H5 50,
 # H6 30).
 BME280_CAL_A = bytes.fromhex("706b436718fc7d8e43d6d00b270b8c00f9ff8c3cf8c67017004b")
 BME280_CAL_B = bytes.fromhex("6a01001329031e")
 BME280_CHIP_ID = 0x60
+
+
+def sweep_short_dirs(base: Path) -> list[Path]:
+    """Remove the short dirs (``o2b-*`` in ``base``) of runners whose process is gone: a
+    runner removes its own when it is collected or its interpreter exits, which a SIGKILL
+    skips. A dir is left alone while its owner runs, and while it has no owner file yet (a
+    runner between making it and writing the file). Returns what was removed."""
+    removed = []
+    for short in base.glob(SHORT_DIR_PREFIX + "*"):
+        try:
+            pid = int((short / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if process_state(pid) in (None, "Z", "X"):  # gone, or dead and not reaped
+            shutil.rmtree(short, ignore_errors=True)
+            removed.append(short)
+    return removed
 
 
 def load_firmware_file(stem: str) -> ModuleType:
@@ -538,8 +558,10 @@ class BoardRunner(StartStop):
         40-character one, enough to fail its start-up on a fragmented heap under pytest's temp
         dirs. Removed when the runner is collected or the interpreter exits."""
         if self._short is None or not self._short.is_dir():
-            short = Path(tempfile.mkdtemp(prefix="o2b-", dir=SHORT_DIR_BASE))
+            sweep_short_dirs(Path(SHORT_DIR_BASE))
+            short = Path(tempfile.mkdtemp(prefix=SHORT_DIR_PREFIX, dir=SHORT_DIR_BASE))
             weakref.finalize(self, shutil.rmtree, short, True)
+            (short / OWNER_FILE).write_text(f"{os.getpid()}\n")
             (short / "s").mkdir()
             (short / "fs").symlink_to(self.board_dir.resolve())
             self._short = short

@@ -4,23 +4,18 @@ owns (boards and gateway reconnect), and no broker outlives the demo."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from o2base.procs import o2chain_argv
+from o2base.procs import o2chain_argv, process_state
 
 pytestmark = pytest.mark.integration
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
+    return process_state(pid) not in (None, "Z", "X")
 
 
 def test_demo_restarts_its_broker_at_broker_restart(tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ from o2chain.testing import assert_same_keys
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CATALOGUES = {p.stem: p for p in sorted((STATIC / "i18n").glob("*.json"))}
 # Every script and page that looks texts up (lang.js is the mechanism both pages load).
-SCRIPTS = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("lang.js", "app.js")}
-PAGES = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("index.html",)}
+SCRIPTS = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("lang.js", "app.js", "region.js")}
+PAGES = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("index.html", "region.html")}
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Texts that are the same in every language (symbols and SI units), and punctuation only.
-SAME_EVERYWHERE = {"fact.co2", "unit.o2_pct"}
+SAME_EVERYWHERE = {"fact.co2", "unit.o2_pct", "region.lpm"}
 PUNCTUATION = {"list.sep"}
 
 
@@ -81,6 +81,17 @@ def test_every_key_the_page_uses_is_there_and_every_key_is_used() -> None:
         keys = set(load(lang))
         assert not used - keys, f"{lang}.json lacks {sorted(used - keys)}"
         assert not keys - used, f"{lang}.json has unused keys {sorted(keys - used)}"
+
+
+def test_the_region_view_has_its_own_keys_and_the_live_page_does_not_use_them() -> None:
+    """region.* texts are the region view's; it shares the others it shows (alarm states, link
+    unknown, no alarms, the language menu; ages and severities through lang.js) with the live
+    page, so the same thing reads the same on both."""
+    region = literal_keys([SCRIPTS["region.js"]], [PAGES["region.html"]])
+    live = literal_keys([SCRIPTS["app.js"]], [PAGES["index.html"]])
+    assert {key for key in load("en") if key.startswith("region.")} <= region
+    assert not {key for key in live if key.startswith("region.")}
+    assert {"alarms.none", "state.unacknowledged", "link.unknown", "lang.label"} <= region
 
 
 # Where t() / tParts() take a key that is not a literal: the look-up functions passing theirs

@@ -8,7 +8,9 @@ state of its own: a restart rebuilds everything from the retained messages and t
 
 Routes (loopback only, read-only, no login; standard library HTTP like gateway/http.py):
 
-- ``GET /``: the page (gateway/static/region.html, region.js; the live page's stylesheet)
+- ``GET /``: the page (gateway/static/region.html, region.js; the live page's stylesheet,
+  and its language mechanism lang.js with its text catalogues ``/static/i18n/{lang}.json``, so
+  the page is in English or Simplified Chinese as the live page is)
 - ``GET /api/region``: ``{"facilities": [...], "broker": {...}, "database": {...}}``, worst
   first: per site its worst active (unshelved) alarm's severity, alarm counts, bridge link,
   boards online/offline, chain balance and the age of its newest reading
@@ -47,6 +49,7 @@ _SITE = re.compile(r"^[a-z0-9-]{1,32}$")
 _STATIC = {
     "/": ("region.html", "text/html; charset=utf-8"),
     "/static/region.js": ("region.js", "text/javascript; charset=utf-8"),
+    "/static/lang.js": ("lang.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
     "/static/region.css": ("region.css", "text/css; charset=utf-8"),
     "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
@@ -361,6 +364,11 @@ class RegionView:
         if path in _STATIC:
             name, ctype = _STATIC[path]
             return "200 OK", ctype, (resources.files("gateway") / "static" / name).read_bytes()
+        if path.startswith("/static/i18n/"):  # the catalogues: only a file that is there
+            folder = resources.files("gateway") / "static" / "i18n"
+            name = path.removeprefix("/static/i18n/")
+            if name.endswith(".json") and name in {f.name for f in folder.iterdir()}:
+                return "200 OK", "application/json", (folder / name).read_bytes()
         if path == "/api/region":
             return _ok(self.state.overview())
         if path.startswith("/api/region/"):

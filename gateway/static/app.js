@@ -7,7 +7,8 @@
    Texts: every word the page shows is in one catalogue per language, /static/i18n/{lang}.json,
    looked up with t(KEY, {params}) (k(KEY) marks a key looked up later with tk); the
    language is the visitor's choice (remembered in localStorage) or the browser's
-   (navigator.languages); numbers and times are formatted for it with Intl. */
+   (navigator.languages); numbers and times are formatted for it with Intl. The mechanism is
+   lang.js (window.O2Lang), loaded before this file and shared with the region view. */
 "use strict";
 
 (() => {
@@ -38,52 +39,12 @@
   const session = { user: null, role: null, csrf: null, login: false, canRead: true, canAct: false, shelveMaxS: {}, doc: null };
 
   // ------------------------------------------------------------------ language
-  const LANG_STORAGE_KEY = "o2chain.lang";
-  const FALLBACK_LANG = "en";
-  const i18n = { lang: FALLBACK_LANG, texts: {}, formats: new Map() };
+  // The mechanism is lang.js, shared with the region view: catalogues, look-ups, Intl formats.
+  const { t, k, tk, tParts, translateTree, label, ruleLabel, severityLabel, num, plain, clock, ago, duration } = window.O2Lang;
 
-  /** The languages the page has: one <option> of #lang per catalogue in static/i18n/. */
-  function languages() {
-    return [...$("lang").options].map((o) => o.value);
-  }
-  /** The visitor's earlier choice, else the first of the browser's languages the page has
-      (by exact tag, then by language: "zh-TW" or "zh" get zh-CN), else English. */
-  function pickLanguage() {
-    const have = languages();
-    let stored = null;
-    try { stored = localStorage.getItem(LANG_STORAGE_KEY); } catch (_) { /* storage off */ }
-    if (stored && have.includes(stored)) return stored;
-    const wanted = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || ""];
-    for (const tag of wanted) {
-      const exact = have.find((l) => l.toLowerCase() === tag.toLowerCase());
-      if (exact) return exact;
-      const primary = tag.split("-")[0].toLowerCase();
-      const same = have.find((l) => l.split("-")[0].toLowerCase() === primary);
-      if (same) return same;
-    }
-    return FALLBACK_LANG;
-  }
-  async function loadCatalogue(lang) {
-    const res = await fetch(`/static/i18n/${lang}.json`, { cache: "no-store" });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    return res.json();
-  }
   /** Switch to `lang`: load its catalogue, set <html lang>, translate and redraw the page. */
   async function setLanguage(lang) {
-    let texts;
-    try {
-      texts = await loadCatalogue(lang);
-    } catch (err) {
-      console.error(`o2chain: no texts for ${lang} (${err.message})`);
-      if (lang === FALLBACK_LANG) return;
-      return setLanguage(FALLBACK_LANG);
-    }
-    i18n.lang = lang;
-    i18n.texts = texts;
-    i18n.formats.clear();
-    document.documentElement.lang = lang;
-    $("lang").value = lang;
-    translateTree(document);
+    if (!(await window.O2Lang.use(lang, $("lang")))) return;
     translateTree($("tpl-alarm").content);
     // Cards and alarm rows hold texts of the old language: rebuild them from the last status.
     $("sites").replaceChildren();
@@ -95,95 +56,9 @@
     if (!state.status) setText($("gw-line"), t("conn.connecting"));
   }
 
-  /** The text of `key`, its {name} placeholders filled from `params` (numbers formatted for
-      the language). A missing key shows as the key itself and is reported on the console. */
-  function t(key, params) {
-    return tParts(key, params).map((p) => (typeof p === "string" ? p : p.textContent)).join("");
-  }
-  /** Marks a key that is looked up later with tk() (tables of labels). */
-  function k(key) {
-    return key;
-  }
-  function tk(key, params) {
-    return t(key, params);
-  }
-  function has(key) {
-    return typeof i18n.texts[key] === "string";
-  }
-  /** Like t(), but as a list of strings and the DOM nodes given as params (for markup such as
-      <code> inside a sentence, without innerHTML). */
-  function tParts(key, params) {
-    let text = i18n.texts[key];
-    if (typeof text !== "string") {
-      console.error(`o2chain: no text "${key}" in ${i18n.lang}.json`);
-      text = key;
-    }
-    if (!params) return [text];
-    return text.split(/\{(\w+)\}/).map((piece, i) => {
-      if (i % 2 === 0) return piece;
-      if (!(piece in params)) return `{${piece}}`;
-      const v = params[piece];
-      return v instanceof Node ? v : typeof v === "number" ? plain(v) : String(v);
-    }).filter((p) => p !== "");
-  }
-  /** Fill elements marked data-i18n(-placeholder|-aria-label|-title) under `root`. */
-  function translateTree(root) {
-    for (const node of root.querySelectorAll("[data-i18n]")) {
-      if (!node._args) {
-        node._args = {};
-        for (const child of node.querySelectorAll(":scope > [data-i18n-arg]")) node._args[child.dataset.i18nArg] = child;
-      }
-      const args = node.dataset.i18nArgs ? JSON.parse(node.dataset.i18nArgs) : {};
-      node.replaceChildren(...tParts(node.dataset.i18n, { ...args, ...node._args }));
-    }
-    for (const attr of ["placeholder", "aria-label", "title"]) {
-      for (const node of root.querySelectorAll(`[data-i18n-${attr}]`)) {
-        node.setAttribute(attr, t(node.getAttribute(`data-i18n-${attr}`)));
-      }
-    }
-  }
-
   // ------------------------------------------------------------------ formatting
-  function numberFormat(digits) {
-    const id = `n${digits}`;
-    let f = i18n.formats.get(id);
-    if (!f) {
-      f = digits === null
-        ? new Intl.NumberFormat(i18n.lang, { maximumFractionDigits: 2 })
-        : new Intl.NumberFormat(i18n.lang, { minimumFractionDigits: digits, maximumFractionDigits: digits });
-      i18n.formats.set(id, f);
-    }
-    return f;
-  }
-  /** A number with `digits` decimals for the language; "—" for no value. */
-  function num(value, digits) {
-    return typeof value === "number" && Number.isFinite(value) ? numberFormat(digits).format(value) : "—";
-  }
-  /** A number as it comes (up to 2 decimals), for limits and counts inside texts. */
-  function plain(value) {
-    return Number.isFinite(value) ? numberFormat(null).format(value) : "—";
-  }
   function metres(value) {
     return typeof value === "number" && Number.isFinite(value) ? `${num(Math.round(value), 0)} m` : "—";
-  }
-  function clock(ms) {
-    let f = i18n.formats.get("time");
-    if (!f) i18n.formats.set("time", (f = new Intl.DateTimeFormat(i18n.lang, { timeStyle: "medium" })));
-    return f.format(new Date(ms));
-  }
-  function ago(seconds) {
-    if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return t("ago.never");
-    const s = Math.max(0, seconds);
-    if (s < 60) return t("ago.s", { s: Math.floor(s) });
-    if (s < 3600) return t("ago.min", { m: Math.floor(s / 60) });
-    if (s < 86400) return t("ago.h_min", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
-    return t("ago.d", { d: Math.floor(s / 86400) });
-  }
-  function duration(seconds) {
-    const s = Math.max(0, Math.floor(seconds));
-    if (s < 3600) return t("dur.min", { m: Math.floor(s / 60) });
-    if (s < 86400) return t("dur.h_min", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
-    return t("dur.d_h", { d: Math.floor(s / 86400), h: Math.floor((s % 86400) / 3600) });
   }
   /** Seconds since the gateway measured `ageAtSnapshot`, advanced by the local clock. */
   function liveAge(ageAtSnapshot) {
@@ -361,19 +236,9 @@
   };
   const KINDS = { room: k("kind.room"), concentrator: k("kind.concentrator"), plant: k("kind.plant"), supply: k("kind.supply") };
   const LINKS = { online: k("link.online"), offline: k("link.offline"), unknown: k("link.unknown") };
-  const SEVERITIES = { info: k("sev.info"), warning: k("sev.warning"), alarm: k("sev.alarm"), critical: k("sev.critical") };
   const ROLES = { viewer: k("role.viewer"), operator: k("role.operator"), admin: k("role.admin") };
-  /** A value from the gateway, translated when the catalogue has it, else as it came. */
-  function label(table, v) {
-    return v in table ? tk(table[v]) : String(v);
-  }
   const kindLabel = (kind) => label(KINDS, kind);
   const linkLabel = (link) => label(LINKS, link);
-  /** The name of an alarm rule: built-in rules have one in the catalogue ("rule.<id>"), rules
-      of the site's own config show their id. */
-  function ruleLabel(rule) {
-    return has(`rule.${rule}`) ? tk(`rule.${rule}`) : rule;
-  }
   function family(kind) {
     return kind === "room" ? "room" : kind === "supply" ? "supply" : "producer";
   }
@@ -710,7 +575,7 @@
     li.dataset.severity = a.severity;
     li.dataset.acked = String(!!a.acked);
     li.dataset.shelved = String(!!a.shelved);
-    setText(li.querySelector(".sev"), label(SEVERITIES, a.severity));
+    setText(li.querySelector(".sev"), severityLabel(a.severity));
     setText(li.querySelector(".alarm-device"), `${a.site} / ${a.device}`);
     const rule = li.querySelector(".alarm-rule");
     setText(rule, ruleLabel(a.rule));
@@ -1046,12 +911,12 @@
     $("logout").addEventListener("click", logout);
     $("lang").addEventListener("change", () => {
       const lang = $("lang").value;
-      try { localStorage.setItem(LANG_STORAGE_KEY, lang); } catch (_) { /* storage off: this visit only */ }
+      window.O2Lang.remember(lang);
       setLanguage(lang);
     });
     state.receivedAt = Date.now();
     // The texts first: nothing is drawn before the catalogue is there.
-    setLanguage(pickLanguage()).finally(() => loadSession()).finally(() => {
+    setLanguage(window.O2Lang.pick($("lang"))).finally(() => loadSession()).finally(() => {
       startLive();
       setInterval(tick, 1000);
     });

@@ -116,7 +116,11 @@ VISIBLE_TEXT = """() => {
 def english_left_over(page: Any) -> list[str]:
     """Texts of the English catalogue still on the page (whole words or phrases, each part
     between placeholders), leaving out what the gateway sends as text (alarm messages)."""
-    text = page.evaluate(VISIBLE_TEXT) + " " + page.title()
+    return english_in(page.evaluate(VISIBLE_TEXT) + " " + page.title())
+
+
+def english_in(text: str) -> list[str]:
+    """The texts of the English catalogue (that Chinese says otherwise) found in ``text``."""
     chinese = catalogue("zh-CN")
     found = []
     for key, english in catalogue("en").items():

@@ -1,10 +1,12 @@
-"""The live page's text catalogues (gateway/static/i18n/{lang}.json) against the page's code.
+"""The text catalogues (gateway/static/i18n/{lang}.json) against the code of the two pages
+that use them: the live page (index.html, app.js) and the region view (region.html, region.js,
+its own texts under ``region.*``), both through the one mechanism in lang.js.
 
-Every text the page shows is looked up by key: in index.html through ``data-i18n`` attributes,
-in app.js through ``t("key")`` and ``k("key")`` (a key looked up later with ``tk``), and the
-alarm rule names as ``rule.<id>`` for every built-in rule. These tests keep the catalogues and
-the code in step: the same keys in every language, the same placeholders, every key used,
-none missing, and one language option per catalogue.
+Every text a page shows is looked up by key: in the HTML through ``data-i18n`` attributes,
+in the scripts through ``t("key")`` and ``k("key")`` (a key looked up later with ``tk``), and
+the alarm rule names as ``rule.<id>`` for every built-in rule. These tests keep the catalogues
+and the code in step: the same keys in every language, the same placeholders, every key used,
+none missing, and one language option per catalogue on each page.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from o2chain.testing import assert_same_keys
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CATALOGUES = {p.stem: p for p in sorted((STATIC / "i18n").glob("*.json"))}
-APP_JS = (STATIC / "app.js").read_text(encoding="utf-8")
-INDEX = (STATIC / "index.html").read_text(encoding="utf-8")
+# Every script and page that looks texts up (lang.js is the mechanism both pages load).
+SCRIPTS = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("lang.js", "app.js", "region.js")}
+PAGES = {n: (STATIC / n).read_text(encoding="utf-8") for n in ("index.html", "region.html")}
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Texts that are the same in every language (symbols and SI units), and punctuation only.
-SAME_EVERYWHERE = {"fact.co2", "unit.o2_pct"}
+SAME_EVERYWHERE = {"fact.co2", "unit.o2_pct", "region.lpm"}
 PUNCTUATION = {"list.sep"}
 
 
@@ -38,11 +41,18 @@ def load(lang: str) -> dict[str, str]:
     return doc
 
 
-def literal_keys() -> set[str]:
-    """Keys named literally in app.js and index.html."""
-    keys = set(re.findall(r'\b(?:t|k|tParts)\(\s*"([^"]+)"', APP_JS))
-    keys |= set(re.findall(r'data-i18n(?:-placeholder|-aria-label|-title)?="([^"]+)"', INDEX))
+def literal_keys(scripts: list[str], pages: list[str]) -> set[str]:
+    """Keys named literally in the scripts and pages."""
+    keys: set[str] = set()
+    for code in scripts:
+        keys |= set(re.findall(r'\b(?:t|k|tParts)\(\s*"([^"]+)"', code))
+    for html in pages:
+        keys |= set(re.findall(r'data-i18n(?:-placeholder|-aria-label|-title)?="([^"]+)"', html))
     return keys
+
+
+def all_literal_keys() -> set[str]:
+    return literal_keys(list(SCRIPTS.values()), list(PAGES.values()))
 
 
 def rule_ids() -> set[str]:
@@ -66,31 +76,44 @@ def test_every_catalogue_has_the_same_keys_and_placeholders() -> None:
 
 
 def test_every_key_the_page_uses_is_there_and_every_key_is_used() -> None:
-    used = literal_keys() | {f"rule.{rule}" for rule in rule_ids()}
+    used = all_literal_keys() | {f"rule.{rule}" for rule in rule_ids()}
     for lang in CATALOGUES:
         keys = set(load(lang))
         assert not used - keys, f"{lang}.json lacks {sorted(used - keys)}"
         assert not keys - used, f"{lang}.json has unused keys {sorted(keys - used)}"
 
 
+def test_the_region_view_has_its_own_keys_and_the_live_page_does_not_use_them() -> None:
+    """region.* texts are the region view's; it shares the others it shows (alarm states, link
+    unknown, no alarms, the language menu; ages and severities through lang.js) with the live
+    page, so the same thing reads the same on both."""
+    region = literal_keys([SCRIPTS["region.js"]], [PAGES["region.html"]])
+    live = literal_keys([SCRIPTS["app.js"]], [PAGES["index.html"]])
+    assert {key for key in load("en") if key.startswith("region.")} <= region
+    assert not {key for key in live if key.startswith("region.")}
+    assert {"alarms.none", "state.unacknowledged", "link.unknown", "lang.label"} <= region
+
+
 # Where t() / tParts() take a key that is not a literal: the look-up functions passing theirs
-# on, and the translation of index.html's data-i18n attributes (their keys are checked there).
+# on, and the translation of the pages' data-i18n attributes (their keys are checked there).
 PASSED_ON = ("key,", "key)", "node.dataset.i18n,", "node.getAttribute(`data-i18n-${attr}`)")
 
 
-def test_every_lookup_in_app_js_names_its_key() -> None:
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_lookup_names_its_key(name: str) -> None:
     """t() and tParts() take a literal key, so the test above sees every key; a key chosen at
-    run time goes through a table of k("...") keys and tk(), or is a rule name."""
-    code = re.sub(r"/\*.*?\*/", "", APP_JS, flags=re.S)  # comments may say t(KEY)
+    run time goes through a table of k("...") keys and tk(), or is a rule name (lang.js)."""
+    code = re.sub(r"/\*.*?\*/", "", SCRIPTS[name], flags=re.S)  # comments may say t(KEY)
     for call in re.finditer(r"(?<![\w.])(t|tParts)\(\s*", code):
         rest = code[call.end() : call.end() + 60]
         if not rest.startswith('"') and not rest.startswith(PASSED_ON):
             line = code[: call.start()].count("\n") + 1
             raise AssertionError(
-                f"app.js: a key that is not literal: {code.splitlines()[line - 1]}"
+                f"{name}: a key that is not literal: {code.splitlines()[line - 1]}"
             )
-    dynamic = re.findall(r"\btk\(\s*`([^`]*)`", APP_JS)
-    assert dynamic == ["rule.${rule}"], f"tk() with a built key: {dynamic}"
+    dynamic = re.findall(r"\btk\(\s*`([^`]*)`", SCRIPTS[name])
+    expected = ["rule.${rule}"] if name == "lang.js" else []
+    assert dynamic == expected, f"tk() with a built key: {dynamic}"
 
 
 def test_chinese_is_translated() -> None:
@@ -120,18 +143,20 @@ def test_the_domain_terms_are_the_agreed_ones() -> None:
     assert zh["rule.supply-reserve-in-use"].startswith("汇流排")
 
 
-def test_language_options_match_the_catalogues() -> None:
-    options = re.findall(r'<option value="([^"]+)" lang="([^"]+)">', INDEX)
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_language_options_match_the_catalogues(page: str) -> None:
+    options = re.findall(r'<option value="([^"]+)" lang="([^"]+)">', PAGES[page])
     assert [value for value, lang in options] == [lang for _, lang in options]
     assert sorted(value for value, _ in options) == sorted(CATALOGUES)
 
 
-def test_arguments_written_in_the_page_fill_their_placeholders() -> None:
-    english = load("en")
-    for key, args in re.findall(r"data-i18n=\"([^\"]+)\"\s+data-i18n-args='([^']+)'", INDEX):
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_arguments_written_in_the_page_fill_their_placeholders(page: str) -> None:
+    english, html = load("en"), PAGES[page]
+    for key, args in re.findall(r"data-i18n=\"([^\"]+)\"\s+data-i18n-args='([^']+)'", html):
         assert set(json.loads(args)) == set(PLACEHOLDER.findall(english[key])), key
     for key, arg in re.findall(
-        r'data-i18n="([^"]+)"[^>]*>(?:<[^>]+>)*?<\w+[^>]*data-i18n-arg="([^"]+)"', INDEX
+        r'data-i18n="([^"]+)"[^>]*>(?:<[^>]+>)*?<\w+[^>]*data-i18n-arg="([^"]+)"', html
     ):
         assert f"{{{arg}}}" in english[key], key
 

@@ -102,8 +102,10 @@ def test_index_and_static_files_are_served_from_the_package(tmp_path: Path) -> N
             status, headers, body = await get(url, "/")
             assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
             assert b'<script src="/static/app.js"' in body
+            assert body.index(b"/static/lang.js") < body.index(b"/static/app.js")
             for name, ctype in (
                 ("app.js", "text/javascript"),
+                ("lang.js", "text/javascript"),
                 ("app.css", "text/css"),
                 ("favicon.svg", "image/svg+xml"),
             ):

@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 import requests
 import tomli_w
 
-from gateway.region_view import RegionState
+from gateway.region_view import RegionState, RegionView, RegionViewConfig
 from o2base.procs import ChildProcess, o2chain_argv
 from o2base.services import InfluxDB, Mosquitto, free_ports
 from o2chain.region_provision import provision_region
@@ -71,8 +72,29 @@ def test_worst_alarm_first_cleared_and_shelved_ones_do_not_count() -> None:
 # -- the server, against the central tier -----------------------------------------------------
 
 
-@pytest.fixture
-def central(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto, InfluxDB]]:
+def test_the_catalogues_are_served_and_nothing_else_from_their_folder() -> None:
+    """The page's texts come from the live page's catalogues (static/i18n/), served by name:
+    only a catalogue that is there, nothing beside or above it."""
+    cfg = RegionViewConfig("mqtt://127.0.0.1:1", "u", "p", Path("ca.pem"), "http://x", "d")
+    view = RegionView(cfg)
+    host = {"host": "127.0.0.1:8480"}
+    folder = Path(__file__).resolve().parents[2] / "gateway" / "static"
+    for lang in ("en", "zh-CN"):
+        status, ctype, body = view._route("GET", f"/static/i18n/{lang}.json", host)
+        assert (status, ctype) == ("200 OK", "application/json")
+        assert json.loads(body) == json.loads((folder / "i18n" / f"{lang}.json").read_text())
+    status, ctype, body = view._route("GET", "/static/lang.js", host)
+    assert status == "200 OK" and body == (folder / "lang.js").read_bytes()
+    for bad in ("/static/i18n/../app.js", "/static/i18n/%2e%2e/region.js", "/static/i18n/xx.json",
+                "/static/i18n/", "/static/i18n/en.json/", "/static/i18n/../../region_view.py",
+                "/static/app.js"):  # fmt: skip
+        assert view._route("GET", bad, host)[0] == "404 Not Found", bad
+
+
+@contextmanager
+def central_tier(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto, InfluxDB]]:
+    """A provisioned central tier (broker with TLS and the region's accounts, InfluxDB with
+    its database) for the facilities A and B: (the region's folder, broker, database)."""
     (port,) = free_ports(1)
     with InfluxDB(tmp_path / "central") as db:
         inv = {
@@ -87,6 +109,31 @@ def central(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto, InfluxDB]]:
         with Mosquitto(tmp_path / "central", port, listeners=conf) as broker:
             db.create_database("o2region")
             yield tmp_path / "region", broker, db
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[tuple[Path, Mosquitto, InfluxDB]]:
+    with central_tier(tmp_path) as tier:
+        yield tier
+
+
+@contextmanager
+def region_serve(region: Path, log: Path) -> Iterator[str]:
+    """`o2chain region serve` on a free port with the region's viewer config: its base URL;
+    stopped (and its exit code checked) at the end."""
+    view = ChildProcess(
+        o2chain_argv(
+            "region", "serve", "-c", str(region / "viewer" / "region.toml"),
+            "--listen", "127.0.0.1:0",
+        ),
+        log,
+    ).start()  # fmt: skip
+    try:
+        port = int(view.wait_for_log(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        view.stop()
+    assert view.returncode == 0, view.log_tail()
 
 
 def facility(region: Path, broker: Mosquitto, site: str) -> MqttProbe:
@@ -119,16 +166,7 @@ def test_region_serve_lists_facilities_and_drills_down(
                           retain=True) == 0  # fmt: skip
         assert fb.publish(f"region/{B}/bridge/state", b"1", retain=True) == 0
 
-        view = ChildProcess(
-            o2chain_argv(
-                "region", "serve", "-c", str(region / "viewer" / "region.toml"),
-                "--listen", "127.0.0.1:0",
-            ),
-            tmp_path / "region-view.log",
-        ).start()  # fmt: skip
-        try:
-            port = int(view.wait_for_log(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
-            base = f"http://127.0.0.1:{port}"
+        with region_serve(region, tmp_path / "region-view.log") as base:
 
             def overview() -> dict[str, Any]:
                 doc: dict[str, Any] = requests.get(f"{base}/api/region", timeout=5).json()
@@ -167,9 +205,6 @@ def test_region_serve_lists_facilities_and_drills_down(
             page_text = _render(base, tmp_path)
             assert re.search(rf"{A}\s+warning\s+1", page_text, re.IGNORECASE), page_text
             assert "o2-low" in page_text and "balance 12.5 L/min" in page_text
-        finally:
-            view.stop()
-    assert view.returncode == 0, view.log_tail()
 
 
 def _render(base: str, tmp_path: Path) -> str:
@@ -181,7 +216,7 @@ def _render(base: str, tmp_path: Path) -> str:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                      args=["--no-sandbox"])  # fmt: skip
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page = browser.new_page(locale="en-US", viewport={"width": 1100, "height": 700})
             page.goto(f"{base}/#{A}")
             page.wait_for_selector("#detail:not([hidden]) .alarm", timeout=15_000)
             page.screenshot(path=str(tmp_path / "region.png"), full_page=True)

@@ -32,7 +32,7 @@ from typing import Any
 import requests
 
 from gateway.config import InfluxSection, redact_url
-from gateway.influx import InfluxUnavailable, raise_for_status
+from gateway.influx import InfluxUnavailable, InfluxWriteError, raise_for_status
 from gateway.lineproto import LineEncoder
 from gateway.outbox import Gap, Outbox
 from gateway.readings import FieldValue, Reading
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 FIRST_WINDOW_MS = 60_000  # the first window of a gap; then doubled while windows come back small
 MAX_WINDOW_MS = 86_400_000  # a day: a sparse span is crossed in few steps
 CHUNK_ROWS = 1000  # rows per chunk of InfluxDB's streamed answer
+
+
+class LocalUnavailable(InfluxUnavailable):
+    """The local InfluxDB did not answer a backfill's query (down, refusing, an error in the
+    answer): the backfill retries later, with back-off; the central database is not at fault."""
 
 
 class BackfillSchemaError(Exception):
@@ -120,11 +125,17 @@ class LocalReader:
             )
         except requests.RequestException as exc:
             self._session.close()
-            raise InfluxUnavailable(
+            raise LocalUnavailable(
                 f"local InfluxDB {redact_url(self.cfg.url)}: {exc.__class__.__name__}: {exc}"
             ) from exc
         if r.status_code >= 300:
-            raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
+            try:
+                raise_for_status(r.status_code, r.text, r.headers.get("Retry-After"))
+            except InfluxWriteError as exc:
+                retry = exc.retry_after_s if isinstance(exc, InfluxUnavailable) else None
+                raise LocalUnavailable(
+                    f"local InfluxDB {redact_url(self.cfg.url)}: {exc}", retry
+                ) from exc
         return r
 
     @staticmethod
@@ -132,10 +143,10 @@ class LocalReader:
         out = []
         for result in answer.get("results", []):
             if "error" in result:
-                raise InfluxUnavailable(f"local InfluxDB: {result['error']}")
+                raise LocalUnavailable(f"local InfluxDB: {result['error']}")
             out += result.get("series", [])
         if "error" in answer:
-            raise InfluxUnavailable(f"local InfluxDB: {answer['error']}")
+            raise LocalUnavailable(f"local InfluxDB: {answer['error']}")
         return out
 
     def _rows(self, q: str) -> list[list[Any]]:
@@ -181,7 +192,7 @@ class LocalReader:
                 if line:
                     yield json.loads(line)
         except requests.RequestException as exc:
-            raise InfluxUnavailable(f"local InfluxDB: {exc}") from exc
+            raise LocalUnavailable(f"local InfluxDB: {exc}") from exc
 
     def close(self) -> None:
         self._session.close()
@@ -222,7 +233,7 @@ class Backfill:
     def step(self) -> bool:
         """Redo one window of the oldest gap; False when there is none. Raises
         :class:`gateway.influx.InfluxUnavailable` when either database is away (nothing of
-        this window is marked done then)."""
+        this window is marked done then; :class:`LocalUnavailable` for the local one)."""
         gaps = self.outbox.gaps(self.cursor)
         if not gaps:
             return False

@@ -23,7 +23,7 @@ import base64
 import logging
 from typing import cast
 
-from gateway.backfill import Backfill, BackfillSchemaError, LocalReader
+from gateway.backfill import Backfill, BackfillSchemaError, LocalReader, LocalUnavailable
 from gateway.config import CentralSection, InfluxSection, redact_url
 from gateway.influx import (
     InfluxMisconfigured,
@@ -174,8 +174,9 @@ class CentralForwarder(OutboxDrainer):
                     return  # more to do: live rows first, then the next step
             except InfluxUnavailable as exc:
                 # Either database away: live forwarding goes on, the backfill waits its turn.
-                self.stats.failures += 1
-                self.stats.last_error = str(exc)
+                if not isinstance(exc, LocalUnavailable):  # a failed write to the central DB
+                    self.stats.failures += 1
+                    self.stats.last_error = str(exc)
                 delay = exc.retry_after_s if exc.retry_after_s is not None else 0.0
                 delay = min(max(delay, self._backfill_backoff), MAX_RETRY_AFTER_S)
                 if isinstance(exc, InfluxMisconfigured):
@@ -184,8 +185,12 @@ class CentralForwarder(OutboxDrainer):
                 self._backfill_after = self.clock() + delay
                 self._backfill_backoff = min(self._backfill_backoff * 2, self.max_backoff_s)
             except BackfillSchemaError as exc:
-                log.error("central backfill stopped: %s", exc)
+                # Retrying cannot help; the gap stays recorded (o2chain_forward_backfill_pending_*).
+                log.error("central backfill stopped until the next start: %s", exc)
                 self._backfill_after = float("inf")
+            except Exception:  # a bug in the backfill must not stop the live forwarding
+                log.exception("central backfill failed; retry in %.0f s", self.max_backoff_s)
+                self._backfill_after = self.clock() + self.max_backoff_s
         super()._wait(timeout_s)
 
     def close(self) -> None:

@@ -135,3 +135,71 @@ def test_every_measurement_when_none_is_chosen(tmp_path: Path) -> None:
         + [f"room,site=s seq={i}i {BASE_MS + i}" for i in range(50)]
     )
     assert backfill.backfilled == 51
+
+
+class Sink:
+    """The central database's twin: takes every write, or raises ``fail`` once."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.fail: Exception | None = None
+
+    def write(self, lines: list[str]) -> None:
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.lines += lines
+
+    def close(self) -> None:
+        pass
+
+
+class FailingReader(TwinReader):
+    def __init__(self, points: list[Reading], failures: list[Exception]):
+        super().__init__(points)
+        self.failures = failures
+
+    def points(
+        self, measurement: str, start_ms: int, stop_ms: int, limit: int | None
+    ) -> list[Reading] | None:
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().points(measurement, start_ms, stop_ms, limit)
+
+
+def test_a_failing_backfill_waits_its_turn_and_never_stops_forwarding(tmp_path: Path) -> None:
+    from gateway.backfill import LocalUnavailable
+    from gateway.config import CentralSection
+    from gateway.forward import CentralForwarder
+    from gateway.influx import InfluxUnavailable
+
+    outbox = outbox_with_gap(tmp_path / "o.sqlite", 20)
+    sink = Sink()
+    cfg = CentralSection(url="http://central.invalid:8086", max_backoff_s=8.0)
+    forwarder = CentralForwarder(outbox, cfg, writer=sink)  # no [influx] given: no backfill
+    assert forwarder.backfill is None
+    now = [100.0]
+    forwarder.clock = lambda: now[0]
+    stored = [Reading("room", {"site": "s"}, {"seq": i}, BASE_MS + i) for i in range(20)]
+    reader = FailingReader(
+        stored, [LocalUnavailable("local InfluxDB: down"), RuntimeError("a bug")]
+    )
+    forwarder.backfill = Backfill(
+        outbox, "central", reader, forwarder._deliver, [], 100, clock=forwarder.clock
+    )
+    forwarder._wait(0)  # the local database is down: not the central one's failure
+    assert forwarder.stats.failures == 0 and forwarder._backfill_after == 100.25
+    forwarder._wait(0)  # too early: no query
+    assert len(reader.failures) == 1
+    now[0] = 101.0
+    forwarder._wait(0)  # a bug: logged, retried after max_backoff_s, the thread goes on
+    assert forwarder._backfill_after == 109.0 and outbox.gap_totals("central") == (1, 20)
+    now[0] = 110.0
+    sink.fail = InfluxUnavailable("central down", retry_after_s=3.0)
+    forwarder._wait(0)  # the central database is down: counted, its Retry-After honoured
+    assert forwarder.stats.failures == 1 and forwarder._backfill_after == 113.0
+    assert outbox.gap_totals("central") == (1, 20), "a gap closes only once written"
+    now[0] = 113.0
+    forwarder._wait(0)
+    assert sorted(sink.lines) == sorted(r.to_line() for r in stored)
+    assert outbox.gap_totals("central") == (0, 0) and forwarder.backfilled == 20

@@ -187,17 +187,17 @@ def _row_lines(text: str) -> list[str]:
 
 def _time_span(text: str) -> tuple[int, int] | None:
     """The earliest and latest point time (the last token of each line) of a row's text."""
-    low = high = None
-    for line in _row_lines(text):
-        try:
-            ts = int(line[line.rfind(" ") + 1 :])
-        except ValueError:  # no time in the line: InfluxDB stamped it, nothing to look up
-            continue
-        if low is None or ts < low:
-            low = ts
-        if high is None or ts > high:
-            high = ts
-    return None if low is None or high is None else (low, high)
+    lines = _row_lines(text)
+    try:
+        times = [int(line[line.rfind(" ") + 1 :]) for line in lines]
+    except ValueError:  # a line without a time (InfluxDB stamped it): nothing to look up
+        times = []
+        for line in lines:
+            try:
+                times.append(int(line[line.rfind(" ") + 1 :]))
+            except ValueError:
+                continue
+    return (min(times), max(times)) if times else None
 
 
 def _cut(text: str, limit: int) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.backfill import Backfill, BackfillSchemaError, LocalReader, rebuild
+from gateway.config import InfluxSection
 from gateway.lineproto import LineEncoder
 from gateway.outbox import LOCAL, FullPolicy, Outbox
 from gateway.readings import Reading
@@ -203,3 +204,28 @@ def test_a_failing_backfill_waits_its_turn_and_never_stops_forwarding(tmp_path: 
     forwarder._wait(0)
     assert sorted(sink.lines) == sorted(r.to_line() for r in stored)
     assert outbox.gap_totals("central") == (0, 0) and forwarder.backfilled == 20
+
+
+def test_the_backfill_key_and_what_the_local_database_must_be(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.config import ConfigError, parse_config
+    from gateway.forward import CentralForwarder
+
+    base = {"site": [{"id": "s", "altitude_m": 0}]}
+    with pytest.raises(ConfigError, match=r"central\.backfill"):
+        parse_config({**base, "central": {"url": "http://c:8086", "backfill": "sometimes"}})
+    cfg = parse_config({**base, "central": {"url": "http://c:8086"}})
+    assert cfg.central is not None and cfg.central.backfill is True
+    sink = Sink()
+    on = CentralForwarder(Outbox(tmp_path / "a.sqlite"), cfg.central, sink, local=cfg.influx)
+    assert on.backfill is not None
+    on.close()
+    off = parse_config({**base, "central": {"url": "http://c:8086", "backfill": False}}).central
+    assert off is not None
+    forwarder = CentralForwarder(Outbox(tmp_path / "b.sqlite"), off, sink, local=cfg.influx)
+    assert forwarder.backfill is None and forwarder.backfilled == 0
+    v2 = InfluxSection(api="v2", bucket="b", org="o")
+    forwarder = CentralForwarder(Outbox(tmp_path / "c.sqlite"), cfg.central, sink, local=v2)
+    assert forwarder.backfill is None
+    assert "api = 'v2': released points stay recorded" in caplog.text

@@ -9,6 +9,7 @@ InfluxDB are the lines that were written (types from the schema, escaping)."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,10 +62,11 @@ def metrics(url: str) -> dict[str, float]:
 Point = tuple[tuple[tuple[str, str], ...], int, tuple[tuple[str, Any], ...]]
 
 
-def points(db: InfluxDB, name: str) -> set[Point]:
-    """Every point of ``room`` as (tags, time, fields), nulls left out."""
+def points(db: InfluxDB, name: str, measurement: str, until_ms: int | None = None) -> set[Point]:
+    """Every point of ``measurement`` (up to ``until_ms``) as (tags, time, fields)."""
+    where = "" if until_ms is None else f" WHERE time <= {until_ms}ms"
     out: set[Point] = set()
-    answer = db.query("SELECT * FROM room GROUP BY *", db=name, epoch="ms")
+    answer = db.query(f'SELECT * FROM "{measurement}"{where} GROUP BY *', db=name, epoch="ms")
     for result in answer["results"]:
         for series in result.get("series", []):
             tags = tuple(sorted((k, v) for k, v in series["tags"].items() if v))
@@ -76,9 +78,12 @@ def points(db: InfluxDB, name: str) -> set[Point]:
     return out
 
 
-def field_types(db: InfluxDB, name: str) -> list[tuple[str, str]]:
-    answer = db.query("SHOW FIELD KEYS FROM room", db=name)
-    return sorted((k, t) for k, t in answer["results"][0]["series"][0]["values"])
+def schema(db: InfluxDB, name: str) -> dict[str, list[tuple[str, str]]]:
+    """Field keys and types of every measurement."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for series in db.query("SHOW FIELD KEYS", db=name)["results"][0]["series"]:
+        out[series["name"]] = sorted((k, t) for k, t in series["values"])
+    return out
 
 
 def test_a_released_span_is_backfilled_once_the_central_database_is_back(
@@ -97,8 +102,7 @@ def test_a_released_span_is_backfilled_once_the_central_database_is_back(
         gateway={"outbox_max_mb": 0.1},  # ~500 readings: most of the run is released
         central={
             "url": central.url,
-            "database": CENTRAL_DB,
-            "measurements": ["room"],
+            "database": CENTRAL_DB,  # every measurement forwarded (measurements = [])
             # Small steps: the backfill's windows are halved until one holds at most 500
             # points (the answer streamed and abandoned when it holds more), several steps.
             "batch_size": 500,
@@ -122,6 +126,13 @@ def test_a_released_span_is_backfilled_once_the_central_database_is_back(
         assert before["o2chain_forward_backfill_pending_spans"] >= 1, before
         assert before["o2chain_forward_backfill_pending_points"] == released, before
         assert central_count(central) < TOTAL
+        gw.kill()  # the gap records must survive a crash (the counter of releases does not)
+        gw = start_gateway(cfg, tmp_path / "gw2.log")
+        url = gw.wait_for_log(r"HTTP listening on (http://127\.0\.0\.1:\d+)").group(1)
+        assert metrics(url)["o2chain_forward_backfill_pending_points"] >= released
+        # Every point stamped a second before the central database is back was committed
+        # before the forwarder can catch up: forwarded live or backfilled by the end.
+        cut_ms = int(time.time() * 1000) - 1000
         central.start()
         wait_until(
             lambda: metrics(url)["o2chain_forward_backfill_pending_spans"] == 0,
@@ -133,17 +144,26 @@ def test_a_released_span_is_backfilled_once_the_central_database_is_back(
         gw.stop()
     assert gw.returncode == 0, gw.log_tail()
     # Exactly the local database's points: every reading once, the same values and types.
-    local = points(influxdb, DB)
+    local = points(influxdb, DB, "room")
     assert len(local) == TOTAL
-    assert points(central, CENTRAL_DB) == local
-    assert field_types(central, CENTRAL_DB) == field_types(influxdb, DB)
-    assert after["o2chain_forward_backfilled_total"] >= released, after
+    assert points(central, CENTRAL_DB, "room") == local
+    local_schema = schema(influxdb, DB)
+    assert schema(central, CENTRAL_DB) == local_schema
+    for measurement in local_schema:  # the gateway's own points too, up to the cut
+        assert points(central, CENTRAL_DB, measurement, cut_ms) == points(
+            influxdb, DB, measurement, cut_ms
+        ), measurement
+    released_after = after["o2chain_forward_released_total"]  # by the restarted gateway
+    assert after["o2chain_forward_backfilled_total"] >= released + released_after, after
     assert after["o2chain_forward_backfill_pending_points"] == 0, after
     log = gw.log_text()
     assert "central backfill starts" in log
     done = re.search(r"central backfill done: (\d+) points .* written in ([\d.]+) s", log)
     assert done is not None, log[-2000:]
-    print(f"backfill: {done.group(1)} points in {done.group(2)} s, released {released:.0f}")
+    print(
+        f"backfill: {done.group(1)} points in {done.group(2)} s, released "
+        f"{released:.0f} + {released_after:.0f}, measurements {sorted(local_schema)}"
+    )
 
 
 def test_lines_read_back_from_influxdb_are_the_lines_written(influxdb: InfluxDB) -> None:

@@ -635,7 +635,7 @@ class Outbox:
         if last_id is None:
             return
         now = int(time.time() * 1000)
-        released = dict(self.stats.released)
+        released, cursors = dict(self.stats.released), dict(self._cursors)
         self._db.execute("BEGIN")
         try:
             for name, at in list(self._cursors.items()):
@@ -664,7 +664,7 @@ class Outbox:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
-            self.stats.released = released
+            self.stats.released, self._cursors = released, cursors  # as the file says
             self._recount()
             raise
 

@@ -9,6 +9,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway.outbox import LOCAL, FullPolicy, Outbox
 
 BASE_MS = 1_700_000_000_000
@@ -156,3 +158,23 @@ def test_an_outbox_of_an_older_release_gets_the_gap_table(tmp_path: Path) -> Non
     (gap,) = outbox.gaps("central")
     assert (gap.first_ms, gap.last_ms, gap.points) == (BASE_MS, BASE_MS + released - 1, released)
     assert drain(outbox, "central") == lines(released, 500)
+
+
+def test_a_release_that_cannot_record_its_gap_releases_nothing(tmp_path: Path) -> None:
+    """The gap record and the cursor's jump are one transaction: no jump without a record."""
+    outbox = lagging_outbox(tmp_path / "o.sqlite")
+    for i in range(2):
+        outbox.commit(lines(i * 100, i * 100 + 100))
+        drain(outbox, LOCAL)
+    before = outbox.cursors()
+    with outbox.lock:
+        outbox.db.execute("ALTER TABLE outbox_gap RENAME TO outbox_gap_away")
+    with pytest.raises(sqlite3.OperationalError, match="outbox_gap"):
+        outbox.commit(lines(200, 300))
+    assert outbox.cursors() == before and "central" not in outbox.stats.released
+    with outbox.lock:
+        outbox.db.execute("ALTER TABLE outbox_gap_away RENAME TO outbox_gap")
+    outbox.commit(lines(200, 300))
+    (gap,) = outbox.gaps("central")
+    assert gap.points == outbox.stats.released["central"] == 100
+    assert drain(outbox, "central") == lines(100, 300)

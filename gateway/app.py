@@ -100,7 +100,7 @@ class Gateway:
         # [central]: a second reader of the outbox; a cursor left from an old config is dropped.
         self.forwarder: CentralForwarder | None = None
         if config.central is not None:
-            self.forwarder = CentralForwarder(self.outbox, config.central)
+            self.forwarder = CentralForwarder(self.outbox, config.central, local=config.influx)
         self.outbox.keep_cursors([CENTRAL_CURSOR] if self.forwarder else [])
         self.modbus_dropped = 0  # Modbus readings lost at a full outbox (policy block)
         self.tick_dropped = 0  # chain and self-metric points lost at a full outbox
@@ -174,6 +174,13 @@ class Gateway:
             self.sources.extra["forward_written_total"] = lambda: forwarder.stats.written
             self.sources.extra["forward_failures_total"] = lambda: forwarder.stats.failures
             self.sources.extra["forward_released_total"] = lambda: forwarder.released
+            self.sources.extra["forward_backfilled_total"] = lambda: forwarder.backfilled
+            self.sources.extra["forward_backfill_pending_spans"] = lambda: (
+                forwarder.backfill_pending()[0]
+            )
+            self.sources.extra["forward_backfill_pending_points"] = lambda: (
+                forwarder.backfill_pending()[1]
+            )
 
     def _commit(self, readings: list[Reading]) -> int:
         """Commit pipeline output, then announce its alarm events; returns how many readings

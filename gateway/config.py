@@ -282,6 +282,9 @@ class CentralSection(InfluxSection):
     # the oldest points the local InfluxDB already has (counted), ingest goes on; "hold" = the
     # central cursor holds rows like the local drain, and [gateway] outbox_full_policy applies.
     at_bound: Literal["release", "hold"] = "release"
+    # Redo what a release skipped: once caught up, the forwarder reads the released span from
+    # the local InfluxDB ([influx], api v1) and writes it to the central database.
+    backfill: bool = True
 
     @model_validator(mode="after")
     def _credentials(self) -> CentralSection:

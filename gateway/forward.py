@@ -12,7 +12,9 @@ When the central tier stays away longer than the outbox can hold (``[gateway] ou
 ``[central] at_bound`` decides: ``release`` (default) lets the forwarder's cursor skip the
 oldest points, which the local InfluxDB already has, counted in
 ``o2chain_forward_released_total``; ``hold`` makes the forwarder hold rows like the local drain,
-so the outbox's full policy (``block`` or ``drop_oldest``) applies to ingest.
+so the outbox's full policy (``block`` or ``drop_oldest``) applies to ingest. A release records
+what was skipped as a gap; with ``[central] backfill`` (default) the forwarder redoes each gap
+from the local InfluxDB once nothing waits behind its cursor (:mod:`gateway.backfill`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ import base64
 import logging
 from typing import cast
 
-from gateway.config import CentralSection, redact_url
-from gateway.influx import InfluxV1Writer, LineWriter, make_writer
+from gateway.backfill import Backfill, BackfillSchemaError, LocalReader, LocalUnavailable
+from gateway.config import CentralSection, InfluxSection, redact_url
+from gateway.influx import (
+    InfluxMisconfigured,
+    InfluxUnavailable,
+    InfluxV1Writer,
+    LineWriter,
+    make_writer,
+)
 from gateway.outbox import Batch, Outbox
-from gateway.writer import OutboxDrainer
+from gateway.writer import MAX_RETRY_AFTER_S, OutboxDrainer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +101,15 @@ def central_writer(cfg: CentralSection) -> LineWriter:
 class CentralForwarder(OutboxDrainer):
     """``await forwarder.run(stop)``: the local drain's loop over the forwarder's own cursor."""
 
-    def __init__(self, outbox: Outbox, cfg: CentralSection, writer: LineWriter | None = None):
+    def __init__(
+        self,
+        outbox: Outbox,
+        cfg: CentralSection,
+        writer: LineWriter | None = None,
+        local: InfluxSection | None = None,
+    ):
+        """``local``: the local InfluxDB (``[influx]``) released gaps are read back from
+        (None: no backfill, gaps stay recorded)."""
         outbox.add_cursor(CURSOR, holds=cfg.at_bound == "hold")
         self.cfg = cfg
         self.line_writer = writer if writer is not None else central_writer(cfg)
@@ -104,6 +121,25 @@ class CentralForwarder(OutboxDrainer):
             max_backoff_s=cfg.max_backoff_s,
         )
         self.source = outbox
+        self.backfill: Backfill | None = None
+        self._backfill_after = 0.0  # monotonic time before which no backfill step is tried
+        self._backfill_backoff = 0.25
+        if local is not None and cfg.backfill and local.api != "v1":
+            log.warning(
+                "[central] backfill reads the local InfluxDB with InfluxQL (api v1); [influx] "
+                "api = %r: released points stay recorded (o2chain_forward_backfill_pending_*)",
+                local.api,
+            )
+        elif local is not None and cfg.backfill:
+            self.backfill = Backfill(
+                outbox,
+                CURSOR,
+                LocalReader(local),
+                self._deliver,
+                cfg.measurements,
+                cfg.batch_size,
+                clock=self.clock,
+            )
         log.info(
             "forwarding to the central database %s db=%s (%s)",
             redact_url(cfg.url),
@@ -120,8 +156,47 @@ class CentralForwarder(OutboxDrainer):
         """Points the central database will not get: skipped at the outbox bound."""
         return self.source.stats.released.get(CURSOR, 0)
 
+    @property
+    def backfilled(self) -> int:
+        """Points released earlier and since written to the central database by a backfill."""
+        return 0 if self.backfill is None else self.backfill.backfilled
+
+    def backfill_pending(self) -> tuple[int, int]:
+        """Gaps recorded and not yet backfilled, and the released points they count."""
+        return self.source.gap_totals(CURSOR)
+
+    def _wait(self, timeout_s: float) -> None:
+        """Nothing waits behind the cursor: a backfill step if a gap is recorded, else wait."""
+        if self.backfill is not None and self.clock() >= self._backfill_after:
+            try:
+                if self.backfill.step():
+                    self._backfill_backoff = 0.25
+                    return  # more to do: live rows first, then the next step
+            except InfluxUnavailable as exc:
+                # Either database away: live forwarding goes on, the backfill waits its turn.
+                if not isinstance(exc, LocalUnavailable):  # a failed write to the central DB
+                    self.stats.failures += 1
+                    self.stats.last_error = str(exc)
+                delay = exc.retry_after_s if exc.retry_after_s is not None else 0.0
+                delay = min(max(delay, self._backfill_backoff), MAX_RETRY_AFTER_S)
+                if isinstance(exc, InfluxMisconfigured):
+                    delay = self.max_backoff_s
+                log.warning("central backfill paused (%s); retry in %.2f s", exc, delay)
+                self._backfill_after = self.clock() + delay
+                self._backfill_backoff = min(self._backfill_backoff * 2, self.max_backoff_s)
+            except BackfillSchemaError as exc:
+                # Retrying cannot help; the gap stays recorded (o2chain_forward_backfill_pending_*).
+                log.error("central backfill stopped until the next start: %s", exc)
+                self._backfill_after = float("inf")
+            except Exception:  # a bug in the backfill must not stop the live forwarding
+                log.exception("central backfill failed; retry in %.0f s", self.max_backoff_s)
+                self._backfill_after = self.clock() + self.max_backoff_s
+        super()._wait(timeout_s)
+
     def close(self) -> None:
         _close(self.line_writer)
+        if self.backfill is not None:
+            self.backfill.reader.close()
 
 
 def _close(writer: LineWriter) -> None:

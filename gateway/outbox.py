@@ -27,8 +27,11 @@ reads the same committed rows at its own pace (``peek_batch(limit, cursor=name)`
 (``max_bytes``) measures what the slowest reader still needs. A cursor registered with
 ``holds=False`` gives way at the bound: before the outbox refuses or drops anything, rows that
 every holding cursor has passed are released, the lagging cursor jumps past them and the points
-it skipped are counted (:attr:`OutboxStats.released`). Without a second cursor nothing is stored
-for cursors and the outbox behaves as it always did.
+it skipped are counted (:attr:`OutboxStats.released`) and recorded, in the same transaction, as a
+gap (table ``outbox_gap``: the span of the skipped points' times and their count; releases back to
+back extend one record) that the forwarder's backfill (:mod:`gateway.backfill`) redoes from the
+local InfluxDB and then removes. Without a second cursor nothing is stored for cursors and the
+outbox behaves as it always did.
 
 Thread-safe: MQTT ingest commits from its thread, Modbus pollers from the event loop, the writer
 drains from worker threads.
@@ -69,6 +72,19 @@ CREATE TABLE IF NOT EXISTS outbox_cursor (
     name TEXT PRIMARY KEY,
     last_id INTEGER NOT NULL  -- every row up to this id is done for this reader
 ) WITHOUT ROWID;
+-- What a non-holding cursor skipped at the bound (Outbox._release), for a backfill to redo:
+-- the span of the skipped points' own times (ms, as in their lines) and how many they were.
+-- Releases back to back (the cursor did not move between them) extend one record.
+CREATE TABLE IF NOT EXISTS outbox_gap (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cursor TEXT NOT NULL,
+    first_ms INTEGER NOT NULL,  -- the earliest skipped point's time
+    last_ms INTEGER NOT NULL,  -- the latest skipped point's time
+    points INTEGER NOT NULL,  -- points skipped
+    through_id INTEGER NOT NULL,  -- the cursor jumped to this row id
+    recorded_ms INTEGER NOT NULL,  -- wall clock of the latest release in this record
+    done_ms INTEGER  -- the backfill has redone every point up to this time (NULL: none yet)
+);
 CREATE TABLE IF NOT EXISTS seqstate (
     device TEXT NOT NULL,
     boot INTEGER NOT NULL,
@@ -139,6 +155,18 @@ class OutboxStats:
     released: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Points a cursor skipped at the bound: their times span ``first_ms`` .. ``last_ms``."""
+
+    id: int
+    cursor: str
+    first_ms: int
+    last_ms: int
+    points: int
+    done_ms: int | None  # redone up to this time (a backfill's progress), None: not started
+
+
 @dataclass
 class Batch:
     """The oldest rows (``ids`` ascending) and their points, in order."""
@@ -155,6 +183,21 @@ def _row_lines(text: str) -> list[str]:
         lines: list[str] = json.loads(text)
         return lines
     return [text]  # a row written by the one-point-per-row outbox of release 0.1
+
+
+def _time_span(text: str) -> tuple[int, int] | None:
+    """The earliest and latest point time (the last token of each line) of a row's text."""
+    lines = _row_lines(text)
+    try:
+        times = [int(line[line.rfind(" ") + 1 :]) for line in lines]
+    except ValueError:  # a line without a time (InfluxDB stamped it): nothing to look up
+        times = []
+        for line in lines:
+            try:
+                times.append(int(line[line.rfind(" ") + 1 :]))
+            except ValueError:
+                continue
+    return (min(times), max(times)) if times else None
 
 
 def _cut(text: str, limit: int) -> str:
@@ -539,6 +582,7 @@ class Outbox:
                 self._holds.pop(name, None)
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM outbox_cursor WHERE name = ?", [(n,) for n in gone])
+            self._db.executemany("DELETE FROM outbox_gap WHERE cursor = ?", [(n,) for n in gone])
             if len(self._cursors) == 1:
                 self._db.execute("DELETE FROM outbox_cursor")
             self._delete_through(min(self._cursors.values()))
@@ -569,30 +613,48 @@ class Outbox:
 
     def _release(self, need_bytes: int) -> None:
         """Make room for ``need_bytes`` by deleting the oldest rows every holding cursor has
-        passed; the cursors that still needed them jump past, counted (under the lock)."""
+        passed; the cursors that still needed them jump past, counted, and what each skipped
+        (the span of the points' times, how many) is recorded in ``outbox_gap`` in the same
+        transaction (under the lock)."""
         floor = min(v for k, v in self._cursors.items() if self._holds.get(k, True))
         freed = 0
         last_id = None
+        # One pass over the released rows: their size for the bound, their points and the
+        # span of their times for the gap records (each row read once; release is rare).
+        spans: list[tuple[int, int, tuple[int, int] | None]] = []  # (id, points, span)
         cur = self._db.execute(
-            "SELECT id, LENGTH(line) FROM outbox WHERE id <= ? ORDER BY id", (floor,)
+            "SELECT id, line, points FROM outbox WHERE id <= ? ORDER BY id", (floor,)
         )
-        for row_id, size in cur:
-            freed += int(size)
+        for row_id, text, points in cur:
+            freed += len(text)
             last_id = int(row_id)
+            spans.append((last_id, int(points), _time_span(text)))
             if freed >= need_bytes:
                 break
         cur.close()
         if last_id is None:
             return
+        now = int(time.time() * 1000)
+        released, cursors = dict(self.stats.released), dict(self._cursors)
         self._db.execute("BEGIN")
         try:
             for name, at in list(self._cursors.items()):
                 if at >= last_id:
                     continue
-                (skipped,) = self._db.execute(
-                    "SELECT TOTAL(points) FROM outbox WHERE id > ? AND id <= ?", (at, last_id)
-                ).fetchone()
-                self.stats.released[name] = self.stats.released.get(name, 0) + int(skipped)
+                skipped = [(n, span) for row_id, n, span in spans if row_id > at]
+                count = sum(n for n, _ in skipped)
+                times = [span for _, span in skipped if span is not None]
+                if times:
+                    self._record_gap(
+                        name,
+                        at,
+                        last_id,
+                        min(t[0] for t in times),
+                        max(t[1] for t in times),
+                        count,
+                        now,
+                    )
+                self.stats.released[name] = self.stats.released.get(name, 0) + count
                 self._cursors[name] = last_id
                 self._db.execute(
                     "INSERT OR REPLACE INTO outbox_cursor (name, last_id) VALUES (?, ?)",
@@ -602,8 +664,87 @@ class Outbox:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self.stats.released, self._cursors = released, cursors  # as the file says
             self._recount()
             raise
+
+    def _record_gap(
+        self,
+        cursor: str,
+        at: int,
+        through_id: int,
+        first_ms: int,
+        last_ms: int,
+        points: int,
+        now: int,
+    ) -> None:
+        """One release's gap record, or the previous one extended when the cursor has not moved
+        since that release (inside the transaction). An extended record's progress starts
+        again: its span may now begin earlier."""
+        row = self._db.execute(
+            "SELECT id FROM outbox_gap WHERE cursor = ? AND through_id = ? ORDER BY id DESC "
+            "LIMIT 1",
+            (cursor, at),
+        ).fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO outbox_gap (cursor, first_ms, last_ms, points, through_id, "
+                "recorded_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (cursor, first_ms, last_ms, points, through_id, now),
+            )
+        else:
+            self._db.execute(
+                "UPDATE outbox_gap SET first_ms = MIN(first_ms, ?), last_ms = MAX(last_ms, ?), "
+                "points = points + ?, through_id = ?, recorded_ms = ?, done_ms = NULL "
+                "WHERE id = ?",
+                (first_ms, last_ms, points, through_id, now, row[0]),
+            )
+
+    # -- gaps: what a cursor skipped, for a backfill -------------------------------------------
+
+    def gaps(self, cursor: str) -> list[Gap]:
+        """The gap records of ``cursor``, oldest first."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT id, cursor, first_ms, last_ms, points, done_ms FROM outbox_gap "
+                "WHERE cursor = ? ORDER BY id",
+                (cursor,),
+            )
+            return [Gap(*row) for row in cur.fetchall()]
+
+    def gap_totals(self, cursor: str) -> tuple[int, int]:
+        """Gap records of ``cursor`` waiting for a backfill and the points they count."""
+        with self._lock:
+            n, points = self._db.execute(
+                "SELECT COUNT(*), TOTAL(points) FROM outbox_gap WHERE cursor = ?", (cursor,)
+            ).fetchone()
+        return int(n), int(points)
+
+    def gap_progress(self, gap: Gap, done_ms: int) -> bool:
+        """Every point of ``gap`` up to ``done_ms`` is redone; False (nothing stored) when a
+        release extended the record meanwhile (its progress starts again)."""
+        return self._gap_update(
+            "UPDATE outbox_gap SET done_ms = ? WHERE id = ? AND points = ?",
+            (done_ms, gap.id, gap.points),
+        )
+
+    def remove_gap(self, gap: Gap) -> bool:
+        """``gap`` is closed (every point of it redone); False, and the record stays, when a
+        release extended it meanwhile."""
+        return self._gap_update(
+            "DELETE FROM outbox_gap WHERE id = ? AND points = ?", (gap.id, gap.points)
+        )
+
+    def _gap_update(self, sql: str, args: tuple[int, ...]) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                changed = self._db.execute(sql, args).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return changed > 0
 
     def remove(self, ids: list[int]) -> None:
         """Drop the given rows (their points were written or dead-lettered)."""

@@ -662,17 +662,17 @@ class AlarmEngine:
                         continue  # this device never had the field: nothing to go stale
                     if st is None:
                         st = check.state = self._state(rule, dev)
-                    limit_s = check.threshold
-                    if limit_s is None:
-                        limit_s = check.threshold = self._threshold(rule, dev)
+                    stale_s = check.threshold
+                    if stale_s is None:
+                        stale_s = check.threshold = self._threshold(rule, dev)
                     age_s = (now - seen) / 1000.0
-                    reporting = (now - track.last_seen_ms) / 1000.0 <= limit_s
-                    stale = age_s > limit_s and reporting
+                    reporting = (now - track.last_seen_ms) / 1000.0 <= stale_s
+                    stale = age_s > stale_s and reporting
                     if not stale and not st.active:  # as for offline above
                         st.last_raise_cond, st.last_clear_cond = False, True
                         st.clearing_since_ms = st.pending_since_ms = None
                         continue
-                    self._judge(rule, st, stale, not stale, age_s, limit_s, now)
+                    self._judge(rule, st, stale, not stale, age_s, stale_s, now)
         for st in list(self._states.values()):
             if (
                 st.pending_since_ms is None

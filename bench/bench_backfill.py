@@ -7,7 +7,11 @@ Starts two private InfluxDB 1.x servers (o2base.services.InfluxDB, own temp dirs
 ``room`` points into the local one (50 boards named as ``o2chain sim fleet`` names them, one
 reading every 10 s each, the fleet's default room values plus what the gateway stores with them:
 tags ``site``, ``device``, ``room``; float fields, ``seq``/``boot`` integers, ``baro_source``
-string). Then, for the default ``[central] batch_size`` and for 2,000, each round:
+string), and waits until the local server has written them from its cache to TSM files (its
+cold-cache delay set to 1 s instead of 10 min): a released span is hours old, so a gateway
+reads it from TSM files (``--in-cache``: from the cache, a span minutes old; InfluxDB 1.x then
+copies every point of a series for each query, whatever its window). Then, for the default
+``[central] batch_size`` and for 2,000, each round:
 
 - **gateway backfill** (gateway/backfill.py): a gap made the way a gateway makes it: the same
   points committed to a real :class:`gateway.outbox.Outbox` with a 1 MB bound, the local drain's
@@ -80,6 +84,29 @@ def cpu_s(pid: int | None) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+class LocalInfluxDB(InfluxDB):
+    """The local server, its cache written to TSM files after 1 s without writes (influxd's
+    default: 10 min) so the points are read back from TSM files, as a released span hours old
+    is."""
+
+    def _render_config(self) -> str:
+        text = super()._render_config()
+        cold = '[data]\n  cache-snapshot-write-cold-duration = "1s"\n'
+        if "[data]\n" not in text:
+            raise RuntimeError("o2base's influxdb.conf.tmpl has no [data] section any more")
+        return text.replace("[data]\n", cold, 1)
+
+    def wait_for_tsm(self, timeout_s: float = 60.0) -> float:
+        """Until the written points are in TSM files (the WAL emptied); the seconds waited."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            wal = sum(p.stat().st_size for p in self.data_dir.rglob("*.wal"))
+            if wal == 0 and any(self.data_dir.rglob("*.tsm")):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        raise RuntimeError(f"the local InfluxDB kept its cache for {timeout_s:.0f} s")
 
 
 def loadavg() -> str:
@@ -390,7 +417,7 @@ def one_round(
     return m
 
 
-def table(results: list[Measured], points: int, load: list[str]) -> None:
+def table(results: list[Measured], points: int, load: list[str], source: str) -> None:
     rows: list[tuple[str, str, str]] = []
     for size in dict.fromkeys(m.batch_size for m in results):
         ms = [m for m in results if m.batch_size == size]
@@ -428,8 +455,9 @@ def table(results: list[Measured], points: int, load: list[str]) -> None:
         )
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
-        f"central backfill, {points:,} room points ({BOARDS} series, 9-10 fields), two local "
-        f"InfluxDB servers; {now}; load average {load[0]} at the start, {load[-1]} at the end"
+        f"central backfill, {points:,} room points ({BOARDS} series, 9-10 fields, one every "
+        f"{INTERVAL_MS // 1000} s a series) read from the local InfluxDB's {source}; {now}; "
+        f"load average {load[0]} at the start, {load[-1]} at the end"
     )
     width = max(len(r[0]) for r in rows)
     rate_w = max(len(r[1]) for r in rows)
@@ -444,6 +472,11 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=100_000, help="room points in the local DB")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of each batch size")
     ap.add_argument("--quick", action="store_true", help="20,000 points, one round")
+    ap.add_argument(
+        "--in-cache",
+        action="store_true",
+        help="read the points from the local server's cache (a fresh span), not TSM files",
+    )
     args = ap.parse_args()
     if args.quick:
         args.points, args.rounds = 20_000, 1
@@ -456,13 +489,15 @@ def main() -> int:
     results: list[Measured] = []
     with (
         tempfile.TemporaryDirectory(prefix="o2bench-backfill-") as tmp_name,
-        InfluxDB(Path(tmp_name) / "local") as local,
+        (InfluxDB if args.in_cache else LocalInfluxDB)(Path(tmp_name) / "local") as local,
         InfluxDB(Path(tmp_name) / "central") as central,
     ):
         tmp = Path(tmp_name)
         local.create_database(LOCAL_DB)
         for at in range(0, len(lines), 5000):
             local.write_lines(LOCAL_DB, "\n".join(lines[at : at + 5000]))
+        if isinstance(local, LocalInfluxDB):
+            local.wait_for_tsm()
         try:
             for rnd in range(1, args.rounds + 1):
                 for size in (DEFAULT_BATCH, SMALL_BATCH):
@@ -471,7 +506,7 @@ def main() -> int:
             print(f"NOT EXACT: {exc}")
             return 1
     load.append(loadavg())
-    table(results, args.points, load)
+    table(results, args.points, load, "its cache" if args.in_cache else "TSM files")
     return 0
 
 

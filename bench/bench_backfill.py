@@ -9,8 +9,8 @@ reading every 10 s each, the fleet's default room values plus what the gateway s
 tags ``site``, ``device``, ``room``; float fields, ``seq``/``boot`` integers, ``baro_source``
 string), and waits until the local server has written them from its cache to TSM files (its
 cold-cache delay set to 1 s instead of 10 min): a released span is hours old, so a gateway
-reads it from TSM files (``--in-cache``: from the cache, a span minutes old; InfluxDB 1.x then
-copies every point of a series for each query, whatever its window). Then, for the default
+reads it from TSM files (``--in-cache``: from the cache, a span minutes old, where each query
+costs the server more). Then, for the default
 ``[central] batch_size`` and for 2,000, each round:
 
 - **gateway backfill** (gateway/backfill.py): a gap made the way a gateway makes it: the same
@@ -506,7 +506,7 @@ def main() -> int:
             print(f"NOT EXACT: {exc}")
             return 1
     load.append(loadavg())
-    table(results, args.points, load, "its cache" if args.in_cache else "TSM files")
+    table(results, args.points, load, "cache" if args.in_cache else "TSM files")
     return 0
 
 

@@ -32,6 +32,7 @@ from gateway.alarms import AlarmEvent
 from gateway.config import GatewayConfig
 from gateway.mqtt_callbacks import on_connect
 from gateway.mqtt_ingest import apply_connection_settings
+from o2base.procs import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class AlarmMqttPublisher:
         self.published += 1
 
     def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
+        name_os_thread("mqtt-alarms")  # paho's network thread, for top -H and py-spy
         self.connected = True
         with self._lock:
             active = dict(self._active)

@@ -101,6 +101,8 @@ def central_writer(cfg: CentralSection) -> LineWriter:
 class CentralForwarder(OutboxDrainer):
     """``await forwarder.run(stop)``: the local drain's loop over the forwarder's own cursor."""
 
+    thread_name = "central-forward"
+
     def __init__(
         self,
         outbox: Outbox,

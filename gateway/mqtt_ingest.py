@@ -315,6 +315,7 @@ class MqttIngest:
     # -- paho's thread -------------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
+        name_os_thread("mqtt-ingest")  # paho's network thread, for top -H and py-spy
         self.stats.connects += 1
         self.stats.connected = True
         self.on_broker(True, self.stats.connects)

@@ -47,6 +47,8 @@ class OutboxDrainer:
     to the event loop's executor cost three thread hand-overs and as many loop wake-ups per
     batch (at light load, more CPU than the writes themselves)."""
 
+    thread_name = "influx-writer"  # the drain thread's name, in Python and in the kernel
+
     def __init__(
         self,
         outbox: Outbox,
@@ -85,7 +87,7 @@ class OutboxDrainer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop.clear()
-        thread = threading.Thread(target=self._run_thread, name="influx-writer", daemon=True)
+        thread = threading.Thread(target=self._run_thread, name=self.thread_name, daemon=True)
         thread.start()
         try:
             await stop.wait()
@@ -97,7 +99,7 @@ class OutboxDrainer:
             await asyncio.to_thread(thread.join)
 
     def _run_thread(self) -> None:
-        name_os_thread("influx-writer")
+        name_os_thread(self.thread_name)
         try:
             self._drain(self._stop)
         except Exception:  # a bug must not pass silently; the points stay in the outbox

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SITE = "fleet-site"
 DB = "o2delivery"
+CENTRAL_DB = "o2region"  # the central database of the forwarding tests
 
 
 def board_id(n: int) -> str:
@@ -259,3 +260,19 @@ def sim_fleet(tmp_path: Path) -> Iterator[Callable[..., ChildProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[InfluxDB]:
+    """A second InfluxDB server: a region's central database."""
+    with InfluxDB(tmp_path / "central") as database:
+        yield database
+
+
+def central_count(central: InfluxDB) -> int:
+    """Room readings in the central database (0 before the forwarder created it)."""
+    try:
+        rows = central.query_points("SELECT count(o2_pct) FROM room", db=CENTRAL_DB)
+    except ServiceError:  # no database yet: the forwarder creates it with its first write
+        return 0
+    return int(rows[0]["count"]) if rows else 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from gateway.backfill import LocalReader
 from gateway.config import InfluxSection
 from gateway.lineproto import LineEncoder
 from gateway.tests.conftest import (
+    CENTRAL_DB,
     DB,
+    central_count,
     count_points,
     fleet_gateway_config,
     fleet_summary_of,
@@ -29,28 +31,13 @@ from gateway.tests.conftest import (
     wait_until,
 )
 from o2base.procs import ChildProcess
-from o2base.services import InfluxDB, Mosquitto, ServiceError
+from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 
 BOARDS = 10
 PER_BOARD = 300
 TOTAL = BOARDS * PER_BOARD
-CENTRAL_DB = "o2region"
-
-
-@pytest.fixture
-def central(tmp_path: Path) -> Iterator[InfluxDB]:
-    with InfluxDB(tmp_path / "central") as database:
-        yield database
-
-
-def central_count(central: InfluxDB) -> int:
-    try:
-        rows = central.query_points("SELECT count(o2_pct) FROM room", db=CENTRAL_DB)
-    except ServiceError:  # no database yet: the forwarder creates it with its first write
-        return 0
-    return int(rows[0]["count"]) if rows else 0
 
 
 def metrics(url: str) -> dict[str, float]:

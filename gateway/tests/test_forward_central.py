@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.tests.conftest import (
+    CENTRAL_DB,
     DB,
+    central_count,
     count_points,
     fleet_gateway_config,
     fleet_summary_of,
@@ -23,28 +25,13 @@ from gateway.tests.conftest import (
     wait_until,
 )
 from o2base.procs import ChildProcess
-from o2base.services import InfluxDB, Mosquitto, ServiceError
+from o2base.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 
 BOARDS = 10
 PER_BOARD = 300
 TOTAL = BOARDS * PER_BOARD
-CENTRAL_DB = "o2region"
-
-
-@pytest.fixture
-def central(tmp_path: Path) -> Iterator[InfluxDB]:
-    with InfluxDB(tmp_path / "central") as database:
-        yield database
-
-
-def central_count(central: InfluxDB) -> int:
-    try:
-        rows = central.query_points("SELECT count(o2_pct) FROM room", db=CENTRAL_DB)
-    except ServiceError:  # no database yet: the forwarder creates it with its first write
-        return 0
-    return int(rows[0]["count"]) if rows else 0
 
 
 def room_rows_held(state_dir: Path) -> int:

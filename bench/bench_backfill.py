@@ -63,6 +63,9 @@ from gateway.outbox import FullPolicy, Outbox
 from gateway.readings import Reading
 from o2base.services import InfluxDB
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its neighbours
+from bench_gateway import room_values  # the same payloads as the gateway bench
+
 LOCAL_DB = "o2chain"
 SITE = "bench"
 BOARDS = 50
@@ -114,19 +117,6 @@ def loadavg() -> str:
 
 
 # -- the points ---------------------------------------------------------------------------------
-
-
-def room_values(boards: int, per_board: int, seed: int = 1) -> list[list[dict[str, float]]]:
-    """The fleet's default room boards' values (as bench/bench_gateway.py takes them)."""
-    from simulators.fleet import default_room_source
-    from simulators.physics.atmosphere import Weather
-
-    weather = Weather(3650.0, seed=seed)
-    out = []
-    for b in range(boards):
-        source = default_room_source(b + 1, seed, weather)
-        out.append([source.measure(0.04 if i else 0.0) for i in range(per_board)])
-    return out
 
 
 def stored_lines(points: int, first_ms: int) -> list[str]:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -63,8 +63,10 @@ from gateway.outbox import FullPolicy, Outbox
 from gateway.readings import Reading
 from o2base.services import InfluxDB
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its neighbours
-from bench_gateway import room_values  # the same payloads as the gateway bench
+if TYPE_CHECKING:  # the checker sees the package; run as a script, its own directory is first
+    from bench.bench_gateway import room_values
+else:
+    from bench_gateway import room_values  # the same payloads as the gateway bench
 
 LOCAL_DB = "o2chain"
 SITE = "bench"
